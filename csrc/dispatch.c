@@ -1,0 +1,91 @@
+/* dispatch.c — choose the SIMD path at run time (cpuid on x86; NEON is baseline on aarch64),
+ * so one build runs on any CPU of its architecture. */
+#include "ft_internal.h"
+
+static ft_simd g_level = FT_SIMD_COUNT; /* FT_SIMD_COUNT = not chosen yet: use the best */
+
+static const char *const k_names[FT_SIMD_COUNT] = {"scalar", "avx2", "avx512", "neon"};
+
+const char *ft_simd_name(ft_simd level) {
+    return (level >= 0 && level < FT_SIMD_COUNT) ? k_names[level] : "unknown";
+}
+
+int ft_simd_supported(ft_simd level) {
+    switch (level) {
+    case FT_SIMD_SCALAR: return 1;
+#if FT_ARCH_X86
+    case FT_SIMD_AVX2:
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case FT_SIMD_AVX512:
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+#if FT_ARCH_ARM64
+    case FT_SIMD_NEON: return 1; /* Advanced SIMD is mandatory in ARMv8-A */
+#endif
+    default: return 0;
+    }
+}
+
+ft_simd ft_simd_best(void) {
+    if (ft_simd_supported(FT_SIMD_AVX512)) return FT_SIMD_AVX512;
+    if (ft_simd_supported(FT_SIMD_AVX2)) return FT_SIMD_AVX2;
+    if (ft_simd_supported(FT_SIMD_NEON)) return FT_SIMD_NEON;
+    return FT_SIMD_SCALAR;
+}
+
+ft_status ft_simd_set(ft_simd level) {
+    if (!ft_simd_supported(level)) return FT_ERR_SIMD;
+    g_level = level;
+    return FT_OK;
+}
+
+ft_simd ft_simd_get(void) {
+    if (g_level == FT_SIMD_COUNT) g_level = ft_simd_best();
+    return g_level;
+}
+
+const ft_kernel_table *ft_kernels(void) {
+    switch (ft_simd_get()) {
+#if FT_ARCH_X86
+    case FT_SIMD_AVX2: return &ft_kernels_avx2;
+    case FT_SIMD_AVX512: return &ft_kernels_avx512;
+#endif
+#if FT_ARCH_ARM64
+    case FT_SIMD_NEON: return &ft_kernels_neon;
+#endif
+    default: return &ft_kernels_ref;
+    }
+}
+
+uint32_t ft_rng_key(uint64_t seed) {
+    return ft_hash32((uint32_t)seed) ^ ft_hash32((uint32_t)(seed >> 32) ^ 0x9E3779B9U);
+}
+
+/* Public entry points: argument checks once here, then the selected path. */
+#define FT_CHECK(c) do { if (!(c)) return FT_ERR_ARG; } while (0)
+
+ft_status ft_quantize_q8(const float *x, size_t n, float *residual, ft_rounding rounding,
+                         uint64_t seed, ft_block_q8 *out) {
+    FT_CHECK(x && out && n <= UINT32_MAX);
+    FT_CHECK(rounding == FT_ROUND_NEAREST || rounding == FT_ROUND_STOCHASTIC);
+    return ft_kernels()->quantize_q8(x, n, residual, rounding, seed, out);
+}
+ft_status ft_dequantize_q8(const ft_block_q8 *in, size_t n, float *out) {
+    FT_CHECK(in && out);
+    return ft_kernels()->dequantize_q8(in, n, out);
+}
+ft_status ft_fedavg_acc_q8(float *acc, const ft_block_q8 *in, size_t n, float weight) {
+    FT_CHECK(acc && in);
+    return ft_kernels()->fedavg_acc_q8(acc, in, n, weight);
+}
+ft_status ft_fedavg_acc_f32(float *acc, const float *x, size_t n, float weight) {
+    FT_CHECK(acc && x);
+    return ft_kernels()->fedavg_acc_f32(acc, x, n, weight);
+}
+ft_status ft_fedavg_apply_f32(float *w, float *acc, size_t n, float scale) {
+    FT_CHECK(w && acc);
+    return ft_kernels()->fedavg_apply_f32(w, acc, n, scale);
+}

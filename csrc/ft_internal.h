@@ -1,0 +1,80 @@
+/* ft_internal.h — shared by the kernel sources only: the dispatch table, the per-architecture
+ * entry points and small inline helpers that every path must compute identically. */
+#ifndef FT_INTERNAL_H
+#define FT_INTERNAL_H
+
+#include <string.h>
+
+#include "fedtiny.h"
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "fedtiny kernels read the wire layout in place and need a little-endian CPU"
+#endif
+
+/* A block may sit at any byte offset of a received datagram: read its scale with memcpy. */
+static inline float ft_block_d(const ft_block_q8 *b) {
+    float d;
+    memcpy(&d, &b->d, sizeof d);
+    return d;
+}
+
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+#define FT_ARCH_X86 1
+#endif
+#if defined(__aarch64__)
+#define FT_ARCH_ARM64 1
+#endif
+
+/* One entry per kernel; dispatch.c fills one table per SIMD level. A path that has no
+ * version of a kernel points at the scalar reference (ggml arch-fallback style). */
+typedef struct {
+    ft_status (*quantize_q8)(const float *, size_t, float *, ft_rounding, uint64_t, ft_block_q8 *);
+    ft_status (*dequantize_q8)(const ft_block_q8 *, size_t, float *);
+    ft_status (*fedavg_acc_q8)(float *, const ft_block_q8 *, size_t, float);
+    ft_status (*fedavg_acc_f32)(float *, const float *, size_t, float);
+    ft_status (*fedavg_apply_f32)(float *, float *, size_t, float);
+} ft_kernel_table;
+
+const ft_kernel_table *ft_kernels(void);
+
+/* lowbias32 (Chris Wellons' integer hash): a bijection on uint32 with good avalanche. */
+static inline uint32_t ft_hash32(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7feb352dU;
+    x ^= x >> 15;
+    x *= 0x846ca68bU;
+    x ^= x >> 16;
+    return x;
+}
+/* Counter for parameter i: spread i with a golden-ratio multiply, add the key, hash. */
+static inline uint32_t ft_rng_bits(uint32_t i, uint32_t key) { return ft_hash32(i * 0x9E3779B1U + key); }
+/* Uniform in [0, 1) with 24 bits, exact in float32. */
+static inline float ft_rng_u01(uint32_t i, uint32_t key) { return (float)(ft_rng_bits(i, key) >> 8) * 0x1p-24f; }
+
+/* Block scale from the block's largest magnitude; identical on every path. */
+static inline void ft_q8_scale(float amax, float *d, float *id) {
+    if (amax < FT_Q8_MIN_AMAX) { *d = 0.0f; *id = 0.0f; return; }
+    *d = amax / 127.0f;
+    *id = 1.0f / *d;
+}
+
+ft_status ft_q8_quantize_block_ref(const float *x, size_t len, float *residual, ft_rounding rounding,
+                                   uint32_t key, uint32_t i0, ft_block_q8 *out);
+
+#if FT_ARCH_X86
+#define FT_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define FT_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx2,fma")))
+extern const ft_kernel_table ft_kernels_avx2;
+ft_status ft_quantize_q8_avx2(const float *, size_t, float *, ft_rounding, uint64_t, ft_block_q8 *);
+ft_status ft_dequantize_q8_avx2(const ft_block_q8 *, size_t, float *);
+ft_status ft_fedavg_acc_q8_avx2(float *, const ft_block_q8 *, size_t, float);
+ft_status ft_fedavg_acc_f32_avx2(float *, const float *, size_t, float);
+ft_status ft_fedavg_apply_f32_avx2(float *, float *, size_t, float);
+extern const ft_kernel_table ft_kernels_avx512;
+#endif
+#if FT_ARCH_ARM64
+extern const ft_kernel_table ft_kernels_neon;
+#endif
+extern const ft_kernel_table ft_kernels_ref;
+
+#endif

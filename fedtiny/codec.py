@@ -1,0 +1,152 @@
+"""The int8 update codec: a float32 model delta as int8 blocks with one float32 scale per block.
+
+Wire layout (little-endian, docs/PROTOCOL.md "Int8Update"):
+    header  16 bytes: magic b"FTQ8", version u8, flags u8, block size u16, n_params u32, seed u32
+    blocks  ceil(n/QK) x {float32 d; int8 q[QK]}, value_i = d * q_i, last block zero-padded
+The bytes are encoded and read by the C kernels; this module only frames and checks them.
+"""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from . import _core
+
+QK: int = _core.QK                  # parameters per block
+BLOCK_BYTES: int = _core.BLOCK_BYTES  # 4-byte scale + QK int8
+MAGIC = b"FTQ8"
+VERSION = 1
+HEADER = struct.Struct("<4sBBHII")
+HEADER_BYTES = HEADER.size
+FLAG_STOCHASTIC = 0x01
+FLAG_ERROR_FEEDBACK = 0x02
+_ROUNDING = {"nearest": 0, "stochastic": 1}
+BLOCK_DTYPE = np.dtype([("d", "<f4"), ("q", "i1", (QK,))])
+assert BLOCK_DTYPE.itemsize == BLOCK_BYTES
+
+
+def nblocks(n_params: int) -> int:
+    return (n_params + QK - 1) // QK
+
+
+def wire_size(n_params: int) -> int:
+    """Bytes of an encoded update of n_params parameters, header included."""
+    return HEADER_BYTES + nblocks(n_params) * BLOCK_BYTES
+
+
+class Int8Update:
+    """One encoded update; holds only its wire bytes (about 1.03 bytes per parameter)."""
+
+    __slots__ = ("_buf", "_n", "flags", "seed")
+
+    def __init__(self, buf: np.ndarray, n_params: int, flags: int = 0, seed: int = 0):
+        self._buf = buf  # uint8, exactly wire_size(n_params) bytes, header included
+        self._n = n_params
+        self.flags = flags
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._buf.nbytes)
+
+    @property
+    def blocks(self) -> memoryview:
+        """The block bytes (no header): what add_chunk takes, sliced at block boundaries."""
+        return memoryview(self._buf)[HEADER_BYTES:]
+
+    @property
+    def scales(self) -> np.ndarray:
+        return self._buf[HEADER_BYTES:].view(BLOCK_DTYPE)["d"]
+
+    @property
+    def values(self) -> np.ndarray:
+        """The int8 values, n_params of them (a view)."""
+        return self._buf[HEADER_BYTES:].view(BLOCK_DTYPE)["q"].reshape(-1)[: self._n]
+
+    def to_bytes(self) -> bytes:
+        return self._buf.tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> "Int8Update":
+        mv = memoryview(data).cast("B")
+        if len(mv) < HEADER_BYTES:
+            raise ValueError(f"int8 update truncated: {len(mv)} bytes, the header alone is {HEADER_BYTES}")
+        magic, version, flags, qk, n, seed = HEADER.unpack_from(mv)
+        if magic != MAGIC:
+            raise ValueError(f"not an int8 update: magic {bytes(magic)!r}, expected {MAGIC!r}")
+        if version != VERSION:
+            raise ValueError(f"int8 update version {version} is not supported (this fedtiny reads version {VERSION})")
+        if qk != QK:
+            raise ValueError(f"int8 update block size {qk} is not supported (this fedtiny uses {QK})")
+        if n == 0:
+            raise ValueError("int8 update holds 0 parameters")
+        expected = wire_size(n)
+        if len(mv) != expected:
+            what = "truncated" if len(mv) < expected else "has trailing bytes"
+            raise ValueError(f"int8 update {what}: {len(mv)} bytes, {n} parameters need {expected}")
+        buf = np.frombuffer(mv, dtype=np.uint8).copy()
+        update = cls(buf, n, flags, seed)
+        d = update.scales
+        if not np.all(np.isfinite(d)) or np.any(d < 0):
+            raise ValueError("int8 update corrupted: a block scale is negative, NaN or Inf")
+        if np.any(update.values == -128):
+            raise ValueError("int8 update corrupted: value -128 is outside the codec's range [-127, 127]")
+        return update
+
+    def decode(self) -> np.ndarray:
+        out = np.empty(self._n, dtype=np.float32)
+        _core.dequantize_q8(self.blocks, self._n, out)
+        return out
+
+    def __repr__(self) -> str:
+        return f"Int8Update(n_params={self._n}, nbytes={self.nbytes})"
+
+
+def check_delta(delta: np.ndarray, name: str = "delta") -> np.ndarray:
+    if not isinstance(delta, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {type(delta).__name__}")
+    if delta.dtype != np.float32:
+        raise ValueError(f"{name} must be float32, got {delta.dtype}")
+    if delta.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (the flat parameter vector), got shape {delta.shape}")
+    if delta.size == 0:
+        raise ValueError(f"{name} is empty")
+    if delta.size >= 2**32:
+        raise ValueError(f"{name} has {delta.size} values; the codec counts parameters in 32 bits")
+    return np.ascontiguousarray(delta)
+
+
+def encode(delta: np.ndarray, *, rounding: str = "nearest", seed: int = 0,
+           residual: np.ndarray | None = None) -> Int8Update:
+    """Quantize a float32 delta to int8 blocks in one C pass.
+
+    rounding: "nearest" (half to even) or "stochastic" (unbiased; the same seed gives the same
+    bytes on every platform and SIMD path). residual: error feedback buffer (float32, same
+    length), updated in place to v - decode(q) where v = delta + residual.
+    """
+    delta = check_delta(delta)
+    if rounding not in _ROUNDING:
+        raise ValueError(f"rounding must be 'nearest' or 'stochastic', got {rounding!r}")
+    if not 0 <= int(seed) < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    n = delta.size
+    flags = (FLAG_STOCHASTIC if rounding == "stochastic" else 0) | (FLAG_ERROR_FEEDBACK if residual is not None else 0)
+    buf = np.empty(wire_size(n), dtype=np.uint8)
+    HEADER.pack_into(buf, 0, MAGIC, VERSION, flags, QK, n, int(seed) & 0xFFFFFFFF)
+    if residual is not None:
+        if not isinstance(residual, np.ndarray) or residual.dtype != np.float32 or residual.shape != delta.shape:
+            raise ValueError(f"residual must be a float32 array of shape {delta.shape}")
+        if not residual.flags.c_contiguous or not residual.flags.writeable:
+            raise ValueError("residual must be C-contiguous and writable (it is updated in place)")
+        # The kernel writes the residual block by block; check first so a bad delta leaves it intact.
+        if not np.isfinite(delta).all():
+            raise ValueError("delta holds NaN or Inf: refusing to encode a non-finite update")
+    try:
+        _core.quantize_q8(delta, residual, _ROUNDING[rounding], int(seed), buf[HEADER_BYTES:])
+    except ValueError:
+        raise ValueError("delta holds NaN or Inf: refusing to encode a non-finite update") from None
+    return Int8Update(buf, n, flags, int(seed) & 0xFFFFFFFF)

@@ -1,0 +1,89 @@
+"""In-place FedAvg: acc += n_k * update_k as updates (or their chunks) arrive; w += acc / sum n_k.
+
+Memory is one float32 vector of n_params whatever the number of updates: an Int8Update is
+dequantized and added in one C pass, never through a float32 copy.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _core
+from .codec import BLOCK_BYTES, QK, Int8Update
+
+
+def _check_weight(weight: float) -> float:
+    w = float(weight)
+    if not math.isfinite(w) or w <= 0:
+        raise ValueError(f"weight must be a positive finite number (the client's sample count), got {weight!r}")
+    return w
+
+
+class Accumulator:
+    """Weighted sum of client updates; `apply` turns it into the FedAvg step and resets it."""
+
+    def __init__(self, n_params: int):
+        if int(n_params) <= 0:
+            raise ValueError(f"n_params must be positive, got {n_params}")
+        self.n_params = int(n_params)
+        self._acc = np.zeros(self.n_params, dtype=np.float32)
+        self.total_weight = 0.0
+        self.count = 0
+
+    def add(self, update: Int8Update | np.ndarray, weight: float) -> None:
+        """Add one whole update with weight n_k (its sample count)."""
+        w = _check_weight(weight)
+        if isinstance(update, Int8Update):
+            if len(update) != self.n_params:
+                raise ValueError(f"update has {len(update)} parameters, the accumulator {self.n_params}")
+            _core.fedavg_acc_q8(self._acc, 0, update.blocks, self.n_params, w)
+        elif isinstance(update, np.ndarray):
+            if update.dtype != np.float32 or update.ndim != 1 or update.size != self.n_params:
+                raise ValueError(f"a float32 update must be 1-D float32 of {self.n_params} values, "
+                                 f"got {update.dtype} {update.shape}")
+            if not np.isfinite(update).all():
+                raise ValueError("update holds NaN or Inf: not added")
+            _core.fedavg_acc_f32(self._acc, np.ascontiguousarray(update), w)
+        else:
+            raise ValueError(f"update must be an Int8Update or a float32 array, got {type(update).__name__}")
+        self.add_weight(w)
+
+    def add_chunk(self, blocks: bytes | memoryview, first_block: int, weight: float) -> None:
+        """Add whole int8 blocks of one update, starting at block index first_block.
+
+        The chunk's weight is not counted: call add_weight(n_k) once the update is complete
+        (see the transport's policy for updates that never complete).
+        """
+        w = _check_weight(weight)
+        nbytes = len(memoryview(blocks).cast("B"))
+        if nbytes == 0 or nbytes % BLOCK_BYTES:
+            raise ValueError(f"chunk of {nbytes} bytes is not a whole number of {BLOCK_BYTES}-byte blocks")
+        offset = int(first_block) * QK
+        if first_block < 0 or offset >= self.n_params:
+            raise ValueError(f"chunk starts at block {first_block}, the model has {(self.n_params + QK - 1) // QK} blocks")
+        n = min(nbytes // BLOCK_BYTES * QK, self.n_params - offset)
+        if nbytes // BLOCK_BYTES > (n + QK - 1) // QK:
+            raise ValueError(f"chunk at block {first_block} runs past the model's last block")
+        _core.fedavg_acc_q8(self._acc, offset, blocks, n, w)
+
+    def add_weight(self, weight: float) -> None:
+        self.total_weight += _check_weight(weight)
+        self.count += 1
+
+    def apply(self, global_weights: np.ndarray) -> None:
+        """w += acc / total_weight in place (w_{t+1} = sum n_k/n w_k with acc = sum n_k delta_k); reset."""
+        if self.total_weight <= 0:
+            raise ValueError("no updates were added: nothing to apply")
+        _core.fedavg_apply_f32(global_weights, self._acc, 1.0 / self.total_weight)
+        self.total_weight = 0.0
+        self.count = 0
+
+    def reset(self) -> None:
+        self._acc.fill(0.0)
+        self.total_weight = 0.0
+        self.count = 0
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._acc.nbytes)
