@@ -588,3 +588,23 @@ ft_status ft_net_forward(const ft_net *net, const float *x, int32_t n, float *ar
     memcpy(logits, arena + L.out_buf[net->n_layers - 1], (size_t)n * (size_t)last->out_c * sizeof(float));
     return FT_OK;
 }
+
+ft_status ft_uniform_f32(float *out, size_t n, float lo, float hi, uint64_t seed, uint32_t counter0) {
+    if ((!out && n) || n > UINT32_MAX) return FT_ERR_ARG;
+    const uint32_t key = ft_rng_key(seed);
+    for (size_t i = 0; i < n; i++) out[i] = lo + (hi - lo) * ft_rng_u01(counter0 + (uint32_t)i, key);
+    return FT_OK;
+}
+
+ft_status ft_shuffle_i32(int32_t *out, size_t n, uint64_t seed, uint64_t stream) {
+    if ((!out && n) || n > (size_t)INT32_MAX) return FT_ERR_ARG;
+    const uint32_t key = ft_rng_key(seed ^ mix64(stream + 0x9E3779B97F4A7C15ULL));
+    for (size_t i = 0; i < n; i++) out[i] = (int32_t)i;
+    for (size_t i = n; i > 1; i--) {
+        const size_t j = (size_t)(((uint64_t)ft_rng_bits((uint32_t)(i - 1), key) * (uint64_t)i) >> 32);
+        const int32_t t = out[i - 1];
+        out[i - 1] = out[j];
+        out[j] = t;
+    }
+    return FT_OK;
+}

@@ -4,9 +4,10 @@ Parameter layout (the "interchange layout" the codec, FedAvg and TFLite export s
 order, each layer's weight then bias; Dense W[out][in] row-major, Conv2D W[out_c][kh][kw][in_c]
 (OHWI); stride 1, VALID padding; MaxPool 2x2 stride 2; Flatten of NHWC in (h, w, c) order.
 
-Initialisation (deterministic from the seed, numpy PCG64): a weight followed by a ReLU is
-He-uniform U(-sqrt(6/fan_in), +sqrt(6/fan_in)); the last (logit) layer is Glorot-uniform
-U(-sqrt(6/(fan_in+fan_out)), +...); every bias is 0. Tensors are drawn in parameter order.
+Initialisation (deterministic from the seed, the same on every platform: the codec's
+counter-based generator, u_i = ft_rng_u01(i, ft_rng_key(seed)) with i the parameter's index in the
+vector): a weight followed by a ReLU is He-uniform U(-sqrt(6/fan_in), +sqrt(6/fan_in)); the last
+(logit) layer is Glorot-uniform U(-sqrt(6/(fan_in+fan_out)), +...); every bias is 0.
 """
 from __future__ import annotations
 
@@ -161,15 +162,16 @@ class Model:
     # ---- parameters ----------------------------------------------------------------
     def init(self, seed: int = 0) -> np.ndarray:
         """Deterministic He/Glorot-uniform weights, zero biases (see the module docstring)."""
-        rng = np.random.Generator(np.random.PCG64(seed))
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+            raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
         p = np.zeros(self.n_params, dtype=np.float32)
         param_layers = [lay for lay in self.layers if lay.w_shape]
         for i, lay in enumerate(param_layers):
             fo = lay.w_shape[0]
             fi = int(np.prod(lay.w_shape[1:]))
             bound = np.sqrt(6.0 / (fi + fo)) if i == len(param_layers) - 1 else np.sqrt(6.0 / fi)
-            n = fo * fi
-            p[lay.w_offset:lay.w_offset + n] = rng.uniform(-bound, bound, n).astype(np.float32)
+            w = p[lay.w_offset:lay.w_offset + fo * fi]
+            _core.uniform_f32(w, -bound, bound, int(seed), lay.w_offset)
         return p
 
     def tensors(self, params: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -44,6 +44,30 @@ def test_init_is_deterministic_he_and_glorot_uniform():
     for w, bound in ((w1, np.sqrt(6 / 784)), (w2, np.sqrt(6 / 200)), (w3, np.sqrt(6 / 210))):
         assert np.abs(w).max() <= bound and np.abs(w).max() > 0.95 * bound
         assert abs(w.std() - bound / np.sqrt(3)) < 0.05 * bound  # uniform: std = bound / sqrt(3)
+        assert abs(w.mean()) < 0.05 * bound
+
+
+def test_init_uses_the_counter_based_generator():
+    """u_i = (lowbias32(i * 0x9E3779B1 + key) >> 8) * 2^-24, key = ft_rng_key(seed): computed here in
+    numpy so a firmware port can check its own init against the same numbers."""
+    m = fm.build("mlp:64-32-10")
+    seed = 11
+    M32 = 0xFFFFFFFF
+
+    def h(x):
+        x = x & M32
+        x ^= x >> 16
+        x = (x * 0x7FEB352D) & M32
+        x ^= x >> 15
+        x = (x * 0x846CA68B) & M32
+        return x ^ (x >> 16)
+
+    key = h(seed & M32) ^ h(((seed >> 32) ^ 0x9E3779B9) & M32)
+    i = np.arange(64 * 32, dtype=np.uint64)
+    u = (h((i * 0x9E3779B1 + key) & M32) >> 8).astype(np.float64) * 2.0 ** -24
+    bound = np.float32(np.sqrt(6.0 / 64))
+    want = (-bound + (bound - -bound) * u.astype(np.float32)).astype(np.float32)
+    np.testing.assert_allclose(m.init(seed)[:64 * 32], want, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("spec", ["2nn", "cnn", "mlp:64-32-10", "seq:9x9x3,conv4k3,relu,pool,flatten,dense6"])

@@ -262,7 +262,21 @@ def test_non_finite_and_read_only_inputs(small):
         ft.evaluate(m, p, x, y + 10)
 
 
-def test_divergence_is_reported(small):
-    m, p, x, y = small
+def test_divergence_is_reported():
+    m = fm.build("mlp:64-10")  # linear: no ReLU can die and stop the blow-up
+    x, y = data(m, 20)
     with pytest.raises(ValueError, match="diverged"):
-        ft.local_sgd(m, p, x * 1e6, y, epochs=20, batch_size=5, lr=1e3)
+        ft.local_sgd(m, m.init(0), x * 1e6, y, epochs=3, batch_size=5, lr=1e30)
+
+
+def test_epoch_order_is_a_seeded_permutation():
+    a = ft.epoch_order(1000, 7, 0)
+    assert a.dtype == np.int32 and sorted(a.tolist()) == list(range(1000))
+    np.testing.assert_array_equal(a, ft.epoch_order(1000, 7, 0))
+    assert not np.array_equal(a, ft.epoch_order(1000, 7, 1))
+    assert not np.array_equal(a, ft.epoch_order(1000, 8, 0))
+    # uniform: over many epochs each sample lands in the first half about half of the time
+    counts = np.zeros(50)
+    for e in range(400):
+        counts[ft.epoch_order(50, 1, e)[:25]] += 1
+    assert np.all(np.abs(counts / 400 - 0.5) < 0.12), counts / 400
