@@ -234,7 +234,11 @@ static void im2col(const float *x, const ft_layer *l, float *col) {
     for (size_t oh = 0; oh < OH; oh++)
         for (size_t ow = 0; ow < OW; ow++) {
             float *dst = col + (oh * OW + ow) * K;
-            for (size_t kh = 0; kh < k; kh++) memcpy(dst + kh * k * C, x + ((oh + kh) * W + ow) * C, k * C * sizeof(float));
+            for (size_t kh = 0; kh < k; kh++) { /* a loop, not memcpy: rows are as short as 5 floats */
+                const float *src = x + ((oh + kh) * W + ow) * C;
+                float *d = dst + kh * k * C;
+                for (size_t j = 0; j < k * C; j++) d[j] = src[j];
+            }
         }
 }
 static void col2im_add(const float *col, const ft_layer *l, float *dx) {
@@ -381,20 +385,26 @@ static ft_status backward_layer(ctx_t *c, int i, size_t n, float *g, float *dx) 
         break;
     }
     case FT_LAYER_MAXPOOL2: {
+        /* the gradient goes to the first maximum in (0,0) (0,1) (1,0) (1,1) order; written as
+         * selects against the stored output so the channel loop vectorizes */
         const size_t C = (size_t)l->in_c, W = (size_t)l->in_w, OH = (size_t)l->out_h, OW = (size_t)l->out_w;
+        const float *y = c->arena + L->out_buf[i];
         memset(dx, 0, n * in_sz * sizeof(float));
         for (size_t s = 0; s < n; s++) {
-            const float *xs = x + s * in_sz, *gsmp = g + s * out_sz;
+            const float *xs = x + s * in_sz, *gsmp = g + s * out_sz, *ys = y + s * out_sz;
             float *ds = dx + s * in_sz;
             for (size_t oh = 0; oh < OH; oh++)
                 for (size_t ow = 0; ow < OW; ow++) {
-                    const size_t o00 = ((2 * oh) * W + 2 * ow) * C;
-                    const size_t offs[4] = {o00, o00 + C, o00 + W * C, o00 + W * C + C};
+                    const size_t o00 = ((2 * oh) * W + 2 * ow) * C, o01 = o00 + C, o10 = o00 + W * C, o11 = o10 + C;
+                    const float *go = gsmp + (oh * OW + ow) * C, *mo = ys + (oh * OW + ow) * C;
                     for (size_t ch = 0; ch < C; ch++) {
-                        size_t best = offs[0] + ch; /* first maximum in (0,0) (0,1) (1,0) (1,1) order */
-                        for (int q = 1; q < 4; q++)
-                            if (xs[offs[q] + ch] > xs[best]) best = offs[q] + ch;
-                        ds[best] += gsmp[(oh * OW + ow) * C + ch];
+                        const float m = mo[ch], gv = go[ch];
+                        const int e00 = xs[o00 + ch] == m, e01 = xs[o01 + ch] == m, e10 = xs[o10 + ch] == m;
+                        const int t00 = e00, t01 = e01 & !e00, t10 = e10 & !e00 & !e01, t11 = !(e00 | e01 | e10);
+                        ds[o00 + ch] = t00 ? gv : 0.0f;
+                        ds[o01 + ch] = t01 ? gv : 0.0f;
+                        ds[o10 + ch] = t10 ? gv : 0.0f;
+                        ds[o11 + ch] = t11 ? gv : 0.0f;
                     }
                 }
         }
