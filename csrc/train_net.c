@@ -146,8 +146,18 @@ static int make_layout(const ft_net *net, layout_t *L) {
         if (act_size(l, 1) > max_act) max_act = act_size(l, 1);
     }
     L->max_act = max_act;
-    L->d0 = pos; pos += al(B * max_act);
-    L->d1 = pos; pos += al(B * max_act);
+    /* gradient ping-pong buffers, each as large as the largest gradient backward() puts in it */
+    size_t dmax[2] = {(size_t)net->layers[net->n_layers - 1].out_c, 0};
+    int cur_buf = 0;
+    for (int i = net->n_layers - 1; i >= 0; i--) {
+        const ft_layer *l = &net->layers[i];
+        if (l->kind == FT_LAYER_FLATTEN || l->kind == FT_LAYER_RELU) continue;
+        if (!L->need_dx[i] && !has_params(l)) break;
+        if (L->need_dx[i] && act_size(l, 0) > dmax[!cur_buf]) dmax[!cur_buf] = act_size(l, 0);
+        cur_buf = !cur_buf;
+    }
+    L->d0 = pos; pos += al(B * dmax[0]);
+    L->d1 = pos; pos += al(B * dmax[1]);
     L->col = pos; pos += al(col);
     L->wscr = pos; pos += al(ch);
     L->wt = pos; pos += al(ch);
