@@ -179,7 +179,7 @@ def fashion():
 @needs_fashion
 def test_2nn_learns_fashion_mnist_and_int8_keeps_up(fashion):
     """2nn, 3000 real training images, 2 epochs, batch 10, lr 0.05: >= 74% on 2000 test images
-    (measured 77.6%); int8 weights within 2 points of float32 on the same run (measured 77.8%)."""
+    (measured 78.2%); int8 weights within 2 points of float32 on the same run (measured 77.8%)."""
     xtr, ytr, xte, yte = fashion
     m = fm.build("2nn")
     accs = {}
@@ -194,7 +194,8 @@ def test_2nn_learns_fashion_mnist_and_int8_keeps_up(fashion):
 
 @needs_fashion
 def test_cnn_learns_fashion_mnist(fashion):
-    """cnn, 1500 real training images, 1 epoch, batch 32, lr 0.05, momentum 0.5: >= 60% on 2000 test."""
+    """cnn, 1500 real training images, 1 epoch, batch 32, lr 0.05, momentum 0.5: >= 60% on 2000 test
+    images (measured 69.3%, from 8.9% untrained)."""
     xtr, ytr, xte, yte = fashion
     m = fm.build("cnn")
     p = m.init(1)
