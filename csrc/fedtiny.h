@@ -151,6 +151,7 @@ typedef struct {
 #define FT_TRAIN_MOMENTUM 1u /* keep a velocity vector (n_params floats) */
 #define FT_TRAIN_PROX 2u     /* keep the global weights (n_params floats) for FedProx */
 #define FT_TRAIN_INT8 4u     /* weights as int8 blocks (per tensor, FT_QK values per scale) */
+#define FT_NET_INFER 8u      /* forward only (ft_net_forward): no gradient buffers, 2 activation buffers */
 
 typedef struct {
     const ft_layer *layers;

@@ -46,7 +46,7 @@ static size_t gcd(size_t a, size_t b) { while (b) { size_t t = a % b; a = b; b =
 
 ft_status ft_net_check(const ft_net *net) {
     if (!net || !net->layers || net->n_layers < 1 || net->n_layers > FT_MAX_LAYERS || net->batch < 1 ||
-        net->n_params < 1 || (net->flags & ~7u))
+        net->n_params < 1 || (net->flags & ~15u))
         return FT_ERR_ARG;
     if ((net->flags & FT_TRAIN_INT8) && (net->flags & FT_TRAIN_MOMENTUM)) return FT_ERR_ARG;
     int64_t off = 0;
@@ -130,20 +130,27 @@ static int make_layout(const ft_net *net, layout_t *L) {
     if (net->flags & FT_TRAIN_MOMENTUM) pos += al(n);
     L->g = pos;
     if (net->flags & FT_TRAIN_PROX) pos += al(n);
-    /* activations: the input, then each layer's output (ReLU and Flatten reuse their input) */
-    size_t cur = pos;
-    pos += al(B * act_size(&net->layers[0], 0));
+    const int infer = (net->flags & FT_NET_INFER) != 0;
+    /* activations: the input, then each layer's output (ReLU and Flatten reuse their input);
+     * forward-only arenas alternate between two buffers instead of keeping every layer's */
+    for (int i = 0; i < net->n_layers; i++)
+        if (act_size(&net->layers[i], 1) > max_act) max_act = act_size(&net->layers[i], 1);
+    size_t cur = pos, region[2] = {pos, pos + al(B * max_act)};
+    int r = 0;
+    pos += infer ? 2 * al(B * max_act) : al(B * act_size(&net->layers[0], 0));
     for (int i = 0; i < net->n_layers; i++) {
         const ft_layer *l = &net->layers[i];
         L->in_buf[i] = cur;
         if (l->kind == FT_LAYER_RELU || l->kind == FT_LAYER_FLATTEN) {
             L->out_buf[i] = cur;
+        } else if (infer) {
+            r = !r;
+            L->out_buf[i] = cur = region[r];
         } else {
             L->out_buf[i] = pos;
             cur = pos;
             pos += al(B * act_size(l, 1));
         }
-        if (act_size(l, 1) > max_act) max_act = act_size(l, 1);
     }
     L->max_act = max_act;
     /* gradient ping-pong buffers, each as large as the largest gradient backward() puts in it */
@@ -156,14 +163,15 @@ static int make_layout(const ft_net *net, layout_t *L) {
         if (L->need_dx[i] && act_size(l, 0) > dmax[!cur_buf]) dmax[!cur_buf] = act_size(l, 0);
         cur_buf = !cur_buf;
     }
+    if (infer) dmax[0] = dmax[1] = 0;
     L->d0 = pos; pos += al(B * dmax[0]);
     L->d1 = pos; pos += al(B * dmax[1]);
     L->col = pos; pos += al(col);
-    L->wscr = pos; pos += al(ch);
-    L->wt = pos; pos += al(ch);
-    L->gscr = pos; pos += al(ch);
+    L->wscr = pos; pos += q8 ? al(ch) : 0;             /* dequantized weight chunk */
+    L->wt = pos; pos += infer ? 0 : al(ch);             /* transposed chunk (input gradient) */
+    L->gscr = pos; pos += infer ? 0 : al(ch);           /* weight-gradient chunk */
     L->gb = pos; pos += al(max_out);
-    L->labels = pos; pos += al(B); /* int32 labels of the current batch */
+    L->labels = pos; pos += infer ? 0 : al(B); /* int32 labels of the current batch */
     L->total = pos;
     return 1;
 }
@@ -552,7 +560,7 @@ ft_status ft_train_sgd(const ft_net *net, const ft_sgd_hyper *hyper, const float
                        double *loss_sum, int64_t *n_seen, int64_t *steps) {
     layout_t L;
     if (!hyper || !x || !y || !idx || !arena || !loss_sum || !n_seen || !steps || n_x < 1 || n_idx < 0 ||
-        !make_layout(net, &L))
+        !make_layout(net, &L) || (net->flags & FT_NET_INFER))
         return FT_ERR_ARG;
     const size_t in_sz = act_size(&net->layers[0], 0), B = (size_t)net->batch;
     const int32_t C = (int32_t)net->layers[net->n_layers - 1].out_c;
@@ -587,7 +595,7 @@ ft_status ft_train_grad(const ft_net *net, const float *x, const int32_t *y, int
                         float *grad, double *loss_sum) {
     layout_t L;
     if (!x || !y || !arena || !grad || !loss_sum || !make_layout(net, &L) || n < 1 || n > net->batch ||
-        (net->flags & FT_TRAIN_INT8))
+        (net->flags & (FT_TRAIN_INT8 | FT_NET_INFER)))
         return FT_ERR_ARG;
     const int32_t C = (int32_t)net->layers[net->n_layers - 1].out_c;
     for (int32_t s = 0; s < n; s++)

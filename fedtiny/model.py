@@ -22,8 +22,8 @@ DENSE, CONV2D, MAXPOOL2, RELU, FLATTEN = 1, 2, 3, 4, 5
 _KIND_NAMES = {DENSE: "dense", CONV2D: "conv2d", MAXPOOL2: "maxpool2", RELU: "relu", FLATTEN: "flatten"}
 
 # arena flags (csrc/fedtiny.h FT_TRAIN_*)
-FLAG_MOMENTUM, FLAG_PROX, FLAG_INT8 = 1, 2, 4
-PREDICT_BATCH = 128
+FLAG_MOMENTUM, FLAG_PROX, FLAG_INT8, FLAG_INFER = 1, 2, 4, 8
+PREDICT_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -252,10 +252,11 @@ class Model:
         """Logits, float32 (N, n_classes)."""
         self.check_params(params)
         x2 = self.check_x(x)
-        arena = self._arena(PREDICT_BATCH, 0)
-        _core.train_load(self._desc, self.n_params, PREDICT_BATCH, 0, params, None, arena)
+        batch = min(PREDICT_BATCH, x2.shape[0])
+        arena = self._arena(batch, FLAG_INFER)
+        _core.train_load(self._desc, self.n_params, batch, FLAG_INFER, params, None, arena)
         logits = np.empty((x2.shape[0], self.n_classes), dtype=np.float32)
-        _core.net_forward(self._desc, self.n_params, PREDICT_BATCH, 0, x2, arena, logits.reshape(-1))
+        _core.net_forward(self._desc, self.n_params, batch, FLAG_INFER, x2, arena, logits.reshape(-1))
         return logits
 
 

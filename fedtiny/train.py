@@ -69,6 +69,7 @@ def local_sgd(model: Model, params: np.ndarray, x, y, *, epochs: int, batch_size
     flags = _flags(momentum > 0.0, prox, weights)
 
     n = x2.shape[0]
+    batch = min(batch, n)  # an arena for a batch larger than the data would only waste memory
     arena = model._arena(batch, flags)
     desc = model._desc
     _core.train_load(desc, model.n_params, batch, flags, params, global_params if prox else None, arena)
