@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ODD_LENGTHS, SIMD_PATHS
+from kernel_cases import ODD_LENGTHS, SIMD_PATHS
 
 import fedtiny
 from fedtiny import codec

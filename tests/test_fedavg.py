@@ -4,7 +4,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from conftest import ODD_LENGTHS, SIMD_PATHS
+from kernel_cases import ODD_LENGTHS, SIMD_PATHS
 
 import fedtiny
 from fedtiny import _core, codec
