@@ -286,6 +286,25 @@ static void add_bias(float *y, const float *b, size_t rows, size_t cols) {
         for (size_t j = 0; j < cols; j++) y[r * cols + j] += b[j];
 }
 
+/* One 2x2 window over C channels: the gradient goes to the first maximum in (0,0) (0,1) (1,0)
+ * (1,1) order, found by comparing with the stored output; selects, so the loop vectorizes. */
+static void pool_bwd_window(const float *restrict x00, const float *restrict x01, const float *restrict x10,
+                            const float *restrict x11, const float *restrict m, const float *restrict g,
+                            float *restrict d00, float *restrict d01, float *restrict d10, float *restrict d11,
+                            size_t C) {
+    (void)x11;
+    for (size_t ch = 0; ch < C; ch++) {
+        const float mc = m[ch];
+        float rest = g[ch]; /* what the later positions may still receive */
+        d00[ch] = x00[ch] == mc ? rest : 0.0f;
+        rest = x00[ch] == mc ? 0.0f : rest;
+        d01[ch] = x01[ch] == mc ? rest : 0.0f;
+        rest = x01[ch] == mc ? 0.0f : rest;
+        d10[ch] = x10[ch] == mc ? rest : 0.0f;
+        d11[ch] = x10[ch] == mc ? 0.0f : rest;
+    }
+}
+
 static void forward_layer(ctx_t *c, int i, size_t n) {
     const ft_layer *l = &c->net->layers[i];
     const float *x = c->arena + c->L->in_buf[i];
@@ -426,23 +445,15 @@ static ft_status backward_layer(ctx_t *c, int i, size_t n, float *g, float *dx) 
          * selects against the stored output so the channel loop vectorizes */
         const size_t C = (size_t)l->in_c, W = (size_t)l->in_w, OH = (size_t)l->out_h, OW = (size_t)l->out_w;
         const float *y = c->arena + L->out_buf[i];
-        memset(dx, 0, n * in_sz * sizeof(float));
+        if ((l->in_h | l->in_w) & 1) memset(dx, 0, n * in_sz * sizeof(float)); /* the odd row/column */
         for (size_t s = 0; s < n; s++) {
             const float *xs = x + s * in_sz, *gsmp = g + s * out_sz, *ys = y + s * out_sz;
             float *ds = dx + s * in_sz;
             for (size_t oh = 0; oh < OH; oh++)
                 for (size_t ow = 0; ow < OW; ow++) {
                     const size_t o00 = ((2 * oh) * W + 2 * ow) * C, o01 = o00 + C, o10 = o00 + W * C, o11 = o10 + C;
-                    const float *go = gsmp + (oh * OW + ow) * C, *mo = ys + (oh * OW + ow) * C;
-                    for (size_t ch = 0; ch < C; ch++) {
-                        const float m = mo[ch], gv = go[ch];
-                        const int e00 = xs[o00 + ch] == m, e01 = xs[o01 + ch] == m, e10 = xs[o10 + ch] == m;
-                        const int t00 = e00, t01 = e01 & !e00, t10 = e10 & !e00 & !e01, t11 = !(e00 | e01 | e10);
-                        ds[o00 + ch] = t00 ? gv : 0.0f;
-                        ds[o01 + ch] = t01 ? gv : 0.0f;
-                        ds[o10 + ch] = t10 ? gv : 0.0f;
-                        ds[o11 + ch] = t11 ? gv : 0.0f;
-                    }
+                    pool_bwd_window(xs + o00, xs + o01, xs + o10, xs + o11, ys + (oh * OW + ow) * C,
+                                    gsmp + (oh * OW + ow) * C, ds + o00, ds + o01, ds + o10, ds + o11, C);
                 }
         }
         break;
