@@ -178,7 +178,7 @@ static int make_layout(const ft_net *net, layout_t *L) {
     L->wt = pos; pos += infer ? 0 : al(ch);             /* transposed chunk (input gradient) */
     L->gscr = pos; pos += infer ? 0 : al(ch);           /* weight-gradient chunk */
     L->gb = pos; pos += al(max_out);
-    L->gy = pos; pos += infer ? 0 : al(B * max_out); /* -lr * dY for the fused dense update */
+    L->gy = pos; pos += (infer || q8) ? 0 : al(B * max_out); /* -lr * dY for the fused dense update */
     L->labels = pos; pos += infer ? 0 : al(B); /* int32 labels of the current batch */
     L->total = pos;
     return 1;
