@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import logging
 import math
 import os
@@ -32,7 +31,7 @@ from .session import Rejected
 
 log = logging.getLogger("fedtiny.aggregate")
 
-CODECS = {"int8": 0, "int8-stochastic": wire.CODEC_STOCHASTIC, "int8-ef": wire.CODEC_ERROR_FEEDBACK}
+CODECS = {"int8": 0, "int8-stochastic": 1, "int8-ef": 2}   # the offer's codec_flags (docs/PROTOCOL.md)
 ALIVE_SECONDS = 15.0      # a device silent for longer is not sampled
 REOFFER_SECONDS = 0.5     # offer again to a selected device that has not asked for the model
 MODEL_WINDOW = 64         # model chunks sent per ACK from a device
@@ -177,7 +176,8 @@ class Aggregator(asyncio.DatagramProtocol):
             self.current.bytes_up += len(data)
         who = f"{addr[0]}:{addr[1]}"
         try:
-            mtype, device_id, round_id = session.peek(data)
+            head = session.peek(data)
+            mtype, device_id = head.type, head.device_id
             who = f"device {device_id} at {who}"
             dev = self.devices.get(device_id)
             if dev is None:
@@ -186,10 +186,10 @@ class Aggregator(asyncio.DatagramProtocol):
                     raise Rejected("unknown_device", "no key for it")
                 dev = self.devices[device_id] = _Device(device_id, session.Session(device_id, key))
             if mtype == session.HELLO:
-                _, payload = dev.session.open(data, check_replay=False)
-                self._on_hello(dev, wire.unpack_hello(payload), addr, now)
+                self._on_hello(dev, wire.Hello.unpack(dev.session.open(data, check_replay=False).payload), addr, now)
                 return
-            hdr, payload = dev.session.open(data)
+            hdr = dev.session.open(data)
+            payload = hdr.payload
             dev.addr, dev.last_seen = addr, now
             run = self.current
             if run is None or hdr.round != run.id:
@@ -201,17 +201,17 @@ class Aggregator(asyncio.DatagramProtocol):
             if mtype == session.ACK:
                 self._on_model_ack(dev, run, payload)
             elif mtype == session.RESULT:
-                self._on_result(dev, run, wire.unpack_result(payload), now)
+                self._on_result(dev, run, wire.Result.unpack(payload), now)
             elif mtype == session.UPDATE_CHUNK:
                 self._on_chunk(dev, run, hdr, payload, now)
             elif mtype == session.ERROR:
-                code, text = wire.unpack_error(payload)
-                log.info("device %d reports error %d: %s", dev.id, code, text)
+                err = wire.ErrorMsg.unpack(payload)
+                log.info("device %d reports error %d: %s", dev.id, err.code, err.text)
             else:
                 raise Rejected("unexpected_type", f"type {mtype} is not sent by devices")
         except Rejected as exc:
             self._reject(exc.reason, who, str(exc))
-        except wire.WireError as exc:  # a payload that does not parse
+        except wire.FrameError as exc:  # a payload that does not parse
             self._reject(exc.reason, who, str(exc))
 
     def error_received(self, exc) -> None:  # ICMP port unreachable from a device that went away
@@ -219,7 +219,7 @@ class Aggregator(asyncio.DatagramProtocol):
 
     # -- messages ----------------------------------------------------------------------------
     def _tell(self, dev: _Device, round_id: int, code: int, text: str) -> None:
-        self._send(dev, dev.session.seal(session.ERROR, round_id, wire.pack_error(code, text)))
+        self._send(dev, dev.session.seal(session.ERROR, round_id, wire.ErrorMsg(code, text).pack()))
 
     def _on_hello(self, dev: _Device, hello, addr, now: float) -> None:
         first = dev.addr is None
@@ -239,20 +239,20 @@ class Aggregator(asyncio.DatagramProtocol):
         self._send(dev, dev.session.seal(session.OFFER, run.id, run.offer))
 
     def _on_model_ack(self, dev: _Device, run: _RoundRun, payload: bytes) -> None:
-        acked_type, first, bits = wire.unpack_ack(payload)
-        if acked_type != session.MODEL_CHUNK or first != 0 or len(bits) != run.model_chunks:
+        ack = wire.Ack.unpack(payload)
+        if ack.acked_type != session.MODEL_CHUNK or ack.first != 0 or ack.n_bits != run.model_chunks:
             raise Rejected("bad_payload", "model ack does not cover the model's chunks")
         run.asked.add(dev.id)
-        missing = np.flatnonzero(~np.asarray(bits, dtype=bool))[:MODEL_WINDOW]
         size = session.MODEL_CHUNK_BYTES
-        for i in missing.tolist():
+        for i in ack.missing()[:MODEL_WINDOW]:
             self._send(dev, dev.session.seal(session.MODEL_CHUNK, run.id, run.model[i * size:(i + 1) * size],
                                              chunk_index=i, chunk_count=run.model_chunks))
 
     def _ack_update(self, dev: _Device, run: _RoundRun) -> None:
         dev.acked = 0
-        bits = run.ingest.received(dev.id)
-        self._send(dev, dev.session.seal(session.ACK, run.id, wire.pack_ack(session.UPDATE_CHUNK, 0, bits)))
+        got = np.flatnonzero(run.ingest.received(dev.id)).tolist()
+        ack = wire.Ack.for_chunks(session.UPDATE_CHUNK, got, run.ingest.n_chunks)
+        self._send(dev, dev.session.seal(session.ACK, run.id, ack.pack()))
 
     def _on_result(self, dev: _Device, run: _RoundRun, res, now: float) -> None:
         if res.update_chunks != run.ingest.n_chunks:
@@ -263,7 +263,14 @@ class Aggregator(asyncio.DatagramProtocol):
         if dev.upload is not None and dev.upload[:2] != upload[:2]:
             raise Rejected("weight_changed", f"n_k {dev.upload[0]} -> {upload[0]} within round {run.id}")
         dev.upload = upload
-        self._ack_update(dev, run)
+        try:
+            slot = run.ingest.reserve(dev.id, float(upload[0]), now, flags=upload[4], seed=upload[3])
+        except ValueError as exc:
+            raise Rejected(str(exc)) from None
+        if slot:
+            self._ack_update(dev, run)
+        else:
+            self._tell(dev, run.id, session.E_BUSY, "every upload slot is taken: retry")
 
     def _on_chunk(self, dev: _Device, run: _RoundRun, hdr, payload: bytes, now: float) -> None:
         if dev.upload is None:
@@ -275,8 +282,9 @@ class Aggregator(asyncio.DatagramProtocol):
                                            flags=dev.upload[4], seed=dev.upload[3])
         except ValueError as exc:
             raise Rejected(str(exc), f"update chunk {hdr.chunk_index}") from None
-        if outcome == "busy":
-            self._tell(dev, run.id, session.E_BUSY, "every upload slot is taken: retry")
+        if outcome == "busy":   # its slot was reclaimed (it stalled): it learns on its next RESULT
+            self.round_rejected["busy"] += 1
+            self.rejected["busy"] += 1
             return
         if outcome == "duplicate":
             self.round_rejected["duplicate_chunk"] += 1
@@ -322,12 +330,10 @@ class Aggregator(asyncio.DatagramProtocol):
         rnd = self.server.open_round(selected.tolist(), deadline=now + cfg.round_timeout, min_updates=m)
         model_bytes = self.server.params.astype("<f4").tobytes()
         n = self.server.n_params
-        offer = wire.Offer(n_params=n, codec_flags=CODECS[cfg.codec],
-                           model_hash=hashlib.sha256(model_bytes).digest()[:16], lr=cfg.lr, epochs=cfg.epochs,
-                           batch_size=cfg.batch, deadline_ms=int(cfg.round_timeout * 1000), seed=cfg.seed,
-                           model_chunks=wire.model_chunks(n), update_chunks=ingest.update_chunks(n),
-                           prox_mu=cfg.prox_mu)
-        run = _RoundRun(r, rnd, None, frozenset(selected.tolist()), model_bytes, wire.pack_offer(offer),
+        offer = wire.Offer(n_params=n, codec_flags=CODECS[cfg.codec], model_hash=wire.model_hash(self.server.params),
+                           lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch,
+                           deadline_ms=int(cfg.round_timeout * 1000), seed=cfg.seed, prox_mu=cfg.prox_mu)
+        run = _RoundRun(r, rnd, None, frozenset(selected.tolist()), model_bytes, offer.pack(),
                         wire.model_chunks(n), now)
         run.ingest = ingest.UpdateIngest(n, self._commit, slots=cfg.slots)
         self.round_rejected = Counter()
@@ -383,8 +389,8 @@ class Aggregator(asyncio.DatagramProtocol):
         state.save(self.cfg.state, state.Checkpoint(self.server.round_id, self.server.params,
                                                     self.server.optimizer.state(), self.metrics,
                                                     {"model": self.cfg.model, "seed": self.cfg.seed}))
-        summary = wire.pack_result(wire.Result(n_samples=int(result.n_samples), n_clients=len(contributors),
-                                               loss=row["test_loss"], accuracy=row["test_acc"]))
+        summary = wire.Result(n_samples=int(result.n_samples), n_clients=len(contributors),
+                              loss=row["test_loss"], accuracy=row["test_acc"]).pack()
         for d in run.selected:
             dev = self.devices[d]
             if d in contributors:

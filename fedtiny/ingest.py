@@ -150,6 +150,24 @@ class UpdateIngest:
             return "complete"
         return "added"
 
+    def reserve(self, device_id: int, weight: float, now: float, flags: int = FLAG_STOCHASTIC,
+                seed: int = 0) -> bool:
+        """Open (or keep) this device's staging slot before its chunks come; False: all slots busy."""
+        if self.closed:
+            raise ValueError("round_closed")
+        if device_id in self._done:
+            return True
+        slot = self._staged.get(device_id)
+        if slot is not None:
+            if slot.weight != weight:
+                raise ValueError("weight_changed")
+            slot.last_seen = now
+            return True
+        if self._open_slot(device_id, float(weight), now, flags, seed) is None:
+            self.stats.busy += 1
+            return False
+        return True
+
     def _open_slot(self, device_id: int, weight: float, now: float, flags: int, seed: int) -> _Slot | None:
         if len(self._staged) >= self.slots:
             self._commit_complete()

@@ -1,8 +1,8 @@
 """Per-device pre-shared keys: a text file, one `device_id hexkey` per line.
 
     # comments and blank lines are ignored
-    1 000102030405060708090a0b0c0d0e0f
-    2 8f1c...                            (16 to 64 bytes: 32 to 128 hex digits)
+    0 000102030405060708090a0b0c0d0e0f
+    1 8f1c...                            (16 to 64 bytes: 32 to 128 hex digits)
 
 The aggregator loads every device's key; a device's own file may hold only its line. The file
 holds secrets: keep it readable by its owner only.
@@ -31,8 +31,8 @@ def parse_keys(text: str, source: str = "keys") -> dict[int, bytes]:
             device_id = int(device, 10)
         except ValueError:
             raise ValueError(f"{where}: device id {device!r} is not a decimal integer") from None
-        if not 1 <= device_id <= MAX_DEVICE_ID:
-            raise ValueError(f"{where}: device id {device_id} outside 1 .. {MAX_DEVICE_ID}")
+        if not 0 <= device_id <= MAX_DEVICE_ID:
+            raise ValueError(f"{where}: device id {device_id} outside 0 .. {MAX_DEVICE_ID}")
         try:
             key = bytes.fromhex(hexkey)
         except ValueError:

@@ -10,9 +10,9 @@ import time
 
 from . import wire
 
+M = wire.MsgType
 HELLO, OFFER, MODEL_CHUNK, UPDATE_CHUNK, ACK, ERROR, RESULT = (
-    wire.MSG_HELLO, wire.MSG_OFFER, wire.MSG_MODEL_CHUNK, wire.MSG_UPDATE_CHUNK, wire.MSG_ACK,
-    wire.MSG_ERROR, wire.MSG_RESULT)
+    M.HELLO, M.OFFER, M.MODEL_CHUNK, M.UPDATE_CHUNK, M.ACK, M.ERROR, M.RESULT)
 MAX_FRAME = wire.MAX_FRAME
 MODEL_CHUNK_BYTES = wire.MODEL_CHUNK_BYTES
 UPDATE_CHUNK_BYTES = wire.UPDATE_CHUNK_BYTES
@@ -40,15 +40,14 @@ def _sequence_base() -> int:
     return int(time.time() * 1000) & 0x7FFFFFFF
 
 
-def peek(frame: bytes) -> tuple[int, int, int]:
-    """(type, device_id, round) of a frame, structural checks only: to find its key. Raises Rejected."""
+def peek(frame: bytes) -> wire.Frame:
+    """The header of a frame, structural checks only: to find its key. Raises Rejected."""
     if len(frame) > MAX_FRAME:
         raise Rejected("oversize", f"{len(frame)} bytes")
     try:
-        h = wire.peek(frame)
-    except wire.WireError as exc:
+        return wire.peek(frame)
+    except wire.FrameError as exc:
         raise Rejected(exc.reason, str(exc)) from None
-    return h.type, h.device_id, h.round
 
 
 class Session:
@@ -63,7 +62,7 @@ class Session:
 
     def new_round(self, round_id: int) -> None:
         """Accept this peer's frames for round_id only, forgetting the sequence numbers seen."""
-        self.guard = wire.ReplayGuard(round_id)
+        self.guard.start_round(round_id)
 
     @property
     def round(self) -> int:
@@ -73,17 +72,17 @@ class Session:
              chunk_count: int = 1) -> bytes:
         self.seq = (self.seq + 1) & 0xFFFFFFFF
         return wire.encode(msg_type, self.device_id, round_id, self.seq, payload, self.key,
-                           chunk_index=chunk_index, chunk_count=chunk_count)
+                           chunk=(chunk_index, chunk_count))
 
-    def open(self, frame: bytes, *, check_replay: bool = True):
-        """Authenticate and check a frame from this peer: (header, payload) or Rejected(reason).
+    def open(self, frame: bytes, *, check_replay: bool = True) -> wire.Frame:
+        """Authenticate and check a frame from this peer: the Frame, or Rejected(reason).
 
         check_replay=False only for idempotent frames (a HELLO: joining twice changes nothing)."""
         if len(frame) > MAX_FRAME:
             raise Rejected("oversize", f"{len(frame)} bytes")
         try:
             if check_replay:
-                return wire.decode(frame, self.key, guard=self.guard, accept_newer_round=self.follow_rounds)
-            return wire.decode(frame, self.key)
-        except wire.WireError as exc:
+                return wire.decode(frame, self.key, self.guard, accept_newer_round=self.follow_rounds)
+            return wire.decode(frame, self.key, None)
+        except wire.FrameError as exc:
             raise Rejected(exc.reason, str(exc)) from None

@@ -65,7 +65,7 @@ def test_keys_file(tmp_path):
 @pytest.mark.parametrize("line,msg", [
     ("1", "expected 'device_id hexkey'"),
     ("x 00112233445566778899aabbccddeeff", "not a decimal integer"),
-    ("0 00112233445566778899aabbccddeeff", "outside 1"),
+    ("4294967296 00112233445566778899aabbccddeeff", "outside 0"),
     ("1 zz112233445566778899aabbccddeeff", "not hexadecimal"),
     ("1 0011", "key of 2 bytes"),
     ("1 00112233445566778899aabbccddeeff\n1 00112233445566778899aabbccddeeff", "already has a key"),
