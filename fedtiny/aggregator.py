@@ -227,7 +227,7 @@ class Aggregator(asyncio.DatagramProtocol):
         if first:
             log.info("device %d joined from %s:%d (%d samples)", dev.id, addr[0], addr[1], hello.n_samples)
         if self.finished:
-            self._tell(dev, 0, session.E_FINISHED, "training is finished")
+            self._tell(dev, dev.session.round, session.E_FINISHED, "training is finished")
             return
         run = self.current
         if run is not None and dev.id in run.selected and not run.ingest.is_complete(dev.id):
@@ -438,7 +438,8 @@ class Aggregator(asyncio.DatagramProtocol):
                 self.finished = True
                 for _ in range(3):  # a device that misses these learns it from its next HELLO... or times out
                     for dev in self.devices.values():
-                        self._tell(dev, 0, session.E_FINISHED, "training is finished")
+                        # in the device's last round: its replay guard refuses older rounds
+                        self._tell(dev, dev.session.round, session.E_FINISHED, "training is finished")
                     await asyncio.sleep(0.05)
         finally:
             transport.close()

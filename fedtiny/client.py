@@ -30,7 +30,7 @@ log = logging.getLogger("fedtiny.client")
 TICK = 0.02
 MODEL_ACK_QUIET = 0.1     # no new model chunk for this long: say again what is missing
 UPLOAD_ACK_WAIT = 0.3     # no ACK for this long after sending: send the RESULT again (it prompts one)
-SILENT_SECONDS = 5.0      # no frame from the aggregator while waiting on it: rejoin
+SILENT_SECONDS = 2.0      # no frame from the aggregator while waiting on it: rejoin
 HELLO_MIN, HELLO_MAX = 0.5, 8.0
 
 
@@ -115,8 +115,10 @@ class Device(asyncio.DatagramProtocol):
                      f.round, res.n_clients, res.n_samples, res.accuracy)
 
     def _on_offer(self, round_id: int, offer: wire.Offer) -> None:
-        if round_id == self.round and self.state != "joining":
+        if round_id == self.round and self.state in ("downloading", "training", "uploading"):
             return  # the same offer again: already on it
+        # (an offer for the round this device finished means the aggregator lost its update,
+        # e.g. it was restarted mid-round: take part again; training is deterministic)
         if offer.n_params != self.model.n_params:
             self.round = round_id
             self._send(session.ERROR, wire.ErrorMsg(session.E_MODEL, f"device {self.id} runs a model of "

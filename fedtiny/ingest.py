@@ -25,11 +25,7 @@ from typing import Callable
 
 from .codec import BLOCK_BYTES, BLOCK_DTYPE, FLAG_STOCHASTIC, HEADER, HEADER_BYTES, MAGIC, QK, VERSION, Int8Update, nblocks
 
-CHUNK_BLOCKS = 8  # int8 blocks per update chunk (docs/PROTOCOL.md, FT_WIRE_UPDATE_CHUNK_BLOCKS)
-
-
-def update_chunks(n_params: int) -> int:
-    return (nblocks(n_params) + CHUNK_BLOCKS - 1) // CHUNK_BLOCKS
+from .wire import UPDATE_CHUNK_BLOCKS as CHUNK_BLOCKS, update_chunks  # noqa: F401  (the protocol's chunking)
 
 
 def check_blocks(data: bytes | memoryview) -> str | None:

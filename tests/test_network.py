@@ -1,0 +1,186 @@
+"""The real federation over UDP on 127.0.0.1: client processes, a lossy relay, kill -9, bad frames.
+
+Oracle for every run: `fedtiny simulate` with the same seeds. The aggregator commits the
+round's updates in device-id order (fedtiny.ingest) and each device derives its training and
+rounding seeds as simulate derives them for client k = device id, so the global weights must be
+bit-for-bit those of the simulation: the tolerance is zero.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fedtiny import codec, state, wire
+from netutil import (MODEL, AggregatorThread, Fleet, HandDevice, client_logs, free_udp_port, simulate_oracle,
+                     stop_all, wait_for)
+from udp_relay import LossyRelay
+
+K = 3
+ROUNDS = 3
+
+
+@pytest.fixture(scope="module")
+def oracle():
+    return simulate_oracle(K, ROUNDS)
+
+
+def check_against_simulation(state_dir, oracle, rounds=ROUNDS):
+    weights, rows = oracle
+    ck = state.load(state_dir)
+    assert ck.round == rounds
+    np.testing.assert_array_equal(ck.weights, weights)   # bit-exact: same seeds, same summation order
+    for got, want in zip(ck.metrics, rows):
+        assert got["round"] == want["round"] and got["clients"] == want["clients"] == K
+        assert got["samples"] == want["samples"]
+        assert got["test_loss"] == want["test_loss"] and got["test_acc"] == want["test_acc"]
+
+
+def test_client_processes_reproduce_simulate(tmp_path, oracle):
+    fleet = Fleet(tmp_path, K)
+    procs = []
+    try:
+        with AggregatorThread(fleet.config(rounds=ROUNDS)) as agg:
+            procs = fleet.start_clients(agg.server)
+            agg.wait(40)
+        for p in procs:   # the aggregator tells them it finished: they exit by themselves
+            assert p.wait(timeout=10) == 0, client_logs(procs)
+    finally:
+        stop_all(procs)
+    check_against_simulation(fleet.config().state, oracle)
+    metrics = json.loads((tmp_path / "state" / "metrics.json").read_text())
+    assert all(row["rejected"] == {} for row in metrics)
+    assert all(row["bytes_up"] > 0 and row["bytes_down"] > 0 for row in metrics)
+
+
+def test_lossy_relay_same_aggregate(tmp_path, oracle):
+    """10% drop, 5% duplicate, 10% reordered, both directions: the same bits as the lossless run."""
+    fleet = Fleet(tmp_path, K)
+    procs = []
+    try:
+        with AggregatorThread(fleet.config(rounds=ROUNDS)) as agg, \
+                LossyRelay(agg.address, drop=0.10, duplicate=0.05, reorder=0.10, seed=7) as relay:
+            procs = fleet.start_clients(f"{relay.addr[0]}:{relay.addr[1]}")
+            agg.wait(60)
+            counts = dict(relay.counts)
+    finally:
+        stop_all(procs)
+    assert counts["dropped"] > 0 and counts["duplicated"] > 0 and counts["reordered"] > 0, counts
+    check_against_simulation(fleet.config().state, oracle)
+    rejected = {}
+    for row in json.loads((tmp_path / "state" / "metrics.json").read_text()):
+        for k, v in row["rejected"].items():
+            rejected[k] = rejected.get(k, 0) + v
+    # what duplication and reordering legitimately cause; a bad_tag or bad_scale here would be a bug
+    assert set(rejected) <= {"replay", "duplicate_chunk", "round_closed", "wrong_round"}, rejected
+
+
+def _aggregate_cmd(fleet, port, rounds):
+    return [sys.executable, "-m", "fedtiny.cli", "aggregate", "--listen", f"127.0.0.1:{port}", "--model", MODEL,
+            "--rounds", str(rounds), "--min-clients", str(K), "--round-timeout", "20", "--keys", fleet.keyfile,
+            "--state", os.path.join(fleet.dir, "state"), "--dataset", "digits", "--lr", "0.05", "--batch", "10",
+            "--epochs", "1", "--codec", "int8-stochastic", "--seed", "0"]
+
+
+def test_kill_9_mid_round_and_resume(tmp_path, oracle):
+    fleet = Fleet(tmp_path, K)
+    port = free_udp_port()
+    state_dir = os.path.join(fleet.dir, "state")
+    procs = []
+    agg = subprocess.Popen(_aggregate_cmd(fleet, port, ROUNDS), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)
+    try:
+        procs = fleet.start_clients(f"127.0.0.1:{port}")
+        for line in agg.stderr:   # kill -9 the moment round 2 is offered: mid-round by construction
+            if "round 2:" in line:
+                agg.send_signal(signal.SIGKILL)
+                break
+        agg.wait(timeout=10)
+        agg.stderr.close()
+        assert agg.returncode == -signal.SIGKILL
+        assert state.load(state_dir).round == 1          # round 1 is on disk, round 2 was in flight
+        agg = subprocess.Popen(_aggregate_cmd(fleet, port, ROUNDS), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+        out, err = agg.communicate(timeout=40)
+        assert agg.returncode == 0, err
+        assert "3 of 3 rounds finished" in out
+    finally:
+        if agg.poll() is None:
+            agg.kill()
+            agg.wait()
+        stop_all(procs)
+    check_against_simulation(state_dir, oracle)
+
+
+def test_bad_frames_are_counted_and_never_reach_the_sum(tmp_path):
+    fleet = Fleet(tmp_path, 1)
+    dev_id, other = 0, 1
+    with AggregatorThread(fleet.config(rounds=1, min_clients=1)) as at:
+        agg = at.agg
+        dev = HandDevice(at.address, dev_id, fleet.keys[dev_id])
+        try:
+            hello = dev.frame(wire.MsgType.HELLO, 0, wire.Hello(n_samples=100).pack())
+            offer_frame = dev.expect(wire.MsgType.OFFER, resend=dev.send(hello))
+            r = offer_frame.round
+            offer = wire.Offer.unpack(offer_frame.payload)
+            n_chunks = wire.model_chunks(offer.n_params)
+            ask = dev.frame(wire.MsgType.ACK, r, wire.Ack.for_chunks(wire.MsgType.MODEL_CHUNK, [], n_chunks).pack())
+            dev.send(ask)
+            model = bytearray(4 * offer.n_params)
+            got = set()
+            while len(got) < n_chunks:
+                f = dev.expect(wire.MsgType.MODEL_CHUNK)
+                model[f.chunk_index * 1152:f.chunk_index * 1152 + len(f.payload)] = f.payload
+                got.add(f.chunk_index)
+            w0 = np.frombuffer(bytes(model), "<f4").astype(np.float32)
+            assert wire.model_hash(w0) == offer.model_hash
+
+            delta = np.random.default_rng(3).standard_normal(offer.n_params).astype(np.float32) * 0.01
+            update = codec.encode(delta, rounding="nearest")
+            n_up = wire.update_chunks(offer.n_params)
+            result = dev.frame(wire.MsgType.RESULT, r, wire.Result(n_samples=100, loss=1.0, steps=10,
+                                                                    update_chunks=n_up).pack())
+            dev.expect(wire.MsgType.ACK, resend=dev.send(result))
+
+            def chunk(i, data=None, **kw):
+                return dev.frame(wire.MsgType.UPDATE_CHUNK, kw.pop("round_id", r),
+                                 wire.update_chunk(update.blocks, i) if data is None else data, chunk=(i, n_up), **kw)
+
+            good0 = chunk(0)
+            dev.send(chunk(0, key=bytes(32)))                       # wrong key
+            dev.send(good0)
+            dev.send(good0)                                         # the same frame again: replay
+            dev.send(chunk(1, round_id=r + 1))                      # a round that is not open
+            dev.send(chunk(1, device_id=9))                         # an id without a key
+            dev.send(os.urandom(80))                                # garbage
+            dev.send(b"FT" + bytes(10))                             # truncated header
+            dev.send(good0 + bytes(1300 - len(good0)))              # oversized datagram
+            bad = bytearray(wire.update_chunk(update.blocks, 1))
+            bad[4] = 0x80                                           # int8 value -128: outside the codec
+            dev.send(chunk(1, bytes(bad)))
+            bad = bytearray(wire.update_chunk(update.blocks, 1))
+            bad[0:4] = np.float32(np.nan).tobytes()                 # NaN scale
+            dev.send(chunk(1, bytes(bad)))
+            expected = {"bad_tag": 1, "replay": 1, "wrong_round": 1, "unknown_device": 1, "oversize": 1,
+                        "bad_value": 1, "bad_scale": 1}
+            wait_for(lambda: all(agg.rejected[k] >= v for k, v in expected.items())
+                     and sum(agg.rejected[k] for k in ("bad_magic", "truncated", "bad_version")) >= 2,
+                     5, f"rejection counters {expected}")
+            assert agg.server.accumulator.total_weight == 0 and not agg.server.accumulator._acc.any()
+            assert agg.server.round_id == 1 and agg.current is not None      # still serving round 1
+
+            for i in range(1, n_up):                                # now the honest rest of the upload
+                dev.send(chunk(i))
+            at.wait(10)
+        finally:
+            dev.close()
+    rows = json.loads((tmp_path / "state" / "metrics.json").read_text())
+    for k, v in expected.items():
+        assert rows[0]["rejected"][k] == v, rows[0]["rejected"]
+    ck = state.load(os.path.join(fleet.dir, "state"))
+    oracle = w0.astype(np.float64) + update.decode().astype(np.float64)   # FedAvg of one update: w0 + delta
+    np.testing.assert_allclose(ck.weights, oracle, rtol=0, atol=1e-6)
+    assert other not in agg.devices or agg.devices[other].addr is None
