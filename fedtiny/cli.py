@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, str] = {
     "simulate": "fedtiny.simulate",
     "aggregate": "fedtiny.aggregator",
     "client": "fedtiny.client",
+    "bridge": "fedtiny.bridge",
     "demo": "fedtiny.demo",
 }
 
