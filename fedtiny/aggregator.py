@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import sys
 import time
 from collections import Counter
@@ -36,6 +37,7 @@ ALIVE_SECONDS = 15.0      # a device silent for longer is not sampled
 REOFFER_SECONDS = 0.5     # offer again to a selected device that has not asked for the model
 MODEL_WINDOW = 64         # model chunks sent per ACK from a device
 ACK_EVERY = 16            # update chunks between two ACKs to the device
+RCVBUF_BYTES = 4 << 20    # requested UDP receive buffer
 LOG_PER_REASON = 5        # rejections logged one by one per reason and round; then only counted
 
 
@@ -426,6 +428,9 @@ class Aggregator(asyncio.DatagramProtocol):
         host, port = parse_hostport(self.cfg.listen, "--listen")
         transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
         self.address = transport.get_extra_info("sockname")[:2]
+        # Uploads come in bursts from many devices: a deeper socket queue means fewer drops and
+        # resends (the kernel caps it at net.core.rmem_max).
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
         log.info("aggregating %s (%d parameters) on %s:%d, round %d of %d", self.cfg.model, self.server.n_params,
                  self.address[0], self.address[1], self.server.round_id + 1, self.cfg.rounds)
         if ready is not None:
