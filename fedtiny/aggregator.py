@@ -37,6 +37,7 @@ ALIVE_SECONDS = 15.0      # a device silent for longer is not sampled
 REOFFER_SECONDS = 0.5     # offer again to a selected device that has not asked for the model
 MODEL_WINDOW = 64         # model chunks sent per ACK from a device
 ACK_EVERY = 16            # update chunks between two ACKs to the device
+TELL_SECONDS = 0.25        # errors to one device, per code
 RCVBUF_BYTES = 4 << 20    # requested UDP receive buffer
 LOG_PER_REASON = 5        # rejections logged one by one per reason and round; then only counted
 
@@ -100,6 +101,7 @@ class _Device:
     n_samples: int = 0
     upload: tuple | None = None      # (n_samples, steps, loss, seed, flags) of its current round
     acked: int = 0                   # update chunks received since the last ACK sent
+    told: dict = field(default_factory=dict)   # error code -> when this device was last told
 
 
 @dataclass
@@ -220,7 +222,13 @@ class Aggregator(asyncio.DatagramProtocol):
         log.debug("socket error: %s", exc)
 
     # -- messages ----------------------------------------------------------------------------
-    def _tell(self, dev: _Device, round_id: int, code: int, text: str) -> None:
+    def _tell(self, dev: _Device, round_id: int, code: int, text: str, *, always: bool = False) -> None:
+        """An ERROR to the device; at most one per code every TELL_SECONDS (a late upload of
+        200 chunks gets one answer, not 200)."""
+        now = time.monotonic()
+        if not always and now - dev.told.get(code, -math.inf) < TELL_SECONDS:
+            return
+        dev.told[code] = now
         self._send(dev, dev.session.seal(session.ERROR, round_id, wire.ErrorMsg(code, text).pack()))
 
     def _on_hello(self, dev: _Device, hello, addr, now: float) -> None:
@@ -399,7 +407,7 @@ class Aggregator(asyncio.DatagramProtocol):
                 self._send(dev, dev.session.seal(session.RESULT, run.id, summary))
             else:
                 self._tell(dev, run.id, session.E_ROUND_CLOSED,
-                           f"round {run.id} closed ({result.closed_by}) without your update")
+                           f"round {run.id} closed ({result.closed_by}) without your update", always=True)
         self._print_row(row)
 
     # -- output ------------------------------------------------------------------------------
@@ -444,7 +452,7 @@ class Aggregator(asyncio.DatagramProtocol):
                 for _ in range(3):  # a device that misses these learns it from its next HELLO... or times out
                     for dev in self.devices.values():
                         # in the device's last round: its replay guard refuses older rounds
-                        self._tell(dev, dev.session.round, session.E_FINISHED, "training is finished")
+                        self._tell(dev, dev.session.round, session.E_FINISHED, "training is finished", always=True)
                     await asyncio.sleep(0.05)
         finally:
             transport.close()
@@ -504,8 +512,17 @@ def run_command(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
     cfg = config_from_args(args)
     agg = Aggregator(cfg)
-    done = asyncio.run(agg.serve())
+    stop = None
+
+    async def main() -> int:
+        nonlocal stop
+        stop = asyncio.Event()
+        return await agg.serve(stop)
+    done = asyncio.run(main())
     print(f"{done} of {cfg.rounds} rounds finished; state in {os.path.abspath(cfg.state)}")
+    if done < cfg.rounds and stop.is_set():
+        print(f"stopped by a signal: run the same command again to resume at round {done + 1}")
+        return 0
     return 0 if done >= cfg.rounds else 1
 
 

@@ -184,3 +184,28 @@ def test_bad_frames_are_counted_and_never_reach_the_sum(tmp_path):
     oracle = w0.astype(np.float64) + update.decode().astype(np.float64)   # FedAvg of one update: w0 + delta
     np.testing.assert_allclose(ck.weights, oracle, rtol=0, atol=1e-6)
     assert other not in agg.devices or agg.devices[other].addr is None
+
+
+def test_sigterm_stops_cleanly_and_bad_keys_are_one_line(tmp_path):
+    fleet = Fleet(tmp_path, 2)
+    port = free_udp_port()
+    agg = subprocess.Popen(_aggregate_cmd(fleet, port, 2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in agg.stderr:              # listening, waiting for devices
+            if "waiting for devices" in line:
+                break
+        agg.send_signal(signal.SIGTERM)
+        out, err = agg.communicate(timeout=10)
+    finally:
+        if agg.poll() is None:
+            agg.kill()
+            agg.wait()
+    assert agg.returncode == 0 and "Traceback" not in err
+    assert "0 of 2 rounds finished" in out and "resume at round 1" in out
+    (tmp_path / "bad.keys").write_text("0 00112233\n")
+    cmd = _aggregate_cmd(fleet, port, 2)
+    cmd[cmd.index("--keys") + 1] = str(tmp_path / "bad.keys")
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [f"fedtiny aggregate: error: {tmp_path / 'bad.keys'} line 1: key of 4 bytes, "
+                                               "expected 16 to 64"]
