@@ -76,3 +76,23 @@ def test_c_firmware_through_bridge_over_pty(tmp_path, firmware):
     # the C devices really trained: the dense head learns the digits (chance is 0.10)
     accs = [row["test_acc"] for row in ck.metrics]
     assert accs[-1] > 0.6 and accs[-1] > accs[0], accs
+
+
+def test_firmware_links_for_cortex_m4(tmp_path):
+    """The same firmware (no malloc, no stdio) links for a Cortex-M4 and fits a 64 KB-RAM part."""
+    cc, size = shutil.which("arm-none-eabi-gcc"), shutil.which("arm-none-eabi-size")
+    if cc is None or size is None:
+        pytest.skip("no arm-none-eabi-gcc (apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi)")
+    elf = str(tmp_path / "fw.elf")
+    sources = ([os.path.join(FW, "example", f) for f in ("board_stub.c", "fw_device.c")]
+               + [os.path.join(FW, f) for f in ("ft_sha256.c", "ft_cobs.c", "ft_frame.c")]
+               + sorted(os.path.join(d, f) for d in (CSRC, os.path.join(CSRC, "arch"))
+                        for f in os.listdir(d) if f.endswith(".c")))
+    subprocess.run([cc, "-std=c99", "-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16", "-Os",
+                    "-ffunction-sections", "-fdata-sections", "-Wall", "-Werror", "-I", CSRC, "-I", FW,
+                    "-I", os.path.join(FW, "example"), *sources, "-Wl,--gc-sections", "--specs=nosys.specs", "-lm",
+                    "-o", elf], check=True, timeout=120, capture_output=True)
+    text, data, bss = map(int, subprocess.run([size, elf], capture_output=True, text=True,
+                                               check=True).stdout.splitlines()[1].split()[:3])
+    assert text + data <= 32 * 1024, (text, data)       # flash, newlib's startup included
+    assert data + bss <= 48 * 1024, (data, bss)         # RAM: fw_device (39.7 KB) and the C library
