@@ -108,6 +108,11 @@ class SimResult:
     rounds: list[dict] = field(default_factory=list)
     personalization: dict | None = None
     summary: dict = field(default_factory=dict)
+    params: np.ndarray | None = field(default=None, repr=False)  # the final global weights
+
+    def to_json(self) -> dict:
+        return {"config": self.config, "summary": self.summary, "rounds": self.rounds,
+                "personalization": self.personalization}
 
 
 def _seed(*parts: int) -> int:
@@ -161,6 +166,14 @@ class Progress:
 
 def run(cfg: SimConfig, *, progress: Progress | None = None, data: datasets.Dataset | None = None) -> SimResult:
     """Run the simulation described by cfg; returns every round's metrics (and writes nothing)."""
+    try:
+        return _run(cfg, progress, data)
+    finally:
+        if cfg.trace_memory and tracemalloc.is_tracing():
+            tracemalloc.stop()
+
+
+def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | None) -> SimResult:
     from . import model as model_mod  # the training engine
     from . import train
 
@@ -238,8 +251,7 @@ def run(cfg: SimConfig, *, progress: Progress | None = None, data: datasets.Data
         result.rounds.append(row)
         if progress is not None:
             progress.update(row)
-    if cfg.trace_memory:
-        tracemalloc.stop()
+    result.params = server.params
     if cfg.personalize > 0:
         result.personalization = _personalize(cfg, train, model, server.params, data, splits)
     last = result.rounds[-1]
@@ -327,7 +339,7 @@ CSV_FIELDS = ("round", "clients", "samples", "train_loss", "local_steps", "test_
 
 
 def write_outputs(result: SimResult, out: str, *, log=print) -> list[str]:
-    """rounds.csv, result.json, personalization.csv (if any) and accuracy.png (if matplotlib is there)."""
+    """rounds.csv, result.json, params.npy (final weights), personalization.csv (if any) and accuracy.png (if matplotlib is there)."""
     os.makedirs(out, exist_ok=True)
     written = []
     path = os.path.join(out, "rounds.csv")
@@ -339,9 +351,13 @@ def write_outputs(result: SimResult, out: str, *, log=print) -> list[str]:
     written.append(path)
     path = os.path.join(out, "result.json")
     with open(path + ".tmp", "w") as f:
-        json.dump(asdict(result), f, indent=1, default=_json_default)
+        json.dump(result.to_json(), f, indent=1, default=_json_default)
     os.replace(path + ".tmp", path)
     written.append(path)
+    if result.params is not None:
+        path = os.path.join(out, "params.npy")
+        np.save(path, result.params)
+        written.append(path)
     if result.personalization:
         path = os.path.join(out, "personalization.csv")
         p = result.personalization

@@ -199,6 +199,10 @@ def test_from_bytes_rejects_damaged_input(rng):
     nan[16:20] = np.float32(np.nan).tobytes()
     with pytest.raises(ValueError, match="scale"):
         codec.Int8Update.from_bytes(bytes(nan))
+    huge = bytearray(b)
+    huge[16:20] = np.float32(1e37).tobytes()  # 127 * d would overflow to Inf
+    with pytest.raises(ValueError, match="scale"):
+        codec.Int8Update.from_bytes(bytes(huge))
     m128 = bytearray(b)
     m128[20] = 0x80
     with pytest.raises(ValueError, match="-128"):
