@@ -16,7 +16,7 @@
  * FT_WIRE_MAX_FRAME      Largest frame (header + payload + tag) this build encodes or accepts,
  *                        in bytes. Default and protocol maximum 1200 (one UDP datagram that
  *                        never fragments on an IPv6 path). A firmware with a small serial
- *                        buffer may lower it (>= FT_WIRE_HEADER_BYTES + FT_WIRE_TAG_BYTES + 64);
+ *                        buffer may lower it (92..1200; 92 = the frame of an offer);
  *                        frames larger than it are refused as FT_WIRE_ERR_OVERSIZE. The chunk
  *                        sizes of the protocol do not change: a lowered build cannot receive
  *                        full model chunks.
@@ -41,6 +41,9 @@ extern "C" {
 
 #ifndef FT_WIRE_MAX_FRAME
 #define FT_WIRE_MAX_FRAME 1200
+#endif
+#if FT_WIRE_MAX_FRAME < 92 || FT_WIRE_MAX_FRAME > 1200
+#error "FT_WIRE_MAX_FRAME must be 92 (the smallest frame holding an offer) .. 1200"
 #endif
 #ifndef FT_WIRE_SELFTEST
 #define FT_WIRE_SELFTEST 1
