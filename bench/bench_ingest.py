@@ -163,7 +163,7 @@ async def _run(n_devices: int, tmp: str) -> dict:
                             "--model", MODEL, "--rounds", "1", "--min-clients", str(n_devices),
                             "--round-timeout", "300", "--keys", keyfile, "--state", state_dir, "--dataset", "none",
                             "--slots", str(SLOTS)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
     delta = (np.random.default_rng(0).standard_normal(N_PARAMS) * 0.01).astype(np.float32)
     update = codec.encode(delta, rounding="stochastic", seed=1)
     chunks = [wire.update_chunk(update.blocks, i) for i in range(wire.update_chunks(N_PARAMS))]

@@ -86,7 +86,7 @@ def run_command(args: argparse.Namespace) -> int:
             server = f"{address[0]}:{address[1]}"
             for k, path in enumerate(paths):
                 procs.append(subprocess.Popen(client_command(server, k, keyfile, path, args.model),
-                                              stdout=quiet, stderr=quiet))
+                                              stdout=quiet, stderr=quiet, cwd=tmp))
 
         t0 = time.perf_counter()
         try:

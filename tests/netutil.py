@@ -48,7 +48,7 @@ class Fleet:
 
     def start_clients(self, server: str, ids=None) -> list[subprocess.Popen]:
         ids = range(self.clients) if ids is None else ids
-        return [subprocess.Popen(client_command(server, k, self.keyfile, self.data[k], MODEL), env=CLIENT_ENV,
+        return [subprocess.Popen(client_command(server, k, self.keyfile, self.data[k], MODEL), env=CLIENT_ENV, cwd=self.dir,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for k in ids]
 
 

@@ -51,7 +51,8 @@ def test_c_firmware_through_bridge_over_pty(tmp_path, firmware):
             bridge_cmd = [sys.executable, "-m", "fedtiny.cli", "bridge", "--server", at.server]
             for _, slave in ptys:
                 bridge_cmd += ["--serial", os.ttyname(slave)]
-            procs.append(subprocess.Popen(bridge_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+            procs.append(subprocess.Popen(bridge_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                          cwd=fleet.dir))
             for k, (master, _) in enumerate(ptys):
                 data = str(tmp_path / f"device{k}.bin")
                 write_device_data(fleet.data[k], data)

@@ -78,6 +78,8 @@ def test_lossy_relay_same_aggregate(tmp_path, oracle):
     assert set(rejected) <= {"replay", "duplicate_chunk", "round_closed", "wrong_round"}, rejected
 
 
+# Subprocesses run in the test's directory: from the checkout's root, `python -m fedtiny.cli`
+# would import the source tree instead of the installed (compiled) package.
 def _aggregate_cmd(fleet, port, rounds):
     return [sys.executable, "-m", "fedtiny.cli", "aggregate", "--listen", f"127.0.0.1:{port}", "--model", MODEL,
             "--rounds", str(rounds), "--min-clients", str(K), "--round-timeout", "20", "--keys", fleet.keyfile,
@@ -91,7 +93,7 @@ def test_kill_9_mid_round_and_resume(tmp_path, oracle):
     state_dir = os.path.join(fleet.dir, "state")
     procs = []
     agg = subprocess.Popen(_aggregate_cmd(fleet, port, ROUNDS), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           text=True)
+                           text=True, cwd=fleet.dir)
     try:
         procs = fleet.start_clients(f"127.0.0.1:{port}")
         for line in agg.stderr:   # kill -9 the moment round 2 is offered: mid-round by construction
@@ -103,7 +105,7 @@ def test_kill_9_mid_round_and_resume(tmp_path, oracle):
         assert agg.returncode == -signal.SIGKILL
         assert state.load(state_dir).round == 1          # round 1 is on disk, round 2 was in flight
         agg = subprocess.Popen(_aggregate_cmd(fleet, port, ROUNDS), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, cwd=fleet.dir)
         out, err = agg.communicate(timeout=40)
         assert agg.returncode == 0, err
         assert "3 of 3 rounds finished" in out
@@ -189,7 +191,8 @@ def test_bad_frames_are_counted_and_never_reach_the_sum(tmp_path):
 def test_sigterm_stops_cleanly_and_bad_keys_are_one_line(tmp_path):
     fleet = Fleet(tmp_path, 2)
     port = free_udp_port()
-    agg = subprocess.Popen(_aggregate_cmd(fleet, port, 2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    agg = subprocess.Popen(_aggregate_cmd(fleet, port, 2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           cwd=fleet.dir)
     try:
         for line in agg.stderr:              # listening, waiting for devices
             if "waiting for devices" in line:
@@ -205,7 +208,7 @@ def test_sigterm_stops_cleanly_and_bad_keys_are_one_line(tmp_path):
     (tmp_path / "bad.keys").write_text("0 00112233\n")
     cmd = _aggregate_cmd(fleet, port, 2)
     cmd[cmd.index("--keys") + 1] = str(tmp_path / "bad.keys")
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=fleet.dir)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines() == [f"fedtiny aggregate: error: {tmp_path / 'bad.keys'} line 1: key of 4 bytes, "
                                                "expected 16 to 64"]
