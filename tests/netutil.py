@@ -182,3 +182,33 @@ def client_logs(procs) -> str:
 
 __all__ = ["Fleet", "AggregatorThread", "HandDevice", "simulate_oracle", "stop_all", "free_udp_port", "wait_for",
            "np", "sys", "time"]
+
+
+def hand_join(dev: HandDevice, n_samples: int = 100):
+    """HELLO until an OFFER comes, then download the model: (round, offer, global weights)."""
+    hello = dev.frame(wire.MsgType.HELLO, 0, wire.Hello(n_samples=n_samples).pack())
+    f = dev.expect(wire.MsgType.OFFER, resend=dev.send(hello))
+    offer = wire.Offer.unpack(f.payload)
+    n_chunks = wire.model_chunks(offer.n_params)
+    dev.send(dev.frame(wire.MsgType.ACK, f.round, wire.Ack.for_chunks(wire.MsgType.MODEL_CHUNK, [], n_chunks).pack()))
+    model = bytearray(4 * offer.n_params)
+    got = set()
+    while len(got) < n_chunks:
+        c = dev.expect(wire.MsgType.MODEL_CHUNK)
+        start = c.chunk_index * wire.MODEL_CHUNK_BYTES
+        model[start:start + len(c.payload)] = c.payload
+        got.add(c.chunk_index)
+    w0 = np.frombuffer(bytes(model), "<f4").astype(np.float32)
+    assert wire.model_hash(w0) == offer.model_hash
+    return f.round, offer, w0
+
+
+def hand_result(dev: HandDevice, round_id: int, n_samples: int, n_chunks: int) -> None:
+    result = dev.frame(wire.MsgType.RESULT, round_id, wire.Result(n_samples=n_samples, loss=1.0, steps=10,
+                                                                   update_chunks=n_chunks).pack())
+    dev.expect(wire.MsgType.ACK, resend=dev.send(result))
+
+
+def hand_chunk(dev: HandDevice, round_id: int, update, index: int, n_chunks: int) -> bytes:
+    return dev.send(dev.frame(wire.MsgType.UPDATE_CHUNK, round_id, wire.update_chunk(update.blocks, index),
+                              chunk=(index, n_chunks)))

@@ -212,3 +212,44 @@ def test_sigterm_stops_cleanly_and_bad_keys_are_one_line(tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines() == [f"fedtiny aggregate: error: {tmp_path / 'bad.keys'} line 1: key of 4 bytes, "
                                                "expected 16 to 64"]
+
+
+def test_dead_upload_straggler_and_late_update_leave_the_average_alone(tmp_path):
+    """Device 0 completes; device 1 dies after half its chunks. The round closes at its deadline
+    with FedAvg over device 0 alone; device 1 is told; its late chunks, sent into round 2, are
+    refused as wrong_round and round 2 (no complete update) leaves the model unchanged."""
+    from netutil import hand_chunk, hand_join, hand_result
+    fleet = Fleet(tmp_path, 2)
+    with AggregatorThread(fleet.config(rounds=2, min_clients=2, round_timeout=1.5, dataset=None)) as at:
+        devs = [HandDevice(at.address, k, fleet.keys[k]) for k in (0, 1)]
+        try:
+            hellos = [d.send(d.frame(wire.MsgType.HELLO, 0, wire.Hello(n_samples=100).pack())) for d in devs]
+            joined = [hand_join(d) for d in devs]
+            r, offer, w0 = joined[0]
+            assert all(j[0] == r for j in joined) and all(np.array_equal(j[2], w0) for j in joined)
+            rng = np.random.default_rng(5)
+            updates = [codec.encode((rng.standard_normal(offer.n_params) * 0.01).astype(np.float32)) for _ in devs]
+            n_up = wire.update_chunks(offer.n_params)
+            assert n_up >= 2
+            hand_result(devs[0], r, 120, n_up)
+            hand_result(devs[1], r, 80, n_up)
+            for i in range(n_up // 2):             # device 1 delivers half, then dies
+                hand_chunk(devs[1], r, updates[1], i, n_up)
+            for i in range(n_up):
+                hand_chunk(devs[0], r, updates[0], i, n_up)
+            told = devs[1].expect(wire.MsgType.ERROR, timeout=5)
+            assert wire.ErrorMsg.unpack(told.payload).code == 101 and told.round == r
+            devs[1].expect(wire.MsgType.OFFER, timeout=5, resend=hellos[1])   # round 2 is offered
+            for i in range(n_up // 2, n_up):       # ... and only now the rest of round 1 arrives
+                hand_chunk(devs[1], r, updates[1], i, n_up)
+            at.wait(10)
+        finally:
+            for d in devs:
+                d.close()
+    rows = json.loads((tmp_path / "state" / "metrics.json").read_text())
+    assert rows[0]["clients"] == 1 and rows[0]["closed_by"] == "deadline"
+    assert rows[0]["stragglers"] == [1] and rows[0]["dropped_uploads"] == [1]
+    assert rows[1]["outcome"] == "abandoned" and rows[1]["rejected"].get("wrong_round", 0) >= 1
+    ck = state.load(str(tmp_path / "state"))
+    oracle = w0.astype(np.float64) + updates[0].decode().astype(np.float64)   # FedAvg over the completed device
+    np.testing.assert_allclose(ck.weights, oracle, rtol=0, atol=1e-6)
