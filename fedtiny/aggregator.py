@@ -1,6 +1,6 @@
 """`fedtiny aggregate`: the FedAvg aggregator as an asyncio UDP server.
 
-Per round (docs/NETWORK.md): wait for --min-clients registered devices, sample who takes part
+Per round (docs/network.md): wait for --min-clients registered devices, sample who takes part
 (fedtiny.rounds, seeded by round), OFFER the round, serve the global model in chunks (each
 device's ACK says what it still misses), take each device's RESULT (its weight n_k) and int8
 update chunks into a staging slot (fedtiny.ingest), close at M complete updates or at the

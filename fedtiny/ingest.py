@@ -1,4 +1,4 @@
-"""Chunk-wise ingest of int8 updates into the FedAvg accumulator (policy: docs/NETWORK.md).
+"""Chunk-wise ingest of int8 updates into the FedAvg accumulator (policy: docs/network.md).
 
 Staging, not subtraction: float32 addition is not reversible ((a + x) - x != a), so a device
 that dies mid-upload could never be taken back out of the accumulator exactly. Instead each

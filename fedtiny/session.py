@@ -17,7 +17,7 @@ MAX_FRAME = wire.MAX_FRAME
 MODEL_CHUNK_BYTES = wire.MODEL_CHUNK_BYTES
 UPDATE_CHUNK_BYTES = wire.UPDATE_CHUNK_BYTES
 
-# Application error codes (ERROR payload, >= 100; docs/NETWORK.md).
+# Application error codes (ERROR payload, >= 100; docs/network.md).
 E_BUSY = 100           # every staging slot is taken by an unfinished upload: retry later
 E_ROUND_CLOSED = 101   # the round closed without this device's update (straggler or late)
 E_NOT_SELECTED = 102   # this device is not in the open round

@@ -1,6 +1,6 @@
 /*
  * fw_device.c - the example device loop (see fw_device.h): join, download the model, train,
- * upload the int8 update, repeat. The same message flow as `fedtiny client` (docs/NETWORK.md).
+ * upload the int8 update, repeat. The same message flow as `fedtiny client` (docs/network.md).
  */
 #include "fw_device.h"
 
@@ -12,7 +12,7 @@
 #define UPLOAD_ACK_WAIT_MS 300u
 #define SILENT_MS 2000u
 
-/* Application error codes (docs/NETWORK.md). */
+/* Application error codes (docs/network.md). */
 #define E_BUSY 100
 #define E_ROUND_CLOSED 101
 #define E_NOT_SELECTED 102
