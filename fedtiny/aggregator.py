@@ -29,6 +29,7 @@ import numpy as np
 
 from . import datasets, ingest, keys as keys_mod, rounds, session, state, wire
 from .session import Rejected
+from .simulate import check_model_fits
 
 log = logging.getLogger("fedtiny.aggregate")
 
@@ -133,6 +134,10 @@ class Aggregator(asyncio.DatagramProtocol):
         self.test = None
         if cfg.dataset:
             data = datasets.load(cfg.dataset, cfg.data_dir, seed=cfg.seed)
+            try:
+                check_model_fits(self.model, data, cfg.model)
+            except ValueError as exc:
+                raise ValueError(f"--dataset {cfg.dataset} (the test set): {exc}; or --dataset none") from None
             self.test = (data.x_test, data.y_test)
         optimizer = rounds.make_server_optimizer(cfg.server_opt, lr=cfg.server_lr)
         ckpt = state.load(cfg.state)
@@ -311,6 +316,7 @@ class Aggregator(asyncio.DatagramProtocol):
         verdict = self.current.rnd.submit(device_id, self.current.id, update, weight, steps=dev.upload[1])
         if not verdict.accepted:
             self._reject(verdict.reason, f"device {device_id}", verdict.detail)
+            self._tell(dev, self.current.id, session.E_REJECTED, verdict.detail or verdict.reason, always=True)
 
     # -- rounds ------------------------------------------------------------------------------
     def _alive(self, now: float) -> list[int]:

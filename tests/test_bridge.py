@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -65,6 +66,15 @@ def test_c_firmware_through_bridge_over_pty(tmp_path, firmware):
                 out, err = p.communicate(timeout=10)
                 assert p.returncode == 0, out + err
                 assert f"{rounds} round(s)" in out, out
+        # line noise on a serial port: dropped and counted by the bridge, which stops cleanly
+        os.write(ptys[0][0], b"\x00\x05noise, not a COBS frame\x00\x03\x01\x00")
+        bridge = procs[0]
+        time.sleep(0.5)
+        bridge.terminate()
+        _, err = bridge.communicate(timeout=10)
+        assert bridge.returncode == 0, err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("bridge stopped:") and "serial_" in last and "'to_device'" in last, err
     finally:
         stop_all(procs)
         for master, slave in ptys:
