@@ -23,7 +23,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -103,6 +103,7 @@ class _Device:
     upload: tuple | None = None      # (n_samples, steps, loss, seed, flags) of its current round
     acked: int = 0                   # update chunks received since the last ACK sent
     told: dict = field(default_factory=dict)   # error code -> when this device was last told
+    hello_seq: int = -1              # sequence number of its last accepted HELLO
 
 
 @dataclass
@@ -160,7 +161,6 @@ class Aggregator(asyncio.DatagramProtocol):
         self.transport = None
         self.finished = False
         self._wake = asyncio.Event()
-        self.bytes_in_idle = 0
 
     # -- transport ---------------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -195,7 +195,13 @@ class Aggregator(asyncio.DatagramProtocol):
                     raise Rejected("unknown_device", "no key for it")
                 dev = self.devices[device_id] = _Device(device_id, session.Session(device_id, key))
             if mtype == session.HELLO:
-                self._on_hello(dev, wire.Hello.unpack(dev.session.open(data, check_replay=False).payload), addr, now)
+                hello = dev.session.open(data, check_replay=False)
+                # HELLO is outside rounds, so the replay guard does not see it; a replayed one
+                # must still not move the device's address: its sequence number must grow.
+                if hello.seq <= dev.hello_seq:
+                    raise Rejected("replay", f"HELLO seq {hello.seq}, last {dev.hello_seq}")
+                dev.hello_seq = hello.seq
+                self._on_hello(dev, wire.Hello.unpack(hello.payload), addr, now)
                 return
             hdr = dev.session.open(data)
             payload = hdr.payload
@@ -532,4 +538,4 @@ def run_command(args: argparse.Namespace) -> int:
     return 0 if done >= cfg.rounds else 1
 
 
-__all__ = ["AggregateConfig", "Aggregator", "asdict"]
+__all__ = ["AggregateConfig", "Aggregator", "parse_hostport"]

@@ -153,14 +153,16 @@ class HandDevice:
         self.sock.send(data)
         return data
 
-    def expect(self, msg_type, timeout: float = 5.0, resend: bytes | None = None) -> wire.Frame:
+    def expect(self, msg_type, timeout: float = 5.0, resend=None) -> wire.Frame:
+        """The next frame of msg_type; on each 0.2 s of silence, send `resend` (bytes, or a
+        callable making a fresh frame)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             try:
                 f = wire.decode(self.sock.recv(2048), self.key, None)
             except socket.timeout:
                 if resend is not None:
-                    self.sock.send(resend)
+                    self.sock.send(resend() if callable(resend) else resend)
                 continue
             if f.type == msg_type:
                 return f
@@ -186,8 +188,10 @@ __all__ = ["Fleet", "AggregatorThread", "HandDevice", "simulate_oracle", "stop_a
 
 def hand_join(dev: HandDevice, n_samples: int = 100):
     """HELLO until an OFFER comes, then download the model: (round, offer, global weights)."""
-    hello = dev.frame(wire.MsgType.HELLO, 0, wire.Hello(n_samples=n_samples).pack())
-    f = dev.expect(wire.MsgType.OFFER, resend=dev.send(hello))
+    def hello():
+        return dev.frame(wire.MsgType.HELLO, 0, wire.Hello(n_samples=n_samples).pack())
+    dev.send(hello())
+    f = dev.expect(wire.MsgType.OFFER, resend=hello)
     offer = wire.Offer.unpack(f.payload)
     n_chunks = wire.model_chunks(offer.n_params)
     dev.send(dev.frame(wire.MsgType.ACK, f.round, wire.Ack.for_chunks(wire.MsgType.MODEL_CHUNK, [], n_chunks).pack()))

@@ -124,8 +124,10 @@ def test_bad_frames_are_counted_and_never_reach_the_sum(tmp_path):
         agg = at.agg
         dev = HandDevice(at.address, dev_id, fleet.keys[dev_id])
         try:
-            hello = dev.frame(wire.MsgType.HELLO, 0, wire.Hello(n_samples=100).pack())
-            offer_frame = dev.expect(wire.MsgType.OFFER, resend=dev.send(hello))
+            def hello():
+                return dev.frame(wire.MsgType.HELLO, 0, wire.Hello(n_samples=100).pack())
+            first_hello = dev.send(hello())
+            offer_frame = dev.expect(wire.MsgType.OFFER, resend=hello)
             r = offer_frame.round
             offer = wire.Offer.unpack(offer_frame.payload)
             n_chunks = wire.model_chunks(offer.n_params)
@@ -157,6 +159,7 @@ def test_bad_frames_are_counted_and_never_reach_the_sum(tmp_path):
             dev.send(good0)                                         # the same frame again: replay
             dev.send(chunk(1, round_id=r + 1))                      # a round that is not open
             dev.send(chunk(1, device_id=9))                         # an id without a key
+            dev.send(first_hello)                                   # a replayed HELLO (would move its address)
             dev.send(os.urandom(80))                                # garbage
             dev.send(b"FT" + bytes(10))                             # truncated header
             dev.send(good0 + bytes(1300 - len(good0)))              # oversized datagram
@@ -166,7 +169,7 @@ def test_bad_frames_are_counted_and_never_reach_the_sum(tmp_path):
             bad = bytearray(wire.update_chunk(update.blocks, 1))
             bad[0:4] = np.float32(np.nan).tobytes()                 # NaN scale
             dev.send(chunk(1, bytes(bad)))
-            expected = {"bad_tag": 1, "replay": 1, "wrong_round": 1, "unknown_device": 1, "oversize": 1,
+            expected = {"bad_tag": 1, "replay": 2, "wrong_round": 1, "unknown_device": 1, "oversize": 1,
                         "bad_value": 1, "bad_scale": 1}
             wait_for(lambda: all(agg.rejected[k] >= v for k, v in expected.items())
                      and sum(agg.rejected[k] for k in ("bad_magic", "truncated", "bad_version")) >= 2,
@@ -223,7 +226,9 @@ def test_dead_upload_straggler_and_late_update_leave_the_average_alone(tmp_path)
     with AggregatorThread(fleet.config(rounds=2, min_clients=2, round_timeout=1.5, dataset=None)) as at:
         devs = [HandDevice(at.address, k, fleet.keys[k]) for k in (0, 1)]
         try:
-            hellos = [d.send(d.frame(wire.MsgType.HELLO, 0, wire.Hello(n_samples=100).pack())) for d in devs]
+            def hello1():
+                return devs[1].frame(wire.MsgType.HELLO, 0, wire.Hello(n_samples=100).pack())
+            devs[1].send(hello1())          # both must have joined before round 1 opens
             joined = [hand_join(d) for d in devs]
             r, offer, w0 = joined[0]
             assert all(j[0] == r for j in joined) and all(np.array_equal(j[2], w0) for j in joined)
@@ -239,7 +244,7 @@ def test_dead_upload_straggler_and_late_update_leave_the_average_alone(tmp_path)
                 hand_chunk(devs[0], r, updates[0], i, n_up)
             told = devs[1].expect(wire.MsgType.ERROR, timeout=5)
             assert wire.ErrorMsg.unpack(told.payload).code == 101 and told.round == r
-            devs[1].expect(wire.MsgType.OFFER, timeout=5, resend=hellos[1])   # round 2 is offered
+            devs[1].expect(wire.MsgType.OFFER, timeout=5, resend=hello1)   # round 2 is offered
             for i in range(n_up // 2, n_up):       # ... and only now the rest of round 1 arrives
                 hand_chunk(devs[1], r, updates[1], i, n_up)
             at.wait(10)
