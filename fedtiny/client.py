@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from . import codec, session, wire
-from .aggregator import parse_hostport, setup_logging
+from .aggregator import MODEL_WINDOW, parse_hostport, setup_logging
 from .session import Rejected
 from .simulate import _seed as derive_seed
 
@@ -67,6 +67,7 @@ class Device(asyncio.DatagramProtocol):
         self.have = None
         self.update = None
         self.result = None
+        self.since_ask = 0             # model chunks received since the last ACK(model)
         self.resend_on_ack = True      # the next ACK triggers sending what it lists as missing
         self.last_progress = time.monotonic()
 
@@ -136,6 +137,7 @@ class Device(asyncio.DatagramProtocol):
         n = wire.model_chunks(self.offer.n_params)
         self._send(session.ACK, wire.Ack.for_chunks(session.MODEL_CHUNK, self.have, n).pack())
         self.last_progress = time.monotonic()
+        self.since_ask = 0
 
     def _on_model_chunk(self, f: wire.Frame) -> None:
         n = wire.model_chunks(self.offer.n_params)
@@ -150,6 +152,9 @@ class Device(asyncio.DatagramProtocol):
             return
         self.model_buf[i * size:i * size + expect] = f.payload
         self.have.add(i)
+        self.since_ask += 1
+        if self.since_ask >= MODEL_WINDOW and len(self.have) < n:
+            self._ask_model()   # the whole window arrived: ask for the next one now
         if len(self.have) == n:
             params = np.frombuffer(bytes(self.model_buf), dtype="<f4").astype(np.float32)
             if wire.model_hash(params) != self.offer.model_hash:
