@@ -258,3 +258,18 @@ def test_dead_upload_straggler_and_late_update_leave_the_average_alone(tmp_path)
     ck = state.load(str(tmp_path / "state"))
     oracle = w0.astype(np.float64) + updates[0].decode().astype(np.float64)   # FedAvg over the completed device
     np.testing.assert_allclose(ck.weights, oracle, rtol=0, atol=1e-6)
+
+
+def test_demo_prints_the_round_table(tmp_path):
+    """The README's main job: `fedtiny demo` runs an aggregator and client processes and prints
+    one row per round; the rows are the simulation's numbers."""
+    res = subprocess.run([sys.executable, "-m", "fedtiny.cli", "demo", "--clients", "3", "--rounds", "3",
+                          "--state", str(tmp_path / "st")], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["round", "clients", "samples"])
+    rows = [line.split() for line in lines[header + 1:header + 4]]
+    assert [r[0] for r in rows] == ["1", "2", "3"] and all(r[1] == "3/3" for r in rows)
+    _, want = simulate_oracle(3, 3)
+    assert [float(r[5]) for r in rows] == [round(w["test_acc"], 4) for w in want]
+    assert "3 rounds in" in lines[header + 4]
