@@ -81,7 +81,8 @@ ft_net net_from(const py::array &layers, int64_t n_params, int32_t batch, uint32
     ft_net net{static_cast<const ft_layer *>(layers.data()), static_cast<int32_t>(layers.shape(0)), n_params, batch,
                flags};
     if (layers.shape(0) > FT_MAX_LAYERS || ft_net_check(&net) != FT_OK)
-        throw py::value_error("inconsistent model description (layer shapes, parameter offsets, batch or flags)");
+        throw py::value_error("model description rejected: inconsistent layer shapes or parameter offsets, or batch " +
+                              std::to_string(batch) + " times a layer's activation size exceeds 2^28 floats");
     return net;
 }
 float *arena_of(py::array &arena, const ft_net &net) {

@@ -46,14 +46,21 @@ static size_t gcd(size_t a, size_t b) { while (b) { size_t t = a % b; a = b; b =
 
 ft_status ft_net_check(const ft_net *net) {
     if (!net || !net->layers || net->n_layers < 1 || net->n_layers > FT_MAX_LAYERS || net->batch < 1 ||
-        net->n_params < 1 || (net->flags & ~15u))
+        net->n_params < 1 || net->n_params > (1 << 28) || (net->flags & ~15u))
         return FT_ERR_ARG;
     if ((net->flags & FT_TRAIN_INT8) && (net->flags & FT_TRAIN_MOMENTUM)) return FT_ERR_ARG;
     int64_t off = 0;
     for (int i = 0; i < net->n_layers; i++) {
         const ft_layer *l = &net->layers[i];
         if (l->in_h < 1 || l->in_w < 1 || l->in_c < 1 || l->out_h < 1 || l->out_w < 1 || l->out_c < 1) return FT_ERR_ARG;
+        if (l->in_h > (1 << 20) || l->in_w > (1 << 20) || l->in_c > (1 << 26) || l->out_h > (1 << 20) ||
+            l->out_w > (1 << 20) || l->out_c > (1 << 26) || l->k < 0 || l->k > (1 << 10))
+            return FT_ERR_ARG;
         if (l->in_h * l->in_w * l->in_c > (1 << 26) || l->out_c > (1 << 20)) return FT_ERR_ARG;
+        /* a batch of activations stays below 2^28 floats, so no arena size can wrap a 32-bit size_t */
+        if ((uint64_t)net->batch * (uint64_t)(l->in_h * l->in_w * l->in_c) > (1u << 28) ||
+            (uint64_t)net->batch * (uint64_t)(l->out_h * l->out_w * l->out_c) > (1u << 28))
+            return FT_ERR_ARG;
         if (i > 0) {
             const ft_layer *p = &net->layers[i - 1];
             if (p->out_h != l->in_h || p->out_w != l->in_w || p->out_c != l->in_c) return FT_ERR_ARG;

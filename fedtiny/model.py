@@ -155,6 +155,11 @@ class Model:
         rows = [[kinds[lay.kind], *lay.in_shape, *lay.out_shape, lay.k, lay.w_offset, lay.b_offset] for lay in layers]
         self._desc = np.ascontiguousarray(np.array(rows, dtype=np.int64))
         self._local = threading.local()  # arenas per thread: concurrent clients never share one
+        try:
+            _core.net_arena_floats(self._desc, self.n_params, 1, 0)
+        except ValueError:
+            raise ValueError(f"model spec {spec!r} is too large for the engine (at most 2^26 values per "
+                             f"sample per layer, 2^28 parameters)") from None
 
     def __repr__(self) -> str:
         return f"Model({self.spec!r}, n_params={self.n_params})"

@@ -116,6 +116,7 @@ def test_arena_grows_with_batch_and_options():
     ("seq:5x5x1,conv2k3,dense3", "non-flat"),
     ("seq:7,conv2k3,flatten,dense3", "HxWxC"),
     ("seq:6x6x1,conv2k3,relu", "last layer must be dense"),
+    ("mlp:100000000-10", "too large"),
     (42, "must be a string"),
 ])
 def test_bad_specs(spec, match):

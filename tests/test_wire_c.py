@@ -43,3 +43,18 @@ def test_cortex_m4_build_fits_the_budget(tmp_path):
     text, data, bss = map(int, m.groups())
     assert text + data <= 8 * 1024, proc.stdout
     assert data + bss <= 512, proc.stdout
+
+
+def test_ignoring_a_status_is_a_compiler_warning(tmp_path):
+    if shutil.which("cc") is None:
+        pytest.skip("a C compiler is needed")
+    src = tmp_path / "ignore.c"
+    src.write_text('#include "ft_wire.h"\n'
+                   "void f(const uint8_t *frame, size_t n) {\n"
+                   "    ft_wire_header h;\n"
+                   "    ft_wire_peek(frame, n, &h);\n"
+                   "}\n")
+    proc = subprocess.run(["cc", "-std=c99", "-c", f"-I{FIRMWARE}", str(src), "-o", str(tmp_path / "ignore.o")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "ignoring return value of" in proc.stderr and "warn_unused_result" in proc.stderr
