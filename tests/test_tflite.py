@@ -1,0 +1,221 @@
+"""TFLite export checked in the real LiteRT interpreter against a numpy float64 forward pass."""
+import sys
+import types
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flatbuffers")
+pytest.importorskip("tflite")
+from fedtiny import tflite as ft  # noqa: E402
+from fedtiny import tflite_export as tx  # noqa: E402
+
+from tflite_oracle import (MLP, SMALL_CNN, fashion, forward, he_init, n_params,  # noqa: E402
+                           trained_mlp, trained_small_cnn)
+
+if not any(__import__("importlib").util.find_spec(m) for m in ("ai_edge_litert", "tflite_runtime")):
+    pytest.skip("no TFLite interpreter (pip install 'fedtiny[tflite]')", allow_module_level=True)
+
+CNN = [("conv2d", 32, 5, 5, 1), ("relu",), ("maxpool2d",), ("conv2d", 64, 5, 5, 32), ("relu",),
+       ("maxpool2d",), ("flatten",), ("dense", 1024, 128), ("relu",), ("dense", 128, 10)]
+TWO_NN = [("dense", 784, 200), ("relu",), ("dense", 200, 200), ("relu",), ("dense", 200, 10)]
+REL_TOL = 1e-5  # float32 export vs float64 oracle, relative to the largest output magnitude
+
+
+def spec(layers, input_shape):
+    return types.SimpleNamespace(layers=layers, input_shape=input_shape)
+
+
+def assert_close_rel(got, ref, tol=REL_TOL):
+    err = np.abs(got.astype(np.float64) - ref).max() / np.abs(ref).max()
+    assert err <= tol, f"max error {err:.2e} of the largest output, allowed {tol:.0e}"
+
+
+def test_param_counts_match_the_model_conventions():
+    assert tx.n_params(CNN) == n_params(CNN) == 184_586
+    assert tx.n_params(TWO_NN) == 199_210
+
+
+@pytest.mark.parametrize("name,layers,input_shape", [
+    ("cnn", CNN, (28, 28, 1)),
+    ("2nn", TWO_NN, (784,)),
+    ("small_cnn", SMALL_CNN, (28, 28, 1)),
+    # a Dense fed a (H, W, C) activation without Flatten reads it in (h, w, c) order
+    ("conv_dense_no_flatten", [("conv2d", 4, 3, 3, 1), ("maxpool2d",), ("relu",), ("dense", 13 * 13 * 4, 10)],
+     (28, 28, 1)),
+])
+def test_float32_export_matches_numpy_oracle(tmp_path, name, layers, input_shape):
+    params = he_init(layers, seed=1)
+    x, _ = fashion("test")
+    x = x[:300]
+    path = tmp_path / f"{name}.tflite"
+    content = ft.export_tflite(spec(layers, input_shape), params, path)
+    assert path.read_bytes() == content and content[4:8] == b"TFL3"
+    interp = ft.Interpreter(path)
+    assert interp.backend in ("ai_edge_litert", "tflite_runtime")
+    assert interp.input_shape == input_shape and interp.output_shapes == [(10,)]
+    got = interp.run(x, batch_size=128)  # 300 = 128 + 128 + 44: the batch is resized
+    assert got.dtype == np.float32 and got.shape == (300, 10)
+    assert_close_rel(got, forward(layers, input_shape, params, x))
+
+
+def test_float32_export_with_softmax_gives_probabilities():
+    params = he_init(MLP, seed=2)
+    x, _ = fashion("test")
+    x = x[:100]
+    prob = ft.Interpreter(ft.export_tflite(spec(MLP, (784,)), params, softmax=True)).run(x)
+    logits = forward(MLP, (784,), params, x)
+    ref = np.exp(logits - logits.max(axis=1, keepdims=True))
+    ref /= ref.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(prob, ref, rtol=1e-5, atol=1e-6)
+
+
+def _agreement_and_accuracy(layers, input_shape, params, tmp_path):
+    x_train, _ = fashion("train")
+    x, y = fashion("test")
+    model = spec(layers, input_shape)
+    f32 = tmp_path / "model_f32.tflite"
+    i8 = tmp_path / "model_int8.tflite"
+    ft.export_tflite(model, params, f32)
+    ft.export_tflite(model, params, i8, int8=True, calibration=x_train[:500])
+    ref = forward(layers, input_shape, params, x).argmax(axis=1)
+    float_pred = ft.Interpreter(f32).run(x, batch_size=1000).argmax(axis=1)
+    int8_pred = ft.Interpreter(i8).run(x, batch_size=1000).argmax(axis=1)
+    assert (float_pred == ref).mean() > 0.999
+    return ((int8_pred == float_pred).mean(), (float_pred == y).mean(), (int8_pred == y).mean(),
+            f32.stat().st_size, i8.stat().st_size)
+
+
+@pytest.mark.parametrize("name", ["mlp", "small_cnn"])
+def test_int8_export_agrees_with_float_on_fashion_mnist(tmp_path, name):
+    layers, input_shape, params = {
+        "mlp": (MLP, (784,), trained_mlp()),
+        "small_cnn": (SMALL_CNN, (28, 28, 1), trained_small_cnn()),
+    }[name]
+    agree, acc_f32, acc_i8, size_f32, size_i8 = _agreement_and_accuracy(layers, input_shape, params, tmp_path)
+    assert acc_f32 > 0.80, f"the test model is undertrained ({acc_f32:.3f})"
+    assert agree >= 0.99, f"int8 argmax agrees with float32 on {agree:.2%} of the test images"
+    assert acc_f32 - acc_i8 <= 0.005, f"int8 accuracy {acc_i8:.4f} vs float32 {acc_f32:.4f}"
+    assert size_i8 < 0.3 * size_f32
+
+
+def test_int8_model_is_full_integer(tmp_path):
+    """Weights and activations int8 (conv per channel), biases int32, float32 only at the edges."""
+    import tflite
+    x, _ = fashion("train")
+    content = ft.export_tflite(spec(SMALL_CNN, (28, 28, 1)), trained_small_cnn(), int8=True, calibration=x[:200])
+    g = tflite.Model.GetRootAsModel(content, 0).Subgraphs(0)
+    types_ = {g.Tensors(i).Name().decode(): g.Tensors(i).Type() for i in range(g.TensorsLength())}
+    float_tensors = sorted(n for n, t in types_.items() if t == tflite.TensorType.FLOAT32)
+    assert float_tensors == ["input_float32", "layer4_dense_float32"]
+    assert types_["layer0_conv2d_weight"] == tflite.TensorType.INT8
+    assert types_["layer0_conv2d_bias"] == tflite.TensorType.INT32
+    assert types_["layer0_conv2d_relu"] == tflite.TensorType.INT8
+    conv_w = next(g.Tensors(i) for i in range(g.TensorsLength())
+                  if g.Tensors(i).Name() == b"layer0_conv2d_weight")
+    assert conv_w.Quantization().ScaleLength() == 8  # one scale per output channel
+    assert not conv_w.Quantization().ZeroPointAsNumpy().any()
+
+
+def test_extract_features_from_backbone_matches_truncated_oracle(tmp_path):
+    params = he_init(CNN, seed=4)
+    x, _ = fashion("test")
+    x = x[:64]
+    path = tmp_path / "feat.tflite"
+    ft.export_tflite(spec(CNN, (28, 28, 1)), params, path, drop_dense=1)
+    feats, head = ft.prepare_backbone(path, x)
+    assert feats.shape == (64, 128) and head == "mlp:128-10"
+    assert_close_rel(feats, forward(CNN, (28, 28, 1), params, x, upto=9))  # after Dense 128 + ReLU
+    assert ft.head_spec(128, (32,), 5) == "mlp:128-32-5"
+
+
+def test_backbone_of_mlp_keeps_the_first_dense_layers():
+    assert ft.backbone_layers(TWO_NN, 1) == TWO_NN[:4]
+    assert ft.backbone_layers(TWO_NN, 2) == TWO_NN[:2]
+    with pytest.raises(ValueError, match="nothing would remain"):
+        ft.backbone_layers(TWO_NN, 3)
+    with pytest.raises(ValueError, match="has 1"):
+        ft.backbone_layers(CNN[:7] + [("dense", 1024, 10)], 2)
+
+
+# ------------------------------------------------------------------------ bad input
+
+def test_malformed_model_files_give_a_clear_error(tmp_path):
+    good = ft.export_tflite(spec(MLP, (784,)), he_init(MLP, seed=5))
+    with pytest.raises(ValueError, match="no such file|cannot read"):
+        ft.Interpreter(tmp_path / "missing.tflite")
+    (tmp_path / "text.tflite").write_text("hello, not a model")
+    with pytest.raises(ValueError, match="not a TFLite model"):
+        ft.Interpreter(tmp_path / "text.tflite")
+    with pytest.raises(ValueError, match="not a TFLite model"):
+        ft.Interpreter(b"")
+    with pytest.raises(ValueError, match="rejected the model"):
+        ft.Interpreter(good[:len(good) // 2])
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # corrupted bytes: rejected or run, never a crash
+        bad = bytearray(good)
+        for at in rng.integers(8, len(bad), 4):
+            bad[at] = int(rng.integers(0, 256))
+        try:
+            ft.Interpreter(bytes(bad)).run(np.zeros((2, 784), np.float32))
+        except ValueError:
+            pass
+
+
+def test_unsupported_or_inconsistent_models_are_rejected():
+    p = he_init(MLP, seed=6)
+    with pytest.raises(ValueError, match="unsupported layer 'lstm'"):
+        ft.export_tflite(spec([("lstm", 4)], (784,)), p)
+    with pytest.raises(ValueError, match="has 101769 values but the model needs 101770"):
+        ft.export_tflite(spec(MLP, (784,)), p[:-1])
+    with pytest.raises(ValueError, match="1-D float32"):
+        ft.export_tflite(spec(MLP, (784,)), p.astype(np.float64))
+    bad = p.copy()
+    bad[3] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        ft.export_tflite(spec(MLP, (784,)), bad)
+    with pytest.raises(ValueError, match=r"input has shape \(100,\), 100 values, not 784"):
+        ft.export_tflite(spec(MLP, (100,)), p)
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        ft.export_tflite(spec([("conv2d", 2, 5, 5, 1)], (4, 4, 1)), he_init([("conv2d", 2, 5, 5, 1)], 0))
+    with pytest.raises(ValueError, match="needs calibration data"):
+        ft.export_tflite(spec(MLP, (784,)), p, int8=True)
+    with pytest.raises(ValueError, match="calibration data of shape"):
+        ft.export_tflite(spec(MLP, (784,)), p, int8=True, calibration=np.zeros((5, 100), np.float32))
+    with pytest.raises(ValueError, match="non-finite"):
+        ft.export_tflite(spec(MLP, (784,)), p, int8=True, calibration=np.full((5, 784), np.inf, np.float32))
+
+
+def test_run_rejects_inputs_of_the_wrong_size():
+    interp = ft.Interpreter(ft.export_tflite(spec(MLP, (784,)), he_init(MLP, seed=7)))
+    with pytest.raises(ValueError, match=r"does not hold N samples of \(784,\)"):
+        interp.run(np.zeros((3, 28, 27), np.float32))
+    assert interp.run(np.zeros((3, 28, 28, 1), np.float32)).shape == (3, 10)
+
+
+def test_missing_interpreter_names_the_package_to_install(monkeypatch):
+    for name in ("ai_edge_litert", "ai_edge_litert.interpreter", "tflite_runtime", "tflite_runtime.interpreter"):
+        monkeypatch.setitem(sys.modules, name, None)  # makes `import name` raise ImportError
+    with pytest.raises(ImportError, match="pip install 'fedtiny\\[tflite\\]'"):
+        ft.Interpreter(b"\0\0\0\0TFL3")
+    with pytest.raises(ImportError, match="ai-edge-litert"):
+        ft.interpreter_backend()
+
+
+def test_load_params(tmp_path):
+    p = he_init(MLP, seed=8)
+    np.save(tmp_path / "p.npy", p)
+    (tmp_path / "state").mkdir()
+    np.save(tmp_path / "state" / "global.npy", p)
+    np.testing.assert_array_equal(ft.load_params(str(tmp_path / "p.npy")), p)
+    np.testing.assert_array_equal(ft.load_params(state=str(tmp_path / "state")), p)
+    np.save(tmp_path / "d.npy", p.astype(np.float64))
+    with pytest.raises(ValueError, match="expected a 1-D float32 parameter vector, got float64"):
+        ft.load_params(str(tmp_path / "d.npy"))
+    with pytest.raises(ValueError, match="no such file"):
+        ft.load_params(str(tmp_path / "nope.npy"))
+    with pytest.raises(ValueError, match="not a directory"):
+        ft.load_params(state=str(tmp_path / "nope"))
+    (tmp_path / "junk.npy").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not a .npy"):
+        ft.load_params(str(tmp_path / "junk.npy"))
