@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -68,6 +69,41 @@ ft_simd simd_by_name(const std::string &name) {
     for (int i = 0; i < FT_SIMD_COUNT; i++)
         if (name == ft_simd_name(static_cast<ft_simd>(i))) return static_cast<ft_simd>(i);
     throw py::value_error("unknown SIMD path '" + name + "' (known: scalar, avx2, avx512, neon)");
+}
+
+
+// ---- training engine helpers --------------------------------------------------------
+// A model as fedtiny/model.py describes it: an (L, 10) int64 array of ft_layer rows.
+ft_net net_from(const py::array &layers, int64_t n_params, int32_t batch, uint32_t flags) {
+    if (!layers.dtype().equal(py::dtype::of<int64_t>()) || layers.ndim() != 2 || layers.shape(1) != 10 ||
+        !(layers.flags() & py::array::c_style))
+        throw py::value_error("layers must be a C-contiguous (L, 10) int64 array");
+    ft_net net{static_cast<const ft_layer *>(layers.data()), static_cast<int32_t>(layers.shape(0)), n_params, batch,
+               flags};
+    if (layers.shape(0) > FT_MAX_LAYERS || ft_net_check(&net) != FT_OK)
+        throw py::value_error("inconsistent model description (layer shapes, parameter offsets, batch or flags)");
+    return net;
+}
+float *arena_of(py::array &arena, const ft_net &net) {
+    return f32_out(arena, "arena", static_cast<ssize_t>(ft_train_arena_floats(&net)));
+}
+const int32_t *i32_in(const py::array &a, const char *name, ssize_t n = -1) {
+    if (!a.dtype().equal(py::dtype::of<int32_t>()) || a.ndim() != 1 || !(a.flags() & py::array::c_style))
+        throw py::value_error(std::string(name) + " must be a C-contiguous 1-D int32 array");
+    if (n >= 0 && a.size() != n)
+        throw py::value_error(std::string(name) + " has " + std::to_string(a.size()) + " elements, expected " + std::to_string(n));
+    return static_cast<const int32_t *>(a.data());
+}
+// Samples as a C-contiguous float32 (N, row) array.
+const float *rows_in(const py::array &a, const char *name, ssize_t row) {
+    if (!a.dtype().equal(py::dtype::of<float>()) || a.ndim() != 2 || !(a.flags() & py::array::c_style) ||
+        a.shape(1) != row)
+        throw py::value_error(std::string(name) + " must be a C-contiguous float32 (N, " + std::to_string(row) + ") array");
+    return static_cast<const float *>(a.data());
+}
+ssize_t input_size(const ft_net &net) {
+    const ft_layer &l = net.layers[0];
+    return static_cast<ssize_t>(l.in_h * l.in_w * l.in_c);
 }
 
 }  // namespace
@@ -162,4 +198,130 @@ PYBIND11_MODULE(_core, m) {
         }
         raise_status(st, "fedavg_apply");
     }, py::arg("w"), py::arg("acc"), py::arg("scale"));
+
+    // ---- training engine (csrc/train_net.c, csrc/gemm_ref.c) --------------------------
+    m.attr("MAX_LAYERS") = FT_MAX_LAYERS;
+    m.def("net_arena_floats", [](py::array layers, int64_t n_params, int32_t batch, uint32_t flags) {
+        const ft_net net = net_from(layers, n_params, batch, flags);
+        return ft_train_arena_floats(&net);
+    }, py::arg("layers"), py::arg("n_params"), py::arg("batch"), py::arg("flags"));
+
+    m.def("train_load", [](py::array layers, int64_t n_params, int32_t batch, uint32_t flags, py::array params,
+                           py::object global_params, py::array arena) {
+        const ft_net net = net_from(layers, n_params, batch, flags);
+        const float *pp = f32_in(params, "params", n_params);
+        const float *pg = nullptr;
+        py::array g;
+        if (!global_params.is_none()) {
+            g = global_params.cast<py::array>();
+            pg = f32_in(g, "global_params", n_params);
+        }
+        float *pa = arena_of(arena, net);
+        ft_status st;
+        {
+            py::gil_scoped_release nogil;
+            st = ft_train_load(&net, pp, pg, pa);
+        }
+        raise_status(st, "train_load");
+    }, py::arg("layers"), py::arg("n_params"), py::arg("batch"), py::arg("flags"), py::arg("params"),
+       py::arg("global_params"), py::arg("arena"));
+
+    m.def("train_store", [](py::array layers, int64_t n_params, int32_t batch, uint32_t flags, py::array arena,
+                            py::array params) {
+        const ft_net net = net_from(layers, n_params, batch, flags);
+        float *pp = f32_out(params, "params", n_params);
+        float *pa = arena_of(arena, net);
+        ft_status st;
+        {
+            py::gil_scoped_release nogil;
+            st = ft_train_store(&net, pa, pp);
+        }
+        raise_status(st, "train_store");
+    }, py::arg("layers"), py::arg("n_params"), py::arg("batch"), py::arg("flags"), py::arg("arena"),
+       py::arg("params"));
+
+    m.def("train_sgd", [](py::array layers, int64_t n_params, int32_t batch, uint32_t flags, float lr, float momentum,
+                          float weight_decay, float prox_mu, uint64_t seed, uint64_t step0, py::array x, py::array y,
+                          py::array idx, int64_t max_steps, py::array arena) {
+        const ft_net net = net_from(layers, n_params, batch, flags);
+        const float *px = rows_in(x, "x", input_size(net));
+        const int32_t *py_ = i32_in(y, "y", x.shape(0));
+        const int32_t *pi = i32_in(idx, "idx");
+        float *pa = arena_of(arena, net);
+        const ft_sgd_hyper h{lr, momentum, weight_decay, prox_mu, seed, step0};
+        double loss = 0.0;
+        int64_t seen = 0, steps = 0;
+        ft_status st;
+        {
+            py::gil_scoped_release nogil;
+            st = ft_train_sgd(&net, &h, px, py_, x.shape(0), pi, idx.size(), max_steps, pa, &loss, &seen, &steps);
+        }
+        if (st == FT_ERR_NONFINITE)
+            throw py::value_error("training diverged: the loss became NaN or Inf (lower the learning rate)");
+        raise_status(st, "train_sgd");
+        return py::make_tuple(loss, seen, steps);
+    }, py::arg("layers"), py::arg("n_params"), py::arg("batch"), py::arg("flags"), py::arg("lr"), py::arg("momentum"),
+       py::arg("weight_decay"), py::arg("prox_mu"), py::arg("seed"), py::arg("step0"), py::arg("x"), py::arg("y"),
+       py::arg("idx"), py::arg("max_steps"), py::arg("arena"));
+
+    m.def("train_grad", [](py::array layers, int64_t n_params, int32_t batch, uint32_t flags, py::array x, py::array y,
+                           py::array arena, py::array grad) {
+        const ft_net net = net_from(layers, n_params, batch, flags);
+        const float *px = rows_in(x, "x", input_size(net));
+        const int32_t *py_ = i32_in(y, "y", x.shape(0));
+        float *pa = arena_of(arena, net);
+        float *pg = f32_out(grad, "grad", n_params);
+        double loss = 0.0;
+        ft_status st;
+        {
+            py::gil_scoped_release nogil;
+            st = ft_train_grad(&net, px, py_, static_cast<int32_t>(x.shape(0)), pa, pg, &loss);
+        }
+        raise_status(st, "train_grad");
+        return loss;
+    }, py::arg("layers"), py::arg("n_params"), py::arg("batch"), py::arg("flags"), py::arg("x"), py::arg("y"),
+       py::arg("arena"), py::arg("grad"));
+
+    m.def("net_forward", [](py::array layers, int64_t n_params, int32_t batch, uint32_t flags, py::array x,
+                            py::array arena, py::array logits) {
+        const ft_net net = net_from(layers, n_params, batch, flags);
+        const float *px = rows_in(x, "x", input_size(net));
+        const ssize_t C = static_cast<ssize_t>(net.layers[net.n_layers - 1].out_c);
+        float *pl = f32_out(logits, "logits", x.shape(0) * C);
+        float *pa = arena_of(arena, net);
+        const ssize_t N = x.shape(0), row = input_size(net);
+        ft_status st = FT_OK;
+        {
+            py::gil_scoped_release nogil;
+            for (ssize_t j0 = 0; j0 < N && st == FT_OK; j0 += batch) {
+                const int32_t n = static_cast<int32_t>(N - j0 < batch ? N - j0 : batch);
+                st = ft_net_forward(&net, px + j0 * row, n, pa, pl + j0 * C);
+            }
+        }
+        raise_status(st, "net_forward");
+    }, py::arg("layers"), py::arg("n_params"), py::arg("batch"), py::arg("flags"), py::arg("x"), py::arg("arena"),
+       py::arg("logits"));
+
+    m.def("gemm_f32", [](size_t M, size_t N, size_t K, py::array a, ssize_t rsa, ssize_t csa, py::array b, size_t ldb,
+                         py::array c, size_t ldc, bool accumulate, bool reference) {
+        const float *pa = f32_in(a, "a");
+        const float *pb = f32_in(b, "b");
+        float *pc = f32_out(c, "c");
+        // bounds of every element the kernel touches, so a bad call is an error, not a crash
+        if (M && N && K) {
+            const ssize_t lo = std::min<ssize_t>(0, static_cast<ssize_t>(M - 1) * rsa) + std::min<ssize_t>(0, static_cast<ssize_t>(K - 1) * csa);
+            const ssize_t hi = std::max<ssize_t>(0, static_cast<ssize_t>(M - 1) * rsa) + std::max<ssize_t>(0, static_cast<ssize_t>(K - 1) * csa);
+            if (lo < 0 || hi >= a.size()) throw py::value_error("a is too small for M, K and its strides");
+            if ((K - 1) * ldb + N > static_cast<size_t>(b.size())) throw py::value_error("b is too small for K, N, ldb");
+        }
+        if (M && N && (M - 1) * ldc + N > static_cast<size_t>(c.size())) throw py::value_error("c is too small for M, N, ldc");
+        ft_status st;
+        {
+            py::gil_scoped_release nogil;
+            st = reference ? ft_gemm_f32_ref(M, N, K, pa, rsa, csa, pb, ldb, pc, ldc, accumulate)
+                           : ft_gemm_f32(M, N, K, pa, rsa, csa, pb, ldb, pc, ldc, accumulate);
+        }
+        raise_status(st, "gemm_f32");
+    }, py::arg("M"), py::arg("N"), py::arg("K"), py::arg("a"), py::arg("rsa"), py::arg("csa"), py::arg("b"),
+       py::arg("ldb"), py::arg("c"), py::arg("ldc"), py::arg("accumulate"), py::arg("reference") = false);
 }

@@ -114,6 +114,89 @@ ft_status ft_fedavg_acc_q8_ref(float *acc, const ft_block_q8 *in, size_t n, floa
 ft_status ft_fedavg_acc_f32_ref(float *acc, const float *x, size_t n, float weight);
 ft_status ft_fedavg_apply_f32_ref(float *w, float *acc, size_t n, float scale);
 
+
+/* ==== on-device training engine (csrc/train_net.c, csrc/gemm_ref.c, csrc/arch/..._gemm.c) ====
+ *
+ * A model is an array of ft_layer descriptors built by fedtiny/model.py. Activations are NHWC
+ * float32. Parameters, as callers see them (the "interchange layout", what the codec and FedAvg
+ * see): layers in order, each layer's weight then bias; Dense W[out][in], Conv2D W[oc][kh][kw][ic].
+ * During training the weights live in the arena in the "training layout": every weight tensor
+ * transposed to [fan_in][fan_out] (Dense Wt[in][out], Conv2D Wt[kh*kw*ic][oc]), so the forward
+ * GEMM and the weight-gradient GEMM read it with unit stride; ft_train_load / ft_train_store
+ * convert once per local_sgd call.
+ *
+ * Every activation, gradient and scratch buffer comes from ONE caller-owned arena of
+ * ft_train_arena_floats() floats, laid out by the same function; nothing is allocated per step. */
+
+#define FT_MAX_LAYERS 32
+
+typedef enum {
+    FT_LAYER_DENSE = 1,   /* in_c = fan in (in_h = in_w = 1), out_c = fan out */
+    FT_LAYER_CONV2D = 2,  /* k x k, stride 1, VALID: out_h = in_h - k + 1 */
+    FT_LAYER_MAXPOOL2 = 3,/* 2x2 stride 2: out_h = in_h / 2 (floor) */
+    FT_LAYER_RELU = 4,    /* in place on its input buffer */
+    FT_LAYER_FLATTEN = 5, /* NHWC is already flat in (h, w, c) order: a no-op */
+} ft_layer_kind;
+
+/* One layer; 10 int64 so Python builds an (L, 10) int64 array that is read in place. */
+typedef struct {
+    int64_t kind;
+    int64_t in_h, in_w, in_c;
+    int64_t out_h, out_w, out_c;
+    int64_t k;            /* conv kernel size, else 0 */
+    int64_t w_off, b_off; /* offsets of weight and bias in the parameter vector, -1 if none */
+} ft_layer;
+
+/* Arena options (bit flags). */
+#define FT_TRAIN_MOMENTUM 1u /* keep a velocity vector (n_params floats) */
+#define FT_TRAIN_PROX 2u     /* keep the global weights (n_params floats) for FedProx */
+#define FT_TRAIN_INT8 4u     /* weights as int8 blocks (per tensor, FT_QK values per scale) */
+
+typedef struct {
+    const ft_layer *layers;
+    int32_t n_layers;
+    int64_t n_params;
+    int32_t batch;   /* largest batch the arena serves */
+    uint32_t flags;  /* FT_TRAIN_* */
+} ft_net;
+
+typedef struct {
+    float lr, momentum, weight_decay, prox_mu;
+    uint64_t seed;   /* stochastic rounding of int8 weight updates */
+    uint64_t step0;  /* global step number of the first step (keys the rounding per step) */
+} ft_sgd_hyper;
+
+/* FT_OK if the layer chain is consistent (shapes chain, offsets tile [0, n_params)). */
+ft_status ft_net_check(const ft_net *net);
+/* Floats of arena the net needs (0 if net is invalid). */
+size_t ft_train_arena_floats(const ft_net *net);
+/* Interchange params (and, with FT_TRAIN_PROX, the global params) into the arena's training
+ * layout; with FT_TRAIN_INT8 weights are quantized (round to nearest); velocity := 0. */
+ft_status ft_train_load(const ft_net *net, const float *params, const float *global_params, float *arena);
+/* Training layout (dequantized with FT_TRAIN_INT8) back to interchange params. */
+ft_status ft_train_store(const ft_net *net, const float *arena, float *params);
+/* SGD over samples idx[0..n_idx) of x (n_x rows of prod(input) floats) / y (int32 labels), in
+ * batches of net->batch (the last may be smaller), at most max_steps steps (<0: no cap).
+ *   loss_sum [out] sum of per-sample losses seen; n_seen [out] samples used; steps [out].
+ * FT_ERR_NONFINITE if the loss becomes NaN/Inf (training diverged). */
+ft_status ft_train_sgd(const ft_net *net, const ft_sgd_hyper *hyper, const float *x, const int32_t *y,
+                       int64_t n_x, const int32_t *idx, int64_t n_idx, int64_t max_steps, float *arena,
+                       double *loss_sum, int64_t *n_seen, int64_t *steps);
+/* Gradient of the mean loss over x[0..n) (n <= batch, no regularizer) in the interchange layout
+ * (float32 arena only: for tests). */
+ft_status ft_train_grad(const ft_net *net, const float *x, const int32_t *y, int32_t n, float *arena,
+                        float *grad, double *loss_sum);
+/* Logits of x[0..n) (n <= batch) with the weights loaded in the arena. */
+ft_status ft_net_forward(const ft_net *net, const float *x, int32_t n, float *arena, float *logits);
+
+/* C[M][N] (accumulate ? += : =) A * B, the engine's one GEMM.
+ *   A(i,k) = A[i*rsa + k*csa] (any strides: plain or transposed);
+ *   B row-major K x N with row stride ldb (unit stride along N); C row-major, row stride ldc. */
+ft_status ft_gemm_f32(size_t M, size_t N, size_t K, const float *A, ptrdiff_t rsa, ptrdiff_t csa,
+                      const float *B, size_t ldb, float *C, size_t ldc, int accumulate);
+ft_status ft_gemm_f32_ref(size_t M, size_t N, size_t K, const float *A, ptrdiff_t rsa, ptrdiff_t csa,
+                          const float *B, size_t ldb, float *C, size_t ldc, int accumulate);
+
 #ifdef __cplusplus
 }
 #endif

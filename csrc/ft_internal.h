@@ -77,4 +77,23 @@ extern const ft_kernel_table ft_kernels_neon;
 #endif
 extern const ft_kernel_table ft_kernels_ref;
 
+/* ==== training engine dispatch (csrc/gemm_ref.c) ====
+ * Kept apart from ft_kernel_table so the codec table stays as it is; chosen with ft_simd_get(). */
+typedef ft_status (*ft_gemm_fn)(size_t, size_t, size_t, const float *, ptrdiff_t, ptrdiff_t, const float *,
+                                 size_t, float *, size_t, int);
+typedef struct {
+    ft_gemm_fn gemm_f32;
+} ft_train_kernel_table;
+const ft_train_kernel_table *ft_train_kernels(void);
+#if FT_ARCH_X86
+ft_status ft_gemm_f32_avx2(size_t, size_t, size_t, const float *, ptrdiff_t, ptrdiff_t, const float *, size_t,
+                           float *, size_t, int);
+ft_status ft_gemm_f32_avx512(size_t, size_t, size_t, const float *, ptrdiff_t, ptrdiff_t, const float *, size_t,
+                             float *, size_t, int);
+#endif
+#if FT_ARCH_ARM64
+ft_status ft_gemm_f32_neon(size_t, size_t, size_t, const float *, ptrdiff_t, ptrdiff_t, const float *, size_t,
+                           float *, size_t, int);
+#endif
+
 #endif

@@ -1,0 +1,91 @@
+/* x86_avx2_gemm.c — AVX2+FMA body of ft_gemm_f32: a 6x16 register-blocked micro-kernel that
+ * reads B in place (unit stride along N, no packing: the engine's weights are stored so that
+ * every GEMM it runs has such a B) and broadcasts A through its strides. K is cut into KC-deep
+ * slices so the 16-column panel of B stays in L1 while the kernel walks down M. Ragged N uses
+ * masked loads/stores; ragged M a shorter instance of the same kernel. FMA rounds once per
+ * multiply-add, so results differ from the scalar reference by a few ulps (tests: tolerance). */
+#include "ft_internal.h"
+
+#if FT_ARCH_X86
+#include <immintrin.h>
+
+#define MR 6
+#define NR 16
+#define KC 256
+
+#define FT_INLINE static inline __attribute__((always_inline))
+
+FT_TARGET_AVX2 FT_INLINE void ukr(const int mr, const int full, size_t kc, const float *A, ptrdiff_t rsa,
+                                  ptrdiff_t csa, const float *B, size_t ldb, float *C, size_t ldc, int acc,
+                                  __m256i m0, __m256i m1) {
+    __m256 c0[MR], c1[MR];
+    for (int r = 0; r < mr; r++) { c0[r] = _mm256_setzero_ps(); c1[r] = _mm256_setzero_ps(); }
+    const float *ap[MR];
+    for (int r = 0; r < mr; r++) ap[r] = A + r * rsa;
+    for (size_t k = 0; k < kc; k++) {
+        const __m256 b0 = full ? _mm256_loadu_ps(B) : _mm256_maskload_ps(B, m0);
+        const __m256 b1 = full ? _mm256_loadu_ps(B + 8) : _mm256_maskload_ps(B + 8, m1);
+        B += ldb;
+        for (int r = 0; r < mr; r++) {
+            const __m256 a = _mm256_broadcast_ss(ap[r]);
+            ap[r] += csa;
+            c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
+            c1[r] = _mm256_fmadd_ps(a, b1, c1[r]);
+        }
+    }
+    for (int r = 0; r < mr; r++) {
+        float *cr = C + r * ldc;
+        if (full) {
+            if (acc) {
+                c0[r] = _mm256_add_ps(c0[r], _mm256_loadu_ps(cr));
+                c1[r] = _mm256_add_ps(c1[r], _mm256_loadu_ps(cr + 8));
+            }
+            _mm256_storeu_ps(cr, c0[r]);
+            _mm256_storeu_ps(cr + 8, c1[r]);
+        } else {
+            if (acc) {
+                c0[r] = _mm256_add_ps(c0[r], _mm256_maskload_ps(cr, m0));
+                c1[r] = _mm256_add_ps(c1[r], _mm256_maskload_ps(cr + 8, m1));
+            }
+            _mm256_maskstore_ps(cr, m0, c0[r]);
+            _mm256_maskstore_ps(cr + 8, m1, c1[r]);
+        }
+    }
+}
+
+#define UKR_CASES(full)                                                                              \
+    switch (mr) {                                                                                    \
+    case 6: ukr(6, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                       \
+    case 5: ukr(5, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                       \
+    case 4: ukr(4, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                       \
+    case 3: ukr(3, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                       \
+    case 2: ukr(2, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                       \
+    default: ukr(1, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                      \
+    }
+
+FT_TARGET_AVX2 ft_status ft_gemm_f32_avx2(size_t M, size_t N, size_t K, const float *A, ptrdiff_t rsa,
+                                          ptrdiff_t csa, const float *B, size_t ldb, float *C, size_t ldc,
+                                          int accumulate) {
+    for (size_t j0 = 0; j0 < N; j0 += NR) {
+        const size_t nr = N - j0 < NR ? N - j0 : NR;
+        const int full = nr == NR;
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nr), lane);
+        const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nr - 8), lane);
+        size_t k0 = 0;
+        do {
+            const size_t kc = K - k0 < KC ? K - k0 : KC;
+            const int acc = accumulate || k0 > 0;
+            for (size_t i0 = 0; i0 < M; i0 += MR) {
+                const size_t mr = M - i0 < MR ? M - i0 : MR;
+                const float *a = A + (ptrdiff_t)i0 * rsa + (ptrdiff_t)k0 * csa;
+                const float *b = B + k0 * ldb + j0;
+                float *c = C + i0 * ldc + j0;
+                if (full) { UKR_CASES(1) } else { UKR_CASES(0) }
+            }
+            k0 += kc;
+        } while (k0 < K);
+    }
+    return FT_OK;
+}
+#endif

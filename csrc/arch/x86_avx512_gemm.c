@@ -1,0 +1,94 @@
+/* x86_avx512_gemm.c — AVX-512 body of ft_gemm_f32: the AVX2 design (csrc/arch/x86_avx2_gemm.c)
+ * with a 12x32 micro-kernel (24 zmm accumulators) and mask registers for ragged N. 12 rows cover
+ * a whole batch of 10 in one pass of B. */
+#include "ft_internal.h"
+
+#if FT_ARCH_X86
+#include <immintrin.h>
+
+#define MR 12
+#define NR 32
+#define KC 256
+
+#define FT_INLINE static inline __attribute__((always_inline))
+
+FT_TARGET_AVX512 FT_INLINE void ukr(const int mr, const int full, size_t kc, const float *A, ptrdiff_t rsa,
+                                    ptrdiff_t csa, const float *B, size_t ldb, float *C, size_t ldc, int acc,
+                                    __mmask16 m0, __mmask16 m1) {
+    __m512 c0[MR], c1[MR];
+    for (int r = 0; r < mr; r++) { c0[r] = _mm512_setzero_ps(); c1[r] = _mm512_setzero_ps(); }
+    const float *ap[MR];
+    for (int r = 0; r < mr; r++) ap[r] = A + r * rsa;
+    for (size_t k = 0; k < kc; k++) {
+        const __m512 b0 = full ? _mm512_loadu_ps(B) : _mm512_maskz_loadu_ps(m0, B);
+        const __m512 b1 = full ? _mm512_loadu_ps(B + 16) : _mm512_maskz_loadu_ps(m1, B + 16);
+        B += ldb;
+        for (int r = 0; r < mr; r++) {
+            const __m512 a = _mm512_set1_ps(*ap[r]);
+            ap[r] += csa;
+            c0[r] = _mm512_fmadd_ps(a, b0, c0[r]);
+            c1[r] = _mm512_fmadd_ps(a, b1, c1[r]);
+        }
+    }
+    for (int r = 0; r < mr; r++) {
+        float *cr = C + r * ldc;
+        if (full) {
+            if (acc) {
+                c0[r] = _mm512_add_ps(c0[r], _mm512_loadu_ps(cr));
+                c1[r] = _mm512_add_ps(c1[r], _mm512_loadu_ps(cr + 16));
+            }
+            _mm512_storeu_ps(cr, c0[r]);
+            _mm512_storeu_ps(cr + 16, c1[r]);
+        } else {
+            if (acc) {
+                c0[r] = _mm512_add_ps(c0[r], _mm512_maskz_loadu_ps(m0, cr));
+                c1[r] = _mm512_add_ps(c1[r], _mm512_maskz_loadu_ps(m1, cr + 16));
+            }
+            _mm512_mask_storeu_ps(cr, m0, c0[r]);
+            _mm512_mask_storeu_ps(cr + 16, m1, c1[r]);
+        }
+    }
+}
+
+#define UKR_CASES(full)                                                                              \
+    switch (mr) {                                                                                    \
+    case 12: ukr(12, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                     \
+    case 11: ukr(11, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                     \
+    case 10: ukr(10, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                     \
+    case 9: ukr(9, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                       \
+    case 8: ukr(8, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                       \
+    case 7: ukr(7, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                       \
+    case 6: ukr(6, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                       \
+    case 5: ukr(5, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                       \
+    case 4: ukr(4, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                       \
+    case 3: ukr(3, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                       \
+    case 2: ukr(2, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                       \
+    default: ukr(1, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                      \
+    }
+
+FT_TARGET_AVX512 ft_status ft_gemm_f32_avx512(size_t M, size_t N, size_t K, const float *A, ptrdiff_t rsa,
+                                              ptrdiff_t csa, const float *B, size_t ldb, float *C, size_t ldc,
+                                              int accumulate) {
+    for (size_t j0 = 0; j0 < N; j0 += NR) {
+        const size_t nr = N - j0 < NR ? N - j0 : NR;
+        const int full = nr == NR;
+        const __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1u);
+        const __mmask16 m1 = nr <= 16 ? (__mmask16)0 : nr >= 32 ? (__mmask16)0xFFFF
+                                                                 : (__mmask16)((1u << (nr - 16)) - 1u);
+        size_t k0 = 0;
+        do {
+            const size_t kc = K - k0 < KC ? K - k0 : KC;
+            const int acc = accumulate || k0 > 0;
+            for (size_t i0 = 0; i0 < M; i0 += MR) {
+                const size_t mr = M - i0 < MR ? M - i0 : MR;
+                const float *a = A + (ptrdiff_t)i0 * rsa + (ptrdiff_t)k0 * csa;
+                const float *b = B + k0 * ldb + j0;
+                float *c = C + i0 * ldc + j0;
+                if (full) { UKR_CASES(1) } else { UKR_CASES(0) }
+            }
+            k0 += kc;
+        } while (k0 < K);
+    }
+    return FT_OK;
+}
+#endif

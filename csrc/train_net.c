@@ -1,0 +1,607 @@
+/* train_net.c — the on-device training engine: layer forward/backward, softmax cross-entropy,
+ * SGD (momentum, weight decay, FedProx) in float32 or on int8 block weights, one arena.
+ *
+ * Written as the reference: plain loops for every layer, with the FLOP-heavy products all going
+ * through ft_gemm_f32 (dispatched to the SIMD bodies in csrc/arch/..._gemm.c). Data layout:
+ *   activations  NHWC, batch-major;
+ *   weights      training layout [fan_in][fan_out] (see fedtiny.h), so
+ *                dense forward   Y[n][out]  = X[n][in] * Wt[in][out]
+ *                dense dW        dWt[in][out] = X^T * dY           (A = X read transposed)
+ *                dense dX        dX[n][in]  = dY * W[out][in]      (W = a transposed chunk of Wt)
+ *                conv, per sample, on an im2col matrix col[P][K] (K = kh*kw*ic, P = oh*ow):
+ *                forward  Y[P][oc] = col * Wt[K][oc];  dWt += col^T * dY;  dcol = dY * W[oc][K].
+ * Dense layers are walked in chunks of input rows (a whole number of int8 blocks), so the
+ * backward pass needs only chunk-sized scratch and each chunk is updated as soon as its gradient
+ * exists: the full gradient vector is never held. In int8 mode a chunk is dequantized, used,
+ * updated and re-quantized with stochastic rounding (unbiased: small updates survive on average).
+ */
+#include <math.h>
+#include <string.h>
+
+#include "ft_internal.h"
+
+#define CHUNK_TARGET 16384 /* floats of one dense weight chunk (64 KiB: stays in L2) */
+#define ALIGN_FLOATS 16    /* 64-byte alignment of every arena region */
+
+typedef struct {
+    size_t in_buf[FT_MAX_LAYERS], out_buf[FT_MAX_LAYERS]; /* activation offsets */
+    size_t chunk_rows[FT_MAX_LAYERS];                     /* dense: rows of Wt per chunk */
+    size_t wq[FT_MAX_LAYERS], bq[FT_MAX_LAYERS];          /* int8: first block of weight / bias */
+    int need_dx[FT_MAX_LAYERS];
+    size_t w, v, g, d0, d1, col, wscr, wt, gscr, gb, labels, total;
+    size_t max_act;
+} layout_t;
+
+static size_t al(size_t n) { return (n + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS; }
+static size_t act_size(const ft_layer *l, int out) {
+    return out ? (size_t)(l->out_h * l->out_w * l->out_c) : (size_t)(l->in_h * l->in_w * l->in_c);
+}
+static int has_params(const ft_layer *l) { return l->kind == FT_LAYER_DENSE || l->kind == FT_LAYER_CONV2D; }
+/* Weight tensor as [fan_in][fan_out] in training layout. */
+static size_t fan_in(const ft_layer *l) {
+    return l->kind == FT_LAYER_DENSE ? (size_t)l->in_c : (size_t)(l->k * l->k * l->in_c);
+}
+static size_t fan_out(const ft_layer *l) { return (size_t)l->out_c; }
+static size_t gcd(size_t a, size_t b) { while (b) { size_t t = a % b; a = b; b = t; } return a; }
+
+ft_status ft_net_check(const ft_net *net) {
+    if (!net || !net->layers || net->n_layers < 1 || net->n_layers > FT_MAX_LAYERS || net->batch < 1 ||
+        net->n_params < 1 || (net->flags & ~7u))
+        return FT_ERR_ARG;
+    if ((net->flags & FT_TRAIN_INT8) && (net->flags & FT_TRAIN_MOMENTUM)) return FT_ERR_ARG;
+    int64_t off = 0;
+    for (int i = 0; i < net->n_layers; i++) {
+        const ft_layer *l = &net->layers[i];
+        if (l->in_h < 1 || l->in_w < 1 || l->in_c < 1 || l->out_h < 1 || l->out_w < 1 || l->out_c < 1) return FT_ERR_ARG;
+        if (l->in_h * l->in_w * l->in_c > (1 << 26) || l->out_c > (1 << 20)) return FT_ERR_ARG;
+        if (i > 0) {
+            const ft_layer *p = &net->layers[i - 1];
+            if (p->out_h != l->in_h || p->out_w != l->in_w || p->out_c != l->in_c) return FT_ERR_ARG;
+        }
+        switch (l->kind) {
+        case FT_LAYER_DENSE:
+            if (l->in_h != 1 || l->in_w != 1 || l->out_h != 1 || l->out_w != 1 || l->k != 0) return FT_ERR_ARG;
+            break;
+        case FT_LAYER_CONV2D:
+            if (l->k < 1 || l->k > l->in_h || l->k > l->in_w || l->out_h != l->in_h - l->k + 1 ||
+                l->out_w != l->in_w - l->k + 1)
+                return FT_ERR_ARG;
+            break;
+        case FT_LAYER_MAXPOOL2:
+            if (l->out_h != l->in_h / 2 || l->out_w != l->in_w / 2 || l->out_c != l->in_c) return FT_ERR_ARG;
+            break;
+        case FT_LAYER_RELU:
+            if (l->out_h != l->in_h || l->out_w != l->in_w || l->out_c != l->in_c) return FT_ERR_ARG;
+            break;
+        case FT_LAYER_FLATTEN:
+            if (l->out_h != 1 || l->out_w != 1 || l->out_c != l->in_h * l->in_w * l->in_c) return FT_ERR_ARG;
+            break;
+        default: return FT_ERR_ARG;
+        }
+        if (has_params(l)) {
+            if (l->w_off != off) return FT_ERR_ARG;
+            off += (int64_t)(fan_in(l) * fan_out(l));
+            if (l->b_off != off) return FT_ERR_ARG;
+            off += l->out_c;
+        } else if (l->w_off != -1 || l->b_off != -1) {
+            return FT_ERR_ARG;
+        }
+    }
+    if (off != net->n_params || net->layers[net->n_layers - 1].kind != FT_LAYER_DENSE) return FT_ERR_ARG;
+    return FT_OK;
+}
+
+static int make_layout(const ft_net *net, layout_t *L) {
+    if (ft_net_check(net) != FT_OK) return 0;
+    memset(L, 0, sizeof *L);
+    const size_t B = (size_t)net->batch, n = (size_t)net->n_params;
+    const int q8 = (net->flags & FT_TRAIN_INT8) != 0;
+    size_t pos = 0, max_act = act_size(&net->layers[0], 0), col = 0, ch = 0, max_out = 0;
+    size_t blocks = 0;
+    int seen_param = 0;
+    /* weights: float32 training layout, or per-tensor int8 blocks (each tensor starts a block) */
+    for (int i = 0; i < net->n_layers; i++) {
+        const ft_layer *l = &net->layers[i];
+        L->need_dx[i] = seen_param;
+        if (!has_params(l)) continue;
+        seen_param = 1;
+        const size_t fi = fan_in(l), fo = fan_out(l);
+        L->wq[i] = blocks;
+        blocks += ft_q8_nblocks(fi * fo);
+        L->bq[i] = blocks;
+        blocks += ft_q8_nblocks(fo);
+        if (l->kind == FT_LAYER_DENSE) {
+            const size_t unit = FT_QK / gcd(fo, FT_QK);
+            size_t rows = CHUNK_TARGET / fo / unit * unit;
+            if (rows < unit) rows = unit;
+            if (rows > fi) rows = fi;
+            L->chunk_rows[i] = rows;
+            if (rows * fo > ch) ch = rows * fo;
+        } else {
+            if (fi * fo > ch) ch = fi * fo;
+            const size_t c = (size_t)(l->out_h * l->out_w) * fi;
+            if (c > col) col = c;
+        }
+        if (fo > max_out) max_out = fo;
+    }
+    L->w = pos;
+    pos += al(q8 ? blocks * sizeof(ft_block_q8) / sizeof(float) : n);
+    L->v = pos;
+    if (net->flags & FT_TRAIN_MOMENTUM) pos += al(n);
+    L->g = pos;
+    if (net->flags & FT_TRAIN_PROX) pos += al(n);
+    /* activations: the input, then each layer's output (ReLU and Flatten reuse their input) */
+    size_t cur = pos;
+    pos += al(B * act_size(&net->layers[0], 0));
+    for (int i = 0; i < net->n_layers; i++) {
+        const ft_layer *l = &net->layers[i];
+        L->in_buf[i] = cur;
+        if (l->kind == FT_LAYER_RELU || l->kind == FT_LAYER_FLATTEN) {
+            L->out_buf[i] = cur;
+        } else {
+            L->out_buf[i] = pos;
+            cur = pos;
+            pos += al(B * act_size(l, 1));
+        }
+        if (act_size(l, 1) > max_act) max_act = act_size(l, 1);
+    }
+    L->max_act = max_act;
+    L->d0 = pos; pos += al(B * max_act);
+    L->d1 = pos; pos += al(B * max_act);
+    L->col = pos; pos += al(col);
+    L->wscr = pos; pos += al(ch);
+    L->wt = pos; pos += al(ch);
+    L->gscr = pos; pos += al(ch);
+    L->gb = pos; pos += al(max_out);
+    L->labels = pos; pos += al(B); /* int32 labels of the current batch */
+    L->total = pos;
+    return 1;
+}
+
+size_t ft_train_arena_floats(const ft_net *net) {
+    layout_t L;
+    return make_layout(net, &L) ? L.total : 0;
+}
+
+/* dst[c][r] = src[r][c] for an R x C matrix, in tiles so both sides stay in cache. */
+static void transpose(const float *src, size_t R, size_t C, float *dst) {
+    const size_t T = 32;
+    for (size_t r0 = 0; r0 < R; r0 += T)
+        for (size_t c0 = 0; c0 < C; c0 += T) {
+            const size_t r1 = r0 + T < R ? r0 + T : R, c1 = c0 + T < C ? c0 + T : C;
+            for (size_t r = r0; r < r1; r++)
+                for (size_t c = c0; c < c1; c++) dst[c * R + r] = src[r * C + c];
+        }
+}
+
+/* ---- int8 weight storage ------------------------------------------------------------- */
+
+static ft_block_q8 *q8_base(const layout_t *L, float *arena) { return (ft_block_q8 *)(void *)(arena + L->w); }
+
+static uint64_t mix64(uint64_t x) {
+    x ^= x >> 30; x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27; x *= 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+/* ---- the per-call context ------------------------------------------------------------ */
+
+typedef struct {
+    const ft_net *net;
+    const layout_t *L;
+    float *arena;
+    int q8;
+    const ft_sgd_hyper *h; /* NULL: gradient mode (write grad, no update) */
+    float *grad;           /* gradient mode: interchange-layout output */
+    uint64_t step;
+} ctx_t;
+
+/* Weights of rows [r0, r0+rows) of layer i's training-layout tensor as floats. */
+static const float *weights_rows(ctx_t *c, int i, size_t r0, size_t rows) {
+    const ft_layer *l = &c->net->layers[i];
+    const size_t fo = fan_out(l);
+    if (!c->q8) return c->arena + c->L->w + (size_t)l->w_off + r0 * fo;
+    float *dst = c->arena + c->L->wscr;
+    ft_dequantize_q8(q8_base(c->L, c->arena) + c->L->wq[i] + r0 * fo / FT_QK, rows * fo, dst);
+    return dst;
+}
+static const float *bias(ctx_t *c, int i) {
+    const ft_layer *l = &c->net->layers[i];
+    if (!c->q8) return c->arena + c->L->w + (size_t)l->b_off;
+    float *dst = c->arena + c->L->gb;
+    ft_dequantize_q8(q8_base(c->L, c->arena) + c->L->bq[i], (size_t)l->out_c, dst);
+    return dst;
+}
+
+/* Apply the SGD update to `cnt` parameters at training-layout offset `off` (values `w`, which is
+ * the arena itself in float mode and a dequantized scratch in int8 mode, then re-quantized into
+ * `q` with stochastic rounding). In gradient mode, store the gradient instead. */
+static ft_status update(ctx_t *c, size_t off, float *w, const float *g, size_t cnt, ft_block_q8 *q) {
+    const ft_sgd_hyper *h = c->h;
+    if (!h) {
+        memcpy(c->grad + off, g, cnt * sizeof(float));
+        return FT_OK;
+    }
+    const float lr = h->lr, wd = h->weight_decay, mu = h->prox_mu, m = h->momentum;
+    const float *wg = (c->net->flags & FT_TRAIN_PROX) ? c->arena + c->L->g + off : NULL;
+    float *v = (c->net->flags & FT_TRAIN_MOMENTUM) ? c->arena + c->L->v + off : NULL;
+    for (size_t i = 0; i < cnt; i++) {
+        float gi = g[i];
+        if (wd != 0.0f) gi += wd * w[i];
+        if (wg) gi += mu * (w[i] - wg[i]);
+        if (v) {
+            v[i] = m * v[i] + gi;
+            gi = v[i];
+        }
+        w[i] -= lr * gi;
+    }
+    if (q) {
+        const uint64_t s = mix64(h->seed ^ mix64(c->step + 0x9E3779B97F4A7C15ULL) ^ ((uint64_t)off << 1));
+        return ft_quantize_q8(w, cnt, NULL, FT_ROUND_STOCHASTIC, s, q);
+    }
+    return FT_OK;
+}
+
+/* ---- layers ---------------------------------------------------------------------------- */
+
+static void im2col(const float *x, const ft_layer *l, float *col) {
+    const size_t k = (size_t)l->k, C = (size_t)l->in_c, W = (size_t)l->in_w;
+    const size_t OH = (size_t)l->out_h, OW = (size_t)l->out_w, K = k * k * C;
+    for (size_t oh = 0; oh < OH; oh++)
+        for (size_t ow = 0; ow < OW; ow++) {
+            float *dst = col + (oh * OW + ow) * K;
+            for (size_t kh = 0; kh < k; kh++) memcpy(dst + kh * k * C, x + ((oh + kh) * W + ow) * C, k * C * sizeof(float));
+        }
+}
+static void col2im_add(const float *col, const ft_layer *l, float *dx) {
+    const size_t k = (size_t)l->k, C = (size_t)l->in_c, W = (size_t)l->in_w;
+    const size_t OH = (size_t)l->out_h, OW = (size_t)l->out_w, K = k * k * C;
+    for (size_t oh = 0; oh < OH; oh++)
+        for (size_t ow = 0; ow < OW; ow++) {
+            const float *src = col + (oh * OW + ow) * K;
+            for (size_t kh = 0; kh < k; kh++) {
+                float *d = dx + ((oh + kh) * W + ow) * C;
+                const float *s = src + kh * k * C;
+                for (size_t j = 0; j < k * C; j++) d[j] += s[j];
+            }
+        }
+}
+
+static void add_bias(float *y, const float *b, size_t rows, size_t cols) {
+    for (size_t r = 0; r < rows; r++)
+        for (size_t j = 0; j < cols; j++) y[r * cols + j] += b[j];
+}
+
+static void forward_layer(ctx_t *c, int i, size_t n) {
+    const ft_layer *l = &c->net->layers[i];
+    const float *x = c->arena + c->L->in_buf[i];
+    float *y = c->arena + c->L->out_buf[i];
+    const size_t in_sz = act_size(l, 0), out_sz = act_size(l, 1);
+    switch (l->kind) {
+    case FT_LAYER_DENSE: {
+        const size_t fi = fan_in(l), fo = fan_out(l);
+        if (!c->q8) {
+            ft_gemm_f32(n, fo, fi, x, (ptrdiff_t)fi, 1, weights_rows(c, i, 0, fi), fo, y, fo, 0);
+        } else {
+            const size_t rows = c->L->chunk_rows[i];
+            for (size_t r0 = 0; r0 < fi; r0 += rows) {
+                const size_t kc = fi - r0 < rows ? fi - r0 : rows;
+                ft_gemm_f32(n, fo, kc, x + r0, (ptrdiff_t)fi, 1, weights_rows(c, i, r0, kc), fo, y, fo, r0 > 0);
+            }
+        }
+        add_bias(y, bias(c, i), n, fo);
+        break;
+    }
+    case FT_LAYER_CONV2D: {
+        const size_t K = fan_in(l), OC = fan_out(l), P = (size_t)(l->out_h * l->out_w);
+        const float *w = weights_rows(c, i, 0, K);
+        const float *b = bias(c, i);
+        float *col = c->arena + c->L->col;
+        for (size_t s = 0; s < n; s++) {
+            im2col(x + s * in_sz, l, col);
+            ft_gemm_f32(P, OC, K, col, (ptrdiff_t)K, 1, w, OC, y + s * out_sz, OC, 0);
+            add_bias(y + s * out_sz, b, P, OC);
+        }
+        break;
+    }
+    case FT_LAYER_MAXPOOL2: {
+        const size_t C = (size_t)l->in_c, W = (size_t)l->in_w, OH = (size_t)l->out_h, OW = (size_t)l->out_w;
+        for (size_t s = 0; s < n; s++) {
+            const float *xs = x + s * in_sz;
+            float *ys = y + s * out_sz;
+            for (size_t oh = 0; oh < OH; oh++)
+                for (size_t ow = 0; ow < OW; ow++) {
+                    const float *p00 = xs + ((2 * oh) * W + 2 * ow) * C, *p01 = p00 + C;
+                    const float *p10 = p00 + W * C, *p11 = p10 + C;
+                    float *o = ys + (oh * OW + ow) * C;
+                    for (size_t ch = 0; ch < C; ch++) {
+                        float m = p00[ch];
+                        if (p01[ch] > m) m = p01[ch];
+                        if (p10[ch] > m) m = p10[ch];
+                        if (p11[ch] > m) m = p11[ch];
+                        o[ch] = m;
+                    }
+                }
+        }
+        break;
+    }
+    case FT_LAYER_RELU:
+        for (size_t j = 0; j < n * out_sz; j++) y[j] = y[j] > 0.0f ? y[j] : 0.0f;
+        break;
+    default: break; /* FLATTEN */
+    }
+}
+
+/* g: gradient w.r.t. layer i's output; dx: where the gradient w.r.t. its input goes. */
+static ft_status backward_layer(ctx_t *c, int i, size_t n, float *g, float *dx) {
+    const ft_layer *l = &c->net->layers[i];
+    const layout_t *L = c->L;
+    const float *x = c->arena + L->in_buf[i];
+    const size_t in_sz = act_size(l, 0), out_sz = act_size(l, 1);
+    const int need_dx = L->need_dx[i];
+    float *wt = c->arena + L->wt, *gs = c->arena + L->gscr, *gb = c->arena + L->gb;
+    ft_status st = FT_OK;
+    switch (l->kind) {
+    case FT_LAYER_DENSE: {
+        const size_t fi = fan_in(l), fo = fan_out(l), rows = L->chunk_rows[i];
+        /* bias first: in int8 mode `gb` doubles as the dequantized bias, used only in forward */
+        for (size_t j = 0; j < fo; j++) gb[j] = 0.0f;
+        for (size_t s = 0; s < n; s++)
+            for (size_t j = 0; j < fo; j++) gb[j] += g[s * fo + j];
+        for (size_t r0 = 0; r0 < fi; r0 += rows) {
+            const size_t kc = fi - r0 < rows ? fi - r0 : rows;
+            float *w = (float *)weights_rows(c, i, r0, kc);
+            if (need_dx) {
+                transpose(w, kc, fo, wt); /* W chunk [fo][kc] */
+                ft_gemm_f32(n, kc, fo, g, (ptrdiff_t)fo, 1, wt, kc, dx + r0, fi, 0);
+            }
+            ft_gemm_f32(kc, fo, n, x + r0, 1, (ptrdiff_t)fi, g, fo, gs, fo, 0);
+            if (!c->h) {
+                transpose(gs, kc, fo, wt);
+                for (size_t o = 0; o < fo; o++) memcpy(c->grad + l->w_off + o * fi + r0, wt + o * kc, kc * sizeof(float));
+            } else {
+                st = update(c, (size_t)l->w_off + r0 * fo, w, gs, kc * fo,
+                            c->q8 ? q8_base(L, c->arena) + L->wq[i] + r0 * fo / FT_QK : NULL);
+                if (st != FT_OK) return st;
+            }
+        }
+        break;
+    }
+    case FT_LAYER_CONV2D: {
+        const size_t K = fan_in(l), OC = fan_out(l), P = (size_t)(l->out_h * l->out_w);
+        float *w = (float *)weights_rows(c, i, 0, K);
+        float *col = c->arena + L->col;
+        if (need_dx) {
+            transpose(w, K, OC, wt); /* W [OC][K] */
+            memset(dx, 0, n * in_sz * sizeof(float));
+        }
+        memset(gs, 0, K * OC * sizeof(float));
+        for (size_t j = 0; j < OC; j++) gb[j] = 0.0f;
+        for (size_t s = 0; s < n; s++) {
+            const float *gsmp = g + s * out_sz;
+            im2col(x + s * in_sz, l, col);
+            ft_gemm_f32(K, OC, P, col, 1, (ptrdiff_t)K, gsmp, OC, gs, OC, 1);
+            for (size_t p = 0; p < P; p++)
+                for (size_t j = 0; j < OC; j++) gb[j] += gsmp[p * OC + j];
+            if (need_dx) {
+                ft_gemm_f32(P, K, OC, gsmp, (ptrdiff_t)OC, 1, wt, K, col, K, 0);
+                col2im_add(col, l, dx + s * in_sz);
+            }
+        }
+        if (!c->h) {
+            transpose(gs, K, OC, c->grad + l->w_off);
+        } else {
+            st = update(c, (size_t)l->w_off, w, gs, K * OC, c->q8 ? q8_base(L, c->arena) + L->wq[i] : NULL);
+            if (st != FT_OK) return st;
+        }
+        break;
+    }
+    case FT_LAYER_MAXPOOL2: {
+        const size_t C = (size_t)l->in_c, W = (size_t)l->in_w, OH = (size_t)l->out_h, OW = (size_t)l->out_w;
+        memset(dx, 0, n * in_sz * sizeof(float));
+        for (size_t s = 0; s < n; s++) {
+            const float *xs = x + s * in_sz, *gsmp = g + s * out_sz;
+            float *ds = dx + s * in_sz;
+            for (size_t oh = 0; oh < OH; oh++)
+                for (size_t ow = 0; ow < OW; ow++) {
+                    const size_t o00 = ((2 * oh) * W + 2 * ow) * C;
+                    const size_t offs[4] = {o00, o00 + C, o00 + W * C, o00 + W * C + C};
+                    for (size_t ch = 0; ch < C; ch++) {
+                        size_t best = offs[0] + ch; /* first maximum in (0,0) (0,1) (1,0) (1,1) order */
+                        for (int q = 1; q < 4; q++)
+                            if (xs[offs[q] + ch] > xs[best]) best = offs[q] + ch;
+                        ds[best] += gsmp[(oh * OW + ow) * C + ch];
+                    }
+                }
+        }
+        break;
+    }
+    case FT_LAYER_RELU: { /* in place: g lives in the buffer the caller passes as both */
+        const float *y = c->arena + L->out_buf[i];
+        for (size_t j = 0; j < n * out_sz; j++)
+            if (!(y[j] > 0.0f)) g[j] = 0.0f;
+        break;
+    }
+    default: break;
+    }
+    if (has_params(l) && c->h) {
+        float *b = c->q8 ? gs : c->arena + L->w + (size_t)l->b_off;
+        if (c->q8) ft_dequantize_q8(q8_base(L, c->arena) + L->bq[i], fan_out(l), b);
+        st = update(c, (size_t)l->b_off, b, gb, fan_out(l), c->q8 ? q8_base(L, c->arena) + L->bq[i] : NULL);
+    } else if (has_params(l)) {
+        memcpy(c->grad + l->b_off, gb, fan_out(l) * sizeof(float));
+    }
+    return st;
+}
+
+static void forward(ctx_t *c, size_t n) {
+    for (int i = 0; i < c->net->n_layers; i++) forward_layer(c, i, n);
+}
+
+/* Softmax cross-entropy over the logits; writes d(mean loss)/d(logits) into d. */
+static double softmax_xent(const float *logits, const int32_t *y, size_t n, size_t C, float *d) {
+    double loss = 0.0;
+    for (size_t s = 0; s < n; s++) {
+        const float *z = logits + s * C;
+        float *ds = d + s * C;
+        float m = z[0];
+        for (size_t j = 1; j < C; j++) if (z[j] > m) m = z[j];
+        float sum = 0.0f;
+        for (size_t j = 0; j < C; j++) { ds[j] = expf(z[j] - m); sum += ds[j]; }
+        loss += (double)(logf(sum) + m - z[y[s]]);
+        const float inv = 1.0f / (sum * (float)n);
+        for (size_t j = 0; j < C; j++) ds[j] *= inv;
+        ds[y[s]] -= 1.0f / (float)n;
+    }
+    return loss;
+}
+
+static ft_status backward(ctx_t *c, size_t n, const int32_t *y, double *loss) {
+    const layout_t *L = c->L;
+    const int last = c->net->n_layers - 1;
+    const size_t C = (size_t)c->net->layers[last].out_c;
+    float *cur = c->arena + L->d0, *other = c->arena + L->d1;
+    *loss = softmax_xent(c->arena + L->out_buf[last], y, n, C, cur);
+    if (!(*loss == *loss) || isinf(*loss)) return FT_ERR_NONFINITE;
+    for (int i = last; i >= 0; i--) {
+        const int kind = (int)c->net->layers[i].kind;
+        if (kind == FT_LAYER_FLATTEN) continue;
+        if (kind == FT_LAYER_RELU) {
+            if (L->need_dx[i]) backward_layer(c, i, n, cur, cur);
+            continue;
+        }
+        if (!L->need_dx[i] && !has_params(&c->net->layers[i])) break;
+        const ft_status st = backward_layer(c, i, n, cur, other);
+        if (st != FT_OK) return st;
+        float *t = cur; cur = other; other = t;
+    }
+    return FT_OK;
+}
+
+/* ---- public entry points ------------------------------------------------------------- */
+
+static ft_status load_tensor(ctx_t *c, int i, const float *src, float *dst_f32) {
+    /* interchange W[fo][fi] -> training Wt[fi][fo]; int8: chunk by chunk through wscr */
+    const ft_layer *l = &c->net->layers[i];
+    const size_t fi = fan_in(l), fo = fan_out(l);
+    if (!c->q8 || dst_f32) {
+        transpose(src + l->w_off, fo, fi, dst_f32 + l->w_off);
+        memcpy(dst_f32 + l->b_off, src + l->b_off, fo * sizeof(float));
+        return FT_OK;
+    }
+    const size_t rows = l->kind == FT_LAYER_DENSE ? c->L->chunk_rows[i] : fi;
+    float *tmp = c->arena + c->L->wscr;
+    ft_block_q8 *q = q8_base(c->L, c->arena);
+    for (size_t r0 = 0; r0 < fi; r0 += rows) {
+        const size_t kc = fi - r0 < rows ? fi - r0 : rows;
+        for (size_t r = 0; r < kc; r++)
+            for (size_t o = 0; o < fo; o++) tmp[r * fo + o] = src[l->w_off + o * fi + r0 + r];
+        const ft_status st = ft_quantize_q8(tmp, kc * fo, NULL, FT_ROUND_NEAREST, 0, q + c->L->wq[i] + r0 * fo / FT_QK);
+        if (st != FT_OK) return st;
+    }
+    return ft_quantize_q8(src + l->b_off, fo, NULL, FT_ROUND_NEAREST, 0, q + c->L->bq[i]);
+}
+
+ft_status ft_train_load(const ft_net *net, const float *params, const float *global_params, float *arena) {
+    layout_t L;
+    if (!params || !arena || !make_layout(net, &L)) return FT_ERR_ARG;
+    if ((net->flags & FT_TRAIN_PROX) && !global_params) return FT_ERR_ARG;
+    ctx_t c = {net, &L, arena, (net->flags & FT_TRAIN_INT8) != 0, NULL, NULL, 0};
+    for (int i = 0; i < net->n_layers; i++) {
+        if (!has_params(&net->layers[i])) continue;
+        ft_status st = load_tensor(&c, i, params, c.q8 ? NULL : arena + L.w);
+        if (st != FT_OK) return st;
+        if (net->flags & FT_TRAIN_PROX) load_tensor(&c, i, global_params, arena + L.g);
+    }
+    if (net->flags & FT_TRAIN_MOMENTUM) memset(arena + L.v, 0, (size_t)net->n_params * sizeof(float));
+    return FT_OK;
+}
+
+ft_status ft_train_store(const ft_net *net, const float *arena, float *params) {
+    layout_t L;
+    if (!params || !arena || !make_layout(net, &L)) return FT_ERR_ARG;
+    const int q8 = (net->flags & FT_TRAIN_INT8) != 0;
+    float *tmp = (float *)arena + L.wscr; /* int8: scratch only, the weights are not touched */
+    for (int i = 0; i < net->n_layers; i++) {
+        const ft_layer *l = &net->layers[i];
+        if (!has_params(l)) continue;
+        const size_t fi = fan_in(l), fo = fan_out(l);
+        if (!q8) {
+            transpose(arena + L.w + l->w_off, fi, fo, params + l->w_off);
+            memcpy(params + l->b_off, arena + L.w + l->b_off, fo * sizeof(float));
+            continue;
+        }
+        const ft_block_q8 *q = (const ft_block_q8 *)(const void *)(arena + L.w);
+        const size_t rows = l->kind == FT_LAYER_DENSE ? L.chunk_rows[i] : fi;
+        for (size_t r0 = 0; r0 < fi; r0 += rows) {
+            const size_t kc = fi - r0 < rows ? fi - r0 : rows;
+            ft_dequantize_q8(q + L.wq[i] + r0 * fo / FT_QK, kc * fo, tmp);
+            for (size_t r = 0; r < kc; r++)
+                for (size_t o = 0; o < fo; o++) params[l->w_off + o * fi + r0 + r] = tmp[r * fo + o];
+        }
+        ft_dequantize_q8(q + L.bq[i], fo, params + l->b_off);
+    }
+    return FT_OK;
+}
+
+ft_status ft_train_sgd(const ft_net *net, const ft_sgd_hyper *hyper, const float *x, const int32_t *y,
+                       int64_t n_x, const int32_t *idx, int64_t n_idx, int64_t max_steps, float *arena,
+                       double *loss_sum, int64_t *n_seen, int64_t *steps) {
+    layout_t L;
+    if (!hyper || !x || !y || !idx || !arena || !loss_sum || !n_seen || !steps || n_x < 1 || n_idx < 0 ||
+        !make_layout(net, &L))
+        return FT_ERR_ARG;
+    const size_t in_sz = act_size(&net->layers[0], 0), B = (size_t)net->batch;
+    const int32_t C = (int32_t)net->layers[net->n_layers - 1].out_c;
+    for (int64_t j = 0; j < n_idx; j++)
+        if (idx[j] < 0 || idx[j] >= n_x || y[idx[j]] < 0 || y[idx[j]] >= C) return FT_ERR_ARG;
+    ctx_t c = {net, &L, arena, (net->flags & FT_TRAIN_INT8) != 0, hyper, NULL, hyper->step0};
+    float *x0 = arena + L.in_buf[0];
+    int32_t *lab = (int32_t *)(void *)(arena + L.labels);
+    *loss_sum = 0.0;
+    *n_seen = 0;
+    *steps = 0;
+    for (int64_t j0 = 0; j0 < n_idx; j0 += (int64_t)B) {
+        if (max_steps >= 0 && *steps >= max_steps) break;
+        const size_t n = (size_t)(n_idx - j0) < B ? (size_t)(n_idx - j0) : B;
+        for (size_t s = 0; s < n; s++) {
+            memcpy(x0 + s * in_sz, x + (size_t)idx[j0 + (int64_t)s] * in_sz, in_sz * sizeof(float));
+            lab[s] = y[idx[j0 + (int64_t)s]];
+        }
+        forward(&c, n);
+        double loss;
+        const ft_status st = backward(&c, n, lab, &loss);
+        if (st != FT_OK) return st;
+        *loss_sum += loss;
+        *n_seen += (int64_t)n;
+        *steps += 1;
+        c.step++;
+    }
+    return FT_OK;
+}
+
+ft_status ft_train_grad(const ft_net *net, const float *x, const int32_t *y, int32_t n, float *arena,
+                        float *grad, double *loss_sum) {
+    layout_t L;
+    if (!x || !y || !arena || !grad || !loss_sum || !make_layout(net, &L) || n < 1 || n > net->batch ||
+        (net->flags & FT_TRAIN_INT8))
+        return FT_ERR_ARG;
+    const int32_t C = (int32_t)net->layers[net->n_layers - 1].out_c;
+    for (int32_t s = 0; s < n; s++)
+        if (y[s] < 0 || y[s] >= C) return FT_ERR_ARG;
+    ctx_t c = {net, &L, arena, 0, NULL, grad, 0};
+    memcpy(arena + L.in_buf[0], x, (size_t)n * act_size(&net->layers[0], 0) * sizeof(float));
+    forward(&c, (size_t)n);
+    return backward(&c, (size_t)n, y, loss_sum);
+}
+
+ft_status ft_net_forward(const ft_net *net, const float *x, int32_t n, float *arena, float *logits) {
+    layout_t L;
+    if (!x || !arena || !logits || !make_layout(net, &L) || n < 1 || n > net->batch) return FT_ERR_ARG;
+    ctx_t c = {net, &L, arena, (net->flags & FT_TRAIN_INT8) != 0, NULL, NULL, 0};
+    memcpy(arena + L.in_buf[0], x, (size_t)n * act_size(&net->layers[0], 0) * sizeof(float));
+    forward(&c, (size_t)n);
+    const ft_layer *last = &net->layers[net->n_layers - 1];
+    memcpy(logits, arena + L.out_buf[net->n_layers - 1], (size_t)n * (size_t)last->out_c * sizeof(float));
+    return FT_OK;
+}
