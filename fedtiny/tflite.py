@@ -160,20 +160,40 @@ def _from_tensor(t: np.ndarray, detail: dict) -> np.ndarray:
 def model_layers(model) -> tuple[list[tuple], tuple[int, ...]]:
     """(layer tuples for fedtiny.tflite_export, input_shape) of a fedtiny model.
 
-    `model` is a fedtiny.model.Model, or any object with `.layers` already in the tuple form
-    of fedtiny.tflite_export and an `.input_shape`.
+    `model` is a fedtiny.model.Model (its Layer descriptors are lowered and their parameter
+    offsets checked against the layout), or any object with `.layers` already in the tuple
+    form of fedtiny.tflite_export and an `.input_shape`.
     """
     layers = list(getattr(model, "layers", None) or [])
     input_shape = tuple(getattr(model, "input_shape", ()) or ())
     if not layers or not input_shape:
         raise ValueError(f"{type(model).__name__} has no layers/input_shape to export")
-    return [_layer_tuple(layer, i) for i, layer in enumerate(layers)], input_shape
+    out, offset = [], 0
+    for i, layer in enumerate(layers):
+        out.append(_layer_tuple(layer, i))
+        if not isinstance(layer, tuple) and getattr(layer, "w_shape", ()):
+            if layer.w_offset != offset or layer.b_offset != offset + math.prod(layer.w_shape):
+                raise ValueError(f"layer {i} ({layer.kind}): its weights are at {layer.w_offset}, "
+                                 f"the TFLite export layout expects {offset}")
+        offset = _tx.n_params(out)
+    return out, input_shape
 
 
 def _layer_tuple(layer, index: int) -> tuple:
+    """A fedtiny.model.Layer as a fedtiny.tflite_export layer tuple."""
     if isinstance(layer, tuple):
         return layer
-    raise ValueError(f"layer {index}: cannot export layer {layer!r}")
+    kind = getattr(layer, "kind", None)
+    if kind == "dense" and len(layer.w_shape) == 2:
+        return ("dense", layer.w_shape[1], layer.w_shape[0])
+    if kind == "conv2d" and len(layer.w_shape) == 4:
+        return ("conv2d", *layer.w_shape)
+    if kind in ("maxpool2", "maxpool2d"):
+        return ("maxpool2d",)
+    if kind in ("relu", "flatten"):
+        return (kind,)
+    raise ValueError(f"layer {index}: cannot export a {kind!r} layer to TFLite "
+                     f"(supported: {', '.join(_tx.LAYER_KINDS)})")
 
 
 def backbone_layers(layers: Sequence[tuple], drop_dense: int) -> list[tuple]:
