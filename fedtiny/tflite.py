@@ -228,6 +228,8 @@ def export_tflite(model, params: np.ndarray, path: str | os.PathLike | None = No
     prepare_backbone.
     """
     layers, input_shape = model_layers(model)
+    if hasattr(model, "check_params"):
+        model.check_params(params)  # a fedtiny.model.Model names its own parameter problems
     params = np.asarray(params)
     if params.ndim != 1 or params.dtype != np.float32:
         raise ValueError(f"params must be a 1-D float32 vector, got {params.dtype} of shape {params.shape}")

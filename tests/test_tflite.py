@@ -128,15 +128,37 @@ def test_int8_model_is_full_integer():
 
 
 def test_extract_features_from_backbone_matches_truncated_oracle(tmp_path):
-    params = he_init(CNN, seed=4)
+    model = build("cnn")
+    params = model.init(seed=4)
     x, _ = fashion("test")
     x = x[:64]
     path = tmp_path / "feat.tflite"
-    ft.export_tflite(spec(CNN, (28, 28, 1)), params, path, drop_dense=1)
+    ft.export_tflite(model, params, path, drop_dense=1)
     feats, head = ft.prepare_backbone(path, x)
     assert feats.shape == (64, 128) and head == "mlp:128-10"
     assert_close_rel(feats, forward(CNN, (28, 28, 1), params, x, upto=9))  # after Dense 128 + ReLU
     assert ft.head_spec(128, (32,), 5) == "mlp:128-32-5"
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_transfer_learning_trains_a_head_on_backbone_features(tmp_path, int8):
+    """TinyFedTL: a frozen .tflite backbone, a fresh dense head trained with fedtiny's local SGD."""
+    from fedtiny.train import evaluate, local_sgd
+    model, params = trained("cnn")  # its backbone saw x[:8000] only
+    x, y = fashion("train")
+    x_test, y_test = fashion("test")
+    path = tmp_path / "backbone.tflite"
+    ft.export_tflite(model, params, path, drop_dense=1, int8=int8, calibration=x[-500:] if int8 else None)
+    device_x, device_y = x[20000:24000], y[20000:24000]  # one device's data, new to the backbone
+    feats, head = ft.prepare_backbone(path, device_x)
+    head_model = build(head)
+    head_params = head_model.init(seed=0)
+    test_feats = ft.extract_features(path, x_test[:3000])
+    _, acc_before = evaluate(head_model, head_params, test_feats, y_test[:3000])
+    local_sgd(head_model, head_params, feats, device_y, epochs=2, batch_size=32, lr=0.02, momentum=0.9)
+    _, acc = evaluate(head_model, head_params, test_feats, y_test[:3000])
+    assert head_model.n_params == 1290  # what is federated: the head only
+    assert acc >= 0.70 and acc - acc_before >= 0.3, (acc_before, acc)  # chance is 0.10
 
 
 def test_backbone_of_mlp_keeps_the_first_dense_layers():
@@ -229,3 +251,59 @@ def test_load_params(tmp_path):
     (tmp_path / "junk.npy").write_bytes(b"junk")
     with pytest.raises(ValueError, match="not a .npy"):
         ft.load_params(str(tmp_path / "junk.npy"))
+
+
+# ------------------------------------------------------------------------ CLI
+
+def test_cli_export_float32_and_int8(tmp_path, capsys):
+    model, params = trained("2nn")
+    np.save(tmp_path / "p.npy", params)
+    x, y = fashion("test")
+    out = tmp_path / "m.tflite"
+    assert ft.main_export(["--model", "2nn", "--params", str(tmp_path / "p.npy"), "--tflite", str(out)]) == 0
+    assert "float32" in capsys.readouterr().out
+    assert_close_rel(ft.Interpreter(out).run(x[:200]), model.predict(params, x[:200]))
+
+    (tmp_path / "state").mkdir()
+    np.save(tmp_path / "state" / "global.npy", params)
+    x_train, _ = fashion("train")
+    raw = (x_train[:300, :, :, 0] * 255).round().astype(np.uint8)  # a device's raw image bytes
+    np.savez(tmp_path / "calib.npz", x=raw, y=np.zeros(300, np.int64))
+    out8 = tmp_path / "m8.tflite"
+    assert ft.main_export(["--model", "2nn", "--state", str(tmp_path / "state"), "--tflite", str(out8),
+                           "--int8", "--calibration-data", str(tmp_path / "calib.npz"),
+                           "--calibration-size", "200"]) == 0
+    assert "int8" in capsys.readouterr().out
+    pred = ft.Interpreter(out8).run(x).argmax(axis=1)
+    assert (pred == model.predict(params, x).argmax(axis=1)).mean() >= 0.99
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "rnn"], "unknown model spec 'rnn'"),
+    (["--model", "cnn"], "has 199210 values, model 'cnn' has 184586 parameters"),
+    (["--model", "2nn", "--int8"], "--int8 needs --calibration-data FILE"),
+    (["--model", "2nn", "--calibration-data", "c.npy"], "--calibration-data is only used with --int8"),
+    (["--model", "2nn", "--int8", "--calibration-data", "nope.npy"], "nope.npy: no such file"),
+    (["--model", "2nn", "--drop-dense", "5"], "cannot drop 5 dense layers"),
+])
+def test_cli_export_bad_input_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "p.npy", np.zeros(199_210, np.float32))
+    rc = ft.main_export(args + ["--params", "p.npy", "--tflite", "out.tflite"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and message in err and err.startswith("fedtiny export: error:")
+    assert not (tmp_path / "out.tflite").exists()
+
+
+def test_cli_export_runs_as_a_process(tmp_path):
+    import subprocess
+    np.save(tmp_path / "p.npy", build("mlp:64-32-10").init(seed=0))
+    code = "import sys; from fedtiny.tflite import main_export; sys.exit(main_export(sys.argv[1:]))"
+    ok = subprocess.run([sys.executable, "-c", code, "--model", "mlp:64-32-10", "--params", "p.npy",
+                         "--tflite", "m.tflite"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and (tmp_path / "m.tflite").stat().st_size > 2410 * 4, ok.stderr
+    bad = subprocess.run([sys.executable, "-c", code, "--model", "2nn", "--params", "p.npy",
+                          "--tflite", "m2.tflite"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip() == ("fedtiny export: error: params has 2410 values, model '2nn' "
+                                  "has 199210 parameters")
