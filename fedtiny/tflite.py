@@ -29,12 +29,21 @@ _NO_INTERPRETER = ("no TFLite interpreter is installed: install ai-edge-litert "
 
 
 def _load_backend():
-    """(name, Interpreter class) of the first usable package: ai_edge_litert, then tflite_runtime."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter as cls
-        return "ai_edge_litert", cls
-    except ImportError:
-        pass
+    """(name, Interpreter class) of the first usable package: ai_edge_litert, then tflite_runtime.
+
+    FEDTINY_TFLITE_BACKEND=ai_edge_litert|tflite_runtime forces one (to compare them on a device).
+    """
+    choice = os.environ.get("FEDTINY_TFLITE_BACKEND", "").strip().lower() or "auto"
+    if choice not in ("auto", "ai_edge_litert", "tflite_runtime"):
+        raise ValueError(f"FEDTINY_TFLITE_BACKEND={choice!r}: expected ai_edge_litert or tflite_runtime")
+    if choice in ("auto", "ai_edge_litert"):
+        try:
+            from ai_edge_litert.interpreter import Interpreter as cls
+            return "ai_edge_litert", cls
+        except ImportError:
+            if choice == "ai_edge_litert":
+                raise ImportError("FEDTINY_TFLITE_BACKEND=ai_edge_litert but ai-edge-litert is not "
+                                  "installed: pip install ai-edge-litert") from None
     try:
         import tflite_runtime
         from tflite_runtime.interpreter import Interpreter as cls
@@ -82,6 +91,7 @@ class Interpreter:
         if len(content) < 8 or content[4:8] != b"TFL3":
             raise ValueError(f"{self.name}: not a TFLite model (no 'TFL3' flatbuffer identifier, "
                              f"{len(content)} bytes)")
+        _check_structure(content, self.name)
         try:
             self._it = cls(model_content=content, num_threads=num_threads)
             self._it.allocate_tensors()
@@ -138,6 +148,73 @@ class Interpreter:
     def __repr__(self) -> str:
         return (f"Interpreter({self.name!r}, backend={self.backend}, input={self.input_shape}, "
                 f"outputs={self.output_shapes})")
+
+
+# bytes per element of the fixed-size TensorType values (schema.fbs order)
+_TYPE_BYTES = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 8: 8, 9: 1, 10: 8, 11: 16, 12: 8, 13: 1,
+               14: 4, 16: 2, 17: 1}
+
+
+def _check_structure(content: bytes, name: str) -> None:
+    """Reject a model whose indices, shapes or constant sizes are inconsistent, before an
+    interpreter sees it (tflite-runtime 2.14 does not verify the flatbuffer and reads past the end
+    of a truncated file).  Skipped when the `tflite` schema package is not installed."""
+    try:
+        import tflite
+    except ImportError:
+        return
+    try:
+        problem = _structure_problem(tflite.Model.GetRootAsModel(content, 0), len(content))
+    except Exception as exc:  # the generated accessors raise anything on garbage offsets
+        problem = f"truncated or corrupt flatbuffer ({type(exc).__name__}: {exc})"
+    if problem:
+        raise ValueError(f"{name}: malformed TFLite model: {problem}")
+
+
+def _structure_problem(model, size: int) -> str | None:
+    n_buffers, n_codes = model.BuffersLength(), model.OperatorCodesLength()
+    if model.SubgraphsLength() < 1:
+        return "no subgraph"
+    for k in range(n_buffers):
+        buf = model.Buffers(k)
+        field = buf._tab.Offset(4)  # Buffer.data: the one vector no accessor below reads
+        end = buf._tab.Vector(field) + buf.DataLength() if field else 0
+        if end > size or buf.Offset() + buf.Size() > size:
+            return f"buffer {k} extends past the end of the file ({size} bytes): truncated?"
+    for s in range(model.SubgraphsLength()):
+        g = model.Subgraphs(s)
+        n_t = g.TensorsLength()
+        for i in range(n_t):
+            t = g.Tensors(i)
+            shape = [int(v) for v in t.ShapeAsNumpy()] if t.ShapeLength() else []
+            if any(d < 0 for d in shape):
+                return f"tensor {i} has a negative dimension {shape}"
+            if not 0 <= t.Buffer() < n_buffers:
+                return f"tensor {i} refers to buffer {t.Buffer()} of {n_buffers}"
+            data = model.Buffers(t.Buffer()).DataLength() if t.Buffer() else 0
+            size = _TYPE_BYTES.get(t.Type())
+            if data and size and data != size * math.prod(shape):
+                return f"tensor {i} of shape {shape} has {data} bytes of constant data, not {size * math.prod(shape)}"
+            q = t.Quantization()
+            if q is not None and q.ScaleLength():
+                if q.ZeroPointLength() != q.ScaleLength():
+                    return f"tensor {i} has {q.ScaleLength()} scales but {q.ZeroPointLength()} zero points"
+                dim = q.QuantizedDimension()
+                if q.ScaleLength() > 1 and not (0 <= dim < len(shape) and shape[dim] == q.ScaleLength()):
+                    return f"tensor {i} has {q.ScaleLength()} scales for dimension {dim} of {shape}"
+                if not np.all(np.isfinite(q.ScaleAsNumpy())) or np.any(q.ScaleAsNumpy() <= 0):
+                    return f"tensor {i} has a quantization scale that is not positive and finite"
+        io = [int(v) for v in g.InputsAsNumpy()] + [int(v) for v in g.OutputsAsNumpy()]
+        if any(not 0 <= v < n_t for v in io):
+            return f"subgraph {s} inputs/outputs {io} out of range (it has {n_t} tensors)"
+        for k in range(g.OperatorsLength()):
+            op = g.Operators(k)
+            if not 0 <= op.OpcodeIndex() < n_codes:
+                return f"operator {k} has opcode index {op.OpcodeIndex()} of {n_codes}"
+            for v in list(op.InputsAsNumpy()) + list(op.OutputsAsNumpy()):
+                if not -1 <= v < n_t:
+                    return f"operator {k} uses tensor {v} (the subgraph has {n_t})"
+    return None
 
 
 def _to_tensor(x: np.ndarray, detail: dict) -> np.ndarray:
