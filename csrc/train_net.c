@@ -163,15 +163,8 @@ size_t ft_train_arena_floats(const ft_net *net) {
     return make_layout(net, &L) ? L.total : 0;
 }
 
-/* dst[c][r] = src[r][c] for an R x C matrix, in tiles so both sides stay in cache. */
 static void transpose(const float *src, size_t R, size_t C, float *dst) {
-    const size_t T = 32;
-    for (size_t r0 = 0; r0 < R; r0 += T)
-        for (size_t c0 = 0; c0 < C; c0 += T) {
-            const size_t r1 = r0 + T < R ? r0 + T : R, c1 = c0 + T < C ? c0 + T : C;
-            for (size_t r = r0; r < r1; r++)
-                for (size_t c = c0; c < c1; c++) dst[c * R + r] = src[r * C + c];
-        }
+    ft_train_kernels()->transpose_f32(src, R, C, dst);
 }
 
 /* ---- int8 weight storage ------------------------------------------------------------- */
@@ -225,16 +218,7 @@ static ft_status update(ctx_t *c, size_t off, float *w, const float *g, size_t c
     const float lr = h->lr, wd = h->weight_decay, mu = h->prox_mu, m = h->momentum;
     const float *wg = (c->net->flags & FT_TRAIN_PROX) ? c->arena + c->L->g + off : NULL;
     float *v = (c->net->flags & FT_TRAIN_MOMENTUM) ? c->arena + c->L->v + off : NULL;
-    for (size_t i = 0; i < cnt; i++) {
-        float gi = g[i];
-        if (wd != 0.0f) gi += wd * w[i];
-        if (wg) gi += mu * (w[i] - wg[i]);
-        if (v) {
-            v[i] = m * v[i] + gi;
-            gi = v[i];
-        }
-        w[i] -= lr * gi;
-    }
+    ft_train_kernels()->sgd_f32(w, g, v, wg, cnt, lr, m, wd, mu);
     if (q) {
         const uint64_t s = mix64(h->seed ^ mix64(c->step + 0x9E3779B97F4A7C15ULL) ^ ((uint64_t)off << 1));
         return ft_quantize_q8(w, cnt, NULL, FT_ROUND_STOCHASTIC, s, q);
@@ -418,8 +402,7 @@ static ft_status backward_layer(ctx_t *c, int i, size_t n, float *g, float *dx) 
     }
     case FT_LAYER_RELU: { /* in place: g lives in the buffer the caller passes as both */
         const float *y = c->arena + L->out_buf[i];
-        for (size_t j = 0; j < n * out_sz; j++)
-            if (!(y[j] > 0.0f)) g[j] = 0.0f;
+        for (size_t j = 0; j < n * out_sz; j++) g[j] = y[j] > 0.0f ? g[j] : 0.0f;
         break;
     }
     default: break;

@@ -68,7 +68,44 @@ def _parse(spec: str) -> tuple[tuple[int, ...], list[tuple]]:
             if i < len(sizes) - 2:
                 ops.append(("relu",))
         return (sizes[0],), ops
-    raise ValueError(f"unknown model spec {spec!r} (known: '2nn', 'cnn', 'mlp:A-B-...-K')")
+    if s.startswith("seq:"):
+        return _parse_seq(spec, s[4:])
+    raise ValueError(f"unknown model spec {spec!r} (known: '2nn', 'cnn', 'mlp:A-B-...-K', "
+                     f"'seq:HxWxC,conv<oc>k<k>,relu,pool,flatten,dense<n>')")
+
+
+def _parse_seq(spec: str, body: str) -> tuple[tuple[int, ...], list[tuple]]:
+    """'seq:12x12x1,conv4k3,relu,pool,flatten,dense10': any chain of the supported layers."""
+    toks = [t.strip() for t in body.split(",") if t.strip()]
+    bad = ValueError(f"model spec {spec!r}: expected 'seq:HxWxC' or 'seq:N' then conv<oc>k<k>, relu, pool, "
+                     f"flatten, dense<n>, comma-separated")
+    if len(toks) < 2:
+        raise bad
+    try:
+        shape = tuple(int(v) for v in toks[0].split("x"))
+    except ValueError:
+        raise bad from None
+    if len(shape) not in (1, 3) or min(shape) < 1:
+        raise bad
+    ops: list[tuple] = []
+    for t in toks[1:]:
+        try:
+            if t.startswith("conv") and "k" in t[4:]:
+                oc, k = t[4:].split("k")
+                ops.append(("conv", int(oc), int(k)))
+            elif t.startswith("dense"):
+                ops.append(("dense", int(t[5:])))
+            elif t in ("relu", "pool", "flatten"):
+                ops.append((t,))
+            else:
+                raise bad
+        except ValueError:
+            raise bad from None
+        if len(ops[-1]) > 1 and min(ops[-1][1:]) < 1:
+            raise bad
+    if ops[-1][0] != "dense" or ops[-1][1] < 2:
+        raise ValueError(f"model spec {spec!r}: the last layer must be dense with at least 2 outputs (the logits)")
+    return shape, ops
 
 
 class Model:
@@ -90,11 +127,15 @@ class Model:
                 lay = Layer("dense", shape, (1, 1, out), 0, off, (out, c), off + out * c, (out,))
             elif op[0] == "conv":
                 oc, k = op[1], op[2]
+                if len(input_shape) != 3:
+                    raise ValueError(f"model spec {spec!r}: conv needs an HxWxC input")
                 if k > h or k > w:
                     raise ValueError(f"model spec {spec!r}: {k}x{k} conv does not fit input {shape}")
                 o = (h - k + 1, w - k + 1, oc)
                 lay = Layer("conv2d", shape, o, k, off, (oc, k, k, c), off + oc * k * k * c, (oc,))
             elif op[0] == "pool":
+                if h < 2 or w < 2:
+                    raise ValueError(f"model spec {spec!r}: 2x2 pooling needs an input of at least 2x2, got {shape}")
                 lay = Layer("maxpool2", shape, (h // 2, w // 2, c))
             elif op[0] == "relu":
                 lay = Layer("relu", shape, shape)
@@ -152,7 +193,7 @@ class Model:
             raise ValueError(f"{name} must be C-contiguous")
         if writable and not params.flags.writeable:
             raise ValueError(f"{name} is read-only; local_sgd updates it in place")
-        if not np.isfinite(params).all():
+        if not _all_finite(params):
             raise ValueError(f"{name} holds NaN or Inf")
 
     def check_x(self, x, name: str = "x") -> np.ndarray:
@@ -166,7 +207,7 @@ class Model:
         if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
             raise ValueError(f"{name} must be numeric, got dtype {x.dtype}")
         x2 = np.ascontiguousarray(x.reshape(x.shape[0], self.input_size), dtype=np.float32)
-        if not np.isfinite(x2).all():
+        if not _all_finite(x2):
             raise ValueError(f"{name} holds NaN or Inf")
         return x2
 
@@ -214,6 +255,11 @@ class Model:
         logits = np.empty((x2.shape[0], self.n_classes), dtype=np.float32)
         _core.net_forward(self._desc, self.n_params, PREDICT_BATCH, 0, x2, arena, logits.reshape(-1))
         return logits
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    """min and max propagate NaN and expose +-Inf, without a temporary the size of `a`."""
+    return bool(np.isfinite(a.min()) and np.isfinite(a.max()))
 
 
 def _check_batch(batch_size) -> int:

@@ -97,3 +97,16 @@ def evaluate(model: Model, params: np.ndarray, x, y) -> tuple[float, float]:
     loss = float(np.mean(lse - logits[np.arange(len(y2)), y2]))
     acc = float(np.mean(logits.argmax(axis=1) == y2))
     return loss, acc
+
+
+def gradient(model: Model, params: np.ndarray, x, y) -> tuple[float, np.ndarray]:
+    """(mean loss, its gradient in the parameter layout) on one batch: FedSGD and tests."""
+    model.check_params(params)
+    x2 = model.check_x(x)
+    y2 = model.check_y(y, x2.shape[0])
+    batch = _check_batch(x2.shape[0])
+    arena = model._arena(batch, 0)
+    _core.train_load(model._desc, model.n_params, batch, 0, params, None, arena)
+    grad = np.empty(model.n_params, dtype=np.float32)
+    loss = _core.train_grad(model._desc, model.n_params, batch, 0, x2, y2, arena, grad)
+    return loss / x2.shape[0], grad

@@ -1,4 +1,4 @@
-/* x86_avx2_gemm.c — AVX2+FMA body of ft_gemm_f32: a 6x16 register-blocked micro-kernel that
+/* x86_avx2_train.c — AVX2 bodies of the training kernels. ft_gemm_f32: a 6x16 register-blocked micro-kernel that
  * reads B in place (unit stride along N, no packing: the engine's weights are stored so that
  * every GEMM it runs has such a B) and broadcasts A through its strides. K is cut into KC-deep
  * slices so the 16-column panel of B stays in L1 while the kernel walks down M. Ragged N uses
@@ -88,4 +88,38 @@ FT_TARGET_AVX2 ft_status ft_gemm_f32_avx2(size_t M, size_t N, size_t K, const fl
     }
     return FT_OK;
 }
+
+FT_TARGET_AVX2 static void sgd_avx2(float *w, const float *g, float *v, const float *wg, size_t n, float lr,
+                                    float m, float wd, float mu) {
+    FT_SGD_BODY(w, g, v, wg, n, lr, m, wd, mu);
+}
+
+/* 8x8 tiles transposed in registers (unpack / shuffle / permute2f128); ragged edges scalar. */
+FT_TARGET_AVX2 void ft_transpose_f32_avx2(const float *src, size_t R, size_t C, float *dst) {
+    const size_t R8 = R / 8 * 8, C8 = C / 8 * 8;
+    for (size_t r = 0; r < R8; r += 8)
+        for (size_t c = 0; c < C8; c += 8) {
+            __m256 t[8], u[8];
+            for (int i = 0; i < 8; i++) t[i] = _mm256_loadu_ps(src + (r + i) * C + c);
+            for (int i = 0; i < 8; i += 2) {
+                u[i] = _mm256_unpacklo_ps(t[i], t[i + 1]);
+                u[i + 1] = _mm256_unpackhi_ps(t[i], t[i + 1]);
+            }
+            for (int i = 0; i < 8; i += 4) {
+                t[i] = _mm256_shuffle_ps(u[i], u[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+                t[i + 1] = _mm256_shuffle_ps(u[i], u[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+                t[i + 2] = _mm256_shuffle_ps(u[i + 1], u[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+                t[i + 3] = _mm256_shuffle_ps(u[i + 1], u[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+            }
+            for (int i = 0; i < 4; i++) {
+                u[i] = _mm256_permute2f128_ps(t[i], t[i + 4], 0x20);
+                u[i + 4] = _mm256_permute2f128_ps(t[i], t[i + 4], 0x31);
+            }
+            for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + (c + i) * R + r, u[i]);
+        }
+    for (size_t r = 0; r < R; r++)
+        for (size_t c = (r < R8 ? C8 : 0); c < C; c++) dst[c * R + r] = src[r * C + c];
+}
+
+const ft_train_kernel_table ft_train_kernels_avx2 = {ft_gemm_f32_avx2, sgd_avx2, ft_transpose_f32_avx2};
 #endif

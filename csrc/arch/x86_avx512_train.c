@@ -1,4 +1,4 @@
-/* x86_avx512_gemm.c — AVX-512 body of ft_gemm_f32: the AVX2 design (csrc/arch/x86_avx2_gemm.c)
+/* x86_avx512_train.c — AVX-512 bodies of the training kernels. ft_gemm_f32: the AVX2 design (csrc/arch/x86_avx2_train.c)
  * with a 12x32 micro-kernel (24 zmm accumulators) and mask registers for ragged N. 12 rows cover
  * a whole batch of 10 in one pass of B. */
 #include "ft_internal.h"
@@ -91,4 +91,11 @@ FT_TARGET_AVX512 ft_status ft_gemm_f32_avx512(size_t M, size_t N, size_t K, cons
     }
     return FT_OK;
 }
+
+FT_TARGET_AVX512 static void sgd_avx512(float *w, const float *g, float *v, const float *wg, size_t n, float lr,
+                                        float m, float wd, float mu) {
+    FT_SGD_BODY(w, g, v, wg, n, lr, m, wd, mu);
+}
+
+const ft_train_kernel_table ft_train_kernels_avx512 = {ft_gemm_f32_avx512, sgd_avx512, ft_transpose_f32_avx2};
 #endif

@@ -1,5 +1,5 @@
-/* arm_neon_gemm.c — NEON body of ft_gemm_f32 (aarch64): the AVX2 design
- * (csrc/arch/x86_avx2_gemm.c) with an 8x8 micro-kernel (16 q-register accumulators); ragged N
+/* arm_neon_train.c — NEON bodies of the training kernels (aarch64). ft_gemm_f32: the AVX2 design
+ * (csrc/arch/x86_avx2_train.c) with an 8x8 micro-kernel (16 q-register accumulators); ragged N
  * goes through a small stack tile so no load or store leaves the caller's matrices. */
 #include "ft_internal.h"
 
@@ -78,4 +78,7 @@ ft_status ft_gemm_f32_neon(size_t M, size_t N, size_t K, const float *A, ptrdiff
     }
     return FT_OK;
 }
+
+/* NEON is baseline on aarch64: the reference loop is already vectorized by the compiler there. */
+const ft_train_kernel_table ft_train_kernels_neon = {ft_gemm_f32_neon, ft_sgd_f32_ref, ft_transpose_f32_ref};
 #endif

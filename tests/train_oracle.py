@@ -1,0 +1,187 @@
+"""numpy float64 reference of every training-engine layer (the oracle the C engine is checked
+against) and a tiny reader of the real Fashion-MNIST IDX files."""
+from __future__ import annotations
+
+import gzip
+import os
+
+import numpy as np
+
+FASHION_DIR = os.environ.get("FEDTINY_FASHION_MNIST", "/usr/share/datasets/fashion-mnist")
+
+
+def read_idx(path: str) -> np.ndarray:
+    """An IDX file (optionally .gz): big-endian magic (0, 0, dtype 0x08 = uint8, ndim), dims, data."""
+    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+        raw = f.read()
+    if raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file")
+    ndim = raw[3]
+    dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def fashion(split: str = "train", n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(x float32 (N, 28, 28, 1) in [0, 1], y int64 (N,)) from the real Fashion-MNIST files."""
+    pre = "train" if split == "train" else "t10k"
+    x = read_idx(os.path.join(FASHION_DIR, f"{pre}-images-idx3-ubyte.gz"))
+    y = read_idx(os.path.join(FASHION_DIR, f"{pre}-labels-idx1-ubyte.gz"))
+    if n is not None:
+        x, y = x[:n], y[:n]
+    return (x.astype(np.float32) / 255.0)[..., None], y.astype(np.int64)
+
+
+# ---- layers: forward returns (y, cache); backward(g, cache) returns (dx, dW, db) -----------
+
+def dense_fwd(x, W, b):
+    return x @ W.T + b, x
+
+
+def dense_bwd(g, x, W):
+    return g @ W, g.T @ x, g.sum(0)
+
+
+def _cols(x, k):
+    """(N, OH, OW, k*k*C) patches in (kh, kw, c) order, matching OHWI weights."""
+    N, H, Wd, C = x.shape
+    v = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(1, 2))  # N, OH, OW, C, k, k
+    return np.ascontiguousarray(v.transpose(0, 1, 2, 4, 5, 3)).reshape(N, H - k + 1, Wd - k + 1, k * k * C)
+
+
+def conv_fwd(x, W, b):
+    oc, k = W.shape[0], W.shape[1]
+    cols = _cols(x, k)
+    return cols @ W.reshape(oc, -1).T + b, x
+
+
+def conv_bwd(g, x, W):
+    oc, k, _, C = W.shape
+    cols = _cols(x, k)
+    dW = (g.reshape(-1, oc).T @ cols.reshape(-1, cols.shape[-1])).reshape(W.shape)
+    db = g.reshape(-1, oc).sum(0)
+    dcols = (g @ W.reshape(oc, -1)).reshape(g.shape[:3] + (k, k, C))
+    dx = np.zeros_like(x)
+    OH, OW = g.shape[1], g.shape[2]
+    for kh in range(k):
+        for kw in range(k):
+            dx[:, kh:kh + OH, kw:kw + OW, :] += dcols[:, :, :, kh, kw, :]
+    return dx, dW, db
+
+
+def _windows(x):
+    N, H, W, C = x.shape
+    OH, OW = H // 2, W // 2
+    v = x[:, :2 * OH, :2 * OW, :].reshape(N, OH, 2, OW, 2, C)
+    return v.transpose(0, 1, 3, 5, 2, 4).reshape(N, OH, OW, C, 4)  # window order (0,0) (0,1) (1,0) (1,1)
+
+
+def pool_fwd(x):
+    return _windows(x).max(-1), x
+
+
+def pool_bwd(g, x):
+    N, H, W, C = x.shape
+    OH, OW = H // 2, W // 2
+    arg = _windows(x).argmax(-1)  # first maximum, as the C kernel
+    d = np.zeros((N, OH, OW, C, 4))
+    np.put_along_axis(d, arg[..., None], g[..., None], axis=-1)
+    dx = np.zeros_like(x)
+    dx[:, :2 * OH, :2 * OW, :] = d.reshape(N, OH, OW, C, 2, 2).transpose(0, 1, 4, 2, 5, 3).reshape(N, 2 * OH, 2 * OW, C)
+    return dx
+
+
+def relu_fwd(x):
+    y = np.maximum(x, 0.0)
+    return y, y
+
+
+def relu_bwd(g, y):
+    return g * (y > 0)
+
+
+def softmax_xent(z, y):
+    """(mean loss, d mean loss / d z)."""
+    m = z.max(1, keepdims=True)
+    e = np.exp(z - m)
+    p = e / e.sum(1, keepdims=True)
+    loss = float(np.mean(np.log(e.sum(1)) + m[:, 0] - z[np.arange(len(y)), y]))
+    d = p.copy()
+    d[np.arange(len(y)), y] -= 1.0
+    return loss, d / len(y)
+
+
+# ---- a whole model, parameters in the interchange layout --------------------------------
+
+def forward(model, params, x):
+    """Logits (float64) and the per-layer caches."""
+    p = params.astype(np.float64)
+    a = x.astype(np.float64).reshape((x.shape[0],) + tuple(model.layers[0].in_shape))
+    caches = []
+    for lay in model.layers:
+        if lay.w_shape:
+            W = p[lay.w_offset:lay.w_offset + int(np.prod(lay.w_shape))].reshape(lay.w_shape)
+            b = p[lay.b_offset:lay.b_offset + lay.b_shape[0]]
+            if lay.kind == "dense":
+                a, c = dense_fwd(a.reshape(a.shape[0], -1), W, b)
+                a = a.reshape((a.shape[0],) + tuple(lay.out_shape))
+            else:
+                a, c = conv_fwd(a, W, b)
+        elif lay.kind == "maxpool2":
+            a, c = pool_fwd(a)
+        elif lay.kind == "relu":
+            a, c = relu_fwd(a)
+        else:
+            a, c = a.reshape(a.shape[0], 1, 1, -1), a.shape
+        caches.append(c)
+    return a.reshape(a.shape[0], -1), caches
+
+
+def loss_and_grad(model, params, x, y):
+    """Mean softmax cross-entropy and its gradient (float64, interchange layout)."""
+    p = params.astype(np.float64)
+    z, caches = forward(model, params, x)
+    loss, g = softmax_xent(z, np.asarray(y))
+    grad = np.zeros(model.n_params)
+    g = g.reshape((g.shape[0],) + tuple(model.layers[-1].out_shape))
+    for lay, c in zip(reversed(model.layers), reversed(caches)):
+        if lay.w_shape:
+            W = p[lay.w_offset:lay.w_offset + int(np.prod(lay.w_shape))].reshape(lay.w_shape)
+            if lay.kind == "dense":
+                dx, dW, db = dense_bwd(g.reshape(g.shape[0], -1), c, W)
+                dx = dx.reshape((dx.shape[0],) + tuple(lay.in_shape))
+            else:
+                dx, dW, db = conv_bwd(g, c, W)
+            grad[lay.w_offset:lay.w_offset + dW.size] = dW.ravel()
+            grad[lay.b_offset:lay.b_offset + db.size] = db
+            g = dx
+        elif lay.kind == "maxpool2":
+            g = pool_bwd(g, c)
+        elif lay.kind == "relu":
+            g = relu_bwd(g, c)
+        else:
+            g = g.reshape((g.shape[0],) + tuple(lay.in_shape))
+    return loss, grad
+
+
+def sgd_reference(model, params, x, y, *, epochs, batch_size, lr, momentum=0.0, weight_decay=0.0,
+                  prox_mu=0.0, global_params=None, seed=0, max_steps=None):
+    """float64 SGD with the engine's documented update rule and shuffling; returns new params."""
+    w = params.astype(np.float64)
+    wg = None if global_params is None else global_params.astype(np.float64)
+    v = np.zeros_like(w)
+    rng = np.random.Generator(np.random.PCG64(seed))
+    steps = 0
+    for _ in range(epochs):
+        idx = rng.permutation(len(x))
+        for j in range(0, len(x), batch_size):
+            if max_steps is not None and steps >= max_steps:
+                return w
+            b = idx[j:j + batch_size]
+            _, g = loss_and_grad(model, w, x[b], y[b])
+            g = g + weight_decay * w
+            if prox_mu:
+                g = g + prox_mu * (w - wg)
+            v = momentum * v + g
+            w = w - lr * v
+            steps += 1
+    return w
