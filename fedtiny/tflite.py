@@ -6,7 +6,8 @@
 - `prepare_backbone(path, x)` is federated transfer learning (TinyFedTL): a frozen .tflite
   feature extractor turns a device's data into features, and only a dense head on them is
   trained and federated.
-- `add_export_parser(subparsers)` / `run_export(args)` is the `fedtiny export` subcommand.
+- HELP / add_arguments(parser) / run_command(args) are the `fedtiny export` subcommand
+  (fedtiny.cli registers this module as "export").
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from . import tflite_export as _tx
 
 __all__ = ["Interpreter", "interpreter_backend", "export_tflite", "model_layers", "backbone_layers",
            "extract_features", "head_spec", "prepare_backbone", "load_params",
-           "add_export_parser", "run_export", "main_export"]
+           "HELP", "add_arguments", "run_command", "main_export"]
 
 _NO_INTERPRETER = ("no TFLite interpreter is installed: install ai-edge-litert "
                    "(pip install 'fedtiny[tflite]'), or tflite-runtime together with numpy<2")
@@ -373,7 +374,14 @@ def load_params(params: str | None = None, state: str | None = None) -> np.ndarr
 
 
 def _load_samples(path: str, limit: int) -> np.ndarray:
-    """Calibration samples: a .npy array, or the 'x' array of an .npz (as fedtiny client --data)."""
+    """Calibration samples: a .npy array, the 'x' array of an .npz (as fedtiny client --data),
+    or the training images of a dataset fedtiny.datasets knows (e.g. "fashion-mnist")."""
+    if not path.endswith((".npy", ".npz")) and not os.path.exists(path):
+        try:
+            from .datasets import load
+        except ImportError:
+            raise ValueError(f"{path}: no such file") from None
+        return load(path).x_train[:limit]
     try:
         data = np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -424,18 +432,14 @@ def prepare_backbone(backbone: "str | os.PathLike | bytes", x: np.ndarray, *,
 
 
 # --------------------------------------------------------------------------- CLI
+# `fedtiny export`, in the form fedtiny.cli expects of a subcommand module: HELP,
+# add_arguments(parser), run_command(args) -> exit status, bad input raised as ValueError.
 
-def add_export_parser(subparsers) -> argparse.ArgumentParser:
-    """Register `fedtiny export` on an argparse subparsers object (sets func=run_export)."""
-    p = subparsers.add_parser("export", help="write the model as a TFLite flatbuffer",
-                              description="Write a fedtiny model as a .tflite flatbuffer "
-                                          "(float32 or full-integer int8), for the TFLite/LiteRT interpreter.")
-    _export_arguments(p)
-    p.set_defaults(func=run_export)
-    return p
+HELP = "write a trained model as a TFLite flatbuffer (float32 or full-integer int8)"
 
 
-def _export_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of `fedtiny export`."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--params", metavar="FILE", help="flat float32 parameter vector (.npy)")
     src.add_argument("--state", metavar="DIR", help="aggregator state directory (reads DIR/global.npy)")
@@ -443,7 +447,8 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tflite", required=True, metavar="OUT", help="output .tflite file")
     p.add_argument("--int8", action="store_true", help="full-integer int8 model (needs --calibration-data)")
     p.add_argument("--calibration-data", metavar="FILE",
-                   help="input samples for int8 calibration: .npy, or .npz with an 'x' array")
+                   help="input samples for int8 calibration: .npy, .npz with an 'x' array "
+                        "(uint8 pixels are scaled to [0, 1]), or a fedtiny dataset name")
     p.add_argument("--calibration-size", type=int, default=1000, metavar="N",
                    help="use the first N calibration samples (default 1000)")
     p.add_argument("--softmax", action="store_true", help="append a softmax (probabilities out)")
@@ -451,31 +456,38 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
                    help="export without the last K dense layers: a feature extractor for --backbone")
 
 
-def run_export(args: argparse.Namespace) -> int:
-    """Run `fedtiny export`; one error line and exit status 1 on bad input."""
+def run_command(args: argparse.Namespace) -> int:
+    """Run `fedtiny export`; bad input raises ValueError naming the problem."""
+    if args.int8 and not args.calibration_data:
+        raise ValueError("--int8 needs --calibration-data FILE")
+    if args.calibration_data and not args.int8:
+        raise ValueError("--calibration-data is only used with --int8")
+    if args.calibration_size < 1:
+        raise ValueError(f"--calibration-size must be >= 1, got {args.calibration_size}")
+    from .model import build
+    model = build(args.model)
+    params = load_params(args.params, args.state)
+    calib = _load_samples(args.calibration_data, args.calibration_size) if args.int8 else None
     try:
-        if args.int8 and not args.calibration_data:
-            raise ValueError("--int8 needs --calibration-data FILE")
-        if args.calibration_data and not args.int8:
-            raise ValueError("--calibration-data is only used with --int8")
-        if args.calibration_size < 1:
-            raise ValueError(f"--calibration-size must be >= 1, got {args.calibration_size}")
-        from .model import build
-        model = build(args.model)
-        params = load_params(args.params, args.state)
-        calib = _load_samples(args.calibration_data, args.calibration_size) if args.int8 else None
         content = export_tflite(model, params, args.tflite, int8=args.int8, calibration=calib,
                                 softmax=args.softmax, drop_dense=args.drop_dense)
-    except (ValueError, ImportError, OSError) as exc:
-        print(f"fedtiny export: error: {exc}", file=sys.stderr)
-        return 1
+    except ImportError as exc:  # no interpreter for int8 calibration, or no schema package
+        raise ValueError(str(exc)) from None
     kind = "int8" if args.int8 else "float32"
     print(f"wrote {args.tflite}: {kind} TFLite model of {args.model}, {len(content)} bytes")
     return 0
 
 
 def main_export(argv: Sequence[str] | None = None) -> int:
-    """`fedtiny export` as a standalone entry point (argv without the program name)."""
-    p = argparse.ArgumentParser(prog="fedtiny export", description="Write a fedtiny model as a .tflite flatbuffer.")
-    _export_arguments(p)
-    return run_export(p.parse_args(argv))
+    """`fedtiny export` on its own (argv without the program name); errors as fedtiny.cli does."""
+    p = argparse.ArgumentParser(prog="fedtiny export", description=HELP)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return run_command(args)
+    except ValueError as exc:
+        print(f"fedtiny export: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"fedtiny export: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2

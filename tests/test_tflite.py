@@ -319,12 +319,12 @@ def test_cli_export_float32_and_int8(tmp_path, capsys):
     (["--model", "2nn", "--int8", "--calibration-data", "nope.npy"], "nope.npy: no such file"),
     (["--model", "2nn", "--drop-dense", "5"], "cannot drop 5 dense layers"),
 ])
-def test_cli_export_bad_input_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch, args, message):
+def test_cli_export_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     np.save(tmp_path / "p.npy", np.zeros(199_210, np.float32))
     rc = ft.main_export(args + ["--params", "p.npy", "--tflite", "out.tflite"])
     err = capsys.readouterr().err
-    assert rc == 1 and err.count("\n") == 1 and message in err and err.startswith("fedtiny export: error:")
+    assert rc == 2 and err.count("\n") == 1 and message in err and err.startswith("fedtiny export: error:")
     assert not (tmp_path / "out.tflite").exists()
 
 
@@ -337,6 +337,6 @@ def test_cli_export_runs_as_a_process(tmp_path):
     assert ok.returncode == 0 and (tmp_path / "m.tflite").stat().st_size > 2410 * 4, ok.stderr
     bad = subprocess.run([sys.executable, "-c", code, "--model", "2nn", "--params", "p.npy",
                           "--tflite", "m2.tflite"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip() == ("fedtiny export: error: params has 2410 values, model '2nn' "
                                   "has 199210 parameters")
