@@ -151,9 +151,10 @@ class Interpreter:
                 f"outputs={self.output_shapes})")
 
 
-# bytes per element of the fixed-size TensorType values (schema.fbs order)
-_TYPE_BYTES = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 8: 8, 9: 1, 10: 8, 11: 16, 12: 8, 13: 1,
-               14: 4, 16: 2, 17: 1}
+# bytes per element of the TensorType values with a fixed element size (schema.fbs numbering;
+# STRING, RESOURCE, VARIANT and the packed INT4 are not checked)
+_TYPE_BYTES = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 8: 8, 9: 1, 10: 8, 11: 16, 12: 8,
+               15: 4, 16: 2, 18: 2}
 
 
 def _check_structure(content: bytes, name: str) -> None:
@@ -172,6 +173,11 @@ def _check_structure(content: bytes, name: str) -> None:
         raise ValueError(f"{name}: malformed TFLite model: {problem}")
 
 
+def _ints(length: int, as_numpy) -> list[int]:
+    """An int vector of a flatbuffer table (the generated accessor returns 0 when it is absent)."""
+    return [int(v) for v in as_numpy()] if length else []
+
+
 def _structure_problem(model, size: int) -> str | None:
     n_buffers, n_codes = model.BuffersLength(), model.OperatorCodesLength()
     if model.SubgraphsLength() < 1:
@@ -187,15 +193,16 @@ def _structure_problem(model, size: int) -> str | None:
         n_t = g.TensorsLength()
         for i in range(n_t):
             t = g.Tensors(i)
-            shape = [int(v) for v in t.ShapeAsNumpy()] if t.ShapeLength() else []
+            shape = _ints(t.ShapeLength(), t.ShapeAsNumpy)
             if any(d < 0 for d in shape):
                 return f"tensor {i} has a negative dimension {shape}"
             if not 0 <= t.Buffer() < n_buffers:
                 return f"tensor {i} refers to buffer {t.Buffer()} of {n_buffers}"
             data = model.Buffers(t.Buffer()).DataLength() if t.Buffer() else 0
-            size = _TYPE_BYTES.get(t.Type())
-            if data and size and data != size * math.prod(shape):
-                return f"tensor {i} of shape {shape} has {data} bytes of constant data, not {size * math.prod(shape)}"
+            item = _TYPE_BYTES.get(t.Type())
+            if data and item and data != item * math.prod(shape):
+                return (f"tensor {i} of shape {shape} has {data} bytes of constant data, "
+                        f"not {item * math.prod(shape)}")
             q = t.Quantization()
             if q is not None and q.ScaleLength():
                 if q.ZeroPointLength() != q.ScaleLength():
@@ -205,14 +212,14 @@ def _structure_problem(model, size: int) -> str | None:
                     return f"tensor {i} has {q.ScaleLength()} scales for dimension {dim} of {shape}"
                 if not np.all(np.isfinite(q.ScaleAsNumpy())) or np.any(q.ScaleAsNumpy() <= 0):
                     return f"tensor {i} has a quantization scale that is not positive and finite"
-        io = [int(v) for v in g.InputsAsNumpy()] + [int(v) for v in g.OutputsAsNumpy()]
+        io = _ints(g.InputsLength(), g.InputsAsNumpy) + _ints(g.OutputsLength(), g.OutputsAsNumpy)
         if any(not 0 <= v < n_t for v in io):
             return f"subgraph {s} inputs/outputs {io} out of range (it has {n_t} tensors)"
         for k in range(g.OperatorsLength()):
             op = g.Operators(k)
             if not 0 <= op.OpcodeIndex() < n_codes:
                 return f"operator {k} has opcode index {op.OpcodeIndex()} of {n_codes}"
-            for v in list(op.InputsAsNumpy()) + list(op.OutputsAsNumpy()):
+            for v in _ints(op.InputsLength(), op.InputsAsNumpy) + _ints(op.OutputsLength(), op.OutputsAsNumpy):
                 if not -1 <= v < n_t:
                     return f"operator {k} uses tensor {v} (the subgraph has {n_t})"
     return None

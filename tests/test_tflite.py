@@ -86,6 +86,20 @@ def test_float32_export_with_softmax_gives_probabilities():
     np.testing.assert_allclose(prob, ref, rtol=1e-5, atol=1e-6)
 
 
+def test_int8_export_with_softmax():
+    """int8 SOFTMAX: output scale 1/256, zero point -128, as the TFLite spec fixes them."""
+    model, params = trained("2nn")
+    x_train, _ = fashion("train")
+    x, _ = fashion("test")
+    prob = ft.Interpreter(ft.export_tflite(model, params, softmax=True, int8=True,
+                                           calibration=x_train[-500:])).run(x[:500])
+    logits = model.predict(params, x[:500]).astype(np.float64)
+    ref = np.exp(logits - logits.max(axis=1, keepdims=True))
+    ref /= ref.sum(axis=1, keepdims=True)
+    assert np.all(np.abs(prob * 256 - np.rint(prob * 256)) < 1e-3)  # on the 1/256 grid
+    assert np.abs(prob - ref).max() < 0.05 and np.abs(prob - ref).mean() < 0.005
+
+
 @pytest.mark.parametrize("spec_,min_acc", [("2nn", 0.80), ("cnn", 0.80)])
 def test_int8_export_agrees_with_float_on_fashion_mnist(tmp_path, spec_, min_acc):
     """int8: same argmax as float32 on >= 99% of the 10k test images, <= 0.5 points accuracy lost."""
