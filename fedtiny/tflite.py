@@ -335,9 +335,12 @@ def export_tflite(model, params: np.ndarray, path: str | os.PathLike | None = No
         content = _tx.serialize(graph)
     if path is not None:
         tmp = os.fspath(path) + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(content)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(content)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise ValueError(f"{os.fspath(path)}: cannot write the model: {exc.strerror}") from None
     return content
 
 

@@ -332,11 +332,12 @@ def test_cli_export_float32_and_int8(tmp_path, capsys):
     (["--model", "2nn", "--calibration-data", "c.npy"], "--calibration-data is only used with --int8"),
     (["--model", "2nn", "--int8", "--calibration-data", "nope.npy"], "nope.npy: no such file"),
     (["--model", "2nn", "--drop-dense", "5"], "cannot drop 5 dense layers"),
+    (["--model", "2nn", "--tflite", "no/such/dir/m.tflite"], "no/such/dir/m.tflite: cannot write the model"),
 ])
 def test_cli_export_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     np.save(tmp_path / "p.npy", np.zeros(199_210, np.float32))
-    rc = ft.main_export(args + ["--params", "p.npy", "--tflite", "out.tflite"])
+    rc = ft.main_export(args + ["--params", "p.npy"] + ([] if "--tflite" in args else ["--tflite", "out.tflite"]))
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and message in err and err.startswith("fedtiny export: error:")
     assert not (tmp_path / "out.tflite").exists()
