@@ -322,8 +322,8 @@ def serialize(graph: Graph, *, quant: Mapping[int, tuple] | None = None,
     caller feeds and reads it exactly like the float32 model.  `outputs` lists the tensors the
     model returns (default: the graph's output); calibration asks for every activation.
     """
-    import flatbuffers
     tfl = _schema()
+    import flatbuffers
     outputs = [graph.output] if outputs is None else list(outputs)
 
     tensors = [dataclasses.replace(t) for t in graph.tensors]

@@ -1,4 +1,5 @@
-"""TFLite export checked in the real LiteRT interpreter against a numpy float64 forward pass."""
+"""TFLite export run in the real interpreter (LiteRT, or tflite-runtime) and checked against
+Model.predict and a numpy float64 forward pass, on real Fashion-MNIST images."""
 import sys
 import types
 
@@ -13,13 +14,15 @@ from fedtiny import tflite_export as tx  # noqa: E402
 from fedtiny.model import build  # noqa: E402
 from tflite_oracle import MLP, SMALL_CNN, fashion, forward, he_init, n_params, trained  # noqa: E402
 
-if not any(__import__("importlib").util.find_spec(m) for m in ("ai_edge_litert", "tflite_runtime")):
-    pytest.skip("no TFLite interpreter (pip install 'fedtiny[tflite]')", allow_module_level=True)
+try:
+    ft.interpreter_backend()
+except ImportError as exc:  # neither ai-edge-litert nor a usable tflite-runtime: says which to install
+    pytest.skip(str(exc), allow_module_level=True)
 
 CNN = [("conv2d", 32, 5, 5, 1), ("relu",), ("maxpool2d",), ("conv2d", 64, 5, 5, 32), ("relu",),
        ("maxpool2d",), ("flatten",), ("dense", 1024, 128), ("relu",), ("dense", 128, 10)]
 TWO_NN = [("dense", 784, 200), ("relu",), ("dense", 200, 200), ("relu",), ("dense", 200, 10)]
-REL_TOL = 1e-5  # float32 export vs float64 oracle, relative to the largest output magnitude
+REL_TOL = 1e-5  # exported float32 vs Model.predict / the float64 oracle, relative to the largest output
 
 
 def spec(layers, input_shape):
@@ -255,6 +258,9 @@ def test_missing_interpreter_names_the_package_to_install(monkeypatch):
         ft.Interpreter(b"\0\0\0\0TFL3")
     with pytest.raises(ImportError, match="ai-edge-litert"):
         ft.interpreter_backend()
+    monkeypatch.setitem(sys.modules, "flatbuffers", None)
+    with pytest.raises(ImportError, match=r"TFLite export needs .* pip install 'fedtiny\[tflite\]'"):
+        ft.export_tflite(spec(MLP, (784,)), he_init(MLP, seed=0))
 
 
 def test_backend_choice(monkeypatch):
