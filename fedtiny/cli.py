@@ -1,0 +1,60 @@
+"""The `fedtiny` command: one subcommand per module.
+
+Adding a subcommand: write a module with HELP (one line), add_arguments(parser) and
+run_command(args) -> exit code, then add one line to SUBCOMMANDS below.
+Errors: a bad argument or a ValueError from the library prints ONE line and exits with 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> module implementing HELP, add_arguments(parser), run_command(args)
+SUBCOMMANDS: dict[str, str] = {
+    "simulate": "fedtiny.simulate",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump), exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fedtiny", description="Federated learning (FedAvg) for memory-limited edge boards.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"fedtiny {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, module_name in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run_command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help(sys.stderr)
+        return 2
+    prog = f"fedtiny {args.command}"
+    try:
+        return int(args._run(args) or 0)
+    except ValueError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"{prog}: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,488 @@
+"""Round logic: who is in a round, what is accepted, when it closes, and the server step.
+
+Plain Python, no I/O and no clock of its own: every caller (the simulation, the UDP aggregator,
+a bridge) passes `now` in and moves the bytes itself. One Server holds the global model, ONE
+fedtiny.fedavg.Accumulator and the server optimizer's state, so its memory is O(model) whatever
+the number of clients; a Round adds a few bytes per participant (who already answered) and, while
+a device's chunked upload is in flight, one byte per 128-parameter block for that device.
+
+Policies (each one named, each one tested):
+- An update for another round, from a device not selected, or after the round closed is
+  rejected with a named reason and counted; nothing of it reaches the accumulator.
+- A second copy of an update (or of a chunk) is ignored and counted as a duplicate.
+- A round closes as soon as `min_updates` complete updates are in (default: every selected
+  device), or at its deadline with whoever answered; stragglers are left out. With fewer than
+  `quorum` complete updates at close, the round is abandoned: the sum is discarded, the model
+  stays as it was.
+- A chunked upload still incomplete at close keeps the blocks it delivered: each block is
+  averaged over the devices that delivered it (per-block weights), so a dropped device neither
+  biases nor corrupts the other blocks.
+- FedNova (Wang et al. 2020) normalisation for heterogeneous local steps: each update is
+  weighted n_k / tau_k and the mean is rescaled by tau_eff * sum(n_k / tau_k) / n, with
+  tau_eff = sum(n_k tau_k) / n. With equal steps it is exactly FedAvg.
+- Staleness (for FedBuff later): an update computed from model version `round_id - s` is
+  accepted when s <= max_staleness (0 = synchronous rounds) with weight n_k * staleness_weight(s).
+- Hierarchical aggregation: submit_partial adds a bridge's mean delta with its total weight
+  (sum n_k of its devices), which puts exactly sum n_k delta_k into the sum.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from .codec import BLOCK_BYTES, QK, Int8Update, nblocks
+from .fedavg import Accumulator
+
+# Verdict reasons. Only ACCEPTED changes the sum; DUPLICATE is harmless; the rest are rejections.
+ACCEPTED = "accepted"
+DUPLICATE = "duplicate"
+WRONG_ROUND = "wrong_round"
+NOT_SELECTED = "not_selected"
+ROUND_CLOSED = "round_closed"
+NO_UPLOAD = "no_upload"
+BAD_UPDATE = "bad_update"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the round did with one message: accepted, ignored as duplicate, or rejected (reason, detail)."""
+
+    reason: str
+    detail: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        return self.reason == ACCEPTED
+
+    def __bool__(self) -> bool:
+        return self.accepted
+
+
+# --- client sampling --------------------------------------------------------------------------
+
+def n_sampled(population: int, fraction: float, minimum: int = 1) -> int:
+    """McMahan's m = max(C*K, 1), rounded to the nearest integer (0.29*100 must give 29, not 28)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"client fraction must be in (0, 1], got {fraction}")
+    return min(population, max(int(minimum), int(round(fraction * population))))
+
+
+def sample_clients(population: int | Iterable[int], fraction: float, *, seed: int, round_id: int,
+                   minimum: int = 1) -> np.ndarray:
+    """The device ids taking part in round `round_id`: a seeded draw without replacement.
+
+    population: K (ids 0..K-1) or the ids available now. The draw depends only on (seed,
+    round_id, population), not on earlier draws, so a restarted aggregator draws the same.
+    """
+    ids = np.arange(population) if isinstance(population, (int, np.integer)) else np.unique(np.fromiter(population, np.int64))
+    if ids.size == 0:
+        raise ValueError("no clients to sample from")
+    m = n_sampled(ids.size, fraction, minimum)
+    rng = np.random.default_rng([int(seed), int(round_id), 0xC11E])
+    return np.sort(rng.choice(ids, size=m, replace=False))
+
+
+# --- server optimizers ------------------------------------------------------------------------
+
+class ServerOptimizer:
+    """w <- w + step(mean delta); FedAvg is lr = 1. State is O(model), never per client."""
+
+    name = "fedavg"
+
+    def __init__(self, lr: float = 1.0):
+        self.lr = _positive("server lr", lr)
+
+    def step(self, params: np.ndarray, delta: np.ndarray) -> None:
+        params += np.float32(self.lr) * delta
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        pass
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(a.nbytes) for a in self.state().values())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in vars(self).items() if not isinstance(v, np.ndarray) and v is not None)})"
+
+
+class FedAvgM(ServerOptimizer):
+    """Server momentum (Hsu et al. 2019): v <- beta v + delta; w <- w + lr v."""
+
+    name = "fedavgm"
+
+    def __init__(self, lr: float = 1.0, momentum: float = 0.9):
+        super().__init__(lr)
+        if not 0 <= momentum < 1:
+            raise ValueError(f"server momentum must be in [0, 1), got {momentum}")
+        self.momentum = float(momentum)
+        self._v: np.ndarray | None = None
+
+    def step(self, params: np.ndarray, delta: np.ndarray) -> None:
+        if self._v is None:
+            self._v = np.zeros_like(params)
+        self._v *= np.float32(self.momentum)
+        self._v += delta
+        params += np.float32(self.lr) * self._v
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {} if self._v is None else {"v": self._v}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        self._v = state.get("v")
+
+
+class FedAdam(ServerOptimizer):
+    """Adaptive server step (Reddi et al. 2021, FedAdam; no bias correction, as in the paper).
+
+    m <- b1 m + (1-b1) d;  v <- b2 v + (1-b2) d^2;  w <- w + eta m / (sqrt(v) + tau)
+    """
+
+    name = "fedadam"
+
+    def __init__(self, lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3):
+        super().__init__(lr)
+        for nm, b in (("beta1", beta1), ("beta2", beta2)):
+            if not 0 <= b < 1:
+                raise ValueError(f"FedAdam {nm} must be in [0, 1), got {b}")
+        self.beta1, self.beta2 = float(beta1), float(beta2)
+        self.tau = _positive("FedAdam tau", tau)
+        self._m: np.ndarray | None = None
+        self._v: np.ndarray | None = None
+
+    def step(self, params: np.ndarray, delta: np.ndarray) -> None:
+        if self._m is None:
+            self._m, self._v = np.zeros_like(params), np.zeros_like(params)
+        b1, b2 = np.float32(self.beta1), np.float32(self.beta2)
+        self._m *= b1
+        self._m += (1 - b1) * delta
+        self._v *= b2
+        self._v += (1 - b2) * np.square(delta)
+        params += np.float32(self.lr) * self._m / (np.sqrt(self._v) + np.float32(self.tau))
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {} if self._m is None else {"m": self._m, "v": self._v}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        self._m, self._v = state.get("m"), state.get("v")
+
+
+SERVER_OPTIMIZERS = {"fedavg": ServerOptimizer, "fedavgm": FedAvgM, "fedadam": FedAdam}
+
+
+def make_server_optimizer(name: str, **hyper: float) -> ServerOptimizer:
+    """fedavg(lr), fedavgm(lr, momentum) or fedadam(lr, beta1, beta2, tau); None values take defaults."""
+    if name not in SERVER_OPTIMIZERS:
+        raise ValueError(f"unknown server optimizer {name!r}: use one of {', '.join(SERVER_OPTIMIZERS)}")
+    cls = SERVER_OPTIMIZERS[name]
+    import inspect
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    given = {k: v for k, v in hyper.items() if v is not None}
+    extra = set(given) - allowed
+    if extra:
+        raise ValueError(f"server optimizer {name} takes {', '.join(sorted(allowed))}, not {', '.join(sorted(extra))}")
+    return cls(**given)
+
+
+def _positive(what: str, value: float) -> float:
+    v = float(value)
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{what} must be a positive number, got {value!r}")
+    return v
+
+
+# --- rounds -----------------------------------------------------------------------------------
+
+@dataclass
+class _Upload:
+    """A chunked upload in flight: its weight and which blocks arrived."""
+
+    n_samples: float
+    steps: float
+    weight: float
+    blocks: np.ndarray  # bool per block
+
+
+@dataclass
+class RoundResult:
+    """What a closed round did (the metrics a caller logs)."""
+
+    round_id: int
+    outcome: str                      # "applied" or "abandoned"
+    closed_by: str                    # "all", "min_updates", "deadline" or "forced"
+    selected: int                     # how many devices were asked (-1: open membership)
+    contributors: list[int]           # devices whose complete update went into the model
+    stragglers: list[int]             # selected, no complete update at close
+    incomplete: list[int]             # chunked uploads still in flight at close (their blocks kept)
+    n_samples: float                  # sum of n_k of complete updates
+    rejected: dict[str, int] = field(default_factory=dict)
+    detail: str = ""
+
+
+class Round:
+    """One round's admission control; created by Server.open_round, closed by Server.close_round."""
+
+    def __init__(self, server: "Server", round_id: int, selected: Sequence[int] | None, *, deadline: float | None,
+                 min_updates: int | None, quorum: int, max_staleness: int,
+                 staleness_weight: Callable[[int], float] | None):
+        self._server = server
+        self.round_id = int(round_id)
+        self.selected = None if selected is None else frozenset(int(d) for d in selected)
+        if self.selected is not None and not self.selected:
+            raise ValueError("a round needs at least one selected device")
+        if min_updates is None:
+            if self.selected is None:
+                raise ValueError("open membership (selected=None) needs min_updates")
+            min_updates = len(self.selected)
+        if int(min_updates) < 1 or (self.selected is not None and int(min_updates) > len(self.selected)):
+            raise ValueError(f"min_updates must be in [1, number selected], got {min_updates}")
+        if int(quorum) < 1:
+            raise ValueError(f"quorum must be >= 1, got {quorum}")
+        if int(max_staleness) < 0:
+            raise ValueError(f"max_staleness must be >= 0, got {max_staleness}")
+        self.min_updates = int(min_updates)
+        self.quorum = int(quorum)
+        self.deadline = deadline
+        self.max_staleness = int(max_staleness)
+        self.staleness_weight = staleness_weight or (lambda s: 1.0)
+        self.closed = False
+        self.counts: Counter[str] = Counter()
+        self._done: dict[int, float] = {}          # device -> n_k of its complete update
+        self._uploads: dict[int, _Upload] = {}     # chunked uploads in flight
+        self._n = 0.0                              # sum n_k (complete)
+        self._n_tau = 0.0                          # sum n_k tau_k (complete, FedNova)
+        self._weight = 0.0                         # sum of accumulator weights (complete)
+
+    # -- admission --
+    def _admit(self, device: int, round_id: int) -> tuple[Verdict | None, int]:
+        if self.closed:
+            return self._count(ROUND_CLOSED, f"round {self.round_id} is closed: device {device} sent round {round_id} too late"), 0
+        staleness = self.round_id - int(round_id)
+        if staleness < 0 or staleness > self.max_staleness:
+            return self._count(WRONG_ROUND, f"update for round {self.round_id} rejected: device {device} sent round {round_id}"), 0
+        if self.selected is not None and device not in self.selected:
+            return self._count(NOT_SELECTED, f"device {device} is not in round {self.round_id}"), 0
+        if device in self._done:
+            return self._count(DUPLICATE, f"device {device} already sent its update for round {self.round_id}"), 0
+        return None, staleness
+
+    def _count(self, reason: str, detail: str = "") -> Verdict:
+        self.counts[reason] += 1
+        return Verdict(reason, detail)
+
+    def _weight_of(self, device: int, n_samples: float, steps: float | None, staleness: int) -> tuple[float, float]:
+        n = float(n_samples)
+        if not (math.isfinite(n) and n > 0):
+            raise ValueError(f"device {device}: sample count must be positive, got {n_samples!r}")
+        tau = 1.0 if steps is None else float(steps)
+        if not (math.isfinite(tau) and tau > 0):
+            raise ValueError(f"device {device}: local steps must be positive, got {steps!r}")
+        if self._server.normalization == "fednova" and steps is None:
+            raise ValueError(f"device {device}: FedNova normalisation needs the number of local steps")
+        w = n / tau if self._server.normalization == "fednova" else n
+        return w * float(self.staleness_weight(staleness)), tau
+
+    def _complete(self, device: int, n_samples: float, tau: float, weight: float,
+                  weight_counted: bool = False) -> None:
+        self._done[device] = float(n_samples)
+        self._n += float(n_samples)
+        self._n_tau += float(n_samples) * tau
+        self._weight += weight
+        if not weight_counted:  # chunks are added without weight; it counts once the update is whole
+            self._server.accumulator.add_weight(weight)
+
+    def submit(self, device: int, round_id: int, update: Int8Update | np.ndarray, n_samples: float, *,
+               steps: float | None = None) -> Verdict:
+        """A whole update (Int8Update or float32 delta) from `device`, trained on n_samples for `steps` steps."""
+        device = int(device)
+        verdict, staleness = self._admit(device, round_id)
+        if verdict is not None:
+            return verdict
+        if device in self._uploads:
+            return self._count(BAD_UPDATE, f"device {device} has a chunked upload in flight")
+        try:
+            weight, tau = self._weight_of(device, n_samples, steps, staleness)
+            self._server.accumulator.add(update, weight)  # validates size and finiteness, counts the weight
+        except ValueError as exc:
+            return self._count(BAD_UPDATE, f"device {device}: {exc}")
+        self._complete(device, n_samples, tau, weight, weight_counted=True)
+        return self._count(ACCEPTED)
+
+    def begin_upload(self, device: int, round_id: int, n_samples: float, *, steps: float | None = None) -> Verdict:
+        """Announce a chunked upload (its header); chunks follow through submit_chunk."""
+        device = int(device)
+        verdict, staleness = self._admit(device, round_id)
+        if verdict is not None:
+            return verdict
+        if device in self._uploads:
+            return self._count(DUPLICATE, f"device {device} already began its upload")
+        try:
+            weight, tau = self._weight_of(device, n_samples, steps, staleness)
+        except ValueError as exc:
+            return self._count(BAD_UPDATE, str(exc))
+        n_blocks = nblocks(self._server.accumulator.n_params)
+        self._uploads[device] = _Upload(float(n_samples), tau, weight, np.zeros(n_blocks, dtype=bool))
+        return self._count(ACCEPTED)
+
+    def submit_chunk(self, device: int, round_id: int, first_block: int, blocks: bytes | memoryview) -> Verdict:
+        """Whole int8 blocks of a begun upload, added in place; the update completes with its last block."""
+        device = int(device)
+        verdict, _ = self._admit(device, round_id)
+        if verdict is not None:
+            return verdict
+        upload = self._uploads.get(device)
+        if upload is None:
+            return self._count(NO_UPLOAD, f"device {device} sent a chunk without beginning an upload")
+        nbytes = len(memoryview(blocks).cast("B"))
+        count = nbytes // BLOCK_BYTES
+        first = int(first_block)
+        if nbytes % BLOCK_BYTES or count == 0 or first < 0 or first + count > upload.blocks.size:
+            return self._count(BAD_UPDATE, f"device {device}: chunk of {nbytes} bytes at block {first} does not fit "
+                                           f"the model's {upload.blocks.size} blocks")
+        seen = upload.blocks[first:first + count]
+        if seen.all():
+            return self._count(DUPLICATE, f"device {device}: blocks {first}..{first + count - 1} already received")
+        if seen.any():
+            return self._count(BAD_UPDATE, f"device {device}: chunk at block {first} overlaps blocks already received")
+        try:
+            self._server.accumulator.add_chunk(blocks, first, upload.weight)
+        except ValueError as exc:
+            return self._count(BAD_UPDATE, f"device {device}: {exc}")
+        seen[:] = True
+        if upload.blocks.all():
+            del self._uploads[device]
+            self._complete(device, upload.n_samples, upload.steps, upload.weight)
+        return self._count(ACCEPTED)
+
+    def submit_partial(self, device: int, round_id: int, mean_delta: Int8Update | np.ndarray,
+                       total_weight: float, n_updates: int = 1) -> Verdict:
+        """A bridge's partial aggregate: the weighted mean of its devices' deltas and their total n_k."""
+        if self._server.normalization == "fednova":
+            raise ValueError("partial sums under FedNova need per-device steps; not supported yet")
+        verdict = self.submit(device, round_id, mean_delta, total_weight)
+        if verdict.accepted:
+            self.counts["partial_updates"] += max(0, int(n_updates) - 1)
+        return verdict
+
+    # -- closing --
+    @property
+    def n_complete(self) -> int:
+        return len(self._done)
+
+    def should_close(self, now: float | None = None) -> bool:
+        """True once min_updates complete updates are in, or when the deadline has passed."""
+        if self.closed:
+            return False
+        if self.n_complete >= self.min_updates:
+            return True
+        return self.deadline is not None and now is not None and now >= self.deadline
+
+    def _closed_by(self, now: float | None) -> str:
+        if self.selected is not None and self.n_complete == len(self.selected):
+            return "all"
+        if self.n_complete >= self.min_updates:
+            return "min_updates"
+        if self.deadline is not None and now is not None and now >= self.deadline:
+            return "deadline"
+        return "forced"
+
+
+class Server:
+    """The global model, one Accumulator and the server optimizer: the aggregator's O(model) state."""
+
+    def __init__(self, params: np.ndarray, *, optimizer: ServerOptimizer | str = "fedavg",
+                 normalization: str = "none"):
+        if not isinstance(params, np.ndarray) or params.dtype != np.float32 or params.ndim != 1:
+            raise ValueError("global params must be a 1-D float32 array")
+        if normalization not in ("none", "fednova"):
+            raise ValueError(f"normalization must be 'none' or 'fednova', got {normalization!r}")
+        self.params = np.ascontiguousarray(params)
+        self.optimizer = make_server_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
+        self.normalization = normalization
+        self.accumulator = Accumulator(self.params.size)
+        self._mean: np.ndarray | None = None  # the averaged delta, allocated once, only when needed
+        self.round_id = 0
+        self.current: Round | None = None
+
+    @property
+    def n_params(self) -> int:
+        return int(self.params.size)
+
+    def open_round(self, selected: Sequence[int] | None, *, deadline: float | None = None,
+                   min_updates: int | None = None, quorum: int = 1, max_staleness: int = 0,
+                   staleness_weight: Callable[[int], float] | None = None) -> Round:
+        """Start round self.round_id + 1 (the first is 1) for the selected devices (None: anyone)."""
+        if self.current is not None and not self.current.closed:
+            raise ValueError(f"round {self.current.round_id} is still open: close it first")
+        self.accumulator.reset()
+        self.current = Round(self, self.round_id + 1, selected, deadline=deadline, min_updates=min_updates,
+                             quorum=quorum, max_staleness=max_staleness, staleness_weight=staleness_weight)
+        self.round_id += 1
+        return self.current
+
+    def close_round(self, now: float | None = None) -> RoundResult:
+        """Close the open round: apply the averaged update (or abandon it below quorum); report who was in."""
+        rnd = self.current
+        if rnd is None or rnd.closed:
+            raise ValueError("no open round to close")
+        closed_by = rnd._closed_by(now)
+        rnd.closed = True
+        stragglers = sorted(set(rnd.selected or ()) - set(rnd._done))
+        incomplete = sorted(d for d, u in rnd._uploads.items() if u.blocks.any())
+        result = RoundResult(rnd.round_id, "applied", closed_by, -1 if rnd.selected is None else len(rnd.selected),
+                             sorted(rnd._done), stragglers, incomplete, rnd._n,
+                             {k: v for k, v in rnd.counts.items() if k not in (ACCEPTED,)})
+        if rnd.n_complete < rnd.quorum:
+            self.accumulator.reset()
+            result.outcome = "abandoned"
+            result.detail = (f"round {rnd.round_id} abandoned: {rnd.n_complete} complete update(s) at close, "
+                             f"quorum {rnd.quorum}; the model is unchanged")
+            return result
+        self._apply(rnd, incomplete)
+        return result
+
+    def _apply(self, rnd: Round, incomplete: list[int]) -> None:
+        acc = self.accumulator
+        scale = 1.0
+        if self.normalization == "fednova":
+            tau_eff = rnd._n_tau / rnd._n
+            scale = tau_eff * rnd._weight / rnd._n
+        plain = (type(self.optimizer) is ServerOptimizer and self.optimizer.lr == 1.0 and scale == 1.0
+                 and not incomplete)
+        if plain:  # FedAvg: w += sum(n_k delta_k) / sum(n_k), in one C pass over the accumulator
+            acc.apply(self.params)
+            return
+        if self._mean is None:
+            self._mean = np.zeros_like(self.params)
+        mean = self._mean
+        mean.fill(0.0)
+        if incomplete:
+            # per-block weights: each block divided by the weight of the devices that delivered it
+            block_weight = np.full(nblocks(self.n_params), acc.total_weight, dtype=np.float64)
+            for d in incomplete:
+                up = rnd._uploads[d]
+                block_weight += up.weight * up.blocks
+            acc.total_weight = 1.0  # apply() with scale 1 copies the raw sum out and resets the sum
+            acc.apply(mean)
+            padded = np.zeros(block_weight.size * QK, dtype=np.float32)
+            padded[: self.n_params] = mean
+            padded.reshape(-1, QK)[:] /= block_weight[:, None].astype(np.float32)
+            mean[:] = padded[: self.n_params]
+        else:
+            acc.apply(mean)
+        if scale != 1.0:
+            mean *= np.float32(scale)
+        self.optimizer.step(self.params, mean)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the aggregator's model-sized state: weights, sum, mean buffer, optimizer state."""
+        return (int(self.params.nbytes) + self.accumulator.nbytes
+                + (0 if self._mean is None else int(self._mean.nbytes)) + self.optimizer.nbytes)

@@ -1,0 +1,482 @@
+"""`fedtiny simulate`: a federation of K clients in one process on a real dataset.
+
+It drives the same code as the real aggregator: fedtiny.rounds (sampling, admission, FedAvg
+through fedtiny.fedavg.Accumulator, server optimizer), fedtiny.codec for the int8 updates and
+fedtiny.train for local SGD. Only the transport is missing: an update goes from the client loop
+to Round.submit as a Python object instead of UDP chunks.
+
+Client-side state (the error-feedback residuals of int8-ef, one float32 vector per client that
+has trained) lives in the simulated clients, not in the aggregator: on real devices it is device
+memory. The aggregator's memory is Server.nbytes plus a few bytes per participant of a round.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+import tracemalloc
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from . import codec, datasets, rounds
+
+CODECS = ("float32", "int8", "int8-stochastic", "int8-ef")
+WEIGHTS = ("float32", "int8")
+HETERO_MIN_SPEED = 0.1  # the slowest simulated device does 10% of the full local steps
+
+
+@dataclass
+class SimConfig:
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    model: str = "2nn"
+    clients: int = 100
+    fraction: float = 0.1
+    rounds: int = 50
+    epochs: int = 1
+    batch: int = 10
+    lr: float = 0.05
+    momentum: float = 0.0
+    partition: str = "iid"
+    alpha: float = 0.5
+    shards: int = 2
+    holdout: float = 0.1
+    codec: str = "float32"
+    weights: str = "float32"
+    prox_mu: float = 0.0
+    server_opt: str = "fedavg"
+    server_lr: float | None = None
+    server_momentum: float | None = None
+    beta1: float | None = None
+    beta2: float | None = None
+    tau: float | None = None
+    hetero: bool = False
+    normalize: str = "none"
+    personalize: int = 0
+    personalize_clients: int = 100
+    eval_every: int = 1
+    test_limit: int | None = None
+    trace_memory: bool = False
+    seed: int = 0
+
+    def check(self) -> None:
+        """Every bad value as one ValueError naming the option and what it takes."""
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(msg)
+        need(self.clients >= 1, f"--clients must be >= 1, got {self.clients}")
+        need(0 < self.fraction <= 1, f"--fraction must be in (0, 1], got {self.fraction}")
+        need(self.rounds >= 1, f"--rounds must be >= 1, got {self.rounds}")
+        need(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
+        need(self.batch >= 1, f"--batch must be >= 1, got {self.batch}")
+        need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}")
+        need(0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}")
+        need(self.partition in datasets.PARTITIONS, f"--partition must be one of {', '.join(datasets.PARTITIONS)}, got {self.partition!r}")
+        need(self.alpha > 0 and math.isfinite(self.alpha), f"--alpha must be positive, got {self.alpha}")
+        need(self.shards >= 1, f"--shards must be >= 1, got {self.shards}")
+        need(0 <= self.holdout < 1, f"--holdout must be in [0, 1), got {self.holdout}")
+        need(self.codec in CODECS, f"--codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
+        need(self.weights in WEIGHTS, f"--weights must be one of {', '.join(WEIGHTS)}, got {self.weights!r}")
+        need(self.prox_mu >= 0 and math.isfinite(self.prox_mu), f"--prox-mu must be >= 0, got {self.prox_mu}")
+        need(self.server_opt in rounds.SERVER_OPTIMIZERS,
+             f"--server-opt must be one of {', '.join(rounds.SERVER_OPTIMIZERS)}, got {self.server_opt!r}")
+        need(self.normalize in ("none", "fednova"), f"--normalize must be none or fednova, got {self.normalize!r}")
+        need(self.personalize >= 0, f"--personalize must be >= 0 epochs, got {self.personalize}")
+        need(self.personalize_clients >= 1, f"--personalize-clients must be >= 1, got {self.personalize_clients}")
+        need(self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}")
+        need(self.test_limit is None or self.test_limit >= 1, f"--test-limit must be >= 1, got {self.test_limit}")
+
+    def server_optimizer(self) -> rounds.ServerOptimizer:
+        applies = {"fedavg": {}, "fedavgm": {"server_momentum": "momentum"},
+                   "fedadam": {"beta1": "beta1", "beta2": "beta2", "tau": "tau"}}[self.server_opt]
+        unused = [f"--{n.replace('_', '-')}" for n in ("server_momentum", "beta1", "beta2", "tau")
+                  if getattr(self, n) is not None and n not in applies]
+        if unused:
+            raise ValueError(f"{', '.join(unused)} does not apply to --server-opt {self.server_opt}")
+        hyper = {"lr": self.server_lr, **{name: getattr(self, opt) for opt, name in applies.items()}}
+        return rounds.make_server_optimizer(self.server_opt, **hyper)
+
+
+@dataclass
+class SimResult:
+    config: dict
+    rounds: list[dict] = field(default_factory=list)
+    personalization: dict | None = None
+    summary: dict = field(default_factory=dict)
+    params: np.ndarray | None = field(default=None, repr=False)  # the final global weights
+
+    def to_json(self) -> dict:
+        return {"config": self.config, "summary": self.summary, "rounds": self.rounds,
+                "personalization": self.personalization}
+
+
+def _seed(*parts: int) -> int:
+    """A 31-bit seed derived from (run seed, round, client, purpose): independent streams, reproducible."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def check_model_fits(model, data: datasets.Dataset, spec: str) -> None:
+    need = int(np.prod(model.input_shape))
+    have = int(np.prod(data.input_shape))
+    shape = "x".join(str(s) for s in data.input_shape)
+    if need != have or (len(model.input_shape) > 1 and tuple(model.input_shape) != data.input_shape):
+        fix = " (use --model mlp:64-32-10)" if have == 64 else ""
+        raise ValueError(f"model {spec} takes input {tuple(model.input_shape)}, dataset {data.name} has {shape}{fix}")
+    if model.n_classes < data.n_classes:
+        raise ValueError(f"model {spec} has {model.n_classes} outputs, dataset {data.name} has {data.n_classes} classes")
+
+
+def _summarise(acc: np.ndarray) -> dict:
+    if acc.size == 0:
+        return {}
+    q = np.percentile(acc, [10, 50, 90])
+    return {"mean": float(acc.mean()), "std": float(acc.std()), "p10": float(q[0]), "median": float(q[1]),
+            "p90": float(q[2]), "min": float(acc.min()), "max": float(acc.max())}
+
+
+class Progress:
+    """A one-line progress bar on a terminal; one plain line per round otherwise (logs)."""
+
+    def __init__(self, total: int, stream=None, enabled: bool = True):
+        self.total, self.stream, self.enabled = total, stream or sys.stderr, enabled
+        self.tty = self.enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def update(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        acc = row.get("test_acc")
+        text = (f"round {row['round']}/{self.total}  test acc {acc:.4f}" if acc is not None and not math.isnan(acc)
+                else f"round {row['round']}/{self.total}")
+        text += f"  up {row['cum_upload_mb']:.1f} MB  {row['wall_s']:.1f} s"
+        if self.tty:
+            width = 24
+            filled = int(width * row["round"] / self.total)
+            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {text}   ")
+            if row["round"] == self.total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def run(cfg: SimConfig, *, progress: Progress | None = None, data: datasets.Dataset | None = None) -> SimResult:
+    """Run the simulation described by cfg; returns every round's metrics (and writes nothing)."""
+    try:
+        return _run(cfg, progress, data)
+    finally:
+        if cfg.trace_memory and tracemalloc.is_tracing():
+            tracemalloc.stop()
+
+
+def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | None) -> SimResult:
+    from . import model as model_mod  # the training engine
+    from . import train
+
+    cfg.check()
+    data = data if data is not None else datasets.load(cfg.dataset, cfg.data_dir, seed=cfg.seed)
+    model = model_mod.build(cfg.model)
+    check_model_fits(model, data, cfg.model)
+    splits = datasets.partition(data.y_train, cfg.clients, cfg.partition, alpha=cfg.alpha,
+                                shards_per_client=cfg.shards, holdout=cfg.holdout, seed=cfg.seed)
+    x_test, y_test = data.x_test, data.y_test
+    if cfg.test_limit is not None:
+        x_test, y_test = x_test[: cfg.test_limit], y_test[: cfg.test_limit]
+
+    if cfg.trace_memory:  # before the Server exists, so its accumulator and buffers are counted
+        tracemalloc.start()
+    server = rounds.Server(model.init(cfg.seed), optimizer=cfg.server_optimizer(), normalization=cfg.normalize)
+    n_params = server.n_params
+    upload_f32 = 4 * n_params
+    speed = None
+    if cfg.hetero:  # a fixed speed per device: the fraction of the full local steps it manages per round
+        speed = np.random.default_rng(_seed(cfg.seed, 0x4E7E)).uniform(HETERO_MIN_SPEED, 1.0, cfg.clients)
+    residuals: dict[int, np.ndarray] = {}  # int8-ef: CLIENT memory (one per device), not the aggregator's
+    result = SimResult(config=asdict(cfg))
+    cum_up = cum_down = 0
+    agg_bytes_max = 0
+    t_start = time.perf_counter()
+    local = np.empty_like(server.params)
+    for r in range(1, cfg.rounds + 1):
+        t0 = time.perf_counter()
+        selected = rounds.sample_clients(cfg.clients, cfg.fraction, seed=cfg.seed, round_id=r)
+        rnd = server.open_round(selected.tolist())
+        up = down = 0
+        train_loss = 0.0
+        steps_total = 0
+        for k in selected.tolist():
+            part = splits[k]
+            if part.n_samples == 0:
+                continue
+            xk, yk = data.x_train[part.train], data.y_train[part.train]
+            local[:] = server.params  # download
+            down += upload_f32
+            max_steps = None
+            if speed is not None:
+                full = cfg.epochs * math.ceil(part.n_samples / cfg.batch)
+                max_steps = max(1, int(round(speed[k] * full)))
+            res = train.local_sgd(model, local, xk, yk, epochs=cfg.epochs, batch_size=cfg.batch, lr=cfg.lr,
+                                  momentum=cfg.momentum, prox_mu=cfg.prox_mu,
+                                  global_params=server.params if cfg.prox_mu > 0 else None,
+                                  weights=cfg.weights, seed=_seed(cfg.seed, r, k, 1), max_steps=max_steps)
+            local -= server.params  # the delta, in place
+            update = _encode(cfg.codec, local, residuals, k, _seed(cfg.seed, r, k, 2))
+            up += upload_f32 if update is local else update.nbytes
+            verdict = rnd.submit(k, r, update, part.n_samples, steps=res.steps)
+            if not verdict.accepted:  # the simulation sends nothing malformed: this is a bug, say so loudly
+                raise RuntimeError(f"round {r}: update of client {k} refused: {verdict.reason} {verdict.detail}")
+            train_loss += res.loss * part.n_samples
+            steps_total += res.steps
+        agg_bytes = _aggregator_bytes() if cfg.trace_memory else 0
+        agg_bytes_max = max(agg_bytes_max, agg_bytes)
+        outcome = server.close_round()
+        train_s = time.perf_counter() - t0
+        cum_up += up
+        cum_down += down
+        row = {"round": r, "clients": len(outcome.contributors), "samples": int(outcome.n_samples),
+               "train_loss": train_loss / max(outcome.n_samples, 1), "local_steps": steps_total,
+               "test_loss": math.nan, "test_acc": math.nan, "fed_loss": math.nan, "fed_acc": math.nan,
+               "upload_bytes": up, "download_bytes": down, "cum_upload_mb": cum_up / 1e6,
+               "cum_download_mb": cum_down / 1e6, "train_s": train_s}
+        if r % cfg.eval_every == 0 or r == cfg.rounds:
+            row["test_loss"], row["test_acc"] = map(float, train.evaluate(model, server.params, x_test, y_test))
+            row["fed_loss"], row["fed_acc"] = _federated_eval(train, model, server.params, data, splits, selected)
+        if cfg.trace_memory:
+            row["aggregator_traced_bytes"] = agg_bytes
+        row["wall_s"] = time.perf_counter() - t_start
+        result.rounds.append(row)
+        if progress is not None:
+            progress.update(row)
+    result.params = server.params
+    if cfg.personalize > 0:
+        result.personalization = _personalize(cfg, train, model, server.params, data, splits)
+    last = result.rounds[-1]
+    result.summary = {
+        "n_params": n_params, "final_test_acc": last["test_acc"], "final_fed_acc": last["fed_acc"],
+        "best_test_acc": float(np.nanmax([row["test_acc"] for row in result.rounds])),
+        "upload_mb": cum_up / 1e6, "download_mb": cum_down / 1e6,
+        "upload_bytes_per_update": cum_up / max(1, sum(row["clients"] for row in result.rounds)),
+        "aggregator_state_bytes": server.nbytes, "wall_s": last["wall_s"],
+        "client_residual_bytes": sum(int(v.nbytes) for v in residuals.values()),
+    }
+    if cfg.trace_memory:
+        result.summary["aggregator_traced_bytes_max"] = agg_bytes_max
+    for target in (0.80, 0.85, 0.90):
+        hit = next((row["round"] for row in result.rounds if row["test_acc"] >= target), None)
+        result.summary[f"rounds_to_{int(target * 100)}"] = hit
+    return result
+
+
+def _encode(name: str, delta: np.ndarray, residuals: dict[int, np.ndarray], client: int, seed: int):
+    if name == "float32":
+        return delta
+    if name == "int8":
+        return codec.encode(delta, rounding="nearest")
+    if name == "int8-stochastic":
+        return codec.encode(delta, rounding="stochastic", seed=seed)
+    residual = residuals.get(client)
+    if residual is None:
+        residual = residuals[client] = np.zeros_like(delta)
+    return codec.encode(delta, rounding="nearest", residual=residual)
+
+
+_AGGREGATOR_FILES = (os.path.join("fedtiny", "rounds.py"), os.path.join("fedtiny", "fedavg.py"))
+
+
+def _aggregator_bytes() -> int:
+    """Bytes still held by allocations made in the aggregator's code (rounds.py, fedavg.py), traced."""
+    snap = tracemalloc.take_snapshot().filter_traces(
+        [tracemalloc.Filter(True, "*" + os.sep + f) for f in _AGGREGATOR_FILES])
+    return sum(stat.size for stat in snap.statistics("filename"))
+
+
+def _federated_eval(train, model, params, data, splits, selected) -> tuple[float, float]:
+    """Weighted mean of each sampled client's loss and accuracy on its own held-out part."""
+    total = loss = acc = 0.0
+    for k in selected.tolist():
+        hold = splits[k].holdout
+        if hold.size == 0:
+            continue
+        lk, ak = train.evaluate(model, params, data.x_train[hold], data.y_train[hold])
+        total += hold.size
+        loss += float(lk) * hold.size
+        acc += float(ak) * hold.size
+    return (loss / total, acc / total) if total else (math.nan, math.nan)
+
+
+def _personalize(cfg, train, model, global_params, data, splits) -> dict:
+    """Each client fine-tunes the global model on its own data; accuracy on its held-out part before/after."""
+    rng = np.random.default_rng(_seed(cfg.seed, 0x9E25))
+    eligible = [k for k, s in enumerate(splits) if s.holdout.size and s.n_samples]
+    if not eligible:
+        raise ValueError("personalization needs held-out data on the clients: use --holdout > 0")
+    chosen = sorted(rng.choice(eligible, size=min(cfg.personalize_clients, len(eligible)), replace=False).tolist())
+    before, after = [], []
+    params = np.empty_like(global_params)
+    for k in chosen:
+        s = splits[k]
+        xh, yh = data.x_train[s.holdout], data.y_train[s.holdout]
+        before.append(float(train.evaluate(model, global_params, xh, yh)[1]))
+        params[:] = global_params
+        train.local_sgd(model, params, data.x_train[s.train], data.y_train[s.train], epochs=cfg.personalize,
+                        batch_size=cfg.batch, lr=cfg.lr, momentum=cfg.momentum, weights=cfg.weights,
+                        seed=_seed(cfg.seed, 0x9E25, k))
+        after.append(float(train.evaluate(model, params, xh, yh)[1]))
+    b, a = np.array(before), np.array(after)
+    return {"epochs": cfg.personalize, "clients": chosen, "before": before, "after": after,
+            "before_summary": _summarise(b), "after_summary": _summarise(a),
+            "improved_fraction": float(np.mean(a > b))}
+
+
+# --- output -----------------------------------------------------------------------------------
+
+CSV_FIELDS = ("round", "clients", "samples", "train_loss", "local_steps", "test_loss", "test_acc", "fed_loss",
+              "fed_acc", "upload_bytes", "download_bytes", "cum_upload_mb", "cum_download_mb", "train_s", "wall_s")
+
+
+def write_outputs(result: SimResult, out: str, *, log=print) -> list[str]:
+    """rounds.csv, result.json, params.npy (final weights), personalization.csv (if any) and accuracy.png (if matplotlib is there)."""
+    os.makedirs(out, exist_ok=True)
+    written = []
+    path = os.path.join(out, "rounds.csv")
+    fields = list(CSV_FIELDS) + [k for k in result.rounds[0] if k not in CSV_FIELDS]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(result.rounds)
+    written.append(path)
+    path = os.path.join(out, "result.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(result.to_json(), f, indent=1, default=_json_default)
+    os.replace(path + ".tmp", path)
+    written.append(path)
+    if result.params is not None:
+        path = os.path.join(out, "params.npy")
+        np.save(path, result.params)
+        written.append(path)
+    if result.personalization:
+        path = os.path.join(out, "personalization.csv")
+        p = result.personalization
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["client", "acc_before", "acc_after"])
+            w.writerows(zip(p["clients"], p["before"], p["after"]))
+        written.append(path)
+    png = plot(result, os.path.join(out, "accuracy.png"), log=log)
+    if png:
+        written.append(png)
+    return written
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    raise TypeError(f"cannot write {type(o).__name__} to JSON")
+
+
+def plot(result: SimResult, path: str, *, log=print) -> str | None:
+    """Accuracy against round and against megabytes uploaded; skipped (one line) without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is not installed (pip install 'fedtiny[plot]'): skipping accuracy.png")
+        return None
+    rows = [r for r in result.rounds if not math.isnan(r["test_acc"])]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((a1, "round", "round"), (a2, "cum_upload_mb", "MB uploaded (all clients)")):
+        ax.plot([r[key] for r in rows], [r["test_acc"] for r in rows], label="global test")
+        ax.plot([r[key] for r in rows], [r["fed_acc"] for r in rows], label="federated (held-out)", alpha=0.7)
+        ax.set_xlabel(label)
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+    a1.legend()
+    c = result.config
+    fig.suptitle(f"{c['dataset']} {c['model']} K={c['clients']} C={c['fraction']} {c['partition']} "
+                 f"codec={c['codec']} {c['server_opt']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# --- command line -----------------------------------------------------------------------------
+
+HELP = "simulate a federation of K clients in one process on a real dataset"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = SimConfig()
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=d.dataset, help="digits (bundled), fashion-mnist, mnist, emnist-<split>, or PATH.npz (default %(default)s)")
+    g.add_argument("--data-dir", default=None, help="directory of the IDX files (default: the Debian package's)")
+    g.add_argument("--partition", default=d.partition, choices=datasets.PARTITIONS)
+    g.add_argument("--alpha", type=float, default=d.alpha, help="Dirichlet concentration (default %(default)s)")
+    g.add_argument("--shards", type=int, default=d.shards, help="shards per client for --partition shards (default %(default)s)")
+    g.add_argument("--holdout", type=float, default=d.holdout, help="fraction of each client's data kept for federated evaluation (default %(default)s)")
+    g = p.add_argument_group("federation")
+    g.add_argument("--model", default=d.model, help="2nn, cnn or mlp:A-B-...-K (default %(default)s)")
+    g.add_argument("--clients", type=int, default=d.clients, help="K (default %(default)s)")
+    g.add_argument("--fraction", type=float, default=d.fraction, help="C, clients sampled per round (default %(default)s)")
+    g.add_argument("--rounds", type=int, default=d.rounds)
+    g.add_argument("--epochs", type=int, default=d.epochs, help="E, local epochs")
+    g.add_argument("--batch", type=int, default=d.batch, help="B, local batch size")
+    g.add_argument("--lr", type=float, default=d.lr, help="client learning rate")
+    g.add_argument("--momentum", type=float, default=d.momentum, help="client SGD momentum")
+    g.add_argument("--prox-mu", type=float, default=d.prox_mu, help="FedProx proximal term mu (0: off)")
+    g.add_argument("--codec", default=d.codec, choices=CODECS, help="update encoding (default %(default)s)")
+    g.add_argument("--weights", default=d.weights, choices=WEIGHTS, help="local SGD weights: float32, or int8 (quantized)")
+    g.add_argument("--hetero", action="store_true", help="devices of different speed: each does a fixed fraction "
+                   f"in [{HETERO_MIN_SPEED}, 1] of the local steps")
+    g.add_argument("--normalize", default=d.normalize, choices=("none", "fednova"),
+                   help="fednova: normalise updates by their local steps (for --hetero)")
+    g = p.add_argument_group("server optimizer")
+    g.add_argument("--server-opt", default=d.server_opt, choices=tuple(rounds.SERVER_OPTIMIZERS))
+    g.add_argument("--server-lr", type=float, default=None, help="server learning rate (fedavg/fedavgm 1.0, fedadam 0.01)")
+    g.add_argument("--server-momentum", type=float, default=None, help="fedavgm momentum (default 0.9)")
+    g.add_argument("--beta1", type=float, default=None, help="fedadam beta1 (default 0.9)")
+    g.add_argument("--beta2", type=float, default=None, help="fedadam beta2 (default 0.99)")
+    g.add_argument("--tau", type=float, default=None, help="fedadam tau, adaptivity (default 1e-3)")
+    g = p.add_argument_group("evaluation and output")
+    g.add_argument("--personalize", type=int, default=0, metavar="EPOCHS", help="after training, each client fine-tunes for EPOCHS and reports accuracy before/after")
+    g.add_argument("--personalize-clients", type=int, default=d.personalize_clients, help="how many clients personalize (default %(default)s)")
+    g.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate every N rounds (default %(default)s)")
+    g.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test samples only")
+    g.add_argument("--trace-memory", action="store_true", help="trace the aggregator's allocations (slower)")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--out", default=None, help="directory for rounds.csv, result.json and accuracy.png")
+    g.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    fields = SimConfig.__dataclass_fields__
+    return SimConfig(**{k: v for k, v in vars(args).items() if k in fields})
+
+
+def run_command(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    cfg.check()
+    if args.out is not None:
+        os.makedirs(args.out, exist_ok=True)
+    result = run(cfg, progress=Progress(cfg.rounds, enabled=not args.quiet))
+    s = result.summary
+    print(f"final test accuracy {s['final_test_acc']:.4f} (best {s['best_test_acc']:.4f}), federated {s['final_fed_acc']:.4f}; "
+          f"uploaded {s['upload_mb']:.2f} MB, downloaded {s['download_mb']:.2f} MB; "
+          f"aggregator state {s['aggregator_state_bytes'] / 1e6:.2f} MB; {s['wall_s']:.1f} s")
+    if result.personalization:
+        p = result.personalization
+        b, a = p["before_summary"], p["after_summary"]
+        print(f"personalization ({p['epochs']} epochs, {len(p['clients'])} clients): accuracy mean {b['mean']:.4f} -> "
+              f"{a['mean']:.4f}, p10 {b['p10']:.4f} -> {a['p10']:.4f}, median {b['median']:.4f} -> {a['median']:.4f}, "
+              f"p90 {b['p90']:.4f} -> {a['p90']:.4f}; improved on {p['improved_fraction']:.0%} of clients")
+    if args.out is not None:
+        for path in write_outputs(result, args.out):
+            print(f"wrote {path}")
+    return 0
