@@ -22,7 +22,7 @@ import numpy as np
 from . import tflite_export as _tx
 
 __all__ = ["Interpreter", "interpreter_backend", "export_tflite", "model_layers", "backbone_layers",
-           "extract_features", "head_spec", "prepare_backbone", "load_params",
+           "extract_features", "head_spec", "prepare_backbone", "backbone_dataset", "load_params",
            "HELP", "add_arguments", "run_command", "main_export"]
 
 _NO_INTERPRETER = ("no TFLite interpreter is installed: install ai-edge-litert "
@@ -439,6 +439,23 @@ def prepare_backbone(backbone: "str | os.PathLike | bytes", x: np.ndarray, *,
     """
     feats = extract_features(backbone, x, batch_size=batch_size)
     return feats, head_spec(feats.shape[1], hidden, n_classes)
+
+
+def backbone_dataset(backbone: "str | os.PathLike | bytes", data, *, hidden: Sequence[int] = (),
+                     batch_size: int = 256):
+    """(dataset of features, head spec): a fedtiny.datasets.Dataset with x_train and x_test
+    replaced by the frozen backbone's features, for `fedtiny simulate --backbone`.
+
+    The simulation then federates fedtiny.model.build(spec), the head only.
+    """
+    import dataclasses
+    interp = Interpreter(backbone)
+    f_train = extract_features(interp, data.x_train, batch_size=batch_size)
+    f_test = extract_features(interp, data.x_test, batch_size=batch_size)
+    name = getattr(interp, "name", "backbone")
+    feats = dataclasses.replace(data, name=f"{data.name} features of {os.path.basename(name)}",
+                                x_train=f_train, x_test=f_test)
+    return feats, head_spec(f_train.shape[1], hidden, data.n_classes)
 
 
 # --------------------------------------------------------------------------- CLI

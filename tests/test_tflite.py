@@ -178,6 +178,28 @@ def test_transfer_learning_trains_a_head_on_backbone_features(tmp_path, int8):
     assert acc >= 0.70 and acc - acc_before >= 0.3, (acc_before, acc)  # chance is 0.10
 
 
+def test_federated_head_on_a_frozen_backbone_in_simulate(tmp_path):
+    """`fedtiny simulate --backbone`: FedAvg over 10 clients trains only the head on features."""
+    simulate = pytest.importorskip("fedtiny.simulate")
+    from fedtiny import datasets
+    model, params = trained("cnn")  # its backbone saw x[:20000] only
+    x, y = fashion("train")
+    x_test, y_test = fashion("test")
+    path = tmp_path / "backbone.tflite"
+    ft.export_tflite(model, params, path, drop_dense=1)
+    data = datasets.Dataset("fashion-mnist", x[30000:36000], y[30000:36000], x_test[:2000], y_test[:2000], 10)
+    feats, head = ft.backbone_dataset(path, data)
+    assert head == "mlp:128-10" and feats.input_shape == (128,) and feats.x_test.shape == (2000, 128)
+    assert_close_rel(feats.x_test[:50], forward(CNN, (28, 28, 1), params, x_test[:50], upto=9))
+    cfg = simulate.SimConfig(model=head, clients=10, fraction=0.5, rounds=5, epochs=1, batch=20, lr=0.05, seed=0)
+    result = simulate.run(cfg, data=feats)
+    assert result.summary["n_params"] == 1290
+    acc = result.summary["final_test_acc"]
+    print(f"federated head: test accuracy {acc:.4f} after 5 rounds")
+    assert acc >= 0.70, acc  # chance is 0.10
+    assert data.x_train.shape[1:] == (28, 28, 1)  # the caller's dataset is left as it was
+
+
 def test_backbone_of_mlp_keeps_the_first_dense_layers():
     assert ft.backbone_layers(TWO_NN, 1) == TWO_NN[:4]
     assert ft.backbone_layers(TWO_NN, 2) == TWO_NN[:2]
