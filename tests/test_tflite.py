@@ -383,3 +383,21 @@ def test_cli_export_runs_as_a_process(tmp_path):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip() == ("fedtiny export: error: params has 2410 values, model '2nn' "
                                   "has 199210 parameters")
+
+
+def test_export_as_a_fedtiny_cli_subcommand(tmp_path, monkeypatch, capsys):
+    """The contract of fedtiny.cli: SUBCOMMANDS["export"] = "fedtiny.tflite"."""
+    cli = pytest.importorskip("fedtiny.cli")
+    monkeypatch.setitem(cli.SUBCOMMANDS, "export", "fedtiny.tflite")
+    model = build("mlp:64-32-10")
+    params = model.init(seed=0)
+    np.save(tmp_path / "p.npy", params)
+    out = tmp_path / "m.tflite"
+    assert cli.main(["export", "--model", "mlp:64-32-10", "--params", str(tmp_path / "p.npy"),
+                     "--tflite", str(out)]) == 0
+    x = _real_inputs((64,))
+    assert_close_rel(ft.Interpreter(out).run(x), model.predict(params, x))
+    capsys.readouterr()
+    assert cli.main(["export", "--model", "2nn", "--params", str(tmp_path / "p.npy"), "--tflite", str(out)]) == 2
+    assert capsys.readouterr().err == ("fedtiny export: error: params has 2410 values, model '2nn' "
+                                       "has 199210 parameters\n")
