@@ -1,11 +1,14 @@
 """One SGD step (forward + backward + update), fedtiny beside PyTorch (CPU, 1 thread) and a
 numpy/OpenBLAS float32 reference, in the same run; and the peak RSS of a training process.
 
-    OPENBLAS_NUM_THREADS=1 pytest bench/bench_train.py --benchmark-only --benchmark-columns=min,median,mean
+    OPENBLAS_NUM_THREADS=1 pytest bench/bench_train.py --benchmark-only --benchmark-timer=time.process_time \
+        --benchmark-columns=min,median,mean,rounds
 
 Every benchmark call runs STEPS steps over fresh batches of one shuffled epoch (fedtiny: one
 local_sgd call, so its per-call cost -- argument checks, weight layout load/store -- is included);
-divide the times by STEPS for one step. Groups: "2nn b10", "2nn b32", "cnn b32".
+divide the times by STEPS for one step. Groups: "2nn b10", "2nn b32", "cnn b32". Every framework
+runs one thread, so process CPU time (the timer above) is its cost and is far less disturbed by
+other jobs on a shared machine than wall-clock time. Peak RSS: `pytest bench/bench_train.py -k rss -s`.
 """
 import json
 import os
@@ -137,6 +140,16 @@ def test_step_fedtiny(benchmark, spec, batch):
     p = m.init(0)
     benchmark.group = f"{spec} b{batch} ({STEPS} steps)"
     r = benchmark(lambda: ft.local_sgd(m, p, x, y, epochs=1, batch_size=batch, lr=LR))
+    assert r.steps == STEPS and np.isfinite(r.loss)
+
+
+@pytest.mark.parametrize("spec,batch", CASES, ids=[f"{s}-b{b}" for s, b in CASES])
+def test_step_fedtiny_int8(benchmark, spec, batch):
+    """int8 weights: dequantize + stochastically re-quantize every weight each step."""
+    m, x, y = batches(spec, batch)
+    p = m.init(0)
+    benchmark.group = f"{spec} b{batch} ({STEPS} steps)"
+    r = benchmark(lambda: ft.local_sgd(m, p, x, y, epochs=1, batch_size=batch, lr=LR, weights="int8"))
     assert r.steps == STEPS and np.isfinite(r.loss)
 
 

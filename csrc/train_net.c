@@ -28,7 +28,7 @@ typedef struct {
     size_t chunk_rows[FT_MAX_LAYERS];                     /* dense: rows of Wt per chunk */
     size_t wq[FT_MAX_LAYERS], bq[FT_MAX_LAYERS];          /* int8: first block of weight / bias */
     int need_dx[FT_MAX_LAYERS];
-    size_t w, v, g, d0, d1, col, wscr, wt, gscr, gb, labels, total;
+    size_t w, v, g, d0, d1, col, wscr, wt, gscr, gb, gy, labels, total;
     size_t max_act;
 } layout_t;
 
@@ -178,6 +178,7 @@ static int make_layout(const ft_net *net, layout_t *L) {
     L->wt = pos; pos += infer ? 0 : al(ch);             /* transposed chunk (input gradient) */
     L->gscr = pos; pos += infer ? 0 : al(ch);           /* weight-gradient chunk */
     L->gb = pos; pos += al(max_out);
+    L->gy = pos; pos += infer ? 0 : al(B * max_out); /* -lr * dY for the fused dense update */
     L->labels = pos; pos += infer ? 0 : al(B); /* int32 labels of the current batch */
     L->total = pos;
     return 1;
@@ -361,12 +362,23 @@ static ft_status backward_layer(ctx_t *c, int i, size_t n, float *g, float *dx) 
         for (size_t j = 0; j < fo; j++) gb[j] = 0.0f;
         for (size_t s = 0; s < n; s++)
             for (size_t j = 0; j < fo; j++) gb[j] += g[s * fo + j];
+        /* plain SGD on float32 weights: W += X^T * (-lr * dY) straight into the weights, one GEMM
+         * and no gradient buffer (same value as update() up to the rounding of lr * g) */
+        const int fused = c->h && !c->q8 && c->h->momentum == 0.0f && c->h->weight_decay == 0.0f &&
+                          !(c->net->flags & FT_TRAIN_PROX);
+        float *gy = c->arena + L->gy;
+        if (fused)
+            for (size_t j = 0; j < n * fo; j++) gy[j] = -c->h->lr * g[j];
         for (size_t r0 = 0; r0 < fi; r0 += rows) {
             const size_t kc = fi - r0 < rows ? fi - r0 : rows;
             float *w = (float *)weights_rows(c, i, r0, kc);
             if (need_dx) {
                 transpose(w, kc, fo, wt); /* W chunk [fo][kc] */
                 ft_gemm_f32(n, kc, fo, g, (ptrdiff_t)fo, 1, wt, kc, dx + r0, fi, 0);
+            }
+            if (fused) {
+                ft_gemm_f32(kc, fo, n, x + r0, 1, (ptrdiff_t)fi, gy, fo, w, fo, 1);
+                continue;
             }
             ft_gemm_f32(kc, fo, n, x + r0, 1, (ptrdiff_t)fi, g, fo, gs, fo, 0);
             if (!c->h) {

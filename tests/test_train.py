@@ -266,8 +266,10 @@ def test_non_finite_and_read_only_inputs(small):
 def test_divergence_is_reported():
     m = fm.build("mlp:64-10")  # linear: no ReLU can die and stop the blow-up
     x, y = data(m, 20)
+    p = m.init(0)
     with pytest.raises(ValueError, match="diverged"):
-        ft.local_sgd(m, m.init(0), x * 1e6, y, epochs=3, batch_size=5, lr=1e30)
+        ft.local_sgd(m, p, x * 1e6, y, epochs=3, batch_size=5, lr=1e30)
+    np.testing.assert_array_equal(p, m.init(0))  # on error the caller's params are left as they were
 
 
 def test_epoch_order_is_a_seeded_permutation():
