@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, str] = {
     "client": "fedtiny.client",
     "bridge": "fedtiny.bridge",
     "demo": "fedtiny.demo",
+    "export": "fedtiny.tflite",
 }
 
 

@@ -309,11 +309,19 @@ def test_backend_choice(monkeypatch):
         assert_close_rel(interp.run(x), model.predict(params, x))
 
 
+def _save_state(directory, params):
+    """A checkpoint as fedtiny aggregate writes it after round 3."""
+    from fedtiny import state
+    state.save(str(directory), state.Checkpoint(3, params, {}, [], {}))
+
+
 def test_load_params(tmp_path):
     p = he_init(MLP, seed=8)
     np.save(tmp_path / "p.npy", p)
     (tmp_path / "state").mkdir()
-    np.save(tmp_path / "state" / "global.npy", p)
+    with pytest.raises(ValueError, match="no finished round"):
+        ft.load_params(state=str(tmp_path / "state"))
+    _save_state(tmp_path / "state", p)
     np.testing.assert_array_equal(ft.load_params(str(tmp_path / "p.npy")), p)
     np.testing.assert_array_equal(ft.load_params(state=str(tmp_path / "state")), p)
     np.save(tmp_path / "d.npy", p.astype(np.float64))
@@ -339,8 +347,7 @@ def test_cli_export_float32_and_int8(tmp_path, capsys):
     assert "float32" in capsys.readouterr().out
     assert_close_rel(ft.Interpreter(out).run(x[:200]), model.predict(params, x[:200]))
 
-    (tmp_path / "state").mkdir()
-    np.save(tmp_path / "state" / "global.npy", params)
+    _save_state(tmp_path / "state", params)
     x_train, _ = fashion("train")
     raw = (x_train[:300, :, :, 0] * 255).round().astype(np.uint8)  # a device's raw image bytes
     np.savez(tmp_path / "calib.npz", x=raw, y=np.zeros(300, np.int64))
