@@ -201,12 +201,16 @@ env -i "${CHROOT_ENV[@]}" "$(command -v chroot)" "$ROOT" /bin/bash -s -- "$RUN" 
 set -euo pipefail
 RUN="$1"; SDIST="$2"; PYTEST_ARGS="$3"; shift 3
 echo "inside: $(uname -m), $(. /etc/os-release; echo "$PRETTY_NAME"), $(python3 --version)"
+t0=$(date +%s)
 python3 -m venv "$RUN/venv"
 "$RUN/venv/bin/pip" install -q "$RUN/$SDIST[test]"
+t1=$(date +%s)
+echo "inside: pip install of the sdist (build deps, C kernels compiled under qemu, numpy, test deps): $((t1 - t0)) s"
 cd "$RUN/check"
 unset FEDTINY_SIMD
 # shellcheck disable=SC2086
 "$RUN/venv/bin/pytest" $PYTEST_ARGS -p no:cacheprovider "$@"
+echo "inside: pytest: $(( $(date +%s) - t1 )) s"
 cd /
 "$RUN/venv/bin/python" - <<'PY'
 import platform
