@@ -197,7 +197,8 @@ for name in "${!PIPENV[@]}"; do CHROOT_ENV+=("$name=${PIPENV[$name]}"); done
 
 say "installing the sdist with pip and running ${TEST_ARGS[*]} under qemu-aarch64"
 T1=$(date +%s)
-env -i "${CHROOT_ENV[@]}" "$(command -v chroot)" "$ROOT" /bin/bash -s -- "$RUN" "$(basename "$SDIST")" "$PYTEST_ARGS" "${TEST_ARGS[@]}" <<'INSIDE'
+env -i "${CHROOT_ENV[@]}" "$(command -v chroot)" "$ROOT" /bin/bash -s -- "$RUN" "$(basename "$SDIST")" "$PYTEST_ARGS" "${TEST_ARGS[@]}" <<'INSIDE' \
+    || die "FAIL: the check failed inside the arm64 root (see above)"
 set -euo pipefail
 RUN="$1"; SDIST="$2"; PYTEST_ARGS="$3"; shift 3
 echo "inside: $(uname -m), $(. /etc/os-release; echo "$PRETTY_NAME"), $(python3 --version)"
