@@ -144,13 +144,14 @@ done < <(env | grep '^PIP_[A-Z_]*=' || true)
 
 # --- the sdist, built on this machine --------------------------------------------------------
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/fedtiny-arm64-work.XXXXXX")"
-if ! "$PYTHON" -c "import build" 2>/dev/null; then
+# Run Python from $WORK: in the checkout, a setuptools build/ folder would shadow the 'build' package.
+if ! (cd "$WORK" && "$PYTHON" -c "import build.__main__") 2>/dev/null; then
     "$PYTHON" -m venv "$WORK/hostvenv"
     "$WORK/hostvenv/bin/pip" install -q build > "$WORK/hostvenv.log" 2>&1 \
         || { tail -n 30 "$WORK/hostvenv.log"; die "installing 'build' on this machine failed"; }
     PYTHON="$WORK/hostvenv/bin/python"
 fi
-"$PYTHON" -m build --sdist --outdir "$WORK/dist" "$SRC" > "$WORK/build.log" 2>&1 \
+(cd "$WORK" && "$PYTHON" -m build --sdist --outdir "$WORK/dist" "$SRC") > "$WORK/build.log" 2>&1 \
     || { tail -n 30 "$WORK/build.log"; die "building the sdist failed"; }
 SDIST="$(ls "$WORK"/dist/fedtiny-*.tar.gz)"
 say "sdist: $(basename "$SDIST")"
