@@ -81,7 +81,8 @@ ft_net net_from(const py::array &layers, int64_t n_params, int32_t batch, uint32
     ft_net net{static_cast<const ft_layer *>(layers.data()), static_cast<int32_t>(layers.shape(0)), n_params, batch,
                flags};
     if (layers.shape(0) > FT_MAX_LAYERS || ft_net_check(&net) != FT_OK)
-        throw py::value_error("inconsistent model description (layer shapes, parameter offsets, batch or flags)");
+        throw py::value_error("model description rejected: inconsistent layer shapes or parameter offsets, or batch " +
+                              std::to_string(batch) + " times a layer's activation size exceeds 2^28 floats");
     return net;
 }
 float *arena_of(py::array &arena, const ft_net &net) {
@@ -301,6 +302,25 @@ PYBIND11_MODULE(_core, m) {
         raise_status(st, "net_forward");
     }, py::arg("layers"), py::arg("n_params"), py::arg("batch"), py::arg("flags"), py::arg("x"), py::arg("arena"),
        py::arg("logits"));
+
+    m.def("uniform_f32", [](py::array out, float lo, float hi, uint64_t seed, uint32_t counter0) {
+        float *po = f32_out(out, "out");
+        raise_status(ft_uniform_f32(po, static_cast<size_t>(out.size()), lo, hi, seed, counter0), "uniform_f32");
+    }, py::arg("out"), py::arg("lo"), py::arg("hi"), py::arg("seed"), py::arg("counter0"));
+
+    m.def("shuffle_i32", [](py::array out, uint64_t seed, uint64_t stream) {
+        if (!out.dtype().equal(py::dtype::of<int32_t>()) || out.ndim() != 1 || !(out.flags() & py::array::c_style) ||
+            !out.writeable())
+            throw py::value_error("out must be a writable C-contiguous 1-D int32 array");
+        auto *po = static_cast<int32_t *>(out.mutable_data());
+        const size_t n = static_cast<size_t>(out.size());
+        ft_status st;
+        {
+            py::gil_scoped_release nogil;
+            st = ft_shuffle_i32(po, n, seed, stream);
+        }
+        raise_status(st, "shuffle_i32");
+    }, py::arg("out"), py::arg("seed"), py::arg("stream"));
 
     m.def("gemm_f32", [](size_t M, size_t N, size_t K, py::array a, ssize_t rsa, ssize_t csa, py::array b, size_t ldb,
                          py::array c, size_t ldc, bool accumulate, bool reference) {

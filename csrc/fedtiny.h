@@ -151,6 +151,7 @@ typedef struct {
 #define FT_TRAIN_MOMENTUM 1u /* keep a velocity vector (n_params floats) */
 #define FT_TRAIN_PROX 2u     /* keep the global weights (n_params floats) for FedProx */
 #define FT_TRAIN_INT8 4u     /* weights as int8 blocks (per tensor, FT_QK values per scale) */
+#define FT_NET_INFER 8u      /* forward only (ft_net_forward): no gradient buffers, 2 activation buffers */
 
 typedef struct {
     const ft_layer *layers;
@@ -188,6 +189,14 @@ ft_status ft_train_grad(const ft_net *net, const float *x, const int32_t *y, int
                         float *grad, double *loss_sum);
 /* Logits of x[0..n) (n <= batch) with the weights loaded in the arena. */
 ft_status ft_net_forward(const ft_net *net, const float *x, int32_t n, float *arena, float *logits);
+
+/* Deterministic randomness from the codec's counter-based generator (ft_rng_u01), so a board
+ * without numpy draws the same numbers:
+ *   ft_uniform_f32   out[i] = lo + (hi - lo) * u(counter0 + i), u from key ft_rng_key(seed);
+ *   ft_shuffle_i32   out := a permutation of 0..n-1 (Fisher-Yates, j = floor(u32 * (i+1) / 2^32)),
+ *                    key ft_rng_key(seed ^ mix(stream)) so each epoch (stream) has its own order. */
+ft_status ft_uniform_f32(float *out, size_t n, float lo, float hi, uint64_t seed, uint32_t counter0);
+ft_status ft_shuffle_i32(int32_t *out, size_t n, uint64_t seed, uint64_t stream);
 
 /* C[M][N] (accumulate ? += : =) A * B, the engine's one GEMM.
  *   A(i,k) = A[i*rsa + k*csa] (any strides: plain or transposed);

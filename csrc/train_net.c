@@ -28,7 +28,7 @@ typedef struct {
     size_t chunk_rows[FT_MAX_LAYERS];                     /* dense: rows of Wt per chunk */
     size_t wq[FT_MAX_LAYERS], bq[FT_MAX_LAYERS];          /* int8: first block of weight / bias */
     int need_dx[FT_MAX_LAYERS];
-    size_t w, v, g, d0, d1, col, wscr, wt, gscr, gb, labels, total;
+    size_t w, v, g, d0, d1, col, wscr, wt, gscr, gb, gy, labels, total;
     size_t max_act;
 } layout_t;
 
@@ -46,14 +46,21 @@ static size_t gcd(size_t a, size_t b) { while (b) { size_t t = a % b; a = b; b =
 
 ft_status ft_net_check(const ft_net *net) {
     if (!net || !net->layers || net->n_layers < 1 || net->n_layers > FT_MAX_LAYERS || net->batch < 1 ||
-        net->n_params < 1 || (net->flags & ~7u))
+        net->n_params < 1 || net->n_params > (1 << 28) || (net->flags & ~15u))
         return FT_ERR_ARG;
     if ((net->flags & FT_TRAIN_INT8) && (net->flags & FT_TRAIN_MOMENTUM)) return FT_ERR_ARG;
     int64_t off = 0;
     for (int i = 0; i < net->n_layers; i++) {
         const ft_layer *l = &net->layers[i];
         if (l->in_h < 1 || l->in_w < 1 || l->in_c < 1 || l->out_h < 1 || l->out_w < 1 || l->out_c < 1) return FT_ERR_ARG;
+        if (l->in_h > (1 << 20) || l->in_w > (1 << 20) || l->in_c > (1 << 26) || l->out_h > (1 << 20) ||
+            l->out_w > (1 << 20) || l->out_c > (1 << 26) || l->k < 0 || l->k > (1 << 10))
+            return FT_ERR_ARG;
         if (l->in_h * l->in_w * l->in_c > (1 << 26) || l->out_c > (1 << 20)) return FT_ERR_ARG;
+        /* a batch of activations stays below 2^28 floats, so no arena size can wrap a 32-bit size_t */
+        if ((uint64_t)net->batch * (uint64_t)(l->in_h * l->in_w * l->in_c) > (1u << 28) ||
+            (uint64_t)net->batch * (uint64_t)(l->out_h * l->out_w * l->out_c) > (1u << 28))
+            return FT_ERR_ARG;
         if (i > 0) {
             const ft_layer *p = &net->layers[i - 1];
             if (p->out_h != l->in_h || p->out_w != l->in_w || p->out_c != l->in_c) return FT_ERR_ARG;
@@ -130,30 +137,49 @@ static int make_layout(const ft_net *net, layout_t *L) {
     if (net->flags & FT_TRAIN_MOMENTUM) pos += al(n);
     L->g = pos;
     if (net->flags & FT_TRAIN_PROX) pos += al(n);
-    /* activations: the input, then each layer's output (ReLU and Flatten reuse their input) */
-    size_t cur = pos;
-    pos += al(B * act_size(&net->layers[0], 0));
+    const int infer = (net->flags & FT_NET_INFER) != 0;
+    /* activations: the input, then each layer's output (ReLU and Flatten reuse their input);
+     * forward-only arenas alternate between two buffers instead of keeping every layer's */
+    for (int i = 0; i < net->n_layers; i++)
+        if (act_size(&net->layers[i], 1) > max_act) max_act = act_size(&net->layers[i], 1);
+    size_t cur = pos, region[2] = {pos, pos + al(B * max_act)};
+    int r = 0;
+    pos += infer ? 2 * al(B * max_act) : al(B * act_size(&net->layers[0], 0));
     for (int i = 0; i < net->n_layers; i++) {
         const ft_layer *l = &net->layers[i];
         L->in_buf[i] = cur;
         if (l->kind == FT_LAYER_RELU || l->kind == FT_LAYER_FLATTEN) {
             L->out_buf[i] = cur;
+        } else if (infer) {
+            r = !r;
+            L->out_buf[i] = cur = region[r];
         } else {
             L->out_buf[i] = pos;
             cur = pos;
             pos += al(B * act_size(l, 1));
         }
-        if (act_size(l, 1) > max_act) max_act = act_size(l, 1);
     }
     L->max_act = max_act;
-    L->d0 = pos; pos += al(B * max_act);
-    L->d1 = pos; pos += al(B * max_act);
+    /* gradient ping-pong buffers, each as large as the largest gradient backward() puts in it */
+    size_t dmax[2] = {(size_t)net->layers[net->n_layers - 1].out_c, 0};
+    int cur_buf = 0;
+    for (int i = net->n_layers - 1; i >= 0; i--) {
+        const ft_layer *l = &net->layers[i];
+        if (l->kind == FT_LAYER_FLATTEN || l->kind == FT_LAYER_RELU) continue;
+        if (!L->need_dx[i] && !has_params(l)) break;
+        if (L->need_dx[i] && act_size(l, 0) > dmax[!cur_buf]) dmax[!cur_buf] = act_size(l, 0);
+        cur_buf = !cur_buf;
+    }
+    if (infer) dmax[0] = dmax[1] = 0;
+    L->d0 = pos; pos += al(B * dmax[0]);
+    L->d1 = pos; pos += al(B * dmax[1]);
     L->col = pos; pos += al(col);
-    L->wscr = pos; pos += al(ch);
-    L->wt = pos; pos += al(ch);
-    L->gscr = pos; pos += al(ch);
+    L->wscr = pos; pos += q8 ? al(ch) : 0;             /* dequantized weight chunk */
+    L->wt = pos; pos += infer ? 0 : al(ch);             /* transposed chunk (input gradient) */
+    L->gscr = pos; pos += infer ? 0 : al(ch);           /* weight-gradient chunk */
     L->gb = pos; pos += al(max_out);
-    L->labels = pos; pos += al(B); /* int32 labels of the current batch */
+    L->gy = pos; pos += infer ? 0 : al(B * max_out); /* -lr * dY for the fused dense update */
+    L->labels = pos; pos += infer ? 0 : al(B); /* int32 labels of the current batch */
     L->total = pos;
     return 1;
 }
@@ -234,7 +260,11 @@ static void im2col(const float *x, const ft_layer *l, float *col) {
     for (size_t oh = 0; oh < OH; oh++)
         for (size_t ow = 0; ow < OW; ow++) {
             float *dst = col + (oh * OW + ow) * K;
-            for (size_t kh = 0; kh < k; kh++) memcpy(dst + kh * k * C, x + ((oh + kh) * W + ow) * C, k * C * sizeof(float));
+            for (size_t kh = 0; kh < k; kh++) { /* a loop, not memcpy: rows are as short as 5 floats */
+                const float *src = x + ((oh + kh) * W + ow) * C;
+                float *d = dst + kh * k * C;
+                for (size_t j = 0; j < k * C; j++) d[j] = src[j];
+            }
         }
 }
 static void col2im_add(const float *col, const ft_layer *l, float *dx) {
@@ -254,6 +284,25 @@ static void col2im_add(const float *col, const ft_layer *l, float *dx) {
 static void add_bias(float *y, const float *b, size_t rows, size_t cols) {
     for (size_t r = 0; r < rows; r++)
         for (size_t j = 0; j < cols; j++) y[r * cols + j] += b[j];
+}
+
+/* One 2x2 window over C channels: the gradient goes to the first maximum in (0,0) (0,1) (1,0)
+ * (1,1) order, found by comparing with the stored output; selects, so the loop vectorizes. */
+static void pool_bwd_window(const float *restrict x00, const float *restrict x01, const float *restrict x10,
+                            const float *restrict x11, const float *restrict m, const float *restrict g,
+                            float *restrict d00, float *restrict d01, float *restrict d10, float *restrict d11,
+                            size_t C) {
+    (void)x11;
+    for (size_t ch = 0; ch < C; ch++) {
+        const float mc = m[ch];
+        float rest = g[ch]; /* what the later positions may still receive */
+        d00[ch] = x00[ch] == mc ? rest : 0.0f;
+        rest = x00[ch] == mc ? 0.0f : rest;
+        d01[ch] = x01[ch] == mc ? rest : 0.0f;
+        rest = x01[ch] == mc ? 0.0f : rest;
+        d10[ch] = x10[ch] == mc ? rest : 0.0f;
+        d11[ch] = x10[ch] == mc ? 0.0f : rest;
+    }
 }
 
 static void forward_layer(ctx_t *c, int i, size_t n) {
@@ -332,12 +381,23 @@ static ft_status backward_layer(ctx_t *c, int i, size_t n, float *g, float *dx) 
         for (size_t j = 0; j < fo; j++) gb[j] = 0.0f;
         for (size_t s = 0; s < n; s++)
             for (size_t j = 0; j < fo; j++) gb[j] += g[s * fo + j];
+        /* plain SGD on float32 weights: W += X^T * (-lr * dY) straight into the weights, one GEMM
+         * and no gradient buffer (same value as update() up to the rounding of lr * g) */
+        const int fused = c->h && !c->q8 && c->h->momentum == 0.0f && c->h->weight_decay == 0.0f &&
+                          !(c->net->flags & FT_TRAIN_PROX);
+        float *gy = c->arena + L->gy;
+        if (fused)
+            for (size_t j = 0; j < n * fo; j++) gy[j] = -c->h->lr * g[j];
         for (size_t r0 = 0; r0 < fi; r0 += rows) {
             const size_t kc = fi - r0 < rows ? fi - r0 : rows;
             float *w = (float *)weights_rows(c, i, r0, kc);
             if (need_dx) {
                 transpose(w, kc, fo, wt); /* W chunk [fo][kc] */
                 ft_gemm_f32(n, kc, fo, g, (ptrdiff_t)fo, 1, wt, kc, dx + r0, fi, 0);
+            }
+            if (fused) {
+                ft_gemm_f32(kc, fo, n, x + r0, 1, (ptrdiff_t)fi, gy, fo, w, fo, 1);
+                continue;
             }
             ft_gemm_f32(kc, fo, n, x + r0, 1, (ptrdiff_t)fi, g, fo, gs, fo, 0);
             if (!c->h) {
@@ -381,21 +441,19 @@ static ft_status backward_layer(ctx_t *c, int i, size_t n, float *g, float *dx) 
         break;
     }
     case FT_LAYER_MAXPOOL2: {
+        /* the gradient goes to the first maximum in (0,0) (0,1) (1,0) (1,1) order; written as
+         * selects against the stored output so the channel loop vectorizes */
         const size_t C = (size_t)l->in_c, W = (size_t)l->in_w, OH = (size_t)l->out_h, OW = (size_t)l->out_w;
-        memset(dx, 0, n * in_sz * sizeof(float));
+        const float *y = c->arena + L->out_buf[i];
+        if ((l->in_h | l->in_w) & 1) memset(dx, 0, n * in_sz * sizeof(float)); /* the odd row/column */
         for (size_t s = 0; s < n; s++) {
-            const float *xs = x + s * in_sz, *gsmp = g + s * out_sz;
+            const float *xs = x + s * in_sz, *gsmp = g + s * out_sz, *ys = y + s * out_sz;
             float *ds = dx + s * in_sz;
             for (size_t oh = 0; oh < OH; oh++)
                 for (size_t ow = 0; ow < OW; ow++) {
-                    const size_t o00 = ((2 * oh) * W + 2 * ow) * C;
-                    const size_t offs[4] = {o00, o00 + C, o00 + W * C, o00 + W * C + C};
-                    for (size_t ch = 0; ch < C; ch++) {
-                        size_t best = offs[0] + ch; /* first maximum in (0,0) (0,1) (1,0) (1,1) order */
-                        for (int q = 1; q < 4; q++)
-                            if (xs[offs[q] + ch] > xs[best]) best = offs[q] + ch;
-                        ds[best] += gsmp[(oh * OW + ow) * C + ch];
-                    }
+                    const size_t o00 = ((2 * oh) * W + 2 * ow) * C, o01 = o00 + C, o10 = o00 + W * C, o11 = o10 + C;
+                    pool_bwd_window(xs + o00, xs + o01, xs + o10, xs + o11, ys + (oh * OW + ow) * C,
+                                    gsmp + (oh * OW + ow) * C, ds + o00, ds + o01, ds + o10, ds + o11, C);
                 }
         }
         break;
@@ -532,7 +590,7 @@ ft_status ft_train_sgd(const ft_net *net, const ft_sgd_hyper *hyper, const float
                        double *loss_sum, int64_t *n_seen, int64_t *steps) {
     layout_t L;
     if (!hyper || !x || !y || !idx || !arena || !loss_sum || !n_seen || !steps || n_x < 1 || n_idx < 0 ||
-        !make_layout(net, &L))
+        !make_layout(net, &L) || (net->flags & FT_NET_INFER))
         return FT_ERR_ARG;
     const size_t in_sz = act_size(&net->layers[0], 0), B = (size_t)net->batch;
     const int32_t C = (int32_t)net->layers[net->n_layers - 1].out_c;
@@ -567,7 +625,7 @@ ft_status ft_train_grad(const ft_net *net, const float *x, const int32_t *y, int
                         float *grad, double *loss_sum) {
     layout_t L;
     if (!x || !y || !arena || !grad || !loss_sum || !make_layout(net, &L) || n < 1 || n > net->batch ||
-        (net->flags & FT_TRAIN_INT8))
+        (net->flags & (FT_TRAIN_INT8 | FT_NET_INFER)))
         return FT_ERR_ARG;
     const int32_t C = (int32_t)net->layers[net->n_layers - 1].out_c;
     for (int32_t s = 0; s < n; s++)
@@ -586,5 +644,25 @@ ft_status ft_net_forward(const ft_net *net, const float *x, int32_t n, float *ar
     forward(&c, (size_t)n);
     const ft_layer *last = &net->layers[net->n_layers - 1];
     memcpy(logits, arena + L.out_buf[net->n_layers - 1], (size_t)n * (size_t)last->out_c * sizeof(float));
+    return FT_OK;
+}
+
+ft_status ft_uniform_f32(float *out, size_t n, float lo, float hi, uint64_t seed, uint32_t counter0) {
+    if ((!out && n) || n > UINT32_MAX) return FT_ERR_ARG;
+    const uint32_t key = ft_rng_key(seed);
+    for (size_t i = 0; i < n; i++) out[i] = lo + (hi - lo) * ft_rng_u01(counter0 + (uint32_t)i, key);
+    return FT_OK;
+}
+
+ft_status ft_shuffle_i32(int32_t *out, size_t n, uint64_t seed, uint64_t stream) {
+    if ((!out && n) || n > (size_t)INT32_MAX) return FT_ERR_ARG;
+    const uint32_t key = ft_rng_key(seed ^ mix64(stream + 0x9E3779B97F4A7C15ULL));
+    for (size_t i = 0; i < n; i++) out[i] = (int32_t)i;
+    for (size_t i = n; i > 1; i--) {
+        const size_t j = (size_t)(((uint64_t)ft_rng_bits((uint32_t)(i - 1), key) * (uint64_t)i) >> 32);
+        const int32_t t = out[i - 1];
+        out[i - 1] = out[j];
+        out[j] = t;
+    }
     return FT_OK;
 }

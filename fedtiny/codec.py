@@ -22,6 +22,8 @@ HEADER_BYTES = HEADER.size
 FLAG_STOCHASTIC = 0x01
 FLAG_ERROR_FEEDBACK = 0x02
 _ROUNDING = {"nearest": 0, "stochastic": 1}
+# The encoder's largest scale is FLT_MAX / 127; a larger one would decode 127 * d to Inf.
+MAX_SCALE = np.float32(np.finfo(np.float32).max / np.float32(127))
 BLOCK_DTYPE = np.dtype([("d", "<f4"), ("q", "i1", (QK,))])
 assert BLOCK_DTYPE.itemsize == BLOCK_BYTES
 
@@ -91,8 +93,8 @@ class Int8Update:
         buf = np.frombuffer(mv, dtype=np.uint8).copy()
         update = cls(buf, n, flags, seed)
         d = update.scales
-        if not np.all(np.isfinite(d)) or np.any(d < 0):
-            raise ValueError("int8 update corrupted: a block scale is negative, NaN or Inf")
+        if not np.all((d >= 0) & (d <= MAX_SCALE)):  # NaN fails both comparisons
+            raise ValueError("int8 update corrupted: a block scale is negative, NaN, Inf or above FLT_MAX/127")
         if np.any(update.values == -128):
             raise ValueError("int8 update corrupted: value -128 is outside the codec's range [-127, 127]")
         return update

@@ -4,9 +4,10 @@ Parameter layout (the "interchange layout" the codec, FedAvg and TFLite export s
 order, each layer's weight then bias; Dense W[out][in] row-major, Conv2D W[out_c][kh][kw][in_c]
 (OHWI); stride 1, VALID padding; MaxPool 2x2 stride 2; Flatten of NHWC in (h, w, c) order.
 
-Initialisation (deterministic from the seed, numpy PCG64): a weight followed by a ReLU is
-He-uniform U(-sqrt(6/fan_in), +sqrt(6/fan_in)); the last (logit) layer is Glorot-uniform
-U(-sqrt(6/(fan_in+fan_out)), +...); every bias is 0. Tensors are drawn in parameter order.
+Initialisation (deterministic from the seed, the same on every platform: the codec's
+counter-based generator, u_i = ft_rng_u01(i, ft_rng_key(seed)) with i the parameter's index in the
+vector): a weight followed by a ReLU is He-uniform U(-sqrt(6/fan_in), +sqrt(6/fan_in)); the last
+(logit) layer is Glorot-uniform U(-sqrt(6/(fan_in+fan_out)), +...); every bias is 0.
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ DENSE, CONV2D, MAXPOOL2, RELU, FLATTEN = 1, 2, 3, 4, 5
 _KIND_NAMES = {DENSE: "dense", CONV2D: "conv2d", MAXPOOL2: "maxpool2", RELU: "relu", FLATTEN: "flatten"}
 
 # arena flags (csrc/fedtiny.h FT_TRAIN_*)
-FLAG_MOMENTUM, FLAG_PROX, FLAG_INT8 = 1, 2, 4
-PREDICT_BATCH = 128
+FLAG_MOMENTUM, FLAG_PROX, FLAG_INT8, FLAG_INFER = 1, 2, 4, 8
+PREDICT_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,11 @@ class Model:
         rows = [[kinds[lay.kind], *lay.in_shape, *lay.out_shape, lay.k, lay.w_offset, lay.b_offset] for lay in layers]
         self._desc = np.ascontiguousarray(np.array(rows, dtype=np.int64))
         self._local = threading.local()  # arenas per thread: concurrent clients never share one
+        try:
+            _core.net_arena_floats(self._desc, self.n_params, 1, 0)
+        except ValueError:
+            raise ValueError(f"model spec {spec!r} is too large for the engine (at most 2^26 values per "
+                             f"sample per layer, 2^28 parameters)") from None
 
     def __repr__(self) -> str:
         return f"Model({self.spec!r}, n_params={self.n_params})"
@@ -161,15 +167,16 @@ class Model:
     # ---- parameters ----------------------------------------------------------------
     def init(self, seed: int = 0) -> np.ndarray:
         """Deterministic He/Glorot-uniform weights, zero biases (see the module docstring)."""
-        rng = np.random.Generator(np.random.PCG64(seed))
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+            raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
         p = np.zeros(self.n_params, dtype=np.float32)
         param_layers = [lay for lay in self.layers if lay.w_shape]
         for i, lay in enumerate(param_layers):
             fo = lay.w_shape[0]
             fi = int(np.prod(lay.w_shape[1:]))
             bound = np.sqrt(6.0 / (fi + fo)) if i == len(param_layers) - 1 else np.sqrt(6.0 / fi)
-            n = fo * fi
-            p[lay.w_offset:lay.w_offset + n] = rng.uniform(-bound, bound, n).astype(np.float32)
+            w = p[lay.w_offset:lay.w_offset + fo * fi]
+            _core.uniform_f32(w, -bound, bound, int(seed), lay.w_offset)
         return p
 
     def tensors(self, params: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -250,10 +257,11 @@ class Model:
         """Logits, float32 (N, n_classes)."""
         self.check_params(params)
         x2 = self.check_x(x)
-        arena = self._arena(PREDICT_BATCH, 0)
-        _core.train_load(self._desc, self.n_params, PREDICT_BATCH, 0, params, None, arena)
+        batch = min(PREDICT_BATCH, x2.shape[0])
+        arena = self._arena(batch, FLAG_INFER)
+        _core.train_load(self._desc, self.n_params, batch, FLAG_INFER, params, None, arena)
         logits = np.empty((x2.shape[0], self.n_classes), dtype=np.float32)
-        _core.net_forward(self._desc, self.n_params, PREDICT_BATCH, 0, x2, arena, logits.reshape(-1))
+        _core.net_forward(self._desc, self.n_params, batch, FLAG_INFER, x2, arena, logits.reshape(-1))
         return logits
 
 

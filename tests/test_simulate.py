@@ -4,6 +4,7 @@ and the command line's outputs and errors."""
 import json
 import os
 import subprocess
+import tempfile
 import sys
 
 import numpy as np
@@ -118,7 +119,9 @@ def test_server_optimizers_and_fedprox_learn(digits, opt, extra):
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "fedtiny.cli", *args], capture_output=True, text=True, cwd=cwd)
+    # Run outside the checkout: from its root, `-m` would import the uncompiled source tree.
+    return subprocess.run([sys.executable, "-m", "fedtiny.cli", *args], capture_output=True, text=True,
+                          cwd=cwd or tempfile.gettempdir())
 
 
 def test_cli_writes_outputs(tmp_path):

@@ -169,10 +169,10 @@ def sgd_reference(model, params, x, y, *, epochs, batch_size, lr, momentum=0.0, 
     w = params.astype(np.float64)
     wg = None if global_params is None else global_params.astype(np.float64)
     v = np.zeros_like(w)
-    rng = np.random.Generator(np.random.PCG64(seed))
+    from fedtiny.train import epoch_order  # the engine's documented shuffle (tested on its own)
     steps = 0
-    for _ in range(epochs):
-        idx = rng.permutation(len(x))
+    for epoch in range(epochs):
+        idx = epoch_order(len(x), seed, epoch)
         for j in range(0, len(x), batch_size):
             if max_steps is not None and steps >= max_steps:
                 return w

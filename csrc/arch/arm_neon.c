@@ -31,6 +31,7 @@ static ft_status quantize_q8_neon(const float *x, size_t n, float *residual, ft_
         float32x4_t v[FT_QK / 4];
         float32x4_t vmax = zero, bad = zero;
         for (int j = 0; j < FT_QK / 4; j++) {
+            if (j % 4 == 0) __builtin_prefetch(xb + FT_Q8_PREFETCH + 4 * j);
             float32x4_t t = vld1q_f32(xb + 4 * j);
             if (rb) t = vaddq_f32(t, vld1q_f32(rb + 4 * j));
             v[j] = t;

@@ -39,6 +39,7 @@ FT_TARGET_AVX2 ft_status ft_quantize_q8_avx2(const float *x, size_t n, float *re
         __m256 v[FT_QK / 8];
         __m256 vmax = zero, bad = zero;
         for (int j = 0; j < FT_QK / 8; j++) {
+            if (j % 2 == 0) __builtin_prefetch(xb + FT_Q8_PREFETCH + 8 * j);
             __m256 t = _mm256_loadu_ps(xb + 8 * j);
             if (rb) t = _mm256_add_ps(t, _mm256_loadu_ps(rb + 8 * j));
             v[j] = t;

@@ -1,8 +1,9 @@
-/* x86_avx2_train.c — AVX2 bodies of the training kernels. ft_gemm_f32: a 6x16 register-blocked micro-kernel that
- * reads B in place (unit stride along N, no packing: the engine's weights are stored so that
- * every GEMM it runs has such a B) and broadcasts A through its strides. K is cut into KC-deep
- * slices so the 16-column panel of B stays in L1 while the kernel walks down M. Ragged N uses
- * masked loads/stores; ragged M a shorter instance of the same kernel. FMA rounds once per
+/* x86_avx2_train.c — AVX2 bodies of the training kernels.
+ * ft_gemm_f32: a 6x16 register-blocked micro-kernel that reads B with unit stride along N (the
+ * engine's weights are stored so that every GEMM it runs has such a B; a panel is copied only
+ * when it is reused) and broadcasts A through its strides. K is cut into KC-deep slices so the
+ * 16-column panel of B stays in L1 while the kernel walks down M. Ragged N uses masked
+ * loads/stores; ragged M a shorter instance of the same kernel. FMA rounds once per
  * multiply-add, so results differ from the scalar reference by a few ulps (tests: tolerance). */
 #include "ft_internal.h"
 
@@ -15,16 +16,16 @@
 
 #define FT_INLINE static inline __attribute__((always_inline))
 
-FT_TARGET_AVX2 FT_INLINE void ukr(const int mr, const int full, size_t kc, const float *A, ptrdiff_t rsa,
-                                  ptrdiff_t csa, const float *B, size_t ldb, float *C, size_t ldc, int acc,
-                                  __m256i m0, __m256i m1) {
+FT_TARGET_AVX2 FT_INLINE void ukr(const int mr, const int full, const int packed, size_t kc, const float *A,
+                                  ptrdiff_t rsa, ptrdiff_t csa, const float *B, size_t ldb, float *C, size_t ldc,
+                                  int acc, __m256i m0, __m256i m1) {
     __m256 c0[MR], c1[MR];
     for (int r = 0; r < mr; r++) { c0[r] = _mm256_setzero_ps(); c1[r] = _mm256_setzero_ps(); }
     const float *ap[MR];
     for (int r = 0; r < mr; r++) ap[r] = A + r * rsa;
     for (size_t k = 0; k < kc; k++) {
-        const __m256 b0 = full ? _mm256_loadu_ps(B) : _mm256_maskload_ps(B, m0);
-        const __m256 b1 = full ? _mm256_loadu_ps(B + 8) : _mm256_maskload_ps(B + 8, m1);
+        const __m256 b0 = (full || packed) ? _mm256_loadu_ps(B) : _mm256_maskload_ps(B, m0);
+        const __m256 b1 = (full || packed) ? _mm256_loadu_ps(B + 8) : _mm256_maskload_ps(B + 8, m1);
         B += ldb;
         for (int r = 0; r < mr; r++) {
             const __m256 a = _mm256_broadcast_ss(ap[r]);
@@ -53,19 +54,24 @@ FT_TARGET_AVX2 FT_INLINE void ukr(const int mr, const int full, size_t kc, const
     }
 }
 
-#define UKR_CASES(full)                                                                              \
+#define UKR_CASES(full, packed)                                                                      \
     switch (mr) {                                                                                    \
-    case 6: ukr(6, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                       \
-    case 5: ukr(5, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                       \
-    case 4: ukr(4, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                       \
-    case 3: ukr(3, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                       \
-    case 2: ukr(2, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                       \
-    default: ukr(1, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                      \
+    case 6: ukr(6, full, packed, kc, a, rsa, csa, b, ldb_, c, ldc, acc, m0, m1); break;              \
+    case 5: ukr(5, full, packed, kc, a, rsa, csa, b, ldb_, c, ldc, acc, m0, m1); break;              \
+    case 4: ukr(4, full, packed, kc, a, rsa, csa, b, ldb_, c, ldc, acc, m0, m1); break;              \
+    case 3: ukr(3, full, packed, kc, a, rsa, csa, b, ldb_, c, ldc, acc, m0, m1); break;              \
+    case 2: ukr(2, full, packed, kc, a, rsa, csa, b, ldb_, c, ldc, acc, m0, m1); break;              \
+    default: ukr(1, full, packed, kc, a, rsa, csa, b, ldb_, c, ldc, acc, m0, m1); break;             \
     }
 
+/* When the kernel walks down more than one row block, the KC x 16 panel of B is first copied to
+ * a contiguous, zero-padded stack buffer: B's rows may sit at a power-of-two stride (64, 128
+ * columns) that maps the whole panel onto a few L1 sets and evicts it between row blocks. */
 FT_TARGET_AVX2 ft_status ft_gemm_f32_avx2(size_t M, size_t N, size_t K, const float *A, ptrdiff_t rsa,
                                           ptrdiff_t csa, const float *B, size_t ldb, float *C, size_t ldc,
                                           int accumulate) {
+    float panel[KC * NR] __attribute__((aligned(32)));
+    const int pack = M > MR;
     for (size_t j0 = 0; j0 < N; j0 += NR) {
         const size_t nr = N - j0 < NR ? N - j0 : NR;
         const int full = nr == NR;
@@ -76,12 +82,25 @@ FT_TARGET_AVX2 ft_status ft_gemm_f32_avx2(size_t M, size_t N, size_t K, const fl
         do {
             const size_t kc = K - k0 < KC ? K - k0 : KC;
             const int acc = accumulate || k0 > 0;
+            const float *b = B + k0 * ldb + j0;
+            size_t ldb_ = ldb;
+            if (pack) {
+                for (size_t k = 0; k < kc; k++) {
+                    _mm256_store_ps(panel + k * NR, _mm256_maskload_ps(b + k * ldb, m0));
+                    _mm256_store_ps(panel + k * NR + 8, _mm256_maskload_ps(b + k * ldb + 8, m1));
+                }
+                b = panel;
+                ldb_ = NR;
+            }
             for (size_t i0 = 0; i0 < M; i0 += MR) {
                 const size_t mr = M - i0 < MR ? M - i0 : MR;
                 const float *a = A + (ptrdiff_t)i0 * rsa + (ptrdiff_t)k0 * csa;
-                const float *b = B + k0 * ldb + j0;
                 float *c = C + i0 * ldc + j0;
-                if (full) { UKR_CASES(1) } else { UKR_CASES(0) }
+                if (full) {
+                    if (pack) { UKR_CASES(1, 1) } else { UKR_CASES(1, 0) }
+                } else {
+                    if (pack) { UKR_CASES(0, 1) } else { UKR_CASES(0, 0) }
+                }
             }
             k0 += kc;
         } while (k0 < K);

@@ -29,6 +29,7 @@ FT_TARGET_AVX512 static ft_status quantize_q8_avx512(const float *x, size_t n, f
         __m512 v[FT_QK / 16];
         __m512 vmax = zero, bad = zero;
         for (int j = 0; j < FT_QK / 16; j++) {
+            __builtin_prefetch(xb + FT_Q8_PREFETCH + 16 * j); /* hardware prefetch alone lags behind */
             __m512 t = _mm512_loadu_ps(xb + 16 * j);
             if (rb) t = _mm512_add_ps(t, _mm512_loadu_ps(rb + 16 * j));
             v[j] = t;

@@ -12,16 +12,16 @@
 
 #define FT_INLINE static inline __attribute__((always_inline))
 
-FT_TARGET_AVX512 FT_INLINE void ukr(const int mr, const int full, size_t kc, const float *A, ptrdiff_t rsa,
-                                    ptrdiff_t csa, const float *B, size_t ldb, float *C, size_t ldc, int acc,
-                                    __mmask16 m0, __mmask16 m1) {
+FT_TARGET_AVX512 FT_INLINE void ukr(const int mr, const int full, const int packed, size_t kc, const float *A,
+                                    ptrdiff_t rsa, ptrdiff_t csa, const float *B, size_t ldb, float *C, size_t ldc,
+                                    int acc, __mmask16 m0, __mmask16 m1) {
     __m512 c0[MR], c1[MR];
     for (int r = 0; r < mr; r++) { c0[r] = _mm512_setzero_ps(); c1[r] = _mm512_setzero_ps(); }
     const float *ap[MR];
     for (int r = 0; r < mr; r++) ap[r] = A + r * rsa;
     for (size_t k = 0; k < kc; k++) {
-        const __m512 b0 = full ? _mm512_loadu_ps(B) : _mm512_maskz_loadu_ps(m0, B);
-        const __m512 b1 = full ? _mm512_loadu_ps(B + 16) : _mm512_maskz_loadu_ps(m1, B + 16);
+        const __m512 b0 = (full || packed) ? _mm512_loadu_ps(B) : _mm512_maskz_loadu_ps(m0, B);
+        const __m512 b1 = (full || packed) ? _mm512_loadu_ps(B + 16) : _mm512_maskz_loadu_ps(m1, B + 16);
         B += ldb;
         for (int r = 0; r < mr; r++) {
             const __m512 a = _mm512_set1_ps(*ap[r]);
@@ -50,25 +50,30 @@ FT_TARGET_AVX512 FT_INLINE void ukr(const int mr, const int full, size_t kc, con
     }
 }
 
-#define UKR_CASES(full)                                                                              \
+#define UKR_CASES(full, packed)                                                                      \
     switch (mr) {                                                                                    \
-    case 12: ukr(12, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                     \
-    case 11: ukr(11, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                     \
-    case 10: ukr(10, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                     \
-    case 9: ukr(9, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                       \
-    case 8: ukr(8, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                       \
-    case 7: ukr(7, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                       \
-    case 6: ukr(6, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                       \
-    case 5: ukr(5, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                       \
-    case 4: ukr(4, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                       \
-    case 3: ukr(3, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                       \
-    case 2: ukr(2, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                       \
-    default: ukr(1, full, kc, a, rsa, csa, b, ldb, c, ldc, acc, m0, m1); break;                      \
+    case 12: ukr(12, full, packed, kc, a, rsa, csa, b, ldb_, c, ldc, acc, m0, m1); break;            \
+    case 11: ukr(11, full, packed, kc, a, rsa, csa, b, ldb_, c, ldc, acc, m0, m1); break;            \
+    case 10: ukr(10, full, packed, kc, a, rsa, csa, b, ldb_, c, ldc, acc, m0, m1); break;            \
+    case 9: ukr(9, full, packed, kc, a, rsa, csa, b, ldb_, c, ldc, acc, m0, m1); break;              \
+    case 8: ukr(8, full, packed, kc, a, rsa, csa, b, ldb_, c, ldc, acc, m0, m1); break;              \
+    case 7: ukr(7, full, packed, kc, a, rsa, csa, b, ldb_, c, ldc, acc, m0, m1); break;              \
+    case 6: ukr(6, full, packed, kc, a, rsa, csa, b, ldb_, c, ldc, acc, m0, m1); break;              \
+    case 5: ukr(5, full, packed, kc, a, rsa, csa, b, ldb_, c, ldc, acc, m0, m1); break;              \
+    case 4: ukr(4, full, packed, kc, a, rsa, csa, b, ldb_, c, ldc, acc, m0, m1); break;              \
+    case 3: ukr(3, full, packed, kc, a, rsa, csa, b, ldb_, c, ldc, acc, m0, m1); break;              \
+    case 2: ukr(2, full, packed, kc, a, rsa, csa, b, ldb_, c, ldc, acc, m0, m1); break;              \
+    default: ukr(1, full, packed, kc, a, rsa, csa, b, ldb_, c, ldc, acc, m0, m1); break;             \
     }
 
+/* When the kernel walks down more than one row block, the KC x 32 panel of B is first copied to
+ * a contiguous, zero-padded stack buffer: B's rows may sit at a power-of-two stride (64, 128
+ * columns) that maps the whole panel onto a few L1 sets and evicts it between row blocks. */
 FT_TARGET_AVX512 ft_status ft_gemm_f32_avx512(size_t M, size_t N, size_t K, const float *A, ptrdiff_t rsa,
                                               ptrdiff_t csa, const float *B, size_t ldb, float *C, size_t ldc,
                                               int accumulate) {
+    float panel[KC * NR] __attribute__((aligned(64)));
+    const int pack = M > MR;
     for (size_t j0 = 0; j0 < N; j0 += NR) {
         const size_t nr = N - j0 < NR ? N - j0 : NR;
         const int full = nr == NR;
@@ -79,12 +84,25 @@ FT_TARGET_AVX512 ft_status ft_gemm_f32_avx512(size_t M, size_t N, size_t K, cons
         do {
             const size_t kc = K - k0 < KC ? K - k0 : KC;
             const int acc = accumulate || k0 > 0;
+            const float *b = B + k0 * ldb + j0;
+            size_t ldb_ = ldb;
+            if (pack) {
+                for (size_t k = 0; k < kc; k++) {
+                    _mm512_store_ps(panel + k * NR, _mm512_maskz_loadu_ps(m0, b + k * ldb));
+                    _mm512_store_ps(panel + k * NR + 16, _mm512_maskz_loadu_ps(m1, b + k * ldb + 16));
+                }
+                b = panel;
+                ldb_ = NR;
+            }
             for (size_t i0 = 0; i0 < M; i0 += MR) {
                 const size_t mr = M - i0 < MR ? M - i0 : MR;
                 const float *a = A + (ptrdiff_t)i0 * rsa + (ptrdiff_t)k0 * csa;
-                const float *b = B + k0 * ldb + j0;
                 float *c = C + i0 * ldc + j0;
-                if (full) { UKR_CASES(1) } else { UKR_CASES(0) }
+                if (full) {
+                    if (pack) { UKR_CASES(1, 1) } else { UKR_CASES(1, 0) }
+                } else {
+                    if (pack) { UKR_CASES(0, 1) } else { UKR_CASES(0, 0) }
+                }
             }
             k0 += kc;
         } while (k0 < K);

@@ -1,0 +1,134 @@
+"""cffi build script (out-of-line API mode) for fedtiny._wire: the C wire codec, nothing else.
+
+setup.py names it in cffi_modules and runs from the project root, so every path here is
+relative to that root. The cdef repeats the public declarations of ft_wire.h that Python uses;
+in API mode the C compiler checks them against the real header (struct layouts included).
+"""
+from cffi import FFI
+
+SOURCES = ["firmware_bridge/ft_sha256.c", "firmware_bridge/ft_cobs.c", "firmware_bridge/ft_frame.c"]
+
+CDEF = """
+#define FT_WIRE_VERSION ...
+#define FT_WIRE_HEADER_BYTES ...
+#define FT_WIRE_TAG_BYTES ...
+#define FT_WIRE_PROTOCOL_MAX_FRAME ...
+#define FT_WIRE_MAX_FRAME ...
+#define FT_WIRE_MAX_PAYLOAD ...
+#define FT_WIRE_MIN_KEY_BYTES ...
+#define FT_WIRE_MAX_KEY_BYTES ...
+#define FT_WIRE_QK ...
+#define FT_WIRE_BLOCK_BYTES ...
+#define FT_WIRE_UPDATE_CHUNK_BLOCKS ...
+#define FT_WIRE_UPDATE_CHUNK_BYTES ...
+#define FT_WIRE_MODEL_CHUNK_BYTES ...
+#define FT_WIRE_CRC_BYTES ...
+#define FT_WIRE_REPLAY_WINDOW ...
+#define FT_WIRE_ACCEPT_NEWER_ROUND ...
+#define FT_SHA256_BYTES ...
+#define FT_HELLO_BYTES ...
+#define FT_OFFER_BYTES ...
+#define FT_RESULT_BYTES ...
+#define FT_ACK_HEADER_BYTES ...
+#define FT_ERROR_HEADER_BYTES ...
+
+typedef enum {
+    FT_MSG_HELLO = 1, FT_MSG_OFFER = 2, FT_MSG_MODEL_CHUNK = 3, FT_MSG_UPDATE_CHUNK = 4,
+    FT_MSG_ACK = 5, FT_MSG_ERROR = 6, FT_MSG_RESULT = 7, FT_MSG_PARTIAL_SUM = 8,
+    FT_MSG_MASKED_UPDATE = 9
+} ft_msg_type;
+
+typedef enum {
+    FT_WIRE_OK = 0, FT_WIRE_FRAME_READY = 1, FT_WIRE_ERR_ARG = -1, FT_WIRE_ERR_BUFFER = -2,
+    FT_WIRE_ERR_TRUNCATED = -3, FT_WIRE_ERR_BAD_MAGIC = -4, FT_WIRE_ERR_BAD_VERSION = -5,
+    FT_WIRE_ERR_UNKNOWN_TYPE = -6, FT_WIRE_ERR_LENGTH = -7, FT_WIRE_ERR_OVERSIZE = -8,
+    FT_WIRE_ERR_BAD_CHUNK = -9, FT_WIRE_ERR_BAD_TAG = -10, FT_WIRE_ERR_WRONG_ROUND = -11,
+    FT_WIRE_ERR_REPLAY = -12, FT_WIRE_ERR_BAD_CRC = -13, FT_WIRE_ERR_COBS = -14,
+    FT_WIRE_ERR_IO = -15, FT_WIRE_ERR_UNKNOWN_DEVICE = -16, FT_WIRE_ERR_BAD_PAYLOAD = -17,
+    FT_WIRE_ERR_SELFTEST = -18
+} ft_wire_status;
+
+const char *ft_wire_status_name(int status);
+
+void ft_sha256(const uint8_t *data, size_t len, uint8_t out[32]);
+void ft_hmac_sha256(const uint8_t *key, size_t key_len, const uint8_t *data, size_t len,
+                    uint8_t out[32]);
+uint32_t ft_crc32(uint32_t crc, const uint8_t *data, size_t len);
+
+int ft_cobs_encode_frame(const uint8_t *frame, size_t len, uint8_t *buf, size_t cap,
+                         size_t *out_len);
+typedef struct {
+    uint8_t *buf;
+    size_t cap;
+    size_t len;
+    ...;
+} ft_cobs_decoder;
+void ft_cobs_decoder_init(ft_cobs_decoder *dec, uint8_t *buf, size_t cap);
+int ft_cobs_feed(ft_cobs_decoder *dec, uint8_t byte, size_t *frame_len);
+
+typedef struct {
+    uint8_t type;
+    uint32_t device_id;
+    uint32_t round;
+    uint32_t seq;
+    uint16_t chunk_index;
+    uint16_t chunk_count;
+    uint16_t payload_len;
+} ft_wire_header;
+typedef struct {
+    uint32_t round;
+    uint32_t highest;
+    uint64_t seen;
+} ft_replay;
+void ft_replay_init(ft_replay *guard, uint32_t round);
+int ft_wire_encode(const ft_wire_header *hdr, const uint8_t *payload, const uint8_t *key,
+                   size_t key_len, uint8_t *out, size_t cap, size_t *out_len);
+int ft_wire_peek(const uint8_t *frame, size_t len, ft_wire_header *hdr);
+int ft_wire_decode(const uint8_t *frame, size_t len, const uint8_t *key, size_t key_len,
+                   ft_replay *guard, uint32_t flags, ft_wire_header *hdr, const uint8_t **payload);
+
+typedef struct {
+    uint32_t n_samples; uint16_t max_frame; uint16_t capabilities; uint32_t lib_version;
+} ft_hello;
+typedef struct {
+    uint32_t n_params; uint16_t qk; uint8_t codec_version; uint8_t codec_flags;
+    uint8_t model_hash[16]; float lr; uint16_t epochs; uint16_t batch_size;
+    uint32_t deadline_ms; uint32_t seed; uint16_t model_chunks; uint16_t update_chunks;
+    float prox_mu; float fixed_scale;
+} ft_offer;
+typedef struct {
+    uint32_t n_samples; uint32_t n_clients; float loss; float accuracy; uint32_t steps;
+    uint32_t update_seed; uint8_t update_flags; uint8_t reserved; uint16_t update_chunks;
+} ft_result;
+int ft_ack_init(uint8_t *payload, size_t cap, uint8_t acked_type, uint16_t first,
+                uint16_t n_bits, size_t *payload_len);
+int ft_ack_set(uint8_t *payload, size_t len, uint16_t chunk);
+int ft_ack_parse(const uint8_t *payload, size_t len, uint8_t *acked_type, uint16_t *first,
+                 uint16_t *n_bits, const uint8_t **bitmap);
+int ft_error_pack(int16_t code, const uint8_t *text, size_t text_len, uint8_t *out, size_t cap,
+                  size_t *out_len);
+int ft_error_parse(const uint8_t *in, size_t len, int16_t *code, const uint8_t **text,
+                   size_t *text_len);
+int ft_hello_pack(const ft_hello *m, uint8_t *out, size_t cap);
+int ft_hello_unpack(const uint8_t *in, size_t len, ft_hello *m);
+int ft_offer_pack(const ft_offer *m, uint8_t *out, size_t cap);
+int ft_offer_unpack(const uint8_t *in, size_t len, ft_offer *m);
+int ft_result_pack(const ft_result *m, uint8_t *out, size_t cap);
+int ft_result_unpack(const uint8_t *in, size_t len, ft_result *m);
+uint32_t ft_wire_model_chunks(uint32_t n_params);
+uint32_t ft_wire_update_chunks(uint32_t n_params);
+int ft_wire_self_test(void);
+"""
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source(
+    "fedtiny._wire",
+    '#include "ft_wire.h"',
+    sources=SOURCES,
+    include_dirs=["firmware_bridge"],
+    extra_compile_args=["-std=c99", "-O2", "-Wall", "-Wextra"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

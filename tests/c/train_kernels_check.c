@@ -1,0 +1,70 @@
+/* train_kernels_check.c — every training-kernel path this build has (the SIMD one chosen at run
+ * time: AVX2 / AVX-512 natively, NEON cross-built for aarch64 under qemu) against the reference:
+ * GEMM over odd sizes, plain and transposed A, accumulate on/off; the SGD update bit-exact;
+ * the transpose exact. Prints one line per failure; exit status = number of failures. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ft_internal.h"
+
+static uint32_t st = 12345u;
+static float rnd(void) { st = st * 1664525u + 1013904223u; return (float)(st >> 8) * 0x1p-24f * 2.0f - 1.0f; }
+
+static int check_gemm(size_t M, size_t N, size_t K, int ta, int acc) {
+    const size_t ldb = N + 3, ldc = N + 1;
+    float *A = malloc(sizeof(float) * (M * K + 1)), *B = malloc(sizeof(float) * (K * ldb + 1));
+    float *C0 = malloc(sizeof(float) * (M * ldc + 1)), *C1 = malloc(sizeof(float) * (M * ldc + 1));
+    for (size_t i = 0; i < M * K; i++) A[i] = rnd();
+    for (size_t i = 0; i < K * ldb; i++) B[i] = rnd();
+    for (size_t i = 0; i < M * ldc; i++) C0[i] = C1[i] = rnd();
+    const ptrdiff_t rsa = ta ? 1 : (ptrdiff_t)K, csa = ta ? (ptrdiff_t)M : 1;
+    ft_gemm_f32_ref(M, N, K, A, rsa, csa, B, ldb, C0, ldc, acc);
+    ft_gemm_f32(M, N, K, A, rsa, csa, B, ldb, C1, ldc, acc);
+    int bad = 0;
+    for (size_t i = 0; i < M && !bad; i++)
+        for (size_t j = 0; j < ldc; j++) {
+            float m = 1.0f; /* tolerance scale: sum of |a*b| */
+            for (size_t k = 0; j < N && k < K; k++) m += fabsf(A[i * rsa + k * csa] * B[k * ldb + j]);
+            const float tol = j < N ? 1e-5f * m : 0.0f; /* the padding of C is never written */
+            if (fabsf(C0[i * ldc + j] - C1[i * ldc + j]) > tol) {
+                printf("gemm M=%zu N=%zu K=%zu ta=%d acc=%d: C[%zu][%zu] %g vs ref %g\n", M, N, K, ta, acc, i, j,
+                       (double)C1[i * ldc + j], (double)C0[i * ldc + j]);
+                bad = 1;
+                break;
+            }
+        }
+    free(A); free(B); free(C0); free(C1);
+    return bad;
+}
+
+static int check_path(void) {
+    const ft_train_kernel_table *t = ft_train_kernels();
+    int fails = 0;
+    const size_t sizes[][3] = {{1, 1, 1}, {1, 17, 3}, {5, 7, 9}, {8, 8, 1}, {9, 33, 31}, {13, 31, 257},
+                               {10, 200, 300}, {64, 64, 80}, {3, 1023, 5}};
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int acc = 0; acc < 2; acc++) fails += check_gemm(sizes[s][0], sizes[s][1], sizes[s][2], ta, acc);
+    const size_t n = 1031;
+    float w0[1031], w1[1031], g[1031], v0[1031], v1[1031], wg[1031];
+    for (size_t i = 0; i < n; i++) { w0[i] = w1[i] = rnd(); g[i] = rnd(); v0[i] = v1[i] = rnd(); wg[i] = rnd(); }
+    ft_sgd_f32_ref(w0, g, v0, wg, n, 0.1f, 0.9f, 1e-3f, 0.01f);
+    t->sgd_f32(w1, g, v1, wg, n, 0.1f, 0.9f, 1e-3f, 0.01f);
+    if (memcmp(w0, w1, sizeof w0) || memcmp(v0, v1, sizeof v0)) { printf("sgd_f32 differs from the reference\n"); fails++; }
+    float src[37 * 29], d0[37 * 29], d1[37 * 29];
+    for (size_t i = 0; i < 37 * 29; i++) src[i] = rnd();
+    ft_transpose_f32_ref(src, 37, 29, d0);
+    t->transpose_f32(src, 37, 29, d1);
+    if (memcmp(d0, d1, sizeof d0)) { printf("transpose_f32 differs from the reference\n"); fails++; }
+    printf("%s: %d failure(s)\n", ft_simd_name(ft_simd_get()), fails);
+    return fails;
+}
+
+int main(void) {
+    int fails = 0;
+    for (int level = 1; level < FT_SIMD_COUNT; level++)
+        if (ft_simd_set((ft_simd)level) == FT_OK) fails += check_path();
+    return fails;
+}

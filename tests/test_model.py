@@ -1,0 +1,139 @@
+"""Model specs, the parameter layout, initialisation and predict against the numpy oracle."""
+import numpy as np
+import pytest
+
+from fedtiny import model as fm
+
+import train_oracle as ref
+
+
+def test_builtin_specs_have_the_published_sizes():
+    two, cnn = fm.build("2nn"), fm.build("cnn")
+    assert two.n_params == 199_210 and two.input_shape == (784,) and two.n_classes == 10
+    assert cnn.n_params == 184_586 and cnn.input_shape == (28, 28, 1) and cnn.n_classes == 10
+    assert [lay.kind for lay in cnn.layers] == ["conv2d", "relu", "maxpool2", "conv2d", "relu", "maxpool2",
+                                               "flatten", "dense", "relu", "dense"]
+    assert fm.build("mlp:784-64-10").n_params == 784 * 64 + 64 + 64 * 10 + 10
+    assert fm.build("mlp:64-32-10").input_shape == (64,)
+
+
+def test_layout_is_contiguous_weight_then_bias():
+    m = fm.build("cnn")
+    conv1, conv2, d1, d2 = [lay for lay in m.layers if lay.w_shape]
+    assert conv1.w_shape == (32, 5, 5, 1) and conv2.w_shape == (64, 5, 5, 32)  # OHWI
+    assert d1.w_shape == (128, 1024) and d2.w_shape == (10, 128)                # [out][in]
+    off = 0
+    for lay in (conv1, conv2, d1, d2):
+        assert lay.w_offset == off
+        off += int(np.prod(lay.w_shape))
+        assert lay.b_offset == off
+        off += lay.b_shape[0]
+    assert off == m.n_params
+    p = m.init(0)
+    w, b = m.tensors(p)[2]
+    assert np.shares_memory(w, p) and w.shape == (128, 1024) and b.shape == (128,)
+
+
+def test_init_is_deterministic_he_and_glorot_uniform():
+    m = fm.build("2nn")
+    a, b, c = m.init(5), m.init(5), m.init(6)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c) and a.dtype == np.float32
+    (w1, b1), (w2, _), (w3, b3) = m.tensors(a)
+    assert np.all(b1 == 0) and np.all(b3 == 0)
+    for w, bound in ((w1, np.sqrt(6 / 784)), (w2, np.sqrt(6 / 200)), (w3, np.sqrt(6 / 210))):
+        assert np.abs(w).max() <= bound and np.abs(w).max() > 0.95 * bound
+        assert abs(w.std() - bound / np.sqrt(3)) < 0.05 * bound  # uniform: std = bound / sqrt(3)
+        assert abs(w.mean()) < 0.05 * bound
+
+
+def test_init_uses_the_counter_based_generator():
+    """u_i = (lowbias32(i * 0x9E3779B1 + key) >> 8) * 2^-24, key = ft_rng_key(seed): computed here in
+    numpy so a firmware port can check its own init against the same numbers."""
+    m = fm.build("mlp:64-32-10")
+    seed = 11
+    M32 = 0xFFFFFFFF
+
+    def h(x):
+        x = x & M32
+        x ^= x >> 16
+        x = (x * 0x7FEB352D) & M32
+        x ^= x >> 15
+        x = (x * 0x846CA68B) & M32
+        return x ^ (x >> 16)
+
+    key = h(seed & M32) ^ h(((seed >> 32) ^ 0x9E3779B9) & M32)
+    i = np.arange(64 * 32, dtype=np.uint64)
+    u = (h((i * 0x9E3779B1 + key) & M32) >> 8).astype(np.float64) * 2.0 ** -24
+    bound = np.float32(np.sqrt(6.0 / 64))
+    want = (-bound + (bound - -bound) * u.astype(np.float32)).astype(np.float32)
+    np.testing.assert_allclose(m.init(seed)[:64 * 32], want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("spec", ["2nn", "cnn", "mlp:64-32-10", "seq:9x9x3,conv4k3,relu,pool,flatten,dense6"])
+def test_predict_matches_oracle(spec):
+    m = fm.build(spec)
+    rng = np.random.default_rng(1)
+    p = m.init(2) + rng.normal(scale=0.01, size=m.n_params).astype(np.float32)
+    x = rng.random((fm.PREDICT_BATCH + 7,) + m.input_shape).astype(np.float32)  # two chunks
+    want, _ = ref.forward(m, p, x)
+    got = m.predict(p, x)
+    assert got.shape == (x.shape[0], m.n_classes) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_predict_accepts_any_shape_with_the_right_sample_size():
+    m = fm.build("2nn")
+    p = m.init(0)
+    x = np.random.default_rng(0).random((3, 28, 28, 1)).astype(np.float32)
+    np.testing.assert_array_equal(m.predict(p, x), m.predict(p, x.reshape(3, 784)))
+    np.testing.assert_array_equal(m.predict(p, x), m.predict(p, x.astype(np.float64)))
+
+
+def test_predict_uses_a_forward_only_arena():
+    """Two alternating activation buffers and no gradient buffers: cnn at batch 32 needs a
+    third less than training does."""
+    m = fm.build("cnn")
+    infer, train = 4 * m._arena_floats(32, fm.FLAG_INFER), m.arena_bytes(32)
+    assert infer < 0.75 * train
+    assert infer >= 4 * (m.n_params + 2 * 32 * 24 * 24 * 32)  # weights + two first-conv outputs
+
+
+def test_arena_grows_with_batch_and_options():
+    m = fm.build("2nn")
+    a10, a32 = m.arena_bytes(10), m.arena_bytes(32)
+    assert a32 > a10 > 4 * m.n_params
+    assert m.arena_bytes(10, momentum=True) - a10 >= 4 * m.n_params
+    assert m.arena_bytes(10, prox=True) - a10 >= 4 * m.n_params
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("resnet", "unknown model spec"),
+    ("mlp:784", "at least an input and an output"),
+    ("mlp:784-x-10", "must be integers"),
+    ("mlp:10-1", "at least 2 classes"),
+    ("seq:5x5x1,conv2k7,relu,flatten,dense3", "does not fit"),
+    ("seq:5x5x1,conv2k3,dense3", "non-flat"),
+    ("seq:7,conv2k3,flatten,dense3", "HxWxC"),
+    ("seq:6x6x1,conv2k3,relu", "last layer must be dense"),
+    ("mlp:100000000-10", "too large"),
+    (42, "must be a string"),
+])
+def test_bad_specs(spec, match):
+    with pytest.raises(ValueError, match=match):
+        fm.build(spec)
+
+
+def test_bad_predict_input():
+    m = fm.build("mlp:64-32-10")
+    p = m.init(0)
+    with pytest.raises(ValueError, match="2410 parameters"):
+        m.predict(p[:-1], np.zeros((1, 64), np.float32))
+    with pytest.raises(ValueError, match="each sample must hold 64"):
+        m.predict(p, np.zeros((2, 65), np.float32))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        m.predict(p, np.full((2, 64), np.inf, np.float32))
+    with pytest.raises(ValueError, match="numeric"):
+        m.predict(p, np.array([["a"] * 64]))
+    with pytest.raises(ValueError, match="batch_size"):
+        m.arena_bytes(0)

@@ -1,0 +1,36 @@
+"""The SIMD training kernels against the scalar reference in C (tests/c/train_kernels_check.c):
+natively (AVX2 / AVX-512 where the CPU has them), and NEON cross-built for aarch64 and run under
+qemu-user (skipped when the cross compiler or qemu is not installed)."""
+import glob
+import os
+import shutil
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CC, QEMU = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
+SYSROOT = "/usr/aarch64-linux-gnu"
+
+
+def build(cc, exe):
+    srcs = sorted(glob.glob(os.path.join(ROOT, "csrc", "*.c")) + glob.glob(os.path.join(ROOT, "csrc", "arch", "*.c")))
+    subprocess.run([cc, "-std=c99", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", "-I",
+                    os.path.join(ROOT, "csrc"), os.path.join(ROOT, "tests", "c", "train_kernels_check.c"), *srcs,
+                    "-lm", "-o", exe], check=True)
+
+
+@pytest.mark.skipif(not (shutil.which("gcc") and os.uname().machine == "x86_64"), reason="native x86-64 gcc only")
+def test_native_simd_kernels_match_reference(tmp_path):
+    exe = str(tmp_path / "check")
+    build("gcc", exe)
+    r = subprocess.run([exe], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.skipif(not (CC and QEMU and os.path.isdir(SYSROOT)), reason="needs gcc-aarch64-linux-gnu and qemu-user")
+def test_neon_kernels_match_reference(tmp_path):
+    exe = str(tmp_path / "check")
+    build(CC, exe)
+    r = subprocess.run([QEMU, "-L", SYSROOT, exe], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("neon: 0 failure(s)"), r.stdout + r.stderr

@@ -1,0 +1,304 @@
+"""Frames through fedtiny.wire (the C codec): byte layout against an independent struct + hmac
+oracle, round trips of every message type, each rejection with its own reason, replay rules,
+payload layouts, and update chunks that rebuild the same FedAvg aggregate."""
+import hashlib
+import hmac
+import math
+import struct
+
+import numpy as np
+import pytest
+
+from fedtiny import codec, wire
+from fedtiny.fedavg import Accumulator
+
+KEY = bytes(range(32))
+OTHER = bytes(range(1, 33))
+HDR = struct.Struct("<2sBBIIIHHHH")  # PROTOCOL.md "Frames" header, 24 bytes
+
+
+def oracle_frame(msg_type, device, rnd, seq, payload, key, chunk=(0, 1), version=1, reserved=0):
+    """The documented layout built with struct and the standard library's HMAC."""
+    head = HDR.pack(b"FT", version, msg_type, device, rnd, seq, chunk[0], chunk[1], len(payload), reserved)
+    return head + payload + hmac.new(key, head + payload, hashlib.sha256).digest()[:16]
+
+
+def payload_for(t):
+    """A valid payload and chunk for each message type."""
+    offer = wire.Offer(n_params=199_210, model_hash=bytes(range(16)), lr=0.05, epochs=5,
+                       batch_size=32, deadline_ms=30_000, seed=9, codec_flags=3, prox_mu=0.01)
+    return {
+        wire.MsgType.HELLO: (wire.Hello(n_samples=600, max_frame=1200, capabilities=3).pack(), (0, 1)),
+        wire.MsgType.OFFER: (offer.pack(), (0, 1)),
+        wire.MsgType.MODEL_CHUNK: (np.arange(288, dtype="<f4").tobytes(), (691, 692)),
+        wire.MsgType.UPDATE_CHUNK: (bytes(range(256)) * 4 + bytes(32), (194, 195)),
+        wire.MsgType.ACK: (wire.Ack.for_chunks(wire.MsgType.UPDATE_CHUNK, [0, 5, 194], 195).pack(), (0, 1)),
+        wire.MsgType.ERROR: (wire.ErrorMsg(105, "round 7 closed").pack(), (0, 1)),
+        wire.MsgType.RESULT: (wire.Result(n_samples=600, loss=0.31, accuracy=0.9, steps=94,
+                                          update_seed=5, update_flags=1, update_chunks=195).pack(), (0, 1)),
+    }[t]
+
+
+DEFINED = [t for t in wire.MsgType if t not in (wire.MsgType.PARTIAL_SUM, wire.MsgType.MASKED_UPDATE)]
+
+
+@pytest.mark.parametrize("t", DEFINED, ids=lambda t: t.name)
+def test_every_type_round_trips_and_matches_the_documented_layout(t):
+    payload, chunk = payload_for(t)
+    frame = wire.encode(t, 0xA1B2C3D4, 7, 12, payload, KEY, chunk=chunk)
+    assert frame == oracle_frame(t, 0xA1B2C3D4, 7, 12, payload, KEY, chunk)
+    assert len(frame) <= wire.MAX_FRAME
+    f = wire.decode(frame, KEY, wire.ReplayGuard(7))
+    assert (f.type, f.device_id, f.round, f.seq, f.chunk, f.payload) == (t, 0xA1B2C3D4, 7, 12, chunk, payload)
+    assert wire.peek(frame) == f
+
+
+def test_chunk_sizes_fill_a_datagram_with_whole_blocks():
+    assert wire.UPDATE_CHUNK_BYTES == 8 * codec.BLOCK_BYTES == 1056
+    assert wire.HEADER_BYTES + wire.UPDATE_CHUNK_BYTES + wire.TAG_BYTES == 1096 <= 1200
+    assert wire.HEADER_BYTES + wire.MODEL_CHUNK_BYTES + wire.TAG_BYTES == 1192 <= 1200
+    assert wire.update_chunks(199_210) == math.ceil(math.ceil(199_210 / 128) / 8) == 195
+    assert wire.model_chunks(199_210) == math.ceil(4 * 199_210 / 1152) == 692
+
+
+# ---- payloads ---------------------------------------------------------------------------------
+
+def test_payload_layouts_are_the_documented_bytes():
+    assert wire.Hello(600, 1200, 3, 0x0100).pack() == struct.pack("<IHHI", 600, 1200, 3, 0x0100)
+    offer = wire.Offer(1000, bytes(range(16)), 0.5, 2, 16, 500, seed=3, codec_flags=1, prox_mu=0.25)
+    assert offer.pack() == struct.pack("<IHBB16sfHHIIHHff", 1000, 128, 1, 1, bytes(range(16)), 0.5,
+                                       2, 16, 500, 3, 4, 1, 0.25, 0.0)
+    assert wire.Result(600, 1, 0.5, 0.75, 94, 7, 1, 195).pack() == struct.pack(
+        "<IIffIIBBH", 600, 1, 0.5, 0.75, 94, 7, 1, 0, 195)
+    ack = wire.Ack.for_chunks(wire.MsgType.MODEL_CHUNK, [10, 22], 13, first=10)
+    assert ack.pack() == struct.pack("<BBHH", 3, 0, 10, 13) + bytes([0x01, 0x10])
+    assert wire.ErrorMsg(-12, "replay").pack() == struct.pack("<hH", -12, 6) + b"replay"
+
+
+@pytest.mark.parametrize("t", [wire.MsgType.HELLO, wire.MsgType.OFFER, wire.MsgType.ACK,
+                               wire.MsgType.ERROR, wire.MsgType.RESULT], ids=lambda t: t.name)
+def test_payload_pack_unpack_round_trip(t):
+    payload, _ = payload_for(t)
+    cls = {wire.MsgType.HELLO: wire.Hello, wire.MsgType.OFFER: wire.Offer, wire.MsgType.ACK: wire.Ack,
+           wire.MsgType.ERROR: wire.ErrorMsg, wire.MsgType.RESULT: wire.Result}[t]
+    assert cls.unpack(payload).pack() == payload
+
+
+def test_ack_lists_the_missing_chunks():
+    ack = wire.Ack.unpack(wire.Ack.for_chunks(wire.MsgType.UPDATE_CHUNK, [0, 2, 3, 6], 8).pack())
+    assert ack.received == {0, 2, 3, 6} and ack.missing() == [1, 4, 5, 7]
+
+
+@pytest.mark.parametrize("bad,reason", [
+    (struct.pack("<IHHI", 1, 40, 0, 0), "bad_payload"),           # max_frame below an offer frame
+    (struct.pack("<IHHI", 1, 1200, 0, 0)[:-1], "length_mismatch"),
+])
+def test_bad_hello(bad, reason):
+    with pytest.raises(wire.FrameError) as e:
+        wire.Hello.unpack(bad)
+    assert e.value.reason == reason
+
+
+@pytest.mark.parametrize("field,value", [("lr", -0.1), ("lr", float("nan")), ("epochs", 0),
+                                         ("batch_size", 0), ("prox_mu", -1.0), ("model_chunks", 5),
+                                         ("codec_flags", 4), ("n_params", 0)])
+def test_offer_with_a_field_out_of_range_is_refused(field, value):
+    good = dict(n_params=1000, model_hash=bytes(16), lr=0.1, epochs=1, batch_size=8, deadline_ms=100)
+    with pytest.raises(wire.FrameError) as e:
+        wire.Offer(**{**good, field: value}).pack()
+    assert e.value.reason == "bad_payload"
+    raw = bytearray(wire.Offer(**good).pack())  # the same refusal on the receiving side
+    offsets = {"lr": (24, "<f"), "epochs": (28, "<H"), "batch_size": (30, "<H"), "prox_mu": (44, "<f"),
+               "model_chunks": (40, "<H"), "codec_flags": (7, "<B"), "n_params": (0, "<I")}
+    off, fmt = offsets[field]
+    struct.pack_into(fmt, raw, off, value)
+    with pytest.raises(wire.FrameError, match="bad_payload"):
+        wire.Offer.unpack(bytes(raw))
+
+
+def test_ack_with_bits_past_its_length_is_refused():
+    raw = bytearray(wire.Ack.for_chunks(4, [0], 3).pack())
+    raw[-1] |= 0x80
+    with pytest.raises(wire.FrameError, match="bad_payload"):
+        wire.Ack.unpack(bytes(raw))
+
+
+# ---- rejections, one reason each ----------------------------------------------------------------
+
+def reason_of(frame, key=KEY, guard=None, **kw):
+    with pytest.raises(wire.FrameError) as e:
+        wire.decode(frame, key, guard, **kw)
+    assert isinstance(e.value, ValueError) and str(e.value).startswith("frame rejected: ")
+    return e.value.reason
+
+
+@pytest.fixture
+def chunk_frame():
+    payload, chunk = payload_for(wire.MsgType.UPDATE_CHUNK)
+    return wire.encode(wire.MsgType.UPDATE_CHUNK, 42, 7, 100, payload, KEY, chunk=chunk)
+
+
+def test_every_truncation_is_truncated(chunk_frame):
+    for n in range(len(chunk_frame)):
+        assert reason_of(chunk_frame[:n]) == "truncated", n
+
+
+def test_trailing_byte_is_length_mismatch(chunk_frame):
+    assert reason_of(chunk_frame + b"\x00") == "length_mismatch"
+
+
+def test_every_bit_flip_is_refused(chunk_frame):
+    reasons = set()
+    for i in range(len(chunk_frame) * 8):
+        bad = bytearray(chunk_frame)
+        bad[i // 8] ^= 1 << (i % 8)
+        r = reason_of(bytes(bad))
+        if 4 <= i // 8 < 16 or i // 8 >= 24:   # ids, round, seq, payload, tag: only the tag sees it
+            assert r == "bad_tag", i
+        reasons.add(r)
+    assert reasons == {"bad_magic", "bad_version", "unknown_type", "bad_tag", "bad_chunk",
+                       "oversize", "truncated", "length_mismatch"}
+
+
+def test_wrong_key_is_bad_tag(chunk_frame):
+    guard = wire.ReplayGuard(7)
+    assert reason_of(chunk_frame, OTHER, guard) == "bad_tag"
+    assert guard.highest_seq is None  # a refused frame does not move the window
+
+
+@pytest.mark.parametrize("version", [0, 2, 255])
+def test_unknown_version(version):
+    assert reason_of(oracle_frame(1, 1, 0, 1, wire.Hello(1).pack(), KEY, version=version)) == "bad_version"
+
+
+def test_reserved_header_bits_are_bad_version():
+    assert reason_of(oracle_frame(1, 1, 0, 1, wire.Hello(1).pack(), KEY, reserved=1)) == "bad_version"
+
+
+@pytest.mark.parametrize("t", [0, 8, 9, 10, 255])
+def test_unknown_and_reserved_types(t):
+    assert reason_of(oracle_frame(t, 1, 0, 1, b"", KEY)) == "unknown_type"
+    with pytest.raises(wire.FrameError, match="unknown_type"):
+        wire.encode(t, 1, 0, 1, b"", KEY)
+
+
+def test_oversize():
+    big = bytes(1161)
+    assert reason_of(oracle_frame(3, 1, 0, 1, big, KEY, chunk=(0, 1))) == "oversize"
+    with pytest.raises(wire.FrameError, match="oversize"):
+        wire.encode(wire.MsgType.MODEL_CHUNK, 1, 0, 1, big, KEY)
+
+
+@pytest.mark.parametrize("t,size", [(1, 11), (2, 53), (7, 27), (3, 6), (3, 1156), (4, 133), (4, 0), (5, 5)])
+def test_payload_size_the_type_forbids(t, size):
+    assert reason_of(oracle_frame(t, 1, 0, 1, bytes(size), KEY)) == "length_mismatch"
+
+
+@pytest.mark.parametrize("t,chunk", [(4, (3, 3)), (4, (0, 0)), (3, (9, 2)), (1, (0, 2)), (6, (1, 1))])
+def test_bad_chunk(t, chunk):
+    payload, _ = payload_for(wire.MsgType(t))
+    assert reason_of(oracle_frame(t, 1, 0, 1, payload, KEY, chunk=chunk)) == "bad_chunk"
+
+
+def test_unknown_device_from_key_lookup(chunk_frame):
+    assert reason_of(chunk_frame, {}.get) == "unknown_device"
+    f = wire.decode(chunk_frame, {42: KEY}.get, {42: wire.ReplayGuard(7)}.get)
+    assert f.device_id == 42
+
+
+def test_bad_arguments_are_value_errors():
+    with pytest.raises(ValueError, match="key must be 16..64 bytes"):
+        wire.encode(1, 1, 0, 1, wire.Hello(1).pack(), b"short")
+    with pytest.raises(ValueError, match="device_id"):
+        wire.encode(1, -1, 0, 1, wire.Hello(1).pack(), KEY)
+    with pytest.raises(ValueError, match="seq"):
+        wire.encode(1, 1, 0, 2**32, wire.Hello(1).pack(), KEY)
+    with pytest.raises(ValueError, match="frame must be bytes-like"):
+        wire.decode("text", KEY, None)
+
+
+# ---- round and replay ------------------------------------------------------------------------------
+
+def frame_seq(seq, rnd=7, t=wire.MsgType.UPDATE_CHUNK):
+    payload, chunk = payload_for(t)
+    return wire.encode(t, 42, rnd, seq, payload, KEY, chunk=chunk)
+
+
+def test_replayed_frame_is_refused(chunk_frame):
+    guard = wire.ReplayGuard(7)
+    wire.decode(chunk_frame, KEY, guard)
+    assert reason_of(chunk_frame, KEY, guard) == "replay"
+
+
+def test_wrong_round_both_ways():
+    guard = wire.ReplayGuard(7)
+    assert reason_of(frame_seq(1, rnd=6), KEY, guard) == "wrong_round"
+    assert reason_of(frame_seq(1, rnd=8), KEY, guard) == "wrong_round"
+    assert reason_of(frame_seq(1, rnd=6), KEY, guard, accept_newer_round=True) == "wrong_round"
+
+
+def test_replay_window_against_a_set_oracle():
+    """Window semantics: accept iff seq is new and within 64 of the highest accepted."""
+    rng = np.random.default_rng(5)
+    guard, seen, highest = wire.ReplayGuard(7), set(), None
+    for seq in rng.integers(0, 400, size=600).tolist():
+        expect_ok = seq not in seen and (highest is None or seq > highest - 64)
+        if expect_ok:
+            wire.decode(frame_seq(seq), KEY, guard)
+            seen.add(seq)
+            highest = seq if highest is None else max(highest, seq)
+        else:
+            assert reason_of(frame_seq(seq), KEY, guard) == "replay"
+        assert guard.highest_seq == highest
+
+
+def test_next_round_offer_moves_the_device_guard():
+    guard = wire.ReplayGuard(7)
+    offer = frame_seq(1, rnd=9, t=wire.MsgType.OFFER)
+    assert wire.decode(offer, KEY, guard, accept_newer_round=True).round == 9
+    assert guard.round == 9
+    assert reason_of(offer, KEY, guard, accept_newer_round=True) == "replay"
+    guard.start_round(10)
+    assert guard.round == 10 and guard.highest_seq is None
+
+
+# ---- update chunks carry the codec's blocks ----------------------------------------------------------
+
+def test_update_sent_in_chunks_rebuilds_the_same_aggregate():
+    """Update chunks, shuffled and with one duplicate dropped by the replay guard, add up to
+    exactly the aggregate of the whole update (oracle: Accumulator.add of the Int8Update)."""
+    rng = np.random.default_rng(0)
+    n = 10_000
+    update = codec.encode(rng.standard_normal(n).astype(np.float32))
+    n_chunks = wire.update_chunks(n)
+    frames = [wire.encode(wire.MsgType.UPDATE_CHUNK, 3, 1, i, wire.update_chunk(update.blocks, i), KEY,
+                          chunk=(i, n_chunks)) for i in range(n_chunks)]
+    assert all(len(f) <= wire.MAX_FRAME for f in frames)
+    order = rng.permutation(n_chunks).tolist() + [4]          # chunk 4 arrives twice
+    guard, acc, got = wire.ReplayGuard(1), Accumulator(n), set()
+    for i in order:
+        try:
+            f = wire.decode(frames[i], KEY, guard)
+        except wire.FrameError as e:
+            assert e.reason == "replay"
+            continue
+        acc.add_chunk(f.payload, f.chunk_index * wire.UPDATE_CHUNK_BLOCKS, 600)
+        got.add(f.chunk_index)
+    acc.add_weight(600)
+    assert wire.Ack.for_chunks(wire.MsgType.UPDATE_CHUNK, got, n_chunks).missing() == []
+    ref = Accumulator(n)
+    ref.add(update, 600)
+    w, w_ref = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    acc.apply(w)
+    ref.apply(w_ref)
+    np.testing.assert_array_equal(w, w_ref)
+
+
+def test_model_chunks_rebuild_the_model_and_its_hash():
+    w = np.random.default_rng(1).standard_normal(1000).astype(np.float32)
+    k = wire.model_chunks(w.size)
+    rebuilt = np.frombuffer(b"".join(wire.model_chunk(w, i) for i in range(k)), dtype="<f4")
+    np.testing.assert_array_equal(rebuilt, w)
+    assert wire.model_hash(rebuilt) == hashlib.sha256(w.astype("<f4").tobytes()).digest()[:16]
+    with pytest.raises(ValueError, match="out of range"):
+        wire.model_chunk(w, k)
