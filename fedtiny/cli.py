@@ -13,6 +13,10 @@ import sys
 # name -> module implementing HELP, add_arguments(parser), run_command(args)
 SUBCOMMANDS: dict[str, str] = {
     "simulate": "fedtiny.simulate",
+    "aggregate": "fedtiny.aggregator",
+    "client": "fedtiny.client",
+    "bridge": "fedtiny.bridge",
+    "demo": "fedtiny.demo",
 }
 
 

@@ -1,0 +1,541 @@
+"""`fedtiny aggregate`: the FedAvg aggregator as an asyncio UDP server.
+
+Per round (docs/network.md): wait for --min-clients registered devices, sample who takes part
+(fedtiny.rounds, seeded by round), OFFER the round, serve the global model in chunks (each
+device's ACK says what it still misses), take each device's RESULT (its weight n_k) and int8
+update chunks into a staging slot (fedtiny.ingest), close at M complete updates or at the
+deadline, commit the complete updates in device-id order through rounds.Round.submit, apply
+the server step, evaluate, and write the checkpoint atomically (fedtiny.state). Restarted with
+the same --state directory it resumes after the last finished round.
+
+Every frame that fails a check (size, structure, key, replay, round, payload) is dropped and
+counted by reason; the counts are in every metrics row and in the log.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import datasets, ingest, keys as keys_mod, rounds, session, state, wire
+from .session import Rejected
+from .simulate import check_model_fits
+
+log = logging.getLogger("fedtiny.aggregate")
+
+CODECS = {"int8": 0, "int8-stochastic": 1, "int8-ef": 2}   # the offer's codec_flags (docs/PROTOCOL.md)
+ALIVE_SECONDS = 15.0      # a device silent for longer is not sampled
+REOFFER_SECONDS = 0.5     # offer again to a selected device that has not asked for the model
+MODEL_WINDOW = 64         # model chunks sent per ACK from a device
+ACK_EVERY = 16            # update chunks between two ACKs to the device
+TELL_SECONDS = 0.25        # errors to one device, per code
+RCVBUF_BYTES = 4 << 20    # requested UDP receive buffer
+LOG_PER_REASON = 5        # rejections logged one by one per reason and round; then only counted
+
+
+def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
+    text = text.removeprefix("udp://")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"{what} {text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+@dataclass
+class AggregateConfig:
+    listen: str = "127.0.0.1:9000"
+    model: str = "mlp:64-32-10"
+    rounds: int = 10
+    min_clients: int = 2
+    fraction: float = 1.0
+    round_timeout: float = 30.0
+    keys: str = ""
+    state: str = ""
+    dataset: str | None = "digits"   # its test set evaluates the global model; None: no evaluation
+    data_dir: str | None = None
+    epochs: int = 1
+    batch: int = 10
+    lr: float = 0.05
+    prox_mu: float = 0.0
+    codec: str = "int8-stochastic"
+    server_opt: str = "fedavg"
+    server_lr: float | None = None
+    slots: int = 8
+    seed: int = 0
+
+    def check(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(msg)
+        parse_hostport(self.listen, "--listen")
+        need(self.rounds >= 1, f"--rounds must be >= 1, got {self.rounds}")
+        need(self.min_clients >= 1, f"--min-clients must be >= 1, got {self.min_clients}")
+        need(0 < self.fraction <= 1, f"--fraction must be in (0, 1], got {self.fraction}")
+        need(self.round_timeout > 0, f"--round-timeout must be > 0 seconds, got {self.round_timeout}")
+        need(self.epochs >= 1 and self.epochs < 2**16, f"--epochs must be in 1..65535, got {self.epochs}")
+        need(self.batch >= 1 and self.batch < 2**16, f"--batch must be in 1..65535, got {self.batch}")
+        need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}")
+        need(math.isfinite(self.prox_mu) and self.prox_mu >= 0, f"--prox-mu must be >= 0, got {self.prox_mu}")
+        need(self.codec in CODECS, f"--codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
+        need(self.slots >= 1, f"--slots must be >= 1, got {self.slots}")
+        need(0 <= self.seed < 2**32, f"--seed must be in 0..2^32-1, got {self.seed}")
+        need(bool(self.keys), "--keys FILE is required")
+        need(bool(self.state), "--state DIR is required")
+
+
+@dataclass
+class _Device:
+    id: int
+    session: session.Session
+    addr: tuple | None = None
+    last_seen: float = -math.inf
+    n_samples: int = 0
+    upload: tuple | None = None      # (n_samples, steps, loss, seed, flags) of its current round
+    acked: int = 0                   # update chunks received since the last ACK sent
+    told: dict = field(default_factory=dict)   # error code -> when this device was last told
+    hello_seq: int = -1              # sequence number of its last accepted HELLO
+
+
+@dataclass
+class _RoundRun:
+    id: int
+    rnd: rounds.Round
+    ingest: ingest.UpdateIngest
+    selected: frozenset
+    model: bytes
+    offer: bytes
+    model_chunks: int
+    started: float
+    offered: dict = field(default_factory=dict)   # device -> time of last offer sent
+    asked: set = field(default_factory=set)       # devices that asked for model chunks
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+class Aggregator(asyncio.DatagramProtocol):
+    def __init__(self, cfg: AggregateConfig, *, out=None):
+        from . import model as model_mod
+        from . import train
+        cfg.check()
+        self.cfg = cfg
+        self.out = out if out is not None else sys.stdout
+        self.keys = keys_mod.load_keys(cfg.keys)
+        self.model = model_mod.build(cfg.model)
+        self.train = train
+        self.test = None
+        if cfg.dataset:
+            data = datasets.load(cfg.dataset, cfg.data_dir, seed=cfg.seed)
+            try:
+                check_model_fits(self.model, data, cfg.model)
+            except ValueError as exc:
+                raise ValueError(f"--dataset {cfg.dataset} (the test set): {exc}; or --dataset none") from None
+            self.test = (data.x_test, data.y_test)
+        optimizer = rounds.make_server_optimizer(cfg.server_opt, lr=cfg.server_lr)
+        ckpt = state.load(cfg.state)
+        if ckpt is not None:
+            if ckpt.weights.size != self.model.n_params:
+                raise ValueError(f"state directory {cfg.state} holds a model of {ckpt.weights.size} parameters, "
+                                 f"--model {cfg.model} has {self.model.n_params}")
+            self.server = rounds.Server(ckpt.weights, optimizer=optimizer)
+            self.server.round_id = ckpt.round
+            optimizer.load_state(dict(ckpt.optimizer))
+            self.metrics = ckpt.metrics
+        else:
+            self.server = rounds.Server(self.model.init(cfg.seed), optimizer=optimizer)
+            self.metrics = []
+        self.resumed_from = self.server.round_id
+        self.devices: dict[int, _Device] = {}
+        self.rejected: Counter[str] = Counter()          # whole run (since this process started)
+        self.round_rejected: Counter[str] = Counter()
+        self.current: _RoundRun | None = None
+        self.transport = None
+        self.finished = False
+        self._wake = asyncio.Event()
+
+    # -- transport ---------------------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def _send(self, dev: _Device, frame: bytes) -> None:
+        if dev.addr is None or self.transport is None:
+            return
+        self.transport.sendto(frame, dev.addr)
+        if self.current is not None:
+            self.current.bytes_down += len(frame)
+
+    def _reject(self, reason: str, who: str, detail: str = "") -> None:
+        self.rejected[reason] += 1
+        self.round_rejected[reason] += 1
+        if self.round_rejected[reason] <= LOG_PER_REASON:
+            log.warning("dropped frame from %s: %s%s", who, reason, f" ({detail})" if detail else "")
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        now = time.monotonic()
+        if self.current is not None:
+            self.current.bytes_up += len(data)
+        who = f"{addr[0]}:{addr[1]}"
+        try:
+            head = session.peek(data)
+            mtype, device_id = head.type, head.device_id
+            who = f"device {device_id} at {who}"
+            dev = self.devices.get(device_id)
+            if dev is None:
+                key = self.keys.get(device_id)
+                if key is None:
+                    raise Rejected("unknown_device", "no key for it")
+                dev = self.devices[device_id] = _Device(device_id, session.Session(device_id, key))
+            if mtype == session.HELLO:
+                hello = dev.session.open(data, check_replay=False)
+                # HELLO is outside rounds, so the replay guard does not see it; a replayed one
+                # must still not move the device's address: its sequence number must grow.
+                if hello.seq <= dev.hello_seq:
+                    raise Rejected("replay", f"HELLO seq {hello.seq}, last {dev.hello_seq}")
+                dev.hello_seq = hello.seq
+                self._on_hello(dev, wire.Hello.unpack(hello.payload), addr, now)
+                return
+            hdr = dev.session.open(data)
+            payload = hdr.payload
+            dev.addr, dev.last_seen = addr, now
+            run = self.current
+            if run is None or hdr.round != run.id:
+                self._tell(dev, hdr.round, session.E_ROUND_CLOSED, f"round {hdr.round} is closed")
+                raise Rejected("round_closed", f"sent round {hdr.round}")
+            if dev.id not in run.selected:
+                self._tell(dev, hdr.round, session.E_NOT_SELECTED, f"device {dev.id} is not in round {run.id}")
+                raise Rejected("not_selected")
+            if mtype == session.ACK:
+                self._on_model_ack(dev, run, payload)
+            elif mtype == session.RESULT:
+                self._on_result(dev, run, wire.Result.unpack(payload), now)
+            elif mtype == session.UPDATE_CHUNK:
+                self._on_chunk(dev, run, hdr, payload, now)
+            elif mtype == session.ERROR:
+                err = wire.ErrorMsg.unpack(payload)
+                log.info("device %d reports error %d: %s", dev.id, err.code, err.text)
+            else:
+                raise Rejected("unexpected_type", f"type {mtype} is not sent by devices")
+        except Rejected as exc:
+            self._reject(exc.reason, who, str(exc))
+        except wire.FrameError as exc:  # a payload that does not parse
+            self._reject(exc.reason, who, str(exc))
+
+    def error_received(self, exc) -> None:  # ICMP port unreachable from a device that went away
+        log.debug("socket error: %s", exc)
+
+    # -- messages ----------------------------------------------------------------------------
+    def _tell(self, dev: _Device, round_id: int, code: int, text: str, *, always: bool = False) -> None:
+        """An ERROR to the device; at most one per code every TELL_SECONDS (a late upload of
+        200 chunks gets one answer, not 200)."""
+        now = time.monotonic()
+        if not always and now - dev.told.get(code, -math.inf) < TELL_SECONDS:
+            return
+        dev.told[code] = now
+        self._send(dev, dev.session.seal(session.ERROR, round_id, wire.ErrorMsg(code, text).pack()))
+
+    def _on_hello(self, dev: _Device, hello, addr, now: float) -> None:
+        first = dev.addr is None
+        dev.addr, dev.last_seen, dev.n_samples = addr, now, hello.n_samples
+        if first:
+            log.info("device %d joined from %s:%d (%d samples)", dev.id, addr[0], addr[1], hello.n_samples)
+        if self.finished:
+            self._tell(dev, dev.session.round, session.E_FINISHED, "training is finished")
+            return
+        run = self.current
+        if run is not None and dev.id in run.selected and not run.ingest.is_complete(dev.id):
+            self._offer(dev, run, now)   # a device that restarted mid-round asks again
+        self._wake.set()
+
+    def _offer(self, dev: _Device, run: _RoundRun, now: float) -> None:
+        run.offered[dev.id] = now
+        self._send(dev, dev.session.seal(session.OFFER, run.id, run.offer))
+
+    def _on_model_ack(self, dev: _Device, run: _RoundRun, payload: bytes) -> None:
+        ack = wire.Ack.unpack(payload)
+        if ack.acked_type != session.MODEL_CHUNK or ack.first != 0 or ack.n_bits != run.model_chunks:
+            raise Rejected("bad_payload", "model ack does not cover the model's chunks")
+        run.asked.add(dev.id)
+        size = session.MODEL_CHUNK_BYTES
+        for i in ack.missing()[:MODEL_WINDOW]:
+            self._send(dev, dev.session.seal(session.MODEL_CHUNK, run.id, run.model[i * size:(i + 1) * size],
+                                             chunk_index=i, chunk_count=run.model_chunks))
+
+    def _ack_update(self, dev: _Device, run: _RoundRun) -> None:
+        dev.acked = 0
+        got = np.flatnonzero(run.ingest.received(dev.id)).tolist()
+        ack = wire.Ack.for_chunks(session.UPDATE_CHUNK, got, run.ingest.n_chunks)
+        self._send(dev, dev.session.seal(session.ACK, run.id, ack.pack()))
+
+    def _on_result(self, dev: _Device, run: _RoundRun, res, now: float) -> None:
+        if res.update_chunks != run.ingest.n_chunks:
+            raise Rejected("bad_payload", f"announces {res.update_chunks} update chunks, the model needs {run.ingest.n_chunks}")
+        if not (res.n_samples > 0 and math.isfinite(res.loss) and res.steps > 0):
+            raise Rejected("bad_payload", "n_samples and steps must be positive, loss finite")
+        upload = (int(res.n_samples), int(res.steps), float(res.loss), int(res.update_seed), int(res.update_flags))
+        if dev.upload is not None and dev.upload[:2] != upload[:2]:
+            raise Rejected("weight_changed", f"n_k {dev.upload[0]} -> {upload[0]} within round {run.id}")
+        dev.upload = upload
+        try:
+            slot = run.ingest.reserve(dev.id, float(upload[0]), now, flags=upload[4], seed=upload[3])
+        except ValueError as exc:
+            raise Rejected(str(exc)) from None
+        if slot:
+            self._ack_update(dev, run)
+        else:
+            self._tell(dev, run.id, session.E_BUSY, "every upload slot is taken: retry")
+
+    def _on_chunk(self, dev: _Device, run: _RoundRun, hdr, payload: bytes, now: float) -> None:
+        if dev.upload is None:
+            raise Rejected("no_result", "update chunk before the device's RESULT (its weight)")
+        if hdr.chunk_count != run.ingest.n_chunks:
+            raise Rejected("bad_chunk", f"chunk count {hdr.chunk_count}, the model has {run.ingest.n_chunks}")
+        try:
+            outcome = run.ingest.add_chunk(dev.id, float(dev.upload[0]), hdr.chunk_index, payload, now,
+                                           flags=dev.upload[4], seed=dev.upload[3])
+        except ValueError as exc:
+            raise Rejected(str(exc), f"update chunk {hdr.chunk_index}") from None
+        if outcome == "busy":   # its slot was reclaimed (it stalled): it learns on its next RESULT
+            self.round_rejected["busy"] += 1
+            self.rejected["busy"] += 1
+            return
+        if outcome == "duplicate":
+            self.round_rejected["duplicate_chunk"] += 1
+            self.rejected["duplicate_chunk"] += 1
+        dev.acked += 1
+        if outcome == "complete":
+            self._ack_update(dev, run)
+            self._wake.set()
+        elif dev.acked >= ACK_EVERY:
+            self._ack_update(dev, run)
+
+    def _commit(self, device_id: int, update, weight: float) -> None:
+        dev = self.devices[device_id]
+        verdict = self.current.rnd.submit(device_id, self.current.id, update, weight, steps=dev.upload[1])
+        if not verdict.accepted:
+            self._reject(verdict.reason, f"device {device_id}", verdict.detail)
+            self._tell(dev, self.current.id, session.E_REJECTED, verdict.detail or verdict.reason, always=True)
+
+    # -- rounds ------------------------------------------------------------------------------
+    def _alive(self, now: float) -> list[int]:
+        return sorted(d.id for d in self.devices.values() if d.addr is not None and now - d.last_seen <= ALIVE_SECONDS)
+
+    async def _wait_for_devices(self, stop: asyncio.Event) -> list[int] | None:
+        said = -1
+        while not stop.is_set():
+            alive = self._alive(time.monotonic())
+            if len(alive) >= self.cfg.min_clients:
+                return alive
+            if len(alive) != said:
+                log.info("waiting for devices: %d of %d joined", len(alive), self.cfg.min_clients)
+                said = len(alive)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+        return None
+
+    def _open_round(self, alive: list[int], now: float) -> _RoundRun:
+        cfg = self.cfg
+        r = self.server.round_id + 1
+        selected = rounds.sample_clients(alive, cfg.fraction, seed=cfg.seed, round_id=r, minimum=cfg.min_clients)
+        m = min(cfg.min_clients, len(selected))
+        rnd = self.server.open_round(selected.tolist(), deadline=now + cfg.round_timeout, min_updates=m)
+        model_bytes = self.server.params.astype("<f4").tobytes()
+        n = self.server.n_params
+        offer = wire.Offer(n_params=n, codec_flags=CODECS[cfg.codec], model_hash=wire.model_hash(self.server.params),
+                           lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch,
+                           deadline_ms=int(cfg.round_timeout * 1000), seed=cfg.seed, prox_mu=cfg.prox_mu)
+        run = _RoundRun(r, rnd, None, frozenset(selected.tolist()), model_bytes, offer.pack(),
+                        wire.model_chunks(n), now)
+        run.ingest = ingest.UpdateIngest(n, self._commit, slots=cfg.slots)
+        self.round_rejected = Counter()
+        for d in run.selected:
+            dev = self.devices[d]
+            dev.upload, dev.acked = None, 0
+            dev.session.new_round(r)
+        return run
+
+    async def _run_round(self, stop: asyncio.Event) -> bool:
+        alive = await self._wait_for_devices(stop)
+        if alive is None:
+            return False
+        now = time.monotonic()
+        run = self.current = self._open_round(alive, now)
+        log.info("round %d: %d device(s) selected, closes at %d updates or in %.0f s",
+                 run.id, len(run.selected), run.rnd.min_updates, self.cfg.round_timeout)
+        while not stop.is_set():
+            now = time.monotonic()
+            if run.ingest.n_complete >= run.rnd.min_updates or now >= run.rnd.deadline:
+                break
+            for d in sorted(run.selected - run.asked):
+                if now - run.offered.get(d, -math.inf) >= REOFFER_SECONDS:
+                    self._offer(self.devices[d], run, now)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), 0.05)
+            except asyncio.TimeoutError:
+                pass
+        if stop.is_set():
+            self.current = None
+            return False
+        self._close_round(run, time.monotonic())
+        return True
+
+    def _close_round(self, run: _RoundRun, now: float) -> None:
+        ingest_stats = run.ingest.close()       # commits complete updates in device-id order
+        result = self.server.close_round(now)
+        self.current = None
+        contributors = set(result.contributors)
+        losses = [(self.devices[d].upload[0], self.devices[d].upload[2]) for d in contributors]
+        n = sum(w for w, _ in losses)
+        row = {"round": run.id, "clients": len(contributors), "selected": len(run.selected),
+               "samples": int(result.n_samples), "outcome": result.outcome, "closed_by": result.closed_by,
+               "train_loss": sum(w * l for w, l in losses) / n if n else math.nan,
+               "test_loss": math.nan, "test_acc": math.nan,
+               "bytes_up": run.bytes_up, "bytes_down": run.bytes_down, "round_s": now - run.started,
+               "stragglers": sorted(run.selected - contributors), "dropped_uploads": ingest_stats.dropped,
+               "rejected": dict(self.round_rejected)}
+        if self.test is not None:
+            row["test_loss"], row["test_acc"] = map(float, self.train.evaluate(self.model, self.server.params, *self.test))
+        self.metrics.append(row)
+        state.save(self.cfg.state, state.Checkpoint(self.server.round_id, self.server.params,
+                                                    self.server.optimizer.state(), self.metrics,
+                                                    {"model": self.cfg.model, "seed": self.cfg.seed}))
+        summary = wire.Result(n_samples=int(result.n_samples), n_clients=len(contributors),
+                              loss=row["test_loss"], accuracy=row["test_acc"]).pack()
+        for d in run.selected:
+            dev = self.devices[d]
+            if d in contributors:
+                self._send(dev, dev.session.seal(session.RESULT, run.id, summary))
+            else:
+                self._tell(dev, run.id, session.E_ROUND_CLOSED,
+                           f"round {run.id} closed ({result.closed_by}) without your update", always=True)
+        self._print_row(row)
+
+    # -- output ------------------------------------------------------------------------------
+    HEADER = (f"{'round':>5} {'clients':>7} {'samples':>7} {'train loss':>10} {'test loss':>9} {'test acc':>8} "
+              f"{'up KB':>8} {'down KB':>8} {'time s':>6}  rejected")
+
+    def _print_row(self, row: dict) -> None:
+        if row["round"] == self.resumed_from + 1:
+            print(self.HEADER, file=self.out)
+        rej = ", ".join(f"{k} {v}" for k, v in sorted(row["rejected"].items())) or "-"
+        print(f"{row['round']:>5} {row['clients']:>3}/{row['selected']:<3} {row['samples']:>7} "
+              f"{row['train_loss']:>10.4f} {row['test_loss']:>9.4f} {row['test_acc']:>8.4f} "
+              f"{row['bytes_up'] / 1e3:>8.1f} {row['bytes_down'] / 1e3:>8.1f} {row['round_s']:>6.2f}  {rej}",
+              file=self.out, flush=True)
+
+    # -- main --------------------------------------------------------------------------------
+    async def serve(self, stop: asyncio.Event | None = None, ready=None) -> int:
+        """Run the remaining rounds; returns the number of finished rounds in the state directory."""
+        loop = asyncio.get_running_loop()
+        stop = stop or asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+                pass
+        host, port = parse_hostport(self.cfg.listen, "--listen")
+        transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
+        self.address = transport.get_extra_info("sockname")[:2]
+        # Uploads come in bursts from many devices: a deeper socket queue means fewer drops and
+        # resends (the kernel caps it at net.core.rmem_max).
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+        log.info("aggregating %s (%d parameters) on %s:%d, round %d of %d", self.cfg.model, self.server.n_params,
+                 self.address[0], self.address[1], self.server.round_id + 1, self.cfg.rounds)
+        if ready is not None:
+            ready(self.address)
+        try:
+            while self.server.round_id < self.cfg.rounds and not stop.is_set():
+                if not await self._run_round(stop):
+                    break
+            if self.server.round_id >= self.cfg.rounds:
+                self.finished = True
+                for _ in range(3):  # a device that misses these learns it from its next HELLO... or times out
+                    for dev in self.devices.values():
+                        # in the device's last round: its replay guard refuses older rounds
+                        self._tell(dev, dev.session.round, session.E_FINISHED, "training is finished", always=True)
+                    await asyncio.sleep(0.05)
+        finally:
+            transport.close()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    loop.remove_signal_handler(sig)
+                except (NotImplementedError, RuntimeError, ValueError):
+                    pass
+        if stop.is_set():
+            log.info("stopped: %d round(s) finished and saved in %s", self.server.round_id, self.cfg.state)
+        return self.server.round_id
+
+
+# --- command line ---------------------------------------------------------------------------
+
+HELP = "run the FedAvg aggregator: a UDP server for devices and bridges"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = AggregateConfig()
+    p.add_argument("--listen", default=d.listen, metavar="HOST:PORT", help="UDP address to listen on (default %(default)s)")
+    p.add_argument("--model", default=d.model, help="2nn, cnn or mlp:A-B-...-K (default %(default)s)")
+    p.add_argument("--rounds", type=int, default=d.rounds)
+    p.add_argument("--min-clients", type=int, default=d.min_clients, help="M: devices to wait for; a round closes at M updates")
+    p.add_argument("--fraction", type=float, default=d.fraction, help="C: fraction of live devices sampled per round")
+    p.add_argument("--round-timeout", type=float, default=d.round_timeout, metavar="S", help="round deadline in seconds")
+    p.add_argument("--keys", required=True, metavar="FILE", help="per-device keys, one 'device_id hexkey' per line")
+    p.add_argument("--state", required=True, metavar="DIR", help="checkpoint and metrics directory (resumes from it)")
+    p.add_argument("--dataset", default=d.dataset, help="test set for evaluation: digits, fashion-mnist, ..., PATH.npz, or none")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--prox-mu", type=float, default=d.prox_mu)
+    p.add_argument("--codec", default=d.codec, choices=tuple(CODECS))
+    p.add_argument("--server-opt", default=d.server_opt, choices=tuple(rounds.SERVER_OPTIMIZERS))
+    p.add_argument("--server-lr", type=float, default=None)
+    p.add_argument("--slots", type=int, default=d.slots, help="uploads staged at once (memory: slots x 1.03 bytes/param)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--verbose", "-v", action="store_true")
+
+
+def config_from_args(args: argparse.Namespace) -> AggregateConfig:
+    fields = AggregateConfig.__dataclass_fields__
+    cfg = AggregateConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    if cfg.dataset in ("none", ""):
+        cfg.dataset = None
+    return cfg
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    setup_logging(args.verbose)
+    cfg = config_from_args(args)
+    agg = Aggregator(cfg)
+    stop = None
+
+    async def main() -> int:
+        nonlocal stop
+        stop = asyncio.Event()
+        return await agg.serve(stop)
+    done = asyncio.run(main())
+    print(f"{done} of {cfg.rounds} rounds finished; state in {os.path.abspath(cfg.state)}")
+    if done < cfg.rounds and stop.is_set():
+        print(f"stopped by a signal: run the same command again to resume at round {done + 1}")
+        return 0
+    return 0 if done >= cfg.rounds else 1
+
+
+__all__ = ["AggregateConfig", "Aggregator", "parse_hostport"]

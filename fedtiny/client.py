@@ -1,0 +1,325 @@
+"""`fedtiny client`: the device loop over UDP.
+
+join (HELLO) -> wait for an OFFER -> download the model chunks (an ACK bitmap says what is
+still missing) -> local SGD with fedtiny.train -> int8-encode the delta -> RESULT (the weight
+n_k) and the update chunks, resending what the aggregator's ACK does not list -> repeat.
+When the aggregator is silent the device goes back to HELLO with exponential backoff.
+
+Training and encoding derive their seeds from (run seed, round, device id) exactly as
+`fedtiny simulate` does for client k = device id, so a network run reproduces a simulation.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import random
+import sys
+import time
+
+import numpy as np
+
+from . import codec, session, wire
+from .aggregator import MODEL_WINDOW, parse_hostport, setup_logging
+from .session import Rejected
+from .simulate import _seed as derive_seed
+
+log = logging.getLogger("fedtiny.client")
+
+TICK = 0.02
+MODEL_ACK_QUIET = 0.1     # no new model chunk for this long: say again what is missing
+UPLOAD_ACK_WAIT = 0.3     # no ACK for this long after sending: send the RESULT again (it prompts one)
+SILENT_SECONDS = 2.0      # no frame from the aggregator while waiting on it: rejoin
+HELLO_MIN, HELLO_MAX = 0.5, 8.0
+
+
+def rounding_of(flags: int) -> tuple[str, bool]:
+    """The offer's codec_flags -> (rounding, error feedback), as simulate's codecs."""
+    return ("stochastic" if flags & 1 else "nearest"), bool(flags & 2)
+
+
+class Device(asyncio.DatagramProtocol):
+    def __init__(self, device_id: int, key: bytes, model, x: np.ndarray, y: np.ndarray, *,
+                 momentum: float = 0.0, weights: str = "float32", max_rounds: int | None = None):
+        from . import train
+        self.train = train
+        self.id = int(device_id)
+        self.session = session.Session(self.id, key, follow_rounds=True)
+        self.model, self.x, self.y = model, x, y
+        self.momentum, self.weights = momentum, weights
+        self.max_rounds = max_rounds
+        self.residual: np.ndarray | None = None    # error feedback lives on the device
+        self.transport = None
+        self.state = "joining"
+        self.round = 0
+        self.rounds_done = 0
+        self.finished = asyncio.Event()
+        self.rejected: dict[str, int] = {}
+        self._reset_round()
+        self.last_heard = time.monotonic()
+        self.last_sent = -math.inf
+        self.hello_every = HELLO_MIN
+
+    def _reset_round(self) -> None:
+        self.offer = None
+        self.model_buf = None
+        self.have = None
+        self.update = None
+        self.result = None
+        self.since_ask = 0             # model chunks received since the last ACK(model)
+        self.resend_on_ack = True      # the next ACK triggers sending what it lists as missing
+        self.last_progress = time.monotonic()
+
+    # -- transport ---------------------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def error_received(self, exc) -> None:     # ICMP: nobody listens there (yet)
+        log.debug("socket error: %s", exc)
+
+    def _send(self, msg_type: int, payload: bytes = b"", chunk=(0, 1), round_id: int | None = None) -> None:
+        r = self.round if round_id is None else round_id
+        self.transport.sendto(self.session.seal(msg_type, r, payload, *chunk))
+        self.last_sent = time.monotonic()
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        try:
+            frame = self.session.open(data)
+        except Rejected as exc:
+            self.rejected[exc.reason] = self.rejected.get(exc.reason, 0) + 1
+            log.debug("dropped frame: %s", exc)
+            return
+        self.last_heard = time.monotonic()
+        self.hello_every = HELLO_MIN
+        try:
+            self._dispatch(frame)
+        except wire.FrameError as exc:
+            self.rejected[exc.reason] = self.rejected.get(exc.reason, 0) + 1
+            log.debug("dropped payload: %s", exc)
+
+    def _dispatch(self, f: wire.Frame) -> None:
+        t = f.type
+        if t == session.OFFER:
+            self._on_offer(f.round, wire.Offer.unpack(f.payload))
+        elif t == session.MODEL_CHUNK and f.round == self.round and self.state == "downloading":
+            self._on_model_chunk(f)
+        elif t == session.ACK and f.round == self.round and self.state == "uploading":
+            ack = wire.Ack.unpack(f.payload)
+            if ack.acked_type == session.UPDATE_CHUNK:
+                self._on_update_ack(ack)
+        elif t == session.ERROR:
+            self._on_error(f.round, wire.ErrorMsg.unpack(f.payload))
+        elif t == session.RESULT and f.round == self.round:
+            res = wire.Result.unpack(f.payload)
+            log.info("round %d closed: %d device(s), %d samples, test accuracy %.4f",
+                     f.round, res.n_clients, res.n_samples, res.accuracy)
+
+    def _on_offer(self, round_id: int, offer: wire.Offer) -> None:
+        if round_id == self.round and self.state in ("downloading", "training", "uploading"):
+            return  # the same offer again: already on it
+        # (an offer for the round this device finished means the aggregator lost its update,
+        # e.g. it was restarted mid-round: take part again; training is deterministic)
+        if offer.n_params != self.model.n_params:
+            self.round = round_id
+            self._send(session.ERROR, wire.ErrorMsg(session.E_MODEL, f"device {self.id} runs a model of "
+                       f"{self.model.n_params} parameters, the offer has {offer.n_params}").pack())
+            log.error("round %d: the aggregator's model has %d parameters, this device's %d: check --model",
+                      round_id, offer.n_params, self.model.n_params)
+            return
+        self._reset_round()
+        self.round, self.offer, self.state = round_id, offer, "downloading"
+        self.model_buf = bytearray(4 * offer.n_params)
+        self.have = set()
+        self._ask_model()
+
+    def _ask_model(self) -> None:
+        n = wire.model_chunks(self.offer.n_params)
+        self._send(session.ACK, wire.Ack.for_chunks(session.MODEL_CHUNK, self.have, n).pack())
+        self.last_progress = time.monotonic()
+        self.since_ask = 0
+
+    def _on_model_chunk(self, f: wire.Frame) -> None:
+        n = wire.model_chunks(self.offer.n_params)
+        i = f.chunk_index
+        size = session.MODEL_CHUNK_BYTES
+        expect = min(size, len(self.model_buf) - i * size) if 0 <= i < n else -1
+        if f.chunk_count != n or len(f.payload) != expect:
+            self.rejected["bad_chunk"] = self.rejected.get("bad_chunk", 0) + 1
+            return
+        self.last_progress = time.monotonic()
+        if i in self.have:
+            return
+        self.model_buf[i * size:i * size + expect] = f.payload
+        self.have.add(i)
+        self.since_ask += 1
+        if self.since_ask >= MODEL_WINDOW and len(self.have) < n:
+            self._ask_model()   # the whole window arrived: ask for the next one now
+        if len(self.have) == n:
+            params = np.frombuffer(bytes(self.model_buf), dtype="<f4").astype(np.float32)
+            if wire.model_hash(params) != self.offer.model_hash:
+                log.warning("round %d: model hash mismatch, downloading again", self.round)
+                self.have.clear()
+                self._ask_model()
+                return
+            self.state = "training"
+            asyncio.get_running_loop().create_task(self._train(self.round, self.offer, params))
+
+    async def _train(self, round_id: int, offer: wire.Offer, params: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        update, res = await asyncio.get_running_loop().run_in_executor(None, self._local_update, round_id, offer, params)
+        if self.round != round_id or self.state != "training":
+            return  # the round moved on while training
+        self.update = update
+        self.result = wire.Result(n_samples=int(res.n_samples), n_clients=1, loss=float(res.loss),
+                                  steps=int(res.steps), update_seed=update.seed, update_flags=update.flags,
+                                  update_chunks=wire.update_chunks(offer.n_params)).pack()
+        log.info("round %d: trained on %d samples in %.2f s (loss %.4f), uploading", round_id, res.n_samples,
+                 time.perf_counter() - t0, res.loss)
+        self.state = "uploading"
+        self._send(session.RESULT, self.result)
+        self.last_progress = time.monotonic()
+
+    def _local_update(self, round_id: int, offer: wire.Offer, params: np.ndarray):
+        """Local SGD and int8 encoding, seeded as simulate seeds client k = this device id."""
+        global_params = params.copy()
+        res = self.train.local_sgd(self.model, params, self.x, self.y, epochs=offer.epochs, batch_size=offer.batch_size,
+                                   lr=offer.lr, momentum=self.momentum, prox_mu=offer.prox_mu,
+                                   global_params=global_params if offer.prox_mu > 0 else None,
+                                   weights=self.weights, seed=derive_seed(offer.seed, round_id, self.id, 1))
+        params -= global_params   # the delta, in place
+        rounding, feedback = rounding_of(offer.codec_flags)
+        if feedback and self.residual is None:
+            self.residual = np.zeros_like(params)
+        update = codec.encode(params, rounding=rounding, seed=derive_seed(offer.seed, round_id, self.id, 2),
+                              residual=self.residual if feedback else None)
+        return update, res
+
+    def _send_chunks(self, indices) -> None:
+        n = wire.update_chunks(self.offer.n_params)
+        for i in indices:
+            self._send(session.UPDATE_CHUNK, wire.update_chunk(self.update.blocks, i), chunk=(i, n))
+
+    def _on_update_ack(self, ack: wire.Ack) -> None:
+        self.last_progress = time.monotonic()
+        missing = ack.missing()
+        if not missing:
+            self.state = "done"
+            self.rounds_done += 1
+            log.info("round %d: update delivered", self.round)
+            if self.max_rounds is not None and self.rounds_done >= self.max_rounds:
+                self.finished.set()
+            return
+        if self.resend_on_ack:   # the answer to our RESULT: send what it misses, once
+            self.resend_on_ack = False
+            self._send_chunks(missing)
+
+    def _on_error(self, round_id: int, err: wire.ErrorMsg) -> None:
+        if err.code == session.E_FINISHED:
+            log.info("the aggregator finished training")
+            self.finished.set()
+        elif err.code == session.E_BUSY and self.state == "uploading":
+            self.last_progress = time.monotonic() + random.uniform(0.1, 0.5)   # back off, then retry
+        elif err.code in (session.E_ROUND_CLOSED, session.E_NOT_SELECTED) and round_id == self.round:
+            log.info("round %d: %s", round_id, err.text)
+            if self.state != "done":
+                self.state = "joining"
+        else:
+            log.info("aggregator: error %d: %s", err.code, err.text)
+
+    # -- timers ------------------------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        waiting = self.state in ("joining", "done")
+        if self.state in ("downloading", "uploading") and now - self.last_heard > SILENT_SECONDS:
+            log.info("the aggregator went silent: rejoining")
+            self.state = "joining"
+            self.session.new_round(0)   # a restarted aggregator may reopen this round afresh
+            self.round = 0
+            waiting = True
+        if waiting:
+            if now - self.last_sent >= self.hello_every:
+                self._send(session.HELLO, wire.Hello(n_samples=len(self.y)).pack(), round_id=0)
+                if now - self.last_heard > SILENT_SECONDS:
+                    self.hello_every = min(HELLO_MAX, self.hello_every * 2)
+                    if self.state == "done":
+                        self.state = "joining"
+                        self.session.new_round(0)
+                        self.round = 0
+        elif self.state == "downloading" and now - self.last_progress > MODEL_ACK_QUIET:
+            self._ask_model()
+        elif self.state == "uploading" and now - self.last_progress > UPLOAD_ACK_WAIT:
+            self._send(session.RESULT, self.result)
+            self.resend_on_ack = True
+            self.last_progress = now
+
+    async def run(self, server: tuple[str, int], stop: asyncio.Event | None = None) -> int:
+        loop = asyncio.get_running_loop()
+        stop = stop or asyncio.Event()
+        transport, _ = await loop.create_datagram_endpoint(lambda: self, remote_addr=server)
+        log.info("device %d: %d samples, model %d parameters, aggregator %s:%d", self.id, len(self.y),
+                 self.model.n_params, *server)
+        try:
+            while not stop.is_set() and not self.finished.is_set():
+                self.tick(time.monotonic())
+                await asyncio.sleep(TICK)
+        finally:
+            transport.close()
+        return self.rounds_done
+
+
+# --- command line ---------------------------------------------------------------------------
+
+HELP = "run a device: join the aggregator, train on local data, send int8 updates"
+
+
+def load_data(path: str, model) -> tuple[np.ndarray, np.ndarray]:
+    """x, y from an .npz with arrays "x" (float32, N x input) and "y" (integer labels)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "x" not in z.files or "y" not in z.files:
+                raise ValueError(f"{path} must hold arrays 'x' and 'y', it has {', '.join(z.files) or 'none'}")
+            x, y = z["x"], z["y"]
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+    if x.dtype != np.float32:
+        x = x.astype(np.float32)
+    if len(x) != len(y) or len(y) == 0:
+        raise ValueError(f"{path}: x has {len(x)} rows, y {len(y)}; need the same number, at least 1")
+    if int(np.prod(x.shape[1:])) != int(np.prod(model.input_shape)):
+        raise ValueError(f"{path}: samples of shape {x.shape[1:]}, the model takes {model.input_shape}")
+    return np.ascontiguousarray(x), np.asarray(y, dtype=np.int64)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", required=True, metavar="HOST:PORT", help="the aggregator (or a bridge)")
+    p.add_argument("--device-id", type=int, required=True, metavar="ID")
+    p.add_argument("--key", required=True, metavar="FILE", help="keys file holding this device's 'ID hexkey' line")
+    p.add_argument("--data", required=True, metavar="NPZ", help="local data: arrays x and y")
+    p.add_argument("--model", default="mlp:64-32-10", help="must match the aggregator's (default %(default)s)")
+    p.add_argument("--momentum", type=float, default=0.0, help="local SGD momentum")
+    p.add_argument("--weights", default="float32", choices=("float32", "int8"), help="local training weights")
+    p.add_argument("--rounds", type=int, default=None, help="stop after taking part in this many rounds")
+    p.add_argument("--verbose", "-v", action="store_true")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from . import keys, model as model_mod
+    setup_logging(args.verbose)
+    server = parse_hostport(args.server, "--server")
+    key = keys.load_device_key(args.key, args.device_id)
+    model = model_mod.build(args.model)
+    x, y = load_data(args.data, model)
+    device = Device(args.device_id, key, model, x, y, momentum=args.momentum, weights=args.weights,
+                    max_rounds=args.rounds)
+
+    async def main() -> int:
+        import signal
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await device.run(server, stop)
+
+    done = asyncio.run(main())
+    print(f"device {args.device_id}: took part in {done} round(s)", file=sys.stderr)
+    return 0

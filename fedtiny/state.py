@@ -1,0 +1,115 @@
+"""The aggregator's checkpoint, written atomically after every round so a kill loses at most
+the round in progress.
+
+Layout of the state directory:
+    weights-<round>.npy   global float32 weights after <round> finished rounds
+    optim-<round>.npz     server optimizer state (arrays) after that round
+    state.json            the commit point: round, file names, metrics of every round, config
+    metrics.json / .csv   the same metrics for people and plots (rewritten each round)
+Each file is written to a temporary file in the same directory, fsynced, then renamed over its
+target with os.replace; state.json is written last, so a crash at any point leaves either the
+previous round's complete state or the new one, never a mix. Older weights files are removed
+after the commit.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+STATE_FILE = "state.json"
+FORMAT = 1
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Write bytes to path so that readers see the old file or the new one, never a torn one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself must survive a power cut
+    finally:
+        os.close(dir_fd)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+@dataclass
+class Checkpoint:
+    round: int                                   # rounds finished
+    weights: np.ndarray                          # float32 global model
+    optimizer: dict[str, np.ndarray] = field(default_factory=dict)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def save(directory: str, ckpt: Checkpoint) -> None:
+    os.makedirs(directory, exist_ok=True)
+    weights_name = f"weights-{ckpt.round:06d}.npy"
+    optim_name = f"optim-{ckpt.round:06d}.npz"
+    atomic_write(os.path.join(directory, weights_name), _npy_bytes(np.asarray(ckpt.weights, dtype=np.float32)))
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in ckpt.optimizer.items()})
+    atomic_write(os.path.join(directory, optim_name), buf.getvalue())
+    state = {"format": FORMAT, "round": ckpt.round, "weights": weights_name, "optimizer": optim_name,
+             "config": ckpt.config, "metrics": ckpt.metrics}
+    atomic_write(os.path.join(directory, STATE_FILE), json.dumps(state, indent=1, allow_nan=True).encode())
+    # Not part of the commit: derived files and cleanup of older rounds.
+    atomic_write(os.path.join(directory, "metrics.json"), json.dumps(ckpt.metrics, indent=1).encode())
+    atomic_write(os.path.join(directory, "metrics.csv"), _csv(ckpt.metrics).encode())
+    for name in os.listdir(directory):
+        if (name.startswith(("weights-", "optim-")) and name not in (weights_name, optim_name)
+                and not name.startswith(".")):
+            os.unlink(os.path.join(directory, name))
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k, v in row.items() if k not in columns and not isinstance(v, (dict, list))]
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def load(directory: str) -> Checkpoint | None:
+    """The last committed checkpoint in directory, or None when it holds none."""
+    path = os.path.join(directory, STATE_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            state = json.loads(f.read())
+        if state.get("format") != FORMAT:
+            raise ValueError(f"format {state.get('format')!r}, this fedtiny reads {FORMAT}")
+        weights = np.load(os.path.join(directory, state["weights"]), allow_pickle=False)
+        with np.load(os.path.join(directory, state["optimizer"]), allow_pickle=False) as z:
+            optimizer = {k: z[k] for k in z.files}
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise ValueError(f"state directory {directory}: unreadable checkpoint ({exc})") from None
+    if weights.dtype != np.float32 or weights.ndim != 1:
+        raise ValueError(f"state directory {directory}: weights are {weights.dtype} {weights.shape}, expected 1-D float32")
+    return Checkpoint(int(state["round"]), weights, optimizer, list(state.get("metrics", [])),
+                      dict(state.get("config", {})))

@@ -1,0 +1,332 @@
+/*
+ * fw_device.c - the example device loop (see fw_device.h): join, download the model, train,
+ * upload the int8 update, repeat. The same message flow as `fedtiny client` (docs/network.md).
+ */
+#include "fw_device.h"
+
+#include <math.h>
+#include <string.h>
+
+#define HELLO_EVERY_MS 500u
+#define MODEL_ACK_QUIET_MS 100u
+#define UPLOAD_ACK_WAIT_MS 300u
+#define SILENT_MS 2000u
+
+/* Application error codes (docs/network.md). */
+#define E_BUSY 100
+#define E_ROUND_CLOSED 101
+#define E_NOT_SELECTED 102
+#define E_MODEL 104
+#define E_FINISHED 105
+
+static const ft_layer k_layers[1] = {
+    {FT_LAYER_DENSE, 1, 1, FW_IN, 1, 1, FW_OUT, 0, 0, FW_IN * FW_OUT},
+};
+
+/* Little-endian targets only (the wire's floats are LE); every fedtiny board is. */
+static int little_endian(void) {
+    const uint16_t one = 1;
+    return *(const uint8_t *)&one == 1;
+}
+
+static void send_frame(fw_device *dev, uint8_t type, uint32_t round, const uint8_t *payload,
+                       size_t len, uint16_t chunk_index, uint16_t chunk_count) {
+    ft_wire_header h;
+    size_t n = 0, m = 0;
+    h.type = type;
+    h.device_id = dev->cfg.device_id;
+    h.round = round;
+    h.seq = ++dev->seq;
+    h.chunk_index = chunk_index;
+    h.chunk_count = chunk_count;
+    h.payload_len = (uint16_t)len;
+    if (ft_wire_encode(&h, payload, dev->cfg.key, dev->cfg.key_len, dev->frame, sizeof dev->frame, &n) != FT_WIRE_OK)
+        return;
+    if (ft_cobs_encode_frame(dev->frame, n, dev->line, sizeof dev->line, &m) != FT_WIRE_OK)
+        return;
+    (void)dev->cfg.write(dev->cfg.write_ctx, dev->line, m);
+}
+
+static void send_hello(fw_device *dev, uint32_t now) {
+    ft_hello h;
+    h.n_samples = (uint32_t)dev->cfg.n_samples;
+    h.max_frame = FT_WIRE_MAX_FRAME;
+    h.capabilities = 1u;
+    h.lib_version = FT_WIRE_VERSION;
+    if (ft_hello_pack(&h, dev->payload, FT_HELLO_BYTES) == FT_WIRE_OK)
+        send_frame(dev, FT_MSG_HELLO, 0, dev->payload, FT_HELLO_BYTES, 0, 1);
+    dev->last_hello_ms = now;
+}
+
+static void send_error(fw_device *dev, int16_t code, const char *text) {
+    size_t n = 0;
+    if (ft_error_pack(code, (const uint8_t *)text, strlen(text), dev->payload, sizeof dev->payload, &n) == FT_WIRE_OK)
+        send_frame(dev, FT_MSG_ERROR, dev->round, dev->payload, n, 0, 1);
+}
+
+static void ask_model(fw_device *dev, uint32_t now) {
+    size_t n = 0;
+    uint16_t i;
+    if (ft_ack_init(dev->payload, sizeof dev->payload, FT_MSG_MODEL_CHUNK, 0, FW_MODEL_CHUNKS, &n) != FT_WIRE_OK)
+        return;
+    for (i = 0; i < FW_MODEL_CHUNKS; i++)
+        if ((dev->have_chunks >> i) & 1u)
+            if (ft_ack_set(dev->payload, n, i) != FT_WIRE_OK)
+                return;
+    send_frame(dev, FT_MSG_ACK, dev->round, dev->payload, n, 0, 1);
+    dev->last_progress_ms = now;
+}
+
+static void send_result(fw_device *dev, uint32_t now) {
+    if (ft_result_pack(&dev->result, dev->payload, FT_RESULT_BYTES) == FT_WIRE_OK)
+        send_frame(dev, FT_MSG_RESULT, dev->round, dev->payload, FT_RESULT_BYTES, 0, 1);
+    dev->resend_on_ack = 1;
+    dev->last_progress_ms = now;
+}
+
+static void send_chunks(fw_device *dev, const uint8_t *bitmap, uint16_t n_bits) {
+    const uint8_t *blocks = (const uint8_t *)dev->blocks;
+    const size_t total = sizeof dev->blocks;
+    uint16_t i;
+    for (i = 0; i < FW_UPDATE_CHUNKS; i++) {
+        size_t off = (size_t)i * FT_WIRE_UPDATE_CHUNK_BYTES;
+        size_t len = total - off < FT_WIRE_UPDATE_CHUNK_BYTES ? total - off : FT_WIRE_UPDATE_CHUNK_BYTES;
+        if (i < n_bits && ((bitmap[i / 8u] >> (i % 8u)) & 1u))
+            continue;
+        send_frame(dev, FT_MSG_UPDATE_CHUNK, dev->round, blocks + off, len, i, FW_UPDATE_CHUNKS);
+    }
+}
+
+static uint32_t xorshift32(uint32_t *s) {
+    uint32_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    return *s = x;
+}
+
+/* Local SGD from the downloaded global weights, then delta -> int8 blocks. */
+static void train_and_upload(fw_device *dev, uint32_t now) {
+    ft_net net;
+    ft_sgd_hyper hp;
+    double loss_sum = 0.0, ls;
+    int64_t seen = 0, steps = 0, sn, st;
+    uint32_t rng = (dev->offer.seed ^ (dev->round * 0x9E3779B1u) ^ (dev->cfg.device_id * 0x85EBCA6Bu)) | 1u;
+    int32_t i, n = dev->cfg.n_samples;
+    uint16_t e;
+    int32_t batch = dev->offer.batch_size < FW_MAX_BATCH ? (int32_t)dev->offer.batch_size : FW_MAX_BATCH;
+
+    memcpy(dev->params, dev->global, sizeof dev->params);
+    net.layers = k_layers;
+    net.n_layers = 1;
+    net.n_params = FW_N_PARAMS;
+    net.batch = batch;
+    net.flags = dev->offer.prox_mu > 0.0f ? FT_TRAIN_PROX : 0u;
+    if (ft_train_arena_floats(&net) > FW_ARENA_FLOATS ||
+        ft_train_load(&net, dev->params, dev->global, dev->arena) != FT_OK) {
+        send_error(dev, E_MODEL, "arena too small for this batch size");
+        dev->state = FW_JOINING;
+        return;
+    }
+    hp.lr = dev->offer.lr;
+    hp.momentum = 0.0f;
+    hp.weight_decay = 0.0f;
+    hp.prox_mu = dev->offer.prox_mu;
+    hp.seed = dev->offer.seed;
+    hp.step0 = 0;
+    for (i = 0; i < n; i++)
+        dev->idx[i] = i;
+    for (e = 0; e < dev->offer.epochs; e++) {
+        for (i = n - 1; i > 0; i--) { /* Fisher-Yates shuffle, seeded by (seed, round, device) */
+            int32_t j = (int32_t)(xorshift32(&rng) % (uint32_t)(i + 1));
+            int32_t t = dev->idx[i];
+            dev->idx[i] = dev->idx[j];
+            dev->idx[j] = t;
+        }
+        if (ft_train_sgd(&net, &hp, dev->cfg.x, dev->cfg.y, n, dev->idx, n, -1, dev->arena, &ls, &sn, &st) != FT_OK) {
+            send_error(dev, E_MODEL, "training diverged");
+            dev->state = FW_JOINING;
+            return;
+        }
+        loss_sum += ls;
+        seen += sn;
+        steps += st;
+        hp.step0 += (uint64_t)st;
+    }
+    if (ft_train_store(&net, dev->arena, dev->params) != FT_OK)
+        return;
+    for (i = 0; i < FW_N_PARAMS; i++)
+        dev->params[i] -= dev->global[i];
+    if (ft_quantize_q8(dev->params, FW_N_PARAMS, NULL,
+                       (dev->offer.codec_flags & 1u) ? FT_ROUND_STOCHASTIC : FT_ROUND_NEAREST,
+                       dev->offer.seed ^ ((uint64_t)dev->round << 32) ^ dev->cfg.device_id, dev->blocks) != FT_OK) {
+        send_error(dev, E_MODEL, "update is not finite");
+        dev->state = FW_JOINING;
+        return;
+    }
+    dev->result.n_samples = (uint32_t)n;
+    dev->result.n_clients = 1;
+    dev->result.loss = seen > 0 ? (float)(loss_sum / (double)seen) : 0.0f;
+    dev->result.accuracy = NAN;
+    dev->result.steps = (uint32_t)steps;
+    dev->result.update_seed = dev->offer.seed;
+    dev->result.update_flags = (uint8_t)(dev->offer.codec_flags & 1u);
+    dev->result.reserved = 0;
+    dev->result.update_chunks = FW_UPDATE_CHUNKS;
+    dev->state = FW_UPLOADING;
+    send_result(dev, now);
+}
+
+static void on_offer(fw_device *dev, const ft_wire_header *h, const uint8_t *pl, uint32_t now) {
+    ft_offer o;
+    if (ft_offer_unpack(pl, h->payload_len, &o) != FT_WIRE_OK) {
+        dev->frames_rejected++;
+        return;
+    }
+    if (h->round == dev->round && (dev->state == FW_DOWNLOADING || dev->state == FW_UPLOADING))
+        return; /* the same offer again */
+    dev->round = h->round;
+    if (o.n_params != FW_N_PARAMS || o.model_chunks != FW_MODEL_CHUNKS || o.update_chunks != FW_UPDATE_CHUNKS) {
+        send_error(dev, E_MODEL, "this firmware trains a 64-10 dense head (650 parameters)");
+        return;
+    }
+    dev->offer = o;
+    dev->have_chunks = 0;
+    dev->state = FW_DOWNLOADING;
+    ask_model(dev, now);
+}
+
+static void on_model_chunk(fw_device *dev, const ft_wire_header *h, const uint8_t *pl, uint32_t now) {
+    const size_t total = sizeof dev->global;
+    size_t off, len;
+    uint8_t digest[FT_SHA256_BYTES];
+    if (dev->state != FW_DOWNLOADING || h->round != dev->round)
+        return;
+    off = (size_t)h->chunk_index * FT_WIRE_MODEL_CHUNK_BYTES;
+    if (h->chunk_count != FW_MODEL_CHUNKS || off >= total)
+        return;
+    len = total - off < FT_WIRE_MODEL_CHUNK_BYTES ? total - off : FT_WIRE_MODEL_CHUNK_BYTES;
+    if (h->payload_len != len) {
+        dev->frames_rejected++;
+        return;
+    }
+    memcpy((uint8_t *)dev->global + off, pl, len);
+    dev->have_chunks |= 1u << h->chunk_index;
+    dev->last_progress_ms = now;
+    if (dev->have_chunks != (1u << FW_MODEL_CHUNKS) - 1u)
+        return;
+    ft_sha256((const uint8_t *)dev->global, total, digest);
+    if (!ft_ct_equal(digest, dev->offer.model_hash, sizeof dev->offer.model_hash)) {
+        dev->have_chunks = 0; /* corrupted somewhere: fetch it again */
+        ask_model(dev, now);
+        return;
+    }
+    train_and_upload(dev, now);
+}
+
+static void on_ack(fw_device *dev, const ft_wire_header *h, const uint8_t *pl, uint32_t now) {
+    uint8_t type;
+    uint16_t first, n_bits, i;
+    const uint8_t *bitmap;
+    int complete = 1;
+    if (dev->state != FW_UPLOADING || h->round != dev->round)
+        return;
+    if (ft_ack_parse(pl, h->payload_len, &type, &first, &n_bits, &bitmap) != FT_WIRE_OK || first != 0) {
+        dev->frames_rejected++;
+        return;
+    }
+    if (type != FT_MSG_UPDATE_CHUNK)
+        return;
+    dev->last_progress_ms = now;
+    for (i = 0; i < FW_UPDATE_CHUNKS; i++)
+        if (i >= n_bits || !((bitmap[i / 8u] >> (i % 8u)) & 1u))
+            complete = 0;
+    if (complete) {
+        dev->state = FW_DONE;
+        dev->rounds_done++;
+        return;
+    }
+    if (dev->resend_on_ack) { /* the answer to our RESULT: send what it misses, once */
+        dev->resend_on_ack = 0;
+        send_chunks(dev, bitmap, n_bits);
+    }
+}
+
+static void on_error(fw_device *dev, const ft_wire_header *h, const uint8_t *pl, uint32_t now) {
+    int16_t code;
+    const uint8_t *text;
+    size_t text_len;
+    if (ft_error_parse(pl, h->payload_len, &code, &text, &text_len) != FT_WIRE_OK) {
+        dev->frames_rejected++;
+        return;
+    }
+    if (code == E_FINISHED) {
+        dev->state = FW_FINISHED;
+    } else if (code == E_BUSY && dev->state == FW_UPLOADING) {
+        dev->last_progress_ms = now; /* the result is sent again after UPLOAD_ACK_WAIT_MS */
+    } else if ((code == E_ROUND_CLOSED || code == E_NOT_SELECTED) && h->round == dev->round &&
+               dev->state != FW_DONE) {
+        dev->state = FW_JOINING;
+    }
+}
+
+static void on_frame(fw_device *dev, const uint8_t *frame, size_t len, uint32_t now) {
+    ft_wire_header h;
+    const uint8_t *pl;
+    if (ft_wire_decode(frame, len, dev->cfg.key, dev->cfg.key_len, &dev->guard, FT_WIRE_ACCEPT_NEWER_ROUND, &h,
+                       &pl) != FT_WIRE_OK ||
+        h.device_id != dev->cfg.device_id) {
+        dev->frames_rejected++;
+        return;
+    }
+    dev->last_heard_ms = now;
+    switch (h.type) {
+    case FT_MSG_OFFER: on_offer(dev, &h, pl, now); break;
+    case FT_MSG_MODEL_CHUNK: on_model_chunk(dev, &h, pl, now); break;
+    case FT_MSG_ACK: on_ack(dev, &h, pl, now); break;
+    case FT_MSG_ERROR: on_error(dev, &h, pl, now); break;
+    default: break; /* RESULT: the round's summary, nothing to do */
+    }
+}
+
+int fw_init(fw_device *dev, const fw_config *cfg) {
+    if (!little_endian() || cfg == NULL || cfg->write == NULL || cfg->x == NULL || cfg->y == NULL ||
+        cfg->n_samples < 1 || cfg->n_samples > FW_MAX_SAMPLES || cfg->key_len < FT_WIRE_MIN_KEY_BYTES ||
+        cfg->key_len > FT_WIRE_MAX_KEY_BYTES)
+        return FT_WIRE_ERR_ARG;
+    memset(dev, 0, sizeof *dev);
+    dev->cfg = *cfg;
+    dev->seq = cfg->seq0;
+    dev->state = FW_JOINING;
+    ft_replay_init(&dev->guard, 0);
+    ft_cobs_decoder_init(&dev->rx, dev->rx_buf, sizeof dev->rx_buf);
+    return FT_WIRE_OK;
+}
+
+void fw_on_byte(fw_device *dev, uint8_t byte, uint32_t now_ms) {
+    size_t len = 0;
+    int st = ft_cobs_feed(&dev->rx, byte, &len);
+    if (st == FT_WIRE_FRAME_READY)
+        on_frame(dev, dev->rx_buf, len, now_ms);
+    else if (st < 0)
+        dev->frames_rejected++;
+}
+
+void fw_poll(fw_device *dev, uint32_t now) {
+    int waiting;
+    if (dev->state == FW_FINISHED)
+        return;
+    if ((dev->state == FW_DOWNLOADING || dev->state == FW_UPLOADING || dev->state == FW_DONE) &&
+        now - dev->last_heard_ms > SILENT_MS) {
+        dev->state = FW_JOINING; /* the aggregator went away: rejoin; it may reopen this round */
+        dev->round = 0;
+        ft_replay_init(&dev->guard, 0);
+    }
+    waiting = dev->state == FW_JOINING || dev->state == FW_DONE;
+    if (waiting && now - dev->last_hello_ms >= HELLO_EVERY_MS)
+        send_hello(dev, now);
+    else if (dev->state == FW_DOWNLOADING && now - dev->last_progress_ms > MODEL_ACK_QUIET_MS)
+        ask_model(dev, now);
+    else if (dev->state == FW_UPLOADING && now - dev->last_progress_ms > UPLOAD_ACK_WAIT_MS)
+        send_result(dev, now);
+}

@@ -1,0 +1,218 @@
+"""Helpers for the network tests: an aggregator in a background thread, client processes, the
+simulation oracle, and a hand-driven device on a plain UDP socket."""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+from fedtiny import keys, rounds, simulate, wire
+from fedtiny.aggregator import AggregateConfig, Aggregator
+from fedtiny.demo import client_command, write_client_data
+
+MODEL = "mlp:64-32-10"
+CLIENT_ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Fleet:
+    """A keys file and one data file per client, partitioned exactly as simulate partitions."""
+
+    def __init__(self, directory, clients: int, seed: int = 0):
+        self.dir = str(directory)
+        self.clients = clients
+        self.seed = seed
+        self.keyfile = os.path.join(self.dir, "keys")
+        with open(self.keyfile, "w") as f:
+            f.write(keys.generate(range(clients + 2)))   # two spare ids for hand-driven devices
+        self.keys = keys.load_keys(self.keyfile)
+        self.data = write_client_data(self.dir, "digits", clients, seed=seed)
+
+    def config(self, **kw) -> AggregateConfig:
+        base = dict(listen="127.0.0.1:0", model=MODEL, rounds=3, min_clients=self.clients, round_timeout=20.0,
+                    keys=self.keyfile, state=os.path.join(self.dir, "state"), dataset="digits", lr=0.05,
+                    batch=10, codec="int8-stochastic", seed=self.seed)
+        base.update(kw)
+        return AggregateConfig(**base)
+
+    def start_clients(self, server: str, ids=None) -> list[subprocess.Popen]:
+        ids = range(self.clients) if ids is None else ids
+        return [subprocess.Popen(client_command(server, k, self.keyfile, self.data[k], MODEL), env=CLIENT_ENV, cwd=self.dir,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for k in ids]
+
+
+def stop_all(procs, timeout: float = 5.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        if p.stderr:
+            p.stderr.close()
+
+
+class AggregatorThread:
+    """An Aggregator serving on its own event loop in a background thread."""
+
+    def __init__(self, cfg: AggregateConfig):
+        self.agg = Aggregator(cfg, out=open(os.devnull, "w"))
+        self._ready = threading.Event()
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # surfaced by the test
+            self.error = exc
+        finally:
+            self._ready.set()
+            self.done.set()
+
+    async def _main(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.stop = asyncio.Event()
+        await self.agg.serve(self.stop, ready=lambda addr: (setattr(self, "address", addr), self._ready.set()))
+
+    def __enter__(self) -> "AggregatorThread":
+        self.thread.start()
+        assert self._ready.wait(10), "aggregator did not start"
+        if self.error:
+            raise self.error
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.done.is_set():
+            self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(10)
+        self.agg.out.close()
+
+    @property
+    def server(self) -> str:
+        return f"{self.address[0]}:{self.address[1]}"
+
+    def wait(self, timeout: float) -> None:
+        assert self.done.wait(timeout), f"aggregator did not finish in {timeout} s (round {self.agg.server.round_id})"
+        if self.error:
+            raise self.error
+
+
+def simulate_oracle(clients: int, n_rounds: int, seed: int = 0, codec: str = "int8-stochastic"):
+    """(final global weights, per-round rows) of `fedtiny simulate` with the network tests' settings."""
+    servers = []
+    real_init = rounds.Server.__init__
+
+    def capture(self, *a, **kw):
+        real_init(self, *a, **kw)
+        servers.append(self)
+    rounds.Server.__init__ = capture
+    try:
+        cfg = simulate.SimConfig(dataset="digits", model=MODEL, clients=clients, fraction=1.0, rounds=n_rounds,
+                                 lr=0.05, batch=10, codec=codec, seed=seed)
+        result = simulate.run(cfg)
+    finally:
+        rounds.Server.__init__ = real_init
+    return servers[0].params.copy(), result.rounds
+
+
+class HandDevice:
+    """A device driven step by step on a blocking UDP socket (to send exactly the frames a test wants)."""
+
+    def __init__(self, address, device_id: int, key: bytes):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.settimeout(0.2)
+        self.sock.connect(tuple(address))
+        self.id, self.key = device_id, key
+        self.seq = 1
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def frame(self, msg_type, round_id, payload=b"", chunk=(0, 1), *, key=None, device_id=None) -> bytes:
+        self.seq += 1
+        return wire.encode(msg_type, self.id if device_id is None else device_id, round_id, self.seq, payload,
+                           key or self.key, chunk=chunk)
+
+    def send(self, data: bytes) -> bytes:
+        self.sock.send(data)
+        return data
+
+    def expect(self, msg_type, timeout: float = 5.0, resend=None) -> wire.Frame:
+        """The next frame of msg_type; on each 0.2 s of silence, send `resend` (bytes, or a
+        callable making a fresh frame)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                f = wire.decode(self.sock.recv(2048), self.key, None)
+            except socket.timeout:
+                if resend is not None:
+                    self.sock.send(resend() if callable(resend) else resend)
+                continue
+            if f.type == msg_type:
+                return f
+        raise AssertionError(f"no {wire.MsgType(msg_type).name} from the aggregator in {timeout} s")
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def client_logs(procs) -> str:
+    return "\n".join((p.stderr.read() if p.stderr and p.poll() is not None else "") for p in procs)
+
+
+__all__ = ["Fleet", "AggregatorThread", "HandDevice", "simulate_oracle", "stop_all", "free_udp_port", "wait_for",
+           "np", "sys", "time"]
+
+
+def hand_join(dev: HandDevice, n_samples: int = 100):
+    """HELLO until an OFFER comes, then download the model: (round, offer, global weights)."""
+    def hello():
+        return dev.frame(wire.MsgType.HELLO, 0, wire.Hello(n_samples=n_samples).pack())
+    dev.send(hello())
+    f = dev.expect(wire.MsgType.OFFER, resend=hello)
+    offer = wire.Offer.unpack(f.payload)
+    n_chunks = wire.model_chunks(offer.n_params)
+    dev.send(dev.frame(wire.MsgType.ACK, f.round, wire.Ack.for_chunks(wire.MsgType.MODEL_CHUNK, [], n_chunks).pack()))
+    model = bytearray(4 * offer.n_params)
+    got = set()
+    while len(got) < n_chunks:
+        c = dev.expect(wire.MsgType.MODEL_CHUNK)
+        start = c.chunk_index * wire.MODEL_CHUNK_BYTES
+        model[start:start + len(c.payload)] = c.payload
+        got.add(c.chunk_index)
+    w0 = np.frombuffer(bytes(model), "<f4").astype(np.float32)
+    assert wire.model_hash(w0) == offer.model_hash
+    return f.round, offer, w0
+
+
+def hand_result(dev: HandDevice, round_id: int, n_samples: int, n_chunks: int) -> None:
+    result = dev.frame(wire.MsgType.RESULT, round_id, wire.Result(n_samples=n_samples, loss=1.0, steps=10,
+                                                                   update_chunks=n_chunks).pack())
+    dev.expect(wire.MsgType.ACK, resend=dev.send(result))
+
+
+def hand_chunk(dev: HandDevice, round_id: int, update, index: int, n_chunks: int) -> bytes:
+    return dev.send(dev.frame(wire.MsgType.UPDATE_CHUNK, round_id, wire.update_chunk(update.blocks, index),
+                              chunk=(index, n_chunks)))

@@ -1,0 +1,130 @@
+"""Chunk-wise ingest policy: dying uploads, duplicates and late chunks never bias the average.
+
+Oracle: FedAvg over only the completed devices in numpy float64, from the decoded int8 values.
+"""
+import numpy as np
+import pytest
+
+from fedtiny import codec
+from fedtiny.fedavg import Accumulator
+from fedtiny.ingest import CHUNK_BLOCKS, UpdateIngest, update_chunks
+
+N = 4500  # 36 int8 blocks: 5 chunks, the last one of 4 blocks
+
+
+def chunks_of(update: codec.Int8Update):
+    blocks = bytes(update.blocks)
+    step = CHUNK_BLOCKS * codec.BLOCK_BYTES
+    return [blocks[i:i + step] for i in range(0, len(blocks), step)]
+
+
+def make_updates(rng, k, n=N):
+    ups = [codec.encode(rng.standard_normal(n).astype(np.float32) * (i + 1), rounding="stochastic", seed=i)
+           for i in range(k)]
+    weights = [float(rng.integers(10, 500)) for _ in range(k)]
+    return ups, weights
+
+
+def oracle(w0, ups, weights, ids):
+    num = sum(weights[i] * ups[i].decode().astype(np.float64) for i in ids)
+    return w0.astype(np.float64) + num / sum(weights[i] for i in ids)
+
+
+def into(acc):
+    return lambda device_id, update, weight: acc.add(update, weight)
+
+
+def applied(acc, w0):
+    w = w0.copy()
+    acc.apply(w)
+    return w
+
+
+def test_chunk_count_matches_protocol():
+    assert update_chunks(128 * 8) == 1
+    assert update_chunks(128 * 8 + 1) == 2
+    assert update_chunks(199_210) == 195
+
+
+def test_dead_duplicate_and_late_do_not_bias(rng):
+    w0 = rng.standard_normal(N + 7).astype(np.float32)
+    ups, weights = make_updates(rng, 5, N + 7)
+    acc = Accumulator(N + 7)
+    ing = UpdateIngest(acc.n_params, into(acc), slots=8)
+    parts = [chunks_of(u) for u in ups]
+    assert len(parts[0]) == update_chunks(N + 7) and len(parts[0][-1]) < len(parts[0][0])
+    order = [(d, c) for c in range(len(parts[0])) for d in range(5)]
+    rng.shuffle(order)
+    for d, c in order:
+        if d == 3 and c >= 2:          # device 3 dies after two chunks
+            continue
+        ing.add_chunk(d, weights[d], c, parts[d][c], now=0.0)
+        if d == 1:                     # device 1 sends every chunk twice
+            assert ing.add_chunk(d, weights[d], c, parts[d][c], now=0.0) == "duplicate"
+    assert ing.n_complete == 4 and not ing.is_complete(3)
+    stats = ing.close()
+    assert stats.committed == [0, 1, 2, 4] and stats.dropped == [3]
+    assert acc.total_weight == sum(weights[i] for i in (0, 1, 2, 4))
+    with pytest.raises(ValueError, match="round_closed"):   # device 3's late chunk
+        ing.add_chunk(3, weights[3], 2, parts[3][2], now=1.0)
+    np.testing.assert_allclose(applied(acc, w0), oracle(w0, ups, weights, [0, 1, 2, 4]), rtol=0, atol=2e-5)
+
+
+def test_commit_order_is_device_id_order_bit_exact(rng):
+    """With every update staged, arrival order does not change a single bit of the sum."""
+    w0 = rng.standard_normal(N).astype(np.float32)
+    ups, weights = make_updates(rng, 4)
+    ref = Accumulator(N)
+    for i in range(4):
+        ref.add(ups[i], weights[i])
+    acc = Accumulator(N)
+    ing = UpdateIngest(acc.n_params, into(acc), slots=4)
+    order = [(d, c) for d in (3, 1, 0, 2) for c in range(update_chunks(N))]
+    rng.shuffle(order)
+    for d, c in order:
+        ing.add_chunk(d, weights[d], c, chunks_of(ups[d])[c], now=0.0)
+    ing.close()
+    np.testing.assert_array_equal(applied(acc, w0), applied(ref, w0))
+
+
+def test_slots_bound_memory_and_busy_devices_retry(rng):
+    ups, weights = make_updates(rng, 3)
+    acc = Accumulator(N)
+    ing = UpdateIngest(acc.n_params, into(acc), slots=2, stall_seconds=10.0)
+    parts = [chunks_of(u) for u in ups]
+    assert ing.add_chunk(0, weights[0], 0, parts[0][0], now=0.0) == "added"
+    assert ing.add_chunk(1, weights[1], 0, parts[1][0], now=0.0) == "added"
+    assert ing.add_chunk(2, weights[2], 0, parts[2][0], now=1.0) == "busy"
+    assert ing.staged_bytes == 2 * codec.wire_size(N)
+    for c in range(1, len(parts[0])):           # device 0 completes: its slot frees on demand
+        ing.add_chunk(0, weights[0], c, parts[0][c], now=2.0)
+    assert ing.add_chunk(2, weights[2], 0, parts[2][0], now=3.0) == "added"
+    assert ing.stats.committed == [0]
+    # device 1 went silent at t=0: at t=20 its slot is reclaimed for device 2's... a new device
+    acc2 = Accumulator(N)
+    ing2 = UpdateIngest(N, into(acc2), slots=1, stall_seconds=10.0)
+    ing2.add_chunk(1, weights[1], 0, parts[1][0], now=0.0)
+    assert ing2.add_chunk(2, weights[2], 0, parts[2][0], now=5.0) == "busy"
+    assert ing2.add_chunk(2, weights[2], 0, parts[2][0], now=20.0) == "added"
+    assert ing2.stats.dropped == [1]
+    assert acc2.total_weight == 0.0
+
+
+@pytest.mark.parametrize("mutate,reason", [
+    (lambda b: b[:-1], "bad_length"),
+    (lambda b: np.float32(np.nan).tobytes() + b[4:], "bad_scale"),
+    (lambda b: np.float32(-1.0).tobytes() + b[4:], "bad_scale"),
+    (lambda b: b[:4] + b"\x80" + b[5:], "bad_value"),
+])
+def test_malformed_chunks_are_refused_untouched(rng, mutate, reason):
+    ups, weights = make_updates(rng, 1)
+    acc = Accumulator(N)
+    ing = UpdateIngest(acc.n_params, into(acc))
+    with pytest.raises(ValueError, match=reason):
+        ing.add_chunk(0, weights[0], 0, mutate(chunks_of(ups[0])[0]), now=0.0)
+    with pytest.raises(ValueError, match="bad_chunk"):
+        ing.add_chunk(0, weights[0], 99, chunks_of(ups[0])[0], now=0.0)
+    with pytest.raises(ValueError, match="bad_weight"):
+        ing.add_chunk(0, float("nan"), 0, chunks_of(ups[0])[0], now=0.0)
+    ing.close()
+    assert acc.total_weight == 0.0 and not np.any(acc._acc)
