@@ -27,6 +27,8 @@ for codec in ("float32", "int8"):  # the pathological split converges slowly: ho
     RUNS[f"2nn-shards-{codec}-r300"] = f"--model 2nn {MCMAHAN} --partition shards --codec {codec} --rounds 300 --eval-every 5"
 for codec in ("float32", "int8"):
     RUNS[f"cnn-iid-{codec}"] = f"--model cnn {MCMAHAN} --partition iid --codec {codec} --rounds 50"
+for codec in ("float32", "int8"):
+    RUNS[f"cnn-iid-{codec}-r100"] = f"--model cnn {MCMAHAN} --partition iid --codec {codec} --rounds 100"
 NONIID = {
     "fedavg": "",
     "fedprox": "--prox-mu 0.01",
