@@ -6,7 +6,6 @@ device does for each new sample) and in batches of 256.  Model file sizes go int
     python bench/bench_tflite.py tflite.json        # the README table
 """
 import json
-import os
 import sys
 
 import numpy as np
@@ -24,8 +23,7 @@ try:
 except ImportError as exc:
     pytest.skip(str(exc), allow_module_level=True)
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from tflite_oracle import fashion  # noqa: E402
+from fedtiny import datasets  # noqa: E402
 
 THREADS = 1  # as the numpy baselines in bench/conftest.py: one core
 
@@ -35,8 +33,11 @@ def setup(request, tmp_path_factory):
     spec = request.param
     model = build(spec)
     params = model.init(seed=0)
-    x_train, _ = fashion("train")
-    x, _ = fashion("test")
+    try:
+        data = datasets.load("fashion-mnist")
+    except ValueError as exc:  # dataset-fashion-mnist not installed
+        pytest.skip(str(exc))
+    x_train, x = data.x_train, data.x_test
     d = tmp_path_factory.mktemp(spec)
     files = {"float32": d / "f32.tflite", "int8": d / "int8.tflite"}
     ft.export_tflite(model, params, files["float32"])

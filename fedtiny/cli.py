@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, str] = {
     "client": "fedtiny.client",
     "bridge": "fedtiny.bridge",
     "demo": "fedtiny.demo",
+    "export": "fedtiny.tflite",
 }
 
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     prog = f"fedtiny {args.command}"
     try:
         return int(args._run(args) or 0)
-    except ValueError as exc:
+    except (ValueError, ImportError) as exc:  # ImportError: an optional extra is missing; it says which
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -273,7 +273,8 @@ HELP = "run a device: join the aggregator, train on local data, send int8 update
 
 
 def load_data(path: str, model) -> tuple[np.ndarray, np.ndarray]:
-    """x, y from an .npz with arrays "x" (float32, N x input) and "y" (integer labels)."""
+    """x, y from an .npz with arrays "x" (float32, N x input) and "y" (integer labels); the
+    sample size is checked against model unless it is None (a backbone reads x first)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             if "x" not in z.files or "y" not in z.files:
@@ -285,7 +286,7 @@ def load_data(path: str, model) -> tuple[np.ndarray, np.ndarray]:
         x = x.astype(np.float32)
     if len(x) != len(y) or len(y) == 0:
         raise ValueError(f"{path}: x has {len(x)} rows, y {len(y)}; need the same number, at least 1")
-    if int(np.prod(x.shape[1:])) != int(np.prod(model.input_shape)):
+    if model is not None and int(np.prod(x.shape[1:])) != int(np.prod(model.input_shape)):
         raise ValueError(f"{path}: samples of shape {x.shape[1:]}, the model takes {model.input_shape}")
     return np.ascontiguousarray(x), np.asarray(y, dtype=np.int64)
 
@@ -296,6 +297,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", required=True, metavar="FILE", help="keys file holding this device's 'ID hexkey' line")
     p.add_argument("--data", required=True, metavar="NPZ", help="local data: arrays x and y")
     p.add_argument("--model", default="mlp:64-32-10", help="must match the aggregator's (default %(default)s)")
+    p.add_argument("--backbone", default=None, metavar="FILE.tflite",
+                   help="frozen .tflite feature extractor: x is turned into features once and --model is the "
+                        "dense head trained and federated on them (mlp:<features>-...-<classes>)")
     p.add_argument("--momentum", type=float, default=0.0, help="local SGD momentum")
     p.add_argument("--weights", default="float32", choices=("float32", "int8"), help="local training weights")
     p.add_argument("--rounds", type=int, default=None, help="stop after taking part in this many rounds")
@@ -308,7 +312,15 @@ def run_command(args: argparse.Namespace) -> int:
     server = parse_hostport(args.server, "--server")
     key = keys.load_device_key(args.key, args.device_id)
     model = model_mod.build(args.model)
-    x, y = load_data(args.data, model)
+    if args.backbone is not None:
+        from . import tflite
+        x, y = load_data(args.data, None)
+        x = tflite.extract_features(args.backbone, x)
+        if x.shape[1] != int(np.prod(model.input_shape)):
+            raise ValueError(f"--backbone {args.backbone} gives {x.shape[1]} features, --model {args.model} takes "
+                             f"{int(np.prod(model.input_shape))} (use --model {tflite.head_spec(x.shape[1])})")
+    else:
+        x, y = load_data(args.data, model)
     device = Device(args.device_id, key, model, x, y, momentum=args.momentum, weights=args.weights,
                     max_rounds=args.rounds)
 

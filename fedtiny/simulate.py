@@ -418,6 +418,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", default=d.dataset, help="digits (bundled), fashion-mnist, mnist, emnist-<split>, or PATH.npz (default %(default)s)")
     g.add_argument("--data-dir", default=None, help="directory of the IDX files (default: the Debian package's)")
     g.add_argument("--partition", default=d.partition, choices=datasets.PARTITIONS)
+    g.add_argument("--backbone", default=None, metavar="FILE.tflite",
+                   help="federated transfer learning: a frozen .tflite feature extractor turns the images into "
+                        "features and only a dense head (mlp:<features>-<classes>, replacing --model) is trained "
+                        "and federated (needs the tflite extra)")
     g.add_argument("--alpha", type=float, default=d.alpha, help="Dirichlet concentration (default %(default)s)")
     g.add_argument("--shards", type=int, default=d.shards, help="shards per client for --partition shards (default %(default)s)")
     g.add_argument("--holdout", type=float, default=d.holdout, help="fraction of each client's data kept for federated evaluation (default %(default)s)")
@@ -465,7 +469,12 @@ def run_command(args: argparse.Namespace) -> int:
     cfg.check()
     if args.out is not None:
         os.makedirs(args.out, exist_ok=True)
-    result = run(cfg, progress=Progress(cfg.rounds, enabled=not args.quiet))
+    data = None
+    if args.backbone is not None:
+        from . import tflite
+        data, cfg.model = tflite.backbone_dataset(args.backbone, datasets.load(cfg.dataset, cfg.data_dir, seed=cfg.seed))
+        print(f"backbone {args.backbone}: federating the head {cfg.model}")
+    result = run(cfg, progress=Progress(cfg.rounds, enabled=not args.quiet), data=data)
     s = result.summary
     print(f"final test accuracy {s['final_test_acc']:.4f} (best {s['best_test_acc']:.4f}), federated {s['final_fed_acc']:.4f}; "
           f"uploaded {s['upload_mb']:.2f} MB, downloaded {s['download_mb']:.2f} MB; "

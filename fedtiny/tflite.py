@@ -365,12 +365,20 @@ def _calibrate(graph: "_tx.Graph", x: np.ndarray) -> dict[int, tuple[float, floa
 
 
 def load_params(params: str | None = None, state: str | None = None) -> np.ndarray:
-    """The flat float32 parameter vector from a .npy file, or from `global.npy` of a state dir."""
+    """The flat float32 parameter vector from a .npy file, or the last finished round's global
+    weights in an aggregator state directory (`fedtiny aggregate --state DIR`)."""
     if (params is None) == (state is None):
         raise ValueError("give exactly one of a params file (.npy) or a state directory")
-    path = params if params is not None else os.path.join(state, "global.npy")
-    if state is not None and not os.path.isdir(state):
-        raise ValueError(f"{state}: not a directory (expected an aggregator state dir with global.npy)")
+    if state is not None:
+        from . import state as _state
+
+        if not os.path.isdir(state):
+            raise ValueError(f"{state}: not a directory (expected an aggregator state dir, fedtiny aggregate --state)")
+        ckpt = _state.load(state)
+        if ckpt is None:
+            raise ValueError(f"{state}: holds no finished round yet (no checkpoint)")
+        return ckpt.weights
+    path = params
     try:
         vec = np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -469,7 +477,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of `fedtiny export`."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--params", metavar="FILE", help="flat float32 parameter vector (.npy)")
-    src.add_argument("--state", metavar="DIR", help="aggregator state directory (reads DIR/global.npy)")
+    src.add_argument("--state", metavar="DIR", help="aggregator state directory (its last finished round)")
     p.add_argument("--model", required=True, metavar="SPEC", help='model spec: "cnn", "2nn", "mlp:784-200-10"')
     p.add_argument("--tflite", required=True, metavar="OUT", help="output .tflite file")
     p.add_argument("--int8", action="store_true", help="full-integer int8 model (needs --calibration-data)")

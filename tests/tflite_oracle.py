@@ -1,37 +1,28 @@
-"""Test support for the TFLite tests: the real Fashion-MNIST files, a numpy float64 forward pass
-(the oracle the exported models are checked against) and briefly trained models."""
+"""Test support for the TFLite tests: the real Fashion-MNIST (through fedtiny.datasets), a numpy
+float64 forward pass (the oracle the exported models are checked against) and briefly trained
+models."""
 from __future__ import annotations
 
 import functools
-import gzip
-import os
 
 import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-# Debian package dataset-fashion-mnist installs the IDX files here.
-FASHION_DIR = os.environ.get("FEDTINY_FASHION_MNIST", "/usr/share/datasets/fashion-mnist")
-
-
-def _idx(path: str) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
 
 @functools.lru_cache(maxsize=None)
+def _fashion():
+    from fedtiny import datasets
+    try:
+        return datasets.load("fashion-mnist")
+    except ValueError as exc:  # the Debian package dataset-fashion-mnist is not installed
+        pytest.skip(str(exc))
+
+
 def fashion(split: str) -> tuple[np.ndarray, np.ndarray]:
     """(x float32 (N, 28, 28, 1) in [0, 1], y int64 (N,)) of the real Fashion-MNIST split."""
-    prefix = {"train": "train", "test": "t10k"}[split]
-    images = os.path.join(FASHION_DIR, f"{prefix}-images-idx3-ubyte.gz")
-    if not os.path.exists(images):
-        pytest.skip(f"Fashion-MNIST not found in {FASHION_DIR} (apt install dataset-fashion-mnist)")
-    x = _idx(images).astype(np.float32)[..., None] / 255.0
-    y = _idx(os.path.join(FASHION_DIR, f"{prefix}-labels-idx1-ubyte.gz")).astype(np.int64)
-    return x, y
+    data = _fashion()
+    return (data.x_train, data.y_train) if split == "train" else (data.x_test, data.y_test)
 
 
 def forward(layers, input_shape, params, x, *, upto=None) -> np.ndarray:
