@@ -23,6 +23,8 @@ RUNS: dict[str, str] = {}
 for part in ("iid", "shards"):
     for codec in ("float32", "int8", "int8-stochastic", "int8-ef"):
         RUNS[f"2nn-{part}-{codec}"] = f"--model 2nn {MCMAHAN} --partition {part} --codec {codec} --rounds 100"
+for part in ("iid", "shards"):  # quantized local SGD: int8 weights on the device, int8 updates
+    RUNS[f"2nn-{part}-int8-weights-int8"] = f"--model 2nn {MCMAHAN} --partition {part} --codec int8 --weights int8 --rounds 100"
 for codec in ("float32", "int8"):  # the pathological split converges slowly: how many rounds to 85%?
     RUNS[f"2nn-shards-{codec}-r300"] = f"--model 2nn {MCMAHAN} --partition shards --codec {codec} --rounds 300 --eval-every 5"
 for codec in ("float32", "int8"):
