@@ -178,7 +178,7 @@ static int make_layout(const ft_net *net, layout_t *L) {
     L->wt = pos; pos += infer ? 0 : al(ch);             /* transposed chunk (input gradient) */
     L->gscr = pos; pos += infer ? 0 : al(ch);           /* weight-gradient chunk */
     L->gb = pos; pos += al(max_out);
-    L->gy = pos; pos += infer ? 0 : al(B * max_out); /* -lr * dY for the fused dense update */
+    L->gy = pos; pos += (infer || q8) ? 0 : al(B * max_out); /* -lr * dY for the fused dense update */
     L->labels = pos; pos += infer ? 0 : al(B); /* int32 labels of the current batch */
     L->total = pos;
     return 1;
@@ -215,8 +215,9 @@ typedef struct {
     uint64_t step;
 } ctx_t;
 
-/* Weights of rows [r0, r0+rows) of layer i's training-layout tensor as floats. */
-static const float *weights_rows(ctx_t *c, int i, size_t r0, size_t rows) {
+/* Weights of rows [r0, r0+rows) of layer i's training-layout tensor as floats: the arena itself
+ * (float32 mode: updates write through) or a dequantized scratch copy (int8 mode). */
+static float *weights_rows(ctx_t *c, int i, size_t r0, size_t rows) {
     const ft_layer *l = &c->net->layers[i];
     const size_t fo = fan_out(l);
     if (!c->q8) return c->arena + c->L->w + (size_t)l->w_off + r0 * fo;
@@ -234,13 +235,9 @@ static const float *bias(ctx_t *c, int i) {
 
 /* Apply the SGD update to `cnt` parameters at training-layout offset `off` (values `w`, which is
  * the arena itself in float mode and a dequantized scratch in int8 mode, then re-quantized into
- * `q` with stochastic rounding). In gradient mode, store the gradient instead. */
+ * `q` with stochastic rounding). Training mode only (c->h set). */
 static ft_status update(ctx_t *c, size_t off, float *w, const float *g, size_t cnt, ft_block_q8 *q) {
     const ft_sgd_hyper *h = c->h;
-    if (!h) {
-        memcpy(c->grad + off, g, cnt * sizeof(float));
-        return FT_OK;
-    }
     const float lr = h->lr, wd = h->weight_decay, mu = h->prox_mu, m = h->momentum;
     const float *wg = (c->net->flags & FT_TRAIN_PROX) ? c->arena + c->L->g + off : NULL;
     float *v = (c->net->flags & FT_TRAIN_MOMENTUM) ? c->arena + c->L->v + off : NULL;
@@ -390,7 +387,7 @@ static ft_status backward_layer(ctx_t *c, int i, size_t n, float *g, float *dx) 
             for (size_t j = 0; j < n * fo; j++) gy[j] = -c->h->lr * g[j];
         for (size_t r0 = 0; r0 < fi; r0 += rows) {
             const size_t kc = fi - r0 < rows ? fi - r0 : rows;
-            float *w = (float *)weights_rows(c, i, r0, kc);
+            float *w = weights_rows(c, i, r0, kc);
             if (need_dx) {
                 transpose(w, kc, fo, wt); /* W chunk [fo][kc] */
                 ft_gemm_f32(n, kc, fo, g, (ptrdiff_t)fo, 1, wt, kc, dx + r0, fi, 0);
@@ -413,7 +410,7 @@ static ft_status backward_layer(ctx_t *c, int i, size_t n, float *g, float *dx) 
     }
     case FT_LAYER_CONV2D: {
         const size_t K = fan_in(l), OC = fan_out(l), P = (size_t)(l->out_h * l->out_w);
-        float *w = (float *)weights_rows(c, i, 0, K);
+        float *w = weights_rows(c, i, 0, K);
         float *col = c->arena + L->col;
         if (need_dx) {
             transpose(w, K, OC, wt); /* W [OC][K] */

@@ -69,7 +69,9 @@ def local_sgd(model: Model, params: np.ndarray, x, y, *, epochs: int, batch_size
     flags = _flags(momentum > 0.0, prox, weights)
 
     n = x2.shape[0]
-    batch = min(batch, n)  # an arena for a batch larger than the data would only waste memory
+    # the arena serves batches up to its own size: for data smaller than a batch, a power of two
+    # >= n is enough (and bounds how many arenas clients of many sizes leave in the cache)
+    batch = min(batch, 1 << (n - 1).bit_length())
     arena = model._arena(batch, flags)
     desc = model._desc
     _core.train_load(desc, model.n_params, batch, flags, params, global_params if prox else None, arena)

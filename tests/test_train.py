@@ -299,3 +299,15 @@ def test_int8_with_fedprox_and_weight_decay_follows_float32():
     free = p0.copy()
     ft.local_sgd(m, free, x, y, weights="int8", **dict(kw, prox_mu=0.0))
     assert np.linalg.norm(pq - g) < 0.7 * np.linalg.norm(free - g)  # the proximal term pulls to g
+
+
+def test_batch_larger_than_the_data_is_one_full_batch():
+    m = fm.build("mlp:64-32-10")
+    x, y = data(m, 7)
+    a, b = m.init(0), m.init(0)
+    ra = ft.local_sgd(m, a, x, y, epochs=3, batch_size=50, lr=0.1, seed=1)
+    rb = ft.local_sgd(m, b, x, y, epochs=3, batch_size=7, lr=0.1, seed=1)
+    assert (ra.steps, ra.n_samples) == (rb.steps, rb.n_samples) == (3, 21)
+    np.testing.assert_array_equal(a, b)
+    sizes = {key[0] for key in m._local.arenas}
+    assert sizes == {7, 8}  # batch 50 on 7 samples used an 8-sample arena, not a 50-sample one
