@@ -23,10 +23,14 @@ RUNS: dict[str, str] = {}
 for part in ("iid", "shards"):
     for codec in ("float32", "int8", "int8-stochastic", "int8-ef"):
         RUNS[f"2nn-{part}-{codec}"] = f"--model 2nn {MCMAHAN} --partition {part} --codec {codec} --rounds 100"
+for part in ("iid", "shards"):  # quantized local SGD: int8 weights on the device, int8 updates
+    RUNS[f"2nn-{part}-int8-weights-int8"] = f"--model 2nn {MCMAHAN} --partition {part} --codec int8 --weights int8 --rounds 100"
 for codec in ("float32", "int8"):  # the pathological split converges slowly: how many rounds to 85%?
     RUNS[f"2nn-shards-{codec}-r300"] = f"--model 2nn {MCMAHAN} --partition shards --codec {codec} --rounds 300 --eval-every 5"
 for codec in ("float32", "int8"):
     RUNS[f"cnn-iid-{codec}"] = f"--model cnn {MCMAHAN} --partition iid --codec {codec} --rounds 50"
+for codec in ("float32", "int8"):
+    RUNS[f"cnn-iid-{codec}-r100"] = f"--model cnn {MCMAHAN} --partition iid --codec {codec} --rounds 100"
 NONIID = {
     "fedavg": "",
     "fedprox": "--prox-mu 0.01",
@@ -88,7 +92,7 @@ def _first(res: dict, target: float) -> str:
 
 
 def _last10(res: dict) -> float:
-    return float(np.mean([row["test_acc"] for row in res["rounds"][-10:]]))
+    return float(np.nanmean([row["test_acc"] for row in res["rounds"][-10:]]))
 
 
 def table(out: str) -> None:
@@ -102,6 +106,13 @@ def table(out: str) -> None:
         print(f"| {name} | {len(res['rounds'])} | {_acc_at(res, 10)} | {_acc_at(res, 25)} | {_acc_at(res, 50)} | "
               f"{s['final_test_acc'] * 100:.2f} | {_last10(res) * 100:.2f} | {s['best_test_acc'] * 100:.2f} | {_first(res, 0.85)} | "
               f"{s['upload_mb']:.1f} | {s['upload_bytes_per_update']:.0f} | {s['wall_s']:.0f} |")
+    print()
+    curves = ["2nn-iid-float32", "2nn-iid-int8", "2nn-shards-float32", "2nn-shards-int8", "cnn-iid-float32", "cnn-iid-int8"]
+    loaded = {name: _load(out, name) for name in curves}
+    print("| round | " + " | ".join(curves) + " |")
+    print("|---" * (len(curves) + 1) + "|")
+    for r in (1, 2, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 100):
+        print(f"| {r} | " + " | ".join(_acc_at(loaded[c], r) if loaded[c] else "-" for c in curves) + " |")
     print()
     print("| partition | seed | float32 final | int8 final | gap (points) | float32 mean last 10 | int8 mean last 10 | gap (points) | upload bytes float32 / int8 |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DEFAULT_DIRS = {
+DEFAULT_DIRS = {  # where a distribution package puts the files; others need --data-dir
     "fashion-mnist": "/usr/share/datasets/fashion-mnist",
-    "mnist": "/usr/share/datasets/mnist",
 }
 INSTALL_HINT = {
     "fashion-mnist": "apt-get install dataset-fashion-mnist, or pass --data-dir DIR",

@@ -27,6 +27,7 @@ Policies (each one named, each one tested):
 """
 from __future__ import annotations
 
+import inspect
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -110,7 +111,8 @@ class ServerOptimizer:
         return sum(int(a.nbytes) for a in self.state().values())
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in vars(self).items() if not isinstance(v, np.ndarray) and v is not None)})"
+        hyper = {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in hyper.items())})"
 
 
 class FedAvgM(ServerOptimizer):
@@ -182,7 +184,6 @@ def make_server_optimizer(name: str, **hyper: float) -> ServerOptimizer:
     if name not in SERVER_OPTIMIZERS:
         raise ValueError(f"unknown server optimizer {name!r}: use one of {', '.join(SERVER_OPTIMIZERS)}")
     cls = SERVER_OPTIMIZERS[name]
-    import inspect
     allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
     given = {k: v for k, v in hyper.items() if v is not None}
     extra = set(given) - allowed

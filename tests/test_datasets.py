@@ -65,6 +65,8 @@ def test_missing_dataset_names_the_fix(tmp_path):
         datasets.load("cifar")
     with pytest.raises(ValueError, match="--data-dir"):
         datasets.load("emnist-digits")
+    with pytest.raises(ValueError, match="--data-dir"):
+        datasets.load("mnist")
 
 
 @needs_fashion

@@ -164,3 +164,21 @@ def test_cli_bad_arguments_one_line_exit_2(args, needle):
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in p.stderr, p.stderr
+
+
+def test_progress_bar_on_a_terminal_and_plain_lines_otherwise():
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    rows = [{"round": r, "test_acc": 0.5, "cum_upload_mb": 1.0 * r, "wall_s": 0.1 * r} for r in (1, 2)]
+    plain, tty = io.StringIO(), Tty()
+    for stream in (plain, tty):
+        bar = simulate.Progress(2, stream=stream)
+        for row in rows:
+            bar.update(row)
+    assert plain.getvalue().splitlines() == ["round 1/2  test acc 0.5000  up 1.0 MB  0.1 s",
+                                             "round 2/2  test acc 0.5000  up 2.0 MB  0.2 s"]
+    assert tty.getvalue().count("\r") == 2 and "[" + "#" * 24 + "]" in tty.getvalue() and tty.getvalue().endswith("\n")
