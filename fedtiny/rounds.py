@@ -3,20 +3,18 @@
 Plain Python, no I/O and no clock of its own: every caller (the simulation, the UDP aggregator,
 a bridge) passes `now` in and moves the bytes itself. One Server holds the global model, ONE
 fedtiny.fedavg.Accumulator and the server optimizer's state, so its memory is O(model) whatever
-the number of clients; a Round adds a few bytes per participant (who already answered) and, while
-a device's chunked upload is in flight, one byte per 128-parameter block for that device.
+the number of clients; a Round adds a few bytes per participant (who already answered).
+Updates arrive whole: a transport that receives them in chunks stages and checks them first
+(fedtiny/ingest.py, the one chunk-wise ingest policy: nothing partial ever reaches the sum).
 
 Policies (each one named, each one tested):
 - An update for another round, from a device not selected, or after the round closed is
   rejected with a named reason and counted; nothing of it reaches the accumulator.
-- A second copy of an update (or of a chunk) is ignored and counted as a duplicate.
+- A second copy of an update is ignored and counted as a duplicate.
 - A round closes as soon as `min_updates` complete updates are in (default: every selected
   device), or at its deadline with whoever answered; stragglers are left out. With fewer than
   `quorum` complete updates at close, the round is abandoned: the sum is discarded, the model
   stays as it was.
-- A chunked upload still incomplete at close keeps the blocks it delivered: each block is
-  averaged over the devices that delivered it (per-block weights), so a dropped device neither
-  biases nor corrupts the other blocks.
 - FedNova (Wang et al. 2020) normalisation for heterogeneous local steps: each update is
   weighted n_k / tau_k and the mean is rescaled by tau_eff * sum(n_k / tau_k) / n, with
   tau_eff = sum(n_k tau_k) / n. With equal steps it is exactly FedAvg.
@@ -35,7 +33,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .codec import BLOCK_BYTES, QK, Int8Update, nblocks
+from .codec import Int8Update
 from .fedavg import Accumulator
 
 # Verdict reasons. Only ACCEPTED changes the sum; DUPLICATE is harmless; the rest are rejections.
@@ -44,7 +42,6 @@ DUPLICATE = "duplicate"
 WRONG_ROUND = "wrong_round"
 NOT_SELECTED = "not_selected"
 ROUND_CLOSED = "round_closed"
-NO_UPLOAD = "no_upload"
 BAD_UPDATE = "bad_update"
 
 
@@ -202,16 +199,6 @@ def _positive(what: str, value: float) -> float:
 # --- rounds -----------------------------------------------------------------------------------
 
 @dataclass
-class _Upload:
-    """A chunked upload in flight: its weight and which blocks arrived."""
-
-    n_samples: float
-    steps: float
-    weight: float
-    blocks: np.ndarray  # bool per block
-
-
-@dataclass
 class RoundResult:
     """What a closed round did (the metrics a caller logs)."""
 
@@ -221,7 +208,6 @@ class RoundResult:
     selected: int                     # how many devices were asked (-1: open membership)
     contributors: list[int]           # devices whose complete update went into the model
     stragglers: list[int]             # selected, no complete update at close
-    incomplete: list[int]             # chunked uploads still in flight at close (their blocks kept)
     n_samples: float                  # sum of n_k of complete updates
     rejected: dict[str, int] = field(default_factory=dict)
     detail: str = ""
@@ -256,7 +242,6 @@ class Round:
         self.closed = False
         self.counts: Counter[str] = Counter()
         self._done: dict[int, float] = {}          # device -> n_k of its complete update
-        self._uploads: dict[int, _Upload] = {}     # chunked uploads in flight
         self._n = 0.0                              # sum n_k (complete)
         self._n_tau = 0.0                          # sum n_k tau_k (complete, FedNova)
         self._weight = 0.0                         # sum of accumulator weights (complete)
@@ -306,60 +291,12 @@ class Round:
         verdict, staleness = self._admit(device, round_id)
         if verdict is not None:
             return verdict
-        if device in self._uploads:
-            return self._count(BAD_UPDATE, f"device {device} has a chunked upload in flight")
         try:
             weight, tau = self._weight_of(device, n_samples, steps, staleness)
             self._server.accumulator.add(update, weight)  # validates size and finiteness, counts the weight
         except ValueError as exc:
             return self._count(BAD_UPDATE, f"device {device}: {exc}")
         self._complete(device, n_samples, tau, weight, weight_counted=True)
-        return self._count(ACCEPTED)
-
-    def begin_upload(self, device: int, round_id: int, n_samples: float, *, steps: float | None = None) -> Verdict:
-        """Announce a chunked upload (its header); chunks follow through submit_chunk."""
-        device = int(device)
-        verdict, staleness = self._admit(device, round_id)
-        if verdict is not None:
-            return verdict
-        if device in self._uploads:
-            return self._count(DUPLICATE, f"device {device} already began its upload")
-        try:
-            weight, tau = self._weight_of(device, n_samples, steps, staleness)
-        except ValueError as exc:
-            return self._count(BAD_UPDATE, str(exc))
-        n_blocks = nblocks(self._server.accumulator.n_params)
-        self._uploads[device] = _Upload(float(n_samples), tau, weight, np.zeros(n_blocks, dtype=bool))
-        return self._count(ACCEPTED)
-
-    def submit_chunk(self, device: int, round_id: int, first_block: int, blocks: bytes | memoryview) -> Verdict:
-        """Whole int8 blocks of a begun upload, added in place; the update completes with its last block."""
-        device = int(device)
-        verdict, _ = self._admit(device, round_id)
-        if verdict is not None:
-            return verdict
-        upload = self._uploads.get(device)
-        if upload is None:
-            return self._count(NO_UPLOAD, f"device {device} sent a chunk without beginning an upload")
-        nbytes = len(memoryview(blocks).cast("B"))
-        count = nbytes // BLOCK_BYTES
-        first = int(first_block)
-        if nbytes % BLOCK_BYTES or count == 0 or first < 0 or first + count > upload.blocks.size:
-            return self._count(BAD_UPDATE, f"device {device}: chunk of {nbytes} bytes at block {first} does not fit "
-                                           f"the model's {upload.blocks.size} blocks")
-        seen = upload.blocks[first:first + count]
-        if seen.all():
-            return self._count(DUPLICATE, f"device {device}: blocks {first}..{first + count - 1} already received")
-        if seen.any():
-            return self._count(BAD_UPDATE, f"device {device}: chunk at block {first} overlaps blocks already received")
-        try:
-            self._server.accumulator.add_chunk(blocks, first, upload.weight)
-        except ValueError as exc:
-            return self._count(BAD_UPDATE, f"device {device}: {exc}")
-        seen[:] = True
-        if upload.blocks.all():
-            del self._uploads[device]
-            self._complete(device, upload.n_samples, upload.steps, upload.weight)
         return self._count(ACCEPTED)
 
     def submit_partial(self, device: int, round_id: int, mean_delta: Int8Update | np.ndarray,
@@ -436,9 +373,8 @@ class Server:
         closed_by = rnd._closed_by(now)
         rnd.closed = True
         stragglers = sorted(set(rnd.selected or ()) - set(rnd._done))
-        incomplete = sorted(d for d, u in rnd._uploads.items() if u.blocks.any())
         result = RoundResult(rnd.round_id, "applied", closed_by, -1 if rnd.selected is None else len(rnd.selected),
-                             sorted(rnd._done), stragglers, incomplete, rnd._n,
+                             sorted(rnd._done), stragglers, rnd._n,
                              {k: v for k, v in rnd.counts.items() if k not in (ACCEPTED,)})
         if rnd.n_complete < rnd.quorum:
             self.accumulator.reset()
@@ -446,17 +382,16 @@ class Server:
             result.detail = (f"round {rnd.round_id} abandoned: {rnd.n_complete} complete update(s) at close, "
                              f"quorum {rnd.quorum}; the model is unchanged")
             return result
-        self._apply(rnd, incomplete)
+        self._apply(rnd)
         return result
 
-    def _apply(self, rnd: Round, incomplete: list[int]) -> None:
+    def _apply(self, rnd: Round) -> None:
         acc = self.accumulator
         scale = 1.0
         if self.normalization == "fednova":
             tau_eff = rnd._n_tau / rnd._n
             scale = tau_eff * rnd._weight / rnd._n
-        plain = (type(self.optimizer) is ServerOptimizer and self.optimizer.lr == 1.0 and scale == 1.0
-                 and not incomplete)
+        plain = type(self.optimizer) is ServerOptimizer and self.optimizer.lr == 1.0 and scale == 1.0
         if plain:  # FedAvg: w += sum(n_k delta_k) / sum(n_k), in one C pass over the accumulator
             acc.apply(self.params)
             return
@@ -464,20 +399,7 @@ class Server:
             self._mean = np.zeros_like(self.params)
         mean = self._mean
         mean.fill(0.0)
-        if incomplete:
-            # per-block weights: each block divided by the weight of the devices that delivered it
-            block_weight = np.full(nblocks(self.n_params), acc.total_weight, dtype=np.float64)
-            for d in incomplete:
-                up = rnd._uploads[d]
-                block_weight += up.weight * up.blocks
-            acc.total_weight = 1.0  # apply() with scale 1 copies the raw sum out and resets the sum
-            acc.apply(mean)
-            padded = np.zeros(block_weight.size * QK, dtype=np.float32)
-            padded[: self.n_params] = mean
-            padded.reshape(-1, QK)[:] /= block_weight[:, None].astype(np.float32)
-            mean[:] = padded[: self.n_params]
-        else:
-            acc.apply(mean)
+        acc.apply(mean)
         if scale != 1.0:
             mean *= np.float32(scale)
         self.optimizer.step(self.params, mean)

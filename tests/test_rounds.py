@@ -101,52 +101,6 @@ def test_round_below_quorum_is_abandoned_and_model_unchanged():
     assert srv.params.tolist() == [6.0, 7.0]
 
 
-def test_chunked_upload_equals_whole_update_and_ignores_duplicate_chunks():
-    rng = np.random.default_rng(1)
-    n = 3 * codec.QK + 5  # 4 blocks, the last one partial
-    d1, d2 = rng.standard_normal((2, n)).astype(np.float32)
-    u1, u2 = codec.encode(d1), codec.encode(d2)
-    whole = _server(n)
-    rnd = whole.open_round([0, 1])
-    rnd.submit(0, 1, u1, 2)
-    rnd.submit(1, 1, u2, 5)
-    whole.close_round()
-
-    chunked = _server(n)
-    rnd = chunked.open_round([0, 1])
-    rnd.submit(0, 1, u1, 2)
-    assert rnd.begin_upload(1, 1, 5)
-    assert rnd.submit_chunk(1, 1, 0, u2.blocks[:codec.BLOCK_BYTES * 2])
-    assert rnd.submit_chunk(1, 1, 0, u2.blocks[:codec.BLOCK_BYTES * 2]).reason == rounds.DUPLICATE
-    assert rnd.submit_chunk(1, 1, 1, u2.blocks[codec.BLOCK_BYTES:codec.BLOCK_BYTES * 3]).reason == rounds.BAD_UPDATE
-    assert rnd.submit_chunk(1, 1, 4, u2.blocks[:codec.BLOCK_BYTES]).reason == rounds.BAD_UPDATE
-    assert rnd.submit_chunk(0, 1, 0, u2.blocks[:codec.BLOCK_BYTES]).reason == rounds.DUPLICATE  # 0 is done
-    assert rnd.n_complete == 1
-    assert rnd.submit_chunk(1, 1, 2, u2.blocks[codec.BLOCK_BYTES * 2:])
-    assert rnd.n_complete == 2
-    res = chunked.close_round()
-    assert res.closed_by == "all" and res.incomplete == []
-    np.testing.assert_array_equal(chunked.params, whole.params)
-
-
-def test_incomplete_upload_blocks_are_averaged_per_block():
-    n = 3 * codec.QK
-    rng = np.random.default_rng(2)
-    da, db = rng.standard_normal((2, n)).astype(np.float32)
-    ua, ub = codec.encode(da), codec.encode(db)
-    srv = _server(n)
-    rnd = srv.open_round([0, 1], deadline=5.0)
-    rnd.submit(0, 1, ua, 1)
-    rnd.begin_upload(1, 1, 3)
-    rnd.submit_chunk(1, 1, 0, ub.blocks[:codec.BLOCK_BYTES])  # then device 1 drops
-    res = srv.close_round(now=5.0)
-    assert res.incomplete == [1] and res.stragglers == [1] and res.contributors == [0]
-    a, b = ua.decode().astype(np.float64), ub.decode().astype(np.float64)
-    expected = a.copy()
-    expected[:codec.QK] = (a[:codec.QK] + 3 * b[:codec.QK]) / 4
-    np.testing.assert_allclose(srv.params, expected, rtol=1e-6, atol=1e-7)
-
-
 def test_partial_sum_from_a_bridge_equals_its_devices():
     rng = np.random.default_rng(3)
     d = rng.standard_normal((3, 50)).astype(np.float32)
