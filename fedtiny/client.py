@@ -23,7 +23,7 @@ import numpy as np
 from . import codec, session, wire
 from .aggregator import MODEL_WINDOW, parse_hostport, setup_logging
 from .session import Rejected
-from .simulate import _seed as derive_seed
+from .simulate import derive_seed
 
 log = logging.getLogger("fedtiny.client")
 

@@ -115,7 +115,7 @@ class SimResult:
                 "personalization": self.personalization}
 
 
-def _seed(*parts: int) -> int:
+def derive_seed(*parts: int) -> int:
     """A 31-bit seed derived from (run seed, round, client, purpose): independent streams, reproducible."""
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
 
@@ -194,7 +194,7 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
     upload_f32 = 4 * n_params
     speed = None
     if cfg.hetero:  # a fixed speed per device: the fraction of the full local steps it manages per round
-        speed = np.random.default_rng(_seed(cfg.seed, 0x4E7E)).uniform(HETERO_MIN_SPEED, 1.0, cfg.clients)
+        speed = np.random.default_rng(derive_seed(cfg.seed, 0x4E7E)).uniform(HETERO_MIN_SPEED, 1.0, cfg.clients)
     residuals: dict[int, np.ndarray] = {}  # int8-ef: CLIENT memory (one per device), not the aggregator's
     result = SimResult(config=asdict(cfg))
     cum_up = cum_down = 0
@@ -222,9 +222,9 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
             res = train.local_sgd(model, local, xk, yk, epochs=cfg.epochs, batch_size=cfg.batch, lr=cfg.lr,
                                   momentum=cfg.momentum, prox_mu=cfg.prox_mu,
                                   global_params=server.params if cfg.prox_mu > 0 else None,
-                                  weights=cfg.weights, seed=_seed(cfg.seed, r, k, 1), max_steps=max_steps)
+                                  weights=cfg.weights, seed=derive_seed(cfg.seed, r, k, 1), max_steps=max_steps)
             local -= server.params  # the delta, in place
-            update = _encode(cfg.codec, local, residuals, k, _seed(cfg.seed, r, k, 2))
+            update = _encode(cfg.codec, local, residuals, k, derive_seed(cfg.seed, r, k, 2))
             up += upload_f32 if update is local else update.nbytes
             verdict = rnd.submit(k, r, update, part.n_samples, steps=res.steps)
             if not verdict.accepted:  # the simulation sends nothing malformed: this is a bug, say so loudly
@@ -310,7 +310,7 @@ def _federated_eval(train, model, params, data, splits, selected) -> tuple[float
 
 def _personalize(cfg, train, model, global_params, data, splits) -> dict:
     """Each client fine-tunes the global model on its own data; accuracy on its held-out part before/after."""
-    rng = np.random.default_rng(_seed(cfg.seed, 0x9E25))
+    rng = np.random.default_rng(derive_seed(cfg.seed, 0x9E25))
     eligible = [k for k, s in enumerate(splits) if s.holdout.size and s.n_samples]
     if not eligible:
         raise ValueError("personalization needs held-out data on the clients: use --holdout > 0")
@@ -324,7 +324,7 @@ def _personalize(cfg, train, model, global_params, data, splits) -> dict:
         params[:] = global_params
         train.local_sgd(model, params, data.x_train[s.train], data.y_train[s.train], epochs=cfg.personalize,
                         batch_size=cfg.batch, lr=cfg.lr, momentum=cfg.momentum, weights=cfg.weights,
-                        seed=_seed(cfg.seed, 0x9E25, k))
+                        seed=derive_seed(cfg.seed, 0x9E25, k))
         after.append(float(train.evaluate(model, params, xh, yh)[1]))
     b, a = np.array(before), np.array(after)
     return {"epochs": cfg.personalize, "clients": chosen, "before": before, "after": after,

@@ -75,7 +75,7 @@ def test_one_round_equals_fedavg_oracle(digits):
     for k, s in enumerate(splits):
         w = w0.copy()
         train.local_sgd(model, w, digits.x_train[s.train], digits.y_train[s.train], epochs=cfg.epochs,
-                        batch_size=cfg.batch, lr=cfg.lr, seed=simulate._seed(cfg.seed, 1, k, 1))
+                        batch_size=cfg.batch, lr=cfg.lr, seed=simulate.derive_seed(cfg.seed, 1, k, 1))
         deltas.append(w.astype(np.float64) - w0)
     deltas = np.array(deltas)
     oracle = w0 + (sizes[:, None] * deltas).sum(0) / sizes.sum()
