@@ -380,6 +380,10 @@ def load_params(params: str | None = None, state: str | None = None) -> np.ndarr
         return ckpt.weights
     path = params
     try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic[:2] != b"PK" and magic != b"\x93NUMPY":  # .npz is a zip archive, refused below
+            raise ValueError("no .npy header")
         vec = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file") from None
