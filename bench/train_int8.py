@@ -8,8 +8,6 @@ bytes of the weights themselves while training (float32: 4 per parameter; int8: 
 of 128 int8 + one float32 scale).
 """
 import argparse
-import gzip
-import os
 import time
 
 import numpy as np
@@ -17,17 +15,15 @@ import numpy as np
 from fedtiny import model as fm
 from fedtiny import train as ft
 
-FASHION_DIR = os.environ.get("FEDTINY_FASHION_MNIST", "/usr/share/datasets/fashion-mnist")
-
-
 def load(prefix: str, n: int | None):
-    with gzip.open(os.path.join(FASHION_DIR, f"{prefix}-images-idx3-ubyte.gz")) as f:
-        x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28, 1)
-    with gzip.open(os.path.join(FASHION_DIR, f"{prefix}-labels-idx1-ubyte.gz")) as f:
-        y = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
+    """The first n images of the real Fashion-MNIST split ("train" or "t10k"), in file order."""
+    from fedtiny import datasets
+
+    data = datasets.load("fashion-mnist")
+    x, y = (data.x_train, data.y_train) if prefix == "train" else (data.x_test, data.y_test)
     if n is not None:
         x, y = x[:n], y[:n]
-    return x.astype(np.float32) / np.float32(255), y
+    return x, y.astype(np.int64)
 
 
 def weight_bytes(m: fm.Model, weights: str) -> int:

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 import fedtiny
+from fedtiny import datasets
 from fedtiny import model as fm
 from fedtiny import train as ft
 
 import train_oracle as ref
 
-needs_fashion = pytest.mark.skipif(not os.path.exists(os.path.join(ref.FASHION_DIR, "t10k-labels-idx1-ubyte.gz")),
+needs_fashion = pytest.mark.skipif(not os.path.isdir(datasets.DEFAULT_DIRS["fashion-mnist"]),
                                    reason="Fashion-MNIST not installed (apt package dataset-fashion-mnist)")
 
 

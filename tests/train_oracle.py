@@ -1,34 +1,19 @@
 """numpy float64 reference of every training-engine layer (the oracle the C engine is checked
-against) and a tiny reader of the real Fashion-MNIST IDX files."""
+against) and the real Fashion-MNIST as the training tests take it."""
 from __future__ import annotations
-
-import gzip
-import os
 
 import numpy as np
 
-FASHION_DIR = os.environ.get("FEDTINY_FASHION_MNIST", "/usr/share/datasets/fashion-mnist")
-
-
-def read_idx(path: str) -> np.ndarray:
-    """An IDX file (optionally .gz): big-endian magic (0, 0, dtype 0x08 = uint8, ndim), dims, data."""
-    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
-        raw = f.read()
-    if raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file")
-    ndim = raw[3]
-    dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
 def fashion(split: str = "train", n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(x float32 (N, 28, 28, 1) in [0, 1], y int64 (N,)) from the real Fashion-MNIST files."""
-    pre = "train" if split == "train" else "t10k"
-    x = read_idx(os.path.join(FASHION_DIR, f"{pre}-images-idx3-ubyte.gz"))
-    y = read_idx(os.path.join(FASHION_DIR, f"{pre}-labels-idx1-ubyte.gz"))
+    """(x float32 (N, 28, 28, 1) in [0, 1], y int64 (N,)): the first n images of the real
+    Fashion-MNIST split, in file order, through fedtiny.datasets."""
+    from fedtiny import datasets
+
+    data = datasets.load("fashion-mnist")
+    x, y = (data.x_train, data.y_train) if split == "train" else (data.x_test, data.y_test)
     if n is not None:
         x, y = x[:n], y[:n]
-    return (x.astype(np.float32) / 255.0)[..., None], y.astype(np.int64)
+    return x, y.astype(np.int64)
 
 
 # ---- layers: forward returns (y, cache); backward(g, cache) returns (dx, dW, db) -----------
