@@ -28,6 +28,27 @@ BLOCK_DTYPE = np.dtype([("d", "<f4"), ("q", "i1", (QK,))])
 assert BLOCK_DTYPE.itemsize == BLOCK_BYTES
 
 
+_F32 = struct.Struct("<f")
+_MAX_SCALE = float(MAX_SCALE)
+
+
+def check_blocks(data: bytes | bytearray | memoryview) -> str | None:
+    """Why these int8 blocks must not be decoded or accumulated, or None when they may: the one
+    reader rule (a scale outside [0, FLT_MAX/127] or NaN: "bad_scale"; an int8 -128: "bad_value";
+    not whole blocks: "bad_length"). Plain Python on purpose: for a datagram's chunk (8 blocks)
+    it is several times faster than numpy; a whole 2nn update takes about 1 ms."""
+    b = bytes(data)
+    if not b or len(b) % BLOCK_BYTES:
+        return "bad_length"
+    for off in range(0, len(b), BLOCK_BYTES):
+        (d,) = _F32.unpack_from(b, off)
+        if not 0.0 <= d <= _MAX_SCALE:  # negative, NaN, Inf, or 127*d would overflow
+            return "bad_scale"
+        if b.find(b"\x80", off + 4, off + BLOCK_BYTES) >= 0:  # int8 -128
+            return "bad_value"
+    return None
+
+
 def nblocks(n_params: int) -> int:
     return (n_params + QK - 1) // QK
 
@@ -90,14 +111,12 @@ class Int8Update:
         if len(mv) != expected:
             what = "truncated" if len(mv) < expected else "has trailing bytes"
             raise ValueError(f"int8 update {what}: {len(mv)} bytes, {n} parameters need {expected}")
-        buf = np.frombuffer(mv, dtype=np.uint8).copy()
-        update = cls(buf, n, flags, seed)
-        d = update.scales
-        if not np.all((d >= 0) & (d <= MAX_SCALE)):  # NaN fails both comparisons
+        problem = check_blocks(mv[HEADER_BYTES:])
+        if problem == "bad_scale":
             raise ValueError("int8 update corrupted: a block scale is negative, NaN, Inf or above FLT_MAX/127")
-        if np.any(update.values == -128):
+        if problem == "bad_value":
             raise ValueError("int8 update corrupted: value -128 is outside the codec's range [-127, 127]")
-        return update
+        return cls(np.frombuffer(mv, dtype=np.uint8).copy(), n, flags, seed)
 
     def decode(self) -> np.ndarray:
         out = np.empty(self._n, dtype=np.float32)

@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from . import _core
-from .codec import BLOCK_BYTES, QK, Int8Update
+from .codec import BLOCK_BYTES, QK, Int8Update, check_blocks
 
 
 def _check_weight(weight: float) -> float:
@@ -65,6 +65,10 @@ class Accumulator:
         n = min(nbytes // BLOCK_BYTES * QK, self.n_params - offset)
         if nbytes // BLOCK_BYTES > (n + QK - 1) // QK:
             raise ValueError(f"chunk at block {first_block} runs past the model's last block")
+        problem = check_blocks(blocks)  # the codec's reader rule: nothing malformed reaches the sum
+        if problem is not None:
+            raise ValueError(f"chunk at block {first_block} refused: {problem} (a scale outside "
+                             f"[0, FLT_MAX/127] or an int8 -128)")
         _core.fedavg_acc_q8(self._acc, offset, blocks, n, w)
 
     def add_weight(self, weight: float) -> None:

@@ -17,36 +17,15 @@ independent of arrival order, bit for bit the same as adding the updates in id o
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from typing import Callable
 
-from .codec import BLOCK_BYTES, FLAG_STOCHASTIC, HEADER, HEADER_BYTES, MAGIC, QK, VERSION, Int8Update, nblocks
+from .codec import BLOCK_BYTES, FLAG_STOCHASTIC, HEADER, HEADER_BYTES, MAGIC, QK, VERSION, Int8Update, check_blocks, nblocks
 
 from .wire import UPDATE_CHUNK_BLOCKS as CHUNK_BLOCKS, update_chunks  # noqa: F401  (the protocol's chunking)
-
-
-_FLT_MAX = float(np.finfo(np.float32).max)
-_F32 = struct.Struct("<f")
-
-
-def check_blocks(data: bytes | memoryview) -> str | None:
-    """Why these int8 blocks cannot be accumulated (None when they can): the codec's reader rules.
-
-    Plain Python on purpose: for one chunk (8 blocks) it is several times faster than numpy."""
-    b = bytes(data)
-    if not b or len(b) % BLOCK_BYTES:
-        return "bad_length"
-    for off in range(0, len(b), BLOCK_BYTES):
-        (d,) = _F32.unpack_from(b, off)
-        if not 0.0 <= d <= _FLT_MAX:            # negative, NaN or Inf
-            return "bad_scale"
-        if b.find(b"\x80", off + 4, off + BLOCK_BYTES) >= 0:   # int8 -128
-            return "bad_value"
-    return None
 
 
 @dataclass

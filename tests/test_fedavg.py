@@ -126,6 +126,15 @@ def test_bad_inputs_raise():
         acc.add_chunk(u.blocks[:132], 3, 1)
     with pytest.raises(ValueError, match="past the model"):
         acc.add_chunk(u.blocks[:264], 2, 1)
+    bad = bytearray(u.blocks[:132])
+    bad[0:4] = np.float32(1e37).tobytes()
+    with pytest.raises(ValueError, match="bad_scale"):
+        acc.add_chunk(bytes(bad), 0, 1)
+    bad = bytearray(u.blocks[:132])
+    bad[10] = 0x80
+    with pytest.raises(ValueError, match="bad_value"):
+        acc.add_chunk(bytes(bad), 0, 1)
+    assert not np.any(acc._acc)  # nothing of the refused chunks reached the sum
     with pytest.raises(ValueError, match="nothing to apply"):
         acc.apply(np.zeros(300, np.float32))
     acc.add(u, 1)

@@ -114,6 +114,7 @@ def test_slots_bound_memory_and_busy_devices_retry(rng):
     (lambda b: b[:-1], "bad_length"),
     (lambda b: np.float32(np.nan).tobytes() + b[4:], "bad_scale"),
     (lambda b: np.float32(-1.0).tobytes() + b[4:], "bad_scale"),
+    (lambda b: np.float32(1e37).tobytes() + b[4:], "bad_scale"),  # 127 * d overflows to Inf
     (lambda b: b[:4] + b"\x80" + b[5:], "bad_value"),
 ])
 def test_malformed_chunks_are_refused_untouched(rng, mutate, reason):
