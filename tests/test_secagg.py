@@ -1,0 +1,513 @@
+"""SecAgg+ (fedtiny.privacy): Shamir, the graph, and the protocol's must-shows: Exact (every
+dropout pattern at every phase gives the survivors' integer sum bit for bit, below the threshold
+the round is abandoned), Blind (the first-layer inversion attack, uniformity of the masked payload,
+never both kinds of shares of one device) and Hostile input (each rejected and counted by reason,
+none reaches the sum)."""
+import itertools
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from fedtiny.privacy import grid as gridmod
+from fedtiny.privacy import inprocess, secagg, shamir
+from fedtiny.privacy.secagg import Config, Device, ServerRound, Setup
+
+import secagg_oracle
+from fedtiny import _core
+from secagg_oracle import grid_vector, masked
+
+
+@pytest.fixture(autouse=True)
+def _kernels(monkeypatch):
+    """INTERIM, until csrc's secure-aggregation kernels land (branch secagg-c): the oracle stands in."""
+    if hasattr(_core, "secagg_encode"):
+        return
+
+    class Shim:
+        @staticmethod
+        def l2norm_f32(x):
+            return float(np.sqrt(np.sum(x.astype(np.float64) ** 2)))
+
+        @staticmethod
+        def secagg_encode(x, offset, scale, step, qmax, round_key, seeds, signs, out):
+            bits = out.dtype.itemsize * 8
+            q = grid_vector(x, scale, step, qmax, round_key)
+            out[:] = masked(q, bits, [seeds[i:i + 32] for i in range(0, len(seeds), 32)], signs, offset)
+
+        @staticmethod
+        def secagg_add(acc, x):
+            acc += x
+
+        @staticmethod
+        def secagg_mask(v, offset, seeds, signs):
+            bits = v.dtype.itemsize * 8
+            v[:] = masked(v.astype(np.int64), bits, [seeds[i:i + 32] for i in range(0, len(seeds), 32)], signs, offset)
+
+        @staticmethod
+        def secagg_decode(s, scale, out):
+            c = s.astype(np.int64)
+            bits = s.dtype.itemsize * 8
+            c[c >= 2 ** (bits - 1)] -= 2 ** bits
+            out[:] = (c * scale).astype(np.float32)
+
+    monkeypatch.setattr(gridmod, "_core", Shim)
+
+
+# --- Shamir over GF(2^8) -------------------------------------------------------------------------
+
+def _gf_mul_bitwise(a, b):  # Russian-peasant multiplication modulo x^8 + x^4 + x^3 + x + 1
+    r = 0
+    while b:
+        if b & 1:
+            r ^= a
+        a = (a << 1) ^ (0x11B if a & 0x80 else 0)
+        b >>= 1
+    return r
+
+
+def test_gf256_multiplication_matches_the_bitwise_definition():
+    for a in range(256):
+        for b in range(0, 256, 7):
+            assert shamir._mul(a, b) == _gf_mul_bitwise(a, b)
+    assert shamir._mul(0x57, 0x83) == 0xC1  # FIPS-197 §4.2
+
+
+@pytest.mark.parametrize("n,t", [(1, 1), (3, 2), (5, 3), (9, 5), (40, 21)])
+def test_any_t_shares_rebuild_the_secret_and_fewer_give_another_value(n, t):
+    rng = random.Random(n * 100 + t)
+    secret = bytes(rng.randrange(256) for _ in range(32))
+    xs = rng.sample(range(1, 256), n)
+    shares = dict(zip(xs, shamir.split(secret, xs, t)))
+    for _ in range(20):
+        chosen = rng.sample(xs, rng.randint(t, n))
+        assert shamir.combine({x: shares[x] for x in chosen}) == secret
+    if t > 1:
+        chosen = rng.sample(xs, t - 1)
+        assert shamir.combine({x: shares[x] for x in chosen}) != secret
+
+
+def test_fewer_than_t_shares_are_uniform_whatever_the_secret():
+    # t = 3: two shares of a one-byte secret; their joint distribution must not depend on the secret.
+    counts = {s: Counter() for s in (b"\x00", b"\xff")}
+    for secret in counts:
+        for _ in range(20000):
+            a, b = shamir.split(secret, [1, 2, 3], 3)[:2]
+            counts[secret][(a[0] >> 4, b[0] >> 4)] += 1  # 256 cells
+    for c in counts.values():
+        expected = 20000 / 256
+        chi2 = sum((c[(i, j)] - expected) ** 2 / expected for i in range(16) for j in range(16))
+        assert chi2 < 330.5  # df 255, p = 0.001
+
+
+def test_shamir_refuses_bad_coordinates():
+    with pytest.raises(ValueError, match="distinct"):
+        shamir.split(b"x", [1, 1], 1)
+    with pytest.raises(ValueError, match="outside"):
+        shamir.split(b"x", [0, 1], 1)
+    with pytest.raises(ValueError, match="threshold"):
+        shamir.split(b"x", [1, 2], 3)
+
+
+# --- parameters and graph --------------------------------------------------------------------
+
+def test_defaults():
+    assert secagg.default_neighbours(10) == 9 and secagg.default_neighbours(32) == 31
+    assert secagg.default_neighbours(100) == 40 and secagg.default_neighbours(1000) == 60
+    k, t, m, g = Config(clip=2.0).for_round(10)
+    assert (k, t, m, g.bits, g.qmax) == (9, 5, 6, 16, 3276)
+    assert gridmod.choose_bits(127) == 16 and gridmod.choose_bits(128) == 32
+    assert gridmod.Grid.for_round(1.0, 200).qmax == (2 ** 31 - 1) // 200
+
+
+@pytest.mark.parametrize("n,k", [(10, 9), (20, 6), (33, 4), (100, 40)])
+def test_the_graph_is_k_regular_and_symmetric(n, k):
+    devs = random.Random(n).sample(range(1000), n)
+    g = secagg.neighbours(devs, k, b"seed")
+    assert set(g) == set(devs)
+    for d, nb in g.items():
+        assert len(nb) == k and d not in nb
+        assert all(d in g[v] for v in nb)
+    assert secagg.neighbours(devs, k, b"other") != g or k == n - 1
+
+
+def test_config_errors_name_the_option():
+    with pytest.raises(ValueError, match="--secagg-k"):
+        Config(neighbours=3).for_round(10)
+    with pytest.raises(ValueError, match="--secagg-t"):
+        Config(threshold=10).for_round(10)
+    with pytest.raises(ValueError, match="--secagg-min-survivors"):
+        Config(min_survivors=1).for_round(10)
+
+
+# --- running rounds ---------------------------------------------------------------------------
+
+N_PARAMS = 257
+
+
+def _deltas(devices, seed, n_params=N_PARAMS, spread=0.05):
+    rng = np.random.default_rng(seed)
+    return {d: (rng.standard_normal(n_params) * spread).astype(np.float32) for d in devices}
+
+
+def _round_key(d):
+    return bytes([d % 256]) * 32
+
+
+def _run(devices, config, drop=None, seed=0, round_id=1, tamper=None, n_params=N_PARAMS):
+    """One round in process; returns (result, server, the oracle's grid vectors q_d, device aborts)."""
+    setup = Setup.create(round_id, devices, config)
+    server = ServerRound(setup, n_params)
+    devs = {d: Device(d) for d in setup.devices}
+    deltas = _deltas(setup.devices, seed, n_params)
+    aborts = Counter()
+
+    captured = {}
+
+    def make(dev):  # what the aggregator receives, as on the wire
+        msg = dev.masked_update(deltas[dev.id], _round_key(dev.id))
+        captured[dev.id] = msg.payload
+        return msg
+
+    server.captured = captured
+    if tamper is not None:
+        server = tamper(server)
+    result = inprocess.run_round(server, devs, make, drop, aborts)
+    g = setup.grid
+    q = {d: grid_vector(deltas[d], min(1.0, g.clip / float(np.linalg.norm(deltas[d].astype(np.float64)))),
+                        g.step, g.qmax, _round_key(d)) for d in setup.devices}
+    return result, server, q, aborts, devs
+
+
+def _plain_sum(q, survivors, bits):
+    return masked(sum(q[d] for d in survivors), bits, [], [])
+
+
+def test_grid_vectors_match_the_oracle_and_the_sum_is_exact_without_dropouts():
+    devices = list(range(3, 13))
+    result, server, q, aborts, _ = _run(devices, Config(clip=1.0))
+    assert result.outcome == "applied" and result.survivors == devices and not aborts
+    np.testing.assert_array_equal(result.sum.sum, _plain_sum(q, devices, 16))
+    for d in devices[:3]:  # the kernel's own unmasked grid vector is the oracle's, bit for bit
+        np.testing.assert_array_equal(gridmod.quantize(_deltas(devices, 0)[d], server.setup.grid, _round_key(d)),
+                                      masked(q[d], 16, [], []))
+
+
+@pytest.mark.parametrize("phase", secagg.PHASES)
+def test_exact_for_every_dropout_pattern_at_every_phase(phase):
+    devices = [2, 5, 7, 11, 13, 17]      # k = 5, t = 3, min_survivors = 4
+    config = Config(clip=0.5)
+    outcomes = Counter()
+    for r in range(len(devices) + 1):
+        for dropped in itertools.combinations(devices, r):
+            result, server, q, aborts, _ = _run(devices, config, {d: phase for d in dropped}, seed=r)
+            alive = [d for d in devices if d not in dropped]
+            if len(alive) >= server.setup.min_survivors:
+                assert result.outcome == "applied", (dropped, result.detail)
+                survivors = devices if phase == secagg.UNMASK else alive
+                assert result.survivors == survivors
+                np.testing.assert_array_equal(result.sum.sum, _plain_sum(q, survivors, 16))
+            else:
+                assert result.outcome == "abandoned" and result.sum is None
+                assert result.reason == {"keys": "too_few_keys", "shares": "too_few_shares",
+                                         "masked": "too_few_masked", "unmask": "too_few_unmask"}[phase]
+                assert "abandoned" in result.detail
+            outcomes[result.outcome] += 1
+    assert outcomes == {"applied": 22, "abandoned": 42}  # sum C(6, r) for r <= 2, and the rest
+
+
+def test_exact_with_dropouts_at_mixed_phases_on_a_sparse_graph_and_32_bits():
+    devices = list(range(20))
+    config = Config(clip=1.0, bits=32, neighbours=8)   # t = 5, min_survivors = 6
+    rng = random.Random(7)
+    applied = 0
+    for trial in range(12):
+        drop = {d: rng.choice(secagg.PHASES) for d in rng.sample(devices, rng.randint(0, 5))}
+        result, server, q, _, _ = _run(devices, config, drop, seed=trial)
+        survivors = [d for d in devices if drop.get(d) not in ("keys", "shares", "masked")]
+        if result.outcome == "applied":
+            applied += 1
+            assert result.survivors == survivors
+            np.testing.assert_array_equal(result.sum.sum, _plain_sum(q, survivors, 32))
+        else:  # only when some secret lost its shares: named
+            assert result.reason == "cannot_reconstruct", result.detail
+    assert applied >= 10
+
+
+def test_the_mean_decodes_to_the_clipped_average():
+    devices = list(range(8))
+    result, server, q, _, _ = _run(devices, Config(clip=1.0))
+    g = server.setup.grid
+    mean = result.sum.mean(len(devices))
+    want = sum(q[d] for d in devices).astype(np.float64) * g.step / len(devices)
+    np.testing.assert_allclose(mean, want, rtol=1e-6, atol=1e-9)
+    clipped = [v * min(1.0, 1.0 / np.linalg.norm(v.astype(np.float64))) for v in _deltas(devices, 0).values()]
+    np.testing.assert_allclose(mean, np.mean(clipped, axis=0), atol=3 * g.step)
+
+
+# --- Blind ------------------------------------------------------------------------------------
+
+def _corr(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    return float(a @ b / np.sqrt((a @ a) * (b @ b)))
+
+
+def test_the_masked_payload_is_uniform_and_uncorrelated_with_the_update():
+    # Play the aggregator over many rounds: every captured payload, as 16-bit words.
+    words, truth = [], []
+    for r in range(12):
+        result, server, q, _, _ = _run(list(range(8)), Config(clip=0.3), seed=100 + r, round_id=r + 1, n_params=2048)
+        for d, payload in server.captured.items():
+            words.append(np.frombuffer(payload, "<u2"))
+            truth.append(q[d])
+    w, t = np.concatenate(words), np.concatenate(truth)
+    counts = np.bincount(w >> 8, minlength=256)  # 256 cells of the top byte
+    expected = w.size / 256
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 330.5, chi2  # df 255, p = 0.001
+    centered = np.where(w >= 2 ** 15, w.astype(np.int64) - 2 ** 16, w)
+    assert abs(_corr(centered, t)) < 4 / np.sqrt(w.size)
+    assert np.std(t) > 1  # the true grid vectors are not trivial: the check above could fail
+
+
+def test_the_aggregator_never_holds_both_kinds_of_shares_of_one_device():
+    devices = list(range(7))
+    for phase in secagg.PHASES:
+        for dropped in ([0], [0, 3], [6]):
+            result, server, q, _, _ = _run(devices, Config(clip=1.0), {d: phase for d in dropped})
+            self_owners = {o for a in server._unmask.values() for o in a.self_shares}
+            key_owners = {o for a in server._unmask.values() for o in a.key_shares}
+            assert not self_owners & key_owners
+            if result.outcome == "applied" and phase in ("masked",):
+                assert key_owners == set(dropped) and self_owners == set(devices) - set(dropped)
+
+
+def test_a_device_answers_one_survivor_set_only():
+    devices = list(range(6))
+    result, server, q, _, devs = _run(devices, Config(clip=1.0), {5: "unmask"})
+    dev = devs[0]
+    again = dev.on_unmask(secagg.Unmask(1, tuple(devices)))     # the same request: the same answer
+    assert again is dev._answer
+    with pytest.raises(secagg.DeviceAbort, match="conflicting_unmask"):
+        dev.on_unmask(secagg.Unmask(1, tuple(devices[:-1])))     # now claiming 5 dropped: refused
+    assert dev.counts["conflicting_unmask"] == 1
+
+
+def test_a_lying_server_cannot_collect_both_kinds_with_a_majority_threshold():
+    # The aggregator tells half of device 0's neighbours that 0 survived and the others that it
+    # dropped: with t = floor(k/2) + 1 one of the two kinds always stays below t.
+    devices = list(range(9))
+    setup = Setup.create(1, devices, Config(clip=1.0))
+    server = ServerRound(setup, N_PARAMS)
+    devs = {d: Device(d) for d in devices}
+    deltas = _deltas(devices, 0)
+    for d in devices:
+        server.receive(devs[d].on_setup(setup))
+    for d, m in server.advance().items():
+        server.receive(devs[d].on_key_list(m))
+    for d, m in server.advance().items():
+        devs[d].on_share_list(m)
+        server.receive(devs[d].masked_update(deltas[d], _round_key(d)))
+    server.advance()
+    got = Counter()
+    others = devices[1:]
+    for i, d in enumerate(others):
+        claim = tuple(devices) if i % 2 else tuple(x for x in devices if x != 0)
+        ans = devs[d].on_unmask(secagg.Unmask(1, claim))
+        got["self"] += 0 in ans.self_shares
+        got["key"] += 0 in ans.key_shares
+    assert min(got["self"], got["key"]) < setup.t <= max(got["self"], got["key"]) + 1
+
+
+def _first_layer_inversion(delta, model):
+    """Geiping-style: x = dW[j,:] / db[j] for the unit j with the largest bias change."""
+    (w, b), *_ = model.tensors(delta)
+    j = int(np.argmax(np.abs(b)))
+    return w[j] / b[j]
+
+
+def test_the_first_layer_inversion_recovers_an_image_without_secagg_and_nothing_under_it():
+    from fedtiny import datasets, model as model_mod, train
+    try:
+        data = datasets.load("fashion-mnist")
+    except ValueError as exc:
+        pytest.skip(str(exc))
+    model = model_mod.build("2nn")
+    w0 = model.init(0)
+    devices = list(range(10))
+    setup = Setup.create(1, devices, Config(clip=1.0))
+    server = ServerRound(setup, model.n_params)
+    devs = {d: Device(d) for d in devices}
+    images, deltas = {}, {}
+    for d in devices:  # each device holds one image and takes one SGD step (lr 0.05)
+        w = w0.copy()
+        train.local_sgd(model, w, data.x_train[d:d + 1], data.y_train[d:d + 1], epochs=1, batch_size=1, lr=0.05, seed=d)
+        deltas[d], images[d] = w - w0, data.x_train[d].reshape(-1)
+    captured = {}
+
+    def make(dev):
+        msg = dev.masked_update(deltas[dev.id])
+        captured[dev.id] = msg.payload
+        return msg
+
+    result = inprocess.run_round(server, devs, make)
+    assert result.outcome == "applied"
+    g = setup.grid
+    plain, blind = [], []
+    for d in devices:
+        q = gridmod.quantize(deltas[d], g, _round_key(d))    # what an aggregator without SecAgg receives
+        q_centered = np.where(q >= 2 ** 15, q.astype(np.int64) - 2 ** 16, q).astype(np.float32) * np.float32(g.step)
+        plain.append(abs(_corr(_first_layer_inversion(q_centered, model), images[d])))
+        y = np.frombuffer(captured[d], "<u2")          # what it holds under SecAgg
+        y_centered = np.where(y >= 2 ** 15, y.astype(np.int64) - 2 ** 16, y).astype(np.float32) * np.float32(g.step)
+        blind.append(abs(_corr(_first_layer_inversion(y_centered, model), images[d])))
+    print("inversion |corr| plain", np.round(plain, 3), "blind", np.round(blind, 3))
+    assert np.median(plain) > 0.9, plain
+    assert np.median(blind) < 4 / np.sqrt(784), blind  # chance level for 784 pixels
+
+
+# --- Hostile input ----------------------------------------------------------------------------
+
+def _staged(devices, config=Config(clip=1.0), n_params=N_PARAMS):
+    """A round driven stage by stage so a test can inject messages between stages."""
+    setup = Setup.create(1, devices, config)
+    server = ServerRound(setup, n_params)
+    devs = {d: Device(d) for d in devices}
+    return setup, server, devs, _deltas(devices, 0, n_params)
+
+
+def _finish(server, devs, deltas, share_lists=None):
+    for d, m in (share_lists or server.advance()).items():
+        devs[d].on_share_list(m)
+        assert server.receive(devs[d].masked_update(deltas[d], _round_key(d))).accepted
+    un = server.advance()
+    for d in un.survivors:
+        assert server.receive(devs[d].on_unmask(un)).accepted
+    return server.advance()
+
+
+def _exact(result, setup, deltas, survivors):
+    g = setup.grid
+    q = {d: grid_vector(deltas[d], min(1.0, g.clip / float(np.linalg.norm(deltas[d].astype(np.float64)))),
+                        g.step, g.qmax, _round_key(d)) for d in survivors}
+    np.testing.assert_array_equal(result.sum.sum, _plain_sum(q, survivors, g.bits))
+
+
+def test_hostile_wrong_length_and_second_different_masked_vector_never_reach_the_sum():
+    devices = list(range(6))
+    setup, server, devs, deltas = _staged(devices)
+    for d in devices:
+        server.receive(devs[d].on_setup(setup))
+    for d, m in server.advance().items():
+        server.receive(devs[d].on_key_list(m))
+    lists = server.advance()
+    for d, m in lists.items():
+        devs[d].on_share_list(m)
+    good = devs[0].masked_update(deltas[0], _round_key(0))
+    for bad in (good.payload[:-2], good.payload + b"\0\0", b""):
+        v = server.receive(secagg.MaskedUpdate(1, 0, bad))
+        assert v.reason == "wrong_length" and "need" in v.detail
+    assert server.receive(good).accepted
+    assert server.receive(good).reason == "duplicate"
+    forged = bytes(b ^ 1 for b in good.payload)
+    assert server.receive(secagg.MaskedUpdate(1, 0, forged)).reason == "conflicting_update"
+    for d in devices[1:]:
+        assert server.receive(devs[d].masked_update(deltas[d], _round_key(d))).accepted
+    un = server.advance()
+    for d in un.survivors:
+        server.receive(devs[d].on_unmask(un))
+    result = server.advance()
+    assert result.counts == {"wrong_length": 3, "duplicate": 1, "conflicting_update": 1}
+    _exact(result, setup, deltas, devices)
+
+
+def test_hostile_replayed_and_conflicting_key_messages_are_rejected():
+    devices = list(range(6))
+    setup, server, devs, deltas = _staged(devices)
+    old_round = Setup.create(0, devices, Config(clip=1.0))
+    stale = Device(0).on_setup(old_round)                       # device 0's key message of an earlier round
+    assert server.receive(stale).reason == "wrong_round"
+    keys = {d: devs[d].on_setup(setup) for d in devices}
+    for d in devices:
+        assert server.receive(keys[d]).accepted
+    assert server.receive(keys[1]).reason == "duplicate"
+    assert server.receive(secagg.Keys(1, 1, keys[2].c_pk, keys[2].s_pk, keys[1].commit)).reason == "key_conflict"
+    assert server.receive(secagg.Keys(1, 99, keys[1].c_pk, keys[1].s_pk, keys[1].commit)).reason == "not_selected"
+    lists = server.advance()
+    assert server.receive(keys[3]).reason == "wrong_stage"      # a key message replayed into the share stage
+    for d, m in lists.items():
+        server.receive(devs[d].on_key_list(m))
+    result = _finish(server, devs, deltas)
+    assert result.counts == {"wrong_round": 1, "duplicate": 1, "key_conflict": 1, "not_selected": 1, "wrong_stage": 1}
+    _exact(result, setup, deltas, devices)
+
+
+def test_hostile_shares_addressed_to_another_device_are_rejected():
+    devices = list(range(9))  # k = 8, t = 5: device 1's shares held by 4..8 are still enough
+    setup, server, devs, deltas = _staged(devices)
+    for d in devices:
+        server.receive(devs[d].on_setup(setup))
+    key_lists = server.advance()
+    shares = {d: devs[d].on_key_list(m) for d, m in key_lists.items()}
+    # device 0 addresses a share to itself instead of device 1: refused whole, 0 is out of the round
+    bad = dict(shares[0].ciphertexts)
+    bad[0] = bad.pop(1)
+    v = server.receive(secagg.Shares(1, 0, bad))
+    assert v.reason == "share_misaddressed" and "addressed shares" in v.detail
+    assert server.receive(secagg.Shares(1, 1, {**shares[1].ciphertexts, 2: b"\0" * 10})).reason == "bad_share"
+    # device 1 swaps the ciphertexts meant for 2 and 3: the server cannot tell; 2 and 3 cannot decrypt them
+    swapped = dict(shares[1].ciphertexts)
+    swapped[2], swapped[3] = swapped[3], swapped[2]
+    assert server.receive(secagg.Shares(1, 1, swapped)).accepted
+    for d in devices[2:]:
+        assert server.receive(shares[d]).accepted
+    result = _finish(server, devs, deltas)
+    assert devs[2].counts["share_undecryptable"] == 1 and devs[3].counts["share_undecryptable"] == 1
+    assert result.counts == {"share_misaddressed": 1, "bad_share": 1}
+    assert result.survivors == devices[1:]
+    _exact(result, setup, deltas, devices[1:])
+
+
+def test_hostile_unmask_answers_that_reveal_the_wrong_kind_are_rejected():
+    devices = list(range(6))
+    setup, server, devs, deltas = _staged(devices)
+    for d in devices:
+        server.receive(devs[d].on_setup(setup))
+    for d, m in server.advance().items():
+        server.receive(devs[d].on_key_list(m))
+    for d, m in server.advance().items():
+        devs[d].on_share_list(m)
+        server.receive(devs[d].masked_update(deltas[d], _round_key(d)))
+    un = server.advance()
+    ans = devs[1].on_unmask(un)
+    x, share = ans.self_shares[2]
+    # a key share of survivor 2 (together with self shares it would reveal 2's vector): refused
+    v = server.receive(secagg.UnmaskShares(1, 1, ans.self_shares, {2: (x, share)}))
+    assert v.reason == "bad_unmask"
+    v = server.receive(secagg.UnmaskShares(1, 1, {**ans.self_shares, 2: (x + 1, share)}, {}))
+    assert v.reason == "bad_unmask"
+    for d in un.survivors:
+        server.receive(devs[d].on_unmask(un))
+    result = server.advance()
+    assert result.counts == {"bad_unmask": 2}
+    _exact(result, setup, deltas, devices)
+
+
+def test_a_device_refuses_a_setup_or_messages_out_of_order():
+    devices = list(range(4))
+    setup = Setup.create(3, devices, Config(clip=1.0))
+    with pytest.raises(secagg.DeviceAbort, match="not_selected"):
+        Device(9).on_setup(setup)
+    dev = Device(0)
+    with pytest.raises(secagg.DeviceAbort, match="wrong_stage"):
+        dev.on_key_list(secagg.KeyList(3, {}))
+    dev = Device(0)
+    dev.on_setup(setup)
+    with pytest.raises(secagg.DeviceAbort, match="wrong_round"):
+        dev.on_key_list(secagg.KeyList(2, {}))
+    dev = Device(0)
+    dev.on_setup(setup)
+    with pytest.raises(secagg.DeviceAbort, match="too_few_neighbours"):
+        dev.on_key_list(secagg.KeyList(3, {}))
