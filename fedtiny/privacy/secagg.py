@@ -439,6 +439,7 @@ class ServerRound:
         self._unmask: dict[int, UnmaskShares] = {}
         self.survivors: tuple[int, ...] = ()
         self.sum = ModularSum(self.n_params, setup.grid)
+        self.bytes_received = 0  # payload bytes of accepted messages (keys, shares, vectors, unmask answers)
 
     # -- receiving --
     def _admit(self, msg, stage: str, eligible) -> Verdict | None:
@@ -478,6 +479,7 @@ class ServerRound:
         if {msg.c_pk, msg.s_pk} & taken:
             return self._count(BAD_KEY, f"device {msg.device} announced a key another device already uses")
         self._keys[msg.device] = msg
+        self.bytes_received += 3 * KEY_BYTES
         return self._count(ACCEPTED)
 
     def _on_shares(self, msg: Shares) -> Verdict:
@@ -494,6 +496,7 @@ class ServerRound:
         if any(len(ct) != SHARE_CIPHER_BYTES for ct in msg.ciphertexts.values()):
             return self._count(BAD_SHARE, f"device {msg.device}: a share ciphertext is not {SHARE_CIPHER_BYTES} bytes")
         self._shares[msg.device] = msg
+        self.bytes_received += SHARE_CIPHER_BYTES * len(msg.ciphertexts)
         return self._count(ACCEPTED)
 
     def _on_masked(self, msg: MaskedUpdate) -> Verdict:
@@ -510,6 +513,7 @@ class ServerRound:
             return self._count(WRONG_LENGTH, f"device {msg.device}: {exc}")
         self.sum.add(y)
         self._masked[msg.device] = digest
+        self.bytes_received += len(msg.payload)
         return self._count(ACCEPTED)
 
     def _on_unmask(self, msg: UnmaskShares) -> Verdict:
@@ -528,6 +532,7 @@ class ServerRound:
                     return self._count(BAD_UNMASK, f"device {msg.device} revealed a share of device {owner} "
                                                    f"that the survivor set does not call for")
         self._unmask[msg.device] = msg
+        self.bytes_received += (1 + KEY_BYTES) * (len(msg.self_shares) + len(msg.key_shares))
         return self._count(ACCEPTED)
 
     # -- closing stages --
