@@ -1,4 +1,5 @@
-"""cffi build script (out-of-line API mode) for fedtiny._wire: the C wire codec, nothing else.
+"""cffi build script (out-of-line API mode) for fedtiny._wire: the C wire codec and the
+secure-aggregation crypto of firmware_bridge/ft_crypto.h, nothing else.
 
 setup.py names it in cffi_modules and runs from the project root, so every path here is
 relative to that root. The cdef repeats the public declarations of ft_wire.h that Python uses;
@@ -6,7 +7,8 @@ in API mode the C compiler checks them against the real header (struct layouts i
 """
 from cffi import FFI
 
-SOURCES = ["firmware_bridge/ft_sha256.c", "firmware_bridge/ft_cobs.c", "firmware_bridge/ft_frame.c"]
+SOURCES = ["firmware_bridge/ft_sha256.c", "firmware_bridge/ft_cobs.c", "firmware_bridge/ft_frame.c",
+           "firmware_bridge/ft_chacha20.c"]
 
 CDEF = """
 #define FT_WIRE_VERSION ...
@@ -118,13 +120,18 @@ int ft_result_unpack(const uint8_t *in, size_t len, ft_result *m);
 uint32_t ft_wire_model_chunks(uint32_t n_params);
 uint32_t ft_wire_update_chunks(uint32_t n_params);
 int ft_wire_self_test(void);
+
+/* ft_crypto.h: secure-aggregation crypto (the same C as the firmware's) */
+void ft_chacha20_block(const uint8_t key[32], uint32_t counter, const uint8_t nonce[12], uint8_t out[64]);
+int ft_chacha20_xor(const uint8_t key[32], uint32_t counter, const uint8_t nonce[12], const uint8_t *in,
+                    uint8_t *out, size_t len);
 """
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "fedtiny._wire",
-    '#include "ft_wire.h"',
+    '#include "ft_wire.h"\n#include "ft_crypto.h"',
     sources=SOURCES,
     include_dirs=["firmware_bridge"],
     extra_compile_args=["-std=c99", "-O2", "-Wall", "-Wextra"],
