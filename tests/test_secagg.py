@@ -14,45 +14,18 @@ from fedtiny.privacy import grid as gridmod
 from fedtiny.privacy import inprocess, secagg, shamir
 from fedtiny.privacy.secagg import Config, Device, ServerRound, Setup
 
-import secagg_oracle
-from fedtiny import _core
-from secagg_oracle import grid_vector, masked
+from secagg_oracle import encode as oracle_encode
+from secagg_oracle import grid as oracle_grid
 
 
-@pytest.fixture(autouse=True)
-def _kernels(monkeypatch):
-    """INTERIM, until csrc's secure-aggregation kernels land (branch secagg-c): the oracle stands in."""
-    if hasattr(_core, "secagg_encode"):
-        return
+def grid_vector(x, scale, step, qmax, round_key):
+    return oracle_grid(x, 0, scale, step, qmax, round_key)
 
-    class Shim:
-        @staticmethod
-        def l2norm_f32(x):
-            return float(np.sqrt(np.sum(x.astype(np.float64) ** 2)))
 
-        @staticmethod
-        def secagg_encode(x, offset, scale, step, qmax, round_key, seeds, signs, out):
-            bits = out.dtype.itemsize * 8
-            q = grid_vector(x, scale, step, qmax, round_key)
-            out[:] = masked(q, bits, [seeds[i:i + 32] for i in range(0, len(seeds), 32)], signs, offset)
-
-        @staticmethod
-        def secagg_add(acc, x):
-            acc += x
-
-        @staticmethod
-        def secagg_mask(v, offset, seeds, signs):
-            bits = v.dtype.itemsize * 8
-            v[:] = masked(v.astype(np.int64), bits, [seeds[i:i + 32] for i in range(0, len(seeds), 32)], signs, offset)
-
-        @staticmethod
-        def secagg_decode(s, scale, out):
-            c = s.astype(np.int64)
-            bits = s.dtype.itemsize * 8
-            c[c >= 2 ** (bits - 1)] -= 2 ** bits
-            out[:] = (c * scale).astype(np.float32)
-
-    monkeypatch.setattr(gridmod, "_core", Shim)
+def masked(q, bits, seeds, signs):
+    """q (+ masks) modulo 2^b, as the kernels' uint vector."""
+    assert not seeds
+    return np.mod(q, 2 ** bits).astype(np.uint16 if bits == 16 else np.uint32)
 
 
 # --- Shamir over GF(2^8) -------------------------------------------------------------------------
@@ -511,3 +484,52 @@ def test_a_device_refuses_a_setup_or_messages_out_of_order():
     dev.on_setup(setup)
     with pytest.raises(secagg.DeviceAbort, match="too_few_neighbours"):
         dev.on_key_list(secagg.KeyList(3, {}))
+
+
+# --- fedtiny simulate --secagg ----------------------------------------------------------------
+
+def _sim(**kw):
+    from fedtiny import simulate
+    args = dict(dataset="digits", model="mlp:64-32-10", clients=8, fraction=1.0, rounds=3, eval_every=3, secagg=True)
+    cfg = simulate.SimConfig(**{**args, **kw})
+    return simulate.run(cfg)
+
+
+def test_simulate_secagg_dropouts_at_unmask_leave_the_weights_bit_identical():
+    # Devices that vanish after their vector is in: the sum is theirs too, masks removed exactly.
+    base = _sim()
+    late = _sim(dropout=0.25, dropout_phase="unmask")
+    assert any(r["dropped"] for r in late.rounds)
+    assert all(r["secagg_outcome"] == "applied" and r["survivors"] == 8 for r in late.rounds)
+    np.testing.assert_array_equal(base.params, late.params)
+    assert base.rounds[-1]["test_acc"] > 0.5
+
+
+def test_simulate_secagg_abandons_rounds_below_the_threshold_and_keeps_the_model():
+    from fedtiny import model as model_mod
+    res = _sim(dropout=0.9, dropout_phase="masked", rounds=2)
+    assert [r["secagg_outcome"] for r in res.rounds] == ["abandoned", "abandoned"]
+    assert all("abandoned" in r["secagg_detail"] and r["clients"] == 0 for r in res.rounds)
+    np.testing.assert_array_equal(res.params, model_mod.build("mlp:64-32-10").init(0))
+
+
+def test_simulate_secagg_upload_is_two_bytes_per_parameter_plus_the_protocol():
+    res = _sim(rounds=1)
+    n, k = res.summary["n_params"], 7
+    # keys + commitment, one share ciphertext per neighbour, the b = 16 vector, one revealed share per neighbour
+    assert res.rounds[0]["upload_bytes"] == 8 * (3 * 32 + k * secagg.SHARE_CIPHER_BYTES + 2 * n + k * 33)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--dropout", "0.2"], "--dropout needs --secagg"),
+    (["--secagg", "--codec", "int8"], "does not apply with --secagg"),
+    (["--secagg", "--secagg-k", "3"], "--secagg-k 3"),
+    (["--secagg", "--secagg-min-survivors", "1"], "--secagg-min-survivors 1"),
+    (["--secagg", "--clip", "-1"], "--clip"),
+])
+def test_simulate_secagg_bad_arguments_are_one_line_and_exit_2(argv, message, capsys):
+    from fedtiny import cli
+    assert cli.main(["simulate", "--dataset", "digits", "--model", "mlp:64-32-10", "--clients", "10",
+                     "--fraction", "1", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
