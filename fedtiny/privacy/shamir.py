@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from typing import Callable, Mapping, Sequence
 
+import numpy as np
+
 MAX_SHARES = 255  # x-coordinates 1..255: 0 is the secret itself
 
 _EXP = [0] * 510
@@ -31,6 +33,8 @@ def _tables() -> None:
 
 
 _tables()
+_EXP_NP = np.array(_EXP, dtype=np.uint8)
+_LOG_NP = np.array(_LOG, dtype=np.int32)
 
 
 def _mul(a: int, b: int) -> int:
@@ -47,18 +51,15 @@ def split(secret: bytes, xs: Sequence[int], threshold: int, *,
     _check_xs(xs)
     if not 1 <= int(threshold) <= len(xs):
         raise ValueError(f"threshold must be in [1, {len(xs)}] (the number of shares), got {threshold}")
-    t = int(threshold)
-    coeffs = random_bytes((t - 1) * len(secret))  # coefficient i of byte j: coeffs[(i - 1) * L + j]
-    out = []
-    for x in xs:
-        share = bytearray(len(secret))
-        for j, s in enumerate(secret):
-            acc = 0
-            for i in range(t - 1, 0, -1):  # Horner: ((c_{t-1} x + c_{t-2}) x + ...) x + s
-                acc = _mul(acc ^ coeffs[(i - 1) * len(secret) + j], x)
-            share[j] = acc ^ s
-        out.append(bytes(share))
-    return out
+    t, n = int(threshold), len(secret)
+    coeffs = np.frombuffer(random_bytes((t - 1) * n), dtype=np.uint8).reshape(t - 1, n) if t > 1 else None
+    log_x = np.array([_LOG[int(x)] for x in xs], dtype=np.int32)[:, None]
+    acc = np.zeros((len(xs), n), dtype=np.uint8)  # row h: the polynomials at xs[h], every byte at once
+    for i in range(t - 1, 0, -1):                 # Horner: ((c_{t-1} x + c_{t-2}) x + ... + c_1) x
+        v = acc ^ coeffs[i - 1]
+        acc = np.where(v == 0, 0, _EXP_NP[_LOG_NP[v] + log_x]).astype(np.uint8)
+    acc ^= np.frombuffer(secret, dtype=np.uint8)  # + s
+    return [row.tobytes() for row in acc]
 
 
 def combine(shares: Mapping[int, bytes]) -> bytes:
@@ -77,11 +78,10 @@ def combine(shares: Mapping[int, bytes]) -> bytes:
             if j != i:
                 w = _mul(w, _div(xj, xj ^ xi))
         weights.append(w)
-    out = bytearray(lengths.pop())
-    for w, x in zip(weights, xs):
-        for j, b in enumerate(shares[x]):
-            out[j] ^= _mul(w, b)
-    return bytes(out)
+    pts = np.frombuffer(b"".join(shares[x] for x in xs), dtype=np.uint8).reshape(len(xs), -1)
+    log_w = np.array([_LOG[w] for w in weights], dtype=np.int32)[:, None]  # weights are never 0
+    terms = np.where(pts == 0, 0, _EXP_NP[_LOG_NP[pts] + log_w]).astype(np.uint8)
+    return np.bitwise_xor.reduce(terms, axis=0).tobytes()
 
 
 def _check_xs(xs: Sequence[int]) -> None:
