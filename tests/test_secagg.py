@@ -533,3 +533,21 @@ def test_simulate_secagg_bad_arguments_are_one_line_and_exit_2(argv, message, ca
                      "--fraction", "1", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_stages_close_when_everyone_answered_or_at_the_deadline():
+    devices = list(range(6))
+    setup = Setup.create(1, devices, Config(clip=1.0))
+    server = ServerRound(setup, N_PARAMS, stage_timeout=5.0, now=100.0)
+    devs = {d: Device(d) for d in devices}
+    for d in devices[:-1]:
+        server.receive(devs[d].on_setup(setup))
+    assert not server.should_advance(104.9)            # device 5 may still answer
+    assert server.should_advance(105.0)                # deadline: close with whoever answered
+    lists = server.advance(now=105.0)
+    assert set(lists) == set(devices[:-1]) and server.deadline == 110.0
+    for d, m in lists.items():
+        server.receive(devs[d].on_key_list(m))
+    assert server.should_advance(105.1)                # all five expected answered: no need to wait
+    with pytest.raises(ValueError, match="stage timeout"):
+        ServerRound(setup, N_PARAMS, stage_timeout=0)

@@ -424,9 +424,17 @@ class Result:
 
 
 class ServerRound:
-    """The aggregator's side of one round: collects each stage, then advance() closes it."""
+    """The aggregator's side of one round: collects each stage, then advance() closes it.
 
-    def __init__(self, setup: Setup, n_params: int):
+    stage_timeout (seconds, optional): each stage waits at most that long from its opening
+    (`now` passed in, as in fedtiny.rounds); should_advance(now) says when to call advance().
+    """
+
+    def __init__(self, setup: Setup, n_params: int, *, stage_timeout: float | None = None, now: float = 0.0):
+        if stage_timeout is not None and not (math.isfinite(stage_timeout) and stage_timeout > 0):
+            raise ValueError(f"stage timeout must be a positive number of seconds, got {stage_timeout!r}")
+        self.stage_timeout = stage_timeout
+        self.deadline = None if stage_timeout is None else float(now) + stage_timeout
         self.setup = setup
         self.n_params = int(n_params)
         self.graph = neighbours(setup.devices, setup.k, setup.graph_seed)
@@ -548,9 +556,15 @@ class ServerRound:
         """Everyone expected answered: the caller may advance without waiting for a deadline."""
         return self.stage in PHASES and self.answered() >= self.expected()
 
-    def advance(self):
+    def should_advance(self, now: float) -> bool:
+        """True when every expected device answered, or the stage's deadline has passed."""
+        return self.complete() or (self.stage in PHASES and self.deadline is not None and now >= self.deadline)
+
+    def advance(self, now: float | None = None):
         """Close the current stage. Returns the next messages ({device: message}, or the Unmask to
         broadcast to the survivors), or a Result after the unmask stage or on abort."""
+        if self.stage_timeout is not None and now is not None:
+            self.deadline = float(now) + self.stage_timeout  # the next stage's clock starts now
         m = self.setup.min_survivors
         if self.stage == KEYS:
             if len(self._keys) < m:
