@@ -31,6 +31,7 @@ device holds no share of its sender; the sum stays exact.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -136,8 +137,12 @@ class Setup:
         k, t, m, g = config.for_round(len(devs))
         return cls(int(round_id), random_bytes(16), devs, k, t, m, random_bytes(16), g)
 
+    @functools.cached_property
+    def graph(self) -> dict[int, tuple[int, ...]]:
+        return neighbours(self.devices, self.k, self.graph_seed)
+
     def neighbours(self, device: int) -> tuple[int, ...]:
-        return neighbours(self.devices, self.k, self.graph_seed)[device]
+        return self.graph[device]
 
 
 def neighbours(devices: Sequence[int], k: int, graph_seed: bytes) -> dict[int, tuple[int, ...]]:
@@ -234,8 +239,9 @@ def pair_seed(setup: Setup, s_sk: X25519PrivateKey, s_pk_other: bytes, u: int, v
     return _hkdf(_agree(s_sk, s_pk_other), _info(setup, b"mask", min(u, v), max(u, v)))
 
 
-def _share_key(setup: Setup, c_sk: X25519PrivateKey, c_pk_other: bytes, sender: int, recipient: int) -> bytes:
-    return _hkdf(_agree(c_sk, c_pk_other), _info(setup, b"share", sender, recipient))
+def _share_key(setup: Setup, shared: bytes, sender: int, recipient: int) -> bytes:
+    """The AEAD key of sender's shares for recipient, from their X25519 secret (one key per direction)."""
+    return _hkdf(shared, _info(setup, b"share", sender, recipient))
 
 
 def _aad(setup: Setup, sender: int, recipient: int) -> bytes:
@@ -318,8 +324,9 @@ class Device:
         s_shares = shamir.split(self._s_sk.private_bytes_raw(), xs, self.setup.t, random_bytes=self._random)
         out = {}
         try:
+            self._c_shared = {v: _agree(self._c_sk, msg.keys[v][0]) for v in holders}  # used both ways
             for v, x, bs, ss in zip(holders, xs, b_shares, s_shares):
-                key = _share_key(self.setup, self._c_sk, msg.keys[v][0], self.id, v)
+                key = _share_key(self.setup, self._c_shared[v], self.id, v)
                 out[v] = ChaCha20Poly1305(key).encrypt(_NONCE, SHARE_PLAIN.pack(self.id, v, x, bs, ss),
                                                        _aad(self.setup, self.id, v))
         except ValueError as exc:  # a low-order public key
@@ -336,7 +343,7 @@ class Device:
         self._held: dict[int, tuple[int, bytes, bytes]] = {}
         for u, ct in msg.ciphertexts.items():
             try:
-                key = _share_key(self.setup, self._c_sk, self._peer_keys[u][0], u, self.id)
+                key = _share_key(self.setup, self._c_shared[u], u, self.id)
                 owner, recipient, x, bs, ss = SHARE_PLAIN.unpack(
                     ChaCha20Poly1305(key).decrypt(_NONCE, ct, _aad(self.setup, u, self.id)))
             except (InvalidTag, ValueError, struct.error):
@@ -437,7 +444,7 @@ class ServerRound:
         self.deadline = None if stage_timeout is None else float(now) + stage_timeout
         self.setup = setup
         self.n_params = int(n_params)
-        self.graph = neighbours(setup.devices, setup.k, setup.graph_seed)
+        self.graph = setup.graph
         self.stage = KEYS
         self.counts: Counter[str] = Counter()
         self.reason = self.detail = ""
