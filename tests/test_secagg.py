@@ -551,3 +551,22 @@ def test_stages_close_when_everyone_answered_or_at_the_deadline():
     assert server.should_advance(105.1)                # all five expected answered: no need to wait
     with pytest.raises(ValueError, match="stage timeout"):
         ServerRound(setup, N_PARAMS, stage_timeout=0)
+
+
+def test_the_composed_stages_give_the_fused_pass_bit_for_bit():
+    # quantize -> [a DP stage would add integer noise here] -> mask_vector == masked_update
+    devices = list(range(5))
+    results = []
+    for composed in (False, True):
+        setup = Setup.create(1, devices, Config(clip=1.0))
+        server = ServerRound(setup, N_PARAMS)
+        devs = {d: Device(d) for d in devices}
+        deltas = _deltas(devices, 3)
+
+        def make(dev):
+            if composed:
+                return dev.mask_vector(gridmod.quantize(deltas[dev.id], setup.grid, _round_key(dev.id)))
+            return dev.masked_update(deltas[dev.id], _round_key(dev.id))
+
+        results.append(inprocess.run_round(server, devs, make).sum.sum)
+    np.testing.assert_array_equal(results[0], results[1])
