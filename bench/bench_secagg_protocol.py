@@ -9,7 +9,10 @@
 - a whole round of 10 devices in one process (training included): SecAgg+ against int8 FedAvg
   (the issue's target: SecAgg's round CPU <= 1.5x without).
 
-    pytest bench/bench_secagg_protocol.py --benchmark-only --benchmark-json=secagg_protocol.json
+    pytest bench/bench_secagg_protocol.py --benchmark-only --benchmark-timer=time.process_time \
+        --benchmark-json=secagg_protocol.json
+
+(process CPU time: on a shared machine wall time mostly measures the other jobs.)
     python bench/secagg_protocol_report.py secagg_protocol.json
 """
 import numpy as np

@@ -38,11 +38,12 @@ def run(out: str) -> None:
 
 
 def table(out: str) -> str:
-    lines = ["| run | seed 0 | seed 1 | seed 2 | mean final (round 50) | mean of rounds 41-50 | abandoned rounds | bytes up per device-round |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | seed 0 | seed 1 | seed 2 | mean final (round 50) | mean of rounds 41-50 | abandoned rounds "
+             "| bytes up per contributing device-round | process CPU s per run (training, protocol, evaluation) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     means = {}
     for mode in MODES:
-        finals, tails, abandoned, up = [], [], 0, []
+        finals, tails, abandoned, up, cpu = [], [], 0, [], []
         for s in SEEDS:
             with open(os.path.join(out, f"{mode}-seed{s}", "result.json")) as f:
                 res = json.load(f)
@@ -51,9 +52,11 @@ def table(out: str) -> str:
             tails.append(100 * float(np.mean(accs[-10:])))
             abandoned += sum(r.get("secagg_outcome") == "abandoned" for r in res["rounds"])
             up.append(sum(r["upload_bytes"] for r in res["rounds"]) / max(1, sum(r["clients"] for r in res["rounds"])))
+            cpu.append(res["summary"]["cpu_s"])
         means[mode] = (float(np.mean(finals)), float(np.mean(tails)))
         lines.append(f"| {mode} | " + " | ".join(f"{a:.2f}" for a in finals)
-                     + f" | {means[mode][0]:.2f} | {means[mode][1]:.2f} | {abandoned} | {np.mean(up):,.0f} |")
+                     + f" | {means[mode][0]:.2f} | {means[mode][1]:.2f} | {abandoned} | {np.mean(up):,.0f} "
+                     f"| {np.mean(cpu):.1f} |")
     for mode in MODES:
         if mode != "int8":
             lines.append(f"\n{mode} - int8: {means[mode][0] - means['int8'][0]:+.2f} points at round 50, "
