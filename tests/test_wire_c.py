@@ -25,7 +25,7 @@ def make(tmp_path, *targets, **env):
 def test_c_unit_tests_plain_and_under_asan_ubsan(tmp_path):
     proc = make(tmp_path, "test", "asan", ASAN_FUZZ_RUNS=20000)
     out = proc.stdout
-    for name in ("test_sha256", "test_cobs", "test_frame", "test_chacha20"):
+    for name in ("test_sha256", "test_cobs", "test_frame", "test_chacha20", "test_crypto"):
         assert len(re.findall(rf"^{name}: \d+ checks, 0 failed$", out, re.M)) == 2, out
     m = re.search(r"^fuzz_decode: (\d+) inputs .* 0 crashes$", out, re.M)
     assert m and int(m.group(1)) == 40000, out
