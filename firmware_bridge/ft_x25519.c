@@ -68,30 +68,80 @@ static void fe_sub(fe out, const fe f, const fe g)
     fe_carry(out, h);
 }
 
+/* h = f * g. Column k sums f_i * g_j over i + j = k (mod 10): a term that wraps (i + j >= 10)
+ * takes 19 g_j (2^255 = 19 mod p); in an even column two odd positions meet and the term takes
+ * 2 f_i (w_i + w_j = w_(i+j) + 1). Operands stay below 2^27 and 2^30.3: a column is < 2^61.
+ * Unrolled so every product is one 32x32->64 multiply-accumulate (UMLAL on a Cortex-M4). */
 static void fe_mul(fe out, const fe f, const fe g)
 {
-    uint64_t h[10] = {0};
-    uint32_t g19[10];
-    uint64_t p;
-    unsigned i, j;
-    for (i = 0; i < 10; i++) {
-        g19[i] = 19u * g[i];
-    }
-    for (i = 0; i < 10; i++) {
-        for (j = 0; j < 10; j++) {
-            p = (uint64_t)f[i] * (i + j >= 10 ? g19[j] : g[j]);
-            if (i & j & 1u) { /* two odd positions: 2^(w_i + w_j) = 2 * 2^w_(i+j) */
-                p <<= 1;
-            }
-            h[(i + j) % 10] += p;
-        }
-    }
+    uint64_t h[10];
+    const uint32_t f0 = f[0], f1 = f[1], f2 = f[2], f3 = f[3], f4 = f[4], f5 = f[5], f6 = f[6], f7 = f[7], f8 = f[8], f9 = f[9];
+    const uint32_t g0 = g[0], g1 = g[1], g2 = g[2], g3 = g[3], g4 = g[4], g5 = g[5], g6 = g[6], g7 = g[7], g8 = g[8], g9 = g[9];
+    const uint32_t f2_1 = 2u * f1, f2_3 = 2u * f3, f2_5 = 2u * f5, f2_7 = 2u * f7, f2_9 = 2u * f9;
+    const uint32_t g19_1 = 19u * g1, g19_2 = 19u * g2, g19_3 = 19u * g3, g19_4 = 19u * g4, g19_5 = 19u * g5, g19_6 = 19u * g6, g19_7 = 19u * g7, g19_8 = 19u * g8, g19_9 = 19u * g9;
+    h[0] = (uint64_t)f0 * g0 + (uint64_t)f2_1 * g19_9 + (uint64_t)f2 * g19_8 + (uint64_t)f2_3 * g19_7 +
+           (uint64_t)f4 * g19_6 + (uint64_t)f2_5 * g19_5 + (uint64_t)f6 * g19_4 + (uint64_t)f2_7 * g19_3 +
+           (uint64_t)f8 * g19_2 + (uint64_t)f2_9 * g19_1;
+    h[1] = (uint64_t)f0 * g1 + (uint64_t)f1 * g0 + (uint64_t)f2 * g19_9 + (uint64_t)f3 * g19_8 +
+           (uint64_t)f4 * g19_7 + (uint64_t)f5 * g19_6 + (uint64_t)f6 * g19_5 + (uint64_t)f7 * g19_4 +
+           (uint64_t)f8 * g19_3 + (uint64_t)f9 * g19_2;
+    h[2] = (uint64_t)f0 * g2 + (uint64_t)f2_1 * g1 + (uint64_t)f2 * g0 + (uint64_t)f2_3 * g19_9 +
+           (uint64_t)f4 * g19_8 + (uint64_t)f2_5 * g19_7 + (uint64_t)f6 * g19_6 + (uint64_t)f2_7 * g19_5 +
+           (uint64_t)f8 * g19_4 + (uint64_t)f2_9 * g19_3;
+    h[3] = (uint64_t)f0 * g3 + (uint64_t)f1 * g2 + (uint64_t)f2 * g1 + (uint64_t)f3 * g0 +
+           (uint64_t)f4 * g19_9 + (uint64_t)f5 * g19_8 + (uint64_t)f6 * g19_7 + (uint64_t)f7 * g19_6 +
+           (uint64_t)f8 * g19_5 + (uint64_t)f9 * g19_4;
+    h[4] = (uint64_t)f0 * g4 + (uint64_t)f2_1 * g3 + (uint64_t)f2 * g2 + (uint64_t)f2_3 * g1 +
+           (uint64_t)f4 * g0 + (uint64_t)f2_5 * g19_9 + (uint64_t)f6 * g19_8 + (uint64_t)f2_7 * g19_7 +
+           (uint64_t)f8 * g19_6 + (uint64_t)f2_9 * g19_5;
+    h[5] = (uint64_t)f0 * g5 + (uint64_t)f1 * g4 + (uint64_t)f2 * g3 + (uint64_t)f3 * g2 + (uint64_t)f4 * g1 +
+           (uint64_t)f5 * g0 + (uint64_t)f6 * g19_9 + (uint64_t)f7 * g19_8 + (uint64_t)f8 * g19_7 +
+           (uint64_t)f9 * g19_6;
+    h[6] = (uint64_t)f0 * g6 + (uint64_t)f2_1 * g5 + (uint64_t)f2 * g4 + (uint64_t)f2_3 * g3 +
+           (uint64_t)f4 * g2 + (uint64_t)f2_5 * g1 + (uint64_t)f6 * g0 + (uint64_t)f2_7 * g19_9 +
+           (uint64_t)f8 * g19_8 + (uint64_t)f2_9 * g19_7;
+    h[7] = (uint64_t)f0 * g7 + (uint64_t)f1 * g6 + (uint64_t)f2 * g5 + (uint64_t)f3 * g4 + (uint64_t)f4 * g3 +
+           (uint64_t)f5 * g2 + (uint64_t)f6 * g1 + (uint64_t)f7 * g0 + (uint64_t)f8 * g19_9 +
+           (uint64_t)f9 * g19_8;
+    h[8] = (uint64_t)f0 * g8 + (uint64_t)f2_1 * g7 + (uint64_t)f2 * g6 + (uint64_t)f2_3 * g5 +
+           (uint64_t)f4 * g4 + (uint64_t)f2_5 * g3 + (uint64_t)f6 * g2 + (uint64_t)f2_7 * g1 +
+           (uint64_t)f8 * g0 + (uint64_t)f2_9 * g19_9;
+    h[9] = (uint64_t)f0 * g9 + (uint64_t)f1 * g8 + (uint64_t)f2 * g7 + (uint64_t)f3 * g6 + (uint64_t)f4 * g5 +
+           (uint64_t)f5 * g4 + (uint64_t)f6 * g3 + (uint64_t)f7 * g2 + (uint64_t)f8 * g1 +
+           (uint64_t)f9 * g0;
     fe_carry(out, h);
 }
 
+/* h = f^2: the 45 cross products once, doubled (2 f_i), with the same 2 and 19 rules. */
 static void fe_sq(fe out, const fe f)
 {
-    fe_mul(out, f, f);
+    uint64_t h[10];
+    const uint32_t f0 = f[0], f1 = f[1], f2 = f[2], f3 = f[3], f4 = f[4], f5 = f[5], f6 = f[6], f7 = f[7], f8 = f[8], f9 = f[9];
+    const uint32_t f2x_0 = 2u * f0, f2x_1 = 2u * f1, f2x_2 = 2u * f2, f2x_3 = 2u * f3, f2x_4 = 2u * f4, f2x_5 = 2u * f5, f2x_6 = 2u * f6, f2x_7 = 2u * f7, f2x_8 = 2u * f8;
+    const uint32_t f4_1 = 4u * f1, f4_3 = 4u * f3, f4_5 = 4u * f5, f4_7 = 4u * f7;
+    const uint32_t f2_1 = 2u * f1, f2_3 = 2u * f3, f2_5 = 2u * f5, f2_7 = 2u * f7, f2_9 = 2u * f9;
+    const uint32_t f19_5 = 19u * f5, f19_6 = 19u * f6, f19_7 = 19u * f7, f19_8 = 19u * f8, f19_9 = 19u * f9;
+    h[0] = (uint64_t)f0 * f0 + (uint64_t)f4_1 * f19_9 + (uint64_t)f2x_2 * f19_8 + (uint64_t)f4_3 * f19_7 +
+           (uint64_t)f2x_4 * f19_6 + (uint64_t)f2_5 * f19_5;
+    h[1] = (uint64_t)f2x_0 * f1 + (uint64_t)f2x_2 * f19_9 + (uint64_t)f2x_3 * f19_8 +
+           (uint64_t)f2x_4 * f19_7 + (uint64_t)f2x_5 * f19_6;
+    h[2] = (uint64_t)f2x_0 * f2 + (uint64_t)f2_1 * f1 + (uint64_t)f4_3 * f19_9 + (uint64_t)f2x_4 * f19_8 +
+           (uint64_t)f4_5 * f19_7 + (uint64_t)f6 * f19_6;
+    h[3] = (uint64_t)f2x_0 * f3 + (uint64_t)f2x_1 * f2 + (uint64_t)f2x_4 * f19_9 + (uint64_t)f2x_5 * f19_8 +
+           (uint64_t)f2x_6 * f19_7;
+    h[4] = (uint64_t)f2x_0 * f4 + (uint64_t)f4_1 * f3 + (uint64_t)f2 * f2 + (uint64_t)f4_5 * f19_9 +
+           (uint64_t)f2x_6 * f19_8 + (uint64_t)f2_7 * f19_7;
+    h[5] = (uint64_t)f2x_0 * f5 + (uint64_t)f2x_1 * f4 + (uint64_t)f2x_2 * f3 + (uint64_t)f2x_6 * f19_9 +
+           (uint64_t)f2x_7 * f19_8;
+    h[6] = (uint64_t)f2x_0 * f6 + (uint64_t)f4_1 * f5 + (uint64_t)f2x_2 * f4 + (uint64_t)f2_3 * f3 +
+           (uint64_t)f4_7 * f19_9 + (uint64_t)f8 * f19_8;
+    h[7] = (uint64_t)f2x_0 * f7 + (uint64_t)f2x_1 * f6 + (uint64_t)f2x_2 * f5 + (uint64_t)f2x_3 * f4 +
+           (uint64_t)f2x_8 * f19_9;
+    h[8] = (uint64_t)f2x_0 * f8 + (uint64_t)f4_1 * f7 + (uint64_t)f2x_2 * f6 + (uint64_t)f4_3 * f5 +
+           (uint64_t)f4 * f4 + (uint64_t)f2_9 * f19_9;
+    h[9] = (uint64_t)f2x_0 * f9 + (uint64_t)f2x_1 * f8 + (uint64_t)f2x_2 * f7 + (uint64_t)f2x_3 * f6 +
+           (uint64_t)f2x_4 * f5;
+    fe_carry(out, h);
 }
 
 static void fe_mul121665(fe out, const fe f)
