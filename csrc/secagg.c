@@ -11,7 +11,11 @@
 #include "ft_crypto.h"
 #include "ft_internal.h"
 
+/* Elements per pass; the stack holds 6 * FT_SECAGG_CHUNK + 64 bytes. A firmware with a small stack
+ * may build with -DFT_SECAGG_CHUNK=64 (448 bytes): the results are the same, only slower. */
+#ifndef FT_SECAGG_CHUNK
 #define FT_SECAGG_CHUNK 512
+#endif
 
 _Static_assert(sizeof(FT_SECAGG_MASK_NONCE) - 1 == FT_CHACHA20_NONCE_BYTES, "mask nonce is 12 bytes");
 _Static_assert(sizeof(FT_SECAGG_ROUND_NONCE) - 1 == FT_CHACHA20_NONCE_BYTES, "rounding nonce is 12 bytes");
