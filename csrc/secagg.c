@@ -11,8 +11,8 @@
 #include "ft_crypto.h"
 #include "ft_internal.h"
 
-/* Elements per pass; the stack holds 6 * FT_SECAGG_CHUNK + 64 bytes. A firmware with a small stack
- * may build with -DFT_SECAGG_CHUNK=64 (448 bytes): the results are the same, only slower. */
+/* Elements per pass; the stack holds 8 * FT_SECAGG_CHUNK + 64 bytes (4,160). A firmware with a small
+ * stack may build with -DFT_SECAGG_CHUNK=64 (576 bytes): the results are the same, only slower. */
 #ifndef FT_SECAGG_CHUNK
 #define FT_SECAGG_CHUNK 512
 #endif

@@ -80,9 +80,9 @@ int main(void)
     MEASURE("hkdf-sha256 (32-byte ikm, 32-byte okm): ", st = ft_hkdf_sha256(NULL, 0, key, 32, nonce, 12, out, 32));
     expect(st == FT_WIRE_OK, "hkdf");
     memset(buf, 0x5a, 80);
-    MEASURE("chacha20-poly1305 encrypt (80 bytes, 16-byte aad): ",
+    MEASURE("chacha20-poly1305 encrypt (80 bytes, 12-byte aad): ",
             st = ft_aead_chacha20poly1305_encrypt(key, nonce, nonce, 12, buf, 80, ct, tag));
-    MEASURE("chacha20-poly1305 decrypt (80 bytes, 16-byte aad): ",
+    MEASURE("chacha20-poly1305 decrypt (80 bytes, 12-byte aad): ",
             st |= ft_aead_chacha20poly1305_decrypt(key, nonce, nonce, 12, ct, 80, tag, back));
     expect(st == FT_WIRE_OK && back[79] == 0x5a, "aead");
     memset(rnd, 0x33, sizeof rnd);
