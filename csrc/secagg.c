@@ -45,6 +45,9 @@ static const ft_secagg_kernel_table k_ref = {ft_chacha20_blocks_ref, ft_l2sq_f32
 static const ft_secagg_kernel_table k_avx2 = {ft_chacha20_blocks_avx2, ft_l2sq_f32_avx2};
 static const ft_secagg_kernel_table k_avx512 = {ft_chacha20_blocks_avx512, ft_l2sq_f32_avx512};
 #endif
+#if FT_ARCH_ARM64
+static const ft_secagg_kernel_table k_neon = {ft_chacha20_blocks_neon, ft_l2sq_f32_ref};
+#endif
 
 const ft_secagg_kernel_table *ft_secagg_kernels(void) {
     switch (ft_simd_get()) {
@@ -52,7 +55,10 @@ const ft_secagg_kernel_table *ft_secagg_kernels(void) {
     case FT_SIMD_AVX2: return &k_avx2;
     case FT_SIMD_AVX512: return &k_avx512;
 #endif
-    default: return &k_ref; /* NEON: the scalar generator (no NEON ChaCha20 yet) */
+#if FT_ARCH_ARM64
+    case FT_SIMD_NEON: return &k_neon; /* the sum of squares is memory-bound: the scalar one */
+#endif
+    default: return &k_ref;
     }
 }
 
