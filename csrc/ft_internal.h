@@ -159,5 +159,8 @@ void ft_chacha20_blocks_avx512(const uint32_t state[16], size_t nblocks, uint8_t
 double ft_l2sq_f32_avx2(const float *x, size_t n);
 double ft_l2sq_f32_avx512(const float *x, size_t n);
 #endif
+#if FT_ARCH_ARM64
+void ft_chacha20_blocks_neon(const uint32_t state[16], size_t nblocks, uint8_t *out);
+#endif
 
 #endif

@@ -11,7 +11,11 @@
 #include "ft_crypto.h"
 #include "ft_internal.h"
 
+/* Elements per pass; the stack holds 8 * FT_SECAGG_CHUNK + 64 bytes (4,160). A firmware with a small
+ * stack may build with -DFT_SECAGG_CHUNK=64 (576 bytes): the results are the same, only slower. */
+#ifndef FT_SECAGG_CHUNK
 #define FT_SECAGG_CHUNK 512
+#endif
 
 _Static_assert(sizeof(FT_SECAGG_MASK_NONCE) - 1 == FT_CHACHA20_NONCE_BYTES, "mask nonce is 12 bytes");
 _Static_assert(sizeof(FT_SECAGG_ROUND_NONCE) - 1 == FT_CHACHA20_NONCE_BYTES, "rounding nonce is 12 bytes");
@@ -41,6 +45,9 @@ static const ft_secagg_kernel_table k_ref = {ft_chacha20_blocks_ref, ft_l2sq_f32
 static const ft_secagg_kernel_table k_avx2 = {ft_chacha20_blocks_avx2, ft_l2sq_f32_avx2};
 static const ft_secagg_kernel_table k_avx512 = {ft_chacha20_blocks_avx512, ft_l2sq_f32_avx512};
 #endif
+#if FT_ARCH_ARM64
+static const ft_secagg_kernel_table k_neon = {ft_chacha20_blocks_neon, ft_l2sq_f32_ref};
+#endif
 
 const ft_secagg_kernel_table *ft_secagg_kernels(void) {
     switch (ft_simd_get()) {
@@ -48,7 +55,10 @@ const ft_secagg_kernel_table *ft_secagg_kernels(void) {
     case FT_SIMD_AVX2: return &k_avx2;
     case FT_SIMD_AVX512: return &k_avx512;
 #endif
-    default: return &k_ref; /* NEON: the scalar generator (no NEON ChaCha20 yet) */
+#if FT_ARCH_ARM64
+    case FT_SIMD_NEON: return &k_neon; /* the sum of squares is memory-bound: the scalar one */
+#endif
+    default: return &k_ref;
     }
 }
 

@@ -1,4 +1,4 @@
-"""SecAgg+ (fedtiny.privacy): Shamir, the graph, and the protocol's must-shows: Exact (every
+"""SecAgg+ (fedtiny.privacy): the graph, and the protocol's must-shows: Exact (every
 dropout pattern at every phase gives the survivors' integer sum bit for bit, below the threshold
 the round is abandoned), Blind (the first-layer inversion attack, uniformity of the masked payload,
 never both kinds of shares of one device) and Hostile input (each rejected and counted by reason,
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fedtiny.privacy import grid as gridmod
-from fedtiny.privacy import inprocess, secagg, shamir
+from fedtiny.privacy import inprocess, secagg
 from fedtiny.privacy.secagg import Config, Device, ServerRound, Setup
 
 from secagg_oracle import encode as oracle_encode
@@ -26,61 +26,6 @@ def masked(q, bits, seeds, signs):
     """q (+ masks) modulo 2^b, as the kernels' uint vector."""
     assert not seeds
     return np.mod(q, 2 ** bits).astype(np.uint16 if bits == 16 else np.uint32)
-
-
-# --- Shamir over GF(2^8) -------------------------------------------------------------------------
-
-def _gf_mul_bitwise(a, b):  # Russian-peasant multiplication modulo x^8 + x^4 + x^3 + x + 1
-    r = 0
-    while b:
-        if b & 1:
-            r ^= a
-        a = (a << 1) ^ (0x11B if a & 0x80 else 0)
-        b >>= 1
-    return r
-
-
-def test_gf256_multiplication_matches_the_bitwise_definition():
-    for a in range(256):
-        for b in range(0, 256, 7):
-            assert shamir._mul(a, b) == _gf_mul_bitwise(a, b)
-    assert shamir._mul(0x57, 0x83) == 0xC1  # FIPS-197 §4.2
-
-
-@pytest.mark.parametrize("n,t", [(1, 1), (3, 2), (5, 3), (9, 5), (40, 21)])
-def test_any_t_shares_rebuild_the_secret_and_fewer_give_another_value(n, t):
-    rng = random.Random(n * 100 + t)
-    secret = bytes(rng.randrange(256) for _ in range(32))
-    xs = rng.sample(range(1, 256), n)
-    shares = dict(zip(xs, shamir.split(secret, xs, t)))
-    for _ in range(20):
-        chosen = rng.sample(xs, rng.randint(t, n))
-        assert shamir.combine({x: shares[x] for x in chosen}) == secret
-    if t > 1:
-        chosen = rng.sample(xs, t - 1)
-        assert shamir.combine({x: shares[x] for x in chosen}) != secret
-
-
-def test_fewer_than_t_shares_are_uniform_whatever_the_secret():
-    # t = 3: two shares of a one-byte secret; their joint distribution must not depend on the secret.
-    counts = {s: Counter() for s in (b"\x00", b"\xff")}
-    for secret in counts:
-        for _ in range(20000):
-            a, b = shamir.split(secret, [1, 2, 3], 3)[:2]
-            counts[secret][(a[0] >> 4, b[0] >> 4)] += 1  # 256 cells
-    for c in counts.values():
-        expected = 20000 / 256
-        chi2 = sum((c[(i, j)] - expected) ** 2 / expected for i in range(16) for j in range(16))
-        assert chi2 < 330.5  # df 255, p = 0.001
-
-
-def test_shamir_refuses_bad_coordinates():
-    with pytest.raises(ValueError, match="distinct"):
-        shamir.split(b"x", [1, 1], 1)
-    with pytest.raises(ValueError, match="outside"):
-        shamir.split(b"x", [0, 1], 1)
-    with pytest.raises(ValueError, match="threshold"):
-        shamir.split(b"x", [1, 2], 3)
 
 
 # --- parameters and graph --------------------------------------------------------------------

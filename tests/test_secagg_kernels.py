@@ -254,3 +254,30 @@ def test_aggregator_kernels_reject_mismatched_vectors():
         _core.secagg_add(a16, np.frombuffer(bytes(17), np.uint8)[1:].view(np.uint16))
     with pytest.raises(ValueError, match="uint16 \\(b = 16\\) or uint32"):
         _core.secagg_mask(np.zeros(8, np.int64), 0, bytes(32), [1])
+
+
+@pytest.mark.parametrize("chunk", [7, 64])
+def test_a_smaller_chunk_build_gives_the_same_bytes(tmp_path, chunk):
+    """FT_SECAGG_CHUNK (the firmware's stack option) changes memory and speed, never the result."""
+    import glob
+    import shutil
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("a C compiler is needed")
+    srcs = sorted(f for f in glob.glob(os.path.join(root, "csrc", "*.c")) + glob.glob(os.path.join(root, "csrc", "arch", "*.c"))
+                  if "train" not in os.path.basename(f))   # the kernels without the training engine
+    exe = str(tmp_path / "check")
+    subprocess.run([cc, "-std=c99", "-O1", "-ffp-contract=off", f"-DFT_SECAGG_CHUNK={chunk}", "-I",
+                    os.path.join(root, "csrc"), "-I", os.path.join(root, "firmware_bridge"),
+                    os.path.join(root, "tests", "c", "secagg_chunk_check.c"), *srcs,
+                    os.path.join(root, "firmware_bridge", "ft_chacha20.c"), "-lm", "-o", exe], check=True, timeout=300)
+    got = np.frombuffer(subprocess.run([exe], capture_output=True, check=True, timeout=60).stdout, np.uint16)
+    n = 3001
+    i = np.arange(n, dtype=np.uint64)
+    x = (((i * 2654435761) % 2**32 % 2001).astype(np.int64) - 1000).astype(np.float32) * np.float32(1e-5)
+    seeds = [bytes((3 * (32 * j + b) + 7) % 256 for b in range(32)) for j in range(3)]
+    out = np.empty(n, np.uint16)
+    _core.secagg_encode(x, 5, 0.9, 1e-4, 3000, bytes(range(1, 33)), b"".join(seeds), [1, -1, 1], out)
+    np.testing.assert_array_equal(got, out)

@@ -321,8 +321,12 @@ class Device:
         self._peer_keys = dict(msg.keys)
         holders = sorted(msg.keys)
         xs = [share_x(self.nbrs, v) for v in holders]
-        b_shares = shamir.split(self._b, xs, self.setup.t, random_bytes=self._random)
-        s_shares = shamir.split(self._s_sk.private_bytes_raw(), xs, self.setup.t, random_bytes=self._random)
+        t, k = self.setup.t, len(self.nbrs)
+        # one share per neighbour of the graph (x = 1..k); those of neighbours without keys are dropped
+        b_all = shamir.split(self._b, k, t, self._random((t - 1) * len(self._b)))
+        s_all = shamir.split(self._s_sk.private_bytes_raw(), k, t, self._random((t - 1) * KEY_BYTES))
+        b_shares = [b_all[x - 1][1:] for x in xs]  # a share is [x] + the bytes; x travels on its own
+        s_shares = [s_all[x - 1][1:] for x in xs]
         out = {}
         try:
             self._c_shared = {v: _agree(self._c_sk, msg.keys[v][0]) for v in holders}  # used both ways
@@ -619,7 +623,7 @@ class ServerRound:
             pts = self_pts.get(u, {})
             if len(pts) < t:
                 return self._abort("cannot_reconstruct", f"{len(pts)} shares of survivor {u}'s self mask, threshold {t}")
-            b = shamir.combine(dict(sorted(pts.items())[:t]))
+            b = shamir.combine(_points(pts, t))
             if commitment(self.setup, u, b) != self._keys[u].commit:
                 return self._abort("bad_reconstruction", f"survivor {u}'s self-mask seed does not match its commitment")
             seeds.append(b)
@@ -631,7 +635,7 @@ class ServerRound:
             pts = key_pts.get(u, {})
             if len(pts) < t:
                 return self._abort("cannot_reconstruct", f"{len(pts)} shares of dropout {u}'s mask key, threshold {t}")
-            sk = X25519PrivateKey.from_private_bytes(shamir.combine(dict(sorted(pts.items())[:t])))
+            sk = X25519PrivateKey.from_private_bytes(shamir.combine(_points(pts, t)))
             if _raw_pk(sk) != self._keys[u].s_pk:
                 return self._abort("bad_reconstruction", f"dropout {u}'s mask key does not match its public key")
             for v in partners:  # v added mask_sign(v, u) * PRG(s_uv)
@@ -648,3 +652,8 @@ class ServerRound:
                       {KEYS: sorted(self._keys), SHARES: sorted(self._shares), MASKED: sorted(self._masked),
                        UNMASK: sorted(self._unmask)},
                       {k: v for k, v in self.counts.items() if k != ACCEPTED}, self.sum if done else None)
+
+
+def _points(shares: Mapping[int, bytes], t: int) -> list[bytes]:
+    """t shares {x: bytes} in fedtiny.privacy.shamir's layout ([x] + bytes), lowest x first."""
+    return [bytes([x]) + share for x, share in sorted(shares.items())[:t]]
