@@ -516,3 +516,38 @@ def test_the_composed_stages_give_the_fused_pass_bit_for_bit():
 
         results.append(inprocess.run_round(server, devs, make).sum.sum)
     np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("kind", ["self", "key"])
+def test_hostile_a_wrong_revealed_share_is_worked_around_or_named(kind):
+    # 9 devices (k = 8, t = 5); device 8 drops before its vector (so its key is rebuilt), device 1
+    # lies about the share it reveals of survivor 2 (self) or of dropout 8 (key).
+    devices = list(range(9))
+    for liars in ([1], [1, 3, 4, 5]):
+        setup, server, devs, deltas = _staged(devices)
+        for d in devices:
+            server.receive(devs[d].on_setup(setup))
+        for d, m in server.advance().items():
+            server.receive(devs[d].on_key_list(m))
+        for d, m in server.advance().items():
+            devs[d].on_share_list(m)
+            if d != 8:
+                server.receive(devs[d].masked_update(deltas[d], _round_key(d)))
+        un = server.advance()
+        owner = 2 if kind == "self" else 8
+        for d in un.survivors:
+            ans = devs[d].on_unmask(un)
+            if d in liars:
+                field = "self_shares" if kind == "self" else "key_shares"
+                shares = dict(getattr(ans, field))
+                x, share = shares[owner]
+                shares[owner] = (x, random.Random(d).randbytes(len(share)))  # independent garbage
+                ans = secagg.UnmaskShares(1, d, **{**{"self_shares": ans.self_shares, "key_shares": ans.key_shares},
+                                                    field: shares})
+            assert server.receive(ans).accepted
+        result = server.advance()
+        if liars == [1]:   # 7 shares of which 6 honest >= t: rebuilt, exact, counted
+            assert result.outcome == "applied" and result.counts == {"bad_share_revealed": 1}
+            _exact(result, setup, deltas, devices[:-1])
+        else:              # 4 liars of 7 (or of 8) holders: fewer than t honest shares in any subset
+            assert result.outcome == "abandoned" and result.reason == "bad_reconstruction"

@@ -19,8 +19,9 @@ Messages (server -> device marked <-, device -> server marked ->), in stage orde
 
 Server aborts (the round is abandoned, the model unchanged): too_few_keys, too_few_shares,
 too_few_masked, too_few_unmask (fewer than min_survivors answered the stage), cannot_reconstruct
-(a secret the sum needs has fewer than t shares), bad_reconstruction (a rebuilt secret does not
-match its commitment or public key).
+(a secret the sum needs has fewer than t shares), bad_reconstruction (no t of the revealed
+shares, up to REBUILD_TRIES subsets tried, rebuild a secret that matches its commitment or public
+key; a wrong share that other subsets get around is only counted: bad_share_revealed).
 Server rejections of one message (counted by reason; nothing of it reaches the sum):
 wrong_round, not_selected, wrong_stage, duplicate, key_conflict, bad_key, share_misaddressed,
 bad_share, not_in_stage, wrong_length, conflicting_update, bad_unmask.
@@ -33,8 +34,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import math
 import os
+import random
 import struct
 import zlib
 from collections import Counter
@@ -59,6 +62,7 @@ SHARE_PLAIN = struct.Struct("<IIB32s32s")     # owner, recipient, x, share of b_
 SHARE_CIPHER_BYTES = SHARE_PLAIN.size + 16    # + Poly1305 tag
 _NONCE = bytes(12)                            # every share key is used for exactly one message
 COMPLETE_GRAPH_MAX = 32                       # below this many devices every pair is connected
+REBUILD_TRIES = 64                            # t-subsets of revealed shares tried per secret
 
 # stages of the server round
 KEYS, SHARES, MASKED, UNMASK, DONE, ABORTED = "keys", "shares", "masked", "unmask", "done", "aborted"
@@ -623,8 +627,8 @@ class ServerRound:
             pts = self_pts.get(u, {})
             if len(pts) < t:
                 return self._abort("cannot_reconstruct", f"{len(pts)} shares of survivor {u}'s self mask, threshold {t}")
-            b = shamir.combine(_points(pts, t))
-            if commitment(self.setup, u, b) != self._keys[u].commit:
+            b = self._rebuild(pts, lambda b, u=u: commitment(self.setup, u, b) == self._keys[u].commit)
+            if b is None:
                 return self._abort("bad_reconstruction", f"survivor {u}'s self-mask seed does not match its commitment")
             seeds.append(b)
             signs.append(1)
@@ -635,15 +639,37 @@ class ServerRound:
             pts = key_pts.get(u, {})
             if len(pts) < t:
                 return self._abort("cannot_reconstruct", f"{len(pts)} shares of dropout {u}'s mask key, threshold {t}")
-            sk = X25519PrivateKey.from_private_bytes(shamir.combine(_points(pts, t)))
-            if _raw_pk(sk) != self._keys[u].s_pk:
+            raw = self._rebuild(pts, lambda raw, u=u: _raw_pk(X25519PrivateKey.from_private_bytes(raw)) == self._keys[u].s_pk)
+            if raw is None:
                 return self._abort("bad_reconstruction", f"dropout {u}'s mask key does not match its public key")
+            sk = X25519PrivateKey.from_private_bytes(raw)
             for v in partners:  # v added mask_sign(v, u) * PRG(s_uv)
                 seeds.append(pair_seed(self.setup, sk, self._keys[v].s_pk, u, v))
                 signs.append(mask_sign(v, u))
         self.sum.unmask(seeds, signs)
         self.stage = DONE
         return self.result()
+
+    def _rebuild(self, pts: Mapping[int, bytes], check: Callable[[bytes], bool]) -> bytes | None:
+        """The secret from t of the revealed shares that passes `check` (its commitment or public
+        key). Shamir has no integrity of its own: when the lowest t shares fail (a device revealed a
+        wrong share), up to REBUILD_TRIES other t-subsets are tried, so one liar cannot sink the round."""
+        t, xs = self.setup.t, sorted(pts)
+        subsets = [xs[:t]]
+        if len(xs) > t:
+            rng = random.Random(len(xs))  # public choice: which shares to try, not a secret
+            combos = math.comb(len(xs), t)
+            if combos <= REBUILD_TRIES:
+                subsets += [list(c) for c in itertools.combinations(xs, t)][1:]
+            else:
+                subsets += [sorted(rng.sample(xs, t)) for _ in range(REBUILD_TRIES - 1)]
+        for i, subset in enumerate(subsets):
+            secret = shamir.combine([bytes([x]) + pts[x] for x in subset])
+            if check(secret):
+                if i:
+                    self.counts["bad_share_revealed"] += 1
+                return secret
+        return None
 
     def result(self) -> Result:
         done = self.stage == DONE
@@ -652,8 +678,3 @@ class ServerRound:
                       {KEYS: sorted(self._keys), SHARES: sorted(self._shares), MASKED: sorted(self._masked),
                        UNMASK: sorted(self._unmask)},
                       {k: v for k, v in self.counts.items() if k != ACCEPTED}, self.sum if done else None)
-
-
-def _points(shares: Mapping[int, bytes], t: int) -> list[bytes]:
-    """t shares {x: bytes} in fedtiny.privacy.shamir's layout ([x] + bytes), lowest x first."""
-    return [bytes([x]) + share for x, share in sorted(shares.items())[:t]]
