@@ -11,6 +11,7 @@ vector): a weight followed by a ReLU is He-uniform U(-sqrt(6/fan_in), +sqrt(6/fa
 """
 from __future__ import annotations
 
+import hashlib
 import threading
 from dataclasses import dataclass
 
@@ -163,6 +164,26 @@ class Model:
 
     def __repr__(self) -> str:
         return f"Model({self.spec!r}, n_params={self.n_params})"
+
+    def arch_text(self) -> str:
+        """The layer structure as canonical text: one line per layer, "kind HxWxC -> HxWxC kK".
+
+        Kinds, shapes and kernel sizes fix the parameter layout (see the module docstring), so
+        two specs with the same text train the same parameter vector: 'mlp:64-32-10' and
+        'seq:1x1x64,dense32,relu,dense10' are one architecture; 'mlp:64-24-24-10' (2,410
+        parameters, like 'mlp:64-32-10') is another."""
+        lines = ["fedtiny-arch/1"]
+        for lay in self.layers:
+            (h, w, c), (oh, ow, oc) = lay.in_shape, lay.out_shape
+            lines.append(f"{lay.kind} {h}x{w}x{c} -> {oh}x{ow}x{oc} k{lay.k}")
+        return "\n".join(lines) + "\n"
+
+    def arch_hash(self) -> bytes:
+        """SHA-256 of arch_text() (ASCII), first 16 bytes: the OFFER's architecture hash.
+
+        The same bytes on every platform (no floats, no dict order); a firmware computes it from
+        the same text (firmware_bridge/example/fw_device.c)."""
+        return hashlib.sha256(self.arch_text().encode("ascii")).digest()[:16]
 
     # ---- parameters ----------------------------------------------------------------
     def init(self, seed: int = 0) -> np.ndarray:
