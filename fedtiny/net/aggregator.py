@@ -429,7 +429,9 @@ class Aggregator(asyncio.DatagramProtocol):
                  run.id, len(run.selected), run.rnd.min_updates, self.cfg.round_timeout)
         while not stop.is_set():
             now = time.monotonic()
-            if run.ingest.n_complete >= run.rnd.min_updates or now >= run.rnd.deadline:
+            # a selected device that refused the model (excluded) will not deliver: wait only for the rest
+            target = min(run.rnd.min_updates, sum(1 for d in run.selected if not self.devices[d].excluded))
+            if run.ingest.n_complete >= target or now >= run.rnd.deadline:
                 break
             for d in sorted(run.selected - run.asked):
                 if now - run.offered.get(d, -math.inf) >= REOFFER_SECONDS:

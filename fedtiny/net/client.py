@@ -155,7 +155,7 @@ class Device(asyncio.DatagramProtocol):
                              f"this device's --model {self.model.spec} ({self.model.n_params:,} parameters, "
                              f"architecture {self.arch_hash[:4].hex()})")
             self._send(session.ERROR, wire.ErrorMsg(session.E_MODEL, f"device {self.id}: {self.mismatch}").pack())
-            log.error("round %d: %s", round_id, self.mismatch)
+            log.debug("round %d: %s", round_id, self.mismatch)   # the exit line says it
             self.state, self.last_progress = "refused", time.monotonic()
             return
         self._reset_round()
