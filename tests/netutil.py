@@ -159,8 +159,12 @@ class HandDevice:
         nonce = os.urandom(wire.NONCE_BYTES)
         hello = self.join_hello(nonce, n_samples)
         self.key = self.psk
-        w = wire.Welcome.unpack(self.expect(wire.MsgType.WELCOME, timeout, resend=self.send(hello)).payload)
-        assert w.device_nonce == nonce
+        end = time.monotonic() + timeout
+        self.send(hello)
+        while True:   # a WELCOME for an earlier join (a replayed one) may still be on its way: skip it
+            w = wire.Welcome.unpack(self.expect(wire.MsgType.WELCOME, end - time.monotonic(), resend=hello).payload)
+            if w.device_nonce == nonce:
+                break
         self.welcome, self.key, self.seq = w, wire.session_key(self.psk, self.id, w), 0
         return w
 
@@ -192,6 +196,8 @@ class HandDevice:
             except socket.timeout:
                 if resend is not None:
                     self.sock.send(resend() if callable(resend) else resend)
+                continue
+            except wire.FrameError:    # e.g. a frame of a session this device has left: dropped
                 continue
             if f.type == msg_type:
                 return f

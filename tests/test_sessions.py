@@ -184,3 +184,119 @@ def test_clients_of_another_architecture_or_size_exit_2_and_the_others_go_on(tmp
     first = ck.metrics[0]
     assert first["selected"] == 2 and first["outcome"] == "abandoned" and first["closed_by"] == "forced"
     assert first["round_s"] < 5.0, first
+
+
+# ---- the pieces: run identity, architecture hash, the handshake against hostile frames -----------
+
+def test_begin_life_new_run_then_one_epoch_per_life(tmp_path):
+    import json
+    d = str(tmp_path / "st")
+    run_id, epoch = state.begin_life(d)
+    assert len(run_id) == 8 and epoch == 1
+    assert state.begin_life(d) == (run_id, 2) and state.begin_life(d) == (run_id, 3)
+    on_disk = json.loads((tmp_path / "st" / "run.json").read_text())
+    assert on_disk["run_id"] == run_id.hex() and on_disk["epoch"] == 3
+    other, epoch = state.begin_life(str(tmp_path / "other"))
+    assert other != run_id and epoch == 1
+    assert not [n for n in os.listdir(d) if n.endswith(".tmp")]
+
+
+def test_begin_life_refuses_a_damaged_or_exhausted_run_file(tmp_path):
+    import json
+    import pytest
+    path = tmp_path / "run.json"
+    for text in ("[]", "{}", '{"run_id": "00", "epoch": 1}', '{"run_id": "0011223344556677", "epoch": 0}',
+                 '{"run_id": "0011223344556677", "epoch": true}', "not json"):
+        path.write_text(text)
+        with pytest.raises(ValueError, match="run.json is damaged .*empty --state directory"):
+            state.begin_life(str(tmp_path))
+        assert path.read_text() == text                      # nothing overwritten
+    path.write_text(json.dumps({"run_id": "0011223344556677", "epoch": 2**32 - 1}))
+    with pytest.raises(ValueError, match="last one"):
+        state.begin_life(str(tmp_path))
+
+
+def test_the_epoch_is_on_disk_before_the_socket_exists(tmp_path):
+    """The port is taken, so serve() fails to bind: the life's epoch was written all the same."""
+    import asyncio
+    import json
+    import socket
+    import pytest
+    from fedtiny.net.aggregator import Aggregator
+    fleet = Fleet(tmp_path, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        cfg = fleet.config(listen=f"127.0.0.1:{busy.getsockname()[1]}", dataset=None)
+        with pytest.raises(OSError):
+            asyncio.run(Aggregator(cfg, out=open(os.devnull, "w")).serve())
+    assert json.loads((tmp_path / "state" / "run.json").read_text())["epoch"] == 1
+
+
+def test_arch_hash_is_sha256_of_the_documented_layer_text():
+    import hashlib
+    from fedtiny import model
+    text = "fedtiny-arch/1\ndense 1x1x64 -> 1x1x32 k0\nrelu 1x1x32 -> 1x1x32 k0\ndense 1x1x32 -> 1x1x10 k0\n"
+    m = model.build("mlp:64-32-10")
+    assert m.arch_text() == text
+    assert m.arch_hash() == hashlib.sha256(text.encode()).digest()[:16]
+    same_size = model.build("mlp:64-24-24-10")
+    assert same_size.n_params == m.n_params and same_size.arch_hash() != m.arch_hash()
+    assert model.build("seq:1x1x64,dense32,relu,dense10").arch_hash() == m.arch_hash()   # one architecture
+    cnn = model.build("cnn").arch_text().splitlines()
+    assert cnn[1] == "conv2d 28x28x1 -> 24x24x32 k5" and cnn[3] == "maxpool2 24x24x32 -> 12x12x32 k0"
+
+
+def test_hostile_frames_against_sessions(tmp_path):
+    """A hand-driven device: a replayed join HELLO leaves the current session alone; after the
+    device joins again, frames of its old session are stale_session; a WELCOME replayed to a
+    device is taken once only; an OFFER of an earlier life is refused by the device."""
+    from fedtiny.net import session
+    from netutil import HandDevice
+    fleet = Fleet(tmp_path, 1)
+    with AggregatorThread(fleet.config(rounds=1, min_clients=2, dataset=None)) as at:
+        agg = at.agg
+        dev = HandDevice(at.address, 0, fleet.keys[0])
+        try:
+            nonce = os.urandom(8)
+            join = dev.join_hello(nonce)
+            w1 = wire.Welcome.unpack(dev.expect(wire.MsgType.WELCOME, resend=dev.send(join)).payload)
+            dev.welcome, dev.key, dev.seq = w1, wire.session_key(dev.psk, 0, w1), 0
+            old_hello = dev.send(dev.hello())
+            wait_for(lambda: agg.devices[0].session is not None, 5, "session 1 to become current")
+            s1 = agg.devices[0].session
+            assert s1.number == w1.session and (s1.run, s1.epoch) == (agg.run_tag, agg.epoch)
+
+            # the client side: the WELCOME is taken for its join's nonce, and stale once the join is done
+            raw = session.welcome_frame(0, dev.psk, w1)
+            assert session.open_welcome(raw, dev.psk, nonce) == w1
+            try:
+                session.open_welcome(raw, dev.psk, None)
+                raise AssertionError("a WELCOME outside a join was taken")
+            except session.Rejected as exc:
+                assert exc.reason == "stale_welcome"
+
+            time.sleep(0.06)
+            dev.send(join)                         # a replayed join HELLO: one WELCOME, nothing moves
+            time.sleep(0.2)
+            assert agg.devices[0].session is s1 and agg.devices[0].addr is not None
+
+            w2 = dev.join()                        # the device joins again (it rebooted)
+            assert w2.session != w1.session and w2.agg_nonce != w1.agg_nonce
+            dev.send(dev.hello())
+            wait_for(lambda: agg.devices[0].session.number == w2.session, 5, "session 2 to become current")
+            before = agg.rejected["stale_session"]
+            dev.send(old_hello)                    # a frame of session 1, authentic when it was sent
+            wait_for(lambda: agg.rejected["stale_session"] == before + 1, 5, "stale_session")
+
+            # the device side: an OFFER from an earlier life of this run is refused before its tag
+            dev_s = session.Session(0, dev.psk, w2, follow_rounds=True)
+            agg_s = session.Session(0, dev.psk, wire.Welcome(w2.run_id, w2.epoch - 1 if w2.epoch > 1 else 9,
+                                                             w2.session, w2.device_nonce, w2.agg_nonce))
+            offer = agg_s.seal(wire.MsgType.OFFER, 1, wire.Offer(10, bytes(16), 0.1, 1, 1, 100).pack())
+            try:
+                dev_s.open(offer)
+                raise AssertionError("an offer of another life was taken")
+            except session.Rejected as exc:
+                assert exc.reason == "stale_epoch"
+        finally:
+            dev.close()
