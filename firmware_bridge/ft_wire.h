@@ -26,7 +26,7 @@
  *                        __attribute__((warn_unused_result)) on GCC and clang, empty elsewhere.
  *
  * Resources (Cortex-M4, -Os, measured by `make cortex-m4`, see firmware_bridge/README.md):
- * 5,535 bytes of flash, no .data, no .bss; deepest stack 720 bytes (ft_wire_decode -> HMAC
+ * 5,535 bytes of flash, no .data, no .bss; deepest stack 728 bytes (ft_wire_decode -> HMAC
  * key setup -> SHA-256 block, the -fstack-usage frames summed).
  */
 #ifndef FT_WIRE_H

@@ -46,7 +46,7 @@ TELL_SECONDS = 0.25        # errors to one device, per code
 RCVBUF_BYTES = 4 << 20    # requested UDP receive buffer
 LOG_PER_REASON = 5        # rejections logged one by one per reason and round; then only counted
 PENDING_SESSIONS = 4      # sessions offered to one device in WELCOMEs and not yet used
-WELCOME_SECONDS = 0.05    # at most one WELCOME per device in this time (a replayed join HELLO costs one)
+WELCOME_SECONDS = 0.05    # at most one WELCOME per device in this time (replayed join HELLOs cost one each)
 
 
 @dataclass
@@ -256,10 +256,10 @@ class Aggregator(asyncio.DatagramProtocol):
         """A join HELLO: answer with a WELCOME for a new session bound to its nonce (the same
         one again for the same nonce). Nothing else changes until a frame of that session
         arrives, so a replayed join HELLO costs one WELCOME and moves nothing."""
+        if now - dev.welcomed < WELCOME_SECONDS:
+            raise Rejected("hello_rate", f"one WELCOME per device per {WELCOME_SECONDS} s")
         sess = next((s for s in dev.pending.values() if s.welcome.device_nonce == hello.nonce), None)
         if sess is None:
-            if now - dev.welcomed < WELCOME_SECONDS:
-                raise Rejected("hello_rate", f"one WELCOME per {WELCOME_SECONDS} s")
             number = dev.next_number % 0xFFFF + 1
             while dev.session is not None and number == dev.session.number:
                 number = number % 0xFFFF + 1
