@@ -227,8 +227,8 @@ def test_the_epoch_is_on_disk_before_the_socket_exists(tmp_path):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
         busy.bind(("127.0.0.1", 0))
         cfg = fleet.config(listen=f"127.0.0.1:{busy.getsockname()[1]}", dataset=None)
-        with pytest.raises(OSError):
-            asyncio.run(Aggregator(cfg, out=open(os.devnull, "w")).serve())
+        with open(os.devnull, "w") as out, pytest.raises(OSError):
+            asyncio.run(Aggregator(cfg, out=out).serve())
     assert json.loads((tmp_path / "state" / "run.json").read_text())["epoch"] == 1
 
 
