@@ -13,7 +13,6 @@ and biases U(-1/sqrt(fan_in), +1/sqrt(fan_in))), for like-for-like comparisons w
 """
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass
 
@@ -185,8 +184,13 @@ class Model:
         """SHA-256 of arch_text() (ASCII), first 16 bytes: the OFFER's architecture hash.
 
         The same bytes on every platform (no floats, no dict order); a firmware computes it from
-        the same text (firmware_bridge/example/fw_device.c)."""
-        return hashlib.sha256(self.arch_text().encode("ascii")).digest()[:16]
+        the same text (firmware_bridge/example/fw_device.c) with the same SHA-256 code: the wire
+        library's (hashlib would load OpenSSL, 3.7 MB of RSS on a device)."""
+        from ._wire import ffi, lib
+        text = self.arch_text().encode("ascii")
+        out = ffi.new("uint8_t[32]")
+        lib.ft_sha256(text, len(text), out)
+        return bytes(out)[:16]
 
     # ---- parameters ----------------------------------------------------------------
     def init(self, seed: int = 0, scheme: str = "fedtiny") -> np.ndarray:
