@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fedtiny.privacy import grid as gridmod
-from fedtiny.privacy import inprocess, secagg
+from fedtiny.privacy import inprocess, secagg, shamir
 from fedtiny.privacy.secagg import Config, Device, ServerRound, Setup
 
 from secagg_oracle import encode as oracle_encode
@@ -274,17 +274,26 @@ def test_the_first_layer_inversion_recovers_an_image_without_secagg_and_nothing_
     result = inprocess.run_round(server, devs, make)
     assert result.outcome == "applied"
     g = setup.grid
-    plain, blind = [], []
+
+    def centered(v):
+        return np.where(v >= 2 ** 15, v.astype(np.int64) - 2 ** 16, v).astype(np.float32) * np.float32(g.step)
+
+    plain, blind, unselfed = [], [], []
     for d in devices:
         q = gridmod.quantize(deltas[d], g, _round_key(d))    # what an aggregator without SecAgg receives
-        q_centered = np.where(q >= 2 ** 15, q.astype(np.int64) - 2 ** 16, q).astype(np.float32) * np.float32(g.step)
-        plain.append(abs(_corr(_first_layer_inversion(q_centered, model), images[d])))
-        y = np.frombuffer(captured[d], "<u2")          # what it holds under SecAgg
-        y_centered = np.where(y >= 2 ** 15, y.astype(np.int64) - 2 ** 16, y).astype(np.float32) * np.float32(g.step)
-        blind.append(abs(_corr(_first_layer_inversion(y_centered, model), images[d])))
-    print("inversion |corr| plain", np.round(plain, 3), "blind", np.round(blind, 3))
+        plain.append(abs(_corr(_first_layer_inversion(centered(q), model), images[d])))
+        y = np.frombuffer(captured[d], "<u2").copy()        # what it holds under SecAgg: the masked vector,
+        blind.append(abs(_corr(_first_layer_inversion(centered(y), model), images[d])))
+        # ... and, after the unmask stage, the survivor's self-mask seed rebuilt from the revealed shares
+        pts = {x: s for ans in server._unmask.values() for o, (x, s) in ans.self_shares.items() if o == d}
+        b = shamir.combine([bytes([x]) + s for x, s in sorted(pts.items())[:setup.t]])
+        assert secagg.commitment(setup, d, b) == server._keys[d].commit
+        gridmod.mask(y, [b], [-1])                           # y - PRG(b_d): still under the pairwise masks
+        unselfed.append(abs(_corr(_first_layer_inversion(centered(y), model), images[d])))
+    print("inversion |corr| plain", np.round(plain, 3), "blind", np.round(blind, 3), "unselfed", np.round(unselfed, 3))
     assert np.median(plain) > 0.9, plain
     assert np.median(blind) < 4 / np.sqrt(784), blind  # chance level for 784 pixels
+    assert np.median(unselfed) < 4 / np.sqrt(784), unselfed
 
 
 # --- Hostile input ----------------------------------------------------------------------------
