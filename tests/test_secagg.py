@@ -560,3 +560,26 @@ def test_hostile_a_wrong_revealed_share_is_worked_around_or_named(kind):
             _exact(result, setup, deltas, devices[:-1])
         else:              # 4 liars of 7 (or of 8) holders: fewer than t honest shares in any subset
             assert result.outcome == "abandoned" and result.reason == "bad_reconstruction"
+
+
+def test_survivors_cut_apart_by_dropouts_abandon_the_round():
+    # A ring (k = 2) of 8: dropping two devices opposite each other splits the survivors in two
+    # groups, whose sums the aggregator would learn separately: the round is abandoned instead.
+    devices = list(range(8))
+    config = Config(clip=1.0, neighbours=2, threshold=1, min_survivors=2)
+    setup = Setup.create(1, devices, config)
+    ring = secagg.neighbours(devices, 2, setup.graph_seed)
+    order = [devices[0]]
+    while len(order) < 8:
+        order.append(next(v for v in ring[order[-1]] if v not in order))
+    for drop, split in (([order[0], order[4]], True), ([order[0], order[1]], False)):
+        server = ServerRound(setup, N_PARAMS)
+        devs = {d: Device(d) for d in devices}
+        deltas = _deltas(devices, 0)
+        result = inprocess.run_round(server, devs, lambda dev: dev.masked_update(deltas[dev.id], _round_key(dev.id)),
+                                     {d: "masked" for d in drop})
+        if split:
+            assert result.outcome == "abandoned" and result.reason == "survivors_disconnected", result.detail
+        else:
+            assert result.outcome == "applied"
+            _exact(result, setup, deltas, sorted(set(devices) - set(drop)))

@@ -18,7 +18,9 @@ Messages (server -> device marked <-, device -> server marked ->), in stage orde
                      a device answers one survivor set per round)
 
 Server aborts (the round is abandoned, the model unchanged): too_few_keys, too_few_shares,
-too_few_masked, too_few_unmask (fewer than min_survivors answered the stage), cannot_reconstruct
+too_few_masked, too_few_unmask (fewer than min_survivors answered the stage),
+survivors_disconnected (on a sparse graph, dropouts split the survivors into groups whose sums
+would each be revealed), cannot_reconstruct
 (a secret the sum needs has fewer than t shares), bad_reconstruction (no t of the revealed
 shares, up to REBUILD_TRIES subsets tried, rebuild a secret that matches its commitment or public
 key; a wrong share that other subsets get around is only counted: bad_share_revealed).
@@ -162,6 +164,22 @@ def neighbours(devices: Sequence[int], k: int, graph_seed: bytes) -> dict[int, t
     for i, d in enumerate(ring):
         out[d] = tuple(sorted(ring[(i + j) % n] for j in range(-half, half + 1) if j != 0))
     return out
+
+
+def components(members: Sequence[int], graph: Mapping[int, Sequence[int]]) -> list[set[int]]:
+    """The connected parts of the graph restricted to `members` (whose pairwise masks link them)."""
+    left, parts = set(members), []
+    while left:
+        todo = [left.pop()]
+        part = set(todo)
+        while todo:
+            for v in graph[todo.pop()]:
+                if v in left:
+                    left.discard(v)
+                    part.add(v)
+                    todo.append(v)
+        parts.append(part)
+    return parts
 
 
 def share_x(owner_neighbours: Sequence[int], holder: int) -> int:
@@ -600,6 +618,10 @@ class ServerRound:
             if len(self._masked) < m:
                 return self._abort("too_few_masked", f"{len(self._masked)} masked vectors arrived, minimum {m}")
             self.survivors = tuple(sorted(self._masked))
+            parts = components(self.survivors, self.graph)
+            if len(parts) > 1:  # each part's sum would be revealed on its own (sparse graphs only)
+                return self._abort("survivors_disconnected", f"dropouts cut the survivors into {len(parts)} groups "
+                                   f"(smallest: {sorted(min(parts, key=len))}); unmasking would reveal each group's sum")
             self.stage = UNMASK
             return Unmask(self.setup.round_id, self.survivors)
         if self.stage == UNMASK:
