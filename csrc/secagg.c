@@ -176,32 +176,31 @@ static inline ft_status encode_body(ft_chacha20_blocks_fn gen, const float *x, s
     return status;
 }
 
+/* v[i] += sign * word i of a stream chunk, in v's own width (the aggregator's in-place unmask). */
+static inline void add_words_inplace(void *v, const uint8_t *mk, size_t len, unsigned w, int sign) {
+    if (w == 2) {
+        uint16_t *p = (uint16_t *)v;
+        if (sign > 0) for (size_t i = 0; i < len; i++) p[i] = (uint16_t)(p[i] + load_u16(mk + 2 * i));
+        else          for (size_t i = 0; i < len; i++) p[i] = (uint16_t)(p[i] - load_u16(mk + 2 * i));
+    } else {
+        uint32_t *p = (uint32_t *)v;
+        if (sign > 0) for (size_t i = 0; i < len; i++) p[i] += load_u32(mk + 4 * i);
+        else          for (size_t i = 0; i < len; i++) p[i] -= load_u32(mk + 4 * i);
+    }
+}
+
 static inline void mask_body(ft_chacha20_blocks_fn gen, void *v, size_t n, size_t offset, const uint8_t *seeds,
                              const int8_t *signs, size_t n_masks, unsigned w) {
     uint8_t buf[4 * FT_SECAGG_CHUNK + 64];
-    uint32_t acc[FT_SECAGG_CHUNK];
     for (size_t i0 = 0; i0 < n; i0 += FT_SECAGG_CHUNK) {
         const size_t len = n - i0 < FT_SECAGG_CHUNK ? n - i0 : FT_SECAGG_CHUNK;
-        if (w == 2) {
-            const uint16_t *p = (const uint16_t *)v + i0;
-            for (size_t i = 0; i < len; i++) acc[i] = p[i];
-        } else {
-            memcpy(acc, (uint32_t *)v + i0, len * sizeof(uint32_t));
-        }
         for (size_t j = 0; j < n_masks; j++) {
             const uint8_t *mk = stream_words(gen, seeds + FT_SECAGG_SEED_BYTES * j, FT_SECAGG_MASK_NONCE,
                                              (uint64_t)(offset + i0), len, w, buf);
-            add_words(acc, mk, len, w, signs[j]);
-        }
-        if (w == 2) {
-            uint16_t *p = (uint16_t *)v + i0;
-            for (size_t i = 0; i < len; i++) p[i] = (uint16_t)acc[i];
-        } else {
-            memcpy((uint32_t *)v + i0, acc, len * sizeof(uint32_t));
+            add_words_inplace((uint8_t *)v + (size_t)w * i0, mk, len, w, signs[j]);
         }
     }
     wipe(buf, sizeof buf);
-    wipe(acc, sizeof acc);
 }
 
 /* ---- entry points ------------------------------------------------------------------------------- */

@@ -75,10 +75,14 @@ static void fe_sub(fe out, const fe f, const fe g)
 static void fe_mul(fe out, const fe f, const fe g)
 {
     uint64_t h[10];
-    const uint32_t f0 = f[0], f1 = f[1], f2 = f[2], f3 = f[3], f4 = f[4], f5 = f[5], f6 = f[6], f7 = f[7], f8 = f[8], f9 = f[9];
-    const uint32_t g0 = g[0], g1 = g[1], g2 = g[2], g3 = g[3], g4 = g[4], g5 = g[5], g6 = g[6], g7 = g[7], g8 = g[8], g9 = g[9];
+    const uint32_t f0 = f[0], f1 = f[1], f2 = f[2], f3 = f[3], f4 = f[4], f5 = f[5], f6 = f[6], f7 = f[7],
+                   f8 = f[8], f9 = f[9];
+    const uint32_t g0 = g[0], g1 = g[1], g2 = g[2], g3 = g[3], g4 = g[4], g5 = g[5], g6 = g[6], g7 = g[7],
+                   g8 = g[8], g9 = g[9];
     const uint32_t f2_1 = 2u * f1, f2_3 = 2u * f3, f2_5 = 2u * f5, f2_7 = 2u * f7, f2_9 = 2u * f9;
-    const uint32_t g19_1 = 19u * g1, g19_2 = 19u * g2, g19_3 = 19u * g3, g19_4 = 19u * g4, g19_5 = 19u * g5, g19_6 = 19u * g6, g19_7 = 19u * g7, g19_8 = 19u * g8, g19_9 = 19u * g9;
+    const uint32_t g19_1 = 19u * g1, g19_2 = 19u * g2, g19_3 = 19u * g3, g19_4 = 19u * g4,
+                   g19_5 = 19u * g5, g19_6 = 19u * g6, g19_7 = 19u * g7, g19_8 = 19u * g8,
+                   g19_9 = 19u * g9;
     h[0] = (uint64_t)f0 * g0 + (uint64_t)f2_1 * g19_9 + (uint64_t)f2 * g19_8 + (uint64_t)f2_3 * g19_7 +
            (uint64_t)f4 * g19_6 + (uint64_t)f2_5 * g19_5 + (uint64_t)f6 * g19_4 + (uint64_t)f2_7 * g19_3 +
            (uint64_t)f8 * g19_2 + (uint64_t)f2_9 * g19_1;
@@ -116,8 +120,10 @@ static void fe_mul(fe out, const fe f, const fe g)
 static void fe_sq(fe out, const fe f)
 {
     uint64_t h[10];
-    const uint32_t f0 = f[0], f1 = f[1], f2 = f[2], f3 = f[3], f4 = f[4], f5 = f[5], f6 = f[6], f7 = f[7], f8 = f[8], f9 = f[9];
-    const uint32_t f2x_0 = 2u * f0, f2x_1 = 2u * f1, f2x_2 = 2u * f2, f2x_3 = 2u * f3, f2x_4 = 2u * f4, f2x_5 = 2u * f5, f2x_6 = 2u * f6, f2x_7 = 2u * f7, f2x_8 = 2u * f8;
+    const uint32_t f0 = f[0], f1 = f[1], f2 = f[2], f3 = f[3], f4 = f[4], f5 = f[5], f6 = f[6], f7 = f[7],
+                   f8 = f[8], f9 = f[9];
+    const uint32_t f2x_0 = 2u * f0, f2x_1 = 2u * f1, f2x_2 = 2u * f2, f2x_3 = 2u * f3, f2x_4 = 2u * f4,
+                   f2x_5 = 2u * f5, f2x_6 = 2u * f6, f2x_7 = 2u * f7, f2x_8 = 2u * f8;
     const uint32_t f4_1 = 4u * f1, f4_3 = 4u * f3, f4_5 = 4u * f5, f4_7 = 4u * f7;
     const uint32_t f2_1 = 2u * f1, f2_3 = 2u * f3, f2_5 = 2u * f5, f2_7 = 2u * f7, f2_9 = 2u * f9;
     const uint32_t f19_5 = 19u * f5, f19_6 = 19u * f6, f19_7 = 19u * f7, f19_8 = 19u * f8, f19_9 = 19u * f9;

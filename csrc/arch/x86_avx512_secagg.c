@@ -53,10 +53,13 @@ FT_TARGET_AVX512 void ft_chacha20_blocks_avx512(const uint32_t state[16], size_t
     memcpy(st, state, sizeof st);
     size_t b = 0;
     for (; b + 16 <= nblocks; b += 16) {
-        __m512i in[16], x[16];
-        for (int k = 0; k < 16; k++) in[k] = _mm512_set1_epi32((int)st[k]);
-        in[12] = _mm512_add_epi32(in[12], _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-        for (int k = 0; k < 16; k++) x[k] = in[k];
+        /* the input state is broadcast again for the final addition instead of being kept: 16 more
+         * live registers would spill inside the rounds (32 zmm in all) */
+        const __m512i ctr = _mm512_add_epi32(_mm512_set1_epi32((int)st[12]),
+                                             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+        __m512i x[16];
+        for (int k = 0; k < 16; k++) x[k] = _mm512_set1_epi32((int)st[k]);
+        x[12] = ctr;
         for (int r = 0; r < 10; r++) {
             QR(x[0], x[4], x[8], x[12]);
             QR(x[1], x[5], x[9], x[13]);
@@ -67,7 +70,7 @@ FT_TARGET_AVX512 void ft_chacha20_blocks_avx512(const uint32_t state[16], size_t
             QR(x[2], x[7], x[8], x[13]);
             QR(x[3], x[4], x[9], x[14]);
         }
-        for (int k = 0; k < 16; k++) x[k] = _mm512_add_epi32(x[k], in[k]);
+        for (int k = 0; k < 16; k++) x[k] = _mm512_add_epi32(x[k], k == 12 ? ctr : _mm512_set1_epi32((int)st[k]));
         transpose16_store(x, out + 64 * b);
         st[12] += 16;
     }
