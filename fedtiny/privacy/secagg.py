@@ -677,21 +677,26 @@ class ServerRound:
         key). Shamir has no integrity of its own: when the lowest t shares fail (a device revealed a
         wrong share), up to REBUILD_TRIES other t-subsets are tried, so one liar cannot sink the round."""
         t, xs = self.setup.t, sorted(pts)
-        subsets = [xs[:t]]
-        if len(xs) > t:
-            rng = random.Random(len(xs))  # public choice: which shares to try, not a secret
-            combos = math.comb(len(xs), t)
-            if combos <= REBUILD_TRIES:
-                subsets += [list(c) for c in itertools.combinations(xs, t)][1:]
-            else:
-                subsets += [sorted(rng.sample(xs, t)) for _ in range(REBUILD_TRIES - 1)]
-        for i, subset in enumerate(subsets):
+        for i, subset in enumerate(itertools.islice(self._subsets(xs, t), REBUILD_TRIES)):
             secret = shamir.combine([bytes([x]) + pts[x] for x in subset])
             if check(secret):
                 if i:
                     self.counts["bad_share_revealed"] += 1
                 return secret
         return None
+
+    @staticmethod
+    def _subsets(xs: list[int], t: int):
+        """The lowest t first; then every t-subset when there are few, else seeded random ones."""
+        yield xs[:t]
+        if len(xs) == t:
+            return
+        if math.comb(len(xs), t) <= REBUILD_TRIES:
+            yield from (list(c) for c in itertools.islice(itertools.combinations(xs, t), 1, None))
+            return
+        rng = random.Random(len(xs))  # a public choice of which shares to try, not a secret
+        while True:
+            yield sorted(rng.sample(xs, t))
 
     def result(self) -> Result:
         done = self.stage == DONE
