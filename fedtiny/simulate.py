@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import codec, datasets, rounds
+from . import clock, codec, datasets, rounds
 from . import model as model_mod
 from .datasets import check_model_fits
 from .seeds import derive_seed  # noqa: F401  (public here since before fedtiny.seeds)
@@ -33,6 +33,9 @@ from .seeds import derive_seed  # noqa: F401  (public here since before fedtiny.
 CODECS = ("float32", "int8", "int8-stochastic", "int8-ef")
 DROPOUT_PHASES = ("keys", "shares", "masked", "unmask", "any")  # secagg.PHASES, or one of them at random
 WEIGHTS = ("float32", "int8")
+MODES = ("sync", "async")
+AVAILABILITY = ("always", "markov")
+DEFAULT_BUFFER, DEFAULT_CONCURRENCY, DEFAULT_MAX_STALENESS = 10, 20, 20
 HETERO_MIN_SPEED = 0.1  # the slowest simulated device does 10% of the full local steps
 
 
@@ -78,6 +81,21 @@ class SimConfig:
     secagg_min_survivors: int | None = None
     dropout: float = 0.0
     dropout_phase: str = "masked"
+    mode: str = "sync"
+    buffer: int | None = None           # async: K, updates per server step (default DEFAULT_BUFFER)
+    concurrency: int | None = None      # async: M, devices training at once (default DEFAULT_CONCURRENCY)
+    max_staleness: int | None = None    # async: oldest accepted update, in server steps
+    staleness: str | None = None        # async: poly | const | hinge (default poly)
+    staleness_exponent: float | None = None
+    hinge_at: int | None = None
+    hinge_slope: float | None = None
+    deadline: float | None = None       # sync: simulated seconds a round waits; None: for every device
+    speed_min: float = 1.0              # local steps per second of the slowest device
+    speed_spread: float = 1.0           # fastest / slowest
+    availability: str = "always"
+    on_mean: float = 600.0
+    off_mean: float = 300.0
+    availability_csv: str | None = None
 
     def check(self) -> None:
         """Every bad value as one ValueError naming the option and what it takes."""
@@ -109,6 +127,40 @@ class SimConfig:
         need(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
         need(self.dropout_phase in DROPOUT_PHASES, f"--dropout-phase must be one of {', '.join(DROPOUT_PHASES)}, "
                                                    f"got {self.dropout_phase!r}")
+        need(self.mode in MODES, f"--mode must be sync or async, got {self.mode!r}")
+        need(self.availability in AVAILABILITY, f"--availability must be one of {', '.join(AVAILABILITY)}, "
+                                                f"got {self.availability!r}")
+        need(math.isfinite(self.speed_min) and self.speed_min > 0,
+             f"--speed-min must be a positive number of local steps per second, got {self.speed_min}")
+        need(math.isfinite(self.speed_spread) and self.speed_spread >= 1,
+             f"--speed-spread must be >= 1 (fastest / slowest device), got {self.speed_spread}")
+        for name in ("on_mean", "off_mean"):
+            v = getattr(self, name)
+            need(math.isfinite(v) and v > 0, f"--{name.replace('_', '-')} must be a positive number of seconds, got {v}")
+        need(self.availability_csv is None or self.availability == "always",
+             "--availability-csv replaces --availability markov: give one of them")
+        async_only = [f"--{n.replace('_', '-')}" for n in ("buffer", "concurrency", "max_staleness", "staleness",
+                                                           "staleness_exponent", "hinge_at", "hinge_slope")
+                      if getattr(self, n) is not None]
+        if self.mode == "sync":
+            need(not async_only, f"{', '.join(async_only)} needs --mode async")
+            need(self.deadline is None or (math.isfinite(self.deadline) and self.deadline > 0),
+                 f"--deadline must be a positive number of simulated seconds, got {self.deadline}")
+        else:
+            need(self.deadline is None, "--deadline applies to --mode sync: asynchronous buffers have no deadline")
+            need(not self.secagg, "--secagg needs --mode sync: secure aggregation masks a synchronous round's sum")
+            need(self.normalize == "none", "--normalize fednova needs --mode sync")
+            need(self.async_buffer() >= 1, f"--buffer must be >= 1, got {self.buffer}")
+            need(1 <= self.async_concurrency() <= self.clients,
+                 f"--concurrency must be in [1, --clients {self.clients}], got {self.concurrency}")
+            need(self.async_max_staleness() >= 0, f"--max-staleness must be >= 0, got {self.max_staleness}")
+            need(self.staleness in (None, *rounds.STALENESS_KINDS),
+                 f"--staleness must be one of {', '.join(rounds.STALENESS_KINDS)}, got {self.staleness!r}")
+            kind = self.staleness or "poly"
+            need(self.staleness_exponent is None or kind == "poly", "--staleness-exponent applies to --staleness poly")
+            need((self.hinge_at is None and self.hinge_slope is None) or kind == "hinge",
+                 "--hinge-at and --hinge-slope apply to --staleness hinge")
+            self.staleness_function()  # every bad exponent / hinge value, named
         if self.secagg:
             need(self.codec == "float32", f"--codec {self.codec} does not apply with --secagg: the update is the "
                                           "round's shared grid (--clip, --secagg-bits); leave --codec out")
@@ -120,6 +172,34 @@ class SimConfig:
             given = [f"--{n.replace('_', '-')}" for n in ("secagg_bits", "secagg_k", "secagg_t", "secagg_min_survivors")
                      if getattr(self, n) is not None] + (["--dropout"] if self.dropout else [])
             need(not given, f"{', '.join(given)} needs --secagg")
+
+    def async_buffer(self) -> int:
+        return DEFAULT_BUFFER if self.buffer is None else int(self.buffer)
+
+    def async_concurrency(self) -> int:
+        return DEFAULT_CONCURRENCY if self.concurrency is None else int(self.concurrency)
+
+    def async_max_staleness(self) -> int:
+        return DEFAULT_MAX_STALENESS if self.max_staleness is None else int(self.max_staleness)
+
+    def staleness_function(self):
+        kw = {k: v for k, v in (("exponent", self.staleness_exponent), ("hinge_at", self.hinge_at),
+                                ("hinge_slope", self.hinge_slope)) if v is not None}
+        try:
+            return rounds.staleness_function(self.staleness or "poly", **kw)
+        except ValueError as exc:
+            raise ValueError(f"--staleness {self.staleness or 'poly'}: {exc}") from None
+
+    def fleet(self) -> tuple[np.ndarray, clock.Availability]:
+        """Each device's speed (local steps per second) and its availability trace."""
+        speeds = clock.device_speeds(self.clients, seed=self.seed, speed_min=self.speed_min, spread=self.speed_spread)
+        if self.availability_csv is not None:
+            avail = clock.Availability.from_csv(self.availability_csv, self.clients)
+        elif self.availability == "markov":
+            avail = clock.Availability.markov(self.clients, seed=self.seed, on_mean=self.on_mean, off_mean=self.off_mean)
+        else:
+            avail = clock.Availability.always(self.clients)
+        return speeds, avail
 
     def secagg_config(self):
         from .privacy.secagg import Config
@@ -224,29 +304,45 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
     agg_bytes_max = 0
     t_start = time.perf_counter()
     local = np.empty_like(server.params)
-    for r in range(1, cfg.rounds + 1):
+    speeds, avail = cfg.fleet()
+    if cfg.mode == "async":
+        cum_up, cum_down, agg_bytes_max = _async_loop(cfg, train, model, data, splits, server, x_test, y_test, speed,
+                                                      speeds, avail, residuals, result, progress, t_start)
+    t_sim = 0.0  # simulated seconds (fedtiny.clock): rounds start when the last one closed
+    for r in range(1, cfg.rounds + 1 if cfg.mode == "sync" else 1):
         t0, c0 = time.perf_counter(), time.process_time()
-        selected = rounds.sample_clients(cfg.clients, cfg.fraction, seed=cfg.seed, round_id=r)
-        rnd = server.open_round(selected.tolist())
+        selected, t_sim = _sync_select(cfg, avail, t_sim, r)
+        if selected is None:
+            if progress is not None:
+                progress.stream.write(f"round {r}: no device will be available again; stopping\n")
+            break
+        # when each selected device would finish (it trains only while on); the round closes at the
+        # deadline or when the last one is in; the later ones are stragglers and do not train at all
+        finish = {k: avail.finish(k, t_sim, _planned_steps(cfg, splits[k].n_samples, speed, k) / speeds[k])
+                  for k in selected.tolist() if splits[k].n_samples > 0}
+        close_at = t_sim + cfg.deadline if cfg.deadline is not None else math.inf
+        t_close = min(close_at, max(finish.values(), default=t_sim))
+        if math.isinf(t_close):
+            raise ValueError(f"round {r}: a selected device never comes back and there is no --deadline: "
+                             "give --deadline SECONDS")
+        arrivals = sorted((f, k) for k, f in finish.items() if f <= t_close)
+        rnd = server.open_round(selected.tolist(), deadline=None if cfg.deadline is None else close_at)
         secure: dict = {}
         if cfg.secagg:
             up, down, train_loss, steps_total, secure = _secagg_round(cfg, train, model, data, splits, server, rnd,
                                                                       selected, local, r)
         else:
-            up = down = 0
+            up = 0
+            down = upload_f32 * len(finish)  # every selected device with data downloaded the model
             train_loss = 0.0
             steps_total = 0
-            for k in selected.tolist():
+            for _, k in arrivals:  # in order of arrival
                 part = splits[k]
-                if part.n_samples == 0:
-                    continue
                 xk, yk = data.x_train[part.train], data.y_train[part.train]
                 local[:] = server.params  # download
-                down += upload_f32
                 max_steps = None
                 if speed is not None:
-                    full = cfg.epochs * math.ceil(part.n_samples / cfg.batch)
-                    max_steps = max(1, int(round(speed[k] * full)))
+                    max_steps = _planned_steps(cfg, part.n_samples, speed, k)
                 res = train.local_sgd(model, local, xk, yk, epochs=cfg.epochs, batch_size=cfg.batch, lr=cfg.lr,
                                       momentum=cfg.momentum, prox_mu=cfg.prox_mu,
                                       global_params=server.params if cfg.prox_mu > 0 else None,
@@ -261,14 +357,17 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
                 steps_total += res.steps
         agg_bytes = _aggregator_bytes() if cfg.trace_memory else 0
         agg_bytes_max = max(agg_bytes_max, agg_bytes)
-        outcome = server.close_round()
+        outcome = server.close_round(now=t_close)
+        t_sim = t_close
         cum_up += up
         cum_down += down
-        row = {"round": r, "clients": len(outcome.contributors), "samples": int(outcome.n_samples),
+        row = {"round": r, "sim_time_s": t_sim, "clients": len(outcome.contributors),
+               "samples": int(outcome.n_samples),
                "train_loss": train_loss / max(outcome.n_samples, 1), "local_steps": steps_total,
                "test_loss": math.nan, "test_acc": math.nan, "fed_loss": math.nan, "fed_acc": math.nan,
                "upload_bytes": up, "download_bytes": down, "cum_upload_mb": cum_up / 1e6,
-               "cum_download_mb": cum_down / 1e6}
+               "cum_download_mb": cum_down / 1e6, "stragglers": len(outcome.stragglers),
+               "staleness_mean": 0.0, "staleness_max": 0, "rejected_stale": 0}
         if r % cfg.eval_every == 0 or r == cfg.rounds:
             row["test_loss"], row["test_acc"] = map(float, train.evaluate(model, server.params, x_test, y_test))
             row["fed_loss"], row["fed_acc"] = _federated_eval(train, model, server.params, data, splits, selected)
@@ -297,9 +396,155 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
     if cfg.trace_memory:
         result.summary["aggregator_traced_bytes_max"] = agg_bytes_max
     for target in (0.80, 0.85, 0.90):
-        hit = next((row["round"] for row in result.rounds if row["test_acc"] >= target), None)
-        result.summary[f"rounds_to_{int(target * 100)}"] = hit
+        hit = next((row for row in result.rounds if row["test_acc"] >= target), None)
+        result.summary[f"rounds_to_{int(target * 100)}"] = None if hit is None else hit["round"]
+        result.summary[f"sim_time_to_{int(target * 100)}"] = None if hit is None else hit["sim_time_s"]
+    result.summary["sim_time_s"] = last["sim_time_s"]
     return result
+
+
+def _planned_steps(cfg: SimConfig, n_samples: int, hetero, k: int) -> int:
+    """Local SGD steps device k runs: E * ceil(n_k / B), or its --hetero share of them."""
+    full = cfg.epochs * math.ceil(n_samples / cfg.batch)
+    return full if hetero is None else max(1, int(round(hetero[k] * full)))
+
+
+def _sync_select(cfg: SimConfig, avail: clock.Availability, t: float, r: int):
+    """Round r's devices, drawn from those available at t (waiting until one is); None if none ever is again.
+
+    m = max(C K, 1) of the whole fleet, or every available device when fewer are on. Always-on
+    devices give exactly the draw of rounds.sample_clients(K, C) (the runs before the clock)."""
+    if cfg.availability == "always" and cfg.availability_csv is None:
+        return rounds.sample_clients(cfg.clients, cfg.fraction, seed=cfg.seed, round_id=r), t
+    on = avail.on_now(t)
+    if not on:
+        t = min(avail.next_on(k, t) for k in range(cfg.clients))
+        if math.isinf(t):
+            return None, t
+        on = avail.on_now(t)
+    m = min(len(on), rounds.n_sampled(cfg.clients, cfg.fraction))
+    return rounds.sample_clients(on, m / len(on), seed=cfg.seed, round_id=r, minimum=m), t
+
+
+def _async_loop(cfg, train, model, data, splits, server, x_test, y_test, hetero, speeds, avail, residuals, result,
+                progress, t_start):
+    """FedBuff on the simulated clock: M devices train at once, each from the model current when it
+    started; the server steps after every K accepted arrivals (rounds.Server.open_buffer).
+
+    Events in time order: a task finishes (its update is submitted, tagged with the buffer that
+    was open when it started), or an idle device comes on. A device that finishes picks up a new
+    task at once if it is on and the buffer has moved on since its last start (one task per
+    (device, buffer): the round logic takes one update per (device, tag)). Which idle device
+    gets a free slot is a seeded draw. In-flight updates are device memory, not the aggregator's."""
+    import heapq
+
+    K, M, S = cfg.async_buffer(), cfg.async_concurrency(), cfg.async_max_staleness()
+    sfn = cfg.staleness_function()
+    rng = np.random.default_rng(derive_seed(cfg.seed, 0xA5C))
+    n_params = server.n_params
+    upload_f32 = 4 * n_params
+    local = np.empty_like(server.params)
+    flight: list = []               # heap of (finish time, seq, device, tag, update, n_k, steps, loss)
+    busy: set[int] = set()
+    last_tag = np.zeros(cfg.clients, np.int64)   # the buffer each device last started from
+    has_data = [splits[k].n_samples > 0 for k in range(cfg.clients)]
+    cum_up = cum_down = agg_bytes_max = 0
+    seq = 0
+    t = 0.0
+    rnd = server.open_buffer(K, max_staleness=S, staleness_weight=sfn)
+    step_stats = {"up": 0, "down": 0, "loss": 0.0, "steps": 0, "stale": 0, "t0": time.perf_counter(),
+                  "c0": time.process_time(), "contributors": []}
+
+    def start_tasks(now: float) -> None:
+        nonlocal seq
+        while len(flight) < M:
+            idle = [k for k in range(cfg.clients) if has_data[k] and k not in busy and last_tag[k] != rnd.round_id
+                    and avail.is_on(k, now)]
+            if not idle:
+                return
+            k = int(idle[rng.integers(len(idle))])
+            part = splits[k]
+            steps = _planned_steps(cfg, part.n_samples, hetero, k)
+            done = avail.finish(k, now, steps / speeds[k])
+            tag = rnd.round_id
+            local[:] = server.params  # download (instantaneous)
+            res = train.local_sgd(model, local, data.x_train[part.train], data.y_train[part.train], epochs=cfg.epochs,
+                                  batch_size=cfg.batch, lr=cfg.lr, momentum=cfg.momentum, prox_mu=cfg.prox_mu,
+                                  global_params=server.params if cfg.prox_mu > 0 else None, weights=cfg.weights,
+                                  seed=derive_seed(cfg.seed, tag, k, 1),
+                                  max_steps=None if hetero is None else steps)
+            local -= server.params
+            update = _encode(cfg.codec, local, residuals, k, derive_seed(cfg.seed, tag, k, 2))
+            if update is local:
+                update = local.copy()  # the device keeps its delta until it uploads
+            heapq.heappush(flight, (done, seq, k, tag, update, part.n_samples, res.steps, res.loss))
+            seq += 1
+            busy.add(k)
+            last_tag[k] = tag
+            step_stats["down"] += upload_f32
+
+    start_tasks(t)
+    step = 0
+    while step < cfg.rounds:
+        t_wake = math.inf
+        if len(flight) < M:  # an idle device coming on could take the free slot
+            t_wake = min((avail.next_on(k, t) for k in range(cfg.clients)
+                          if has_data[k] and k not in busy and not avail.is_on(k, t)), default=math.inf)
+        t_next = flight[0][0] if flight else math.inf
+        if math.isinf(t_wake) and math.isinf(t_next):
+            if progress is not None:
+                progress.stream.write(f"server step {step + 1}: no device will finish or come back; stopping\n")
+            break
+        if t_wake < t_next:
+            t = t_wake
+            start_tasks(t)
+            continue
+        t, _, k, tag, update, n_k, steps, loss = heapq.heappop(flight)
+        busy.discard(k)
+        verdict = rnd.submit(k, tag, update, n_k, steps=steps)
+        if verdict.accepted:
+            step_stats["up"] += upload_f32 if isinstance(update, np.ndarray) else update.nbytes
+            step_stats["loss"] += loss * n_k
+            step_stats["steps"] += steps
+            step_stats["contributors"].append(k)
+        elif verdict.reason == rounds.TOO_STALE:
+            step_stats["up"] += upload_f32 if isinstance(update, np.ndarray) else update.nbytes  # it was sent
+        else:
+            raise RuntimeError(f"buffer {rnd.round_id}: update of client {k} refused: {verdict.reason} {verdict.detail}")
+        if rnd.should_close():
+            agg_bytes = _aggregator_bytes() if cfg.trace_memory else 0
+            agg_bytes_max = max(agg_bytes_max, agg_bytes)
+            outcome = server.close_round(now=t)
+            step += 1
+            cum_up += step_stats["up"]
+            cum_down += step_stats["down"]
+            row = {"round": step, "sim_time_s": t, "clients": len(outcome.contributors),
+                   "samples": int(outcome.n_samples), "train_loss": step_stats["loss"] / max(outcome.n_samples, 1),
+                   "local_steps": step_stats["steps"], "test_loss": math.nan, "test_acc": math.nan,
+                   "fed_loss": math.nan, "fed_acc": math.nan, "upload_bytes": step_stats["up"],
+                   "download_bytes": step_stats["down"], "cum_upload_mb": cum_up / 1e6,
+                   "cum_download_mb": cum_down / 1e6, "stragglers": 0,
+                   "staleness_mean": rnd.staleness_sum / max(rnd.n_complete, 1), "staleness_max": rnd.staleness_max,
+                   "rejected_stale": rnd.counts.get(rounds.TOO_STALE, 0)}
+            if step % cfg.eval_every == 0 or step == cfg.rounds:
+                row["test_loss"], row["test_acc"] = map(float, train.evaluate(model, server.params, x_test, y_test))
+                row["fed_loss"], row["fed_acc"] = _federated_eval(train, model, server.params, data, splits,
+                                                                  np.unique(step_stats["contributors"]))
+            if cfg.trace_memory:
+                row["aggregator_traced_bytes"] = agg_bytes
+            row["round_wall_s"] = time.perf_counter() - step_stats["t0"]
+            row["round_cpu_s"] = time.process_time() - step_stats["c0"]
+            row["elapsed_wall_s"] = time.perf_counter() - t_start
+            result.rounds.append(row)
+            if progress is not None:
+                progress.update(row)
+            rnd = server.open_buffer(K, max_staleness=S, staleness_weight=sfn)
+            step_stats = {"up": 0, "down": 0, "loss": 0.0, "steps": 0, "stale": 0, "t0": time.perf_counter(),
+                          "c0": time.process_time(), "contributors": []}
+        start_tasks(t)
+    if not result.rounds:
+        raise ValueError("no server step happened: no device was ever available (check the availability trace)")
+    return cum_up, cum_down, agg_bytes_max
 
 
 def _secagg_round(cfg, train, model, data, splits, server, rnd, selected, local, r):
@@ -409,7 +654,7 @@ def _personalize(cfg, train, model, global_params, data, splits) -> dict:
 
 # --- output -----------------------------------------------------------------------------------
 
-CSV_FIELDS = ("round", "clients", "samples", "train_loss", "local_steps", "test_loss", "test_acc", "fed_loss",
+CSV_FIELDS = ("round", "sim_time_s", "clients", "samples", "train_loss", "local_steps", "test_loss", "test_acc", "fed_loss",
               "fed_acc", "upload_bytes", "download_bytes", "cum_upload_mb", "cum_download_mb", "round_wall_s",
               "round_cpu_s", "elapsed_wall_s")
 
@@ -528,6 +773,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    f"in [{HETERO_MIN_SPEED}, 1] of the local steps")
     g.add_argument("--normalize", default=d.normalize, choices=("none", "fednova"),
                    help="fednova: normalise updates by their local steps (for --hetero)")
+    g = p.add_argument_group("clock, devices and asynchronous aggregation (docs/simulation.md)")
+    g.add_argument("--mode", default=d.mode, choices=MODES,
+                   help="sync: rounds of C*K devices (FedAvg); async: FedBuff, a server step every K arrivals")
+    g.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
+                   help="sync: a round closes this many simulated seconds after it opens, stragglers left out "
+                        "(default: it waits for every selected device)")
+    g.add_argument("--buffer", type=int, default=None, metavar="K",
+                   help=f"async: updates per server step (default {DEFAULT_BUFFER})")
+    g.add_argument("--concurrency", type=int, default=None, metavar="M",
+                   help=f"async: devices training at once (default {DEFAULT_CONCURRENCY})")
+    g.add_argument("--max-staleness", type=int, default=None, metavar="S",
+                   help=f"async: an update more than S server steps old is rejected (default {DEFAULT_MAX_STALENESS})")
+    g.add_argument("--staleness", default=None, choices=rounds.STALENESS_KINDS,
+                   help="async: weight s(tau) of an update tau steps old: poly (1+tau)^-a, const 1, hinge "
+                        "(1 up to tau=b, then 1/(slope*(tau-b)+1)) (default poly)")
+    g.add_argument("--staleness-exponent", type=float, default=None, metavar="A",
+                   help="async, poly: the exponent a (default 0.5)")
+    g.add_argument("--hinge-at", type=int, default=None, metavar="B", help="async, hinge: b (default 4)")
+    g.add_argument("--hinge-slope", type=float, default=None, help="async, hinge: the slope (default 1)")
+    g.add_argument("--speed-min", type=float, default=d.speed_min,
+                   help="local SGD steps per simulated second of the slowest device (default %(default)s)")
+    g.add_argument("--speed-spread", type=float, default=d.speed_spread, metavar="R",
+                   help="fastest / slowest device; speeds are log-uniform in [speed-min, R*speed-min], seeded "
+                        "(default %(default)s: all equal)")
+    g.add_argument("--availability", default=d.availability, choices=AVAILABILITY,
+                   help="always on, or markov: on/off periods of exponential length (--on-mean, --off-mean), seeded")
+    g.add_argument("--on-mean", type=float, default=d.on_mean, metavar="SECONDS",
+                   help="markov: mean on period (default %(default)s)")
+    g.add_argument("--off-mean", type=float, default=d.off_mean, metavar="SECONDS",
+                   help="markov: mean off period (default %(default)s)")
+    g.add_argument("--availability-csv", default=None, metavar="FILE",
+                   help="on-intervals device,start_s,end_s per line; a device with no line is never available")
     g = p.add_argument_group("server optimizer")
     g.add_argument("--server-opt", default=d.server_opt, choices=tuple(rounds.SERVER_OPTIMIZERS))
     g.add_argument("--server-lr", type=float, default=None, help="server learning rate (fedavg/fedavgm 1.0, fedadam 0.01)")

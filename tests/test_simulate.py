@@ -132,7 +132,7 @@ def test_cli_writes_outputs(tmp_path):
                    "--personalize", "1", "--personalize-clients", "3"])
     assert rc == 0
     rows = (out / "rounds.csv").read_text().splitlines()
-    assert rows[0].startswith("round,clients,samples") and len(rows) == 3
+    assert rows[0].startswith("round,sim_time_s,clients,samples") and len(rows) == 3
     result = json.loads((out / "result.json").read_text())
     assert result["config"]["clients"] == 10 and len(result["rounds"]) == 2
     assert np.load(out / "params.npy").shape == (64 * 32 + 32 + 32 * 10 + 10,)
