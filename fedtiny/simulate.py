@@ -473,7 +473,7 @@ def _async_loop(cfg, train, model, data, splits, server, x_test, y_test, hetero,
                                   global_params=server.params if cfg.prox_mu > 0 else None, weights=cfg.weights,
                                   seed=derive_seed(cfg.seed, tag, k, 1),
                                   max_steps=None if hetero is None else steps)
-            local -= server.params
+            np.subtract(local, server.params, out=local)  # the delta
             update = _encode(cfg.codec, local, residuals, k, derive_seed(cfg.seed, tag, k, 2))
             if update is local:
                 update = local.copy()  # the device keeps its delta until it uploads
