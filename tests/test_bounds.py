@@ -1,0 +1,144 @@
+"""Bounds on one device's influence (fedtiny.bounds, the round logic): the norm kernel on every
+SIMD path against numpy float64, clipping, the sample cap, and the refused non-finite step."""
+import math
+
+import numpy as np
+import pytest
+from kernel_cases import ODD_LENGTHS, SIMD_PATHS
+
+import fedtiny
+from fedtiny import _core, bounds, codec, rounds
+from fedtiny.bounds import Bounds
+
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def _random_blocks(rng, n, *, max_scale=False):
+    """Blocks as a device could send them: any int8 in [-127, 127], any legal scale."""
+    nb = codec.nblocks(n)
+    blocks = np.zeros(nb, dtype=codec.BLOCK_DTYPE)
+    blocks["q"] = rng.integers(-127, 128, (nb, codec.QK), dtype=np.int8)
+    blocks["d"] = codec.MAX_SCALE if max_scale else rng.lognormal(-6, 3, nb).astype(np.float32)
+    return blocks
+
+
+def _oracle(blocks, n):
+    """numpy float64: decode every value in float64 and sum the squares."""
+    v = blocks["d"].astype(np.float64)[:, None] * blocks["q"].astype(np.float64)
+    return float(np.sum(v.reshape(-1)[:n] ** 2))
+
+
+@pytest.mark.parametrize("n", ODD_LENGTHS)
+@pytest.mark.parametrize("path", SIMD_PATHS)
+def test_sumsq_q8_matches_float64_and_is_bit_exact_on_every_path(rng, n, path):
+    blocks = _random_blocks(rng, n)
+    blocks["q"].reshape(-1)[n:] = 77        # padding past n must not count
+    fedtiny.set_simd("scalar")
+    ref = _core.sumsq_q8(blocks.tobytes(), n)
+    fedtiny.set_simd(path)
+    got = _core.sumsq_q8(blocks.tobytes(), n)
+    assert got == ref                       # same bits: integer block sums, float64 in block order
+    assert got == pytest.approx(_oracle(blocks, n), rel=1e-12)
+
+
+@pytest.mark.parametrize("path", SIMD_PATHS)
+def test_sumsq_q8_of_maximal_scales_and_minus_128_is_finite_and_exact(path):
+    n = 1000
+    blocks = _random_blocks(np.random.default_rng(1), n, max_scale=True)
+    blocks["q"][:] = -128                   # outside the codec's range; the kernel must still be exact
+    fedtiny.set_simd(path)
+    got = _core.sumsq_q8(blocks.tobytes(), n)
+    assert math.isfinite(got)
+    assert got == pytest.approx(_oracle(blocks, n), rel=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 7, 129, 1023])
+def test_sumsq_f32_matches_float64(rng, n):
+    x = rng.standard_normal(n).astype(np.float32) * 1e30
+    assert _core.sumsq_f32(x) == pytest.approx(float(np.sum(x.astype(np.float64) ** 2)), rel=1e-12)
+
+
+def test_update_norm_of_an_encoded_update_is_the_decoded_norm(rng):
+    x = rng.standard_normal(5000).astype(np.float32)
+    u = codec.encode(x)
+    # decode() rounds each d*q to float32; the kernel keeps d*q exact in float64: 1e-7 apart
+    assert bounds.update_norm(u) == pytest.approx(np.linalg.norm(u.decode().astype(np.float64)), rel=1e-6)
+
+
+def test_clip_factor_and_scaled_weight_never_exceed_the_bound():
+    assert bounds.clip_factor(0.5, 1.0) == 1.0
+    assert bounds.clip_factor(4.0, 1.0) == 0.25
+    assert bounds.clip_factor(4.0, None) == 1.0
+    assert bounds.clip_factor(math.inf, 1.0) == 0.0
+    for w, f in ((600, 1 / 3), (1, 1e-44), (65535, 0.1), (7, 2.0 ** -140)):
+        s = bounds.scaled_weight(w, f)
+        assert s <= w * f and s == float(np.float32(s))
+
+
+def _server(n, **kw):
+    return rounds.Server(np.zeros(n, np.float32), **kw)
+
+
+def test_a_clipped_update_enters_the_mean_with_norm_at_most_the_bound(rng):
+    n = 300
+    honest = rng.standard_normal((3, n)).astype(np.float32) * 0.01
+    attack = -10 * honest[0] * 1000
+    srv = _server(n, bounds=Bounds(max_samples=1000, clip_norm=1.0))
+    rnd = srv.open_round([0, 1, 2, 3])
+    for k in range(3):
+        assert rnd.submit(k, 1, codec.encode(honest[k]), 100).detail == ""
+    v = rnd.submit(3, 1, codec.encode(attack), 100)
+    assert v.accepted and v.detail.startswith("clipped")
+    res = srv.close_round()
+    assert res.outcome == "applied" and res.rejected["clipped"] == 1
+    # oracle: float64 mean with the attack scaled to norm 1
+    dec = [codec.encode(h).decode().astype(np.float64) for h in honest]
+    a = codec.encode(attack).decode().astype(np.float64)
+    a *= 1.0 / np.linalg.norm(a)
+    np.testing.assert_allclose(srv.params, (sum(dec) + a) / 4, atol=1e-6)
+
+
+def test_sample_count_above_the_cap_or_not_whole_is_refused_and_counted():
+    srv = _server(4, bounds=Bounds(max_samples=1000, clip_norm=None))
+    rnd = srv.open_round([0, 1, 2])
+    d = np.ones(4, np.float32)
+    v = rnd.submit(0, 1, d, 2**32 - 1)
+    assert v.reason == bounds.TOO_MANY_SAMPLES and "--max-samples 1000" in v.detail
+    assert rnd.submit(1, 1, d, 10.5).reason == bounds.BAD_SAMPLES
+    assert rnd.submit(2, 1, d, 1000).accepted
+    res = srv.close_round()
+    assert res.rejected == {"too_many_samples": 1, "bad_samples": 1}
+    np.testing.assert_array_equal(srv.params, d)      # only the honest one
+
+
+@pytest.mark.parametrize("opt", ["fedavg", "fedavgm", "fedadam"])
+def test_a_step_that_would_make_the_model_nonfinite_is_refused_and_nothing_changes(opt):
+    n = 256
+    start = np.full(n, 3e38, np.float32)              # near FLT_MAX: one more step overflows
+    srv = rounds.Server(start.copy(), optimizer=rounds.make_server_optimizer(opt, lr=1.0))
+    rnd = srv.open_round([0])
+    assert rnd.submit(0, 1, np.full(n, 1e38, np.float32), 1).accepted  # the sum is finite, the step is not
+    res = srv.close_round()
+    assert res.outcome == "abandoned" and res.rejected["nonfinite_step"] == 1
+    assert "nonfinite_step" in res.detail
+    np.testing.assert_array_equal(srv.params, start)
+    assert all(np.isfinite(v).all() for v in srv.optimizer.state().values())
+    assert srv.optimizer.state() == {}                # the refused step left no state behind
+    rnd = srv.open_round([0])                         # and the next round works
+    assert rnd.submit(0, 2, np.full(n, -1.0, np.float32), 1).accepted
+    assert srv.close_round().outcome == "applied" and np.isfinite(srv.params).all()
+
+
+def test_maximal_scales_from_one_device_cannot_make_the_model_nonfinite(rng):
+    """The observed attack: every block scale FLT_MAX/127 and q = +-127, summed with honest updates."""
+    n = 1000
+    srv = _server(n, bounds=Bounds())
+    rnd = srv.open_round([0, 1])
+    assert rnd.submit(0, 1, codec.encode(rng.standard_normal(n).astype(np.float32) * 0.01), 600).accepted
+    blocks = _random_blocks(rng, n, max_scale=True)
+    blocks["q"] = 127
+    u = codec.Int8Update.from_bytes(codec.HEADER.pack(codec.MAGIC, codec.VERSION, 0, codec.QK, n, 0) + blocks.tobytes())
+    assert bounds.update_norm(u) > 1e38
+    assert rnd.submit(1, 1, u, 600).accepted
+    assert srv.close_round().outcome == "applied"
+    assert np.isfinite(srv.params).all() and np.linalg.norm(srv.params) <= 1.0
