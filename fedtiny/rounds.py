@@ -440,7 +440,8 @@ class Server:
             return "the averaged update holds NaN or Inf"
         # The optimizer updates its state and the model in place: keep copies to put back.
         saved = self.params.copy(), {k: v.copy() for k, v in self.optimizer.state().items()}
-        self.optimizer.step(self.params, mean)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is what the check below catches
+            self.optimizer.step(self.params, mean)
         if np.isfinite(self.params).all() and all(np.isfinite(v).all() for v in self.optimizer.state().values()):
             return None
         np.copyto(self.params, saved[0])
