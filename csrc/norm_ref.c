@@ -1,4 +1,4 @@
-/* norm_ref.c — scalar reference of the update-norm kernels (the spec; csrc/arch/*_norm.c follow it).
+/* norm_ref.c — scalar reference of the update-norm kernels (the spec; x86_norm.c and arm_neon_norm.c follow it).
  *
  * The squared L2 norm of an int8 update is read from its blocks without decoding them:
  *   sum_b (d_b * d_b) * S_b,   S_b = sum_i q_i^2 over the block's values (an exact integer,

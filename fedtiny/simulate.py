@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import codec, datasets, rounds
+from . import bounds, codec, datasets, rounds
 from .datasets import check_model_fits
 from .seeds import derive_seed  # noqa: F401  (public here since before fedtiny.seeds)
 
@@ -65,6 +65,8 @@ class SimConfig:
     test_limit: int | None = None
     trace_memory: bool = False
     seed: int = 0
+    max_samples: int | None = None    # bounds of fedtiny.bounds (the aggregator's); None: off,
+    clip_norm: float | None = None    # as a simulation has no adversary
 
     def check(self) -> None:
         """Every bad value as one ValueError naming the option and what it takes."""
@@ -92,6 +94,13 @@ class SimConfig:
         need(self.personalize_clients >= 1, f"--personalize-clients must be >= 1, got {self.personalize_clients}")
         need(self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}")
         need(self.test_limit is None or self.test_limit >= 1, f"--test-limit must be >= 1, got {self.test_limit}")
+        self.bounds()
+
+    def bounds(self) -> bounds.Bounds:
+        try:
+            return bounds.Bounds(max_samples=self.max_samples, clip_norm=self.clip_norm or None)
+        except ValueError as exc:
+            raise ValueError(f"--max-samples / --clip-norm: {exc}") from None
 
     def server_optimizer(self) -> rounds.ServerOptimizer:
         applies = {"fedavg": {}, "fedavgm": {"server_momentum": "momentum"},
@@ -175,7 +184,8 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
 
     if cfg.trace_memory:  # before the Server exists, so its accumulator and buffers are counted
         tracemalloc.start()
-    server = rounds.Server(model.init(cfg.seed), optimizer=cfg.server_optimizer(), normalization=cfg.normalize)
+    server = rounds.Server(model.init(cfg.seed), optimizer=cfg.server_optimizer(), normalization=cfg.normalize,
+                           bounds=cfg.bounds())
     n_params = server.n_params
     upload_f32 = 4 * n_params
     speed = None
@@ -427,6 +437,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    f"in [{HETERO_MIN_SPEED}, 1] of the local steps")
     g.add_argument("--normalize", default=d.normalize, choices=("none", "fednova"),
                    help="fednova: normalise updates by their local steps (for --hetero)")
+    g.add_argument("--max-samples", type=int, default=None, metavar="N",
+                   help="refuse a client's update whose n_k exceeds N, as the aggregator does (default: off)")
+    g.add_argument("--clip-norm", type=float, default=None, metavar="C",
+                   help="scale each update down to L2 norm <= C, as the aggregator does (default: off; "
+                        f"the aggregator's default is {bounds.DEFAULT_CLIP_NORM})")
     g = p.add_argument_group("server optimizer")
     g.add_argument("--server-opt", default=d.server_opt, choices=tuple(rounds.SERVER_OPTIMIZERS))
     g.add_argument("--server-lr", type=float, default=None, help="server learning rate (fedavg/fedavgm 1.0, fedadam 0.01)")

@@ -57,6 +57,7 @@ class Device(asyncio.DatagramProtocol):
         self.rounds_done = 0
         self.finished = asyncio.Event()
         self.rejected: dict[str, int] = {}
+        self.failed: str | None = None   # why this device stopped (the process exits with 2)
         self._reset_round()
         self.last_heard = time.monotonic()
         self.last_sent = -math.inf
@@ -163,12 +164,31 @@ class Device(asyncio.DatagramProtocol):
                 self.have.clear()
                 self._ask_model()
                 return
+            if not np.isfinite(params).all():
+                self._send(session.ERROR, wire.ErrorMsg(session.E_MODEL, f"device {self.id}: the model of round "
+                                                        f"{self.round} holds NaN or Inf").pack())
+                self._fail(f"round {self.round}: the aggregator sent a model with NaN or Inf weights; "
+                           f"stopping (start the device again once the aggregator serves a finite model)")
+                return
             self.state = "training"
-            asyncio.get_running_loop().create_task(self._train(self.round, self.offer, params))
+            self._task = asyncio.get_running_loop().create_task(self._train(self.round, self.offer, params))
+
+    def _fail(self, why: str) -> None:
+        """Stop the device with one line saying why; run_command then exits with code 2."""
+        log.error("%s", why)
+        self.failed = why
+        self.state = "failed"
+        self.finished.set()
 
     async def _train(self, round_id: int, offer: wire.Offer, params: np.ndarray) -> None:
         t0 = time.perf_counter()
-        update, res = await asyncio.get_running_loop().run_in_executor(None, self._local_update, round_id, offer, params)
+        try:
+            update, res = await asyncio.get_running_loop().run_in_executor(None, self._local_update, round_id,
+                                                                           offer, params)
+        except Exception as exc:  # diverged, an offer it cannot train, out of memory: never a silent dead task
+            self._fail(f"round {round_id}: local training failed: {exc}; stopping (check --data and the "
+                       f"aggregator's --lr)")
+            return
         if self.round != round_id or self.state != "training":
             return  # the round moved on while training
         self.update = update
@@ -237,6 +257,8 @@ class Device(asyncio.DatagramProtocol):
             self.session.new_round(0)   # a restarted aggregator may reopen this round afresh
             self.round = 0
             waiting = True
+        if self.state == "failed":
+            return
         if waiting:
             if now - self.last_sent >= self.hello_every:
                 self._send(session.HELLO, wire.Hello(n_samples=len(self.y)).pack(), round_id=0)
@@ -283,13 +305,47 @@ def load_data(path: str, model) -> tuple[np.ndarray, np.ndarray]:
             x, y = z["x"], z["y"]
     except (OSError, EOFError) as exc:
         raise ValueError(f"cannot read {path}: {exc}") from None
+    if x.ndim < 2 or not (np.issubdtype(x.dtype, np.number) and not np.issubdtype(x.dtype, np.complexfloating)):
+        raise ValueError(f"{path}: x must be a real-valued array of samples (N x features), got {x.dtype} {x.shape}")
     if x.dtype != np.float32:
-        x = x.astype(np.float32)
+        with np.errstate(over="ignore"):
+            x = x.astype(np.float32)       # a float64 beyond FLT_MAX becomes Inf: caught below
+    check_features(path, x)
     if len(x) != len(y) or len(y) == 0:
         raise ValueError(f"{path}: x has {len(x)} rows, y {len(y)}; need the same number, at least 1")
     if model is not None and int(np.prod(x.shape[1:])) != int(np.prod(model.input_shape)):
         raise ValueError(f"{path}: samples of shape {x.shape[1:]}, the model takes {model.input_shape}")
-    return np.ascontiguousarray(x), np.asarray(y, dtype=np.int64)
+    return np.ascontiguousarray(x), check_labels(path, y, None if model is None else model.n_classes)
+
+
+def check_labels(path: str, y: np.ndarray, n_classes: int | None) -> np.ndarray:
+    """y as int64 class indices, or one ValueError naming the first bad label and the fix."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"{path}: y must be 1-D (one class index per sample), got shape {y.shape}")
+    if y.dtype == np.bool_ or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+        raise ValueError(f"{path}: y must hold integer class labels, got dtype {y.dtype}")
+    if np.issubdtype(y.dtype, np.floating):
+        bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
+        if bad.size:
+            raise ValueError(f"{path}: y holds {bad.size} label(s) that are not whole numbers (first: {y[bad[0]]!r} "
+                             f"at row {bad[0]}); labels are class indices: save y as integers")
+    hi = n_classes if n_classes is not None else None
+    bad = np.flatnonzero((y < 0) | (y >= hi)) if hi is not None else np.flatnonzero(y < 0)
+    if bad.size:
+        where = f"[0, {hi})" if hi is not None else ">= 0"
+        raise ValueError(f"{path}: y holds {bad.size} label(s) outside {where} (first: {int(y[bad[0]])} at row "
+                         f"{bad[0]}); relabel the data, or use a --model with more outputs")
+    return y.astype(np.int64)
+
+
+def check_features(path: str, x: np.ndarray) -> None:
+    """One ValueError if x holds NaN or Inf (training would diverge on it)."""
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise ValueError(f"{path}: x holds NaN or Inf in {rows.size} sample(s) (first at row {rows[0]}); "
+                         f"drop or repair those rows before joining")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -321,6 +377,8 @@ def run_command(args: argparse.Namespace) -> int:
         if x.shape[1] != int(np.prod(model.input_shape)):
             raise ValueError(f"--backbone {args.backbone} gives {x.shape[1]} features, --model {args.model} takes "
                              f"{int(np.prod(model.input_shape))} (use --model {tflite.head_spec(x.shape[1])})")
+        check_features(f"{args.data} through {args.backbone}", x)
+        y = check_labels(args.data, y, model.n_classes)
     else:
         x, y = load_data(args.data, model)
     device = Device(args.device_id, key, model, x, y, momentum=args.momentum, weights=args.weights,
@@ -336,4 +394,4 @@ def run_command(args: argparse.Namespace) -> int:
 
     done = asyncio.run(main())
     print(f"device {args.device_id}: took part in {done} round(s)", file=sys.stderr)
-    return 0
+    return 2 if device.failed else 0
