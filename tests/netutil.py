@@ -35,8 +35,7 @@ class Fleet:
         self.clients = clients
         self.seed = seed
         self.keyfile = os.path.join(self.dir, "keys")
-        with open(self.keyfile, "w") as f:
-            f.write(keys.generate(range(clients + 2)))   # two spare ids for hand-driven devices
+        keys.write_keys(self.keyfile, keys.generate(range(clients + 2)))   # two spare ids for hand-driven devices
         self.keys = keys.load_keys(self.keyfile)
         self.data = write_client_data(self.dir, "digits", clients, seed=seed)
 

@@ -115,6 +115,7 @@ class _RoundRun:
     model_chunks: int
     started: float
     announced: dict = field(default_factory=dict) # device -> n_samples of its HELLO when the round opened
+    refused: set = field(default_factory=set)     # devices whose RESULT broke the bounds: not waited for
     offered: dict = field(default_factory=dict)   # device -> time of last offer sent
     asked: set = field(default_factory=set)       # devices that asked for model chunks
     bytes_up: int = 0
@@ -297,6 +298,9 @@ class Aggregator(asyncio.DatagramProtocol):
             raise Rejected("bad_payload", "n_samples and steps must be positive, loss finite")
         announced = run.announced.get(dev.id)
         if res.n_samples != announced:
+            if dev.upload is None:   # nothing of it is staged: the round stops waiting for it
+                run.refused.add(dev.id)
+                self._wake.set()
             raise Rejected("samples_mismatch", f"RESULT n_k {res.n_samples}, its HELLO announced {announced} for round {run.id}")
         upload = (int(res.n_samples), int(res.steps), float(res.loss), int(res.update_seed), int(res.update_flags))
         if dev.upload is not None and dev.upload[:2] != upload[:2]:
@@ -404,7 +408,8 @@ class Aggregator(asyncio.DatagramProtocol):
                  run.id, len(run.selected), run.rnd.min_updates, self.cfg.round_timeout)
         while not stop.is_set():
             now = time.monotonic()
-            if run.ingest.n_complete >= run.rnd.min_updates or now >= run.rnd.deadline:
+            needed = min(run.rnd.min_updates, len(run.selected) - len(run.refused))
+            if run.ingest.n_complete >= max(needed, 1) or now >= run.rnd.deadline:
                 break
             for d in sorted(run.selected - run.asked):
                 if now - run.offered.get(d, -math.inf) >= REOFFER_SECONDS:

@@ -190,7 +190,9 @@ class Device:
         if self.round != round_id or self.state != "training":
             return  # the round moved on
         self.update = update
-        self.result = wire.Result(n_samples=int(res.n_samples), n_clients=1, loss=float(res.loss),
+        # n_k is the size of the local data set, as announced in HELLO (res.n_samples counts every
+        # epoch's passes); the aggregator refuses a RESULT whose n_k differs from the HELLO's
+        self.result = wire.Result(n_samples=len(self.y), n_clients=1, loss=float(res.loss),
                                   steps=int(res.steps), update_seed=update.seed, update_flags=update.flags,
                                   update_chunks=wire.update_chunks(offer.n_params)).pack()
         log.info("round %d: trained on %d samples in %.2f s (loss %.4f), uploading", round_id, res.n_samples,
