@@ -350,7 +350,7 @@ def check_labels(path: str, y: np.ndarray, n_classes: int | None) -> np.ndarray:
     if np.issubdtype(y.dtype, np.floating):
         bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
         if bad.size:
-            raise ValueError(f"{path}: y holds {bad.size} label(s) that are not whole numbers (first: {y[bad[0]]!r} "
+            raise ValueError(f"{path}: y holds {bad.size} label(s) that are not whole numbers (first: {float(y[bad[0]])!r} "
                              f"at row {bad[0]}); labels are class indices: save y as integers")
     out_of_range = (y < 0) if n_classes is None else (y < 0) | (y >= n_classes)
     bad = np.flatnonzero(out_of_range)
