@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import bounds, codec, datasets, rounds
+from .atomic import atomic_write, remove_stale
 from . import model as model_mod
 from .datasets import check_model_fits
 from .seeds import derive_seed  # noqa: F401  (public here since before fedtiny.seeds)
@@ -337,39 +339,45 @@ def _personalize(cfg, train, model, global_params, data, splits) -> dict:
 
 # --- output -----------------------------------------------------------------------------------
 
+OUTPUT_FILES = ("rounds.csv", "result.json", "params.npy", "personalization.csv", "accuracy.png")
 CSV_FIELDS = ("round", "clients", "samples", "train_loss", "local_steps", "test_loss", "test_acc", "fed_loss",
               "fed_acc", "upload_bytes", "download_bytes", "cum_upload_mb", "cum_download_mb", "round_wall_s",
               "round_cpu_s", "elapsed_wall_s")
 
 
 def write_outputs(result: SimResult, out: str, *, log=print) -> list[str]:
-    """rounds.csv, result.json, params.npy (final weights), personalization.csv (if any) and accuracy.png (if matplotlib is there)."""
+    """rounds.csv, result.json, params.npy (final weights), personalization.csv (if any) and accuracy.png (if matplotlib is there).
+
+    Each file is written atomically (fedtiny.atomic): a kill leaves the previous file or the new
+    one, and a temporary left by a SIGKILL of an earlier run is removed first."""
     os.makedirs(out, exist_ok=True)
+    remove_stale(out, OUTPUT_FILES)
     written = []
-    path = os.path.join(out, "rounds.csv")
+
+    def put(name: str, data: bytes) -> None:
+        path = os.path.join(out, name)
+        atomic_write(path, data)
+        written.append(path)
+
+    text = io.StringIO(newline="")
     fields = list(CSV_FIELDS) + [k for k in result.rounds[0] if k not in CSV_FIELDS]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(result.rounds)
-    written.append(path)
-    path = os.path.join(out, "result.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(_finite_or_null(result.to_json()), f, indent=1, default=_json_default, allow_nan=False)
-    os.replace(path + ".tmp", path)
-    written.append(path)
+    w = csv.DictWriter(text, fieldnames=fields)
+    w.writeheader()
+    w.writerows(result.rounds)
+    put("rounds.csv", text.getvalue().encode())
+    put("result.json", json.dumps(_finite_or_null(result.to_json()), indent=1, default=_json_default,
+                                  allow_nan=False).encode())
     if result.params is not None:
-        path = os.path.join(out, "params.npy")
-        np.save(path, result.params)
-        written.append(path)
+        buf = io.BytesIO()
+        np.save(buf, result.params, allow_pickle=False)
+        put("params.npy", buf.getvalue())
     if result.personalization:
-        path = os.path.join(out, "personalization.csv")
         p = result.personalization
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["client", "acc_before", "acc_after"])
-            w.writerows(zip(p["clients"], p["before"], p["after"]))
-        written.append(path)
+        text = io.StringIO(newline="")
+        w = csv.writer(text)
+        w.writerow(["client", "acc_before", "acc_after"])
+        w.writerows(zip(p["clients"], p["before"], p["after"]))
+        put("personalization.csv", text.getvalue().encode())
     png = plot(result, os.path.join(out, "accuracy.png"), log=log)
     if png:
         written.append(png)
@@ -417,7 +425,9 @@ def plot(result: SimResult, path: str, *, log=print) -> str | None:
     fig.suptitle(f"{c['dataset']} {c['model']} K={c['clients']} C={c['fraction']} {c['partition']} "
                  f"codec={c['codec']} {c['server_opt']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    atomic_write(path, buf.getvalue())
     plt.close(fig)
     return path
 

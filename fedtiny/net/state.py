@@ -17,35 +17,15 @@ import csv
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_write, remove_stale  # noqa: F401  (atomic_write: public here since before fedtiny.atomic)
+
 STATE_FILE = "state.json"
 FORMAT = 1
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Write bytes to path so that readers see the old file or the new one, never a torn one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself must survive a power cut
-    finally:
-        os.close(dir_fd)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -65,6 +45,7 @@ class Checkpoint:
 
 def save(directory: str, ckpt: Checkpoint) -> None:
     os.makedirs(directory, exist_ok=True)
+    remove_stale(directory)   # left by a kill during an earlier save
     weights_name = f"weights-{ckpt.round:06d}.npy"
     optim_name = f"optim-{ckpt.round:06d}.npz"
     atomic_write(os.path.join(directory, weights_name), _npy_bytes(np.asarray(ckpt.weights, dtype=np.float32)))
