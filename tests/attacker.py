@@ -7,6 +7,7 @@ MODE, per round r (1, 2, ...):
     flip10     the honest delta, sign-flipped and multiplied by 10
     maxscale   every block scale FLT_MAX/127 (the largest the codec accepts), q = +-127
     nk         the honest update with RESULT n_samples = 2^32 - 1 (its HELLO stays honest)
+    hellonk    HELLO with n_samples = 2^32 - 1
     cycle      round r takes nk, maxscale, flip10 for r % 3 = 1, 2, 0
 It trains exactly as an honest device does (same seeds), then lies.
 """
@@ -20,7 +21,7 @@ import numpy as np
 from fedtiny import codec
 from fedtiny.net import client, wire
 
-MODES = ("flip10", "maxscale", "nk", "cycle")
+MODES = ("flip10", "maxscale", "nk", "hellonk", "cycle")
 MAX_U32 = 2**32 - 1
 
 
@@ -37,6 +38,8 @@ class HostileDevice(client.Device):
     mode = "cycle"
 
     def _mode(self, round_id: int) -> str:
+        if round_id == 0:
+            return "none"
         return {1: "nk", 2: "maxscale", 0: "flip10"}[round_id % 3] if self.mode == "cycle" else self.mode
 
     def _local_update(self, round_id, offer, params):
@@ -51,6 +54,8 @@ class HostileDevice(client.Device):
     def _send(self, msg_type, payload=b"", chunk=(0, 1), round_id=None):
         if msg_type == wire.MsgType.RESULT and self._mode(self.round) == "nk":
             payload = dataclasses.replace(wire.Result.unpack(payload), n_samples=MAX_U32).pack()
+        if msg_type == wire.MsgType.HELLO and self.mode == "hellonk":
+            payload = dataclasses.replace(wire.Hello.unpack(payload), n_samples=MAX_U32).pack()
         super()._send(msg_type, payload, chunk, round_id)
 
 

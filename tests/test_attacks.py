@@ -41,9 +41,12 @@ def _federation(tmp_path, name, *, dataset, model, honest, attacker_mode, rounds
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for k in range(honest)]
     if attacker_mode is not None:
         cmd = [sys.executable, ATTACKER, attacker_mode] + client_command(server, honest, keyfile, data[honest], model)[4:]
-        procs.append(subprocess.Popen(cmd, env=CLIENT_ENV, cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(subprocess.Popen(cmd, env=CLIENT_ENV, cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      text=True))
     try:
         out, _ = agg.communicate(timeout=timeout_s)
+        if attacker_mode is not None and procs[-1].poll() is not None:
+            _federation.attacker = (procs[-1].returncode, procs[-1].stderr.read())
     finally:
         if agg.poll() is None:
             agg.kill()
@@ -59,7 +62,7 @@ def _check_defended(code, ck, rows, log, rounds, honest):
     assert all(np.isfinite(v).all() for v in ck.optimizer.values())
     for row in rows:                                        # every honest device is in every round
         assert set(range(honest)).isdisjoint(row["stragglers"]), row
-        assert np.isfinite(row["test_acc"])
+        assert np.isfinite(row["test_acc"]) or row["outcome"] == "abandoned"
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +88,33 @@ def test_one_malicious_device_among_five_is_refused_or_clipped(tmp_path, digits_
     # one in five is a large share: the clipped flip slows learning, it cannot reverse it
     accs = [row["test_acc"] for row in rows]
     assert accs[-1] > 0.7 and accs[-1] > accs[0], accs
+
+
+def test_a_hello_claiming_more_than_max_samples_is_refused_and_told(tmp_path, digits_data):
+    """The device says n_k = 2^32-1 in its HELLO: refused as too_many_samples, told why, never
+    selected; the (real) client code takes the refusal as final and exits with 2."""
+    _federation.attacker = None
+    code, ck, rows, log = _federation(tmp_path, "hello", dataset="digits", model="mlp:64-32-10", honest=4,
+                                      attacker_mode="hellonk", rounds=2, data=digits_data, timeout_s=60,
+                                      extra=["--min-clients", "4"])
+    _check_defended(code, ck, rows, log, 2, honest=4)
+    assert all(row["selected"] == 4 for row in rows)
+    assert "too_many_samples" in log and "exceed the aggregator's --max-samples 65535" in log
+    rc, err = _federation.attacker
+    assert rc == 2 and "the aggregator refused this device: device 4: 4294967295 samples exceed" in err, err
+
+
+def test_a_step_that_would_overflow_is_refused_and_the_aggregator_keeps_serving(tmp_path, digits_data):
+    """With clipping switched off (--clip-norm 0) maximal scales overflow the sum: the round is
+    abandoned as nonfinite_step, nothing of it is written, the next rounds go on."""
+    rounds = 3
+    code, ck, rows, log = _federation(tmp_path, "noclip", dataset="digits", model="mlp:64-32-10", honest=4,
+                                      attacker_mode="cycle", rounds=rounds, data=digits_data, timeout_s=90,
+                                      extra=["--clip-norm", "0"])
+    _check_defended(code, ck, rows, log, rounds, honest=4)
+    assert rows[1]["outcome"] == "abandoned" and rows[1]["rejected"]["nonfinite_step"] == 1, rows[1]
+    assert "round 2 abandoned: nonfinite_step" in log
+    assert rows[0]["outcome"] == rows[2]["outcome"] == "applied"
 
 
 @pytest.mark.slow

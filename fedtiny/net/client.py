@@ -241,6 +241,10 @@ class Device:
             self.finished = True
         elif err.code == session.E_BUSY and self.state == "uploading":
             self.last_progress = time.monotonic() + random.uniform(0.1, 0.5)   # back off, then retry
+        elif err.code == session.E_REJECTED and self.state == "joining":
+            # its HELLO broke the aggregator's bounds (e.g. more samples than --max-samples):
+            # asking again would be refused again
+            self._fail(f"the aggregator refused this device: {err.text}")
         elif err.code in (session.E_ROUND_CLOSED, session.E_NOT_SELECTED) and round_id == self.round:
             log.info("round %d: %s", round_id, err.text)
             if self.state != "done":
