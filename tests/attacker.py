@@ -8,6 +8,7 @@ MODE, per round r (1, 2, ...):
     maxscale   every block scale FLT_MAX/127 (the largest the codec accepts), q = +-127
     nk         the honest update with RESULT n_samples = 2^32 - 1 (its HELLO stays honest)
     hellonk    HELLO with n_samples = 2^32 - 1
+    bignk      HELLO and RESULT both with n_samples = 2^32 - 1 (consistent, for a raised --max-samples)
     cycle      round r takes nk, maxscale, flip10 for r % 3 = 1, 2, 0
 It trains exactly as an honest device does (same seeds), then lies.
 """
@@ -21,7 +22,7 @@ import numpy as np
 from fedtiny import codec
 from fedtiny.net import client, wire
 
-MODES = ("flip10", "maxscale", "nk", "hellonk", "cycle")
+MODES = ("flip10", "maxscale", "nk", "hellonk", "bignk", "cycle")
 MAX_U32 = 2**32 - 1
 
 
@@ -52,9 +53,9 @@ class HostileDevice(client.Device):
         return update, res
 
     def _send(self, msg_type, payload=b"", chunk=(0, 1), round_id=None):
-        if msg_type == wire.MsgType.RESULT and self._mode(self.round) == "nk":
+        if msg_type == wire.MsgType.RESULT and self._mode(self.round) in ("nk", "bignk"):
             payload = dataclasses.replace(wire.Result.unpack(payload), n_samples=MAX_U32).pack()
-        if msg_type == wire.MsgType.HELLO and self.mode == "hellonk":
+        if msg_type == wire.MsgType.HELLO and self.mode in ("hellonk", "bignk"):
             payload = dataclasses.replace(wire.Hello.unpack(payload), n_samples=MAX_U32).pack()
         super()._send(msg_type, payload, chunk, round_id)
 

@@ -104,6 +104,17 @@ def test_a_hello_claiming_more_than_max_samples_is_refused_and_told(tmp_path, di
     assert rc == 2 and "the aggregator refused this device: device 4: 4294967295 samples exceed" in err, err
 
 
+def test_summed_weights_beyond_u32_do_not_stop_the_aggregator(tmp_path, digits_data):
+    """--max-samples raised to the wire's limit and a device that claims 2^32-1 in HELLO and RESULT
+    alike: the round's total passes 2^32 (it once stopped the aggregator with exit code 2);
+    it is a Python int in the metrics and clamped in the u32 round summary."""
+    code, ck, rows, log = _federation(tmp_path, "bignk", dataset="digits", model="mlp:64-32-10", honest=4,
+                                      attacker_mode="bignk", rounds=2, data=digits_data, timeout_s=60,
+                                      extra=["--max-samples", str(2**32 - 1)])
+    _check_defended(code, ck, rows, log, 2, honest=4)
+    assert all(row["clients"] == 5 and row["samples"] > 2**32 - 1 for row in rows), rows
+
+
 def test_a_step_that_would_overflow_is_refused_and_the_aggregator_keeps_serving(tmp_path, digits_data):
     """With clipping switched off (--clip-norm 0) maximal scales overflow the sum: the round is
     abandoned as nonfinite_step, nothing of it is written, the next rounds go on."""

@@ -1,6 +1,10 @@
 """Bounds on one device's influence (fedtiny.bounds, the round logic): the norm kernel on every
 SIMD path against numpy float64, clipping, the sample cap, and the refused non-finite step."""
+import glob
 import math
+import os
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -142,3 +146,33 @@ def test_maximal_scales_from_one_device_cannot_make_the_model_nonfinite(rng):
     assert rnd.submit(1, 1, u, 600).accepted
     assert srv.close_round().outcome == "applied"
     assert np.isfinite(srv.params).all() and np.linalg.norm(srv.params) <= 1.0
+
+
+# --- the same check in C, on the path the CPU picks: natively, and NEON under qemu --------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CC, QEMU = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
+SYSROOT = "/usr/aarch64-linux-gnu"
+
+
+def _build(cc, exe):
+    srcs = sorted(glob.glob(os.path.join(ROOT, "csrc", "*.c")) + glob.glob(os.path.join(ROOT, "csrc", "arch", "*.c")))
+    subprocess.run([cc, "-std=c99", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", "-I",
+                    os.path.join(ROOT, "csrc"), os.path.join(ROOT, "tests", "c", "norm_check.c"), *srcs,
+                    "-lm", "-o", exe], check=True)
+
+
+@pytest.mark.skipif(not (shutil.which("gcc") and os.uname().machine == "x86_64"), reason="native x86-64 gcc only")
+def test_norm_kernel_in_c_native(tmp_path):
+    exe = str(tmp_path / "norm_check")
+    _build("gcc", exe)
+    r = subprocess.run([exe], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip().endswith("0 failure(s)"), r.stdout + r.stderr
+
+
+@pytest.mark.skipif(not (CC and QEMU and os.path.isdir(SYSROOT)), reason="needs gcc-aarch64-linux-gnu and qemu-user")
+def test_norm_kernel_neon_under_qemu(tmp_path):
+    exe = str(tmp_path / "norm_check")
+    _build(CC, exe)
+    r = subprocess.run([QEMU, "-L", SYSROOT, exe], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "neon: 0 failure(s)", r.stdout + r.stderr
