@@ -61,17 +61,19 @@ class Bounds:
         if self.clip_norm is not None and not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
             raise ValueError(f"clip norm must be a positive finite number, got {self.clip_norm!r}")
 
-    def check_samples(self, n_samples) -> str | None:
+    def check_samples(self, n_samples, devices: int = 1) -> str | None:
         """Why n_samples cannot be a FedAvg weight, or None: it must be a whole number in
-        [1, max_samples] (the wire carries a u32; the simulation passes Python ints)."""
+        [1, max_samples] (the wire carries a u32; the simulation passes Python ints); for the
+        partial sum of `devices` devices, in [1, devices * max_samples]."""
         if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer, float, np.floating)):
             return f"{BAD_SAMPLES}: sample count must be a number, got {type(n_samples).__name__}"
         n = float(n_samples)
         if not (math.isfinite(n) and n >= 1 and n == int(n)):
             return f"{BAD_SAMPLES}: sample count must be a positive whole number, got {n_samples!r}"
-        if self.max_samples is not None and int(n) > self.max_samples:
+        if self.max_samples is not None and int(n) > self.max_samples * devices:
+            per = "" if devices == 1 else f" x {devices} devices"
             return (f"{TOO_MANY_SAMPLES}: {int(n)} samples exceed the aggregator's --max-samples "
-                    f"{self.max_samples}")
+                    f"{self.max_samples}{per}")
         return None
 
 

@@ -292,14 +292,15 @@ class Round:
             self._server.accumulator.add_weight(weight)
 
     def submit(self, device: int, round_id: int, update: Int8Update | np.ndarray, n_samples: float, *,
-               steps: float | None = None) -> Verdict:
+               steps: float | None = None, _devices: int = 1) -> Verdict:
         """A whole update (Int8Update or float32 delta) from `device`, trained on n_samples for `steps` steps."""
         device = int(device)
         verdict, staleness = self._admit(device, round_id)
         if verdict is not None:
             return verdict
         limits = self._server.bounds
-        problem = limits.check_samples(n_samples) if limits.max_samples is not None else None
+        # a bridge's partial sum may hold up to max_samples for each of its devices
+        problem = limits.check_samples(n_samples, devices=_devices) if limits.max_samples is not None else None
         if problem is not None:
             reason, _, text = problem.partition(": ")
             return self._count(reason, f"device {device}: {text}")
@@ -324,7 +325,8 @@ class Round:
         """A bridge's partial aggregate: the weighted mean of its devices' deltas and their total n_k."""
         if self._server.normalization == "fednova":
             raise ValueError("partial sums under FedNova need per-device steps; not supported yet")
-        verdict = self.submit(device, round_id, mean_delta, total_weight)
+        # the mean of clipped updates has norm <= clip_norm, so clipping the mean again is the bound
+        verdict = self.submit(device, round_id, mean_delta, total_weight, _devices=max(1, int(n_updates)))
         if verdict.accepted:
             self.counts["partial_updates"] += max(0, int(n_updates) - 1)
         return verdict

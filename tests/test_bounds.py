@@ -176,3 +176,12 @@ def test_norm_kernel_neon_under_qemu(tmp_path):
     _build(CC, exe)
     r = subprocess.run([QEMU, "-L", SYSROOT, exe], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "neon: 0 failure(s)", r.stdout + r.stderr
+
+
+def test_a_bridge_partial_sum_is_capped_per_device_it_holds():
+    srv = _server(4, bounds=Bounds(max_samples=100, clip_norm=None))
+    rnd = srv.open_round([7, 8])
+    d = np.ones(4, np.float32)
+    assert rnd.submit_partial(7, 1, d, 300, n_updates=3).accepted          # 3 devices of 100
+    v = rnd.submit_partial(8, 1, d, 301, n_updates=3)
+    assert v.reason == bounds.TOO_MANY_SAMPLES and "--max-samples 100 x 3 devices" in v.detail
