@@ -84,6 +84,12 @@ def update_norm(update: Int8Update | np.ndarray) -> float:
     return math.sqrt(_core.sumsq_f32(update))
 
 
+def all_finite(x: np.ndarray) -> bool:
+    """True when a float32 vector holds no NaN or Inf, without a model-sized temporary (np.isfinite
+    would allocate one): its float64 sum of squares is finite exactly then (n * FLT_MAX^2 << DBL_MAX)."""
+    return math.isfinite(_core.sumsq_f32(x))
+
+
 def clip_factor(norm: float, clip_norm: float | None) -> float:
     """min(1, C / norm): the scale that brings an update of this norm to at most C (1 if no bound)."""
     if clip_norm is None or norm <= clip_norm:
@@ -103,4 +109,4 @@ def scaled_weight(weight: float, factor: float) -> float:
     return float(w32)
 
 
-__all__ = ["Bounds", "DEFAULT_CLIP_NORM", "DEFAULT_MAX_SAMPLES", "clip_factor", "scaled_weight", "update_norm"]
+__all__ = ["Bounds", "all_finite", "DEFAULT_CLIP_NORM", "DEFAULT_MAX_SAMPLES", "clip_factor", "scaled_weight", "update_norm"]

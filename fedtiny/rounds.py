@@ -368,7 +368,7 @@ class Server:
         self.optimizer = make_server_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
         self.normalization = normalization
         self.bounds = bounds if bounds is not None else Bounds(max_samples=None, clip_norm=None)
-        if not np.isfinite(self.params).all():
+        if not bounds_mod.all_finite(self.params):
             raise ValueError("global params hold NaN or Inf")
         self.accumulator = Accumulator(self.params.size)
         self._mean: np.ndarray | None = None  # the averaged delta, allocated once, only when needed
@@ -429,7 +429,7 @@ class Server:
             candidate = self._mean
             np.copyto(candidate, self.params)
             acc.apply(candidate)
-            if not np.isfinite(candidate).all():
+            if not bounds_mod.all_finite(candidate):
                 return "the averaged update would make the model NaN or Inf"
             np.copyto(self.params, candidate)
             return None
@@ -438,13 +438,13 @@ class Server:
         acc.apply(mean)
         if scale != 1.0:
             mean *= np.float32(scale)
-        if not np.isfinite(mean).all():
+        if not bounds_mod.all_finite(mean):
             return "the averaged update holds NaN or Inf"
         # The optimizer updates its state and the model in place: keep copies to put back.
         saved = self.params.copy(), {k: v.copy() for k, v in self.optimizer.state().items()}
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is what the check below catches
             self.optimizer.step(self.params, mean)
-        if np.isfinite(self.params).all() and all(np.isfinite(v).all() for v in self.optimizer.state().values()):
+        if bounds_mod.all_finite(self.params) and all(bounds_mod.all_finite(v) for v in self.optimizer.state().values()):
             return None
         np.copyto(self.params, saved[0])
         self.optimizer.load_state(saved[1])  # {} before the first step: back to no state

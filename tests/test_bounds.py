@@ -185,3 +185,12 @@ def test_a_bridge_partial_sum_is_capped_per_device_it_holds():
     assert rnd.submit_partial(7, 1, d, 300, n_updates=3).accepted          # 3 devices of 100
     v = rnd.submit_partial(8, 1, d, 301, n_updates=3)
     assert v.reason == bounds.TOO_MANY_SAMPLES and "--max-samples 100 x 3 devices" in v.detail
+
+
+def test_all_finite_is_exact_for_extreme_values():
+    x = np.full(1001, np.finfo(np.float32).max, np.float32)
+    assert bounds.all_finite(x)                       # n * FLT_MAX^2 does not overflow float64
+    x[-1] = -np.inf
+    assert not bounds.all_finite(x)
+    x[-1] = np.nan
+    assert not bounds.all_finite(x)
