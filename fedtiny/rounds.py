@@ -423,7 +423,7 @@ class Server:
             tau_eff = rnd._n_tau / rnd._n
             scale = tau_eff * rnd._weight / rnd._n
         if self._mean is None:  # one model-sized scratch buffer: the candidate model or the mean delta
-            self._mean = np.zeros_like(self.params)
+            self._mean = np.zeros(self.params.size, np.float32)   # np.zeros: traced under this file
         plain = type(self.optimizer) is ServerOptimizer and self.optimizer.lr == 1.0 and scale == 1.0
         if plain:  # FedAvg: w += sum(n_k delta_k) / sum(n_k), in one C pass over the accumulator
             candidate = self._mean
