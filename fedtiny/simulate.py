@@ -185,6 +185,10 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
     check_model_fits(model, data, cfg.model)
     splits = datasets.partition(data.y_train, cfg.clients, cfg.partition, alpha=cfg.alpha,
                                 shards_per_client=cfg.shards, holdout=cfg.holdout, seed=cfg.seed)
+    biggest = max(range(len(splits)), key=lambda k: splits[k].n_samples)
+    if cfg.max_samples is not None and splits[biggest].n_samples > cfg.max_samples:
+        raise ValueError(f"--max-samples {cfg.max_samples}: client {biggest} holds {splits[biggest].n_samples} "
+                         f"training samples and would be refused every round; raise --max-samples or use more --clients")
     x_test, y_test = data.x_test, data.y_test
     if cfg.test_limit is not None:
         x_test, y_test = x_test[: cfg.test_limit], y_test[: cfg.test_limit]
@@ -244,6 +248,8 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
                "test_loss": math.nan, "test_acc": math.nan, "fed_loss": math.nan, "fed_acc": math.nan,
                "upload_bytes": up, "download_bytes": down, "cum_upload_mb": cum_up / 1e6,
                "cum_download_mb": cum_down / 1e6}
+        if cfg.clip_norm:   # updates scaled down to --clip-norm (only with the bound on: outputs stay as they were)
+            row["clipped"] = int(outcome.rejected.get(bounds.CLIPPED, 0))
         if r % cfg.eval_every == 0 or r == cfg.rounds:
             row["test_loss"], row["test_acc"] = map(float, train.evaluate(model, server.params, x_test, y_test))
             row["fed_loss"], row["fed_acc"] = _federated_eval(train, model, server.params, data, splits, selected)

@@ -1,10 +1,12 @@
 """Bounds on one device's influence (fedtiny.bounds, the round logic): the norm kernel on every
 SIMD path against numpy float64, clipping, the sample cap, and the refused non-finite step."""
 import glob
+import json
 import math
 import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -194,3 +196,19 @@ def test_all_finite_is_exact_for_extreme_values():
     assert not bounds.all_finite(x)
     x[-1] = np.nan
     assert not bounds.all_finite(x)
+
+
+def test_simulate_takes_the_same_bounds_and_refuses_an_impossible_cap(tmp_path):
+    base = ["simulate", "--dataset", "digits", "--model", "mlp:64-32-10", "--clients", "4", "--fraction", "1",
+            "--rounds", "2", "--quiet", "--holdout", "0"]
+    r = subprocess.run([sys.executable, "-m", "fedtiny.cli", *base, "--max-samples", "100"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "fedtiny simulate: error: --max-samples 100: client 0 holds 360 training samples and would be refused "
+        "every round; raise --max-samples or use more --clients"], r.stderr
+    r = subprocess.run([sys.executable, "-m", "fedtiny.cli", *base, "--clip-norm", "0.5", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "result.json").read_text())["rounds"]
+    assert len(rows) == 2 and all(np.isfinite(row["test_acc"]) for row in rows)
+    assert rows[0]["clipped"] == 4      # digits updates of round 1 have norms near 0.9 (docs/network.md)
