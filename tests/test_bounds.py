@@ -13,7 +13,6 @@ from fedtiny import bounds, codec, rounds
 from fedtiny.bounds import Bounds
 from test_norm import _random_blocks
 
-FLT_MAX = float(np.finfo(np.float32).max)
 
 
 def test_clip_factor_and_scaled_weight_never_exceed_the_bound():
