@@ -85,10 +85,12 @@ SYSROOT = "/usr/aarch64-linux-gnu"
 
 
 def _build(cc, exe):
+    # every kernel source, as tests/test_train_kernels_c.py builds them (ChaCha20 from the firmware)
     srcs = sorted(glob.glob(os.path.join(ROOT, "csrc", "*.c")) + glob.glob(os.path.join(ROOT, "csrc", "arch", "*.c")))
+    srcs.append(os.path.join(ROOT, "firmware_bridge", "ft_chacha20.c"))
     subprocess.run([cc, "-std=c99", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", "-I",
-                    os.path.join(ROOT, "csrc"), os.path.join(ROOT, "tests", "c", "norm_check.c"), *srcs,
-                    "-lm", "-o", exe], check=True)
+                    os.path.join(ROOT, "csrc"), "-I", os.path.join(ROOT, "firmware_bridge"),
+                    os.path.join(ROOT, "tests", "c", "norm_check.c"), *srcs, "-lm", "-o", exe], check=True)
 
 
 @pytest.mark.skipif(not (shutil.which("gcc") and os.uname().machine == "x86_64"), reason="native x86-64 gcc only")
