@@ -24,19 +24,26 @@ TARGET = 0.85
 SEEDS = (0, 1, 2)
 FLEET = ("--dataset fashion-mnist --model 2nn --clients 100 --epochs 1 --batch 10 --lr 0.05 --partition iid "
          "--codec float32 --speed-min 1 --speed-spread 10 --availability markov --on-mean 600 --off-mean 300")
-SYNC = [("0.1", d) for d in ("10", "15", "20", "30", "none")] + [("0.3", "20"), ("0.3", "30")]  # C, deadline s
+SYNC = ([("0.1", d) for d in ("7", "8", "10", "15", "20", "30", "none")]
+        + [("0.3", d) for d in ("8", "10", "20", "30")] + [("0.5", "10")])  # C, deadline s
 ASYNC = {  # name -> (K, M, extra)
     "k10-m20": (10, 20, ""),
     "k10-m50": (10, 50, ""),
     "k10-m100": (10, 100, ""),
     "k10-m50-const": (10, 50, "--staleness const"),
+    "k10-m50-slr2": (10, 50, "--server-lr 2"),
+    "k5-m50-slr2": (5, 50, "--server-lr 2"),
+    "k10-m100-slr2": (10, 100, "--server-lr 2"),
 }
 
 RUNS: dict[str, str] = {}
-for c, d in SYNC:  # none: no deadline, every round waits for its slowest device
+SYNC_SLR2 = [("0.1", "10"), ("0.3", "10")]  # the same with --server-lr 2, as the asynchronous runs try it
+for (c, d), slr in [(x, 1) for x in SYNC] + [(x, 2) for x in SYNC_SLR2]:  # none: wait for the slowest device
     for seed in SEEDS:
         dl = "" if d == "none" else f"--deadline {d} "
-        RUNS[f"sync-c{c}-d{d}-s{seed}"] = f"{FLEET} --seed {seed} --mode sync --fraction {c} {dl}--rounds 100 --eval-every 2"
+        lr, tag = ("", "") if slr == 1 else (f" --server-lr {slr}", f"-slr{slr}")
+        RUNS[f"sync-c{c}-d{d}{tag}-s{seed}"] = (f"{FLEET} --seed {seed} --mode sync --fraction {c} {dl}"
+                                                f"--rounds 100 --eval-every 2{lr}")
 for name, (k, m, extra) in ASYNC.items():
     for seed in SEEDS:
         RUNS[f"async-{name}-s{seed}"] = (f"{FLEET} --seed {seed} --mode async --buffer {k} --concurrency {m} "

@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from . import _core
+from .bounds import scaled_weight
 from .codec import BLOCK_BYTES, QK, Int8Update, check_blocks
 
 
@@ -32,13 +33,14 @@ class Accumulator:
         self.count = 0
 
     def add(self, update: Int8Update | np.ndarray, weight: float, scale: float = 1.0) -> None:
-        """Add one whole update with weight n_k (its sample count), its values times `scale` in [0, 1]
-        (FedBuff's staleness weight s(tau)); the denominator still counts n_k."""
+        """Add one whole update with weight n_k (its sample count), its values times `scale`
+        (the clipping factor of fedtiny.bounds times, in an asynchronous buffer, the staleness
+        weight s(tau) of fedtiny.rounds; the denominator still counts n_k)."""
         w = _check_weight(weight)
         s = float(scale)
         if not (math.isfinite(s) and 0.0 <= s <= 1.0):
-            raise ValueError(f"scale must be in [0, 1], got {scale!r}")
-        w_acc = w * s
+            raise ValueError(f"scale must be in [0, 1] (clipping factor x staleness weight), got {scale!r}")
+        w_acc = w if s == 1.0 else scaled_weight(w, s)
         if isinstance(update, Int8Update):
             if len(update) != self.n_params:
                 raise ValueError(f"update has {len(update)} parameters, the accumulator {self.n_params}")

@@ -399,3 +399,20 @@ def test_open_buffer_rules():
     bad = srv.current.submit(1, 1, np.zeros(2, np.float32), 1)
     assert bad.accepted  # the rejections above left no trace
     assert srv.nbytes == Server(np.zeros(2, np.float32)).nbytes  # no model-sized state beyond a sync server's
+
+
+def test_fedbuff_weights_go_through_the_device_bounds():
+    from fedtiny.bounds import Bounds
+    srv = Server(np.zeros(2, np.float32), bounds=Bounds(max_samples=100, clip_norm=1.0))
+    for _ in range(3):
+        srv.open_buffer(1, max_staleness=5).submit(0, srv.round_id, np.zeros(2, np.float32), 1)
+        srv.close_round()
+    rnd = srv.open_buffer(2, max_staleness=5)                     # round 4
+    assert rnd.submit(1, 4, np.zeros(2, np.float32), 101).reason == "too_many_samples"
+    v = rnd.submit(2, 1, np.array([0.0, 4.0], np.float32), 50)    # 3 steps old (s = 1/2), norm 4 -> 1
+    assert v.accepted and "clipped" in v.detail
+    assert rnd.submit(3, 4, np.array([0.5, 0.0], np.float32), 50)  # fresh, under the bound
+    res = srv.close_round()
+    assert res.rejected == {"too_many_samples": 1, "clipped": 1}
+    # (50 * 1/2 * 1/4 * [0, 4] + 50 * [0.5, 0]) / 100 = [0.25, 0.25]
+    np.testing.assert_allclose(srv.params, [0.25, 0.25], rtol=1e-6)
