@@ -181,7 +181,7 @@ class SimConfig:
         return DEFAULT_BUFFER if self.buffer is None else int(self.buffer)
 
     def async_concurrency(self) -> int:
-        return DEFAULT_CONCURRENCY if self.concurrency is None else int(self.concurrency)
+        return min(DEFAULT_CONCURRENCY, self.clients) if self.concurrency is None else int(self.concurrency)
 
     def async_max_staleness(self) -> int:
         return DEFAULT_MAX_STALENESS if self.max_staleness is None else int(self.max_staleness)
@@ -819,7 +819,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--buffer", type=int, default=None, metavar="K",
                    help=f"async: updates per server step (default {DEFAULT_BUFFER})")
     g.add_argument("--concurrency", type=int, default=None, metavar="M",
-                   help=f"async: devices training at once (default {DEFAULT_CONCURRENCY})")
+                   help=f"async: devices training at once (default {DEFAULT_CONCURRENCY}, or --clients if fewer)")
     g.add_argument("--max-staleness", type=int, default=None, metavar="S",
                    help=f"async: an update more than S server steps old is rejected (default {DEFAULT_MAX_STALENESS})")
     g.add_argument("--staleness", default=None, choices=rounds.STALENESS_KINDS,
@@ -898,7 +898,8 @@ def run_command(args: argparse.Namespace) -> int:
     fed = "n/a (--holdout 0)" if math.isnan(s["final_fed_acc"]) else f"{s['final_fed_acc']:.4f}"
     print(f"final test accuracy {s['final_test_acc']:.4f} (best {s['best_test_acc']:.4f}), federated {fed}; "
           f"uploaded {s['upload_mb']:.2f} MB, downloaded {s['download_mb']:.2f} MB; "
-          f"aggregator state {s['aggregator_state_bytes'] / 1e6:.2f} MB; {s['wall_s']:.1f} s")
+          f"aggregator state {s['aggregator_state_bytes'] / 1e6:.2f} MB; {s['wall_s']:.1f} s "
+          f"({s['sim_time_s']:.0f} simulated s)")
     if result.personalization:
         p = result.personalization
         b, a = p["before_summary"], p["after_summary"]
