@@ -19,7 +19,7 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from .. import codec, model as model_mod, train
-from ..net.client import load_data
+from ..net.common import load_data
 from ..seeds import derive_seed
 from . import records, uplink
 

@@ -32,7 +32,7 @@ import numpy as np
 from .. import codec
 from ..seeds import derive_seed
 from . import session, wire
-from .common import MODEL_WINDOW, parse_hostport, setup_logging
+from .common import MODEL_WINDOW, load_data, parse_hostport, setup_logging
 from .session import Rejected
 
 log = logging.getLogger("fedtiny.client")
@@ -336,25 +336,6 @@ class Device:
 # --- command line ---------------------------------------------------------------------------
 
 HELP = "run a device: join the aggregator, train on local data, send int8 updates"
-
-
-def load_data(path: str, model) -> tuple[np.ndarray, np.ndarray]:
-    """x, y from an .npz with arrays "x" (float32, N x input) and "y" (integer labels); the
-    sample size is checked against model unless it is None (a backbone reads x first)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "x" not in z.files or "y" not in z.files:
-                raise ValueError(f"{path} must hold arrays 'x' and 'y', it has {', '.join(z.files) or 'none'}")
-            x, y = z["x"], z["y"]
-    except (OSError, EOFError) as exc:
-        raise ValueError(f"cannot read {path}: {exc}") from None
-    if x.dtype != np.float32:
-        x = x.astype(np.float32)
-    if len(x) != len(y) or len(y) == 0:
-        raise ValueError(f"{path}: x has {len(x)} rows, y {len(y)}; need the same number, at least 1")
-    if model is not None and int(np.prod(x.shape[1:])) != int(np.prod(model.input_shape)):
-        raise ValueError(f"{path}: samples of shape {x.shape[1:]}, the model takes {model.input_shape}")
-    return np.ascontiguousarray(x), np.asarray(y, dtype=np.int64)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
