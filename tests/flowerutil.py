@@ -62,12 +62,16 @@ class Federation:
             f.write(f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{self.link_port}"\n'
                     f'insecure = true\n')
 
-    def start_supernode(self, name: str, node_config: str) -> subprocess.Popen:
-        port = free_tcp_port()
-        p = self._start(name, [os.path.join(BIN, "flower-supernode"), "--insecure", "--superlink",
-                               f"127.0.0.1:{self.link_port}", "--port", str(port), "--node-config", node_config])
-        wait_port(port, 60, p)
-        return p
+    def start_supernodes(self, node_configs: dict[str, str]) -> None:
+        """One SuperNode per name with its --node-config, started together, ready when each listens."""
+        started = []
+        for name, node_config in node_configs.items():
+            port = free_tcp_port()
+            started.append((self._start(name, [os.path.join(BIN, "flower-supernode"), "--insecure", "--superlink",
+                                               f"127.0.0.1:{self.link_port}", "--port", str(port),
+                                               "--node-config", node_config]), port))
+        for p, port in started:
+            wait_port(port, 60, p)
 
     def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
         return self._start(name, cmd)

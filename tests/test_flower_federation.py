@@ -72,11 +72,10 @@ def test_mixed_flower_federation_is_fedavg_of_what_each_node_sent(tmp_path):
             time.sleep(0.1)
         for k in range(3):
             fed.start(f"device{k}", client_command(udp, k, keyfile, data[k], MODEL) + ["--rounds", str(ROUNDS)])
-        fed.start_supernode("node-a", f'data="{data[3]}"')
-        fed.start_supernode("node-b", f'data="{data[4]}"')
-        fed.start_supernode("node-fleet", f'fleet-uplink="{uplink_path}" fleet-timeout=100')
         n_numpy = 37
-        fed.start_supernode("node-numpy", f'kind="numpy" num-examples={n_numpy}')
+        fed.start_supernodes({"node-a": f'data="{data[3]}"', "node-b": f'data="{data[4]}"',
+                              "node-fleet": f'fleet-uplink="{uplink_path}" fleet-timeout=100',
+                              "node-numpy": f'kind="numpy" num-examples={n_numpy}'})
         res = fed.run(APP, f'num-server-rounds={ROUNDS} out-dir="{out}" capture-dir="{capture}"', timeout=400)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         assert os.path.exists(os.path.join(out, f"global-{ROUNDS}.npy")), (
