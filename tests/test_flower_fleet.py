@@ -126,3 +126,27 @@ def test_fleet_returns_the_partial_sum_of_its_devices_for_the_model_it_was_given
                 g = (g + partial / np.float32(weight)).astype(np.float32)   # the tier above steps
         finally:
             stop_all(procs)
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--server-opt", "fedadam"], "a fleet takes no server step of its own"),
+    (["--uplink-is-a-file"], "exists and is not a socket"),
+])
+def test_fleet_command_line_errors_are_one_line_and_exit_2(tmp_path, extra, says):
+    import subprocess
+    import sys
+    fleet = Fleet(tmp_path, 1)
+    path = os.path.join(tmp_path, "up.sock")
+    if extra == ["--uplink-is-a-file"]:
+        with open(path, "w") as f:
+            f.write("not a socket")
+        extra = []
+    cmd = [sys.executable, "-m", "fedtiny.cli", "fleet", "--listen", "127.0.0.1:0", "--keys", fleet.keyfile,
+           "--state", os.path.join(tmp_path, "st"), "--model", MODEL, "--uplink", path, *extra]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=CLIENT_ENV)
+    assert res.returncode == 2, res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("fedtiny fleet: error:") and says in last, res.stderr
+    if not extra:
+        with open(path) as f:
+            assert f.read() == "not a socket"      # nothing lost
