@@ -171,3 +171,17 @@ def test_the_device_side_never_imports_flower():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('flwr', 'grpc')))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_a_weight_above_max_samples_is_refused_per_device_and_per_fleet_device():
+    s = FedtinyFedAvg(MODEL, max_samples=100)
+    msg = _train_msg(s, s.model.init(0))
+    zero = np.zeros(s.model.n_params, np.float32)
+    replies = [_reply(msg, records.int8_reply(codec.encode(zero + 0.01), 101)),       # one device: too many
+               _reply(msg, records.partial_sum_reply(zero, 301, 3)),                  # 3 devices: > 3 x 100
+               _reply(msg, records.partial_sum_reply(zero + 1, 300, 3)),              # 3 devices: allowed
+               _reply(msg, records.int8_reply(codec.encode(zero + 0.01), 100))]       # allowed
+    _arrays, metrics = s.aggregate_train(1, replies)
+    assert metrics["fedtiny.bad_reply"] == 2 and metrics["num-examples"] == 400
+    with pytest.raises(ValueError, match="max_samples"):
+        FedtinyFedAvg(MODEL, max_samples=0)

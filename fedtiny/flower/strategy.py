@@ -6,7 +6,8 @@ read, weighted by its "num-examples" n_k (records.py has the layout):
   - a fedtiny fleet's partial sum sum n_k delta_k with its total weight: added as is;
   - an ordinary Flower client's new weights w_k: added as the delta w_k - w_global.
 w_{t+1} = w_t + sum / sum n_k, i.e. sum n_k w_k / sum n_k over every device behind every reply.
-Policies: a reply that fails a check (no weight, a wrong shape, corrupt int8 blocks, NaN) is
+Policies: a reply that fails a check (no weight, a weight above max_samples per device, a wrong
+shape, corrupt int8 blocks, NaN) is
 dropped, logged with its reason and counted in the round's metrics ("fedtiny.rejected"); with no
 valid reply the model stays as it was (Flower's convention: aggregate_train returns None).
 """
@@ -35,7 +36,7 @@ class FedtinyFedAvg(FedAvg):
     def __init__(self, model: str, *, lr: float = 0.05, epochs: int = 1, batch_size: int = 10,
                  codec: str = "int8-stochastic", seed: int = 0, fraction_train: float = 1.0,
                  fraction_evaluate: float = 0.0, min_train_nodes: int = 2, min_evaluate_nodes: int = 2,
-                 min_available_nodes: int = 2,
+                 min_available_nodes: int = 2, max_samples: int | None = None,
                  on_reply: Callable[[int, Message], None] | None = None) -> None:
         super().__init__(fraction_train=fraction_train, fraction_evaluate=fraction_evaluate,
                          min_train_nodes=min_train_nodes, min_evaluate_nodes=min_evaluate_nodes,
@@ -46,6 +47,9 @@ class FedtinyFedAvg(FedAvg):
         self.accumulator = Accumulator(self.model.n_params)
         self._global: np.ndarray | None = None   # w_t of the round being trained
         self.on_reply = on_reply                 # sees every reply before aggregation (audit, tests)
+        if max_samples is not None and (isinstance(max_samples, bool) or int(max_samples) < 1):
+            raise ValueError(f"max_samples must be a positive integer or None, got {max_samples!r}")
+        self.max_samples = None if max_samples is None else int(max_samples)
         self.last_counts: Counter[str] = Counter()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -59,6 +63,17 @@ class FedtinyFedAvg(FedAvg):
                            grid: Grid) -> Iterable[Message]:
         config["fedtiny-model"] = self.train_config["fedtiny-model"]
         return super().configure_evaluate(server_round, arrays, config, grid)
+
+    def _check_weight(self, kind: str, weight: float, msg: Message) -> None:
+        """A node's n_k may not exceed max_samples per device (a fleet: per device of its sum):
+        a claim above any real device's data is a lie or a misconfiguration, refused, not clamped."""
+        if self.max_samples is None:
+            return
+        devices = 1
+        if kind == records.PARTIAL_SUM:
+            devices = max(1, int(msg.content.metric_records[records.METRICS].get("fedtiny.updates", 1)))
+        if weight > self.max_samples * devices:
+            raise ValueError(f"num-examples {weight:g} exceeds max-samples {self.max_samples} x {devices} device(s)")
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -79,6 +94,7 @@ class FedtinyFedAvg(FedAvg):
                 continue
             try:
                 kind, payload, weight = records.read_reply(self.model, msg.content)
+                self._check_weight(kind, weight, msg)
                 if kind == records.INT8:
                     acc.add(payload, weight)
                     devices += 1
