@@ -131,6 +131,7 @@ def test_fleet_returns_the_partial_sum_of_its_devices_for_the_model_it_was_given
 @pytest.mark.parametrize("extra, says", [
     (["--server-opt", "fedadam"], "a fleet takes no server step of its own"),
     (["--uplink-is-a-file"], "exists and is not a socket"),
+    (["--uplink", "/nonexistent-dir/up.sock"], "does not exist"),
 ])
 def test_fleet_command_line_errors_are_one_line_and_exit_2(tmp_path, extra, says):
     import subprocess

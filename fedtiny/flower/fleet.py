@@ -147,6 +147,9 @@ class FleetAggregator(agg_mod.Aggregator):
 
     async def serve(self, stop: asyncio.Event | None = None, ready=None) -> int:
         path = self.uplink_path
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise ValueError(f"--uplink {path}: directory {parent} does not exist: create it or choose another path")
         if os.path.exists(path):
             if not stat.S_ISSOCK(os.stat(path).st_mode):
                 raise ValueError(f"--uplink {path} exists and is not a socket: choose another path")
