@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import datasets, rounds
-from . import ingest, keys as keys_mod, session, state, wire
+from .. import codec, datasets, rounds
+from . import download, ingest, keys as keys_mod, session, state, wire
 from .common import MODEL_WINDOW, parse_hostport, setup_logging
 from .session import Rejected
 
@@ -40,6 +40,11 @@ REOFFER_SECONDS = 0.5     # offer again to a selected device that has not asked 
 ACK_EVERY = 16            # update chunks between two ACKs to the device
 TELL_SECONDS = 0.25        # errors to one device, per code
 RCVBUF_BYTES = 4 << 20    # requested UDP receive buffer
+SNDBUF_BYTES = 1 << 20    # requested UDP send buffer (the pacer stops while it is full)
+PACE_SECONDS = 0.002      # the download pacer's tick while a download runs
+PACE_BATCH = 64           # model chunks sent at most per tick or ACK
+FRAME_OVERHEAD = wire.HEADER_BYTES + wire.TAG_BYTES   # bytes of a frame around its payload
+UPLOAD_MIN_SECONDS = 5.0  # a device's upload deadline (from its slot's opening) is at least this
 LOG_PER_REASON = 5        # rejections logged one by one per reason and round; then only counted
 
 
@@ -62,7 +67,11 @@ class AggregateConfig:
     codec: str = "int8-stochastic"
     server_opt: str = "fedavg"
     server_lr: float | None = None
-    slots: int = 8
+    slots: int = 0                   # 0: sized by memory (--staging-mb)
+    staging_mb: float = 32.0
+    upload_seconds: float = 0.0      # 0: derived from the update size and --device-rate
+    send_rate: float = 100.0         # MB/s: the model download, all devices together
+    device_rate: float = 12.5        # MB/s: the model download to one device
     seed: int = 0
 
     def check(self) -> None:
@@ -79,7 +88,13 @@ class AggregateConfig:
         need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}")
         need(math.isfinite(self.prox_mu) and self.prox_mu >= 0, f"--prox-mu must be >= 0, got {self.prox_mu}")
         need(self.codec in CODECS, f"--codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
-        need(self.slots >= 1, f"--slots must be >= 1, got {self.slots}")
+        need(self.slots >= 0, f"--slots must be >= 0 (0: sized by --staging-mb), got {self.slots}")
+        need(math.isfinite(self.staging_mb) and self.staging_mb > 0, f"--staging-mb must be > 0, got {self.staging_mb}")
+        need(math.isfinite(self.upload_seconds) and self.upload_seconds >= 0,
+             f"--upload-seconds must be >= 0 (0: derived), got {self.upload_seconds}")
+        need(math.isfinite(self.send_rate) and self.send_rate > 0, f"--send-rate must be > 0 MB/s, got {self.send_rate}")
+        need(math.isfinite(self.device_rate) and self.device_rate > 0,
+             f"--device-rate must be > 0 MB/s, got {self.device_rate}")
         need(0 <= self.seed < 2**32, f"--seed must be in 0..2^32-1, got {self.seed}")
         need(bool(self.keys), "--keys FILE is required")
         need(bool(self.state), "--state DIR is required")
@@ -108,10 +123,12 @@ class _RoundRun:
     offer: bytes
     model_chunks: int
     started: float
+    download: download.ModelDownload = None
     offered: dict = field(default_factory=dict)   # device -> time of last offer sent
     asked: set = field(default_factory=set)       # devices that asked for model chunks
     bytes_up: int = 0
     bytes_down: int = 0
+    down_by_type: Counter = field(default_factory=Counter)
 
 
 class Aggregator(asyncio.DatagramProtocol):
@@ -146,6 +163,10 @@ class Aggregator(asyncio.DatagramProtocol):
             self.server = rounds.Server(self.model.init(cfg.seed), optimizer=optimizer)
             self.metrics = []
         self.resumed_from = self.server.round_id
+        n = self.server.n_params
+        self.slots = cfg.slots or ingest.slots_for_budget(n, cfg.staging_mb * 1e6)
+        update_bytes = codec.wire_size(n)
+        self.upload_seconds = cfg.upload_seconds or max(UPLOAD_MIN_SECONDS, 10 * update_bytes / (cfg.device_rate * 1e6))
         self.devices: dict[int, _Device] = {}
         self.rejected: Counter[str] = Counter()          # whole run (since this process started)
         self.round_rejected: Counter[str] = Counter()
@@ -164,6 +185,7 @@ class Aggregator(asyncio.DatagramProtocol):
         self.transport.sendto(frame, dev.addr)
         if self.current is not None:
             self.current.bytes_down += len(frame)
+            self.current.down_by_type[frame[3]] += len(frame)
 
     def _reject(self, reason: str, who: str, detail: str = "") -> None:
         self.rejected[reason] += 1
@@ -206,7 +228,7 @@ class Aggregator(asyncio.DatagramProtocol):
                 self._tell(dev, hdr.round, session.E_NOT_SELECTED, f"device {dev.id} is not in round {run.id}")
                 raise Rejected("not_selected")
             if mtype == session.ACK:
-                self._on_model_ack(dev, run, payload)
+                self._on_model_ack(dev, run, payload, now)
             elif mtype == session.RESULT:
                 self._on_result(dev, run, wire.Result.unpack(payload), now)
             elif mtype == session.UPDATE_CHUNK:
@@ -248,18 +270,30 @@ class Aggregator(asyncio.DatagramProtocol):
         self._wake.set()
 
     def _offer(self, dev: _Device, run: _RoundRun, now: float) -> None:
+        log.debug("offer to device %d", dev.id)
         run.offered[dev.id] = now
         self._send(dev, dev.session.seal(session.OFFER, run.id, run.offer))
 
-    def _on_model_ack(self, dev: _Device, run: _RoundRun, payload: bytes) -> None:
+    def _on_model_ack(self, dev: _Device, run: _RoundRun, payload: bytes, now: float) -> None:
         ack = wire.Ack.unpack(payload)
         if ack.acked_type != session.MODEL_CHUNK or ack.first != 0 or ack.n_bits != run.model_chunks:
             raise Rejected("bad_payload", "model ack does not cover the model's chunks")
         run.asked.add(dev.id)
+        received = np.zeros(run.model_chunks, dtype=bool)
+        received[list(ack.received)] = True
+        run.download.ack(dev.id, received, now)   # the pacer sends what it still misses
+        self._pace(run, now)
+
+    def _pace(self, run: _RoundRun, now: float) -> None:
+        """Send the model chunks that are due, while the socket's send buffer has room (a full
+        buffer would queue copies that an impatient device then asks for again)."""
         size = session.MODEL_CHUNK_BYTES
-        for i in ack.missing()[:MODEL_WINDOW]:
-            self._send(dev, dev.session.seal(session.MODEL_CHUNK, run.id, run.model[i * size:(i + 1) * size],
-                                             chunk_index=i, chunk_count=run.model_chunks))
+        if self.transport is not None and self.transport.get_write_buffer_size() == 0:
+            # one batch per call: the event loop reads the socket between two batches
+            for d, i in run.download.next_sends(now, limit=PACE_BATCH):
+                dev = self.devices[d]
+                self._send(dev, dev.session.seal(session.MODEL_CHUNK, run.id, run.model[i * size:(i + 1) * size],
+                                                 chunk_index=i, chunk_count=run.model_chunks))
 
     def _ack_update(self, dev: _Device, run: _RoundRun) -> None:
         dev.acked = 0
@@ -349,7 +383,10 @@ class Aggregator(asyncio.DatagramProtocol):
                            deadline_ms=int(cfg.round_timeout * 1000), seed=cfg.seed, prox_mu=cfg.prox_mu)
         run = _RoundRun(r, rnd, None, frozenset(selected.tolist()), model_bytes, offer.pack(),
                         wire.model_chunks(n), now)
-        run.ingest = ingest.UpdateIngest(n, self._commit, slots=cfg.slots)
+        run.download = download.ModelDownload(run.model_chunks, session.MODEL_CHUNK_BYTES + FRAME_OVERHEAD,
+                                              window=MODEL_WINDOW, total_rate=cfg.send_rate * 1e6,
+                                              device_rate=cfg.device_rate * 1e6)
+        run.ingest = ingest.UpdateIngest(n, self._commit, slots=self.slots, upload_seconds=self.upload_seconds)
         self.round_rejected = Counter()
         for d in run.selected:
             dev = self.devices[d]
@@ -372,6 +409,10 @@ class Aggregator(asyncio.DatagramProtocol):
             for d in sorted(run.selected - run.asked):
                 if now - run.offered.get(d, -math.inf) >= REOFFER_SECONDS:
                     self._offer(self.devices[d], run, now)
+            self._pace(run, now)
+            if run.download.active:
+                await asyncio.sleep(PACE_SECONDS)
+                continue
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), 0.05)
@@ -396,6 +437,9 @@ class Aggregator(asyncio.DatagramProtocol):
                "test_loss": math.nan, "test_acc": math.nan,
                "bytes_up": run.bytes_up, "bytes_down": run.bytes_down, "round_s": now - run.started,
                "stragglers": sorted(run.selected - contributors), "dropped_uploads": ingest_stats.dropped,
+               "down_by_type": {session.M(t).name: v for t, v in run.down_by_type.items()},
+               "model_chunks_sent": run.download.sent_chunks, "model_chunks_resent": run.download.resent_chunks,
+               "model_restarts": run.download.restarts,
                "rejected": dict(self.round_rejected)}
         if self.test is not None:
             row["test_loss"], row["test_acc"] = map(float, self.train.evaluate(self.model, self.server.params, *self.test))
@@ -442,7 +486,9 @@ class Aggregator(asyncio.DatagramProtocol):
         self.address = transport.get_extra_info("sockname")[:2]
         # Uploads come in bursts from many devices: a deeper socket queue means fewer drops and
         # resends (the kernel caps it at net.core.rmem_max).
-        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF_BYTES)
         log.info("aggregating %s (%d parameters) on %s:%d, round %d of %d", self.cfg.model, self.server.n_params,
                  self.address[0], self.address[1], self.server.round_id + 1, self.cfg.rounds)
         if ready is not None:
@@ -494,7 +540,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codec", default=d.codec, choices=tuple(CODECS))
     p.add_argument("--server-opt", default=d.server_opt, choices=tuple(rounds.SERVER_OPTIMIZERS))
     p.add_argument("--server-lr", type=float, default=None)
-    p.add_argument("--slots", type=int, default=d.slots, help="uploads staged at once (memory: slots x 1.03 bytes/param)")
+    p.add_argument("--slots", type=int, default=d.slots,
+                   help="uploads staged at once (memory: slots x 1.03 bytes/param); default: as many as --staging-mb holds")
+    p.add_argument("--staging-mb", type=float, default=d.staging_mb, metavar="MB",
+                   help="memory for staged uploads when --slots is not given (default %(default)s MB)")
+    p.add_argument("--upload-seconds", type=float, default=d.upload_seconds, metavar="S",
+                   help="a device's upload deadline from its slot's opening, after which its slot may go to a waiting "
+                        f"device (default: 10x the update's transfer time at --device-rate, at least {UPLOAD_MIN_SECONDS:.0f} s)")
+    p.add_argument("--send-rate", type=float, default=d.send_rate, metavar="MB/S",
+                   help="model download pace, all devices together (default %(default)s MB/s)")
+    p.add_argument("--device-rate", type=float, default=d.device_rate, metavar="MB/S",
+                   help="model download pace to one device (default %(default)s MB/s)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--verbose", "-v", action="store_true")
 

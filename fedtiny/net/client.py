@@ -15,6 +15,7 @@ import asyncio
 import logging
 import math
 import random
+import socket
 import sys
 import time
 
@@ -29,9 +30,19 @@ from .session import Rejected
 log = logging.getLogger("fedtiny.client")
 
 TICK = 0.02
-MODEL_ACK_QUIET = 0.1     # no new model chunk for this long: say again what is missing
-UPLOAD_ACK_WAIT = 0.3     # no ACK for this long after sending: send the RESULT again (it prompts one)
-SILENT_SECONDS = 2.0      # no frame from the aggregator while waiting on it: rejoin
+# No new model chunk for `quiet` seconds: say again what is missing. quiet is derived from the
+# rate the chunks come at (QUIET_GAPS mean gaps between chunks, at least ASK_MIN; before the
+# first chunk ASK_FIRST) and doubles on every ask that brings nothing (backoff, up to ASK_MAX).
+# The aggregator resends only chunks whose copies timed out, so an early ask costs one ACK, not
+# a copy of the window (docs/network.md "Model download").
+ASK_FIRST, ASK_MIN, ASK_MAX = 0.5, 0.2, 1.6
+QUIET_GAPS = 8
+RCVBUF_BYTES = 4 * MODEL_WINDOW * 2304   # 4 windows of model chunks (2,304 B: a datagram's kernel cost)
+UPLOAD_ACK_WAIT = 0.3     # no ACK for this long after sending: send the RESULT again (it prompts one);
+UPLOAD_ACK_MAX = 2.4      # doubling on each RESULT that brings no ACK, up to this
+UPLOAD_WINDOW = 32        # update chunks in flight (sent, not yet in an ACK): the aggregator ACKs every 16
+SILENT_SECONDS = 2.0      # no frame from the aggregator while downloading: rejoin (while uploading:
+                          # until the offer's deadline, the update is not thrown away before)
 HELLO_MIN, HELLO_MAX = 0.5, 8.0
 
 
@@ -57,6 +68,7 @@ class Device(asyncio.DatagramProtocol):
         self.rounds_done = 0
         self.finished = asyncio.Event()
         self.rejected: dict[str, int] = {}
+        self.kept_round = None           # the round whose partial model download is kept
         self._reset_round()
         self.last_heard = time.monotonic()
         self.last_sent = -math.inf
@@ -69,7 +81,14 @@ class Device(asyncio.DatagramProtocol):
         self.update = None
         self.result = None
         self.since_ask = 0             # model chunks received since the last ACK(model)
+        self.ask_quiet = ASK_FIRST     # seconds without a new chunk before asking again
+        self.gap = None                # smoothed seconds between two new model chunks
+        self.last_chunk = None
         self.resend_on_ack = True      # the next ACK triggers sending what it lists as missing
+        self.upload_wait = UPLOAD_ACK_WAIT
+        self.next_chunk = 0            # update chunks [0, next_chunk) were sent at least once
+        self.acked: frozenset = frozenset()
+        self.offered_at = time.monotonic()
         self.last_progress = time.monotonic()
 
     # -- transport ---------------------------------------------------------------------------
@@ -128,13 +147,25 @@ class Device(asyncio.DatagramProtocol):
             log.error("round %d: the aggregator's model has %d parameters, this device's %d: check --model",
                       round_id, offer.n_params, self.model.n_params)
             return
+        kept = None
+        if (self.offer is not None and self.state == "joining" and self.have and self.kept_round == round_id
+                and self.offer.model_hash == offer.model_hash and self.offer.n_params == offer.n_params):
+            kept = (self.model_buf, self.have)   # rejoined into the same round: keep what arrived
         self._reset_round()
         self.round, self.offer, self.state = round_id, offer, "downloading"
+        self.offered_at = time.monotonic()
+        if kept is not None:
+            self.model_buf, self.have = kept
+            if len(self.have) == wire.model_chunks(offer.n_params):
+                self._model_complete()
+                return
         self.model_buf = bytearray(4 * offer.n_params)
         self.have = set()
         self._ask_model()
 
-    def _ask_model(self) -> None:
+    def _ask_model(self, *, timeout: bool = False) -> None:
+        if timeout:     # nothing came since the last ask: wait longer before the next one
+            self.ask_quiet = min(ASK_MAX, self.ask_quiet * 2)
         n = wire.model_chunks(self.offer.n_params)
         self._send(session.ACK, wire.Ack.for_chunks(session.MODEL_CHUNK, self.have, n).pack())
         self.last_progress = time.monotonic()
@@ -153,18 +184,27 @@ class Device(asyncio.DatagramProtocol):
             return
         self.model_buf[i * size:i * size + expect] = f.payload
         self.have.add(i)
+        now = self.last_progress
+        if self.last_chunk is not None:
+            gap = now - self.last_chunk
+            self.gap = gap if self.gap is None else 0.875 * self.gap + 0.125 * gap
+            self.ask_quiet = min(ASK_MAX, max(ASK_MIN, QUIET_GAPS * self.gap))
+        self.last_chunk = now
         self.since_ask += 1
         if self.since_ask >= MODEL_WINDOW and len(self.have) < n:
             self._ask_model()   # the whole window arrived: ask for the next one now
         if len(self.have) == n:
-            params = np.frombuffer(bytes(self.model_buf), dtype="<f4").astype(np.float32)
-            if wire.model_hash(params) != self.offer.model_hash:
-                log.warning("round %d: model hash mismatch, downloading again", self.round)
-                self.have.clear()
-                self._ask_model()
-                return
-            self.state = "training"
-            asyncio.get_running_loop().create_task(self._train(self.round, self.offer, params))
+            self._model_complete()
+
+    def _model_complete(self) -> None:
+        params = np.frombuffer(bytes(self.model_buf), dtype="<f4").astype(np.float32)
+        if wire.model_hash(params) != self.offer.model_hash:
+            log.warning("round %d: model hash mismatch, downloading again", self.round)
+            self.have.clear()
+            self._ask_model()
+            return
+        self.state = "training"
+        asyncio.get_running_loop().create_task(self._train(self.round, self.offer, params))
 
     async def _train(self, round_id: int, offer: wire.Offer, params: np.ndarray) -> None:
         t0 = time.perf_counter()
@@ -201,6 +241,15 @@ class Device(asyncio.DatagramProtocol):
         for i in indices:
             self._send(session.UPDATE_CHUNK, wire.update_chunk(self.update.blocks, i), chunk=(i, n))
 
+    def _pump(self) -> None:
+        """Send new update chunks while fewer than UPLOAD_WINDOW are unacknowledged (ACK-clocked,
+        so a fleet's uploads do not overflow the aggregator's socket queue)."""
+        n = wire.update_chunks(self.offer.n_params)
+        start = self.next_chunk
+        while self.next_chunk < n and self.next_chunk - len(self.acked) < UPLOAD_WINDOW:
+            self.next_chunk += 1
+        self._send_chunks(range(start, self.next_chunk))
+
     def _on_update_ack(self, ack: wire.Ack) -> None:
         self.last_progress = time.monotonic()
         missing = ack.missing()
@@ -211,9 +260,12 @@ class Device(asyncio.DatagramProtocol):
             if self.max_rounds is not None and self.rounds_done >= self.max_rounds:
                 self.finished.set()
             return
-        if self.resend_on_ack:   # the answer to our RESULT: send what it misses, once
+        self.upload_wait = UPLOAD_ACK_WAIT
+        self.acked = ack.received
+        if self.resend_on_ack:   # the answer to our RESULT: send again what it misses, once
             self.resend_on_ack = False
-            self._send_chunks(missing)
+            self._send_chunks([c for c in missing if c < self.next_chunk])
+        self._pump()
 
     def _on_error(self, round_id: int, err: wire.ErrorMsg) -> None:
         if err.code == session.E_FINISHED:
@@ -231,8 +283,14 @@ class Device(asyncio.DatagramProtocol):
     # -- timers ------------------------------------------------------------------------------
     def tick(self, now: float) -> None:
         waiting = self.state in ("joining", "done")
-        if self.state in ("downloading", "uploading") and now - self.last_heard > SILENT_SECONDS:
+        silent = now - self.last_heard
+        if self.state == "uploading" and self.offer is not None:
+            silent_limit = max(SILENT_SECONDS, self.offer.deadline_ms / 1000 - (self.last_heard - self.offered_at))
+        else:
+            silent_limit = SILENT_SECONDS
+        if self.state in ("downloading", "uploading") and silent > silent_limit:
             log.info("the aggregator went silent: rejoining")
+            self.kept_round = self.round
             self.state = "joining"
             self.session.new_round(0)   # a restarted aggregator may reopen this round afresh
             self.round = 0
@@ -246,17 +304,21 @@ class Device(asyncio.DatagramProtocol):
                         self.state = "joining"
                         self.session.new_round(0)
                         self.round = 0
-        elif self.state == "downloading" and now - self.last_progress > MODEL_ACK_QUIET:
-            self._ask_model()
-        elif self.state == "uploading" and now - self.last_progress > UPLOAD_ACK_WAIT:
+        elif self.state == "downloading" and now - self.last_progress > self.ask_quiet:
+            self._ask_model(timeout=True)
+        elif self.state == "uploading" and now - self.last_progress > self.upload_wait:
             self._send(session.RESULT, self.result)
             self.resend_on_ack = True
             self.last_progress = now
+            self.upload_wait = min(UPLOAD_ACK_MAX, self.upload_wait * 2)
 
     async def run(self, server: tuple[str, int], stop: asyncio.Event | None = None) -> int:
         loop = asyncio.get_running_loop()
         stop = stop or asyncio.Event()
         transport, _ = await loop.create_datagram_endpoint(lambda: self, remote_addr=server)
+        # Room for a few windows of model chunks while this process waits for the CPU (the
+        # kernel caps the request at net.core.rmem_max).
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
         log.info("device %d: %d samples, model %d parameters, aggregator %s:%d", self.id, len(self.y),
                  self.model.n_params, *server)
         try:

@@ -7,8 +7,13 @@ parameter, the wire form, never a float32 copy). A complete update is added to t
 in one in-place C pass with its weight n_k (through the round logic, rounds.Round.submit); an incomplete one is dropped with its slot and has
 touched nothing. At most `slots` devices upload at once, so memory is
     accumulator 4n + slots * 1.03n bytes
-whatever the number of devices. A device that finds every slot taken by unfinished uploads is
-told "busy" and retries; slots whose device has gone silent are reclaimed.
+whatever the number of devices; the aggregator sizes `slots` from a memory budget
+(slots_for_budget), not a small constant, so a few devices that open uploads and never finish
+(squatting) cannot hold every slot. A device that finds every slot taken by unfinished uploads
+is told "busy" and retries; a slot is reclaimed for a waiting device when its own device has
+gone silent (stall_seconds) or has held it past its upload deadline (upload_seconds from the
+slot's opening). A device whose slot was reclaimed for its deadline gets a new one only when one
+is free: it never displaces another device (fair to the devices that finish).
 
 Completed updates are committed lazily: when their slot is needed, or at the round's close, in
 ascending device id. When a round's updates all fit in the slots (M <= slots) the sum is thus
@@ -35,6 +40,7 @@ class _Slot:
     buf: np.ndarray               # uint8: Int8Update header + blocks, filled as chunks arrive
     received: np.ndarray          # bool per chunk
     last_seen: float
+    opened: float = 0.0
     n_received: int = 0
 
     @property
@@ -50,11 +56,16 @@ class IngestStats:
     busy: int = 0
 
 
+def slots_for_budget(n_params: int, budget_bytes: float) -> int:
+    """Staging slots that fit a memory budget: one slot holds one update's wire bytes."""
+    return max(1, int(budget_bytes // (HEADER_BYTES + nblocks(int(n_params)) * BLOCK_BYTES)))
+
+
 class UpdateIngest:
     """One round's uploads: stage chunks per device, commit complete updates, drop the rest."""
 
     def __init__(self, n_params: int, commit: Callable[[int, Int8Update, float], None], *,
-                 slots: int = 8, stall_seconds: float = 5.0):
+                 slots: int = 8, stall_seconds: float = 5.0, upload_seconds: float = math.inf):
         """commit(device_id, update, weight) receives each complete update, in ascending id order
         among those committed together (rounds.Round.submit, or Accumulator.add in tests)."""
         if slots < 1:
@@ -65,6 +76,8 @@ class UpdateIngest:
         self.nbytes = nblocks(self.n_params) * BLOCK_BYTES
         self.slots = slots
         self.stall_seconds = stall_seconds
+        self.upload_seconds = upload_seconds
+        self._overdue: set[int] = set()   # devices whose slot was reclaimed at its deadline
         self._staged: dict[int, _Slot] = {}
         self._done: set[int] = set()      # devices whose update is complete (staged or committed)
         self.stats = IngestStats()
@@ -154,22 +167,27 @@ class UpdateIngest:
     def _open_slot(self, device_id: int, weight: float, now: float, flags: int, seed: int) -> _Slot | None:
         if len(self._staged) >= self.slots:
             self._commit_complete()
-        if len(self._staged) >= self.slots:
+        if len(self._staged) >= self.slots and device_id not in self._overdue:
             self._reclaim_stalled(now)
         if len(self._staged) >= self.slots:
             return None
         buf = np.zeros(HEADER_BYTES + self.nbytes, dtype=np.uint8)
         HEADER.pack_into(buf, 0, MAGIC, VERSION, flags & 0xFF, QK, self.n_params, seed & 0xFFFFFFFF)
         slot = _Slot(device_id, float(weight), buf,
-                     np.zeros(self.n_chunks, dtype=bool), now)
+                     np.zeros(self.n_chunks, dtype=bool), now, now)
         self._staged[device_id] = slot
         return slot
 
     def _reclaim_stalled(self, now: float) -> None:
         for device_id, slot in list(self._staged.items()):
-            if not slot.complete and now - slot.last_seen > self.stall_seconds:
+            if slot.complete:
+                continue
+            overdue = now - slot.opened > self.upload_seconds
+            if overdue or now - slot.last_seen > self.stall_seconds:
                 del self._staged[device_id]
                 self.stats.dropped.append(device_id)
+                if overdue:
+                    self._overdue.add(device_id)
 
     def _commit_complete(self) -> None:
         for device_id in sorted(d for d, s in self._staged.items() if s.complete):
