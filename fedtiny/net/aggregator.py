@@ -129,6 +129,7 @@ class _RoundRun:
     bytes_up: int = 0
     bytes_down: int = 0
     down_by_type: Counter = field(default_factory=Counter)
+    cpu_started: float = field(default_factory=time.process_time)
 
 
 class Aggregator(asyncio.DatagramProtocol):
@@ -436,6 +437,7 @@ class Aggregator(asyncio.DatagramProtocol):
                "train_loss": sum(w * l for w, l in losses) / n if n else math.nan,
                "test_loss": math.nan, "test_acc": math.nan,
                "bytes_up": run.bytes_up, "bytes_down": run.bytes_down, "round_s": now - run.started,
+               "cpu_s": time.process_time() - run.cpu_started,
                "stragglers": sorted(run.selected - contributors), "dropped_uploads": ingest_stats.dropped,
                "down_by_type": {session.M(t).name: v for t, v in run.down_by_type.items()},
                "model_chunks_sent": run.download.sent_chunks, "model_chunks_resent": run.download.resent_chunks,

@@ -154,13 +154,10 @@ class Device(asyncio.DatagramProtocol):
         self._reset_round()
         self.round, self.offer, self.state = round_id, offer, "downloading"
         self.offered_at = time.monotonic()
-        if kept is not None:
-            self.model_buf, self.have = kept
-            if len(self.have) == wire.model_chunks(offer.n_params):
-                self._model_complete()
-                return
-        self.model_buf = bytearray(4 * offer.n_params)
-        self.have = set()
+        self.model_buf, self.have = kept if kept is not None else (bytearray(4 * offer.n_params), set())
+        if len(self.have) == wire.model_chunks(offer.n_params):
+            self._model_complete()
+            return
         self._ask_model()
 
     def _ask_model(self, *, timeout: bool = False) -> None:

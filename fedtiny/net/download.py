@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-RTO_MIN = 0.2          # seconds: below it a busy device's scheduling jitter looks like loss
+RTO_MIN = 0.5          # seconds: below it a busy device's scheduling jitter looks like loss
 RTO_INITIAL = 1.0      # before the first sample (RFC 6298 section 2.1)
 RTO_MAX = 8.0
 BURST_SECONDS = 0.02   # a bucket holds this many seconds of its rate
