@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import codec, datasets, rounds
-from . import download, ingest, keys as keys_mod, session, state, wire
+from . import download, ingest, keys as keys_mod, rx as rx_mod, session, state, wire
 from .common import MODEL_WINDOW, parse_hostport, setup_logging
 from .session import Rejected
 
@@ -70,6 +70,7 @@ class AggregateConfig:
     slots: int = 0                   # 0: sized by memory (--staging-mb)
     staging_mb: float = 32.0
     upload_seconds: float = 0.0      # 0: derived from the update size and --device-rate
+    ingest: str = "c"                # the per-datagram path: "c" (fedtiny.net.rx) or "python" (the reference)
     send_rate: float = 100.0         # MB/s: the model download, all devices together
     device_rate: float = 12.5        # MB/s: the model download to one device
     seed: int = 0
@@ -92,6 +93,7 @@ class AggregateConfig:
         need(math.isfinite(self.staging_mb) and self.staging_mb > 0, f"--staging-mb must be > 0, got {self.staging_mb}")
         need(math.isfinite(self.upload_seconds) and self.upload_seconds >= 0,
              f"--upload-seconds must be >= 0 (0: derived), got {self.upload_seconds}")
+        need(self.ingest in ("c", "python"), f"--ingest must be c or python, got {self.ingest!r}")
         need(math.isfinite(self.send_rate) and self.send_rate > 0, f"--send-rate must be > 0 MB/s, got {self.send_rate}")
         need(math.isfinite(self.device_rate) and self.device_rate > 0,
              f"--device-rate must be > 0 MB/s, got {self.device_rate}")
@@ -168,6 +170,9 @@ class Aggregator(asyncio.DatagramProtocol):
         self.slots = cfg.slots or ingest.slots_for_budget(n, cfg.staging_mb * 1e6)
         update_bytes = codec.wire_size(n)
         self.upload_seconds = cfg.upload_seconds or max(UPLOAD_MIN_SECONDS, 10 * update_bytes / (cfg.device_rate * 1e6))
+        self.staging = ingest.Staging(n, self.slots)       # allocated once; pages touched as slots are used
+        self.rx = rx_mod.Receiver(self.keys, self.staging, ack_every=ACK_EVERY) if cfg.ingest == "c" else None
+        self.sock = None
         self.devices: dict[int, _Device] = {}
         self.rejected: Counter[str] = Counter()          # whole run (since this process started)
         self.round_rejected: Counter[str] = Counter()
@@ -195,6 +200,7 @@ class Aggregator(asyncio.DatagramProtocol):
             log.warning("dropped frame from %s: %s%s", who, reason, f" ({detail})" if detail else "")
 
     def datagram_received(self, data: bytes, addr) -> None:
+        """The Python receive path (--ingest python): the reference the C path is checked against."""
         now = time.monotonic()
         if self.current is not None:
             self.current.bytes_up += len(data)
@@ -203,46 +209,92 @@ class Aggregator(asyncio.DatagramProtocol):
             head = session.peek(data)
             mtype, device_id = head.type, head.device_id
             who = f"device {device_id} at {who}"
-            dev = self.devices.get(device_id)
+            dev = self._device(device_id)
             if dev is None:
-                key = self.keys.get(device_id)
-                if key is None:
-                    raise Rejected("unknown_device", "no key for it")
-                dev = self.devices[device_id] = _Device(device_id, session.Session(device_id, key))
+                raise Rejected("unknown_device", "no key for it")
             if mtype == session.HELLO:
-                hello = dev.session.open(data, check_replay=False)
-                # HELLO is outside rounds, so the replay guard does not see it; a replayed one
-                # must still not move the device's address: its sequence number must grow.
-                if hello.seq <= dev.hello_seq:
-                    raise Rejected("replay", f"HELLO seq {hello.seq}, last {dev.hello_seq}")
-                dev.hello_seq = hello.seq
-                self._on_hello(dev, wire.Hello.unpack(hello.payload), addr, now)
-                return
-            hdr = dev.session.open(data)
-            payload = hdr.payload
-            dev.addr, dev.last_seen = addr, now
-            run = self.current
-            if run is None or hdr.round != run.id:
-                self._tell(dev, hdr.round, session.E_ROUND_CLOSED, f"round {hdr.round} is closed")
-                raise Rejected("round_closed", f"sent round {hdr.round}")
-            if dev.id not in run.selected:
-                self._tell(dev, hdr.round, session.E_NOT_SELECTED, f"device {dev.id} is not in round {run.id}")
-                raise Rejected("not_selected")
-            if mtype == session.ACK:
-                self._on_model_ack(dev, run, payload, now)
-            elif mtype == session.RESULT:
-                self._on_result(dev, run, wire.Result.unpack(payload), now)
-            elif mtype == session.UPDATE_CHUNK:
-                self._on_chunk(dev, run, hdr, payload, now)
-            elif mtype == session.ERROR:
-                err = wire.ErrorMsg.unpack(payload)
-                log.info("device %d reports error %d: %s", dev.id, err.code, err.text)
+                frame = dev.session.open(data, check_replay=False)
             else:
-                raise Rejected("unexpected_type", f"type {mtype} is not sent by devices")
+                frame = dev.session.open(data)
+            self._on_frame(dev, frame, addr, now)
         except Rejected as exc:
             self._reject(exc.reason, who, str(exc))
         except wire.FrameError as exc:  # a payload that does not parse
             self._reject(exc.reason, who, str(exc))
+
+    def _device(self, device_id: int) -> _Device | None:
+        dev = self.devices.get(device_id)
+        if dev is None:
+            key = self.keys.get(device_id)
+            if key is None:
+                return None
+            dev = self.devices[device_id] = _Device(device_id, session.Session(device_id, key))
+        return dev
+
+    def _on_frame(self, dev: _Device, hdr: wire.Frame, addr, now: float) -> None:
+        """An authentic frame (tag checked; round and replay too, except for a HELLO)."""
+        mtype, payload = hdr.type, hdr.payload
+        if mtype == session.HELLO:
+            # HELLO is outside rounds, so the replay guard does not see it; a replayed one
+            # must still not move the device's address: its sequence number must grow.
+            if hdr.seq <= dev.hello_seq:
+                raise Rejected("replay", f"HELLO seq {hdr.seq}, last {dev.hello_seq}")
+            dev.hello_seq = hdr.seq
+            self._on_hello(dev, wire.Hello.unpack(payload), addr, now)
+            return
+        dev.addr, dev.last_seen = addr, now
+        run = self.current
+        if run is None or hdr.round != run.id:
+            self._tell(dev, hdr.round, session.E_ROUND_CLOSED, f"round {hdr.round} is closed")
+            raise Rejected("round_closed", f"sent round {hdr.round}")
+        if dev.id not in run.selected:
+            self._tell(dev, hdr.round, session.E_NOT_SELECTED, f"device {dev.id} is not in round {run.id}")
+            raise Rejected("not_selected")
+        if mtype == session.ACK:
+            self._on_model_ack(dev, run, payload, now)
+        elif mtype == session.RESULT:
+            self._on_result(dev, run, wire.Result.unpack(payload), now)
+        elif mtype == session.UPDATE_CHUNK:
+            self._on_chunk(dev, run, hdr, payload, now)
+        elif mtype == session.ERROR:
+            err = wire.ErrorMsg.unpack(payload)
+            log.info("device %d reports error %d: %s", dev.id, err.code, err.text)
+        else:
+            raise Rejected("unexpected_type", f"type {mtype} is not sent by devices")
+
+    def _on_readable(self) -> None:
+        """The C receive path (--ingest c): datagrams were checked and chunks staged in C."""
+        now = time.monotonic()
+        events, _more = self.rx.poll(self.sock.fileno(), now)
+        dropped, nbytes = self.rx.take_counts()
+        if self.current is not None:
+            self.current.bytes_up += nbytes
+        for reason, n in dropped.items():
+            self.rejected[reason] += n
+            self.round_rejected[reason] += n
+            if self.round_rejected[reason] <= LOG_PER_REASON:
+                log.warning("dropped %d frame(s): %s (counted by the C receive path)", n, reason)
+        for ev in events:
+            dev = self._device(ev.device_id)
+            who = f"device {ev.device_id} at {ev.addr[0]}:{ev.addr[1]}"
+            try:
+                if ev.kind == rx_mod.EVENT_FRAME:
+                    self._on_frame(dev, ev.frame, ev.addr, now)
+                    continue
+                dev.addr, dev.last_seen = ev.addr, now
+                run = self.current
+                if run is None:
+                    continue
+                outcome = run.ingest.staged(dev.id, now)
+                if outcome == "complete":
+                    self._ack_update(dev, run)
+                    self._wake.set()
+                elif outcome == "added":
+                    self._ack_update(dev, run)
+            except Rejected as exc:
+                self._reject(exc.reason, who, str(exc))
+            except wire.FrameError as exc:
+                self._reject(exc.reason, who, str(exc))
 
     def error_received(self, exc) -> None:  # ICMP port unreachable from a device that went away
         log.debug("socket error: %s", exc)
@@ -387,7 +439,10 @@ class Aggregator(asyncio.DatagramProtocol):
         run.download = download.ModelDownload(run.model_chunks, session.MODEL_CHUNK_BYTES + FRAME_OVERHEAD,
                                               window=MODEL_WINDOW, total_rate=cfg.send_rate * 1e6,
                                               device_rate=cfg.device_rate * 1e6)
-        run.ingest = ingest.UpdateIngest(n, self._commit, slots=self.slots, upload_seconds=self.upload_seconds)
+        run.ingest = ingest.UpdateIngest(n, self._commit, upload_seconds=self.upload_seconds, staging=self.staging,
+                                         on_slot=self.rx.set_slot if self.rx is not None else None)
+        if self.rx is not None:
+            self.rx.start_round(r, run.selected)
         self.round_rejected = Counter()
         for d in run.selected:
             dev = self.devices[d]
@@ -426,6 +481,8 @@ class Aggregator(asyncio.DatagramProtocol):
         return True
 
     def _close_round(self, run: _RoundRun, now: float) -> None:
+        if self.rx is not None:
+            self.rx.close_round()
         ingest_stats = run.ingest.close()       # commits complete updates in device-id order
         result = self.server.close_round(now)
         self.current = None
@@ -484,7 +541,16 @@ class Aggregator(asyncio.DatagramProtocol):
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
                 pass
         host, port = parse_hostport(self.cfg.listen, "--listen")
-        transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
+        if self.rx is not None:
+            info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+            self.sock = socket.socket(info[0], socket.SOCK_DGRAM)
+            self.sock.setblocking(False)
+            self.sock.bind(info[4])
+            transport = rx_mod.SocketSender(self.sock)
+            self.transport = transport
+            loop.add_reader(self.sock.fileno(), self._on_readable)
+        else:
+            transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
         self.address = transport.get_extra_info("sockname")[:2]
         # Uploads come in bursts from many devices: a deeper socket queue means fewer drops and
         # resends (the kernel caps it at net.core.rmem_max).
@@ -507,6 +573,8 @@ class Aggregator(asyncio.DatagramProtocol):
                         self._tell(dev, dev.session.round, session.E_FINISHED, "training is finished", always=True)
                     await asyncio.sleep(0.05)
         finally:
+            if self.sock is not None:
+                loop.remove_reader(self.sock.fileno())
             transport.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 try:
@@ -549,6 +617,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upload-seconds", type=float, default=d.upload_seconds, metavar="S",
                    help="a device's upload deadline from its slot's opening, after which its slot may go to a waiting "
                         f"device (default: 10x the update's transfer time at --device-rate, at least {UPLOAD_MIN_SECONDS:.0f} s)")
+    p.add_argument("--ingest", default=d.ingest, choices=("c", "python"),
+                   help="per-datagram path: c (batched receive, checks and staging in C) or python (the reference)")
     p.add_argument("--send-rate", type=float, default=d.send_rate, metavar="MB/S",
                    help="model download pace, all devices together (default %(default)s MB/s)")
     p.add_argument("--device-rate", type=float, default=d.device_rate, metavar="MB/S",
