@@ -27,6 +27,11 @@ CDEF = """
 #define FT_WIRE_CRC_BYTES ...
 #define FT_WIRE_REPLAY_WINDOW ...
 #define FT_WIRE_ACCEPT_NEWER_ROUND ...
+#define FT_WIRE_RUN_ID_BYTES ...
+#define FT_WIRE_NONCE_BYTES ...
+#define FT_WIRE_SESSION_KEY_BYTES ...
+#define FT_WIRE_ARCH_HASH_BYTES ...
+#define FT_WELCOME_BYTES ...
 #define FT_SHA256_BYTES ...
 #define FT_HELLO_BYTES ...
 #define FT_OFFER_BYTES ...
@@ -37,7 +42,7 @@ CDEF = """
 typedef enum {
     FT_MSG_HELLO = 1, FT_MSG_OFFER = 2, FT_MSG_MODEL_CHUNK = 3, FT_MSG_UPDATE_CHUNK = 4,
     FT_MSG_ACK = 5, FT_MSG_ERROR = 6, FT_MSG_RESULT = 7, FT_MSG_PARTIAL_SUM = 8,
-    FT_MSG_MASKED_UPDATE = 9
+    FT_MSG_MASKED_UPDATE = 9, FT_MSG_WELCOME = 10
 } ft_msg_type;
 
 typedef enum {
@@ -47,8 +52,10 @@ typedef enum {
     FT_WIRE_ERR_BAD_CHUNK = -9, FT_WIRE_ERR_BAD_TAG = -10, FT_WIRE_ERR_WRONG_ROUND = -11,
     FT_WIRE_ERR_REPLAY = -12, FT_WIRE_ERR_BAD_CRC = -13, FT_WIRE_ERR_COBS = -14,
     FT_WIRE_ERR_IO = -15, FT_WIRE_ERR_UNKNOWN_DEVICE = -16, FT_WIRE_ERR_BAD_PAYLOAD = -17,
-    FT_WIRE_ERR_SELFTEST = -18
+    FT_WIRE_ERR_SELFTEST = -18, FT_WIRE_ERR_STALE_RUN = -19, FT_WIRE_ERR_STALE_EPOCH = -20,
+    FT_WIRE_ERR_STALE_SESSION = -21
 } ft_wire_status;
+#define FT_WIRE_ERR_LAST ...
 
 const char *ft_wire_status_name(int status);
 
@@ -76,13 +83,20 @@ typedef struct {
     uint16_t chunk_index;
     uint16_t chunk_count;
     uint16_t payload_len;
+    uint16_t session;
+    uint32_t epoch;
+    uint32_t run;
 } ft_wire_header;
 typedef struct {
+    uint32_t run;
+    uint32_t epoch;
+    uint16_t session;
     uint32_t round;
     uint32_t highest;
     uint64_t seen;
 } ft_replay;
 void ft_replay_init(ft_replay *guard, uint32_t round);
+void ft_replay_bind(ft_replay *guard, uint32_t run, uint32_t epoch, uint16_t session);
 int ft_wire_encode(const ft_wire_header *hdr, const uint8_t *payload, const uint8_t *key,
                    size_t key_len, uint8_t *out, size_t cap, size_t *out_len);
 int ft_wire_peek(const uint8_t *frame, size_t len, ft_wire_header *hdr);
@@ -91,12 +105,17 @@ int ft_wire_decode(const uint8_t *frame, size_t len, const uint8_t *key, size_t 
 
 typedef struct {
     uint32_t n_samples; uint16_t max_frame; uint16_t capabilities; uint32_t lib_version;
+    uint8_t nonce[8];
 } ft_hello;
+typedef struct {
+    uint8_t run_id[8]; uint32_t epoch; uint16_t session; uint16_t reserved;
+    uint8_t device_nonce[8]; uint8_t agg_nonce[8];
+} ft_welcome;
 typedef struct {
     uint32_t n_params; uint16_t qk; uint8_t codec_version; uint8_t codec_flags;
     uint8_t model_hash[16]; float lr; uint16_t epochs; uint16_t batch_size;
     uint32_t deadline_ms; uint32_t seed; uint16_t model_chunks; uint16_t update_chunks;
-    float prox_mu; float fixed_scale;
+    float prox_mu; float fixed_scale; uint8_t arch_hash[16];
 } ft_offer;
 typedef struct {
     uint32_t n_samples; uint32_t n_clients; float loss; float accuracy; uint32_t steps;
@@ -117,6 +136,11 @@ int ft_offer_pack(const ft_offer *m, uint8_t *out, size_t cap);
 int ft_offer_unpack(const uint8_t *in, size_t len, ft_offer *m);
 int ft_result_pack(const ft_result *m, uint8_t *out, size_t cap);
 int ft_result_unpack(const uint8_t *in, size_t len, ft_result *m);
+int ft_welcome_pack(const ft_welcome *m, uint8_t *out, size_t cap);
+int ft_welcome_unpack(const uint8_t *in, size_t len, ft_welcome *m);
+uint32_t ft_wire_run_tag(const uint8_t run_id[8]);
+int ft_session_key(const uint8_t *key, size_t key_len, uint32_t device_id, const ft_welcome *w,
+                   uint8_t out[32]);
 uint32_t ft_wire_model_chunks(uint32_t n_params);
 uint32_t ft_wire_update_chunks(uint32_t n_params);
 int ft_wire_self_test(void);
@@ -132,17 +156,17 @@ const char *ft_rx_reason_name(int reason);
 int ft_q8_check_blocks(const uint8_t *blocks, size_t len);
 typedef struct {
     uint32_t device_id; uint8_t key[64]; uint8_t key_len; uint8_t selected; uint16_t since_ack;
-    int32_t slot; ft_replay guard;
+    uint16_t session; int32_t slot; ft_replay *guard; ...;
 } ft_rx_device;
 typedef struct { ...; } ft_rx_source;
-enum { FT_RX_EV_FRAME = 1, FT_RX_EV_ACK_DUE = 2, FT_RX_EV_COMPLETE = 3 };
+enum { FT_RX_EV_FRAME = 1, FT_RX_EV_ACK_DUE = 2, FT_RX_EV_COMPLETE = 3, FT_RX_EV_RAW = 4 };
 typedef struct {
     uint8_t kind; uint8_t family; uint16_t port; uint8_t addr[16]; uint32_t device_index;
-    ft_wire_header hdr; uint8_t payload[...];
+    ft_wire_header hdr; uint16_t len; uint8_t data[...];
 } ft_rx_event;
 typedef struct {
     ft_rx_device *devices; uint32_t n_devices; ft_rx_source *sources; uint32_t n_sources;
-    float source_burst; float source_rate;
+    float source_burst; float source_rate; uint32_t run; uint32_t epoch;
     uint32_t round; uint8_t round_open; uint16_t ack_every; uint32_t n_blocks; uint32_t n_chunks;
     uint32_t n_slots; size_t slot_stride; uint8_t *staging; uint8_t *received; uint32_t *count;
     uint64_t datagrams; uint64_t bytes; uint64_t staged; uint64_t wire_rejects[32];

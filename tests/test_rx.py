@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fedtiny import codec
-from fedtiny.net import rx as rx_mod, state, wire
+from fedtiny.net import rx as rx_mod, session, state, wire
 from netutil import AggregatorThread, Fleet, HandDevice
 
 
@@ -56,11 +56,8 @@ def test_q8_rule_matches_the_oracle(rng):
 N_DEV = 4
 
 
-def _join(dev: HandDevice, n_samples: int):
-    def hello():
-        return dev.frame(wire.MsgType.HELLO, 0, wire.Hello(n_samples=n_samples).pack())
-    dev.send(hello())
-    f = dev.expect(wire.MsgType.OFFER, resend=hello)
+def _offer(dev: HandDevice, n_samples: int):
+    f = dev.expect(wire.MsgType.OFFER, resend=lambda: dev.hello(n_samples))
     return f.round, wire.Offer.unpack(f.payload)
 
 
@@ -88,9 +85,10 @@ def _play(tmp_path, ingest: str) -> dict:
         agg.cfg.min_clients = N_DEV   # all four join; the round closes at 3 complete updates
         devs = [HandDevice(at.address, d, fleet.keys[d]) for d in range(N_DEV)]
         try:
-            for dev in devs:   # all four say HELLO: the round opens when they are in
-                dev.send(dev.frame(wire.MsgType.HELLO, 0, wire.Hello(n_samples=100 + 10 * dev.id).pack()))
-            joined = [_join(dev, 100 + 10 * dev.id) for dev in devs]
+            for dev in devs:   # all four join and say HELLO in their session: the round opens
+                dev.join(100 + 10 * dev.id)
+                dev.send(dev.hello(100 + 10 * dev.id))
+            joined = [_offer(dev, 100 + 10 * dev.id) for dev in devs]
             r, offer = joined[0]
             w0 = _download(devs[0], r, offer)
             agg.current.rnd.min_updates = N_DEV - 1
@@ -123,6 +121,9 @@ def _play(tmp_path, ingest: str) -> dict:
                 send(dev, chunk(dev, 1, key=bytes(32)))                # forged
                 send(dev, chunk(dev, 1, round_id=r + 1))               # another round
                 send(dev, chunk(dev, 1, device_id=99))                 # no key
+                send(dev, chunk(dev, 1, run=dev.welcome.run ^ 1))      # another run
+                send(dev, chunk(dev, 1, epoch=dev.welcome.epoch + 1))  # another life of this run
+                send(dev, chunk(dev, 1, session=dev.welcome.session + 7))  # a session never offered
                 send(dev, chunk(dev, 1, chunk=(1, n_up + 1)))          # wrong chunk count
                 send(dev, chunk(dev, 1, data=wire.update_chunk(updates[dev.id].blocks, 1)[:-132]))  # short
                 bad = bytearray(wire.update_chunk(updates[dev.id].blocks, 1))
@@ -152,7 +153,7 @@ def test_c_path_matches_the_python_reference(tmp_path):
     assert fast["clients"] == ref["clients"] == 3 and fast["stragglers"] == ref["stragglers"] == [3]
     assert fast["rejected"] == ref["rejected"], (fast["rejected"], ref["rejected"])
     for reason in ("bad_tag", "replay", "wrong_round", "unknown_device", "bad_chunk", "bad_length", "bad_value",
-                   "bad_scale", "oversize", "duplicate_chunk"):
+                   "bad_scale", "oversize", "duplicate_chunk", "stale_run", "stale_epoch", "stale_session"):
         assert ref["rejected"].get(reason, 0) >= 3, (reason, ref["rejected"])
     np.testing.assert_array_equal(fast["weights"].view(np.uint32), ref["weights"].view(np.uint32))
     # and both are FedAvg of the three complete updates (float64 oracle)
@@ -172,19 +173,25 @@ def test_source_that_fails_checks_is_limited_before_the_tag(tmp_path):
     a.setblocking(False)
     b.connect(a.getsockname())
     try:
-        forged = wire.encode(wire.MsgType.HELLO, 1, 0, 5, wire.Hello(n_samples=3).pack(), bytes(32))
+        rx.set_life(7, 1)
+        welcome = wire.Welcome(bytes([7, 0, 0, 0, 9, 9, 9, 9]), 1, 1, bytes(8), bytes(8))
+        sess = session.Session(1, keys[1], welcome)
+        rx.set_session(1, sess)
+        forged = wire.encode(wire.MsgType.RESULT, 1, 0, 5, wire.Result(n_samples=3).pack(), bytes(32),
+                             session=1, epoch=1, run=7)
         for _ in range(30):
             b.send(forged)
         events, _ = rx.poll(a.fileno(), 0.0)
         dropped, nbytes = rx.take_counts()
         assert events == [] and dropped == {"bad_tag": 10, "source_limited": 20} and nbytes == 30 * len(forged)
-        good = wire.encode(wire.MsgType.HELLO, 1, 0, 6, wire.Hello(n_samples=3).pack(), keys[1])
+        good = wire.encode(wire.MsgType.RESULT, 1, 0, 6, wire.Result(n_samples=3).pack(), sess.key,
+                           session=1, epoch=1, run=7)
         b.send(good)                       # still limited: even a good frame waits for a token
         events, _ = rx.poll(a.fileno(), 0.5)
         assert events == [] and rx.take_counts()[0] == {"source_limited": 1}
         b.send(good)                       # one token earned back after a second
         events, _ = rx.poll(a.fileno(), 2.0)
-        assert len(events) == 1 and events[0].frame.type == wire.MsgType.HELLO and events[0].device_id == 1
+        assert len(events) == 1 and events[0].frame.type == wire.MsgType.RESULT and events[0].device_id == 1
     finally:
         a.close()
         b.close()

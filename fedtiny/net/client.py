@@ -1,9 +1,16 @@
 """`fedtiny client`: the device loop over UDP.
 
-join (HELLO) -> wait for an OFFER -> download the model chunks (an ACK bitmap says what is
+join (HELLO with a fresh nonce -> the aggregator's WELCOME opens a session) -> in-session HELLO
+until an OFFER -> download the model chunks (an ACK bitmap says what is
 still missing) -> local SGD with fedtiny.train -> int8-encode the delta -> RESULT (the weight
 n_k) and the update chunks, resending what the aggregator's ACK does not list -> repeat.
-When the aggregator is silent the device goes back to HELLO with exponential backoff.
+When the aggregator is silent (it may have restarted: its frames then name a new epoch) the
+device joins again, a new session, with exponential backoff. An OFFER for a model of another
+size or architecture is answered with ERROR model; the device then stops (exit code 2).
+
+The loop is one blocking UDP socket and `select` (no asyncio: it would bring ssl and ~10 MB of
+RSS onto every device); local training runs in the loop itself, so an error in it ends the
+process with one line instead of dying in a background task.
 
 Training and encoding derive their seeds from (run seed, round, device id) exactly as
 `fedtiny simulate` does for client k = device id, so a network run reproduces a simulation.
@@ -11,10 +18,11 @@ Training and encoding derive their seeds from (run seed, round, device id) exact
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import math
 import random
+import select
+import signal
 import socket
 import sys
 import time
@@ -30,20 +38,21 @@ from .session import Rejected
 log = logging.getLogger("fedtiny.client")
 
 TICK = 0.02
-# No new model chunk for `quiet` seconds: say again what is missing. quiet is derived from the
-# rate the chunks come at (QUIET_GAPS mean gaps between chunks, at least ASK_MIN; before the
+# No new model chunk for `ask_quiet` seconds: say again what is missing. It is derived from the
+# rate the chunks come at (QUIET_GAPS smoothed gaps between chunks, at least ASK_MIN; before the
 # first chunk ASK_FIRST) and doubles on every ask that brings nothing (backoff, up to ASK_MAX).
 # The aggregator resends only chunks whose copies timed out, so an early ask costs one ACK, not
 # a copy of the window (docs/network.md "Model download").
 ASK_FIRST, ASK_MIN, ASK_MAX = 0.5, 0.2, 1.6
 QUIET_GAPS = 8
-RCVBUF_BYTES = 4 * MODEL_WINDOW * 2304   # 4 windows of model chunks (2,304 B: a datagram's kernel cost)
-UPLOAD_ACK_WAIT = 0.3     # no ACK for this long after sending: send the RESULT again (it prompts one);
+UPLOAD_ACK_WAIT = 0.3     # no ACK for this long after sending: send the RESULT again (it prompts one),
 UPLOAD_ACK_MAX = 2.4      # doubling on each RESULT that brings no ACK, up to this
 UPLOAD_WINDOW = 32        # update chunks in flight (sent, not yet in an ACK): the aggregator ACKs every 16
-SILENT_SECONDS = 2.0      # no frame from the aggregator while downloading: rejoin (while uploading:
-                          # until the offer's deadline, the update is not thrown away before)
+RCVBUF_BYTES = 4 * MODEL_WINDOW * 2304   # 4 windows of model chunks (2,304 B: a datagram's kernel cost)
+SILENT_SECONDS = 2.0      # no frame from the aggregator while downloading: join again (while
+                          # uploading: not before the offer's deadline, the update is kept until then)
 HELLO_MIN, HELLO_MAX = 0.5, 8.0
+REFUSED_WAIT = 2.0        # after refusing the model: wait this long for the aggregator's answer
 
 
 def rounding_of(flags: int) -> tuple[str, bool]:
@@ -51,24 +60,28 @@ def rounding_of(flags: int) -> tuple[str, bool]:
     return ("stochastic" if flags & 1 else "nearest"), bool(flags & 2)
 
 
-class Device(asyncio.DatagramProtocol):
+class Device:
     def __init__(self, device_id: int, key: bytes, model, x: np.ndarray, y: np.ndarray, *,
                  momentum: float = 0.0, weights: str = "float32", max_rounds: int | None = None):
         from .. import train
         self.train = train
         self.id = int(device_id)
-        self.session = session.Session(self.id, key, follow_rounds=True)
+        self.psk = bytes(key)
+        self.session: session.Session | None = None
+        self.nonce: bytes | None = None      # of the join in progress
+        self.arch_hash = model.arch_hash()
+        self.mismatch = ""                   # why this device cannot train the aggregator's model
         self.model, self.x, self.y = model, x, y
         self.momentum, self.weights = momentum, weights
         self.max_rounds = max_rounds
         self.residual: np.ndarray | None = None    # error feedback lives on the device
-        self.transport = None
+        self.sock: socket.socket | None = None
         self.state = "joining"
         self.round = 0
         self.rounds_done = 0
-        self.finished = asyncio.Event()
+        self.finished = False
         self.rejected: dict[str, int] = {}
-        self.kept_round = None           # the round whose partial model download is kept
+        self.kept_round = None               # the round whose partial model download is kept on a new join
         self._reset_round()
         self.last_heard = time.monotonic()
         self.last_sent = -math.inf
@@ -80,31 +93,54 @@ class Device(asyncio.DatagramProtocol):
         self.have = None
         self.update = None
         self.result = None
+        self.pending_training = None
         self.since_ask = 0             # model chunks received since the last ACK(model)
-        self.ask_quiet = ASK_FIRST     # seconds without a new chunk before asking again
+        self.resend_on_ack = True      # the next ACK triggers sending what it lists as missing
+        self.last_progress = time.monotonic()
+        self.ask_quiet = ASK_FIRST     # seconds without a new model chunk before asking again
         self.gap = None                # smoothed seconds between two new model chunks
         self.last_chunk = None
-        self.resend_on_ack = True      # the next ACK triggers sending what it lists as missing
         self.upload_wait = UPLOAD_ACK_WAIT
         self.next_chunk = 0            # update chunks [0, next_chunk) were sent at least once
         self.acked: frozenset = frozenset()
         self.offered_at = time.monotonic()
-        self.last_progress = time.monotonic()
 
     # -- transport ---------------------------------------------------------------------------
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def error_received(self, exc) -> None:     # ICMP: nobody listens there (yet)
-        log.debug("socket error: %s", exc)
-
     def _send(self, msg_type: int, payload: bytes = b"", chunk=(0, 1), round_id: int | None = None) -> None:
         r = self.round if round_id is None else round_id
-        self.transport.sendto(self.session.seal(msg_type, r, payload, *chunk))
+        try:
+            self.sock.send(self.session.seal(msg_type, r, payload, *chunk))
+        except OSError as exc:   # ICMP port unreachable: nobody listens there (yet); a full buffer
+            log.debug("send failed: %s", exc)
+        self.last_sent = time.monotonic()
+
+    def _hello(self) -> bytes:
+        return wire.Hello(n_samples=len(self.y), nonce=self.nonce or bytes(wire.NONCE_BYTES)).pack()
+
+    def _join(self) -> None:
+        """Start a new session: a join HELLO with a new nonce (sent again until a WELCOME echoes it)."""
+        self.session, self.nonce = None, session.new_nonce()
+        self.state, self.round = "joining", 0
+
+    def _send_join(self) -> None:
+        try:
+            self.sock.send(session.join_hello(self.id, self.psk, wire.Hello.unpack(self._hello())))
+        except OSError as exc:
+            log.debug("send failed: %s", exc)
         self.last_sent = time.monotonic()
 
     def datagram_received(self, data: bytes, addr) -> None:
         try:
+            if self.session is None:
+                welcome = session.open_welcome(data, self.psk, self.nonce)
+                self.session = session.Session(self.id, self.psk, welcome, follow_rounds=True)
+                self.nonce = None        # one WELCOME per join: a second (replayed) one is stale
+                self.state = "waiting"
+                log.info("session %d with the aggregator (run %s, epoch %d)", welcome.session,
+                         welcome.run_id.hex(), welcome.epoch)
+                self.last_heard, self.hello_every = time.monotonic(), HELLO_MIN
+                self._send(session.HELLO, self._hello(), round_id=0)   # makes the session current
+                return
             frame = self.session.open(data)
         except Rejected as exc:
             self.rejected[exc.reason] = self.rejected.get(exc.reason, 0) + 1
@@ -140,20 +176,23 @@ class Device(asyncio.DatagramProtocol):
             return  # the same offer again: already on it
         # (an offer for the round this device finished means the aggregator lost its update,
         # e.g. it was restarted mid-round: take part again; training is deterministic)
-        if offer.n_params != self.model.n_params:
+        if offer.n_params != self.model.n_params or offer.arch_hash != self.arch_hash:
             self.round = round_id
-            self._send(session.ERROR, wire.ErrorMsg(session.E_MODEL, f"device {self.id} runs a model of "
-                       f"{self.model.n_params} parameters, the offer has {offer.n_params}").pack())
-            log.error("round %d: the aggregator's model has %d parameters, this device's %d: check --model",
-                      round_id, offer.n_params, self.model.n_params)
+            what = ("another architecture" if offer.n_params == self.model.n_params
+                    else f"{offer.n_params:,} parameters")
+            self.mismatch = (f"the aggregator's model ({what}, architecture {offer.arch_hash[:4].hex()}) is not "
+                             f"this device's --model {self.model.spec} ({self.model.n_params:,} parameters, "
+                             f"architecture {self.arch_hash[:4].hex()})")
+            self._send(session.ERROR, wire.ErrorMsg(session.E_MODEL, f"device {self.id}: {self.mismatch}").pack())
+            log.debug("round %d: %s", round_id, self.mismatch)   # the exit line says it
+            self.state, self.last_progress = "refused", time.monotonic()
             return
         kept = None
-        if (self.offer is not None and self.state == "joining" and self.have and self.kept_round == round_id
+        if (self.offer is not None and self.have and self.kept_round == round_id and self.state == "waiting"
                 and self.offer.model_hash == offer.model_hash and self.offer.n_params == offer.n_params):
-            kept = (self.model_buf, self.have)   # rejoined into the same round: keep what arrived
+            kept = (self.model_buf, self.have)   # joined again into the same round: keep what arrived
         self._reset_round()
         self.round, self.offer, self.state = round_id, offer, "downloading"
-        self.offered_at = time.monotonic()
         self.model_buf, self.have = kept if kept is not None else (bytearray(4 * offer.n_params), set())
         if len(self.have) == wire.model_chunks(offer.n_params):
             self._model_complete()
@@ -194,20 +233,20 @@ class Device(asyncio.DatagramProtocol):
             self._model_complete()
 
     def _model_complete(self) -> None:
-        params = np.frombuffer(bytes(self.model_buf), dtype="<f4").astype(np.float32)
+        params = np.frombuffer(self.model_buf, dtype="<f4")   # trained in place: no second copy of the model
         if wire.model_hash(params) != self.offer.model_hash:
             log.warning("round %d: model hash mismatch, downloading again", self.round)
             self.have.clear()
             self._ask_model()
             return
         self.state = "training"
-        asyncio.get_running_loop().create_task(self._train(self.round, self.offer, params))
+        self.pending_training = params   # trained by the loop, after this datagram batch
 
-    async def _train(self, round_id: int, offer: wire.Offer, params: np.ndarray) -> None:
+    def _train(self, round_id: int, offer: wire.Offer, params: np.ndarray) -> None:
         t0 = time.perf_counter()
-        update, res = await asyncio.get_running_loop().run_in_executor(None, self._local_update, round_id, offer, params)
+        update, res = self._local_update(round_id, offer, params)
         if self.round != round_id or self.state != "training":
-            return  # the round moved on while training
+            return  # the round moved on
         self.update = update
         self.result = wire.Result(n_samples=int(res.n_samples), n_clients=1, loss=float(res.loss),
                                   steps=int(res.steps), update_seed=update.seed, update_flags=update.flags,
@@ -216,7 +255,7 @@ class Device(asyncio.DatagramProtocol):
                  time.perf_counter() - t0, res.loss)
         self.state = "uploading"
         self._send(session.RESULT, self.result)
-        self.last_progress = time.monotonic()
+        self.last_progress = self.last_heard = self.upload_started = time.monotonic()   # the silence clock starts now
 
     def _local_update(self, round_id: int, offer: wire.Offer, params: np.ndarray):
         """Local SGD and int8 encoding, seeded as simulate seeds client k = this device id."""
@@ -255,7 +294,7 @@ class Device(asyncio.DatagramProtocol):
             self.rounds_done += 1
             log.info("round %d: update delivered", self.round)
             if self.max_rounds is not None and self.rounds_done >= self.max_rounds:
-                self.finished.set()
+                self.finished = True
             return
         self.upload_wait = UPLOAD_ACK_WAIT
         self.acked = ack.received
@@ -265,42 +304,43 @@ class Device(asyncio.DatagramProtocol):
         self._pump()
 
     def _on_error(self, round_id: int, err: wire.ErrorMsg) -> None:
-        if err.code == session.E_FINISHED:
+        if err.code == session.E_MODEL and self.mismatch:
+            self.mismatch += f"; the aggregator says: {err.text}"
+            self.finished = True
+        elif err.code == session.E_FINISHED:
             log.info("the aggregator finished training")
-            self.finished.set()
+            self.finished = True
         elif err.code == session.E_BUSY and self.state == "uploading":
             self.last_progress = time.monotonic() + random.uniform(0.1, 0.5)   # back off, then retry
         elif err.code in (session.E_ROUND_CLOSED, session.E_NOT_SELECTED) and round_id == self.round:
-            log.info("round %d: %s", round_id, err.text)
-            if self.state != "done":
-                self.state = "joining"
+            log.debug("round %d: %s", round_id, err.text)
+            if self.state in ("downloading", "training", "uploading"):
+                self.state = "waiting"
         else:
             log.info("aggregator: error %d: %s", err.code, err.text)
 
     # -- timers ------------------------------------------------------------------------------
     def tick(self, now: float) -> None:
-        waiting = self.state in ("joining", "done")
-        silent = now - self.last_heard
+        if self.state == "refused":
+            if now - self.last_progress > REFUSED_WAIT:
+                self.finished = True
+            return
+        silent_limit = SILENT_SECONDS
         if self.state == "uploading" and self.offer is not None:
-            silent_limit = max(SILENT_SECONDS, self.offer.deadline_ms / 1000 - (self.last_heard - self.offered_at))
-        else:
-            silent_limit = SILENT_SECONDS
-        if self.state in ("downloading", "uploading") and silent > silent_limit:
-            log.info("the aggregator went silent: rejoining")
+            silent_limit = max(SILENT_SECONDS, self.offer.deadline_ms / 1000 - (self.upload_started - self.offered_at))
+        if self.state not in ("joining", "training") and now - self.last_heard > silent_limit:
+            # the aggregator went away, or restarted (its frames now name another epoch): join again
+            log.info("the aggregator went silent: joining again")
             self.kept_round = self.round
-            self.state = "joining"
-            self.session.new_round(0)   # a restarted aggregator may reopen this round afresh
-            self.round = 0
-            waiting = True
-        if waiting:
+            self._join()
+        if self.state == "joining":
             if now - self.last_sent >= self.hello_every:
-                self._send(session.HELLO, wire.Hello(n_samples=len(self.y)).pack(), round_id=0)
+                self._send_join()
                 if now - self.last_heard > SILENT_SECONDS:
                     self.hello_every = min(HELLO_MAX, self.hello_every * 2)
-                    if self.state == "done":
-                        self.state = "joining"
-                        self.session.new_round(0)
-                        self.round = 0
+        elif self.state in ("waiting", "done"):
+            if now - self.last_sent >= self.hello_every:
+                self._send(session.HELLO, self._hello(), round_id=0)
         elif self.state == "downloading" and now - self.last_progress > self.ask_quiet:
             self._ask_model(timeout=True)
         elif self.state == "uploading" and now - self.last_progress > self.upload_wait:
@@ -309,22 +349,43 @@ class Device(asyncio.DatagramProtocol):
             self.last_progress = now
             self.upload_wait = min(UPLOAD_ACK_MAX, self.upload_wait * 2)
 
-    async def run(self, server: tuple[str, int], stop: asyncio.Event | None = None) -> int:
-        loop = asyncio.get_running_loop()
-        stop = stop or asyncio.Event()
-        transport, _ = await loop.create_datagram_endpoint(lambda: self, remote_addr=server)
-        # Room for a few windows of model chunks while this process waits for the CPU (the
-        # kernel caps the request at net.core.rmem_max).
-        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
-        log.info("device %d: %d samples, model %d parameters, aggregator %s:%d", self.id, len(self.y),
-                 self.model.n_params, *server)
+    def run(self, server: tuple[str, int], stop=lambda: False) -> int:
+        """Serve until the aggregator says it finished, max_rounds are done, or stop() is true."""
+        family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            while not stop.is_set() and not self.finished.is_set():
+            self.sock.connect(server)
+            self.sock.setblocking(False)
+            # Room for a few windows of model chunks while this process waits for the CPU (the
+            # kernel caps the request at net.core.rmem_max).
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+            self._join()
+            log.info("device %d: %d samples, model %d parameters, aggregator %s:%d", self.id, len(self.y),
+                     self.model.n_params, *server)
+            while not stop() and not self.finished:
                 self.tick(time.monotonic())
-                await asyncio.sleep(TICK)
+                if self.pending_training is not None:
+                    params, self.pending_training = self.pending_training, None
+                    self._train(self.round, self.offer, params)
+                    continue
+                if select.select([self.sock], [], [], TICK)[0]:
+                    self._drain()
         finally:
-            transport.close()
+            self.sock.close()
         return self.rounds_done
+
+    def _drain(self) -> None:
+        for _ in range(256):   # bounded: timers still run under a flood
+            try:
+                data = self.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:   # ICMP errors surface on a connected socket
+                log.debug("socket error: %s", exc)
+                return
+            self.datagram_received(data, None)
+            if self.pending_training is not None:
+                return
 
 
 # --- command line ---------------------------------------------------------------------------
@@ -385,14 +446,11 @@ def run_command(args: argparse.Namespace) -> int:
     device = Device(args.device_id, key, model, x, y, momentum=args.momentum, weights=args.weights,
                     max_rounds=args.rounds)
 
-    async def main() -> int:
-        import signal
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        return await device.run(server, stop)
-
-    done = asyncio.run(main())
+    stopping = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.append(True))
+    done = device.run(server, stop=lambda: bool(stopping))
+    if device.mismatch:
+        raise ValueError(f"device {args.device_id}: {device.mismatch}: start the client with the aggregator's --model")
     print(f"device {args.device_id}: took part in {done} round(s)", file=sys.stderr)
     return 0

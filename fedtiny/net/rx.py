@@ -3,9 +3,11 @@
 The C side drains the socket in batches (recvmmsg), checks each datagram cheapest first (size,
 header, device id, per-source limit, tag, round, replay) and stages update chunks straight into
 the run's staging slots (fedtiny.net.ingest.Staging); cffi releases the GIL for the call.
-Python sees events, not datagrams: an authentic frame it must act on (HELLO, RESULT, ACK,
-ERROR, a chunk from a device without a slot or outside the open round), an ACK that is due,
-an update that is complete; and the counts of what was dropped, by reason.
+Python sees events, not datagrams: an authentic frame of a device's current session it must act
+on (RESULT, ACK, ERROR, a chunk from a device without a slot or outside the open round), a
+datagram the C path does not check itself (a join HELLO, the first frame of a new session, an
+in-session HELLO: the Python path handles it), an ACK that is due, an update that is complete;
+and the counts of what was dropped, by reason.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from .._wire import ffi, lib
 from . import wire
 from .ingest import Staging
 
-EVENT_FRAME, EVENT_ACK_DUE, EVENT_COMPLETE = lib.FT_RX_EV_FRAME, lib.FT_RX_EV_ACK_DUE, lib.FT_RX_EV_COMPLETE
+EVENT_FRAME, EVENT_ACK_DUE, EVENT_COMPLETE, EVENT_RAW = (lib.FT_RX_EV_FRAME, lib.FT_RX_EV_ACK_DUE,
+                                                       lib.FT_RX_EV_COMPLETE, lib.FT_RX_EV_RAW)
 RX_REASONS = [ffi.string(lib.ft_rx_reason_name(r)).decode() for r in range(lib.FT_RX_N_REASONS)]
 SOURCE_TABLE = 4096        # sources remembered for the per-source limit (fixed memory: 128 KiB)
 SOURCE_BURST = 256.0       # failed datagrams a source may send before it is limited ...
@@ -33,6 +36,7 @@ class Event:
     device_id: int
     addr: tuple
     frame: wire.Frame | None      # EVENT_FRAME: the authentic frame
+    raw: bytes = b""              # EVENT_RAW: the datagram
 
 
 class Receiver:
@@ -45,13 +49,12 @@ class Receiver:
         self.index = {d: i for i, d in enumerate(self.ids)}
         self._devs = ffi.new("ft_rx_device[]", max(1, len(self.ids)))
         for i, d in enumerate(self.ids):
-            key = bytes(keys[d])
             dev = self._devs[i]
             dev.device_id = d
-            ffi.memmove(dev.key, key, len(key))
-            dev.key_len = len(key)
+            dev.key_len = 0          # no session yet: its frames go to Python until one is current
             dev.slot = -1
-            lib.ft_replay_init(ffi.addressof(dev, "guard"), 0)
+            dev.guard = ffi.NULL
+        self._guards: dict[int, object] = {}   # device -> the session whose guard C points to
         self._sources = ffi.new("ft_rx_source[]", SOURCE_TABLE)
         self._rx = rx = ffi.new("ft_rx *")
         rx.devices, rx.n_devices = self._devs, len(self.ids)
@@ -77,9 +80,25 @@ class Receiver:
         self._seen_rx = self._rx_counts.copy()
         self._seen_bytes = 0
 
-    # -- the round -----------------------------------------------------------------------------
+    # -- the life, sessions, the round ------------------------------------------------------------
+    def set_life(self, run_tag: int, epoch: int) -> None:
+        self._rx.run, self._rx.epoch = run_tag, epoch
+
+    def set_session(self, device_id: int, sess) -> None:
+        """The device's current session (fedtiny.net.session.Session): C checks its frames with
+        the session's key and the session's own replay guard (one guard, shared with Python)."""
+        i = self.index[device_id]
+        dev = self._devs[i]
+        key = bytes(sess.key)
+        ffi.memmove(dev.key, key, len(key))
+        dev.key_len = len(key)
+        dev.session = sess.number
+        dev.guard = sess.guard._g
+        self._guards[device_id] = sess     # keeps the guard's memory alive
+
     def start_round(self, round_id: int, selected) -> None:
-        """Frames of selected devices are accepted for round_id only (their guards restart)."""
+        """Chunks of the selected devices for round_id are staged in C (their guards are moved
+        to the round by their sessions, Session.new_round)."""
         self._rx.round = round_id
         self._rx.round_open = 1
         for d in selected:
@@ -87,7 +106,6 @@ class Receiver:
             if i is not None:
                 dev = self._devs[i]
                 dev.selected, dev.since_ack, dev.slot = 1, 0, -1
-                lib.ft_replay_init(ffi.addressof(dev, "guard"), round_id)
 
     def close_round(self) -> None:
         self._rx.round_open = 0
@@ -114,12 +132,14 @@ class Receiver:
             raw = bytes(ev.addr)
             addr = ((socket.inet_ntop(socket.AF_INET, raw[:4]) if ev.family == 4
                      else socket.inet_ntop(socket.AF_INET6, raw)), ev.port)
-            frame = None
+            frame, raw = None, b""
             if ev.kind == EVENT_FRAME:
                 h = ev.hdr
-                frame = wire.Frame(wire.MsgType(h.type), h.device_id, h.round, h.seq, h.chunk_index,
-                                   h.chunk_count, bytes(ffi.buffer(ev.payload, h.payload_len)))
-            out.append(Event(ev.kind, device_id, addr, frame))
+                frame = wire.Frame(wire.MsgType(h.type), h.device_id, h.round, h.seq, h.chunk_index, h.chunk_count,
+                                   bytes(ffi.buffer(ev.data, h.payload_len)), h.session, h.epoch, h.run)
+            elif ev.kind == EVENT_RAW:
+                raw = bytes(ffi.buffer(ev.data, ev.len))
+            out.append(Event(ev.kind, device_id, addr, frame, raw))
         return out, st == 1
 
     def take_counts(self) -> tuple[Counter, int]:

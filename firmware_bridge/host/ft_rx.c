@@ -217,6 +217,18 @@ static int stage_chunk(ft_rx *rx, ft_rx_device *dev, const ft_wire_header *hdr, 
     return 0;
 }
 
+/* The datagram goes to the caller unchecked beyond the header: it costs its source a token. */
+static int raw_event(ft_rx *rx, const ft_rx_device *dev, ft_rx_source *src, const uint8_t *data, size_t len,
+                     int family, const uint8_t *addr, uint16_t port, const ft_wire_header *hdr, ft_rx_event *ev)
+{
+    penalize(src);
+    fill_event(ev, FT_RX_EV_RAW, rx, dev, family, addr, port);
+    ev->hdr = *hdr;
+    ev->len = (uint16_t)len;
+    memcpy(ev->data, data, len);
+    return 1;
+}
+
 int ft_rx_datagram(ft_rx *rx, const uint8_t *data, size_t len, int truncated, int family,
                    const uint8_t *addr, uint16_t port, double now, ft_rx_event *ev)
 {
@@ -250,8 +262,27 @@ int ft_rx_datagram(ft_rx *rx, const uint8_t *data, size_t len, int truncated, in
         rx->rx_rejects[FT_RX_SOURCE_LIMITED]++;
         return 0;
     }
-    st = ft_wire_decode(data, len, dev->key, dev->key_len,
-                        hdr.type == FT_MSG_HELLO ? NULL : &dev->guard, 0, &hdr, &payload);
+    if (hdr.session == 0 || dev->key_len == 0 || hdr.session != dev->session) {
+        if (hdr.session != 0) {
+            /* Not the current session: the codec's session check (before any hashing) tells a
+             * stale run or epoch, which die here; another session of this life may be one
+             * the caller offered and has not seen used yet. */
+            static const uint8_t no_key[FT_WIRE_MIN_KEY_BYTES];
+            ft_replay scratch;
+            ft_replay_bind(&scratch, rx->run, rx->epoch, dev->key_len ? dev->session : 0u);
+            st = ft_wire_decode(data, len, no_key, sizeof no_key, &scratch, 0, &hdr, &payload);
+            if (st != FT_WIRE_ERR_STALE_SESSION) {
+                count_wire(rx, st);
+                penalize(src);
+                return 0;
+            }
+        }
+        return raw_event(rx, dev, src, data, len, family, addr, port, &hdr, ev);
+    }
+    if (hdr.type == FT_MSG_HELLO) {
+        return raw_event(rx, dev, src, data, len, family, addr, port, &hdr, ev);
+    }
+    st = ft_wire_decode(data, len, dev->key, dev->key_len, dev->guard, 0, &hdr, &payload);
     if (st != FT_WIRE_OK) {
         count_wire(rx, st);
         if (st == FT_WIRE_ERR_BAD_TAG) {
@@ -271,7 +302,7 @@ int ft_rx_datagram(ft_rx *rx, const uint8_t *data, size_t len, int truncated, in
     }
     fill_event(ev, FT_RX_EV_FRAME, rx, dev, family, addr, port);
     ev->hdr = hdr;
-    memcpy(ev->payload, payload, hdr.payload_len);
+    memcpy(ev->data, payload, hdr.payload_len);
     return 1;
 }
 

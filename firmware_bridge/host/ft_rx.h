@@ -9,17 +9,21 @@
  *   2. ft_wire_peek: magic, version, type, lengths, chunk fields       (wire status names)
  *   3. device id known (binary search in the caller's sorted table)    "unknown_device"
  *   4. per-source limit: every datagram a source sends that fails a
- *      check costs it a token; a source without tokens is dropped
- *      here, before any tag is computed                               "source_limited"
- *   5. ft_wire_decode: the tag (constant time), round and replay       (wire status names)
- *      against the device's guard; a HELLO is checked without a guard
+ *      check, and every one handed to the caller unchecked, costs it a
+ *      token; a source without tokens is dropped here, before any tag
+ *      is computed                                                    "source_limited"
+ *   5. ft_wire_decode against the device's current session: run, epoch
+ *      and session (before any hashing), the tag (constant time), round
+ *      and replay                                                     (wire status names)
  *   6. an UPDATE_CHUNK of the open round from a device that holds a
  *      staging slot is staged here: chunk count, length, duplicate,
  *      the int8 reader rule (ft_q8_check_blocks), then copied into its
  *      slot                                                           "bad_chunk" "bad_length"
  *                                                                     "duplicate_chunk"
  *                                                                     "bad_scale" "bad_value"
- * Every other authentic frame becomes an event for the caller (Python), and so do the staging
+ * What the caller must see becomes an event: an authentic frame of the current session
+ * (FRAME), a frame this path does not check itself (RAW, the datagram as received: a join
+ * HELLO, a frame of a session that is not yet current, an in-session HELLO), and the staging
  * milestones (an ACK is due, an update is complete). Checks 2 and 5 are the one frame codec
  * (ft_frame.c): this file calls them, it does not repeat them.
  *
@@ -61,12 +65,14 @@ int ft_q8_check_blocks(const uint8_t *blocks, size_t len);
 
 typedef struct {
     uint32_t device_id;
-    uint8_t key[FT_WIRE_MAX_KEY_BYTES];
-    uint8_t key_len;
+    uint8_t key[FT_WIRE_MAX_KEY_BYTES]; /* the current session's key */
+    uint8_t key_len;           /* 0: no current session (every frame goes to the caller) */
     uint8_t selected;          /* set by the caller: in the open round */
     uint16_t since_ack;        /* chunks taken since the last ACK_DUE event */
+    uint16_t session;          /* the current session's number */
+    uint16_t pad;
     int32_t slot;              /* staging slot, -1: none (the caller assigns it) */
-    ft_replay guard;           /* the device's round and replay window */
+    ft_replay *guard;          /* the current session's guard (the caller's own), or NULL */
 } ft_rx_device;
 
 typedef struct {
@@ -78,7 +84,7 @@ typedef struct {
     double last;
 } ft_rx_source;
 
-enum { FT_RX_EV_FRAME = 1, FT_RX_EV_ACK_DUE = 2, FT_RX_EV_COMPLETE = 3 };
+enum { FT_RX_EV_FRAME = 1, FT_RX_EV_ACK_DUE = 2, FT_RX_EV_COMPLETE = 3, FT_RX_EV_RAW = 4 };
 
 typedef struct {
     uint8_t kind;              /* FT_RX_EV_* */
@@ -86,8 +92,9 @@ typedef struct {
     uint16_t port;
     uint8_t addr[16];
     uint32_t device_index;     /* into the device table */
-    ft_wire_header hdr;        /* FRAME: the authentic header */
-    uint8_t payload[FT_WIRE_MAX_PAYLOAD];
+    ft_wire_header hdr;        /* FRAME: the authentic header; RAW: the peeked one */
+    uint16_t len;              /* RAW: datagram bytes in data */
+    uint8_t data[FT_WIRE_MAX_FRAME]; /* FRAME: the payload (hdr.payload_len bytes); RAW: the datagram */
 } ft_rx_event;
 
 typedef struct {
@@ -98,6 +105,8 @@ typedef struct {
     uint32_t n_sources;
     float source_burst;        /* tokens a source starts with */
     float source_rate;         /* tokens per second it earns back, up to the burst */
+    uint32_t run;              /* this life of the aggregator: its run tag and epoch */
+    uint32_t epoch;
     /* the round and its staging memory (n_slots x slot_stride bytes, FT_RX_HEADER_BYTES of
      * Int8Update header and then the blocks; received: n_slots x n_chunks flags; count:
      * n_slots chunk counts) */
