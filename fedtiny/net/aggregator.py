@@ -416,9 +416,8 @@ class Aggregator(asyncio.DatagramProtocol):
 
     def _ack_update(self, dev: _Device, run: _RoundRun) -> None:
         dev.acked = 0
-        got = np.flatnonzero(run.ingest.received(dev.id)).tolist()
-        ack = wire.Ack.for_chunks(session.UPDATE_CHUNK, got, run.ingest.n_chunks)
-        self._send(dev, dev.session.seal(session.ACK, run.id, ack.pack()))
+        ack = wire.Ack.pack_flags(session.UPDATE_CHUNK, run.ingest.received(dev.id))
+        self._send(dev, dev.session.seal(session.ACK, run.id, ack))
 
     def _on_result(self, dev: _Device, run: _RoundRun, res, now: float) -> None:
         if res.update_chunks != run.ingest.n_chunks:
