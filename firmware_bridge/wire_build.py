@@ -174,6 +174,7 @@ typedef struct {
 } ft_rx;
 int ft_rx_poll(ft_rx *rx, int fd, double now, uint32_t max_datagrams, ft_rx_event *events,
                uint32_t cap_events, uint32_t *n_events);
+void ft_rx_penalize(ft_rx *rx, int family, const uint8_t *addr, uint16_t port, double now);
 int ft_rx_datagram(ft_rx *rx, const uint8_t *data, size_t len, int truncated, int family,
                    const uint8_t *addr, uint16_t port, double now, ft_rx_event *ev);
 """

@@ -192,6 +192,17 @@ def test_source_that_fails_checks_is_limited_before_the_tag(tmp_path):
         b.send(good)                       # one token earned back after a second
         events, _ = rx.poll(a.fileno(), 2.0)
         assert len(events) == 1 and events[0].frame.type == wire.MsgType.RESULT and events[0].device_id == 1
+        # frames the C path hands to Python (a join HELLO) cost nothing unless Python refuses them
+        join = wire.encode(wire.MsgType.HELLO, 1, 0, 0, wire.Hello(n_samples=3, nonce=bytes(8)).pack(), keys[1])
+        for _ in range(30):
+            b.send(join)
+        events, _ = rx.poll(a.fileno(), 100.0)      # tokens back to the burst (10)
+        assert len(events) == 30 and all(e.kind == rx_mod.EVENT_RAW and e.raw == join for e in events)
+        for _ in range(10):
+            rx.penalize(events[0].addr, 100.0)
+        b.send(join)
+        events, _ = rx.poll(a.fileno(), 100.0)
+        assert events == [] and rx.take_counts()[0] == {"source_limited": 1}
     finally:
         a.close()
         b.close()

@@ -240,10 +240,10 @@ class Aggregator(asyncio.DatagramProtocol):
             if sess is not dev.session:
                 self._promote(dev, sess)
             self._on_frame(dev, hdr, addr, now)
-        except Rejected as exc:
+        except (Rejected, wire.FrameError) as exc:   # wire.FrameError: a payload that does not parse
             self._reject(exc.reason, who, str(exc))
-        except wire.FrameError as exc:  # a payload that does not parse
-            self._reject(exc.reason, who, str(exc))
+            if counted and self.rx is not None:       # handed over by the C path: charge the source
+                self.rx.penalize(addr, now)
 
     def _device(self, device_id: int) -> _Device | None:
         dev = self.devices.get(device_id)

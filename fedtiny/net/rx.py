@@ -142,6 +142,13 @@ class Receiver:
             out.append(Event(ev.kind, device_id, addr, frame, raw))
         return out, st == 1
 
+    def penalize(self, addr, now: float) -> None:
+        """A datagram from addr that the Python path refused: it costs its source a token."""
+        host, port = addr[0], addr[1]
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        raw = socket.inet_pton(family, host)
+        lib.ft_rx_penalize(self._rx, 6 if family == socket.AF_INET6 else 4, raw + bytes(16 - len(raw)), port, now)
+
     def take_counts(self) -> tuple[Counter, int]:
         """Datagrams dropped by reason and bytes received since the last call."""
         dropped: Counter[str] = Counter()

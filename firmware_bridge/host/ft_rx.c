@@ -217,11 +217,13 @@ static int stage_chunk(ft_rx *rx, ft_rx_device *dev, const ft_wire_header *hdr, 
     return 0;
 }
 
-/* The datagram goes to the caller unchecked beyond the header: it costs its source a token. */
+/* The datagram goes to the caller, checked only up to the header; if the caller refuses it, it
+ * charges the source with ft_rx_penalize (a bridge relays many devices from one address: only
+ * failures may cost a source its tokens). */
 static int raw_event(ft_rx *rx, const ft_rx_device *dev, ft_rx_source *src, const uint8_t *data, size_t len,
                      int family, const uint8_t *addr, uint16_t port, const ft_wire_header *hdr, ft_rx_event *ev)
 {
-    penalize(src);
+    (void)src;
     fill_event(ev, FT_RX_EV_RAW, rx, dev, family, addr, port);
     ev->hdr = *hdr;
     ev->len = (uint16_t)len;
@@ -304,6 +306,11 @@ int ft_rx_datagram(ft_rx *rx, const uint8_t *data, size_t len, int truncated, in
     ev->hdr = hdr;
     memcpy(ev->data, payload, hdr.payload_len);
     return 1;
+}
+
+void ft_rx_penalize(ft_rx *rx, int family, const uint8_t *addr, uint16_t port, double now)
+{
+    penalize(find_source(rx, family, addr, port, now));
 }
 
 /* ---- the socket -------------------------------------------------------------------------- */

@@ -9,9 +9,9 @@
  *   2. ft_wire_peek: magic, version, type, lengths, chunk fields       (wire status names)
  *   3. device id known (binary search in the caller's sorted table)    "unknown_device"
  *   4. per-source limit: every datagram a source sends that fails a
- *      check, and every one handed to the caller unchecked, costs it a
- *      token; a source without tokens is dropped here, before any tag
- *      is computed                                                    "source_limited"
+ *      check (here, or in the caller: ft_rx_penalize) costs it a token;
+ *      a source without tokens is dropped here, before any tag is
+ *      computed                                                       "source_limited"
  *   5. ft_wire_decode against the device's current session: run, epoch
  *      and session (before any hashing), the tag (constant time), round
  *      and replay                                                     (wire status names)
@@ -138,6 +138,9 @@ int ft_rx_poll(ft_rx *rx, int fd, double now, uint32_t max_datagrams, ft_rx_even
  * without a socket): 0 nothing for the caller, 1 an event was written to *ev. */
 int ft_rx_datagram(ft_rx *rx, const uint8_t *data, size_t len, int truncated, int family,
                    const uint8_t *addr, uint16_t port, double now, ft_rx_event *ev);
+
+/* A datagram of this source that the caller refused (a RAW event it found bad): one token. */
+void ft_rx_penalize(ft_rx *rx, int family, const uint8_t *addr, uint16_t port, double now);
 
 #ifdef __cplusplus
 }
