@@ -1,5 +1,6 @@
-"""cffi build script (out-of-line API mode) for fedtiny._wire: the C wire codec, and the
-aggregator's per-datagram path on top of it (firmware_bridge/host/ft_rx.c: sockets, host only).
+"""cffi build script (out-of-line API mode) for fedtiny._wire: the C wire codec, the
+secure-aggregation crypto of firmware_bridge/ft_crypto.h, and the aggregator's per-datagram path
+on top of the codec (firmware_bridge/host/ft_rx.c: sockets, host only).
 
 setup.py names it in cffi_modules and runs from the project root, so every path here is
 relative to that root. The cdef repeats the public declarations of ft_wire.h that Python uses;
@@ -8,7 +9,8 @@ in API mode the C compiler checks them against the real header (struct layouts i
 from cffi import FFI
 
 SOURCES = ["firmware_bridge/ft_sha256.c", "firmware_bridge/ft_cobs.c", "firmware_bridge/ft_frame.c",
-           "firmware_bridge/host/ft_rx.c"]
+           "firmware_bridge/ft_chacha20.c", "firmware_bridge/ft_hkdf.c", "firmware_bridge/ft_poly1305.c",
+           "firmware_bridge/ft_x25519.c", "firmware_bridge/ft_shamir.c", "firmware_bridge/host/ft_rx.c"]
 
 CDEF = """
 #define FT_WIRE_VERSION ...
@@ -177,13 +179,41 @@ int ft_rx_poll(ft_rx *rx, int fd, double now, uint32_t max_datagrams, ft_rx_even
 void ft_rx_penalize(ft_rx *rx, int family, const uint8_t *addr, uint16_t port, double now);
 int ft_rx_datagram(ft_rx *rx, const uint8_t *data, size_t len, int truncated, int family,
                    const uint8_t *addr, uint16_t port, double now, ft_rx_event *ev);
+
+/* ft_crypto.h: secure-aggregation crypto (the same C as the firmware's) */
+void ft_chacha20_block(const uint8_t key[32], uint32_t counter, const uint8_t nonce[12], uint8_t out[64]);
+int ft_chacha20_xor(const uint8_t key[32], uint32_t counter, const uint8_t nonce[12], const uint8_t *in,
+                    uint8_t *out, size_t len);
+#define FT_HKDF_SHA256_MAX_OKM ...
+#define FT_SHAMIR_MAX_SHARES ...
+void ft_hkdf_sha256_extract(const uint8_t *salt, size_t salt_len, const uint8_t *ikm, size_t ikm_len,
+                            uint8_t prk[32]);
+int ft_hkdf_sha256_expand(const uint8_t prk[32], const uint8_t *info, size_t info_len, uint8_t *okm,
+                          size_t okm_len);
+int ft_hkdf_sha256(const uint8_t *salt, size_t salt_len, const uint8_t *ikm, size_t ikm_len,
+                   const uint8_t *info, size_t info_len, uint8_t *okm, size_t okm_len);
+void ft_poly1305(const uint8_t key[32], const uint8_t *data, size_t len, uint8_t tag[16]);
+int ft_aead_chacha20poly1305_encrypt(const uint8_t key[32], const uint8_t nonce[12], const uint8_t *aad,
+                                     size_t aad_len, const uint8_t *pt, size_t len, uint8_t *ct,
+                                     uint8_t tag[16]);
+int ft_aead_chacha20poly1305_decrypt(const uint8_t key[32], const uint8_t nonce[12], const uint8_t *aad,
+                                     size_t aad_len, const uint8_t *ct, size_t len, const uint8_t tag[16],
+                                     uint8_t *pt);
+int ft_x25519(uint8_t out[32], const uint8_t scalar[32], const uint8_t u[32]);
+void ft_x25519_public(uint8_t pub[32], const uint8_t secret[32]);
+int ft_shamir_split(const uint8_t *secret, size_t len, uint8_t n, uint8_t t, const uint8_t *random,
+                    uint8_t *shares);
+int ft_shamir_combine(const uint8_t *shares, uint8_t t, size_t len, uint8_t *secret);
+uint8_t ft_gf256_mul(uint8_t a, uint8_t b);
+uint8_t ft_gf256_inv(uint8_t a);
+void ft_zeroize(void *p, size_t n);
 """
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "fedtiny._wire",
-    '#include "ft_wire.h"\n#include "ft_rx.h"',
+    '#include "ft_wire.h"\n#include "ft_crypto.h"\n#include "ft_rx.h"',
     sources=SOURCES,
     include_dirs=["firmware_bridge", "firmware_bridge/host"],
     extra_compile_args=["-std=c99", "-O2", "-Wall", "-Wextra"],

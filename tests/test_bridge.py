@@ -25,7 +25,7 @@ def firmware(tmp_path_factory):
         pytest.skip("no C compiler to build the firmware's host version")
     out = str(tmp_path_factory.mktemp("fw") / "fw_host")
     sources = ([os.path.join(FW, "example", f) for f in ("fw_device.c", "host_main.c")]
-               + [os.path.join(FW, f) for f in ("ft_sha256.c", "ft_cobs.c", "ft_frame.c")]
+               + [os.path.join(FW, f) for f in ("ft_sha256.c", "ft_cobs.c", "ft_frame.c", "ft_chacha20.c")]
                + sorted(os.path.join(d, f) for d in (CSRC, os.path.join(CSRC, "arch"))
                         for f in os.listdir(d) if f.endswith(".c")))
     cmd = [cc, "-std=c99", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", "-I", CSRC, "-I", FW,
@@ -96,7 +96,7 @@ def test_firmware_links_for_cortex_m4(tmp_path):
         pytest.skip("no arm-none-eabi-gcc (apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi)")
     elf = str(tmp_path / "fw.elf")
     sources = ([os.path.join(FW, "example", f) for f in ("board_stub.c", "fw_device.c")]
-               + [os.path.join(FW, f) for f in ("ft_sha256.c", "ft_cobs.c", "ft_frame.c")]
+               + [os.path.join(FW, f) for f in ("ft_sha256.c", "ft_cobs.c", "ft_frame.c", "ft_chacha20.c")]
                + sorted(os.path.join(d, f) for d in (CSRC, os.path.join(CSRC, "arch"))
                         for f in os.listdir(d) if f.endswith(".c")))
     subprocess.run([cc, "-std=c99", "-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16", "-Os",
