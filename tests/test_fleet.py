@@ -160,13 +160,19 @@ class Squatter(threading.Thread):
                 continue
             last = now
             if rnd == 0:
-                dev.send(dev.hello(50))
+                try:
+                    dev.send(dev.hello(50))
+                except OSError:
+                    return
                 continue
             result = wire.Result(n_samples=50, loss=1.0, steps=5, update_chunks=n_up).pack()
-            dev.send(dev.frame(wire.MsgType.RESULT, rnd, result))          # asks for a slot again and again
             k = (k + 1) % (n_up - 1)                                       # never the last chunk
-            dev.send(dev.frame(wire.MsgType.UPDATE_CHUNK, rnd, bytes(wire.UPDATE_CHUNK_BYTES), chunk=(k, n_up)))
-            dev.send(dev.hello(50))
+            try:
+                dev.send(dev.frame(wire.MsgType.RESULT, rnd, result))      # asks for a slot again and again
+                dev.send(dev.frame(wire.MsgType.UPDATE_CHUNK, rnd, bytes(wire.UPDATE_CHUNK_BYTES), chunk=(k, n_up)))
+                dev.send(dev.hello(50))
+            except OSError:       # the aggregator finished (ICMP port unreachable)
+                return
 
 
 @pytest.mark.slow

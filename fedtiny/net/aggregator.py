@@ -618,8 +618,13 @@ class Aggregator(asyncio.DatagramProtocol):
             self.rx.set_life(self.run_tag, self.epoch)
             info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
             self.sock = socket.socket(info[0], socket.SOCK_DGRAM)
-            self.sock.setblocking(False)
-            self.sock.bind(info[4])
+            try:
+                self.sock.setblocking(False)
+                self.sock.bind(info[4])
+            except OSError:
+                self.sock.close()
+                self.sock = None
+                raise
             transport = rx_mod.SocketSender(self.sock)
             self.transport = transport
             loop.add_reader(self.sock.fileno(), self._on_readable)
