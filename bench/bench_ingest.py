@@ -204,8 +204,7 @@ class LoadGenerator:
 def run_ingest(n_devices: int, tmp: str, ingest: str) -> dict:
     os.makedirs(tmp, exist_ok=True)
     keyfile = os.path.join(tmp, "keys")
-    with open(os.open(keyfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-        f.write(keys.generate(range(n_devices), nbytes=16))
+    keys.write_keys(keyfile, keys.generate(range(n_devices), nbytes=16))
     fleet_keys = keys.load_keys(keyfile)
     state_dir = os.path.join(tmp, "state")
     port = _free_port()

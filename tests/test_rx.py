@@ -78,7 +78,7 @@ def _play(tmp_path, ingest: str) -> dict:
     replays, forgeries and malformed chunks among honest ones. Returns what the aggregator kept."""
     tmp_path.mkdir()
     fleet = Fleet(tmp_path, N_DEV)
-    cfg = fleet.config(rounds=1, min_clients=N_DEV, round_timeout=20.0, ingest=ingest)
+    cfg = fleet.config(rounds=1, min_clients=N_DEV, round_timeout=20.0, ingest=ingest, clip_norm=0.0)   # no clipping: the oracle is plain FedAvg
     sent = []
     with AggregatorThread(cfg) as at:
         agg = at.agg
