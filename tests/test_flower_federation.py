@@ -56,6 +56,7 @@ def test_mixed_flower_federation_is_fedavg_of_what_each_node_sent(tmp_path):
     keyfile = os.path.join(tmp_path, "fleet.keys")
     with open(keyfile, "w") as f:
         f.write(keys.generate(range(3)))
+    os.chmod(keyfile, 0o600)
     fed = Federation(tmp_path)
     out, capture = os.path.join(tmp_path, "out"), os.path.join(tmp_path, "capture")
     uplink_path = os.path.join(tmp_path, "fleet.sock")

@@ -21,6 +21,7 @@ from fedtiny.seeds import derive_seed
 
 from netutil import CLIENT_ENV, MODEL, Fleet, stop_all  # noqa: F401
 
+CLIPPED: list[bool] = []
 CONFIG = {"lr": 0.05, "epochs": 1, "batch": 10, "codec": "int8-stochastic"}
 
 
@@ -55,8 +56,10 @@ class FleetThread:
         self.agg.out.close()
 
 
-def _oracle_sum(m, g, data_paths, fleet_round, seed):
-    """sum_k n_k decode(q_k) in float64, sum_k |...| (the rounding scale) and sum_k n_k, each device's update as `fedtiny client` makes it."""
+def _oracle_sum(m, g, data_paths, fleet_round, seed, clip_norm):
+    """sum_k n_k c_k decode(q_k) in float64, sum_k |...| (the rounding scale) and sum_k n_k, each
+    device's update as `fedtiny client` makes it, c_k = min(1, C / ||decode(q_k)||) the fleet's
+    clipping (its --clip-norm, docs/network.md "Bounds")."""
     total, mag, weight = np.zeros(m.n_params), np.zeros(m.n_params), 0
     for k, path in enumerate(data_paths):
         x, y = load_data(path, m)
@@ -66,8 +69,11 @@ def _oracle_sum(m, g, data_paths, fleet_round, seed):
         params -= g
         q = codec.encode(params, rounding="stochastic", seed=derive_seed(seed, fleet_round, k, 2))
         blocks = q._buf[codec.HEADER_BYTES:].view(codec.BLOCK_DTYPE)
-        term = res.n_samples * (blocks["d"].astype(np.float64)[:, None]
-                                * blocks["q"].astype(np.float64)).reshape(-1)[:m.n_params]
+        delta = (blocks["d"].astype(np.float64)[:, None] * blocks["q"].astype(np.float64)).reshape(-1)[:m.n_params]
+        norm = np.sqrt(np.sum(delta * delta))
+        clipped = clip_norm is not None and norm > clip_norm
+        term = res.n_samples * (clip_norm / norm if clipped else 1.0) * delta
+        CLIPPED.append(clipped)
         total += term
         mag += np.abs(term)
         weight += res.n_samples
@@ -89,6 +95,7 @@ def _raw_exchange(path, frame: bytes) -> tuple[int, dict]:
 
 @pytest.mark.slow
 def test_fleet_returns_the_partial_sum_of_its_devices_for_the_model_it_was_given(tmp_path):
+    CLIPPED.clear()
     fleet = Fleet(tmp_path, 3)
     m = model_mod.build(MODEL)
     path = os.path.join(tmp_path, "up.sock")
@@ -118,12 +125,13 @@ def test_fleet_returns_the_partial_sum_of_its_devices_for_the_model_it_was_given
             g = good
             for r in (1, 2):
                 header, partial = uplink.request_round(path, g, {**CONFIG, "flower_round": r}, timeout=60)
-                want, mag, weight = _oracle_sum(m, g, fleet.data, header["fleet_round"], cfg.seed)
+                want, mag, weight = _oracle_sum(m, g, fleet.data, header["fleet_round"], cfg.seed, cfg.clip_norm or None)
                 assert header["updates"] == 3 and header["total_weight"] == weight
                 tol = 4 * np.finfo(np.float32).eps * mag      # three float32 products and sums
                 assert (np.abs(partial - want) <= tol).all(), np.abs(partial - want).max()
                 assert np.abs(want).max() > 1.0               # the devices trained: not a vacuous check
                 g = (g + partial / np.float32(weight)).astype(np.float32)   # the tier above steps
+            assert any(CLIPPED) and not all(CLIPPED)   # both paths of the fleet's clipping were checked
         finally:
             stop_all(procs)
 
