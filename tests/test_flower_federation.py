@@ -24,6 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 APP = os.path.join(HERE, "flower_app")
 MODEL = "mlp:64-32-10"
 ROUNDS = 3
+CLIP = 0.6     # the strategy's clip norm for one device's update: below honest first-round norms (~0.85)
 QK = 128
 
 
@@ -77,7 +78,8 @@ def test_mixed_flower_federation_is_fedavg_of_what_each_node_sent(tmp_path):
         fed.start_supernodes({"node-a": f'data="{data[3]}"', "node-b": f'data="{data[4]}"',
                               "node-fleet": f'fleet-uplink="{uplink_path}" fleet-timeout=100',
                               "node-numpy": f'kind="numpy" num-examples={n_numpy}'})
-        res = fed.run(APP, f'num-server-rounds={ROUNDS} out-dir="{out}" capture-dir="{capture}"', timeout=400)
+        res = fed.run(APP, f'num-server-rounds={ROUNDS} clip-norm={CLIP} out-dir="{out}" capture-dir="{capture}"',
+                      timeout=400)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         assert os.path.exists(os.path.join(out, f"global-{ROUNDS}.npy")), (
             res.stdout[-4000:] + fed.log("superlink")[-3000:] + fed.log("fleet")[-2000:])
@@ -86,6 +88,14 @@ def test_mixed_flower_federation_is_fedavg_of_what_each_node_sent(tmp_path):
     elapsed = time.monotonic() - t0
 
     kinds_seen = set()
+    clipped = []
+
+    def clip(delta):
+        """One device's update scaled to norm CLIP when above it (a fleet's sum is not: it clipped its devices)."""
+        norm = np.sqrt(np.sum(delta * delta))
+        clipped.append(norm > CLIP)
+        return delta * (CLIP / norm) if norm > CLIP else delta
+
     eps = np.finfo(np.float32).eps
     for r in range(1, ROUNDS + 1):
         g = np.load(os.path.join(out, f"global-{r - 1}.npy")).astype(np.float64)
@@ -102,7 +112,7 @@ def test_mixed_flower_federation_is_fedavg_of_what_each_node_sent(tmp_path):
             a, blob = meta["arrays"][0], blobs[0]
             n = float(meta["metrics"]["metrics"]["num-examples"])
             if a["stype"] == "fedtiny.int8-update/1":
-                term = n * decode_int8_oracle(blob)
+                term = n * clip(decode_int8_oracle(blob))
                 kinds.append("int8")
             elif a["stype"] == "fedtiny.partial-sum/1":
                 term = np.frombuffer(blob, "<f4").astype(np.float64)   # already sum n_k delta_k
@@ -111,7 +121,7 @@ def test_mixed_flower_federation_is_fedavg_of_what_each_node_sent(tmp_path):
             else:
                 w = np.concatenate([npy_array(b).astype(np.float64).reshape(-1) for b in blobs])
                 assert len(blobs) == 2 * len(m.tensors(m.init(0))) and n == n_numpy
-                term = n * (w - g)
+                term = n * clip(w - g)
                 kinds.append("numpy")
             num += term
             mag += np.abs(term)
@@ -123,4 +133,5 @@ def test_mixed_flower_federation_is_fedavg_of_what_each_node_sent(tmp_path):
         err = np.abs(got - expected)
         assert (err <= tol).all(), f"round {r}: worst error {err.max():.3g}, tolerance there {tol[err.argmax()]:.3g}"
         assert np.abs(got - g).max() > 1e-4      # the round moved the model: the check is not vacuous
+    assert any(clipped) and not all(clipped)      # both sides of the clipping were checked
     print(f"\n3 Flower rounds with 2 fedtiny ClientApps, a fleet of 3 devices and a numpy client: {elapsed:.1f} s")

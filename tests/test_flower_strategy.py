@@ -56,7 +56,7 @@ def _decode64(update: codec.Int8Update) -> np.ndarray:
 
 
 def test_int8_float_and_partial_sum_replies_make_the_float64_fedavg():
-    s = FedtinyFedAvg(MODEL)
+    s = FedtinyFedAvg(MODEL, clip_norm=None)
     m = s.model
     rng = np.random.default_rng(3)
     g = m.init(1)
@@ -173,7 +173,7 @@ def test_the_device_side_never_imports_flower():
     assert out.strip().splitlines()[-1] == "[]"
 
 
-def test_a_weight_above_max_samples_is_refused_per_device_and_per_fleet_device():
+def test_a_weight_above_max_samples_is_refused_per_device_and_per_fleet_device(caplog):
     s = FedtinyFedAvg(MODEL, max_samples=100)
     msg = _train_msg(s, s.model.init(0))
     zero = np.zeros(s.model.n_params, np.float32)
@@ -183,5 +183,31 @@ def test_a_weight_above_max_samples_is_refused_per_device_and_per_fleet_device()
                _reply(msg, records.int8_reply(codec.encode(zero + 0.01), 100))]       # allowed
     _arrays, metrics = s.aggregate_train(1, replies)
     assert metrics["fedtiny.bad_reply"] == 2 and metrics["num-examples"] == 400
-    with pytest.raises(ValueError, match="max_samples"):
+    assert "too_many_samples" in caplog.text
+    with pytest.raises(ValueError, match="max samples"):
         FedtinyFedAvg(MODEL, max_samples=0)
+
+
+def test_device_updates_are_clipped_to_the_norm_and_a_fleet_sum_is_not():
+    s = FedtinyFedAvg(MODEL, clip_norm=0.5)
+    m = s.model
+    rng = np.random.default_rng(11)
+    g = m.init(2)
+    msg = _train_msg(s, g)
+    u = codec.encode(rng.normal(0, 0.05, m.n_params).astype(np.float32), seed=1)     # norm ~2.5: clipped
+    small = [t + 0.002 * rng.standard_normal(t.shape) for t in records.model_arrays(m, g).to_numpy_ndarrays()]
+    partial = rng.normal(0, 3.0, m.n_params).astype(np.float32)                     # norm ~150: kept as is
+    replies = [_reply(msg, records.int8_reply(u, 20)),
+               _reply(msg, RecordDict({"arrays": ArrayRecord(small), "metrics": MetricRecord({"num-examples": 5})})),
+               _reply(msg, records.partial_sum_reply(partial, 30, 2))]
+    arrays, metrics = s.aggregate_train(1, replies)
+    d_int8 = _decode64(u)
+    d_small = np.concatenate([a.reshape(-1) for a in small]) - g.astype(np.float64)
+    assert np.linalg.norm(d_int8) > 1 and np.linalg.norm(d_small) < 0.5
+    terms = [(20 * 0.5 / np.linalg.norm(d_int8) * d_int8, 20), (5 * d_small, 5), (partial.astype(np.float64), 30)]
+    want = _oracle(g, terms)
+    got = records.flat_params(m, arrays).astype(np.float64)
+    mag = sum(np.abs(t) for t, _ in terms) / 55
+    eps = np.finfo(np.float32).eps
+    assert (np.abs(got - want) <= eps * (8 * mag + 2 * np.abs(want) + 2 * np.abs(g))).all()
+    assert metrics["fedtiny.clipped"] == 1 and metrics["num-examples"] == 55

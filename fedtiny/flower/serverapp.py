@@ -3,7 +3,7 @@
 Run config keys (pyproject.toml [tool.flwr.app.config], or `flwr run -c 'key=value'`):
     num-server-rounds, model, seed, lr, epochs, batch-size, codec,
     fraction-train, fraction-evaluate, min-nodes (train and available), round-timeout (seconds),
-    max-samples (0: no cap; else a reply claiming more than this n_k per device is refused),
+    max-samples, clip-norm (fedtiny.bounds, as `fedtiny aggregate --max-samples --clip-norm`; 0: off),
     test-dataset ("" for none: else the global model is evaluated on its test set each round),
     out-dir ("" for none: else global-<round>.npy, the flat float32 model after each round, round 0
     the initial one, and metrics.json are written there),
@@ -31,7 +31,7 @@ log = logging.getLogger("fedtiny.flower")
 
 DEFAULTS = {"num-server-rounds": 3, "model": "mlp:64-32-10", "seed": 0, "lr": 0.05, "epochs": 1,
             "batch-size": 10, "codec": "int8-stochastic", "fraction-train": 1.0, "fraction-evaluate": 0.0,
-            "min-nodes": 2, "round-timeout": 300.0, "max-samples": 0, "test-dataset": "", "out-dir": "",
+            "min-nodes": 2, "round-timeout": 300.0, "max-samples": 65535, "clip-norm": 1.0, "test-dataset": "", "out-dir": "",
             "capture-dir": ""}
 
 app = ServerApp()
@@ -78,7 +78,7 @@ def main(grid: Grid, context: Context) -> None:
                              fraction_evaluate=float(rc["fraction-evaluate"]), min_train_nodes=min_nodes,
                              min_evaluate_nodes=min_nodes if float(rc["fraction-evaluate"]) > 0 else 0,
                              min_available_nodes=min_nodes,
-                             max_samples=int(rc["max-samples"]) or None,
+                             max_samples=int(rc["max-samples"]) or None, clip_norm=float(rc["clip-norm"]) or None,
                              on_reply=(lambda r, msg: capture_reply(str(rc["capture-dir"]), r, msg))
                              if rc["capture-dir"] else None)
     initial = m.init(int(rc["seed"]))

@@ -6,7 +6,10 @@ read, weighted by its "num-examples" n_k (records.py has the layout):
   - a fedtiny fleet's partial sum sum n_k delta_k with its total weight: added as is;
   - an ordinary Flower client's new weights w_k: added as the delta w_k - w_global.
 w_{t+1} = w_t + sum / sum n_k, i.e. sum n_k w_k / sum n_k over every device behind every reply.
-Policies: a reply that fails a check (no weight, a weight above max_samples per device, a wrong
+Bounds (fedtiny.bounds, the aggregator's defaults): n_k a whole number in [1, max_samples] (a
+fleet: times its devices); a device's update (int8 or w_k - w_t) scaled down to L2 norm
+clip_norm, counted as "fedtiny.clipped"; a fleet's sum is not clipped again (it clipped each of
+its devices). Policies: a reply that fails a check (no weight, a weight out of bounds, a wrong
 shape, corrupt int8 blocks, NaN) is
 dropped, logged with its reason and counted in the round's metrics ("fedtiny.rejected"); with no
 valid reply the model stays as it was (Flower's convention: aggregate_train returns None).
@@ -23,7 +26,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from .. import model as model_mod
+from .. import bounds, model as model_mod
 from ..fedavg import Accumulator
 from . import records
 
@@ -36,7 +39,8 @@ class FedtinyFedAvg(FedAvg):
     def __init__(self, model: str, *, lr: float = 0.05, epochs: int = 1, batch_size: int = 10,
                  codec: str = "int8-stochastic", seed: int = 0, fraction_train: float = 1.0,
                  fraction_evaluate: float = 0.0, min_train_nodes: int = 2, min_evaluate_nodes: int = 2,
-                 min_available_nodes: int = 2, max_samples: int | None = None,
+                 min_available_nodes: int = 2, max_samples: int | None = bounds.DEFAULT_MAX_SAMPLES,
+                 clip_norm: float | None = bounds.DEFAULT_CLIP_NORM,
                  on_reply: Callable[[int, Message], None] | None = None) -> None:
         super().__init__(fraction_train=fraction_train, fraction_evaluate=fraction_evaluate,
                          min_train_nodes=min_train_nodes, min_evaluate_nodes=min_evaluate_nodes,
@@ -47,10 +51,10 @@ class FedtinyFedAvg(FedAvg):
         self.accumulator = Accumulator(self.model.n_params)
         self._global: np.ndarray | None = None   # w_t of the round being trained
         self.on_reply = on_reply                 # sees every reply before aggregation (audit, tests)
-        if max_samples is not None and (isinstance(max_samples, bool) or int(max_samples) < 1):
-            raise ValueError(f"max_samples must be a positive integer or None, got {max_samples!r}")
-        self.max_samples = None if max_samples is None else int(max_samples)
+        # the same bounds as `fedtiny aggregate`: a device counts alike behind a fleet or straight here
+        self.bounds = bounds.Bounds(max_samples=max_samples, clip_norm=clip_norm)
         self.last_counts: Counter[str] = Counter()
+        self._counts: Counter[str] = Counter()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -65,15 +69,20 @@ class FedtinyFedAvg(FedAvg):
         return super().configure_evaluate(server_round, arrays, config, grid)
 
     def _check_weight(self, kind: str, weight: float, msg: Message) -> None:
-        """A node's n_k may not exceed max_samples per device (a fleet: per device of its sum):
-        a claim above any real device's data is a lie or a misconfiguration, refused, not clamped."""
-        if self.max_samples is None:
-            return
+        """n_k within the bounds (a fleet: per device of its sum), or ValueError with the reason."""
         devices = 1
         if kind == records.PARTIAL_SUM:
             devices = max(1, int(msg.content.metric_records[records.METRICS].get("fedtiny.updates", 1)))
-        if weight > self.max_samples * devices:
-            raise ValueError(f"num-examples {weight:g} exceeds max-samples {self.max_samples} x {devices} device(s)")
+        problem = self.bounds.check_samples(weight, devices=devices)
+        if problem is not None:
+            raise ValueError(problem)
+
+    def _clip(self, update) -> float:
+        """min(1, C / ||update||): one device's update scaled to the clip norm (fedtiny.bounds)."""
+        factor = bounds.clip_factor(bounds.update_norm(update), self.bounds.clip_norm)
+        if factor < 1.0:
+            self._counts[bounds.CLIPPED] += 1
+        return factor
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -82,6 +91,7 @@ class FedtinyFedAvg(FedAvg):
         acc = self.accumulator
         acc.reset()
         counts: Counter[str] = Counter()
+        self._counts = counts
         loss_sum = loss_weight = 0.0
         devices = 0
         for msg in replies:
@@ -96,7 +106,7 @@ class FedtinyFedAvg(FedAvg):
                 kind, payload, weight = records.read_reply(self.model, msg.content)
                 self._check_weight(kind, weight, msg)
                 if kind == records.INT8:
-                    acc.add(payload, weight)
+                    acc.add(payload, weight, self._clip(payload))
                     devices += 1
                 elif kind == records.PARTIAL_SUM:
                     updates = msg.content.metric_records[records.METRICS].get("fedtiny.updates", 1)
@@ -104,7 +114,7 @@ class FedtinyFedAvg(FedAvg):
                     devices += max(1, int(updates))
                 else:
                     delta = payload - self._global
-                    acc.add(delta, weight)
+                    acc.add(delta, weight, self._clip(delta))
                     devices += 1
             except ValueError as exc:
                 counts["bad_reply"] += 1
