@@ -13,11 +13,11 @@ import sys
 # name -> module implementing HELP, add_arguments(parser), run_command(args)
 SUBCOMMANDS: dict[str, str] = {
     "simulate": "fedtiny.simulate",
-    "aggregate": "fedtiny.aggregator",
-    "client": "fedtiny.client",
-    "bridge": "fedtiny.bridge",
-    "demo": "fedtiny.demo",
-    "export": "fedtiny.tflite",
+    "aggregate": "fedtiny.net.aggregator",
+    "client": "fedtiny.net.client",
+    "bridge": "fedtiny.net.bridge",
+    "demo": "fedtiny.net.demo",
+    "export": "fedtiny.tflite.export",
 }
 
 
@@ -28,12 +28,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; given the command about to run, import only that command's module.
+
+    A device runs `fedtiny client`: it must not pay for the simulation or the aggregator (RSS and
+    start-up time), so the other subcommands are then registered by name only.
+    """
     parser = _Parser(prog="fedtiny", description="Federated learning (FedAvg) for memory-limited edge boards.")
     from . import __version__
     parser.add_argument("--version", action="version", version=f"fedtiny {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, module_name in SUBCOMMANDS.items():
+        if command is not None and name != command:
+            sub.add_parser(name)
+            continue
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
@@ -41,8 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_named(argv: list[str]) -> str | None:
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in SUBCOMMANDS else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_named(argv))
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
         parser.print_help(sys.stderr)

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import codec, datasets, rounds
+from .datasets import check_model_fits
+from .seeds import derive_seed  # noqa: F401  (public here since before fedtiny.seeds)
 
 CODECS = ("float32", "int8", "int8-stochastic", "int8-ef")
 WEIGHTS = ("float32", "int8")
@@ -113,22 +115,6 @@ class SimResult:
     def to_json(self) -> dict:
         return {"config": self.config, "summary": self.summary, "rounds": self.rounds,
                 "personalization": self.personalization}
-
-
-def derive_seed(*parts: int) -> int:
-    """A 31-bit seed derived from (run seed, round, client, purpose): independent streams, reproducible."""
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
-
-
-def check_model_fits(model, data: datasets.Dataset, spec: str) -> None:
-    need = int(np.prod(model.input_shape))
-    have = int(np.prod(data.input_shape))
-    shape = "x".join(str(s) for s in data.input_shape)
-    if need != have or (len(model.input_shape) > 1 and tuple(model.input_shape) != data.input_shape):
-        fix = " (use --model mlp:64-32-10)" if have == 64 else ""
-        raise ValueError(f"model {spec} takes input {tuple(model.input_shape)}, dataset {data.name} has {shape}{fix}")
-    if model.n_classes < data.n_classes:
-        raise ValueError(f"model {spec} has {model.n_classes} outputs, dataset {data.name} has {data.n_classes} classes")
 
 
 def _summarise(acc: np.ndarray) -> dict:

@@ -1,7 +1,7 @@
-"""Privacy for fedtiny: differential privacy (clipping, noise, accounting); secure aggregation joins here.
+"""Privacy stages of the update pipeline: secure aggregation and differential privacy (DESIGN.md).
 
-One idea per module: accounting (epsilon from dp-accounting), clipping (fixed and adaptive L2
-bounds), central (Gaussian noise on the sum, trusted aggregator), ddgauss (distributed discrete
-Gaussian for secure aggregation), randomness (where noise bytes come from), plan (the
-`fedtiny privacy` command).
+Differential privacy, one idea per module: accounting (epsilon from dp-accounting), clipping
+(fixed and adaptive L2 bounds), central (Gaussian noise on the sum, trusted aggregator),
+ddgauss (distributed discrete Gaussian for secure aggregation), randomness (where noise bytes
+come from), plan (the `fedtiny privacy` command).
 """

@@ -20,10 +20,11 @@ import time
 
 import numpy as np
 
-from . import codec, session, wire
-from .aggregator import MODEL_WINDOW, parse_hostport, setup_logging
+from .. import codec
+from ..seeds import derive_seed
+from . import session, wire
+from .common import MODEL_WINDOW, parse_hostport, setup_logging
 from .session import Rejected
-from .simulate import derive_seed
 
 log = logging.getLogger("fedtiny.client")
 
@@ -42,7 +43,7 @@ def rounding_of(flags: int) -> tuple[str, bool]:
 class Device(asyncio.DatagramProtocol):
     def __init__(self, device_id: int, key: bytes, model, x: np.ndarray, y: np.ndarray, *,
                  momentum: float = 0.0, weights: str = "float32", max_rounds: int | None = None):
-        from . import train
+        from .. import train
         self.train = train
         self.id = int(device_id)
         self.session = session.Session(self.id, key, follow_rounds=True)
@@ -307,13 +308,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from . import keys, model as model_mod
+    from .. import model as model_mod
+    from . import keys
     setup_logging(args.verbose)
     server = parse_hostport(args.server, "--server")
     key = keys.load_device_key(args.key, args.device_id)
     model = model_mod.build(args.model)
     if args.backbone is not None:
-        from . import tflite
+        from .. import tflite
         x, y = load_data(args.data, None)
         x = tflite.extract_features(args.backbone, x)
         if x.shape[1] != int(np.prod(model.input_shape)):
