@@ -336,7 +336,10 @@ class Server:
     """The global model, one Accumulator and the server optimizer: the aggregator's O(model) state."""
 
     def __init__(self, params: np.ndarray, *, optimizer: ServerOptimizer | str = "fedavg",
-                 normalization: str = "none"):
+                 normalization: str = "none",
+                 sum_stage: Callable[[Accumulator, "Round"], float] | None = None):
+        """sum_stage(accumulator, round) -> denominator: a transform of the round's sum before the
+        server step (central DP adds its noise there and divides by the expected devices)."""
         if not isinstance(params, np.ndarray) or params.dtype != np.float32 or params.ndim != 1:
             raise ValueError("global params must be a 1-D float32 array")
         if normalization not in ("none", "fednova"):
@@ -344,6 +347,9 @@ class Server:
         self.params = np.ascontiguousarray(params)
         self.optimizer = make_server_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
         self.normalization = normalization
+        if sum_stage is not None and normalization != "none":
+            raise ValueError("a sum stage (differential privacy) needs uniform device weights: drop --normalize")
+        self.sum_stage = sum_stage
         self.accumulator = Accumulator(self.params.size)
         self._mean: np.ndarray | None = None  # the averaged delta, allocated once, only when needed
         self.round_id = 0
@@ -391,15 +397,16 @@ class Server:
         if self.normalization == "fednova":
             tau_eff = rnd._n_tau / rnd._n
             scale = tau_eff * rnd._weight / rnd._n
+        denominator = self.sum_stage(acc, rnd) if self.sum_stage is not None else None
         plain = type(self.optimizer) is ServerOptimizer and self.optimizer.lr == 1.0 and scale == 1.0
         if plain:  # FedAvg: w += sum(n_k delta_k) / sum(n_k), in one C pass over the accumulator
-            acc.apply(self.params)
+            acc.apply(self.params, denominator)
             return
         if self._mean is None:
             self._mean = np.zeros_like(self.params)
         mean = self._mean
         mean.fill(0.0)
-        acc.apply(mean)
+        acc.apply(mean, denominator)
         if scale != 1.0:
             mean *= np.float32(scale)
         self.optimizer.step(self.params, mean)
