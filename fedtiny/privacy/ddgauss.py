@@ -191,6 +191,17 @@ def unrotate(p: Params, y: np.ndarray, rotation_seed: int) -> np.ndarray:
     return x[: p.dim]
 
 
+def round_conditional(p: Params, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Unbiased randomized rounding of x (grid units) to integers, redrawn until the L2 norm is <= Delta_2."""
+    floor = np.floor(x)
+    frac = x - floor
+    for _ in range(1000):  # each try succeeds with probability >= 1 - beta (about 0.39)
+        r = floor + (rng.random(x.size) < frac)
+        if float(np.dot(r, r)) <= p.delta2 ** 2:
+            return r
+    raise RuntimeError("distributed DP: conditional rounding failed 1000 times (the input was not clipped)")
+
+
 def encode(p: Params, clipped: np.ndarray, rotation_seed: int, rng: np.random.Generator,
            random_bytes: ByteSource = os_bytes) -> np.ndarray:
     """One device's clipped delta -> its integer vector modulo 2^b (uint32 of P values), noise included.
@@ -201,15 +212,7 @@ def encode(p: Params, clipped: np.ndarray, rotation_seed: int, rng: np.random.Ge
     if clipping.l2_norm(clipped) > p.clip * (1 + 1e-6):
         raise ValueError(f"distributed DP: the update's norm {clipping.l2_norm(clipped):.6g} is above the clip "
                          f"{p.clip:g}: clip it first")
-    x = rotate(p, clipped.astype(np.float64), rotation_seed) / p.gamma
-    floor = np.floor(x)
-    frac = x - floor
-    for _ in range(1000):  # each try succeeds with probability >= 1 - beta (about 0.39)
-        r = floor + (rng.random(p.padded) < frac)
-        if float(np.dot(r, r)) <= p.delta2 ** 2:
-            break
-    else:
-        raise RuntimeError("distributed DP: conditional rounding failed 1000 times (cannot happen for a clipped input)")
+    r = round_conditional(p, rotate(p, clipped.astype(np.float64), rotation_seed) / p.gamma, rng)
     noise = np.empty(p.padded, dtype=np.int64)
     _core.dgauss_s64(noise, p.sigma2_num, p.sigma2_den, random_bytes)
     return ((r.astype(np.int64) + noise) & ((1 << p.bits) - 1)).astype(np.uint32)
