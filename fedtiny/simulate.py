@@ -109,6 +109,9 @@ class SimConfig:
              "--dp distributed sends integers on the shared grid, not --codec: drop --codec")
         need(self.dp_sampling in (None, "poisson", "fixed"), f"--dp-sampling must be poisson or fixed, got {self.dp_sampling!r}")
         need(0 < self.delta < 1, f"--delta must be in (0, 1), got {self.delta}")
+        need(self.dp != "none" or (self.noise_multiplier is None and self.target_epsilon is None
+                                   and self.adaptive_clip is None),
+             "--noise-multiplier, --target-epsilon and --adaptive-clip need --dp central or distributed")
 
     def server_optimizer(self) -> rounds.ServerOptimizer:
         applies = {"fedavg": {}, "fedavgm": {"server_momentum": "momentum"},

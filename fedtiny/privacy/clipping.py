@@ -57,7 +57,7 @@ def update_noise_multiplier(z: float, count_std: float) -> float:
     round as a whole must have noise multiplier z (Andrew et al. 2021, Theorem 1)."""
     if not count_std > z / 2:
         raise ValueError(f"adaptive clipping: the count's noise std {count_std:g} must exceed z/2 = {z / 2:g} "
-                         f"(use more devices per round or a smaller quantile-noise share)")
+                         f"(sigma_b = devices per round / 20: use more devices per round or a smaller --noise-multiplier)")
     return (z ** -2 - (2 * count_std) ** -2) ** -0.5
 
 

@@ -77,6 +77,7 @@ class Params:
     clip: float       # c
     z: float          # noise multiplier asked for, on the rounded sensitivity Delta_2
     devices: int      # n: the fewest devices whose noise is in a released sum
+    max_devices: int  # the most devices the modulus is sized for
     bits: int         # b: the modulus is 2^b
     gamma: float      # grid step in model units
     delta2: float     # Delta_2 in grid units
@@ -98,21 +99,21 @@ class Params:
         return 10 * sum(math.exp(-2 * math.pi ** 2 * s2 * k / (k + 1)) for k in range(1, min(self.devices, 10_000)))
 
     def sum_noise_std(self) -> float:
-        """Std per coordinate, in model units, of what the sum carries beyond the clipped updates:
-        the devices' noise and (at most) their rounding error."""
+        """Std per coordinate, in model units, of what the sum of the fewest devices carries beyond
+        their clipped updates: their noise and (at most) their rounding error."""
         return self.gamma * math.sqrt(self.devices * self.sigma2 + self.devices / 4)
 
 
-def _for_bits(dim: int, clip: float, z: float, devices: int, bits: int) -> Params | None:
+def _for_bits(dim: int, clip: float, z: float, devices: int, max_devices: int, bits: int) -> Params | None:
     padded = 1 << max(0, (dim - 1).bit_length())
-    n = devices
-    room = 4.0 ** bits / (4 * K_STDDEVS ** 2) - n / 4
+    n, n_sum = devices, max_devices
+    room = 4.0 ** bits / (4 * K_STDDEVS ** 2) - n_sum / 4
     if room <= 0:
         return None
     s = z * clip / math.sqrt(n)  # first guess of the local std (model units): Delta_2 ~ c / gamma
     gamma = delta2 = 0.0
     for _ in range(50):  # fixed point: gamma depends on s, s on Delta_2(gamma)
-        gamma = math.sqrt((clip * n) ** 2 / padded + n * s ** 2) / math.sqrt(room)
+        gamma = math.sqrt((clip * n_sum) ** 2 / padded + n_sum * s ** 2) / math.sqrt(room)
         delta2 = rounded_norm_bound(clip / gamma, padded)
         s_new = z * delta2 * gamma / math.sqrt(n)
         if abs(s_new - s) <= 1e-12 * s:
@@ -122,11 +123,16 @@ def _for_bits(dim: int, clip: float, z: float, devices: int, bits: int) -> Param
     if sigma2 > MAX_SIGMA2:
         return None
     num, den = _rational_up(sigma2)
-    return Params(dim, padded, clip, z, n, bits, gamma, delta2, num, den)
+    return Params(dim, padded, clip, z, n, n_sum, bits, gamma, delta2, num, den)
 
 
-def choose(dim: int, clip: float, z: float, devices: int, bits: int | None = None) -> Params:
-    """DDGauss parameters for d parameters, clip c, noise multiplier z, n devices (and b, or the smallest b that fits)."""
+def choose(dim: int, clip: float, z: float, devices: int, bits: int | None = None,
+           max_devices: int | None = None) -> Params:
+    """DDGauss parameters for d parameters, clip c, noise multiplier z, at least `devices` and at most
+    `max_devices` (default: the same) devices per sum, and b (or the smallest b that fits)."""
+    max_devices = devices if max_devices is None else int(max_devices)
+    if max_devices < devices:
+        raise ValueError(f"max_devices {max_devices} is below devices {devices}")
     clipping.check_bound(clip)
     if not (math.isfinite(z) and z > 0):
         raise ValueError(f"--noise-multiplier must be positive, got {z}")
@@ -135,14 +141,14 @@ def choose(dim: int, clip: float, z: float, devices: int, bits: int | None = Non
     if bits is not None:
         if not 2 <= bits <= 32:
             raise ValueError(f"--dp-bits must be in [2, 32], got {bits}")
-        p = _for_bits(dim, clip, z, devices, bits)
+        p = _for_bits(dim, clip, z, devices, max_devices, bits)
         if p is None:
             raise ValueError(f"--dp-bits {bits} cannot hold the sum of {devices} devices at {K_STDDEVS:g} standard "
                              f"deviations within the sampler's range: use another --dp-bits")
     else:
         p = None
         for b in range(4, 33):
-            q = _for_bits(dim, clip, z, devices, b)
+            q = _for_bits(dim, clip, z, devices, max_devices, b)
             if q is not None and q.sum_noise_std() <= MAX_INFLATION * z * clip:
                 p = q
                 break

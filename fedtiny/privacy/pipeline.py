@@ -22,6 +22,15 @@ from .randomness import os_bytes, secure_generator
 MODES = ("none", "central", "distributed")
 
 
+def cohort_range(kind: str, clients: int, m: int) -> tuple[int, int]:
+    """Devices per round the distributed noise and modulus are sized for: exactly m with fixed-size
+    sampling; with Poisson, m -+ 3 standard deviations of the binomial count (outside: abandoned)."""
+    if kind == "fixed":
+        return m, m
+    sd = math.sqrt(m * (1 - m / clients))
+    return max(1, math.floor(m - 3 * sd)), min(clients, math.ceil(m + 3 * sd))
+
+
 class PrivateRounds:
     def __init__(self, mode: str, *, clients: int, fraction: float, rounds_planned: int, dim: int,
                  clip_norm: float | None, adaptive_quantile: float | None = None,
@@ -73,10 +82,8 @@ class PrivateRounds:
         if mode == "central":
             self.stage = GaussianSumNoise(self.z_update, self.m, self.rng)
         else:
-            # the fewest devices whose noise is in a released sum: m with fixed-size sampling;
-            # with Poisson, m - 3 standard deviations of the binomial count (fewer: round abandoned)
-            n_min = self.m if kind == "fixed" else max(1, math.floor(self.m - 3 * math.sqrt(self.m * (1 - self.m / self.clients))))
-            self.params = ddgauss.choose(dim, self.bound, self.z, n_min, bits)
+            n_min, n_max = cohort_range(kind, self.clients, self.m)
+            self.params = ddgauss.choose(dim, self.bound, self.z, n_min, bits, max_devices=n_max)
             self.z_accounted = self.params.z_effective
 
     # -- sampling --
@@ -111,8 +118,9 @@ class PrivateRounds:
         return None if self.params is None else ddgauss.bytes_per_value(self.params) * self.params.padded
 
     def distributed_sum(self, rotation_seed: int) -> np.ndarray | None:
-        """The decoded noisy sum, or None if fewer devices than the noise needs took part (abandon)."""
-        if self.devices < self.params.devices:
+        """The decoded noisy sum, or None (the round is abandoned) if fewer devices than the noise
+    needs, or more than the modulus holds, took part."""
+        if not self.params.devices <= self.devices <= self.params.max_devices:
             return None
         return ddgauss.decode(self.params, self.total, rotation_seed)
 
@@ -140,6 +148,7 @@ class PrivateRounds:
         if self.params is not None:
             p = self.params
             s.update(dp_bits=p.bits, dp_gamma=p.gamma, dp_local_sigma2=p.sigma2, dp_min_devices=p.devices,
+                     dp_max_devices=p.max_devices,
                      dp_z_effective=p.z_effective)
         return s
 

@@ -42,11 +42,13 @@ def run_command(args: argparse.Namespace) -> int:
         if d is None:
             from .. import model
             d = model.build(args.model).n_params
-        n_min = m if s.kind == "fixed" else max(1, int(m - 3 * (m * (1 - s.q)) ** 0.5))
-        p = ddgauss.choose(d, args.clip_norm, z, n_min, args.dp_bits)
+        from .pipeline import cohort_range
+        n_min, n_max = cohort_range(s.kind, args.clients, m)
+        p = ddgauss.choose(d, args.clip_norm, z, n_min, args.dp_bits, max_devices=n_max)
         print(f"grid: {d} parameters padded to {p.padded}, modulus 2^{p.bits} ({ddgauss.bytes_per_value(p)} bytes per value), "
               f"step gamma = {p.gamma:.4g}, rounded sensitivity {p.delta2:.1f} grid units")
-        print(f"each device adds N_Z(0, {p.sigma2:.6g}) per coordinate; with >= {p.devices} devices the sum's noise multiplier is "
+        print(f"each device adds N_Z(0, {p.sigma2:.6g}) per coordinate; rounds of {p.devices} to {p.max_devices} devices "
+              f"are released (others abandoned); with {p.devices} the sum's noise multiplier is "
               f"{p.z_effective:.4f}; noise and rounding per coordinate of the mean {p.sum_noise_std() / m:.4g} "
               f"({p.sum_noise_std() / (z * args.clip_norm) - 1:+.1%} against central)")
     marks = sorted({r for r in (1, 10, 50, 100, 200, 500, 1000) if r < args.rounds} | {args.rounds})
