@@ -98,10 +98,11 @@ class Params:
         s2 = self.sigma2
         return 10 * sum(math.exp(-2 * math.pi ** 2 * s2 * k / (k + 1)) for k in range(1, min(self.devices, 10_000)))
 
-    def sum_noise_std(self) -> float:
-        """Std per coordinate, in model units, of what the sum of the fewest devices carries beyond
-        their clipped updates: their noise and (at most) their rounding error."""
-        return self.gamma * math.sqrt(self.devices * self.sigma2 + self.devices / 4)
+    def sum_noise_std(self, devices: float | None = None) -> float:
+        """Std per coordinate, in model units, of what the sum of `devices` devices (default: the
+        fewest) carries beyond their clipped updates: their noise and (at most) their rounding error."""
+        n = self.devices if devices is None else devices
+        return self.gamma * math.sqrt(n * self.sigma2 + n / 4)
 
 
 def _for_bits(dim: int, clip: float, z: float, devices: int, max_devices: int, bits: int) -> Params | None:

@@ -155,5 +155,5 @@ class PrivateRounds:
     def noise_std_on_mean(self) -> float:
         """Expected noise std per coordinate of the released mean delta (model units)."""
         if self.params is not None:
-            return self.params.sum_noise_std() / self.m
+            return self.params.sum_noise_std(self.m) / self.m  # at the expected m devices
         return self.z_update * self.bound / self.m

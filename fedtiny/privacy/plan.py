@@ -49,8 +49,8 @@ def run_command(args: argparse.Namespace) -> int:
               f"step gamma = {p.gamma:.4g}, rounded sensitivity {p.delta2:.1f} grid units")
         print(f"each device adds N_Z(0, {p.sigma2:.6g}) per coordinate; rounds of {p.devices} to {p.max_devices} devices "
               f"are released (others abandoned); with {p.devices} the sum's noise multiplier is "
-              f"{p.z_effective:.4f}; noise and rounding per coordinate of the mean {p.sum_noise_std() / m:.4g} "
-              f"({p.sum_noise_std() / (z * args.clip_norm) - 1:+.1%} against central)")
+              f"{p.z_effective:.4f} ({p.sum_noise_std() / (z * args.clip_norm) - 1:+.1%} noise and rounding against central); "
+              f"with the expected {m}: noise and rounding per coordinate of the mean {p.sum_noise_std(m) / m:.4g}")
     marks = sorted({r for r in (1, 10, 50, 100, 200, 500, 1000) if r < args.rounds} | {args.rounds})
     print("epsilon after round " + ", ".join(f"{r}: {accounting.epsilon(s, z, r, args.delta):.3f}" for r in marks))
     return 0
