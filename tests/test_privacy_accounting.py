@@ -83,3 +83,14 @@ def test_bad_sampling():
         Sampling("poisson", 100, 101)
     with pytest.raises(ValueError, match="--target-epsilon"):
         accounting.calibrate(Sampling("poisson", 100, 10), 0.0, 10, 1e-5)
+
+
+def test_accountant_with_changing_z_equals_dp_accounting_composition():
+    s = Sampling("fixed", 200, 20)
+    acc = accounting.Accountant(s, 1e-5)
+    for z in (1.0, 1.0, 2.0, 1.0, 3.0):
+        acc.spend(z)
+    direct = accounting.new_accountant(s)
+    for z, n in ((1.0, 3), (2.0, 1), (3.0, 1)):
+        direct.compose(accounting.round_event(s, z), n)
+    assert acc.epsilon() == pytest.approx(direct.get_epsilon(1e-5), rel=1e-12)
