@@ -1,9 +1,8 @@
 """L2 clipping of one device's update: a fixed bound, or an adaptive one that tracks a quantile.
 
-Pure functions on float32 vectors. The norm is float64 numpy (np.linalg.norm of the float64
-copy): no C L2-norm kernel exists in csrc yet (issue 10 adds one over staged int8 blocks; this
-is the function to switch to it). A clipped vector is checked after scaling, so float32
-rounding can never leave its norm above the bound.
+Pure functions on float32 vectors. The norm is the C kernel ft_l2norm_f32 (squares exact in
+float64, the one L2 norm of the project, shared with secure aggregation's grid). A clipped vector
+is checked after scaling, so float32 rounding can never leave its norm above the bound.
 
 Adaptive clipping (Andrew, Thakkar, McMahan, Ramaswamy, NeurIPS 2021): each round every device
 reports b_k = 1[||delta_k|| <= C]; the aggregator releases the noised count
@@ -17,10 +16,17 @@ import math
 
 import numpy as np
 
+from .. import _core
+
 
 def l2_norm(v: np.ndarray) -> float:
-    """The L2 norm in float64 (a float32 sum of 200,000 squares would lose digits)."""
-    return float(np.linalg.norm(np.asarray(v, dtype=np.float64)))
+    """The L2 norm of a float32 vector, accumulated in float64 (C); inf if it holds NaN or Inf."""
+    if not isinstance(v, np.ndarray) or v.dtype != np.float32 or v.ndim != 1:
+        raise ValueError("l2_norm takes a 1-D float32 vector")
+    try:
+        return float(_core.l2norm_f32(np.ascontiguousarray(v)))
+    except ValueError:  # NaN or Inf: no norm to clip to
+        return math.inf
 
 
 def check_bound(bound: float, what: str = "--clip-norm") -> float:
