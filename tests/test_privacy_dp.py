@@ -157,3 +157,35 @@ def test_bits_follow_devices_and_noise():
     assert a.sum_noise_std() <= 1.05 * 1.0
     with pytest.raises(ValueError, match="--dp-bits"):
         ddgauss.choose(199210, 1.0, 1.0, 100, bits=3)
+
+
+def test_distributed_round_outside_the_sized_cohort_is_not_released():
+    from fedtiny.privacy.pipeline import PrivateRounds, cohort_range
+    lo, hi = cohort_range("poisson", 1000, 100)
+    assert (lo, hi) == (71, 129)
+    pr = PrivateRounds("distributed", clients=40, fraction=0.25, rounds_planned=5, dim=300, clip_norm=1.0,
+                       noise_multiplier=1.0, sampling="fixed", test_seed=1)
+    pr.begin_round()
+    for _ in range(pr.params.devices - 1):
+        pr.device(np.full(300, 0.01, np.float32), 5)
+    assert pr.distributed_sum(5) is None  # one device short: the noise would be too small
+    row = pr.end_round(released=False)
+    assert row["epsilon"] == 0.0
+    pr.begin_round()
+    for _ in range(pr.params.devices):
+        pr.device(np.full(300, 0.01, np.float32), 6)
+    assert pr.distributed_sum(6) is not None
+    assert pr.end_round(released=True)["epsilon"] > 0
+
+
+def test_accumulator_perturb_and_fixed_denominator():
+    acc = Accumulator(4)
+    acc.add(np.ones(4, np.float32), 1.0)
+    acc.add(np.ones(4, np.float32), 1.0)
+    acc.perturb(np.array([1, 2, 3, 4], np.float32))
+    w = np.zeros(4, np.float32)
+    acc.apply(w, 10.0)
+    assert np.allclose(w, (2 + np.array([1, 2, 3, 4])) / 10)
+    for bad in (np.ones(3, np.float32), np.array([1, 2, np.nan, 4], np.float32), np.ones(4, np.float64)):
+        with pytest.raises(ValueError, match="perturbation"):
+            acc.perturb(bad)
