@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, str] = {
     "demo": "fedtiny.net.demo",
     "export": "fedtiny.tflite.export",
     "privacy": "fedtiny.privacy.plan",
+    "keys": "fedtiny.net.keys",
 }
 
 

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from .. import _core
+from .. import _core, bounds
 
 
 def l2_norm(v: np.ndarray) -> float:
@@ -48,9 +48,9 @@ def clip(delta: np.ndarray, bound: float) -> tuple[np.ndarray, float]:
     if not math.isfinite(norm):
         raise ValueError("update holds NaN or Inf (or overflows): it cannot be clipped")
     out = delta.copy()
-    if norm <= bound:
+    factor = bounds.clip_factor(norm, bound)  # the aggregator's rule, min(1, C / norm)
+    if factor == 1.0:
         return out, norm
-    factor = bound / norm
     while True:  # float32 rounding of the scaled values can land just above the bound
         np.multiply(delta, np.float32(factor), out=out, casting="same_kind")
         if l2_norm(out) <= bound:
