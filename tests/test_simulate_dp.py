@@ -105,7 +105,7 @@ def test_cli_writes_epsilon(tmp_path):
     (["--dp", "distributed", "--clip-norm", "1", "--noise-multiplier", "1", "--adaptive-clip", "0.5"], "central only"),
     (["--dp", "central", "--clip-norm", "1", "--noise-multiplier", "1", "--adaptive-clip", "1.5"], "quantile"),
     (["--dp", "laplace"], "invalid choice"),
-    (["--secagg", "--dp", "central", "--clip-norm", "1", "--noise-multiplier", "1"], "do not combine with --secagg"),
+    (["--secagg", "--dp", "central", "--clip-norm", "1", "--noise-multiplier", "1"], "does not combine with --secagg"),
 ])
 def test_cli_bad_dp_flags_one_line_exit_2(capsys, args, needle):
     try:

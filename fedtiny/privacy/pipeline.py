@@ -2,7 +2,8 @@
 
 The simulation (and, next, the aggregator) drives it round by round; the maths lives in
 clipping, central, ddgauss and accounting. Modes:
-- "none" with a clip bound: clipping only (a bound on one device's influence, no noise, no epsilon).
+- "none" with a clip bound: clipping only, no noise, no epsilon (fedtiny simulate uses the round
+  logic's bounds for that instead: fedtiny.bounds).
 - "central": the aggregator clips every decoded update, sums with weight 1, adds N(0, (z C)^2)
   and divides by the expected devices per round m.
 - "distributed": each device clips, rounds onto the shared grid and adds its discrete Gaussian
