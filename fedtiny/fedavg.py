@@ -101,11 +101,21 @@ class Accumulator:
         self.total_weight += _check_weight(weight)
         self.count += 1
 
-    def apply(self, global_weights: np.ndarray) -> None:
-        """w += acc / total_weight in place (w_{t+1} = sum n_k/n w_k with acc = sum n_k delta_k); reset."""
+    def perturb(self, vector: np.ndarray) -> None:
+        """Add a vector that is not an update to the sum (DP noise): no weight is counted."""
+        if vector.dtype != np.float32 or vector.shape != (self.n_params,) or not np.isfinite(vector).all():
+            raise ValueError(f"a perturbation must be {self.n_params} finite float32 values")
+        _core.fedavg_acc_f32(self._acc, np.ascontiguousarray(vector), 1.0)
+
+    def apply(self, global_weights: np.ndarray, denominator: float | None = None) -> None:
+        """w += acc / total_weight in place (w_{t+1} = sum n_k/n w_k with acc = sum n_k delta_k); reset.
+
+        denominator replaces total_weight (DP's fixed denominator: the expected devices per round).
+        """
         if self.total_weight <= 0:
             raise ValueError("no updates were added: nothing to apply")
-        _core.fedavg_apply_f32(global_weights, self._acc, 1.0 / self.total_weight)
+        d = self.total_weight if denominator is None else _check_weight(denominator)
+        _core.fedavg_apply_f32(global_weights, self._acc, 1.0 / d)
         self.total_weight = 0.0
         self.count = 0
 

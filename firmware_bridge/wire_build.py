@@ -62,6 +62,7 @@ typedef enum {
 const char *ft_wire_status_name(int status);
 
 void ft_sha256(const uint8_t *data, size_t len, uint8_t out[32]);
+int ft_sha256_accel(int mode);
 void ft_hmac_sha256(const uint8_t *key, size_t key_len, const uint8_t *data, size_t len,
                     uint8_t out[32]);
 uint32_t ft_crc32(uint32_t crc, const uint8_t *data, size_t len);
