@@ -175,6 +175,8 @@ def test_plot_without_matplotlib_says_so_in_one_line(monkeypatch, tmp_path, digi
     (["--speed-min", "-1"], "--speed-min must be a positive number"),
     (["--availability", "markov", "--off-mean", "0"], "--off-mean must be a positive number"),
     (["--availability-csv", "/nonexistent-trace.csv"], "No such file or directory: /nonexistent-trace.csv"),
+    (["--dp", "central", "--clip-norm", "1", "--noise-multiplier", "1", "--mode", "async"], "--dp needs --mode sync"),
+    (["--dp", "central", "--clip-norm", "1", "--noise-multiplier", "1", "--deadline", "9"], "--dp needs devices that are always"),
 ])
 def test_cli_bad_arguments_one_line_exit_2(args, needle):
     base = ["simulate", "--dataset", "digits", "--model", "mlp:64-32-10", "--rounds", "1", "--quiet"]
