@@ -34,6 +34,7 @@ ASYNC = {  # name -> (K, M, extra)
     "k10-m50-slr2": (10, 50, "--server-lr 2"),
     "k10-m50-a1": (10, 50, "--staleness-exponent 1"),
     "k5-m50": (5, 50, ""),
+    "k5-m100": (5, 100, ""),
     "k20-m100": (20, 100, ""),
 }
 
@@ -125,7 +126,7 @@ def table(out: str) -> None:
             print(f"| {a_name} | " + " | ".join(f"{x:.2f}x" for x in ratios) + f" | {np.mean(ratios):.2f}x |")
 
 
-def plot(out: str, png: str, sync_name: str | None = None, async_name: str = "async-k10-m50") -> None:
+def plot(out: str, png: str, sync_name: str | None = None, async_name: str = "async-k5-m50") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
