@@ -141,6 +141,8 @@ def _parse_seq(spec: str, body: str) -> tuple[tuple[int, ...], list[dict], str]:
         if t in ("relu", "relu6", "pool", "flatten", "gap"):
             ops.append({"op": t, "tok": t})
             continue
+        if t == "mse":
+            raise ValueError(f"model spec {spec!r}: layer {i} 'mse' is the loss, not a layer: put it last")
         for name, rx in _TOKENS:
             mt = rx.fullmatch(t)
             if mt:
