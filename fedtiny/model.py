@@ -179,6 +179,14 @@ class Model:
     """A sequential model; its parameters are one float32 vector owned by the caller."""
 
     def __init__(self, spec: str, *, _parsed: tuple | None = None):
+        self.imported = None  # fedtiny.tflite.reader.Imported when built from a .tflite file
+        if _parsed is None and isinstance(spec, str) and spec.strip().lower().endswith(".tflite"):
+            from .tflite.reader import read_tflite  # the schema package only when a file is named
+            self.imported = read_tflite(spec.strip())
+            try:
+                _parsed = _parse(self.imported.spec)
+            except ValueError as exc:
+                raise ValueError(f"{spec}: {exc}") from None
         input_shape, ops, loss = _parse(spec) if _parsed is None else _parsed
         self.spec = spec
         self.loss: str = loss
@@ -304,6 +312,11 @@ class Model:
             raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
         if scheme not in INIT_SCHEMES:
             raise ValueError(f"init scheme must be one of {', '.join(INIT_SCHEMES)}, got {scheme!r}")
+        if self.imported is not None:  # a model read from a .tflite file starts from the file's weights
+            if self.imported.params.size != self.n_params:
+                raise ValueError(f"{self.spec}: the file holds {self.imported.params.size} parameters, "
+                                 f"its layers need {self.n_params}")
+            return self.imported.params.copy()
         p = np.zeros(self.n_params, dtype=np.float32)
         param_layers = [lay for lay in self.layers if lay.w_shape]
         for i, lay in enumerate(param_layers):
@@ -428,5 +441,6 @@ def _flags(momentum: bool, prox: bool, weights: str) -> int:
 
 
 def build(spec: str) -> Model:
-    """Model for a spec: '2nn', 'cnn' or 'mlp:A-B-...-K'."""
+    """Model for a spec: '2nn', 'cnn', 'mlp:A-B-...-K', 'seq:...', or a float .tflite file (FILE.tflite:
+    its layers, and its weights as init())."""
     return Model(spec)
