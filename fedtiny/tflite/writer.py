@@ -105,7 +105,7 @@ def _shape_after(layer: tuple, shape: tuple[int, ...], index: int) -> tuple[int,
             return (-(-shape[0] // sh), -(-shape[1] // sw), c_out)
         h, w = (shape[0] - kh) // sh + 1, (shape[1] - kw) // sw + 1
         if shape[0] < kh or shape[1] < kw:
-            raise ValueError(f"layer {index} ({kind} {kh}x{kw}): input {shape} is smaller than the window")
+            raise ValueError(f"layer {index} ({kind} {kh}x{kw}): input {shape} is smaller than the kernel/window")
         return (h, w, c_out)
     if kind == "gap":
         if len(shape) != 3:
