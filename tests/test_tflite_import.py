@@ -294,3 +294,28 @@ def test_int8_and_garbage_files_are_refused(tmp_path):
     cut.write_bytes(ft.export_tflite(m, p)[:200])
     with pytest.raises(ValueError, match="malformed TFLite|no constant data|not a chain"):
         fm.build(str(cut))
+
+
+@pytest.mark.parametrize("spec", [
+    "seq:28x28x1,conv8k3s2same,relu6,dwk3same,relu6,conv16k1,relu,avgpool2,gap,dense10",
+    "seq:128x3,conv16k5s2same,relu,pool,conv16k3,relu,gap,dense6",
+    "seq:13x12x3,conv4k3s2,relu,dwk3s2same,relu6,dwk2x3,gap,dense4",
+    "seq:10x9x2,avgpool3s2,conv3k3same,relu,maxpool2x3s1,flatten,dense4",
+])
+def test_export_of_every_new_layer_runs_on_litert(spec):
+    """fedtiny's writer: float32 export equals fedtiny's forward pass on LiteRT (SAME padding split as
+    TensorFlow splits it); the full-integer int8 export stays within a few percent of it; and the
+    file imports back as the same architecture with the same weights."""
+    m = fm.build(spec)
+    rng = np.random.default_rng(5)
+    p = m.init(1) + rng.normal(0, 0.05, m.n_params).astype(np.float32)
+    x = rng.random((64,) + m.input_shape).astype(np.float32)
+    xl = x.reshape((64,) + m.layers[0].in_shape)  # a 1-D model's .tflite input is (batch, 1, L, C)
+    want = m.predict(p, x)
+    f32 = ft.export_tflite(m, p)
+    np.testing.assert_allclose(ft.Interpreter(f32).run(xl), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    q = ft.Interpreter(ft.export_tflite(m, p, int8=True, calibration=x)).run(xl)
+    assert np.abs(q - want).max() <= 0.05 * np.abs(want).max()
+    from fedtiny.tflite.reader import read_tflite_bytes
+    imp = read_tflite_bytes(f32)
+    assert fm.build(imp.spec).arch_hash() == m.arch_hash() and np.array_equal(imp.params, p)
