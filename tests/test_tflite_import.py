@@ -319,3 +319,30 @@ def test_export_of_every_new_layer_runs_on_litert(spec):
     from fedtiny.tflite.reader import read_tflite_bytes
     imp = read_tflite_bytes(f32)
     assert fm.build(imp.spec).arch_hash() == m.arch_hash() and np.array_equal(imp.params, p)
+
+
+def test_aggregator_and_client_processes_federate_a_tflite_model(tmp_path, monkeypatch):
+    """`fedtiny aggregate --model FILE.tflite` and three `fedtiny client --model FILE.tflite` processes
+    over UDP on 127.0.0.1 end bit for bit where `simulate` with the same file ends (the OFFER's
+    architecture hash is the file's spec's, so the clients are accepted)."""
+    import netutil
+    from fedtiny.net import state
+    m = fm.build("seq:8x8x1,conv6k3same,relu,dwk3s2same,relu6,conv8k1,relu,gap,dense10")
+    path = tmp_path / "digits_ds.tflite"
+    path.write_bytes(ft.export_tflite(m, m.init(7), softmax=True))
+    monkeypatch.setattr(netutil, "MODEL", str(path))
+    weights, rows = netutil.simulate_oracle(3, 2)
+    fleet = netutil.Fleet(tmp_path, 3)
+    procs = []
+    try:
+        with netutil.AggregatorThread(fleet.config(rounds=2, model=str(path))) as agg:
+            procs = fleet.start_clients(agg.server)
+            agg.wait(60)
+        for p in procs:
+            assert p.wait(timeout=20) == 0, netutil.client_logs(procs)
+    finally:
+        netutil.stop_all(procs)
+    ck = state.load(fleet.config().state)
+    assert ck.round == 2
+    np.testing.assert_array_equal(ck.weights, weights)
+    assert [r["test_acc"] for r in ck.metrics] == [r["test_acc"] for r in rows]
