@@ -272,3 +272,26 @@ def test_depthwise_kernel_is_bit_exact_across_simd_paths(rng):
         for simd, (logits, g) in outs.items():
             assert np.array_equal(logits, outs["scalar"][0]), simd
             assert np.array_equal(g, outs["scalar"][1]), simd
+
+
+@pytest.mark.parametrize("spec", [NEW_SPECS[1], NEW_SPECS[2]])
+def test_new_layers_train_with_int8_weights(spec, rng):
+    """int8 weight storage (dequantize, update, stochastic re-quantize per tensor) on depthwise,
+    strided and 1-D layers: one epoch moves each tensor as float32 does (same direction) and lands
+    near it (off by less than 0.4 of the float32 move plus one int8 step: the seed's conv
+    kind (stride-1 VALID conv) lands at about 0.2 on data like this)."""
+    m = fm.build(spec)
+    p0 = m.init(2)
+    x = rng.normal(size=(16,) + m.input_shape).astype(np.float32)
+    y = rng.integers(0, m.n_classes, 16)
+    pf, pq = p0.copy(), p0.copy()
+    ft.local_sgd(m, pf, x, y, epochs=1, batch_size=4, lr=0.05, seed=1)
+    ft.local_sgd(m, pq, x, y, epochs=1, batch_size=4, lr=0.05, seed=1, weights="int8")
+    for lay in m.layers:
+        if not lay.w_shape:
+            continue
+        sl = slice(lay.w_offset, lay.w_offset + int(np.prod(lay.w_shape)))
+        step = np.abs(p0[sl]).max() / 127
+        moved_f, moved_q = pf[sl] - p0[sl], pq[sl] - p0[sl]
+        assert np.abs(pq[sl] - pf[sl]).max() <= 0.4 * np.abs(moved_f).max() + step, lay.kind
+        assert np.dot(moved_f, moved_q) > 0.9 * np.linalg.norm(moved_f) * np.linalg.norm(moved_q), lay.kind
