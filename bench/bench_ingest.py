@@ -21,7 +21,8 @@ import time
 import numpy as np
 import pytest
 
-from fedtiny import codec, keys, state, wire
+from fedtiny import codec
+from fedtiny.net import keys, state, wire
 
 MODEL, N_PARAMS = "2nn", 199_210
 SLOTS = 8

@@ -288,3 +288,15 @@ def partition(y: np.ndarray, n_clients: int, scheme: str = "iid", *, alpha: floa
             n_hold = min(max(n_hold, 1), len(idx) - 1)
         splits.append(ClientSplit(train=idx[n_hold:].astype(np.int64), holdout=idx[:n_hold].astype(np.int64)))
     return splits
+
+
+def check_model_fits(model, data: Dataset, spec: str) -> None:
+    """Refuse a model whose input or output size does not fit the data set, naming the fix."""
+    need = int(np.prod(model.input_shape))
+    have = int(np.prod(data.input_shape))
+    shape = "x".join(str(s) for s in data.input_shape)
+    if need != have or (len(model.input_shape) > 1 and tuple(model.input_shape) != data.input_shape):
+        fix = " (use --model mlp:64-32-10)" if have == 64 else ""
+        raise ValueError(f"model {spec} takes input {tuple(model.input_shape)}, dataset {data.name} has {shape}{fix}")
+    if model.n_classes < data.n_classes:
+        raise ValueError(f"model {spec} has {model.n_classes} outputs, dataset {data.name} has {data.n_classes} classes")

@@ -5,7 +5,7 @@ a bridge) passes `now` in and moves the bytes itself. One Server holds the globa
 fedtiny.fedavg.Accumulator and the server optimizer's state, so its memory is O(model) whatever
 the number of clients; a Round adds a few bytes per participant (who already answered).
 Updates arrive whole: a transport that receives them in chunks stages and checks them first
-(fedtiny/ingest.py, the one chunk-wise ingest policy: nothing partial ever reaches the sum).
+(fedtiny/net/ingest.py, the one chunk-wise ingest policy: nothing partial ever reaches the sum).
 
 Policies (each one named, each one tested):
 - An update for another round, from a device not selected, or after the round closed is

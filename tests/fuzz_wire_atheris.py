@@ -1,4 +1,4 @@
-"""Coverage-guided fuzzing of fedtiny.wire's decoders with atheris (not part of the test run).
+"""Coverage-guided fuzzing of fedtiny.net.wire's decoders with atheris (not part of the test run).
 
     pip install atheris
     python tests/fuzz_wire_atheris.py -atheris_runs=2000000
@@ -15,7 +15,7 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from fedtiny import wire
+    from fedtiny.net import wire
 
 KEY = b"atheris-fuzz-key-0123456789abcde"
 COUNT = [0]

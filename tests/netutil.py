@@ -12,9 +12,10 @@ import time
 
 import numpy as np
 
-from fedtiny import keys, rounds, simulate, wire
-from fedtiny.aggregator import AggregateConfig, Aggregator
-from fedtiny.demo import client_command, write_client_data
+from fedtiny import rounds, simulate
+from fedtiny.net import keys, wire
+from fedtiny.net.aggregator import AggregateConfig, Aggregator
+from fedtiny.net.demo import client_command, write_client_data
 
 MODEL = "mlp:64-32-10"
 CLIENT_ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from fedtiny import state
+from fedtiny.net import state
 from netutil import AggregatorThread, Fleet, stop_all
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,7 +7,7 @@ import pytest
 
 from fedtiny import codec
 from fedtiny.fedavg import Accumulator
-from fedtiny.ingest import CHUNK_BLOCKS, UpdateIngest, update_chunks
+from fedtiny.net.ingest import CHUNK_BLOCKS, UpdateIngest, update_chunks
 
 N = 4500  # 36 int8 blocks: 5 chunks, the last one of 4 blocks
 

@@ -1,7 +1,7 @@
 """The real federation over UDP on 127.0.0.1: client processes, a lossy relay, kill -9, bad frames.
 
 Oracle for every run: `fedtiny simulate` with the same seeds. The aggregator commits the
-round's updates in device-id order (fedtiny.ingest) and each device derives its training and
+round's updates in device-id order (fedtiny.net.ingest) and each device derives its training and
 rounding seeds as simulate derives them for client k = device id, so the global weights must be
 bit-for-bit those of the simulation: the tolerance is zero.
 """
@@ -14,7 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from fedtiny import codec, state, wire
+from fedtiny import codec
+from fedtiny.net import state, wire
 from netutil import (MODEL, AggregatorThread, Fleet, HandDevice, client_logs, free_udp_port, simulate_oracle,
                      stop_all, wait_for)
 from udp_relay import LossyRelay

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from fedtiny import keys, state
+from fedtiny.net import keys, state
 
 
 def test_checkpoint_round_trip_and_cleanup(tmp_path, rng):

@@ -9,7 +9,8 @@ import pytest
 pytest.importorskip("flatbuffers")
 pytest.importorskip("tflite")
 from fedtiny import tflite as ft  # noqa: E402
-from fedtiny import tflite_export as tx  # noqa: E402
+from fedtiny.tflite import writer as tx  # noqa: E402
+from fedtiny.tflite import export as export_cmd  # noqa: E402
 
 from fedtiny.model import build  # noqa: E402
 from tflite_oracle import MLP, SMALL_CNN, fashion, forward, he_init, n_params, trained  # noqa: E402
@@ -311,7 +312,7 @@ def test_backend_choice(monkeypatch):
 
 def _save_state(directory, params):
     """A checkpoint as fedtiny aggregate writes it after round 3."""
-    from fedtiny import state
+    from fedtiny.net import state
     state.save(str(directory), state.Checkpoint(3, params, {}, [], {}))
 
 
@@ -343,7 +344,7 @@ def test_cli_export_float32_and_int8(tmp_path, capsys):
     np.save(tmp_path / "p.npy", params)
     x, y = fashion("test")
     out = tmp_path / "m.tflite"
-    assert ft.main_export(["--model", "2nn", "--params", str(tmp_path / "p.npy"), "--tflite", str(out)]) == 0
+    assert export_cmd.main_export(["--model", "2nn", "--params", str(tmp_path / "p.npy"), "--tflite", str(out)]) == 0
     assert "float32" in capsys.readouterr().out
     assert_close_rel(ft.Interpreter(out).run(x[:200]), model.predict(params, x[:200]))
 
@@ -352,7 +353,7 @@ def test_cli_export_float32_and_int8(tmp_path, capsys):
     raw = (x_train[:300, :, :, 0] * 255).round().astype(np.uint8)  # a device's raw image bytes
     np.savez(tmp_path / "calib.npz", x=raw, y=np.zeros(300, np.int64))
     out8 = tmp_path / "m8.tflite"
-    assert ft.main_export(["--model", "2nn", "--state", str(tmp_path / "state"), "--tflite", str(out8),
+    assert export_cmd.main_export(["--model", "2nn", "--state", str(tmp_path / "state"), "--tflite", str(out8),
                            "--int8", "--calibration-data", str(tmp_path / "calib.npz"),
                            "--calibration-size", "200"]) == 0
     assert "int8" in capsys.readouterr().out
@@ -372,7 +373,7 @@ def test_cli_export_float32_and_int8(tmp_path, capsys):
 def test_cli_export_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     np.save(tmp_path / "p.npy", np.zeros(199_210, np.float32))
-    rc = ft.main_export(args + ["--params", "p.npy"] + ([] if "--tflite" in args else ["--tflite", "out.tflite"]))
+    rc = export_cmd.main_export(args + ["--params", "p.npy"] + ([] if "--tflite" in args else ["--tflite", "out.tflite"]))
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and message in err and err.startswith("fedtiny export: error:")
     assert not (tmp_path / "out.tflite").exists()
@@ -381,7 +382,7 @@ def test_cli_export_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypat
 def test_cli_export_runs_as_a_process(tmp_path):
     import subprocess
     np.save(tmp_path / "p.npy", build("mlp:64-32-10").init(seed=0))
-    code = "import sys; from fedtiny.tflite import main_export; sys.exit(main_export(sys.argv[1:]))"
+    code = "import sys; from fedtiny.tflite.export import main_export; sys.exit(main_export(sys.argv[1:]))"
     ok = subprocess.run([sys.executable, "-c", code, "--model", "mlp:64-32-10", "--params", "p.npy",
                          "--tflite", "m.tflite"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and (tmp_path / "m.tflite").stat().st_size > 2410 * 4, ok.stderr
@@ -393,9 +394,9 @@ def test_cli_export_runs_as_a_process(tmp_path):
 
 
 def test_export_as_a_fedtiny_cli_subcommand(tmp_path, monkeypatch, capsys):
-    """The contract of fedtiny.cli: SUBCOMMANDS["export"] = "fedtiny.tflite"."""
+    """The contract of fedtiny.cli: SUBCOMMANDS["export"] = "fedtiny.tflite.export"."""
     cli = pytest.importorskip("fedtiny.cli")
-    monkeypatch.setitem(cli.SUBCOMMANDS, "export", "fedtiny.tflite")
+    monkeypatch.setitem(cli.SUBCOMMANDS, "export", "fedtiny.tflite.export")
     model = build("mlp:64-32-10")
     params = model.init(seed=0)
     np.save(tmp_path / "p.npy", params)

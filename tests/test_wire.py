@@ -1,4 +1,4 @@
-"""Frames through fedtiny.wire (the C codec): byte layout against an independent struct + hmac
+"""Frames through fedtiny.net.wire (the C codec): byte layout against an independent struct + hmac
 oracle, round trips of every message type, each rejection with its own reason, replay rules,
 payload layouts, and update chunks that rebuild the same FedAvg aggregate."""
 import hashlib
@@ -9,7 +9,8 @@ import struct
 import numpy as np
 import pytest
 
-from fedtiny import codec, wire
+from fedtiny import codec
+from fedtiny.net import wire
 from fedtiny.fedavg import Accumulator
 
 KEY = bytes(range(32))

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedtiny import wire
+from fedtiny.net import wire
 from fedtiny._wire import lib
 
 FIPS = [

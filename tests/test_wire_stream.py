@@ -1,4 +1,4 @@
-"""Serial framing through fedtiny.wire: the COBS line format against a textbook encoder, a
+"""Serial framing through fedtiny.net.wire: the COBS line format against a textbook encoder, a
 stream decoder fed in every split, cut after every byte, fed garbage, over its byte budget;
 and property-based fuzzing of the frame and stream decoders (hypothesis)."""
 import hashlib
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedtiny import wire
+from fedtiny.net import wire
 
 KEY = b"serial-line-key-0123456789abcdef"
 

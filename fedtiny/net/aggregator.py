@@ -27,28 +27,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import datasets, ingest, keys as keys_mod, rounds, session, state, wire
+from .. import datasets, rounds
+from . import ingest, keys as keys_mod, session, state, wire
+from .common import MODEL_WINDOW, parse_hostport, setup_logging
 from .session import Rejected
-from .simulate import check_model_fits
 
 log = logging.getLogger("fedtiny.aggregate")
 
 CODECS = {"int8": 0, "int8-stochastic": 1, "int8-ef": 2}   # the offer's codec_flags (docs/PROTOCOL.md)
 ALIVE_SECONDS = 15.0      # a device silent for longer is not sampled
 REOFFER_SECONDS = 0.5     # offer again to a selected device that has not asked for the model
-MODEL_WINDOW = 64         # model chunks sent per ACK from a device
 ACK_EVERY = 16            # update chunks between two ACKs to the device
 TELL_SECONDS = 0.25        # errors to one device, per code
 RCVBUF_BYTES = 4 << 20    # requested UDP receive buffer
 LOG_PER_REASON = 5        # rejections logged one by one per reason and round; then only counted
-
-
-def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
-    text = text.removeprefix("udp://")
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"{what} {text!r} is not HOST:PORT")
-    return host, int(port)
 
 
 @dataclass
@@ -124,8 +116,8 @@ class _RoundRun:
 
 class Aggregator(asyncio.DatagramProtocol):
     def __init__(self, cfg: AggregateConfig, *, out=None):
-        from . import model as model_mod
-        from . import train
+        from .. import model as model_mod
+        from .. import train
         cfg.check()
         self.cfg = cfg
         self.out = out if out is not None else sys.stdout
@@ -136,7 +128,7 @@ class Aggregator(asyncio.DatagramProtocol):
         if cfg.dataset:
             data = datasets.load(cfg.dataset, cfg.data_dir, seed=cfg.seed)
             try:
-                check_model_fits(self.model, data, cfg.model)
+                datasets.check_model_fits(self.model, data, cfg.model)
             except ValueError as exc:
                 raise ValueError(f"--dataset {cfg.dataset} (the test set): {exc}; or --dataset none") from None
             self.test = (data.x_test, data.y_test)
@@ -513,11 +505,6 @@ def config_from_args(args: argparse.Namespace) -> AggregateConfig:
     if cfg.dataset in ("none", ""):
         cfg.dataset = None
     return cfg
-
-
-def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
 def run_command(args: argparse.Namespace) -> int:

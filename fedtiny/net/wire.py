@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Union
 
 import numpy as np
 
-from ._wire import ffi, lib
+from .._wire import ffi, lib
 
 VERSION: int = lib.FT_WIRE_VERSION
 HEADER_BYTES: int = lib.FT_WIRE_HEADER_BYTES            # 24

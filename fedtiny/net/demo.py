@@ -16,8 +16,10 @@ import time
 
 import numpy as np
 
-from . import datasets, keys
-from .aggregator import AggregateConfig, Aggregator, setup_logging
+from .. import datasets
+from . import keys
+from .aggregator import AggregateConfig, Aggregator
+from .common import setup_logging
 
 HELP = "run an aggregator and N client processes on 127.0.0.1 and show the federated rounds"
 

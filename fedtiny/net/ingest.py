@@ -23,7 +23,7 @@ import numpy as np
 
 from typing import Callable
 
-from .codec import BLOCK_BYTES, FLAG_STOCHASTIC, HEADER, HEADER_BYTES, MAGIC, QK, VERSION, Int8Update, check_blocks, nblocks
+from ..codec import BLOCK_BYTES, FLAG_STOCHASTIC, HEADER, HEADER_BYTES, MAGIC, QK, VERSION, Int8Update, check_blocks, nblocks
 
 from .wire import UPDATE_CHUNK_BLOCKS as CHUNK_BLOCKS, update_chunks  # noqa: F401  (the protocol's chunking)
 

@@ -17,7 +17,7 @@ import sys
 from collections import Counter
 
 from . import wire
-from .aggregator import parse_hostport, setup_logging
+from .common import parse_hostport, setup_logging
 
 log = logging.getLogger("fedtiny.bridge")
 

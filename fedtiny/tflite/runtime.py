@@ -1,7 +1,7 @@
 """TFLite export and on-device inference: LiteRT (ai_edge_litert) or tflite_runtime, never TensorFlow.
 
 - `export_tflite(model, params, path, int8=..., calibration=...)` writes a .tflite flatbuffer of
-  a fedtiny model (the graph writer is fedtiny.tflite_export).
+  a fedtiny model (the graph writer is fedtiny.tflite.writer).
 - `Interpreter(path)` runs a .tflite model with whichever interpreter package is installed.
 - `prepare_backbone(path, x)` is federated transfer learning (TinyFedTL): a frozen .tflite
   feature extractor turns a device's data into features, and only a dense head on them is
@@ -11,19 +11,17 @@
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import sys
 from typing import Sequence
 
 import numpy as np
 
-from . import tflite_export as _tx
+from . import writer as _tx
 
 __all__ = ["Interpreter", "interpreter_backend", "export_tflite", "model_layers", "backbone_layers",
            "extract_features", "head_spec", "prepare_backbone", "backbone_dataset", "load_params",
-           "HELP", "add_arguments", "run_command", "main_export"]
+           "load_samples"]
 
 _NO_INTERPRETER = ("no TFLite interpreter is installed: install ai-edge-litert "
                    "(pip install 'fedtiny[tflite]'), or tflite-runtime together with numpy<2")
@@ -243,11 +241,11 @@ def _from_tensor(t: np.ndarray, detail: dict) -> np.ndarray:
 # --------------------------------------------------------------------------- export
 
 def model_layers(model) -> tuple[list[tuple], tuple[int, ...]]:
-    """(layer tuples for fedtiny.tflite_export, input_shape) of a fedtiny model.
+    """(layer tuples for fedtiny.tflite.writer, input_shape) of a fedtiny model.
 
     `model` is a fedtiny.model.Model (its Layer descriptors are lowered and their parameter
     offsets checked against the layout), or any object with `.layers` already in the tuple
-    form of fedtiny.tflite_export and an `.input_shape`.
+    form of fedtiny.tflite.writer and an `.input_shape`.
     """
     layers = list(getattr(model, "layers", None) or [])
     input_shape = tuple(getattr(model, "input_shape", ()) or ())
@@ -265,7 +263,7 @@ def model_layers(model) -> tuple[list[tuple], tuple[int, ...]]:
 
 
 def _layer_tuple(layer, index: int) -> tuple:
-    """A fedtiny.model.Layer as a fedtiny.tflite_export layer tuple."""
+    """A fedtiny.model.Layer as a fedtiny.tflite.writer layer tuple."""
     if isinstance(layer, tuple):
         return layer
     kind = getattr(layer, "kind", None)
@@ -285,7 +283,7 @@ def backbone_layers(layers: Sequence[tuple], drop_dense: int) -> list[tuple]:
     """`layers` without its last `drop_dense` Dense layers (and what follows them).
 
     The kept layers' parameters are a prefix of the flat vector, so the backbone's params
-    are params[:tflite_export.n_params(kept)].
+    are params[:writer.n_params(kept)].
     """
     if drop_dense < 0:
         raise ValueError(f"drop_dense must be >= 0, got {drop_dense}")
@@ -370,7 +368,7 @@ def load_params(params: str | None = None, state: str | None = None) -> np.ndarr
     if (params is None) == (state is None):
         raise ValueError("give exactly one of a params file (.npy) or a state directory")
     if state is not None:
-        from . import state as _state
+        from ..net import state as _state
 
         if not os.path.isdir(state):
             raise ValueError(f"{state}: not a directory (expected an aggregator state dir, fedtiny aggregate --state)")
@@ -395,7 +393,7 @@ def load_params(params: str | None = None, state: str | None = None) -> np.ndarr
     return vec
 
 
-def _load_samples(path: str, limit: int) -> np.ndarray:
+def load_samples(path: str, limit: int) -> np.ndarray:
     """Calibration samples: a .npy array, the 'x' array of an .npz (as fedtiny client --data),
     or the training images of a dataset fedtiny.datasets knows (e.g. "fashion-mnist")."""
     if not path.endswith((".npy", ".npz")) and not os.path.exists(path):
@@ -468,65 +466,3 @@ def backbone_dataset(backbone: "str | os.PathLike | bytes", data, *, hidden: Seq
     feats = dataclasses.replace(data, name=f"{data.name} features of {os.path.basename(name)}",
                                 x_train=f_train, x_test=f_test)
     return feats, head_spec(f_train.shape[1], hidden, data.n_classes)
-
-
-# --------------------------------------------------------------------------- CLI
-# `fedtiny export`, in the form fedtiny.cli expects of a subcommand module: HELP,
-# add_arguments(parser), run_command(args) -> exit status, bad input raised as ValueError.
-
-HELP = "write a trained model as a TFLite flatbuffer (float32 or full-integer int8)"
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The arguments of `fedtiny export`."""
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--params", metavar="FILE", help="flat float32 parameter vector (.npy)")
-    src.add_argument("--state", metavar="DIR", help="aggregator state directory (its last finished round)")
-    p.add_argument("--model", required=True, metavar="SPEC", help='model spec: "cnn", "2nn", "mlp:784-200-10"')
-    p.add_argument("--tflite", required=True, metavar="OUT", help="output .tflite file")
-    p.add_argument("--int8", action="store_true", help="full-integer int8 model (needs --calibration-data)")
-    p.add_argument("--calibration-data", metavar="FILE",
-                   help="input samples for int8 calibration: .npy, .npz with an 'x' array "
-                        "(uint8 pixels are scaled to [0, 1]), or a fedtiny dataset name")
-    p.add_argument("--calibration-size", type=int, default=1000, metavar="N",
-                   help="use the first N calibration samples (default 1000)")
-    p.add_argument("--softmax", action="store_true", help="append a softmax (probabilities out)")
-    p.add_argument("--drop-dense", type=int, default=0, metavar="K",
-                   help="export without the last K dense layers: a feature extractor for --backbone")
-
-
-def run_command(args: argparse.Namespace) -> int:
-    """Run `fedtiny export`; bad input raises ValueError naming the problem."""
-    if args.int8 and not args.calibration_data:
-        raise ValueError("--int8 needs --calibration-data FILE")
-    if args.calibration_data and not args.int8:
-        raise ValueError("--calibration-data is only used with --int8")
-    if args.calibration_size < 1:
-        raise ValueError(f"--calibration-size must be >= 1, got {args.calibration_size}")
-    from .model import build
-    model = build(args.model)
-    params = load_params(args.params, args.state)
-    calib = _load_samples(args.calibration_data, args.calibration_size) if args.int8 else None
-    try:
-        content = export_tflite(model, params, args.tflite, int8=args.int8, calibration=calib,
-                                softmax=args.softmax, drop_dense=args.drop_dense)
-    except ImportError as exc:  # no interpreter for int8 calibration, or no schema package
-        raise ValueError(str(exc)) from None
-    kind = "int8" if args.int8 else "float32"
-    print(f"wrote {args.tflite}: {kind} TFLite model of {args.model}, {len(content)} bytes")
-    return 0
-
-
-def main_export(argv: Sequence[str] | None = None) -> int:
-    """`fedtiny export` on its own (argv without the program name); errors as fedtiny.cli does."""
-    p = argparse.ArgumentParser(prog="fedtiny export", description=HELP)
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run_command(args)
-    except ValueError as exc:
-        print(f"fedtiny export: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"fedtiny export: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
-        return 2

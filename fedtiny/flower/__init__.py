@@ -1,0 +1,1 @@
+"""Interop with Flower (flwr): fedtiny devices and fleets inside a Flower federation."""

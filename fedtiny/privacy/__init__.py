@@ -1,0 +1,1 @@
+"""Privacy stages of the update pipeline: secure aggregation and differential privacy (DESIGN.md)."""
