@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from fedtiny import state
+from fedtiny.net import state
 from netutil import Fleet, free_udp_port, stop_all
 
 pytest.importorskip("serial", reason="fedtiny bridge needs pyserial (pip install 'fedtiny[serial]')")

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="the device's .npz (x, y)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    from fedtiny import keys
+    from fedtiny.net import keys
     try:
         key = keys.load_keys(args.keys).get(args.device_id)
         if key is None:
