@@ -28,6 +28,11 @@ def elf(tmp_path_factory):
     return build(str(tmp_path_factory.mktemp("mps2")))
 
 
+@pytest.fixture(scope="module")
+def elf_9600(tmp_path_factory):
+    return build(str(tmp_path_factory.mktemp("mps2_9600")), baud=9600)
+
+
 def aggregate_cmd(fleet: Fleet, port: int, rounds: int) -> list[str]:
     return [sys.executable, "-m", "fedtiny.cli", "aggregate", "--listen", f"127.0.0.1:{port}", "--model", "mlp:64-10",
             "--rounds", str(rounds), "--min-clients", "1", "--keys", fleet.keyfile, "--state",
@@ -138,3 +143,50 @@ def test_port_fits_a_small_part(elf):
     text, data, bss = map(int, size.stdout.splitlines()[1].split()[:3])
     assert text + data <= 32 * 1024, (text, data)
     assert data + bss <= 64 * 1024, (data, bss)
+
+
+def test_board_federates_at_9600_baud(tmp_path, elf_9600):
+    """TinyFedTL's rate: a round of the example model (about 4.1 KB on the line) completes in about
+    4 s, and the paced line carries <= 1.1x the bytes of the same firmware on an unpaced line."""
+    fast = federate(tmp_path / "unpaced", elf_9600, None, icount=False)
+    check_training(fast)
+    run = federate(tmp_path / "b9600", elf_9600, 9600, icount=False, timeout=120)
+    check_training(run)
+    a, b = summary(fast, icount=False), summary(run, icount=False)
+    print("\nboard mps2-an386 built for 9600 baud, unpaced:", json.dumps(a), "\nat 9600 baud:", json.dumps(b))
+    assert b["line_bytes_per_round"] <= 1.1 * a["line_bytes_per_round"], (a, b)
+
+
+def test_board_reset_mid_round_is_not_a_replay(tmp_path, elf_9600):
+    """system_reset of the board while it downloads round 2 (at 9600 baud, a download takes 3 s):
+    it boots with the sequence counter from its non-volatile memory, above every number it sent,
+    so the aggregator refuses nothing as a replay and the device finishes round 2 after the reset."""
+    fed = Federation(tmp_path, elf_9600, 9600, icount=False, monitor=True)
+    try:
+        import re
+        first = fed.board.wait_for(ROUND_LINE, 1, timeout=60)
+        assert first, fed.board.log()
+        time.sleep(1.5)   # round 2: OFFER, ACK, model chunks under way
+        assert len(fed.board.rounds()) == 1, fed.board.log()
+        fed.board.monitor("system_reset")
+        t_reset = time.monotonic()
+        boots = fed.board.wait_for(BOOT_LINE, 2, timeout=10)
+        assert len(boots) == 2, fed.board.log()
+        after = fed.board.wait_for(ROUND_LINE, 2, timeout=30)
+        assert len(after) == 2, fed.board.log()
+        rejoin_s = time.monotonic() - t_reset
+        run = fed.finish(90)
+    finally:
+        fed.close()
+    before_seq = int(first[0].group(6))
+    seq0_before, seq0_after = int(boots[0].group(3)), int(boots[1].group(3))
+    assert seq0_before == 0 and seq0_after > before_seq, run["log"]
+    rows = run["metrics"]
+    assert [row["clients"] for row in rows] == [1] * ROUNDS, rows
+    assert all("replay" not in row["rejected"] for row in rows), rows
+    fw = run["rounds"]
+    # the counters restart with the board; the round after the reset is round 2
+    assert [r["round"] for r in fw] == [1, 2, 3] and [r["done"] for r in fw] == [1, 1, 2], run["log"]
+    print(f"\nboard reset mid-round: back to a finished round {rejoin_s:.1f} s after system_reset "
+          f"(seq {before_seq} at round 1, {seq0_after} after the reset)")
+    assert rejoin_s < 15, run["log"]
