@@ -20,6 +20,7 @@ from serial_relay import PacedRelay  # noqa: E402
 pytestmark = pytest.mark.skipif(not (QEMU and ARM_CC), reason="needs qemu-system-arm and gcc-arm-none-eabi "
                                  "(apt-get install qemu-system-arm gcc-arm-none-eabi libnewlib-arm-none-eabi)")
 ROUNDS = 3
+STACK_BYTES = 0x2000   # linker.ld
 FINISHED = "fw: the aggregator says training is finished"
 
 
@@ -101,7 +102,8 @@ def check_training(run: dict) -> None:
     fw = run["rounds"]
     assert [r["done"] for r in fw] == list(range(1, ROUNDS + 1)), run["log"]
     assert all(r["rx_dropped"] == 0 and r["rejected"] == 0 for r in fw), run["log"]
-    assert all(r["stack_unused"] > 0 for r in fw), run["log"]   # the stack never overflowed its region
+    # the deepest stack (painted at reset, measured after each round) stays within half its 8 KB region
+    assert all(r["stack_unused"] > STACK_BYTES // 2 for r in fw), run["log"]
 
 
 def summary(run: dict, icount: bool) -> dict:

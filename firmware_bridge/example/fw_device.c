@@ -311,7 +311,9 @@ uint32_t fw_line_ms(uint32_t baud, uint32_t frame_bytes) {
 
 /* Each wait is the longest the line itself can take plus a fixed allowance for the host side:
  * a timer shorter than one model-chunk line (105 ms at 115200 baud, 1.3 s at 9600) makes the
- * device ask again while the answer is still arriving, and the aggregator sends it twice. */
+ * device ask again while the answer is still arriving, and the aggregator sends it twice. The
+ * download is quiet only when no byte arrives either (fw_poll): a slow host that delivers a
+ * chunk in bursts is still delivering it. */
 static fw_timers derive_timers(uint32_t baud) {
     fw_timers t;
     const uint32_t model_line = fw_line_ms(baud, MODEL_CHUNK_FRAME);
@@ -345,6 +347,7 @@ int fw_init(fw_device *dev, const fw_config *cfg) {
 void fw_on_byte(fw_device *dev, uint8_t byte, uint32_t now_ms) {
     size_t len = 0;
     int st = ft_cobs_feed(&dev->rx, byte, &len);
+    dev->last_byte_ms = now_ms;
     if (st == FT_WIRE_FRAME_READY)
         on_frame(dev, dev->rx_buf, len, now_ms);
     else if (st < 0)
@@ -364,7 +367,8 @@ void fw_poll(fw_device *dev, uint32_t now) {
     waiting = dev->state == FW_JOINING || dev->state == FW_DONE;
     if (waiting && now - dev->last_hello_ms >= dev->timers.hello_every)
         send_hello(dev, now);
-    else if (dev->state == FW_DOWNLOADING && now - dev->last_progress_ms > dev->timers.model_quiet)
+    else if (dev->state == FW_DOWNLOADING && now - dev->last_progress_ms > dev->timers.model_quiet &&
+             now - dev->last_byte_ms > dev->timers.model_quiet)
         ask_model(dev, now);
     else if (dev->state == FW_UPLOADING && now - dev->last_progress_ms > dev->timers.upload_wait)
         send_result(dev, now);

@@ -41,8 +41,9 @@ typedef enum { FW_JOINING, FW_DOWNLOADING, FW_UPLOADING, FW_DONE, FW_FINISHED } 
  * writes its flash once per 256 frames (about 20 rounds) and a reboot resumes above every
  * number sent before it (fw_config.seq0 = the persisted value). */
 #define FW_SEQ_LEASE 256u
-/* Fixed allowance (ms) for the host side: the bridge, the network and the aggregator's answer. */
-#define FW_LATENCY_MS 100u
+/* Fixed allowance (ms) for the host side: the bridge, the network and the aggregator's answer
+ * (generous: it only delays recovery from a lost frame, and a busy host answers late). */
+#define FW_LATENCY_MS 300u
 
 typedef struct {
     uint32_t device_id;
@@ -67,7 +68,7 @@ typedef struct {
 /* Timers (ms), from the baud rate and the frame sizes (fw_init; see fw_device.c). */
 typedef struct {
     uint32_t hello_every;
-    uint32_t model_quiet;    /* no model chunk for this long: ask again for the missing ones */
+    uint32_t model_quiet;    /* no model chunk and no byte for this long: ask again for the missing ones */
     uint32_t upload_wait;    /* no ACK for this long after RESULT: send RESULT again */
     uint32_t silent;         /* nothing from the aggregator for this long: rejoin */
 } fw_timers;
@@ -84,6 +85,7 @@ typedef struct {
     ft_offer offer;
     uint32_t have_chunks;      /* bitmap of model chunks received (FW_MODEL_CHUNKS <= 32) */
     uint32_t last_progress_ms;
+    uint32_t last_byte_ms;     /* bytes still arriving: the line is not quiet */
     uint32_t last_heard_ms;
     uint32_t last_hello_ms;
     uint32_t rounds_done;
