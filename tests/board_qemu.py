@@ -28,7 +28,7 @@ QEMU = shutil.which("qemu-system-arm")
 ARM_CC = shutil.which("arm-none-eabi-gcc")
 ROUND_LINE = re.compile(r"fw: round (\d+) done (\d+) rx (\d+) tx (\d+) cycles (\d+) seq (\d+) stack_unused (\d+) "
                         r"rx_dropped (\d+) rejected (\d+) ms (\d+)")
-BOOT_LINE = re.compile(r"fw: boot device (\d+) samples (\d+) seq0 (\d+) baud (\d+)")
+BOOT_LINE = re.compile(r"fw: boot device (\d+) samples (\d+) boot (\d+) baud (\d+)")
 
 sys.path.insert(0, os.path.join(ROOT, "firmware_bridge", "example"))
 import provision  # noqa: E402  (firmware_bridge/example/provision.py)

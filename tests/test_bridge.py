@@ -27,7 +27,7 @@ def firmware(tmp_path_factory):
         pytest.skip("no C compiler to build the firmware's host version")
     out = str(tmp_path_factory.mktemp("fw") / "fw_host")
     sources = ([os.path.join(FW, "example", f) for f in ("fw_device.c", "fw_provision.c", "host_main.c")]
-               + [os.path.join(FW, f) for f in ("ft_sha256.c", "ft_cobs.c", "ft_frame.c")]
+               + [os.path.join(FW, f) for f in ("ft_sha256.c", "ft_cobs.c", "ft_frame.c", "ft_chacha20.c")]
                + sorted(os.path.join(d, f) for d in (CSRC, os.path.join(CSRC, "arch"))
                         for f in os.listdir(d) if f.endswith(".c")))
     cmd = [cc, "-std=c99", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", "-I", CSRC, "-I", FW,
@@ -113,3 +113,44 @@ def test_provisioning_image_is_checked(tmp_path, firmware):
     # the pixels come back exactly: k / 16 in float32 is what the firmware computes as k * (1/16)
     q, levels = provision.pixels(x)
     assert levels == 16 and np.array_equal(q.astype(np.float32) * np.float32(1 / 16), x)
+
+
+def test_firmware_arch_text_is_the_models():
+    """The firmware hashes the same layer text as Model.arch_hash() for its mlp:64-10 head."""
+    import re
+    from fedtiny import model
+    with open(os.path.join(FW, "example", "fw_device.c")) as f:
+        src = f.read()
+    text = re.search(r'k_arch_text\[\] = "(.*?)";', src).group(1).encode().decode("unicode_escape")
+    assert text == model.build("mlp:64-10").arch_text()
+
+
+def test_c_firmware_refuses_another_architecture(tmp_path, firmware):
+    """An aggregator running mlp:64-32-10: the firmware (mlp:64-10) tells it, the aggregator stops
+    selecting it, and fw_host exits 2 with one line."""
+    from netutil import wait_for
+    fleet = Fleet(tmp_path, 2)       # two shards: one fits the firmware's 1,024 samples
+    master, slave = os.openpty()
+    procs = []
+    try:
+        with AggregatorThread(fleet.config(model="mlp:64-32-10", rounds=1, min_clients=1, round_timeout=30)) as at:
+            procs.append(subprocess.Popen([sys.executable, "-m", "fedtiny.cli", "bridge", "--server", at.server,
+                                           "--serial", os.ttyname(slave)], stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.PIPE, text=True, cwd=fleet.dir))
+            data = str(tmp_path / "device0.bin")
+            write_device_data(fleet.data[0], 0, fleet.keys[0], data)
+            fw = subprocess.Popen([firmware, "--fd", str(master), "--provision", data, "--rounds", "1",
+                                   "--timeout", "20"],
+                                  pass_fds=(master,), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            procs.append(fw)
+            out, err = fw.communicate(timeout=30)
+            assert fw.returncode == 2, out + err
+            assert err.strip().splitlines() == [
+                "fw_host: device 0: the aggregator's model is not mlp:64-10 (650 parameters), the one this firmware "
+                "trains: run the aggregator with --model mlp:64-10"]
+            wait_for(lambda: at.agg.devices[0].excluded != "", 5, "the aggregator to exclude device 0")
+            assert at.agg._alive(time.monotonic()) == []
+    finally:
+        stop_all(procs)
+        os.close(master)
+        os.close(slave)

@@ -37,7 +37,7 @@ void board_idle(void);
 /* The provisioning image in flash (example/fw_provision.h): device id, key, data set. */
 const uint8_t *board_provision(size_t *size);
 
-/* The non-volatile counter (the frame sequence's persisted limit). load: 0 and *value set,
+/* The non-volatile counter (the boot counter behind the join nonces). load: 0 and *value set,
  * or -1 when nothing was ever stored. store: 0 when the value will survive a reset or a power
  * cycle. */
 int board_nv_load(uint32_t *value);

@@ -34,16 +34,9 @@
 #define FW_ARENA_FLOATS 6144 /* >= ft_train_arena_floats of the 64-10 head at batch 16 (5,840) */
 #define FW_MAX_SAMPLES 1024
 
-typedef enum { FW_JOINING, FW_DOWNLOADING, FW_UPLOADING, FW_DONE, FW_FINISHED } fw_state;
-
-/* Sequence numbers reserved per write of the non-volatile counter: the device persists
- * "every number below L is used" before it sends number L, L + FW_SEQ_LEASE, ... so a board
- * writes its flash once per 256 frames (about 20 rounds) and a reboot resumes above every
- * number sent before it (fw_config.seq0 = the persisted value). */
-#define FW_SEQ_LEASE 256u
-/* Fixed allowance (ms) for the host side: the bridge, the network and the aggregator's answer
- * (generous: it only delays recovery from a lost frame, and a busy host answers late). */
-#define FW_LATENCY_MS 300u
+/* JOINING: no session, join HELLOs until the WELCOME for their nonce; WAITING: in a session,
+ * HELLOs until an offer; REFUSED: the aggregator's model is not this firmware's (it stops). */
+typedef enum { FW_JOINING, FW_DOWNLOADING, FW_UPLOADING, FW_DONE, FW_FINISHED, FW_WAITING, FW_REFUSED } fw_state;
 
 typedef struct {
     uint32_t device_id;
@@ -54,23 +47,25 @@ typedef struct {
     const int32_t *y;        /* n_samples labels 0..9 */
     int32_t n_samples;
     uint32_t baud;           /* the serial line's bit rate: every timer is derived from it */
-    uint32_t seq0;           /* first sequence number: the non-volatile counter's value */
+    uint32_t seq0;           /* unique per boot (a persisted boot counter, an RTC or a hardware RNG):
+                              * the join nonces are (seq0, join counter), so no two joins of this
+                              * device ever share one; fw_main.c takes it from the board's
+                              * non-volatile counter, incremented and stored before anything is sent */
     /* Writes line bytes to the serial port; returns 0 on success. */
     int (*write)(void *ctx, const uint8_t *data, size_t len);
     void *write_ctx;
-    /* Persists seq_limit in non-volatile memory (returns 0 when it is stored), or NULL when
-     * seq0 comes from elsewhere (a host's clock). A frame is never sent with a number the
-     * non-volatile memory does not cover. */
-    int (*persist_seq)(void *ctx, uint32_t seq_limit);
-    void *persist_ctx;
 } fw_config;
+
+/* Fixed allowance (ms) for the host side: the bridge, the network and the aggregator's answer
+ * (generous: it only delays recovery from a lost frame, and a busy host answers late). */
+#define FW_LATENCY_MS 300u
 
 /* Timers (ms), from the baud rate and the frame sizes (fw_init; see fw_device.c). */
 typedef struct {
     uint32_t hello_every;
     uint32_t model_quiet;    /* no model chunk and no byte for this long: ask again for the missing ones */
     uint32_t upload_wait;    /* no ACK for this long after RESULT: send RESULT again */
-    uint32_t silent;         /* nothing from the aggregator for this long: rejoin */
+    uint32_t silent;         /* nothing from the aggregator for this long: join again */
 } fw_timers;
 
 typedef struct {
@@ -78,10 +73,12 @@ typedef struct {
     fw_timers timers;
     fw_state state;
     uint32_t round;
-    uint32_t seq;
-    uint32_t seq_limit;        /* persisted: numbers up to here may be sent */
-    uint32_t persist_failures; /* frames not sent because the counter could not be stored */
-    ft_replay guard;           /* frames from the aggregator */
+    uint32_t seq;              /* sequence number in the session (restarts with each session) */
+    ft_replay guard;           /* frames from the aggregator: its session, round and window */
+    uint32_t joins;            /* joins since boot: the second half of the join nonce */
+    uint8_t nonce[FT_WIRE_NONCE_BYTES];           /* of the join in progress */
+    uint8_t session_key[FT_WIRE_SESSION_KEY_BYTES];
+    uint8_t arch_hash[FT_WIRE_ARCH_HASH_BYTES];   /* of the 64-10 head, as Model.arch_hash() */
     ft_offer offer;
     uint32_t have_chunks;      /* bitmap of model chunks received (FW_MODEL_CHUNKS <= 32) */
     uint32_t last_progress_ms;
@@ -89,6 +86,7 @@ typedef struct {
     uint32_t last_heard_ms;
     uint32_t last_hello_ms;
     uint32_t rounds_done;
+    int model_refused;         /* the aggregator offered a model this firmware cannot train */
     uint32_t frames_rejected;
     float params[FW_N_PARAMS];
     float global[FW_N_PARAMS];

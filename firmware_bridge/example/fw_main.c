@@ -1,6 +1,6 @@
 /*
  * fw_main.c - the example firmware's main(), for any board that implements boards/board.h:
- * read the provisioning image, restore the sequence counter, then feed received bytes to the
+ * read the provisioning image, count this boot in non-volatile memory, then feed received bytes to the
  * device loop and poll its timers, sleeping in between. One line per finished round goes to
  * the board's log (bytes each way, CPU cycles awake, untouched stack).
  */
@@ -20,11 +20,6 @@ static int write_line(void *ctx, const uint8_t *data, size_t len) {
     (void)ctx;
     g_line.tx += (uint32_t)len;
     return board_uart_write(data, len);
-}
-
-static int persist_seq(void *ctx, uint32_t seq_limit) {
-    (void)ctx;
-    return board_nv_store(seq_limit);
 }
 
 /* A tiny log line builder: no stdio on the board. */
@@ -71,7 +66,7 @@ int main(void) {
     fw_config cfg = {0};
     size_t image_size = 0;
     const uint8_t *image;
-    uint32_t seq0 = 0, rounds_seen = 0;
+    uint32_t boots = 0, rounds_seen = 0;
     uint64_t cycles0;
     line_counts since;
     log_line l = {{0}, 0};
@@ -82,19 +77,26 @@ int main(void) {
         board_log("fw: no valid provisioning image (write one with example/provision.py)");
         board_exit(2);
     }
-    if (board_nv_load(&seq0) != 0)
-        seq0 = 0; /* a new device: nothing was ever sent */
+    /* The boot counter: this boot's value is stored before anything is sent, so no two boots
+     * join with the same nonce (boot value, join counter) and a rebooted board is not its own
+     * replay. No counter, no join: a device that cannot store it stops here. */
+    if (board_nv_load(&boots) != 0)
+        boots = 0; /* a new device */
+    boots++;
+    if (board_nv_store(boots) != 0) {
+        board_log("fw: cannot store the boot counter in non-volatile memory");
+        board_exit(2);
+    }
     cfg.baud = board_uart_baud();
-    cfg.seq0 = seq0;
+    cfg.seq0 = boots;
     cfg.write = write_line;
-    cfg.persist_seq = persist_seq;
     if (fw_init(&g_dev, &cfg) != 0) {
         board_log("fw: bad configuration");
         board_exit(2);
     }
     put_u64(&l, "fw: boot device ", cfg.device_id);
     put_u64(&l, " samples ", (uint64_t)cfg.n_samples);
-    put_u64(&l, " seq0 ", seq0);
+    put_u64(&l, " boot ", boots);
     put_u64(&l, " baud ", cfg.baud);
     board_log(l.text);
 
