@@ -19,7 +19,8 @@
 #   FEDTINY_<ARCH>_MIRROR Debian mirror for debootstrap (default: the first Debian archive URI
 #                         of this machine's apt sources)
 #   FEDTINY_<ARCH>_TESTS  test files or globs, relative to the checkout
-#                         (default: "tests/test_codec*.py tests/test_fedavg*.py tests/test_train_gemm.py tests/test_train_grad.py")
+#                         (default: "tests/test_codec*.py tests/test_fedavg*.py tests/test_norm.py tests/test_train_gemm.py
+#                         tests/test_train_grad.py")
 #   FEDTINY_<ARCH>_PYTEST_ARGS  extra pytest arguments (default: -q)
 #   FEDTINY_<ARCH>_REBUILD=1    throw the cached root away and build it again
 #   PYTHON                Python used on this machine to build the sdist (default: python3)
@@ -50,7 +51,7 @@ opt() { local v="FEDTINY_${ARCH^^}_$1"; echo "${!v:-$2}"; }
 
 SRC="$(cd "$(dirname "$0")/../.." && pwd)"
 ROOT="$(opt ROOT "${TMPDIR:-/tmp}/fedtiny-$ARCH-root")"
-TESTS="$(opt TESTS "tests/test_codec*.py tests/test_fedavg*.py tests/test_train_gemm.py tests/test_train_grad.py")"
+TESTS="$(opt TESTS "tests/test_codec*.py tests/test_fedavg*.py tests/test_norm.py tests/test_train_gemm.py tests/test_train_grad.py")"
 PYTEST_ARGS="$(opt PYTEST_ARGS -q)"
 REBUILD="$(opt REBUILD "")"
 PYTHON="${PYTHON:-python3}"
