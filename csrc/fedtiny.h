@@ -229,6 +229,12 @@ ft_status ft_train_store(const ft_net *net, const float *arena, float *params);
 ft_status ft_train_sgd(const ft_net *net, const ft_sgd_hyper *hyper, const float *x, const int32_t *y,
                        int64_t n_x, const int32_t *idx, int64_t n_idx, int64_t max_steps, float *arena,
                        double *loss_sum, int64_t *n_seen, int64_t *steps);
+/* ft_train_sgd on uint8 rows (a data set kept in flash at a quarter of its float size): each
+ * value enters the batch buffer as (float)x[i] * x_scale, so the result is bit-identical to
+ * ft_train_sgd on the float32 array x * x_scale. x_scale > 0 and finite. */
+ft_status ft_train_sgd_u8(const ft_net *net, const ft_sgd_hyper *hyper, const uint8_t *x, float x_scale,
+                          const int32_t *y, int64_t n_x, const int32_t *idx, int64_t n_idx, int64_t max_steps,
+                          float *arena, double *loss_sum, int64_t *n_seen, int64_t *steps);
 /* Gradient of the mean loss over x[0..n) (n <= batch, no regularizer) in the interchange layout
  * (float32 arena only: for tests). */
 ft_status ft_train_grad(const ft_net *net, const float *x, const int32_t *y, int32_t n, float *arena,

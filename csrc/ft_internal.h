@@ -24,6 +24,12 @@ static inline float ft_block_d(const ft_block_q8 *b) {
 #if defined(__aarch64__)
 #define FT_ARCH_ARM64 1
 #endif
+/* 32-bit Arm application processors under Linux (Raspberry Pi OS armhf): NEON is optional in
+ * ARMv7-A, so it is chosen at run time from the kernel's HWCAP (not for Cortex-M: no NEON). */
+#if defined(__arm__) && !defined(__aarch64__) && defined(__linux__) && defined(__ARM_ARCH_PROFILE) && \
+    __ARM_ARCH_PROFILE == 'A' && __ARM_ARCH >= 7
+#define FT_ARCH_ARM32 1
+#endif
 
 /* One entry per kernel; dispatch.c fills one table per SIMD level. A path that has no
  * version of a kernel points at the scalar reference (ggml arch-fallback style). */
@@ -156,7 +162,7 @@ ft_status ft_gemm_f32_avx512(size_t, size_t, size_t, const float *, ptrdiff_t, p
                              float *, size_t, int);
 void ft_transpose_f32_avx2(const float *, size_t, size_t, float *);
 #endif
-#if FT_ARCH_ARM64
+#if FT_ARCH_ARM64 || FT_ARCH_ARM32
 extern const ft_train_kernel_table ft_train_kernels_neon;
 ft_status ft_gemm_f32_neon(size_t, size_t, size_t, const float *, ptrdiff_t, ptrdiff_t, const float *, size_t,
                            float *, size_t, int);

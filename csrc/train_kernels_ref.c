@@ -48,7 +48,7 @@ const ft_train_kernel_table *ft_train_kernels(void) {
     case FT_SIMD_AVX2: return &ft_train_kernels_avx2;
     case FT_SIMD_AVX512: return &ft_train_kernels_avx512;
 #endif
-#if FT_ARCH_ARM64
+#if FT_ARCH_ARM64 || FT_ARCH_ARM32
     case FT_SIMD_NEON: return &ft_train_kernels_neon;
 #endif
     default: return &k_ref;

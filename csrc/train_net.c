@@ -845,11 +845,13 @@ ft_status ft_train_store(const ft_net *net, const float *arena, float *params) {
     return FT_OK;
 }
 
-ft_status ft_train_sgd(const ft_net *net, const ft_sgd_hyper *hyper, const float *x, const int32_t *y,
-                       int64_t n_x, const int32_t *idx, int64_t n_idx, int64_t max_steps, float *arena,
-                       double *loss_sum, int64_t *n_seen, int64_t *steps) {
+/* The one SGD loop behind ft_train_sgd (float rows) and ft_train_sgd_u8 (uint8 rows scaled as
+ * they are copied into the batch buffer): exactly one of x, xq is non-NULL. */
+static ft_status sgd_loop(const ft_net *net, const ft_sgd_hyper *hyper, const float *x, const uint8_t *xq,
+                          float x_scale, const int32_t *y, int64_t n_x, const int32_t *idx, int64_t n_idx,
+                          int64_t max_steps, float *arena, double *loss_sum, int64_t *n_seen, int64_t *steps) {
     layout_t L;
-    if (!hyper || !x || !y || !idx || !arena || !loss_sum || !n_seen || !steps || n_x < 1 || n_idx < 0 ||
+    if (!hyper || (!x == !xq) || !y || !idx || !arena || !loss_sum || !n_seen || !steps || n_x < 1 || n_idx < 0 ||
         !make_layout(net, &L) || (net->flags & FT_NET_INFER))
         return FT_ERR_ARG;
     const size_t in_sz = act_size(&net->layers[0], 0), B = (size_t)net->batch;
@@ -866,7 +868,12 @@ ft_status ft_train_sgd(const ft_net *net, const ft_sgd_hyper *hyper, const float
         if (max_steps >= 0 && *steps >= max_steps) break;
         const size_t n = (size_t)(n_idx - j0) < B ? (size_t)(n_idx - j0) : B;
         for (size_t s = 0; s < n; s++) {
-            memcpy(x0 + s * in_sz, x + (size_t)idx[j0 + (int64_t)s] * in_sz, in_sz * sizeof(float));
+            const size_t row = (size_t)idx[j0 + (int64_t)s] * in_sz;
+            if (x) {
+                memcpy(x0 + s * in_sz, x + row, in_sz * sizeof(float));
+            } else {
+                for (size_t k = 0; k < in_sz; k++) x0[s * in_sz + k] = (float)xq[row + k] * x_scale;
+            }
             lab[s] = y[idx[j0 + (int64_t)s]];
         }
         forward(&c, n);
@@ -879,6 +886,20 @@ ft_status ft_train_sgd(const ft_net *net, const ft_sgd_hyper *hyper, const float
         c.step++;
     }
     return FT_OK;
+}
+
+ft_status ft_train_sgd(const ft_net *net, const ft_sgd_hyper *hyper, const float *x, const int32_t *y,
+                       int64_t n_x, const int32_t *idx, int64_t n_idx, int64_t max_steps, float *arena,
+                       double *loss_sum, int64_t *n_seen, int64_t *steps) {
+    if (!x) return FT_ERR_ARG;
+    return sgd_loop(net, hyper, x, NULL, 0.0f, y, n_x, idx, n_idx, max_steps, arena, loss_sum, n_seen, steps);
+}
+
+ft_status ft_train_sgd_u8(const ft_net *net, const ft_sgd_hyper *hyper, const uint8_t *x, float x_scale,
+                          const int32_t *y, int64_t n_x, const int32_t *idx, int64_t n_idx, int64_t max_steps,
+                          float *arena, double *loss_sum, int64_t *n_seen, int64_t *steps) {
+    if (!x || !(x_scale > 0.0f) || !isfinite(x_scale)) return FT_ERR_ARG;
+    return sgd_loop(net, hyper, NULL, x, x_scale, y, n_x, idx, n_idx, max_steps, arena, loss_sum, n_seen, steps);
 }
 
 ft_status ft_train_grad(const ft_net *net, const float *x, const int32_t *y, int32_t n, float *arena,
