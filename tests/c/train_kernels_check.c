@@ -81,9 +81,9 @@ static int check_path(void) {
 static int check_sgd_u8(float scale, int bits) {
     enum { N = 37, IN = 64, H = 33, OUT = 10, B = 10 };
     static const ft_layer layers[3] = {
-        {FT_LAYER_DENSE, 1, 1, IN, 1, 1, H, 0, 0, IN * H},
-        {FT_LAYER_RELU, 1, 1, H, 1, 1, H, 0, -1, -1},
-        {FT_LAYER_DENSE, 1, 1, H, 1, 1, OUT, 0, IN * H + H, IN * H + H + H * OUT},
+        {FT_LAYER_DENSE, 1, 1, IN, 1, 1, H, 0, 0, IN * H, 0, 0, 0, 0},
+        {FT_LAYER_RELU, 1, 1, H, 1, 1, H, 0, -1, -1, 0, 0, 0, 0},
+        {FT_LAYER_DENSE, 1, 1, H, 1, 1, OUT, 0, IN * H + H, IN * H + H + H * OUT, 0, 0, 0, 0},
     };
     const ft_net net = {layers, 3, IN * H + H + H * OUT + OUT, B, 0u};
     const ft_sgd_hyper hp = {0.05f, 0.0f, 0.0f, 0.0f, 7u, 0u};
