@@ -3,6 +3,13 @@ duplicates and reorders datagrams in both directions, from a seeded random strea
 
 Each client address gets its own upstream socket, so the aggregator's replies find their way
 back. Reordering holds a datagram back for a random few milliseconds while later ones pass.
+
+`tap(direction, datagram)` sees every datagram as it was sent ("up": by a client, before any
+loss; "down": by the aggregator). With `keys` (device id -> key) the relay re-signs every upstream
+frame with its own per-device sequence number, one fresh number per copy, and duplicates each
+UPDATE_CHUNK with probability `chunk_duplicate`: such a duplicate passes the replay guard (it is a
+new, authentic frame) and reaches the aggregator's duplicate-chunk check in ingest, which a
+byte-identical duplicate never does.
 """
 from __future__ import annotations
 
@@ -29,8 +36,11 @@ class LossyRelay:
     """Run in its own thread: `with LossyRelay(server_addr, seed=1) as relay: relay.addr`."""
 
     def __init__(self, server: tuple[str, int], *, drop: float = 0.10, duplicate: float = 0.05,
-                 reorder: float = 0.10, max_delay: float = 0.02, seed: int = 0):
+                 reorder: float = 0.10, max_delay: float = 0.02, seed: int = 0, tap=None,
+                 keys: dict[int, bytes] | None = None, chunk_duplicate: float = 0.0):
         self.server = server
+        self.tap, self.keys, self.chunk_duplicate = tap, keys, chunk_duplicate
+        self._seq: dict[int, int] = {}
         self.drop, self.duplicate, self.reorder, self.max_delay = drop, duplicate, reorder, max_delay
         self.rng = random.Random(seed)
         self.counts: Counter[str] = Counter()
@@ -67,6 +77,8 @@ class LossyRelay:
         self.addr = self._front.transport.get_extra_info("sockname")[:2]
 
     def _from_client(self, data: bytes, client: tuple) -> None:
+        if self.tap is not None:
+            self.tap("up", data)
         up = self._upstreams.get(client)
         if up is None:
             up = _Side(lambda d, _a, c=client: self._forward(d, self._front.transport, c, "down"))
@@ -81,6 +93,30 @@ class LossyRelay:
         self._forward(data, up.transport, None, "up")
 
     def _forward(self, data: bytes, transport, addr, direction: str) -> None:
+        if direction == "down" and self.tap is not None:
+            self.tap("down", data)
+        if direction == "up" and self.keys is not None:
+            self._forward_resigned(data, transport)
+            return
+        self._forward_one(data, transport, addr, direction)
+
+    def _forward_resigned(self, data: bytes, transport) -> None:
+        from fedtiny.net import wire   # only this mode needs the wire codec
+        try:
+            f = wire.decode(data, lambda d: self.keys.get(d), None)
+        except wire.FrameError:
+            self._forward_one(data, transport, None, "up")   # not ours to re-sign: pass it on as it is
+            return
+        copies = 1
+        if f.type == wire.MsgType.UPDATE_CHUNK and self.rng.random() < self.chunk_duplicate:
+            copies = 2
+            self.counts["resigned_duplicates"] += 1
+        for _ in range(copies):
+            seq = self._seq[f.device_id] = self._seq.get(f.device_id, 0) + 1
+            frame = wire.encode(f.type, f.device_id, f.round, seq, f.payload, self.keys[f.device_id], chunk=f.chunk)
+            self._forward_one(frame, transport, None, "up")
+
+    def _forward_one(self, data: bytes, transport, addr, direction: str) -> None:
         self.counts[direction] += 1
         r = self.rng.random()
         if r < self.drop:
