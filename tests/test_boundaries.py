@@ -96,3 +96,41 @@ def test_result_with_another_n_k_mid_round_is_refused(tmp_path):
             dev.close()
     row = json.loads((tmp_path / "state" / "metrics.json").read_text())[0]
     assert row["rejected"] == {"weight_changed": 1} and row["samples"] == 100, row
+
+
+def test_result_after_a_complete_upload_cannot_change_n_k(tmp_path):
+    """Once a device's update is complete (staged, not yet committed: the round waits for another
+    device), a new RESULT claiming another n_k is refused by the aggregator itself (ingest no longer
+    holds a slot to compare with)."""
+    fleet = Fleet(tmp_path, 2)
+    with AggregatorThread(fleet.config(rounds=1, min_clients=2, dataset=None)) as at:
+        devs = [HandDevice(at.address, k, fleet.keys[k]) for k in (0, 1)]
+        try:
+            def hello1():
+                return devs[1].frame(wire.MsgType.HELLO, 0, wire.Hello(n_samples=80).pack())
+            devs[1].send(hello1())
+            joined = [hand_join(d) for d in devs]
+            r, offer, w0 = joined[0]
+            n_up = wire.update_chunks(offer.n_params)
+            update = codec.encode(np.full(offer.n_params, 0.01, np.float32), rounding="nearest")
+
+            def result(dev, n):
+                return dev.frame(wire.MsgType.RESULT, r, wire.Result(n_samples=n, loss=1.0, steps=10,
+                                                                      update_chunks=n_up).pack())
+            for dev, n in ((devs[0], 100), (devs[1], 80)):
+                dev.expect(wire.MsgType.ACK, resend=dev.send(result(dev, n)))
+            for i in range(n_up):
+                devs[0].send(devs[0].frame(wire.MsgType.UPDATE_CHUNK, r, wire.update_chunk(update.blocks, i),
+                                           chunk=(i, n_up)))
+            wait_for(lambda: at.agg.current.ingest.is_complete(0), 5, "device 0's upload complete")
+            devs[0].send(result(devs[0], 5000))
+            wait_for(lambda: at.agg.rejected["weight_changed"] == 1, 5, "weight_changed counted")
+            for i in range(n_up):
+                devs[1].send(devs[1].frame(wire.MsgType.UPDATE_CHUNK, r, wire.update_chunk(update.blocks, i),
+                                           chunk=(i, n_up)))
+            at.wait(10)
+        finally:
+            for d in devs:
+                d.close()
+    row = json.loads((tmp_path / "state" / "metrics.json").read_text())[0]
+    assert row["rejected"] == {"weight_changed": 1} and row["samples"] == 180, row

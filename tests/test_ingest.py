@@ -183,3 +183,18 @@ def test_duplicate_chunk_is_not_restaged(rng):
     ing.close()
     w0 = np.zeros(N, np.float32)
     np.testing.assert_allclose(applied(acc, w0), oracle(w0, ups, weights, [0]), rtol=0, atol=1e-6)
+
+
+def test_chunk_short_by_whole_blocks_is_refused(rng):
+    """A chunk must be exactly its index's size: one block short is whole blocks (check_blocks would
+    pass it) and must still be refused, or the missing block would be summed as zeros."""
+    ups, weights = make_updates(rng, 1)
+    parts = chunks_of(ups[0])
+    acc = Accumulator(N)
+    ing = UpdateIngest(N, into(acc))
+    for index in (0, len(parts) - 1):      # a full chunk and the short last one
+        for cut in (codec.BLOCK_BYTES, -codec.BLOCK_BYTES):
+            data = parts[index][:-cut] if cut > 0 else parts[index] + parts[index][:codec.BLOCK_BYTES]
+            with pytest.raises(ValueError, match="bad_length"):
+                ing.add_chunk(0, weights[0], index, data, now=0.0)
+    assert not ing.received(0).any()

@@ -108,12 +108,16 @@ class Scratch:
                         self.path("fedtiny/" + self.modules["_core"])], check=True)
 
     def rebuild_wire(self) -> None:
-        tmp = os.path.join(self.build, "wire")
-        shutil.rmtree(tmp, ignore_errors=True)
+        # cffi compiles in tmpdir with the build script's paths relative to the checkout; and it reads a
+        # pyproject.toml in its working directory: build in a directory that holds only firmware_bridge/
+        work = os.path.join(self.build, "wire")
+        if not os.path.isdir(work):
+            os.makedirs(os.path.join(work, "fedtiny"))
+            os.symlink(self.path("firmware_bridge"), os.path.join(work, "firmware_bridge"))
         code = ("import sys; sys.path.insert(0, 'firmware_bridge'); from wire_build import ffibuilder; "
-                f"print(ffibuilder.compile(tmpdir={tmp!r}))")
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=self.dir, check=True)
-        built = out.stdout.strip().splitlines()[-1]
+                "print(ffibuilder.compile(tmpdir='.'))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=work, check=True)
+        built = os.path.join(work, out.stdout.strip().splitlines()[-1])
         shutil.copy2(built, self.path("fedtiny/" + self.modules["_wire"]))
 
     def restore_modules(self) -> None:
@@ -182,6 +186,7 @@ def main(argv=None) -> int:
                 code, out, secs = scratch.pytest(m["tests"])
             except subprocess.CalledProcessError as exc:
                 code, out, secs = -2, f"build failed: {exc.stderr or exc}", 0.0
+                log(out[-2000:])
             finally:
                 with open(scratch.path(m["file"]), "w") as f:
                     f.write(original)
