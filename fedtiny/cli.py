@@ -21,8 +21,33 @@ SUBCOMMANDS: dict[str, str] = {
 }
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Every option's default in --help, unless its help already states it."""
+
+    @staticmethod
+    def _shows_default(action) -> bool:
+        d = action.default
+        return (bool(action.option_strings) and action.nargs != 0 and d is not None and d is not argparse.SUPPRESS
+                and not isinstance(d, bool))
+
+    def _format_action(self, action):
+        if not action.help and self._shows_default(action):
+            action.help = "(default %(default)s)"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or not self._shows_default(action):
+            return text
+        return f"{text} (default %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (no usage dump), exit code 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

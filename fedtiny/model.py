@@ -8,6 +8,8 @@ Initialisation (deterministic from the seed, the same on every platform: the cod
 counter-based generator, u_i = ft_rng_u01(i, ft_rng_key(seed)) with i the parameter's index in the
 vector): a weight followed by a ReLU is He-uniform U(-sqrt(6/fan_in), +sqrt(6/fan_in)); the last
 (logit) layer is Glorot-uniform U(-sqrt(6/(fan_in+fan_out)), +...); every bias is 0.
+`init(seed, scheme="pytorch")` draws PyTorch's defaults for nn.Linear / nn.Conv2d instead (weights
+and biases U(-1/sqrt(fan_in), +1/sqrt(fan_in))), for like-for-like comparisons with PyTorch.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ _KIND_NAMES = {DENSE: "dense", CONV2D: "conv2d", MAXPOOL2: "maxpool2", RELU: "re
 # arena flags (csrc/fedtiny.h FT_TRAIN_*)
 FLAG_MOMENTUM, FLAG_PROX, FLAG_INT8, FLAG_INFER = 1, 2, 4, 8
 PREDICT_BATCH = 32
+INIT_SCHEMES = ("fedtiny", "pytorch")
 
 
 @dataclass(frozen=True)
@@ -165,16 +168,24 @@ class Model:
         return f"Model({self.spec!r}, n_params={self.n_params})"
 
     # ---- parameters ----------------------------------------------------------------
-    def init(self, seed: int = 0) -> np.ndarray:
-        """Deterministic He/Glorot-uniform weights, zero biases (see the module docstring)."""
+    def init(self, seed: int = 0, scheme: str = "fedtiny") -> np.ndarray:
+        """Deterministic initial parameters: "fedtiny" (He/Glorot-uniform weights, zero biases) or
+        "pytorch" (nn.Linear / nn.Conv2d defaults); see the module docstring."""
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
             raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+        if scheme not in INIT_SCHEMES:
+            raise ValueError(f"init scheme must be one of {', '.join(INIT_SCHEMES)}, got {scheme!r}")
         p = np.zeros(self.n_params, dtype=np.float32)
         param_layers = [lay for lay in self.layers if lay.w_shape]
         for i, lay in enumerate(param_layers):
             fo = lay.w_shape[0]
             fi = int(np.prod(lay.w_shape[1:]))
-            bound = np.sqrt(6.0 / (fi + fo)) if i == len(param_layers) - 1 else np.sqrt(6.0 / fi)
+            if scheme == "pytorch":   # kaiming_uniform(a=sqrt(5)) gives 1/sqrt(fan_in); the bias the same
+                bound = 1.0 / np.sqrt(fi)
+                b = p[lay.b_offset:lay.b_offset + lay.b_shape[0]]
+                _core.uniform_f32(b, -bound, bound, int(seed), lay.b_offset)
+            else:
+                bound = np.sqrt(6.0 / (fi + fo)) if i == len(param_layers) - 1 else np.sqrt(6.0 / fi)
             w = p[lay.w_offset:lay.w_offset + fo * fi]
             _core.uniform_f32(w, -bound, bound, int(seed), lay.w_offset)
         return p

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import codec, datasets, rounds
+from . import model as model_mod
 from .datasets import check_model_fits
 from .seeds import derive_seed  # noqa: F401  (public here since before fedtiny.seeds)
 
@@ -64,6 +65,7 @@ class SimConfig:
     eval_every: int = 1
     test_limit: int | None = None
     trace_memory: bool = False
+    init: str = "fedtiny"
     seed: int = 0
 
     def check(self) -> None:
@@ -90,6 +92,7 @@ class SimConfig:
         need(self.normalize in ("none", "fednova"), f"--normalize must be none or fednova, got {self.normalize!r}")
         need(self.personalize >= 0, f"--personalize must be >= 0 epochs, got {self.personalize}")
         need(self.personalize_clients >= 1, f"--personalize-clients must be >= 1, got {self.personalize_clients}")
+        need(self.init in model_mod.INIT_SCHEMES, f"--init must be one of {', '.join(model_mod.INIT_SCHEMES)}, got {self.init!r}")
         need(self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}")
         need(self.test_limit is None or self.test_limit >= 1, f"--test-limit must be >= 1, got {self.test_limit}")
 
@@ -138,7 +141,10 @@ class Progress:
         acc = row.get("test_acc")
         text = (f"round {row['round']}/{self.total}  test acc {acc:.4f}" if acc is not None and not math.isnan(acc)
                 else f"round {row['round']}/{self.total}")
-        text += f"  up {row['cum_upload_mb']:.1f} MB  {row['wall_s']:.1f} s"
+        elapsed = row["elapsed_wall_s"]
+        rate = row["round"] / elapsed if elapsed > 0 else math.inf
+        left = (self.total - row["round"]) / rate if rate > 0 else math.inf
+        text += f"  up {row['cum_upload_mb']:.1f} MB  {elapsed:.1f} s  {rate:.2f} rounds/s  {left:.0f} s left"
         if self.tty:
             width = 24
             filled = int(width * row["round"] / self.total)
@@ -160,7 +166,6 @@ def run(cfg: SimConfig, *, progress: Progress | None = None, data: datasets.Data
 
 
 def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | None) -> SimResult:
-    from . import model as model_mod  # the training engine
     from . import train
 
     cfg.check()
@@ -175,7 +180,7 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
 
     if cfg.trace_memory:  # before the Server exists, so its accumulator and buffers are counted
         tracemalloc.start()
-    server = rounds.Server(model.init(cfg.seed), optimizer=cfg.server_optimizer(), normalization=cfg.normalize)
+    server = rounds.Server(model.init(cfg.seed, cfg.init), optimizer=cfg.server_optimizer(), normalization=cfg.normalize)
     n_params = server.n_params
     upload_f32 = 4 * n_params
     speed = None
@@ -188,7 +193,7 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
     t_start = time.perf_counter()
     local = np.empty_like(server.params)
     for r in range(1, cfg.rounds + 1):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         selected = rounds.sample_clients(cfg.clients, cfg.fraction, seed=cfg.seed, round_id=r)
         rnd = server.open_round(selected.tolist())
         up = down = 0
@@ -220,20 +225,21 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
         agg_bytes = _aggregator_bytes() if cfg.trace_memory else 0
         agg_bytes_max = max(agg_bytes_max, agg_bytes)
         outcome = server.close_round()
-        train_s = time.perf_counter() - t0
         cum_up += up
         cum_down += down
         row = {"round": r, "clients": len(outcome.contributors), "samples": int(outcome.n_samples),
                "train_loss": train_loss / max(outcome.n_samples, 1), "local_steps": steps_total,
                "test_loss": math.nan, "test_acc": math.nan, "fed_loss": math.nan, "fed_acc": math.nan,
                "upload_bytes": up, "download_bytes": down, "cum_upload_mb": cum_up / 1e6,
-               "cum_download_mb": cum_down / 1e6, "train_s": train_s}
+               "cum_download_mb": cum_down / 1e6}
         if r % cfg.eval_every == 0 or r == cfg.rounds:
             row["test_loss"], row["test_acc"] = map(float, train.evaluate(model, server.params, x_test, y_test))
             row["fed_loss"], row["fed_acc"] = _federated_eval(train, model, server.params, data, splits, selected)
         if cfg.trace_memory:
             row["aggregator_traced_bytes"] = agg_bytes
-        row["wall_s"] = time.perf_counter() - t_start
+        row["round_wall_s"] = time.perf_counter() - t0        # this round: train, aggregate, evaluate
+        row["round_cpu_s"] = time.process_time() - c0         # this process's CPU seconds in the round
+        row["elapsed_wall_s"] = time.perf_counter() - t_start  # since the first round began
         result.rounds.append(row)
         if progress is not None:
             progress.update(row)
@@ -246,7 +252,8 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
         "best_test_acc": float(np.nanmax([row["test_acc"] for row in result.rounds])),
         "upload_mb": cum_up / 1e6, "download_mb": cum_down / 1e6,
         "upload_bytes_per_update": cum_up / max(1, sum(row["clients"] for row in result.rounds)),
-        "aggregator_state_bytes": server.nbytes, "wall_s": last["wall_s"],
+        "aggregator_state_bytes": server.nbytes, "wall_s": last["elapsed_wall_s"],
+        "cpu_s": sum(row["round_cpu_s"] for row in result.rounds),
         "client_residual_bytes": sum(int(v.nbytes) for v in residuals.values()),
     }
     if cfg.trace_memory:
@@ -321,7 +328,8 @@ def _personalize(cfg, train, model, global_params, data, splits) -> dict:
 # --- output -----------------------------------------------------------------------------------
 
 CSV_FIELDS = ("round", "clients", "samples", "train_loss", "local_steps", "test_loss", "test_acc", "fed_loss",
-              "fed_acc", "upload_bytes", "download_bytes", "cum_upload_mb", "cum_download_mb", "train_s", "wall_s")
+              "fed_acc", "upload_bytes", "download_bytes", "cum_upload_mb", "cum_download_mb", "round_wall_s",
+              "round_cpu_s", "elapsed_wall_s")
 
 
 def write_outputs(result: SimResult, out: str, *, log=print) -> list[str]:
@@ -337,7 +345,7 @@ def write_outputs(result: SimResult, out: str, *, log=print) -> list[str]:
     written.append(path)
     path = os.path.join(out, "result.json")
     with open(path + ".tmp", "w") as f:
-        json.dump(result.to_json(), f, indent=1, default=_json_default)
+        json.dump(_finite_or_null(result.to_json()), f, indent=1, default=_json_default, allow_nan=False)
     os.replace(path + ".tmp", path)
     written.append(path)
     if result.params is not None:
@@ -356,6 +364,17 @@ def write_outputs(result: SimResult, out: str, *, log=print) -> list[str]:
     if png:
         written.append(png)
     return written
+
+
+def _finite_or_null(o):
+    """NaN / inf (not measured) as JSON null: bare NaN tokens are not JSON."""
+    if isinstance(o, dict):
+        return {k: _finite_or_null(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite_or_null(v) for v in o]
+    if isinstance(o, (float, np.floating)) and not math.isfinite(o):
+        return None
+    return o
 
 
 def _json_default(o):
@@ -440,6 +459,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate every N rounds (default %(default)s)")
     g.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test samples only")
     g.add_argument("--trace-memory", action="store_true", help="trace the aggregator's allocations (slower)")
+    g.add_argument("--init", default=d.init, choices=model_mod.INIT_SCHEMES,
+                   help="initial weights: fedtiny's (He/Glorot-uniform, zero biases) or PyTorch's nn.Linear/nn.Conv2d "
+                        "defaults, for like-for-like comparisons")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--out", default=None, help="directory for rounds.csv, result.json and accuracy.png")
     g.add_argument("--quiet", action="store_true", help="no progress output")
@@ -462,7 +484,8 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"backbone {args.backbone}: federating the head {cfg.model}")
     result = run(cfg, progress=Progress(cfg.rounds, enabled=not args.quiet), data=data)
     s = result.summary
-    print(f"final test accuracy {s['final_test_acc']:.4f} (best {s['best_test_acc']:.4f}), federated {s['final_fed_acc']:.4f}; "
+    fed = "n/a (--holdout 0)" if math.isnan(s["final_fed_acc"]) else f"{s['final_fed_acc']:.4f}"
+    print(f"final test accuracy {s['final_test_acc']:.4f} (best {s['best_test_acc']:.4f}), federated {fed}; "
           f"uploaded {s['upload_mb']:.2f} MB, downloaded {s['download_mb']:.2f} MB; "
           f"aggregator state {s['aggregator_state_bytes'] / 1e6:.2f} MB; {s['wall_s']:.1f} s")
     if result.personalization:

@@ -137,3 +137,26 @@ def test_bad_predict_input():
         m.predict(p, np.array([["a"] * 64]))
     with pytest.raises(ValueError, match="batch_size"):
         m.arena_bytes(0)
+
+
+@pytest.mark.parametrize("spec", ["2nn", "cnn", "mlp:64-32-10"])
+def test_pytorch_init_draws_torch_default_bounds(spec):
+    """nn.Linear / nn.Conv2d defaults: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch docs)."""
+    from fedtiny.model import build
+    m = build(spec)
+    p = m.init(3, "pytorch")
+    assert not np.array_equal(p, m.init(3))   # another scheme than fedtiny's
+    np.testing.assert_array_equal(p, m.init(3, "pytorch"))   # deterministic
+    for lay, (w, b) in zip([lay for lay in m.layers if lay.w_shape], m.tensors(p)):
+        bound = 1.0 / np.sqrt(np.prod(lay.w_shape[1:]))
+        for t in (w.ravel(), b):
+            assert np.abs(t).max() <= bound
+        # a uniform's std is bound/sqrt(3); the biases are no longer zero
+        assert abs(w.std() - bound / np.sqrt(3)) < 0.1 * bound / np.sqrt(3)
+        assert np.abs(b).max() > 0.3 * bound
+
+
+def test_init_scheme_is_checked():
+    from fedtiny.model import build
+    with pytest.raises(ValueError, match="init scheme must be one of fedtiny, pytorch"):
+        build("2nn").init(0, "xavier")

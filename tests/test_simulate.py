@@ -1,6 +1,7 @@
 """`fedtiny simulate` on the bundled digits: accuracy reached, codecs agree, reproducible from the
 seed, the FedAvg step equals a float64 oracle, aggregator memory flat in the number of clients,
 and the command line's outputs and errors."""
+import csv
 import json
 import os
 import subprocess
@@ -173,12 +174,59 @@ def test_progress_bar_on_a_terminal_and_plain_lines_otherwise():
         def isatty(self):
             return True
 
-    rows = [{"round": r, "test_acc": 0.5, "cum_upload_mb": 1.0 * r, "wall_s": 0.1 * r} for r in (1, 2)]
+    rows = [{"round": r, "test_acc": 0.5, "cum_upload_mb": 1.0 * r, "elapsed_wall_s": 0.5 * r} for r in (1, 2, 3, 4)]
     plain, tty = io.StringIO(), Tty()
     for stream in (plain, tty):
-        bar = simulate.Progress(2, stream=stream)
+        bar = simulate.Progress(4, stream=stream)
         for row in rows:
             bar.update(row)
-    assert plain.getvalue().splitlines() == ["round 1/2  test acc 0.5000  up 1.0 MB  0.1 s",
-                                             "round 2/2  test acc 0.5000  up 2.0 MB  0.2 s"]
-    assert tty.getvalue().count("\r") == 2 and "[" + "#" * 24 + "]" in tty.getvalue() and tty.getvalue().endswith("\n")
+    # 2 rounds per second: after round 1 of 4, 3 rounds are left, 1.5 s
+    assert plain.getvalue().splitlines() == [
+        "round 1/4  test acc 0.5000  up 1.0 MB  0.5 s  2.00 rounds/s  2 s left",
+        "round 2/4  test acc 0.5000  up 2.0 MB  1.0 s  2.00 rounds/s  1 s left",
+        "round 3/4  test acc 0.5000  up 3.0 MB  1.5 s  2.00 rounds/s  0 s left",
+        "round 4/4  test acc 0.5000  up 4.0 MB  2.0 s  2.00 rounds/s  0 s left"]
+    assert tty.getvalue().count("\r") == 4 and "[" + "#" * 24 + "]" in tty.getvalue() and tty.getvalue().endswith("\n")
+
+
+def _strict_json(text):
+    def refuse(token):
+        raise ValueError(f"not JSON: bare {token}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_holdout_0_writes_valid_json_and_says_federated_is_not_measured(tmp_path):
+    out = tmp_path / "run"
+    p = _cli("simulate", "--dataset", "digits", "--model", "mlp:64-32-10", "--clients", "5", "--fraction", "1",
+             "--rounds", "2", "--lr", "0.2", "--holdout", "0", "--quiet", "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    result = _strict_json((out / "result.json").read_text())
+    assert result["summary"]["final_fed_acc"] is None and all(r["fed_acc"] is None for r in result["rounds"])
+    assert 0 < result["summary"]["final_test_acc"] <= 1
+    assert "federated n/a (--holdout 0)" in p.stdout
+
+
+def test_rounds_csv_has_per_round_wall_and_cpu_seconds(tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(["simulate", "--dataset", "digits", "--model", "mlp:64-32-10", "--clients", "4", "--rounds", "3",
+                     "--fraction", "1", "--quiet", "--out", str(out)]) == 0
+    with open(out / "rounds.csv") as f:
+        rows = list(csv.DictReader(f))
+    walls = [float(r["round_wall_s"]) for r in rows]
+    elapsed = [float(r["elapsed_wall_s"]) for r in rows]
+    assert all(float(r["round_cpu_s"]) > 0 for r in rows)
+    # elapsed runs from the first round's start; each round is timed from its own start
+    assert all(e >= sum(walls[:i + 1]) - 1e-9 for i, e in enumerate(elapsed))
+    assert all(elapsed[i] - elapsed[i - 1] >= walls[i] - 1e-9 for i in range(1, len(rows)))
+    assert "wall_s" not in rows[0] and "train_s" not in rows[0]
+
+
+@pytest.mark.parametrize("command,option,default", [("simulate", "--rounds", "50"), ("simulate", "--epochs", "1"),
+                                                    ("simulate", "--batch", "10"), ("simulate", "--lr", "0.05"),
+                                                    ("simulate", "--momentum", "0.0"), ("simulate", "--holdout", "0.1"),
+                                                    ("aggregate", "--rounds", "10"), ("aggregate", "--lr", "0.05")])
+def test_help_shows_every_default(command, option, default):
+    text = cli.build_parser(command)._subparsers._group_actions[0].choices[command].format_help()
+    line = " ".join(text.split())   # argparse wraps lines
+    after = line.split(f" {option} {option.lstrip('-').upper().replace('-', '_')} ", 1)[1]
+    assert f"(default {default})" in after.split(" --", 1)[0], after[:120]

@@ -5,16 +5,22 @@ still missing) -> local SGD with fedtiny.train -> int8-encode the delta -> RESUL
 n_k) and the update chunks, resending what the aggregator's ACK does not list -> repeat.
 When the aggregator is silent the device goes back to HELLO with exponential backoff.
 
+The loop is one blocking UDP socket and `select` (no asyncio: it would bring ssl and ~10 MB of
+RSS onto every device); local training runs in the loop itself, so an error in it ends the
+process with one line instead of dying in a background task.
+
 Training and encoding derive their seeds from (run seed, round, device id) exactly as
 `fedtiny simulate` does for client k = device id, so a network run reproduces a simulation.
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import math
 import random
+import select
+import signal
+import socket
 import sys
 import time
 
@@ -40,7 +46,7 @@ def rounding_of(flags: int) -> tuple[str, bool]:
     return ("stochastic" if flags & 1 else "nearest"), bool(flags & 2)
 
 
-class Device(asyncio.DatagramProtocol):
+class Device:
     def __init__(self, device_id: int, key: bytes, model, x: np.ndarray, y: np.ndarray, *,
                  momentum: float = 0.0, weights: str = "float32", max_rounds: int | None = None):
         from .. import train
@@ -51,11 +57,11 @@ class Device(asyncio.DatagramProtocol):
         self.momentum, self.weights = momentum, weights
         self.max_rounds = max_rounds
         self.residual: np.ndarray | None = None    # error feedback lives on the device
-        self.transport = None
+        self.sock: socket.socket | None = None
         self.state = "joining"
         self.round = 0
         self.rounds_done = 0
-        self.finished = asyncio.Event()
+        self.finished = False
         self.rejected: dict[str, int] = {}
         self._reset_round()
         self.last_heard = time.monotonic()
@@ -68,20 +74,18 @@ class Device(asyncio.DatagramProtocol):
         self.have = None
         self.update = None
         self.result = None
+        self.pending_training = None
         self.since_ask = 0             # model chunks received since the last ACK(model)
         self.resend_on_ack = True      # the next ACK triggers sending what it lists as missing
         self.last_progress = time.monotonic()
 
     # -- transport ---------------------------------------------------------------------------
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def error_received(self, exc) -> None:     # ICMP: nobody listens there (yet)
-        log.debug("socket error: %s", exc)
-
     def _send(self, msg_type: int, payload: bytes = b"", chunk=(0, 1), round_id: int | None = None) -> None:
         r = self.round if round_id is None else round_id
-        self.transport.sendto(self.session.seal(msg_type, r, payload, *chunk))
+        try:
+            self.sock.send(self.session.seal(msg_type, r, payload, *chunk))
+        except OSError as exc:   # ICMP port unreachable: nobody listens there (yet); a full buffer
+            log.debug("send failed: %s", exc)
         self.last_sent = time.monotonic()
 
     def datagram_received(self, data: bytes, addr) -> None:
@@ -157,20 +161,20 @@ class Device(asyncio.DatagramProtocol):
         if self.since_ask >= MODEL_WINDOW and len(self.have) < n:
             self._ask_model()   # the whole window arrived: ask for the next one now
         if len(self.have) == n:
-            params = np.frombuffer(bytes(self.model_buf), dtype="<f4").astype(np.float32)
+            params = np.frombuffer(self.model_buf, dtype="<f4")   # trained in place: no second copy of the model
             if wire.model_hash(params) != self.offer.model_hash:
                 log.warning("round %d: model hash mismatch, downloading again", self.round)
                 self.have.clear()
                 self._ask_model()
                 return
             self.state = "training"
-            asyncio.get_running_loop().create_task(self._train(self.round, self.offer, params))
+            self.pending_training = params   # trained by the loop, after this datagram batch
 
-    async def _train(self, round_id: int, offer: wire.Offer, params: np.ndarray) -> None:
+    def _train(self, round_id: int, offer: wire.Offer, params: np.ndarray) -> None:
         t0 = time.perf_counter()
-        update, res = await asyncio.get_running_loop().run_in_executor(None, self._local_update, round_id, offer, params)
+        update, res = self._local_update(round_id, offer, params)
         if self.round != round_id or self.state != "training":
-            return  # the round moved on while training
+            return  # the round moved on
         self.update = update
         self.result = wire.Result(n_samples=int(res.n_samples), n_clients=1, loss=float(res.loss),
                                   steps=int(res.steps), update_seed=update.seed, update_flags=update.flags,
@@ -179,7 +183,7 @@ class Device(asyncio.DatagramProtocol):
                  time.perf_counter() - t0, res.loss)
         self.state = "uploading"
         self._send(session.RESULT, self.result)
-        self.last_progress = time.monotonic()
+        self.last_progress = self.last_heard = time.monotonic()   # the silence clock starts now
 
     def _local_update(self, round_id: int, offer: wire.Offer, params: np.ndarray):
         """Local SGD and int8 encoding, seeded as simulate seeds client k = this device id."""
@@ -209,7 +213,7 @@ class Device(asyncio.DatagramProtocol):
             self.rounds_done += 1
             log.info("round %d: update delivered", self.round)
             if self.max_rounds is not None and self.rounds_done >= self.max_rounds:
-                self.finished.set()
+                self.finished = True
             return
         if self.resend_on_ack:   # the answer to our RESULT: send what it misses, once
             self.resend_on_ack = False
@@ -218,7 +222,7 @@ class Device(asyncio.DatagramProtocol):
     def _on_error(self, round_id: int, err: wire.ErrorMsg) -> None:
         if err.code == session.E_FINISHED:
             log.info("the aggregator finished training")
-            self.finished.set()
+            self.finished = True
         elif err.code == session.E_BUSY and self.state == "uploading":
             self.last_progress = time.monotonic() + random.uniform(0.1, 0.5)   # back off, then retry
         elif err.code in (session.E_ROUND_CLOSED, session.E_NOT_SELECTED) and round_id == self.round:
@@ -253,19 +257,39 @@ class Device(asyncio.DatagramProtocol):
             self.resend_on_ack = True
             self.last_progress = now
 
-    async def run(self, server: tuple[str, int], stop: asyncio.Event | None = None) -> int:
-        loop = asyncio.get_running_loop()
-        stop = stop or asyncio.Event()
-        transport, _ = await loop.create_datagram_endpoint(lambda: self, remote_addr=server)
-        log.info("device %d: %d samples, model %d parameters, aggregator %s:%d", self.id, len(self.y),
-                 self.model.n_params, *server)
+    def run(self, server: tuple[str, int], stop=lambda: False) -> int:
+        """Serve until the aggregator says it finished, max_rounds are done, or stop() is true."""
+        family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            while not stop.is_set() and not self.finished.is_set():
+            self.sock.connect(server)
+            self.sock.setblocking(False)
+            log.info("device %d: %d samples, model %d parameters, aggregator %s:%d", self.id, len(self.y),
+                     self.model.n_params, *server)
+            while not stop() and not self.finished:
                 self.tick(time.monotonic())
-                await asyncio.sleep(TICK)
+                if self.pending_training is not None:
+                    params, self.pending_training = self.pending_training, None
+                    self._train(self.round, self.offer, params)
+                    continue
+                if select.select([self.sock], [], [], TICK)[0]:
+                    self._drain()
         finally:
-            transport.close()
+            self.sock.close()
         return self.rounds_done
+
+    def _drain(self) -> None:
+        for _ in range(256):   # bounded: timers still run under a flood
+            try:
+                data = self.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:   # ICMP errors surface on a connected socket
+                log.debug("socket error: %s", exc)
+                return
+            self.datagram_received(data, None)
+            if self.pending_training is not None:
+                return
 
 
 # --- command line ---------------------------------------------------------------------------
@@ -326,14 +350,9 @@ def run_command(args: argparse.Namespace) -> int:
     device = Device(args.device_id, key, model, x, y, momentum=args.momentum, weights=args.weights,
                     max_rounds=args.rounds)
 
-    async def main() -> int:
-        import signal
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        return await device.run(server, stop)
-
-    done = asyncio.run(main())
+    stopping = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.append(True))
+    done = device.run(server, stop=lambda: bool(stopping))
     print(f"device {args.device_id}: took part in {done} round(s)", file=sys.stderr)
     return 0

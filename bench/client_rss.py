@@ -1,0 +1,86 @@
+"""Peak RSS of the real device program, `fedtiny client`, over two rounds of the 2nn against a
+real `fedtiny aggregate` on 127.0.0.1: 600 Fashion-MNIST training images, batch 10, lr 0.05.
+
+    python bench/client_rss.py [--rounds 2] [--samples 600] [--weights float32|int8]
+
+Prints one line of JSON. The peak is the kernel's ru_maxrss of the client process (os.wait4),
+in KiB, also shown in MiB (1 MiB = 1,048,576 bytes) and MB (1,000,000 bytes). Linux carries a
+parent's peak into a forked child's ru_maxrss, so this launcher imports neither numpy nor
+fedtiny: the data and the key are prepared in a separate process first.
+"""
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+PREPARE = """
+import os, sys
+import numpy as np
+from fedtiny import datasets
+from fedtiny.net import keys
+out, n = sys.argv[1], int(sys.argv[2])
+data = datasets.load("fashion-mnist")
+np.savez(os.path.join(out, "client0.npz"), x=data.x_train[:n], y=data.y_train[:n])
+with open(os.open(os.path.join(out, "fleet.keys"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+    f.write(keys.generate([0]))
+"""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--samples", type=int, default=600)
+    ap.add_argument("--weights", choices=["float32", "int8"], default="float32")
+    ap.add_argument("--timeout", type=float, default=120.0)
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-c", PREPARE, tmp, str(a.samples)], check=True, timeout=120)
+        data_path, keyfile = os.path.join(tmp, "client0.npz"), os.path.join(tmp, "fleet.keys")
+        port = free_port()
+        agg = subprocess.Popen([sys.executable, "-m", "fedtiny.cli", "aggregate", "--listen", f"127.0.0.1:{port}",
+                                "--model", "2nn", "--rounds", str(a.rounds), "--min-clients", "1",
+                                "--round-timeout", "60", "--keys", keyfile, "--state", os.path.join(tmp, "state"),
+                                "--dataset", "none", "--epochs", "1", "--batch", "10", "--lr", "0.05"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        cli = subprocess.Popen([sys.executable, *(os.environ["RSS_PROBE"].split() if os.environ.get("RSS_PROBE") else ["-m", "fedtiny.cli"]), "client", "--server", f"127.0.0.1:{port}",
+                                "--device-id", "0", "--key", keyfile, "--data", data_path, "--model", "2nn",
+                                "--weights", a.weights, "--rounds", str(a.rounds)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        status = None
+        while time.monotonic() - t0 < a.timeout:
+            pid, status, usage = os.wait4(cli.pid, os.WNOHANG)
+            if pid:
+                break
+            time.sleep(0.05)
+        else:
+            cli.kill()
+            agg.kill()
+            raise SystemExit(f"client did not finish {a.rounds} rounds in {a.timeout} s")
+        cli.returncode = os.waitstatus_to_exitcode(status)
+        agg.terminate()
+        agg.wait(timeout=30)
+        if cli.returncode != 0:
+            raise SystemExit(f"client exited with {cli.returncode}: {cli.stderr.read()[-500:]}")
+        if os.environ.get("RSS_PROBE"):
+            print(cli.stderr.read()[-3000:], file=sys.stderr)
+        kib = usage.ru_maxrss
+        print(json.dumps({"program": "fedtiny client", "model": "2nn", "rounds": a.rounds, "samples": a.samples,
+                          "weights": a.weights, "peak_rss_kib": kib, "peak_rss_mib": round(kib / 1024, 1),
+                          "peak_rss_mb": round(kib * 1024 / 1e6, 1), "wall_s": round(time.monotonic() - t0, 2)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
