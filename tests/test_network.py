@@ -289,3 +289,22 @@ def test_demo_prints_the_round_table(tmp_path):
     _, want = simulate_oracle(3, 3)
     assert [float(r[5]) for r in rows] == [round(w["test_acc"], 4) for w in want]
     assert "3 rounds in" in lines[header + 4]
+
+
+def test_demo_final_weights_are_simulate_bit_for_bit(tmp_path):
+    """README: `fedtiny demo` gives the same weights, bit for bit, as `fedtiny simulate --dataset digits
+    --model mlp:64-32-10 --clients 3 --fraction 1 --rounds 10 --codec int8-stochastic`. Both real
+    commands, the README's 10 rounds, the demo's final checkpoint against simulate's params.npy."""
+    demo = subprocess.run([sys.executable, "-m", "fedtiny.cli", "demo", "--clients", "3", "--rounds", "10",
+                           "--state", str(tmp_path / "st")], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert demo.returncode == 0, demo.stderr
+    sim = subprocess.run([sys.executable, "-m", "fedtiny.cli", "simulate", "--dataset", "digits", "--model", MODEL,
+                          "--clients", "3", "--fraction", "1", "--rounds", "10", "--codec", "int8-stochastic",
+                          "--out", str(tmp_path / "sim")], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert sim.returncode == 0, sim.stderr
+    ck = state.load(str(tmp_path / "st"))
+    assert ck.round == 10
+    np.testing.assert_array_equal(ck.weights, np.load(tmp_path / "sim" / "params.npy"))
+    final = [line for line in demo.stdout.splitlines() if line.startswith("10 rounds in")]
+    acc = json.loads((tmp_path / "sim" / "result.json").read_text())["summary"]["final_test_acc"]
+    assert final and f"final test accuracy {acc:.4f}" in final[0], demo.stdout
