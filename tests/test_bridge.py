@@ -105,5 +105,7 @@ def test_firmware_links_for_cortex_m4(tmp_path):
                     "-o", elf], check=True, timeout=120, capture_output=True)
     text, data, bss = map(int, subprocess.run([size, elf], capture_output=True, text=True,
                                                check=True).stdout.splitlines()[1].split()[:3])
+    # the README's figure (`pytest tests/test_bridge.py -k cortex_m4 -s` prints it)
+    print(f"\nfirmware for Cortex-M4: flash {text + data:,} B (text+data), RAM {data + bss:,} B (data+bss)")
     assert text + data <= 32 * 1024, (text, data)       # flash, newlib's startup included
     assert data + bss <= 48 * 1024, (data, bss)         # RAM: fw_device (39.7 KB) and the C library

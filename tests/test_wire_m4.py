@@ -42,3 +42,17 @@ def test_c_unit_tests_pass_on_cortex_m4(tmp_path, test):
     out = run_on_m4(tmp_path, test)
     m = re.search(rf"^{test}: (\d+) checks, (\d+) failed$", out, re.M)
     assert m and int(m.group(1)) > 0 and m.group(2) == "0", out
+
+
+def test_deepest_stack_is_measured_and_within_1_kib():
+    """The README's "deepest stack" figure is what bench/m4_stack.py prints (GCC's call graph and
+    per-function frames, -Os for Cortex-M4); a firmware must reserve at least that much."""
+    if ARM_CC is None:
+        pytest.skip("arm-none-eabi-gcc is not installed (apt-get install gcc-arm-none-eabi)")
+    import sys
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "m4_stack.py")], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    m = re.match(r"deepest stack on Cortex-M4 \(arm-none-eabi-gcc -Os\): (\d+) bytes, ft_wire_decode \(\d+\) -> ",
+                 proc.stdout)
+    assert m and 256 < int(m.group(1)) <= 1024, proc.stdout
