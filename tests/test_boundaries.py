@@ -134,3 +134,89 @@ def test_result_after_a_complete_upload_cannot_change_n_k(tmp_path):
                 d.close()
     row = json.loads((tmp_path / "state" / "metrics.json").read_text())[0]
     assert row["rejected"] == {"weight_changed": 1} and row["samples"] == 180, row
+
+
+# ---- timeouts, each at its edge with an explicit clock --------------------------------------------
+
+def test_aggregator_samples_devices_heard_within_exactly_alive_seconds(tmp_path):
+    import os
+    from fedtiny.net import aggregator as agg_mod
+    fleet = Fleet(tmp_path, 2)
+    agg = agg_mod.Aggregator(fleet.config(dataset=None), out=open(os.devnull, "w"))
+    try:
+        from fedtiny.net import session
+        for d, seen in ((0, 100.0), (1, 101.0)):   # as a HELLO registers them
+            agg.devices[d] = agg_mod._Device(d, session.Session(d, fleet.keys[d]), addr=("127.0.0.1", 9), last_seen=seen)
+        edge = 100.0 + agg_mod.ALIVE_SECONDS
+        assert agg._alive(edge) == [0, 1]                          # silent exactly ALIVE_SECONDS: alive
+        assert agg._alive(np.nextafter(edge, np.inf)) == [1]       # a moment more: not sampled
+    finally:
+        agg.out.close()
+
+
+class _Peer:
+    """The aggregator's end of a real UDP socket pair: what a Device sends, decoded."""
+
+    def __init__(self, key):
+        import socket
+        self.key = key
+        self.rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.rx.bind(("127.0.0.1", 0))
+        self.rx.settimeout(0.2)
+        self.tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.tx.connect(self.rx.getsockname())
+
+    def types(self):
+        import socket
+        out = []
+        try:
+            while True:
+                out.append(wire.decode(self.rx.recv(2048), self.key, None).type)
+        except socket.timeout:
+            return out
+
+    def close(self):
+        self.rx.close()
+        self.tx.close()
+
+
+def _device(key):
+    from fedtiny import model as fm
+    from fedtiny.net.client import Device
+    m = fm.build("mlp:64-32-10")
+    return Device(0, key, m, np.zeros((10, 8, 8, 1), np.float32), np.zeros(10, np.int64))
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_device_rejoins_only_after_more_than_silent_seconds(late):
+    from fedtiny.net import client
+    peer = _Peer(KEY)
+    try:
+        dev = _device(KEY)
+        dev.sock = peer.tx
+        dev.state, dev.round, dev.result = "uploading", 1, wire.Result(n_samples=10, loss=1.0, steps=1,
+                                                                       update_chunks=1).pack()
+        dev.last_heard = dev.last_progress = dev.last_sent = 0.0
+        now = client.SILENT_SECONDS
+        dev.tick(np.nextafter(now, np.inf) if late else now)
+        assert dev.state == ("joining" if late else "uploading")
+        assert peer.types() == ([wire.MsgType.HELLO] if late else [wire.MsgType.RESULT])
+    finally:
+        peer.close()
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_device_resends_its_result_only_after_more_than_upload_ack_wait(late):
+    from fedtiny.net import client
+    peer = _Peer(KEY)
+    try:
+        dev = _device(KEY)
+        dev.sock = peer.tx
+        dev.state, dev.round, dev.result = "uploading", 1, wire.Result(n_samples=10, loss=1.0, steps=1,
+                                                                       update_chunks=1).pack()
+        dev.last_heard = dev.last_progress = dev.last_sent = 0.0
+        now = client.UPLOAD_ACK_WAIT
+        dev.tick(np.nextafter(now, np.inf) if late else now)
+        assert peer.types() == ([wire.MsgType.RESULT] if late else [])
+    finally:
+        peer.close()
