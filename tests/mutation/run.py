@@ -86,19 +86,22 @@ class Scratch:
     def _obj(self, src: str) -> str:
         return os.path.join(self.build, os.path.relpath(src, self.dir).replace(os.sep, "_") + ".o")
 
-    def rebuild_core(self, mutated: str) -> None:
+    def prepare_core(self) -> None:
+        """Once, before any mutation is applied: every unmutated csrc/ object and the binding."""
         import pybind11
-        if not self._objects_ready:   # once: every pristine object, and the binding
-            log("  (compiling the unmutated csrc/ objects and the pybind11 binding once)")
-            for src in self._csrc():
-                self._compile_c(src, self._obj(src))
-            subprocess.run(["g++", "-O2", "-std=c++17", "-fPIC", "-fvisibility=hidden", "-I", self.path("csrc"),
-                            "-I", pybind11.get_include(), "-I", sysconfig.get_paths()["include"], "-c",
-                            self.path("csrc/bind.cpp"), "-o", os.path.join(self.build, "bind.o")], check=True)
-            self._objects_ready = True
+        log("compiling the unmutated csrc/ objects and the pybind11 binding once")
+        for src in self._csrc():
+            self._compile_c(src, self._obj(src))
+        subprocess.run(["g++", "-O2", "-std=c++17", "-fPIC", "-fvisibility=hidden", "-I", self.path("csrc"),
+                        "-I", pybind11.get_include(), "-I", sysconfig.get_paths()["include"], "-c",
+                        self.path("csrc/bind.cpp"), "-o", os.path.join(self.build, "bind.o")], check=True)
+        self._objects_ready = True
+
+    def rebuild_core(self, mutated: str | None) -> None:
+        assert self._objects_ready, "prepare_core() must run before the first mutation"
         objs = []
         for src in self._csrc():
-            if mutated.endswith(".h") or os.path.samefile(src, self.path(mutated)):
+            if mutated is not None and (mutated.endswith(".h") or os.path.samefile(src, self.path(mutated))):
                 obj = os.path.join(self.build, "mutant_" + os.path.basename(self._obj(src)))
                 self._compile_c(src, obj)
                 objs.append(obj)
@@ -175,6 +178,24 @@ def main(argv=None) -> int:
             log(out[-3000:])
             raise SystemExit(f"run.py: error: the tests fail on the unmutated copy ({secs:.0f} s): fix that first")
         log(f"baseline passed in {secs:.1f} s")
+        # Controls: the modules rebuilt the way mutants are rebuilt, from unmutated sources, must pass
+        # the tests of those mutants (else a broken rebuild would count every C mutant as caught).
+        controls = [("csrc/", scratch.rebuild_core, None),
+                    ("firmware_bridge/", lambda _: scratch.rebuild_wire(), None)]
+        for prefix, rebuild, arg in controls:
+            tests = sorted({t for m in chosen if m["file"].startswith(prefix) and m.get("rebuild_wire", True)
+                            for t in m["tests"]})
+            if not tests:
+                continue
+            if prefix == "csrc/":
+                scratch.prepare_core()   # from the unmutated sources: a mutant must never leak into them
+            rebuild(arg)
+            code, out, secs = scratch.pytest(tests)
+            scratch.restore_modules()
+            if code != 0:
+                log(out[-3000:])
+                raise SystemExit(f"run.py: error: the {prefix} rebuild without a mutation fails its tests")
+            log(f"control: {prefix} rebuilt unmutated, its mutants' tests pass ({secs:.1f} s)")
         rows = []
         for m in chosen:
             original = apply(scratch, m)
