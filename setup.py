@@ -11,11 +11,13 @@ from pybind11.setup_helpers import Pybind11Extension
 from setuptools import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-C_SOURCES = sorted(glob.glob("csrc/*.c") + glob.glob("csrc/arch/*.c"))
+# ft_chacha20.c is the project's one ChaCha20 (firmware_bridge/ft_crypto.h): the mask and rounding
+# streams of the secure-aggregation kernels are its scalar reference.
+C_SOURCES = sorted(glob.glob("csrc/*.c") + glob.glob("csrc/arch/*.c")) + ["firmware_bridge/ft_chacha20.c"]
 # -ffp-contract=off: no silent fused multiply-add, so the scalar and SIMD paths round identically.
 C_FLAGS = ["-std=c99", "-O3", "-ffp-contract=off", "-fno-math-errno", "-Wall", "-Wextra", "-fPIC"]
 
-libraries = [("ftkernels", {"sources": C_SOURCES, "include_dirs": ["csrc"], "cflags": C_FLAGS})]
+libraries = [("ftkernels", {"sources": C_SOURCES, "include_dirs": ["csrc", "firmware_bridge"], "cflags": C_FLAGS})]
 
 ext_modules = [
     Pybind11Extension(

@@ -2,8 +2,8 @@
 
 The aggregator is a real `fedtiny aggregate` process (its peak RSS is read from
 /proc/PID/status VmHWM); one sender process plays all N devices on one socket (every frame
-sealed with its device's key, the real protocol: HELLO, OFFER, RESULT, update chunks, ACKs,
-resending what an ACK lists as missing). Devices skip the model download: this measures ingest.
+sealed with its device's session key, the real protocol: join HELLO, WELCOME, HELLO, OFFER,
+RESULT, update chunks, ACKs, resending what an ACK lists as missing). Devices skip the model download: this measures ingest.
 
     pytest bench/bench_ingest.py --benchmark-only -s     # 100 and 1,000 devices
 The numbers (updates/s, MB/s, round time, peak RSS) are in each benchmark's extra_info and
@@ -48,10 +48,12 @@ def _vm_hwm_kib(pid: int) -> int | None:
 
 
 class _Dev:
-    __slots__ = ("id", "key", "seq", "round", "next", "got", "last", "resend", "done", "started")
+    __slots__ = ("id", "psk", "key", "nonce", "ctx", "seq", "round", "next", "got", "last", "resend", "done",
+                 "started")
 
     def __init__(self, device_id: int, key: bytes):
-        self.id, self.key = device_id, key
+        self.id, self.psk, self.key = device_id, key, None     # key: the session key, once welcomed
+        self.nonce, self.ctx = os.urandom(wire.NONCE_BYTES), {}
         self.seq = 1
         self.round = 0
         self.next = 0
@@ -85,11 +87,14 @@ class FleetSender(asyncio.DatagramProtocol):
     def _send(self, dev: _Dev, msg_type, payload=b"", chunk=(0, 1), round_id=None):
         dev.seq += 1
         self.transport.sendto(wire.encode(msg_type, dev.id, dev.round if round_id is None else round_id, dev.seq,
-                                          payload, dev.key, chunk=chunk), self.server)
+                                          payload, dev.key, chunk=chunk, **dev.ctx), self.server)
 
     def hello_all(self):
         for dev in self.devs.values():
-            if dev.round == 0:
+            if dev.key is None:      # join: HELLO with the device's nonce, pre-shared key, session 0
+                self.transport.sendto(wire.encode(wire.MsgType.HELLO, dev.id, 0, 0, wire.Hello(
+                    n_samples=N_SAMPLES, nonce=dev.nonce).pack(), dev.psk), self.server)
+            elif dev.round == 0:
                 self._send(dev, wire.MsgType.HELLO, wire.Hello(n_samples=N_SAMPLES).pack(), round_id=0)
 
     def _activate(self, now):
@@ -113,11 +118,17 @@ class FleetSender(asyncio.DatagramProtocol):
     def datagram_received(self, data, addr):
         try:
             dev = self.devs[wire.peek(data).device_id]
-            f = wire.decode(data, dev.key, None)
+            f = wire.decode(data, dev.key or dev.psk, None)
         except (wire.FrameError, KeyError):
             return
         now = time.monotonic()
-        if f.type == wire.MsgType.OFFER and dev.round == 0:
+        if f.type == wire.MsgType.WELCOME and dev.key is None:
+            w = wire.Welcome.unpack(f.payload)
+            if w.device_nonce == dev.nonce:
+                dev.key, dev.ctx, dev.seq = wire.session_key(dev.psk, dev.id, w), dict(
+                    session=w.session, epoch=w.epoch, run=w.run), 0
+                self._send(dev, wire.MsgType.HELLO, wire.Hello(n_samples=N_SAMPLES).pack(), round_id=0)
+        elif f.type == wire.MsgType.OFFER and dev.round == 0:
             dev.round = f.round
             self._activate(now)
         elif f.type == wire.MsgType.ACK and dev.id in self.active:

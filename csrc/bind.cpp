@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -105,6 +106,63 @@ const float *rows_in(const py::array &a, const char *name, ssize_t row) {
 ssize_t input_size(const ft_net &net) {
     const ft_layer &l = net.layers[0];
     return static_cast<ssize_t>(l.in_h * l.in_w * l.in_c);
+}
+
+
+// ---- secure aggregation helpers ------------------------------------------------------
+// A uint16 or uint32 vector (the modulus is its width): 1-D, C-contiguous, aligned; writable when
+// the kernel writes it. Returns 16 or 32.
+int uvec_bits(const py::array &a, const char *name, bool writable, ssize_t n = -1) {
+    int bits = 0;
+    if (a.dtype().equal(py::dtype::of<uint16_t>())) bits = 16;
+    else if (a.dtype().equal(py::dtype::of<uint32_t>())) bits = 32;
+    else throw py::value_error(std::string(name) + " must be uint16 (b = 16) or uint32 (b = 32), got " +
+                               std::string(py::str(a.dtype())));
+    if (a.ndim() != 1 || !(a.flags() & py::array::c_style) ||
+        reinterpret_cast<uintptr_t>(a.data()) % static_cast<uintptr_t>(a.itemsize()) != 0)
+        throw py::value_error(std::string(name) + " must be a 1-D, C-contiguous, aligned array");
+    if (writable && !a.writeable()) throw py::value_error(std::string(name) + " is read-only");
+    if (n >= 0 && a.size() != n)
+        throw py::value_error(std::string(name) + " has " + std::to_string(a.size()) + " elements, expected " + std::to_string(n));
+    return bits;
+}
+// Exactly `len` bytes from a contiguous buffer (bytes, bytearray, memoryview, uint8 array).
+struct Bytes {
+    py::buffer_info info;
+    const uint8_t *ptr;
+    size_t len;
+};
+Bytes bytes_in(const py::buffer &b, const char *name, ssize_t len = -1) {
+    Bytes r{b.request(), nullptr, 0};
+    if (r.info.itemsize != 1 || (r.info.ndim >= 1 && r.info.strides.back() != 1) ||
+        !(r.info.ndim <= 1 || py::array(b).flags() & py::array::c_style))
+        throw py::value_error(std::string(name) + " must be a contiguous byte buffer");
+    r.len = static_cast<size_t>(r.info.size);
+    if (len >= 0 && r.len != static_cast<size_t>(len))
+        throw py::value_error(std::string(name) + " must be " + std::to_string(len) + " bytes, got " + std::to_string(r.len));
+    r.ptr = static_cast<const uint8_t *>(r.info.ptr);
+    return r;
+}
+// Masks: seeds (n * 32 bytes, back to back) and n signs (+1 add, -1 subtract).
+struct Masks {
+    Bytes seeds;
+    py::array_t<int8_t> signs;
+    size_t n;
+};
+Masks masks_in(const py::buffer &seeds, const py::object &signs) {
+    Masks m{bytes_in(seeds, "seeds"), py::array_t<int8_t, py::array::c_style | py::array::forcecast>::ensure(signs), 0};
+    if (!m.signs || m.signs.ndim() != 1) throw py::value_error("signs must be a 1-D sequence of +1/-1");
+    if (m.seeds.len % FT_SECAGG_SEED_BYTES != 0)
+        throw py::value_error("seeds must be a multiple of 32 bytes (one 32-byte seed per mask), got " +
+                              std::to_string(m.seeds.len));
+    m.n = m.seeds.len / FT_SECAGG_SEED_BYTES;
+    if (static_cast<size_t>(m.signs.size()) != m.n)
+        throw py::value_error(std::to_string(m.n) + " seeds but " + std::to_string(m.signs.size()) + " signs");
+    for (size_t j = 0; j < m.n; j++)
+        if (m.signs.data()[j] != 1 && m.signs.data()[j] != -1)
+            throw py::value_error("sign " + std::to_string(j) + " is " + std::to_string(m.signs.data()[j]) +
+                                  ": each sign is +1 (add the mask) or -1 (remove it)");
+    return m;
 }
 
 }  // namespace
@@ -344,4 +402,125 @@ PYBIND11_MODULE(_core, m) {
         raise_status(st, "gemm_f32");
     }, py::arg("M"), py::arg("N"), py::arg("K"), py::arg("a"), py::arg("rsa"), py::arg("csa"), py::arg("b"),
        py::arg("ldb"), py::arg("c"), py::arg("ldc"), py::arg("accumulate"), py::arg("reference") = false);
+    // ---- secure aggregation (csrc/secagg.c; docs/secagg.md) ------------------------------
+    m.attr("SECAGG_SEED_BYTES") = FT_SECAGG_SEED_BYTES;
+    m.attr("SECAGG_MASK_NONCE") = py::bytes(FT_SECAGG_MASK_NONCE, 12);
+    m.attr("SECAGG_ROUND_NONCE") = py::bytes(FT_SECAGG_ROUND_NONCE, 12);
+    m.attr("SECAGG_MAX_QMAX") = FT_SECAGG_MAX_QMAX;
+
+    m.def("l2norm_f32", [](py::array x) {
+        const float *px = f32_in(x, "x");
+        double norm = 0.0;
+        ft_status st;
+        {
+            py::gil_scoped_release nogil;
+            st = ft_l2norm_f32(px, static_cast<size_t>(x.size()), &norm);
+        }
+        raise_status(st, "l2norm_f32");
+        return norm;
+    }, py::arg("x"), "sqrt(sum x^2) with float64 accumulation (the same bits on every SIMD path).");
+
+    m.def("chacha20_stream", [](py::buffer key, py::buffer nonce, uint32_t counter0, py::array out, bool reference) {
+        Bytes k = bytes_in(key, "key", 32), nn = bytes_in(nonce, "nonce", 12);
+        if (!out.dtype().equal(py::dtype::of<uint8_t>()) || out.ndim() != 1 || !(out.flags() & py::array::c_style) ||
+            !out.writeable() || out.size() % 64 != 0)
+            throw py::value_error("out must be a writable contiguous uint8 array of a multiple of 64 bytes");
+        auto *po = static_cast<uint8_t *>(out.mutable_data());
+        const size_t nblocks = static_cast<size_t>(out.size()) / 64;
+        ft_status st;
+        {
+            py::gil_scoped_release nogil;
+            st = reference ? ft_chacha20_stream_ref(k.ptr, nn.ptr, counter0, nblocks, po)
+                           : ft_chacha20_stream(k.ptr, nn.ptr, counter0, nblocks, po);
+        }
+        if (st == FT_ERR_ARG) throw py::value_error("chacha20_stream: counter0 + blocks exceeds 2^32");
+        raise_status(st, "chacha20_stream");
+    }, py::arg("key"), py::arg("nonce"), py::arg("counter0"), py::arg("out"), py::arg("reference") = false);
+
+    m.def("secagg_encode", [](py::array x, size_t offset, float scale, float step, uint32_t qmax, py::buffer round_key,
+                              py::buffer seeds, py::object signs, py::array out, bool reference) {
+        const float *px = f32_in(x, "delta");
+        const size_t n = static_cast<size_t>(x.size());
+        const int bits = uvec_bits(out, "out", true, static_cast<ssize_t>(n));
+        Bytes rk = bytes_in(round_key, "round_key", 32);
+        Masks mk = masks_in(seeds, signs);
+        const uint32_t qlimit = bits == 16 ? 32767u : FT_SECAGG_MAX_QMAX;
+        if (qmax < 1 || qmax > qlimit)
+            throw py::value_error("qmax " + std::to_string(qmax) + " is out of range: 1 .. " + std::to_string(qlimit) +
+                                  " for b = " + std::to_string(bits));
+        if (!(step > 0.0f) || !std::isfinite(step) || !(scale >= 0.0f) || !std::isfinite(scale) ||
+            !std::isfinite(scale / step))
+            throw py::value_error("secagg_encode: step must be finite and > 0, scale finite and >= 0 (got step " +
+                                  std::to_string(step) + ", scale " + std::to_string(scale) + ")");
+        const uint8_t *ps = mk.n ? mk.seeds.ptr : nullptr;
+        const int8_t *pg = mk.n ? mk.signs.data() : nullptr;
+        ft_status st;
+        {
+            py::gil_scoped_release nogil;
+            if (bits == 16) {
+                auto *po = static_cast<uint16_t *>(out.mutable_data());
+                st = reference ? ft_secagg_encode_u16_ref(px, n, offset, scale, step, qmax, rk.ptr, ps, pg, mk.n, po)
+                               : ft_secagg_encode_u16(px, n, offset, scale, step, qmax, rk.ptr, ps, pg, mk.n, po);
+            } else {
+                auto *po = static_cast<uint32_t *>(out.mutable_data());
+                st = reference ? ft_secagg_encode_u32_ref(px, n, offset, scale, step, qmax, rk.ptr, ps, pg, mk.n, po)
+                               : ft_secagg_encode_u32(px, n, offset, scale, step, qmax, rk.ptr, ps, pg, mk.n, po);
+            }
+        }
+        if (st == FT_ERR_ARG) throw py::value_error("secagg_encode: offset + n exceeds the stream (2^36 elements)");
+        raise_status(st, "secagg_encode");
+    }, py::arg("x"), py::arg("offset"), py::arg("scale"), py::arg("step"), py::arg("qmax"), py::arg("round_key"),
+       py::arg("seeds"), py::arg("signs"), py::arg("out"), py::arg("reference") = false);
+
+    m.def("secagg_add", [](py::array acc, py::array x) {
+        const int bits = uvec_bits(acc, "acc", true);
+        if (uvec_bits(x, "x", false, acc.size()) != bits)
+            throw py::value_error("acc and x must have the same dtype (uint16 or uint32)");
+        const size_t n = static_cast<size_t>(acc.size());
+        ft_status st;
+        {
+            py::gil_scoped_release nogil;
+            st = bits == 16 ? ft_secagg_add_u16(static_cast<uint16_t *>(acc.mutable_data()),
+                                                static_cast<const uint16_t *>(x.data()), n)
+                            : ft_secagg_add_u32(static_cast<uint32_t *>(acc.mutable_data()),
+                                                static_cast<const uint32_t *>(x.data()), n);
+        }
+        raise_status(st, "secagg_add");
+    }, py::arg("acc"), py::arg("x"), "acc += x modulo 2^b, in place.");
+
+    m.def("secagg_mask", [](py::array v, size_t offset, py::buffer seeds, py::object signs, bool reference) {
+        const int bits = uvec_bits(v, "v", true);
+        Masks mk = masks_in(seeds, signs);
+        const uint8_t *ps = mk.n ? mk.seeds.ptr : nullptr;
+        const int8_t *pg = mk.n ? mk.signs.data() : nullptr;
+        const size_t n = static_cast<size_t>(v.size());
+        ft_status st;
+        {
+            py::gil_scoped_release nogil;
+            if (bits == 16) {
+                auto *pv = static_cast<uint16_t *>(v.mutable_data());
+                st = reference ? ft_secagg_mask_u16_ref(pv, n, offset, ps, pg, mk.n) : ft_secagg_mask_u16(pv, n, offset, ps, pg, mk.n);
+            } else {
+                auto *pv = static_cast<uint32_t *>(v.mutable_data());
+                st = reference ? ft_secagg_mask_u32_ref(pv, n, offset, ps, pg, mk.n) : ft_secagg_mask_u32(pv, n, offset, ps, pg, mk.n);
+            }
+        }
+        if (st == FT_ERR_ARG) throw py::value_error("secagg_mask: offset + n exceeds the stream");
+        raise_status(st, "secagg_mask");
+    }, py::arg("v"), py::arg("offset"), py::arg("seeds"), py::arg("signs"), py::arg("reference") = false,
+       "v += sum_j sign_j * mask(seed_j) modulo 2^b, in place.");
+
+    m.def("secagg_decode", [](py::array sum, double scale, py::array out) {
+        const int bits = uvec_bits(sum, "sum", false);
+        float *po = f32_out(out, "out", sum.size());
+        if (!std::isfinite(scale)) throw py::value_error("secagg_decode: scale must be finite");
+        const size_t n = static_cast<size_t>(sum.size());
+        ft_status st;
+        {
+            py::gil_scoped_release nogil;
+            st = bits == 16 ? ft_secagg_decode_u16(static_cast<const uint16_t *>(sum.data()), n, scale, po)
+                            : ft_secagg_decode_u32(static_cast<const uint32_t *>(sum.data()), n, scale, po);
+        }
+        raise_status(st, "secagg_decode");
+    }, py::arg("sum"), py::arg("scale"), py::arg("out"), "out = centered(sum) * scale as float32.");
 }

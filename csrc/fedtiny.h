@@ -206,6 +206,93 @@ ft_status ft_gemm_f32(size_t M, size_t N, size_t K, const float *A, ptrdiff_t rs
 ft_status ft_gemm_f32_ref(size_t M, size_t N, size_t K, const float *A, ptrdiff_t rsa, ptrdiff_t csa,
                           const float *B, size_t ldb, float *C, size_t ldc, int accumulate);
 
+/* ==== secure aggregation (SecAgg+, docs/secagg.md; csrc/secagg.c, csrc/arch/x86_*_secagg.c) ====
+ *
+ * The device maps its clipped update onto the round's integer grid and adds its masks modulo
+ * 2^b in one pass; the aggregator adds masked vectors modulo 2^b, removes the masks it can
+ * reconstruct, and turns the integer sum back into float32. b = 16 (uint16_t vectors) or
+ * b = 32 (uint32_t vectors): the width of the vector type is the modulus.
+ *
+ * Streams. Every pseudo-random word comes from ChaCha20 (RFC 8439; firmware_bridge/ft_chacha20.c,
+ * the scalar reference of the SIMD generators) with a 32-byte key, a fixed 12-byte nonce that
+ * separates the uses, and the block counter starting at 0. Word i of a stream of w-byte words is
+ * the little-endian integer in keystream bytes [w*i, w*i + w):
+ *   mask of a seed, b = 16:  nonce FT_SECAGG_MASK_NONCE, w = 2 (uint16)
+ *   mask of a seed, b = 32:  nonce FT_SECAGG_MASK_NONCE, w = 4 (uint32)
+ *   stochastic rounding:     nonce FT_SECAGG_ROUND_NONCE, w = 4 (uint32), keyed by the caller
+ * Element i of a vector uses word (offset + i), so a vector can be processed in chunks.
+ * A stream holds at most 2^32 blocks: offset + n <= FT_SECAGG_MAX_WORDS(w).
+ *
+ * Grid (ft_secagg_encode_*), for element i, all float32 arithmetic:
+ *   m  = scale / step                      (scale: the clip factor, min(1, C / ||x||))
+ *   t  = min(max(x[i] * m, -qmax), qmax)
+ *   fl = floor(t);  frac = t - fl          (both exact)
+ *   u  = (float)(r_i >> 8) * 2^-24          (r_i: word offset+i of the rounding stream)
+ *   q  = fl + (u < frac ? 1 : 0)           (E[q] = t up to 2^-24: unbiased stochastic rounding)
+ *   out[i] = (q + sum_j sign_j * mask_j[offset + i]) mod 2^b
+ * qmax (1 .. min(2^(b-1) - 1, 2^24)) bounds one device's integers; the protocol picks step and
+ * qmax so that the sum of all devices cannot wrap (docs/secagg.md "Grid").
+ *
+ * Masks are passed as n_masks seeds of FT_SECAGG_SEED_BYTES bytes, back to back, and n_masks
+ * signs (+1: add the stream, -1: subtract it). */
+#define FT_SECAGG_SEED_BYTES 32
+#define FT_SECAGG_MASK_NONCE "fedtiny-mask"  /* 12 ASCII bytes, no terminator used */
+#define FT_SECAGG_ROUND_NONCE "fedtiny-srnd" /* 12 ASCII bytes, no terminator used */
+#define FT_SECAGG_MAX_QMAX (1u << 24)
+/* Largest offset + n a stream of w-byte words covers (2^32 blocks of 64 bytes). */
+#define FT_SECAGG_MAX_WORDS(w) ((((uint64_t)1) << 38) / (uint64_t)(w))
+
+/* *norm = sqrt(sum x[i]^2), squares exact in float64, summed in 16 lanes (lane i % 16) that are
+ * then added pairwise (lane j += lane j+8, j+4, j+2, j+1): every path gives the same bits.
+ * FT_ERR_NONFINITE if x holds NaN or Inf. */
+ft_status ft_l2norm_f32(const float *x, size_t n, double *norm);
+
+/* The device's one pass (see "Grid" above).
+ *   x         [in]  n float32, finite (else FT_ERR_NONFINITE; out is then unspecified)
+ *   offset    [in]  index of x[0] in the whole vector (stream position)
+ *   scale     [in]  clip factor, finite, >= 0
+ *   step      [in]  grid step, finite, > 0; scale / step must be finite
+ *   qmax      [in]  1 .. min(2^(b-1) - 1, FT_SECAGG_MAX_QMAX)
+ *   round_key [in]  32 bytes keying the rounding stream (os.urandom in production)
+ *   seeds     [in]  n_masks * 32 bytes (NULL if n_masks == 0); signs [in] n_masks of +1/-1
+ *   out       [out] n masked integers */
+ft_status ft_secagg_encode_u16(const float *x, size_t n, size_t offset, float scale, float step, uint32_t qmax,
+                               const uint8_t *round_key, const uint8_t *seeds, const int8_t *signs,
+                               size_t n_masks, uint16_t *out);
+ft_status ft_secagg_encode_u32(const float *x, size_t n, size_t offset, float scale, float step, uint32_t qmax,
+                               const uint8_t *round_key, const uint8_t *seeds, const int8_t *signs,
+                               size_t n_masks, uint32_t *out);
+/* acc[i] = acc[i] + x[i] mod 2^b (the aggregator's sum of masked vectors). */
+ft_status ft_secagg_add_u16(uint16_t *acc, const uint16_t *x, size_t n);
+ft_status ft_secagg_add_u32(uint32_t *acc, const uint32_t *x, size_t n);
+/* v[i] = v[i] + sum_j sign_j * mask_j[offset + i] mod 2^b: adds (+1) or removes (-1) masks in place. */
+ft_status ft_secagg_mask_u16(uint16_t *v, size_t n, size_t offset, const uint8_t *seeds, const int8_t *signs,
+                             size_t n_masks);
+ft_status ft_secagg_mask_u32(uint32_t *v, size_t n, size_t offset, const uint8_t *seeds, const int8_t *signs,
+                             size_t n_masks);
+/* out[i] = (float)(c * scale) in float64, c = sum[i] read as a centered integer (values >= 2^(b-1)
+ * are sum[i] - 2^b). scale = step / (number of devices summed) gives the mean update. */
+ft_status ft_secagg_decode_u16(const uint16_t *sum, size_t n, double scale, float *out);
+ft_status ft_secagg_decode_u32(const uint32_t *sum, size_t n, double scale, float *out);
+/* nblocks * 64 keystream bytes of blocks counter0, counter0 + 1, ... (counter0 + nblocks <= 2^32),
+ * with the selected SIMD path (the secagg kernels' generator; exposed for tests and benchmarks). */
+ft_status ft_chacha20_stream(const uint8_t *key, const uint8_t *nonce, uint32_t counter0, size_t nblocks,
+                             uint8_t *out);
+
+ft_status ft_l2norm_f32_ref(const float *x, size_t n, double *norm);
+ft_status ft_secagg_encode_u16_ref(const float *x, size_t n, size_t offset, float scale, float step, uint32_t qmax,
+                                   const uint8_t *round_key, const uint8_t *seeds, const int8_t *signs,
+                                   size_t n_masks, uint16_t *out);
+ft_status ft_secagg_encode_u32_ref(const float *x, size_t n, size_t offset, float scale, float step, uint32_t qmax,
+                                   const uint8_t *round_key, const uint8_t *seeds, const int8_t *signs,
+                                   size_t n_masks, uint32_t *out);
+ft_status ft_secagg_mask_u16_ref(uint16_t *v, size_t n, size_t offset, const uint8_t *seeds, const int8_t *signs,
+                                 size_t n_masks);
+ft_status ft_secagg_mask_u32_ref(uint32_t *v, size_t n, size_t offset, const uint8_t *seeds, const int8_t *signs,
+                                 size_t n_masks);
+ft_status ft_chacha20_stream_ref(const uint8_t *key, const uint8_t *nonce, uint32_t counter0, size_t nblocks,
+                                 uint8_t *out);
+
 #ifdef __cplusplus
 }
 #endif

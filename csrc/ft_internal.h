@@ -139,4 +139,28 @@ ft_status ft_gemm_f32_neon(size_t, size_t, size_t, const float *, ptrdiff_t, ptr
                            float *, size_t, int);
 #endif
 
+/* ==== secure-aggregation dispatch (csrc/secagg.c) ====
+ * The ChaCha20 block generator is where the time goes; the arithmetic around it is a few integer
+ * operations per element and stays in the one generic body. Chosen with ft_simd_get(). */
+typedef void (*ft_chacha20_blocks_fn)(const uint32_t state[16], size_t nblocks, uint8_t *out);
+typedef double (*ft_l2sq_fn)(const float *x, size_t n);
+typedef struct {
+    /* nblocks * 64 keystream bytes of blocks state[12], state[12] + 1, ... (no wrap: caller checks) */
+    ft_chacha20_blocks_fn chacha20_blocks;
+    /* sum of squares in the 16-lane order of ft_l2norm_f32 */
+    ft_l2sq_fn l2sq_f32;
+} ft_secagg_kernel_table;
+const ft_secagg_kernel_table *ft_secagg_kernels(void);
+void ft_chacha20_blocks_ref(const uint32_t state[16], size_t nblocks, uint8_t *out);
+double ft_l2sq_f32_ref(const float *x, size_t n);
+#if FT_ARCH_X86
+void ft_chacha20_blocks_avx2(const uint32_t state[16], size_t nblocks, uint8_t *out);
+void ft_chacha20_blocks_avx512(const uint32_t state[16], size_t nblocks, uint8_t *out);
+double ft_l2sq_f32_avx2(const float *x, size_t n);
+double ft_l2sq_f32_avx512(const float *x, size_t n);
+#endif
+#if FT_ARCH_ARM64
+void ft_chacha20_blocks_neon(const uint32_t state[16], size_t nblocks, uint8_t *out);
+#endif
+
 #endif

@@ -167,6 +167,31 @@ class Model:
     def __repr__(self) -> str:
         return f"Model({self.spec!r}, n_params={self.n_params})"
 
+    def arch_text(self) -> str:
+        """The layer structure as canonical text: one line per layer, "kind HxWxC -> HxWxC kK".
+
+        Kinds, shapes and kernel sizes fix the parameter layout (see the module docstring), so
+        two specs with the same text train the same parameter vector: 'mlp:64-32-10' and
+        'seq:1x1x64,dense32,relu,dense10' are one architecture; 'mlp:64-24-24-10' (2,410
+        parameters, like 'mlp:64-32-10') is another."""
+        lines = ["fedtiny-arch/1"]
+        for lay in self.layers:
+            (h, w, c), (oh, ow, oc) = lay.in_shape, lay.out_shape
+            lines.append(f"{lay.kind} {h}x{w}x{c} -> {oh}x{ow}x{oc} k{lay.k}")
+        return "\n".join(lines) + "\n"
+
+    def arch_hash(self) -> bytes:
+        """SHA-256 of arch_text() (ASCII), first 16 bytes: the OFFER's architecture hash.
+
+        The same bytes on every platform (no floats, no dict order); a firmware computes it from
+        the same text (firmware_bridge/example/fw_device.c) with the same SHA-256 code: the wire
+        library's (hashlib would load OpenSSL, 3.7 MB of RSS on a device)."""
+        from ._wire import ffi, lib
+        text = self.arch_text().encode("ascii")
+        out = ffi.new("uint8_t[32]")
+        lib.ft_sha256(text, len(text), out)
+        return bytes(out)[:16]
+
     # ---- parameters ----------------------------------------------------------------
     def init(self, seed: int = 0, scheme: str = "fedtiny") -> np.ndarray:
         """Deterministic initial parameters: "fedtiny" (He/Glorot-uniform weights, zero biases) or

@@ -22,6 +22,11 @@ Policies (each one named, each one tested):
   accepted when s <= max_staleness (0 = synchronous rounds) with weight n_k * staleness_weight(s).
 - Hierarchical aggregation: submit_partial adds a bridge's mean delta with its total weight
   (sum n_k of its devices), which puts exactly sum n_k delta_k into the sum.
+- Secure aggregation (fedtiny.privacy.secagg): the aggregator never sees one device's update,
+  only the unmasked mean of the survivors; submit_secure_mean adds it for all of them at once,
+  each device weighted equally (sample counts are not revealed). Per-message admission is the
+  secure round's (its own named rejections); a round whose secure stage aborted gets nothing
+  and is abandoned at close below quorum, the model unchanged.
 """
 from __future__ import annotations
 
@@ -308,6 +313,25 @@ class Round:
         if verdict.accepted:
             self.counts["partial_updates"] += max(0, int(n_updates) - 1)
         return verdict
+
+    def submit_secure_mean(self, devices: Sequence[int], round_id: int, mean_delta: np.ndarray) -> Verdict:
+        """The unmasked mean delta of `devices` (a secure round's survivors), each with weight 1."""
+        devices = sorted({int(d) for d in devices})
+        if not devices:
+            raise ValueError("a secure mean needs at least one device")
+        for d in devices:
+            verdict, _ = self._admit(d, round_id)
+            if verdict is not None:
+                return verdict
+        if self._server.normalization == "fednova":
+            raise ValueError("secure aggregation with FedNova needs per-device steps; not supported")
+        try:
+            self._server.accumulator.add(mean_delta, float(len(devices)))
+        except ValueError as exc:
+            return self._count(BAD_UPDATE, f"secure mean of {len(devices)} devices: {exc}")
+        for d in devices:
+            self._complete(d, 1.0, 1.0, 1.0, weight_counted=True)
+        return self._count(ACCEPTED)
 
     # -- closing --
     @property

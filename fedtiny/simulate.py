@@ -16,9 +16,11 @@ import csv
 import json
 import math
 import os
+import struct
 import sys
 import time
 import tracemalloc
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -29,6 +31,7 @@ from .datasets import check_model_fits
 from .seeds import derive_seed  # noqa: F401  (public here since before fedtiny.seeds)
 
 CODECS = ("float32", "int8", "int8-stochastic", "int8-ef")
+DROPOUT_PHASES = ("keys", "shares", "masked", "unmask", "any")  # secagg.PHASES, or one of them at random
 WEIGHTS = ("float32", "int8")
 HETERO_MIN_SPEED = 0.1  # the slowest simulated device does 10% of the full local steps
 
@@ -67,6 +70,14 @@ class SimConfig:
     trace_memory: bool = False
     init: str = "fedtiny"
     seed: int = 0
+    secagg: bool = False
+    clip: float = 2.0
+    secagg_bits: int | None = None
+    secagg_k: int | None = None
+    secagg_t: int | None = None
+    secagg_min_survivors: int | None = None
+    dropout: float = 0.0
+    dropout_phase: str = "masked"
 
     def check(self) -> None:
         """Every bad value as one ValueError naming the option and what it takes."""
@@ -95,6 +106,25 @@ class SimConfig:
         need(self.init in model_mod.INIT_SCHEMES, f"--init must be one of {', '.join(model_mod.INIT_SCHEMES)}, got {self.init!r}")
         need(self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}")
         need(self.test_limit is None or self.test_limit >= 1, f"--test-limit must be >= 1, got {self.test_limit}")
+        need(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
+        need(self.dropout_phase in DROPOUT_PHASES, f"--dropout-phase must be one of {', '.join(DROPOUT_PHASES)}, "
+                                                   f"got {self.dropout_phase!r}")
+        if self.secagg:
+            need(self.codec == "float32", f"--codec {self.codec} does not apply with --secagg: the update is the "
+                                          "round's shared grid (--clip, --secagg-bits); leave --codec out")
+            need(self.normalize == "none", "--normalize fednova needs per-device steps, which --secagg hides")
+            need(math.isfinite(self.clip) and self.clip > 0, f"--clip must be a positive number, got {self.clip}")
+            need(self.secagg_bits in (None, 16, 32), f"--secagg-bits must be 16 or 32, got {self.secagg_bits}")
+            self.secagg_config().for_round(rounds.n_sampled(self.clients, self.fraction))  # every bad k/t/min, named
+        else:
+            given = [f"--{n.replace('_', '-')}" for n in ("secagg_bits", "secagg_k", "secagg_t", "secagg_min_survivors")
+                     if getattr(self, n) is not None] + (["--dropout"] if self.dropout else [])
+            need(not given, f"{', '.join(given)} needs --secagg")
+
+    def secagg_config(self):
+        from .privacy.secagg import Config
+        return Config(clip=self.clip, bits=self.secagg_bits, neighbours=self.secagg_k, threshold=self.secagg_t,
+                      min_survivors=self.secagg_min_survivors)
 
     def server_optimizer(self) -> rounds.ServerOptimizer:
         applies = {"fedavg": {}, "fedavgm": {"server_momentum": "momentum"},
@@ -145,6 +175,8 @@ class Progress:
         rate = row["round"] / elapsed if elapsed > 0 else math.inf
         left = (self.total - row["round"]) / rate if rate > 0 else math.inf
         text += f"  up {row['cum_upload_mb']:.1f} MB  {elapsed:.1f} s  {rate:.2f} rounds/s  {left:.0f} s left"
+        if row.get("secagg_detail"):
+            text += f"  ({row['secagg_detail']})"
         if self.tty:
             width = 24
             filled = int(width * row["round"] / self.total)
@@ -196,32 +228,37 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
         t0, c0 = time.perf_counter(), time.process_time()
         selected = rounds.sample_clients(cfg.clients, cfg.fraction, seed=cfg.seed, round_id=r)
         rnd = server.open_round(selected.tolist())
-        up = down = 0
-        train_loss = 0.0
-        steps_total = 0
-        for k in selected.tolist():
-            part = splits[k]
-            if part.n_samples == 0:
-                continue
-            xk, yk = data.x_train[part.train], data.y_train[part.train]
-            local[:] = server.params  # download
-            down += upload_f32
-            max_steps = None
-            if speed is not None:
-                full = cfg.epochs * math.ceil(part.n_samples / cfg.batch)
-                max_steps = max(1, int(round(speed[k] * full)))
-            res = train.local_sgd(model, local, xk, yk, epochs=cfg.epochs, batch_size=cfg.batch, lr=cfg.lr,
-                                  momentum=cfg.momentum, prox_mu=cfg.prox_mu,
-                                  global_params=server.params if cfg.prox_mu > 0 else None,
-                                  weights=cfg.weights, seed=derive_seed(cfg.seed, r, k, 1), max_steps=max_steps)
-            local -= server.params  # the delta, in place
-            update = _encode(cfg.codec, local, residuals, k, derive_seed(cfg.seed, r, k, 2))
-            up += upload_f32 if update is local else update.nbytes
-            verdict = rnd.submit(k, r, update, part.n_samples, steps=res.steps)
-            if not verdict.accepted:  # the simulation sends nothing malformed: this is a bug, say so loudly
-                raise RuntimeError(f"round {r}: update of client {k} refused: {verdict.reason} {verdict.detail}")
-            train_loss += res.loss * part.n_samples
-            steps_total += res.steps
+        secure: dict = {}
+        if cfg.secagg:
+            up, down, train_loss, steps_total, secure = _secagg_round(cfg, train, model, data, splits, server, rnd,
+                                                                      selected, local, r)
+        else:
+            up = down = 0
+            train_loss = 0.0
+            steps_total = 0
+            for k in selected.tolist():
+                part = splits[k]
+                if part.n_samples == 0:
+                    continue
+                xk, yk = data.x_train[part.train], data.y_train[part.train]
+                local[:] = server.params  # download
+                down += upload_f32
+                max_steps = None
+                if speed is not None:
+                    full = cfg.epochs * math.ceil(part.n_samples / cfg.batch)
+                    max_steps = max(1, int(round(speed[k] * full)))
+                res = train.local_sgd(model, local, xk, yk, epochs=cfg.epochs, batch_size=cfg.batch, lr=cfg.lr,
+                                      momentum=cfg.momentum, prox_mu=cfg.prox_mu,
+                                      global_params=server.params if cfg.prox_mu > 0 else None,
+                                      weights=cfg.weights, seed=derive_seed(cfg.seed, r, k, 1), max_steps=max_steps)
+                local -= server.params  # the delta, in place
+                update = _encode(cfg.codec, local, residuals, k, derive_seed(cfg.seed, r, k, 2))
+                up += upload_f32 if update is local else update.nbytes
+                verdict = rnd.submit(k, r, update, part.n_samples, steps=res.steps)
+                if not verdict.accepted:  # the simulation sends nothing malformed: this is a bug, say so loudly
+                    raise RuntimeError(f"round {r}: update of client {k} refused: {verdict.reason} {verdict.detail}")
+                train_loss += res.loss * part.n_samples
+                steps_total += res.steps
         agg_bytes = _aggregator_bytes() if cfg.trace_memory else 0
         agg_bytes_max = max(agg_bytes_max, agg_bytes)
         outcome = server.close_round()
@@ -237,6 +274,7 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
             row["fed_loss"], row["fed_acc"] = _federated_eval(train, model, server.params, data, splits, selected)
         if cfg.trace_memory:
             row["aggregator_traced_bytes"] = agg_bytes
+        row.update(secure)
         row["round_wall_s"] = time.perf_counter() - t0        # this round: train, aggregate, evaluate
         row["round_cpu_s"] = time.process_time() - c0         # this process's CPU seconds in the round
         row["elapsed_wall_s"] = time.perf_counter() - t_start  # since the first round began
@@ -262,6 +300,50 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
         hit = next((row["round"] for row in result.rounds if row["test_acc"] >= target), None)
         result.summary[f"rounds_to_{int(target * 100)}"] = hit
     return result
+
+
+def _secagg_round(cfg, train, model, data, splits, server, rnd, selected, local, r):
+    """One round under SecAgg+ (fedtiny.privacy): every selected device with data runs the protocol
+    in this process; --dropout P of them go silent at --dropout-phase. Returns the round's
+    upload bytes, download bytes, summed train loss, local steps and the secure round's outcome."""
+    from .privacy import inprocess, secagg
+
+    members = [k for k in selected.tolist() if splits[k].n_samples > 0]
+    setup = secagg.Setup.create(r, members, cfg.secagg_config())
+    sround = secagg.ServerRound(setup, server.n_params)
+    drop: dict[int, str] = {}
+    if cfg.dropout > 0:
+        rng = np.random.default_rng(derive_seed(cfg.seed, r, 0xD809))
+        gone = rng.random(len(members)) < cfg.dropout
+        phases = rng.choice(secagg.PHASES, size=len(members))
+        drop = {k: (str(phases[i]) if cfg.dropout_phase == "any" else cfg.dropout_phase)
+                for i, k in enumerate(members) if gone[i]}
+    trained = {"loss": 0.0, "n": 0, "steps": 0}
+
+    def make_update(device: secagg.Device) -> secagg.MaskedUpdate:
+        k, part = device.id, splits[device.id]
+        local[:] = server.params  # download
+        res = train.local_sgd(model, local, data.x_train[part.train], data.y_train[part.train], epochs=cfg.epochs,
+                              batch_size=cfg.batch, lr=cfg.lr, momentum=cfg.momentum, prox_mu=cfg.prox_mu,
+                              global_params=server.params if cfg.prox_mu > 0 else None, weights=cfg.weights,
+                              seed=derive_seed(cfg.seed, r, k, 1))
+        np.subtract(local, server.params, out=local)  # the delta, in place
+        trained["loss"] += res.loss * part.n_samples
+        trained["n"] += part.n_samples
+        trained["steps"] += res.steps
+        round_key = struct.pack("<8I", *(derive_seed(cfg.seed, r, k, 3, i) for i in range(8)))  # os.urandom on a device
+        return device.masked_update(local, round_key)
+
+    aborts: Counter = Counter()
+    result = inprocess.run_round(sround, {k: secagg.Device(k) for k in members}, make_update, drop, aborts)
+    if result.outcome == "applied":
+        verdict = rnd.submit_secure_mean(result.survivors, r, result.sum.mean(len(result.survivors)))
+        if not verdict.accepted:
+            raise RuntimeError(f"round {r}: secure mean refused: {verdict.reason} {verdict.detail}")
+    info = {"secagg_outcome": result.outcome, "secagg_reason": result.reason, "dropped": len(drop),
+            "survivors": len(result.survivors), "secagg_detail": result.detail}
+    loss = trained["loss"] / max(trained["n"], 1) * len(result.survivors)  # the loop divides by the contributors
+    return sround.bytes_received, 4 * server.n_params * len(members), loss, trained["steps"], info
 
 
 def _encode(name: str, delta: np.ndarray, residuals: dict[int, np.ndarray], client: int, seed: int):
@@ -463,6 +545,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="initial weights: fedtiny's (He/Glorot-uniform, zero biases) or PyTorch's nn.Linear/nn.Conv2d "
                         "defaults, for like-for-like comparisons")
     g.add_argument("--seed", type=int, default=d.seed)
+    g = p.add_argument_group("secure aggregation (SecAgg+, docs/secagg.md)")
+    g.add_argument("--secagg", action="store_true", help="the aggregator sees only the sum: every device clips, maps "
+                   "its delta to the round's shared integer grid and masks it (replaces --codec)")
+    g.add_argument("--clip", type=float, default=d.clip, help="L2 clip bound C of every update, announced with the "
+                   "round; the grid covers [-C, C] (default %(default)s)")
+    g.add_argument("--secagg-bits", type=int, default=None, choices=(16, 32),
+                   help="grid bits b (default 16 up to 127 devices per round, else 32)")
+    g.add_argument("--secagg-k", type=int, default=None, help="neighbours per device (default: all up to 32 devices, "
+                   "else the even number >= 6 log2 n)")
+    g.add_argument("--secagg-t", type=int, default=None, help="Shamir threshold t (default floor(k/2) + 1)")
+    g.add_argument("--secagg-min-survivors", type=int, default=None, help="abandon the round below this many "
+                   "devices at any stage (default t + 1)")
+    g.add_argument("--dropout", type=float, default=d.dropout, metavar="P",
+                   help="share of each round's devices that vanish (with --secagg)")
+    g.add_argument("--dropout-phase", default=d.dropout_phase, choices=DROPOUT_PHASES,
+                   help="the stage at which they vanish: before their keys, their shares, their masked vector, "
+                        "or the unmask answer; any: each at a random one (default %(default)s)")
     g.add_argument("--out", default=None, help="directory for rounds.csv, result.json and accuracy.png")
     g.add_argument("--quiet", action="store_true", help="no progress output")
 

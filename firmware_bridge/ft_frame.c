@@ -1,5 +1,5 @@
 /*
- * ft_frame.c - frames: the fixed 24-byte header, structural checks, HMAC-SHA256 tag,
+ * ft_frame.c - frames: the fixed 32-byte header, structural checks, HMAC-SHA256 tag,
  * round and replay checks, and the payload layouts (hello, offer, ack, error, result).
  * Byte layouts: docs/PROTOCOL.md "Frames". All little-endian, read and written byte by byte
  * so the code is the same on any CPU endianness and alignment.
@@ -56,7 +56,8 @@ static const char *const STATUS_NAMES[] = {
     "ok",          "bad_argument", "buffer_too_small",       "truncated",      "bad_magic",
     "bad_version", "unknown_type", "length_mismatch", "oversize",     "bad_chunk",
     "bad_tag",     "wrong_round",  "replay",        "bad_crc",        "cobs_error",
-    "io_error",    "unknown_device", "bad_payload", "selftest_failed",
+    "io_error",    "unknown_device", "bad_payload", "selftest_failed", "stale_run",
+    "stale_epoch", "stale_session",
 };
 
 const char *ft_wire_status_name(int status)
@@ -98,6 +99,8 @@ static int check_payload_size(uint8_t type, const uint8_t *p, uint16_t n)
         return n == FT_HELLO_BYTES ? FT_WIRE_OK : FT_WIRE_ERR_LENGTH;
     case FT_MSG_OFFER:
         return n == FT_OFFER_BYTES ? FT_WIRE_OK : FT_WIRE_ERR_LENGTH;
+    case FT_MSG_WELCOME:
+        return n == FT_WELCOME_BYTES ? FT_WIRE_OK : FT_WIRE_ERR_LENGTH;
     case FT_MSG_RESULT:
         return n == FT_RESULT_BYTES ? FT_WIRE_OK : FT_WIRE_ERR_LENGTH;
     case FT_MSG_MODEL_CHUNK:
@@ -134,7 +137,8 @@ static int check_chunk(uint8_t type, uint16_t index, uint16_t count)
 
 static int known_type(uint8_t type)
 {
-    return type >= FT_MSG_HELLO && type <= FT_MSG_RESULT; /* 8, 9 are reserved */
+    /* 8, 9 are reserved */
+    return (type >= FT_MSG_HELLO && type <= FT_MSG_RESULT) || type == FT_MSG_WELCOME;
 }
 
 /* The order of the checks is normative (PROTOCOL.md): the first failing one is the reason. */
@@ -158,15 +162,12 @@ int ft_wire_peek(const uint8_t *frame, size_t len, ft_wire_header *hdr)
     if (!known_type(frame[3])) {
         return FT_WIRE_ERR_UNKNOWN_TYPE;
     }
-    if (GET_U16(frame, 22) != 0) {
-        return FT_WIRE_ERR_BAD_VERSION; /* reserved bits: a feature version 1 does not know */
-    }
     n = GET_U16(frame, 20);
     if (n > FT_WIRE_MAX_PAYLOAD ||
         n > FT_WIRE_MAX_FRAME - FT_WIRE_HEADER_BYTES - FT_WIRE_TAG_BYTES) {
         return FT_WIRE_ERR_OVERSIZE;
     }
-    /* n <= 1160, so the sum cannot overflow */
+    /* n <= 1152, so the sum cannot overflow */
     if (len < (size_t)FT_WIRE_HEADER_BYTES + n + FT_WIRE_TAG_BYTES) {
         return FT_WIRE_ERR_TRUNCATED;
     }
@@ -180,6 +181,9 @@ int ft_wire_peek(const uint8_t *frame, size_t len, ft_wire_header *hdr)
     hdr->chunk_index = GET_U16(frame, 16);
     hdr->chunk_count = GET_U16(frame, 18);
     hdr->payload_len = n;
+    hdr->session = GET_U16(frame, 22);
+    hdr->epoch = GET_U32(frame, 24);
+    hdr->run = GET_U32(frame, 28);
     st = check_chunk(hdr->type, hdr->chunk_index, hdr->chunk_count);
     if (st != FT_WIRE_OK) {
         return st;
@@ -244,7 +248,9 @@ int ft_wire_encode(const ft_wire_header *hdr, const uint8_t *payload, const uint
     put_u16(out + 16, hdr->chunk_index);
     put_u16(out + 18, hdr->chunk_count);
     put_u16(out + 20, n);
-    put_u16(out + 22, 0);
+    put_u16(out + 22, hdr->session);
+    put_u32(out + 24, hdr->epoch);
+    put_u32(out + 28, hdr->run);
     if (n > 0) {
         memmove(out + FT_WIRE_HEADER_BYTES, payload, n); /* payload may already sit there */
     }
@@ -263,6 +269,29 @@ void ft_replay_init(ft_replay *guard, uint32_t round)
     guard->seen = 0;
 }
 
+void ft_replay_bind(ft_replay *guard, uint32_t run, uint32_t epoch, uint16_t session)
+{
+    guard->run = run;
+    guard->epoch = epoch;
+    guard->session = session;
+    ft_replay_init(guard, 0);
+}
+
+/* The session a frame names, checked before any hashing: a frame of another run, life or
+ * session cannot be authentic now (its key is not this session's), so it is refused cheaply
+ * and counted by what it claims. */
+static int session_check(const ft_replay *g, const ft_wire_header *h)
+{
+    if (h->run != g->run) {
+        return FT_WIRE_ERR_STALE_RUN;
+    }
+    if (h->epoch != g->epoch) {
+        return FT_WIRE_ERR_STALE_EPOCH;
+    }
+    return h->session == g->session ? FT_WIRE_OK : FT_WIRE_ERR_STALE_SESSION;
+}
+
+/* Never shifts by 64 or more (undefined in C, and x86 would shift by count mod 64). */
 static int replay_check(const ft_replay *g, uint32_t round, uint32_t seq, uint32_t flags)
 {
     uint32_t behind;
@@ -274,10 +303,10 @@ static int replay_check(const ft_replay *g, uint32_t round, uint32_t seq, uint32
         return FT_WIRE_OK;
     }
     behind = g->highest - seq;
-    if (behind >= FT_WIRE_REPLAY_WINDOW || ((g->seen >> behind) & 1u)) {
+    if (behind >= FT_WIRE_REPLAY_WINDOW) {
         return FT_WIRE_ERR_REPLAY;
     }
-    return FT_WIRE_OK;
+    return ((g->seen >> behind) & 1u) ? FT_WIRE_ERR_REPLAY : FT_WIRE_OK;
 }
 
 static void replay_commit(ft_replay *g, uint32_t round, uint32_t seq)
@@ -291,7 +320,7 @@ static void replay_commit(ft_replay *g, uint32_t round, uint32_t seq)
         shift = seq - g->highest;
         g->seen = shift >= FT_WIRE_REPLAY_WINDOW ? 1u : (g->seen << shift) | 1u;
         g->highest = seq;
-    } else {
+    } else if (g->highest - seq < FT_WIRE_REPLAY_WINDOW) { /* always, after replay_check */
         g->seen |= (uint64_t)1 << (g->highest - seq);
     }
 }
@@ -309,6 +338,12 @@ int ft_wire_decode(const uint8_t *frame, size_t len, const uint8_t *key, size_t 
     st = ft_wire_peek(frame, len, &h);
     if (st != FT_WIRE_OK) {
         return st;
+    }
+    if (guard != NULL) {
+        st = session_check(guard, &h);
+        if (st != FT_WIRE_OK) {
+            return st;
+        }
     }
     compute_tag(key, key_len, frame, frame + FT_WIRE_HEADER_BYTES, h.payload_len, tag);
     same = ft_ct_equal(tag, frame + FT_WIRE_HEADER_BYTES + h.payload_len, FT_WIRE_TAG_BYTES);
@@ -345,6 +380,7 @@ int ft_hello_pack(const ft_hello *m, uint8_t *out, size_t cap)
     put_u16(out + 4, m->max_frame);
     put_u16(out + 6, m->capabilities);
     put_u32(out + 8, m->lib_version);
+    memcpy(out + 12, m->nonce, FT_WIRE_NONCE_BYTES);
     return FT_WIRE_OK;
 }
 
@@ -360,6 +396,7 @@ int ft_hello_unpack(const uint8_t *in, size_t len, ft_hello *m)
     m->max_frame = GET_U16(in, 4);
     m->capabilities = GET_U16(in, 6);
     m->lib_version = GET_U32(in, 8);
+    memcpy(m->nonce, in + 12, FT_WIRE_NONCE_BYTES);
     if (m->max_frame < FT_WIRE_HEADER_BYTES + FT_OFFER_BYTES + FT_WIRE_TAG_BYTES ||
         m->max_frame > FT_WIRE_PROTOCOL_MAX_FRAME) {
         return FT_WIRE_ERR_BAD_PAYLOAD;
@@ -401,6 +438,7 @@ int ft_offer_pack(const ft_offer *m, uint8_t *out, size_t cap)
     put_u16(out + 42, m->update_chunks);
     put_u32(out + 44, float_bits(m->prox_mu));
     put_u32(out + 48, float_bits(m->fixed_scale));
+    memcpy(out + 52, m->arch_hash, FT_WIRE_ARCH_HASH_BYTES);
     return FT_WIRE_OK;
 }
 
@@ -426,6 +464,7 @@ int ft_offer_unpack(const uint8_t *in, size_t len, ft_offer *m)
     m->update_chunks = GET_U16(in, 42);
     m->prox_mu = bits_float(GET_U32(in, 44));
     m->fixed_scale = bits_float(GET_U32(in, 48));
+    memcpy(m->arch_hash, in + 52, FT_WIRE_ARCH_HASH_BYTES);
     return offer_valid(m) ? FT_WIRE_OK : FT_WIRE_ERR_BAD_PAYLOAD;
 }
 
@@ -472,6 +511,78 @@ int ft_result_unpack(const uint8_t *in, size_t len, ft_result *m)
     if (m->reserved != 0 || (m->update_flags & ~3u) != 0) {
         return FT_WIRE_ERR_BAD_PAYLOAD;
     }
+    return FT_WIRE_OK;
+}
+
+/* ---- Sessions ------------------------------------------------------------------------------ */
+uint32_t ft_wire_run_tag(const uint8_t run_id[FT_WIRE_RUN_ID_BYTES])
+{
+    return GET_U32(run_id, 0);
+}
+
+static int welcome_valid(const ft_welcome *m)
+{
+    return m->epoch > 0 && m->session > 0 && m->reserved == 0;
+}
+
+int ft_welcome_pack(const ft_welcome *m, uint8_t *out, size_t cap)
+{
+    if (m == NULL || out == NULL) {
+        return FT_WIRE_ERR_ARG;
+    }
+    if (cap < FT_WELCOME_BYTES) {
+        return FT_WIRE_ERR_BUFFER;
+    }
+    if (!welcome_valid(m)) {
+        return FT_WIRE_ERR_BAD_PAYLOAD;
+    }
+    memcpy(out, m->run_id, FT_WIRE_RUN_ID_BYTES);
+    put_u32(out + 8, m->epoch);
+    put_u16(out + 12, m->session);
+    put_u16(out + 14, 0);
+    memcpy(out + 16, m->device_nonce, FT_WIRE_NONCE_BYTES);
+    memcpy(out + 24, m->agg_nonce, FT_WIRE_NONCE_BYTES);
+    return FT_WIRE_OK;
+}
+
+int ft_welcome_unpack(const uint8_t *in, size_t len, ft_welcome *m)
+{
+    if (in == NULL || m == NULL) {
+        return FT_WIRE_ERR_ARG;
+    }
+    if (len != FT_WELCOME_BYTES) {
+        return FT_WIRE_ERR_LENGTH;
+    }
+    memcpy(m->run_id, in, FT_WIRE_RUN_ID_BYTES);
+    m->epoch = GET_U32(in, 8);
+    m->session = GET_U16(in, 12);
+    m->reserved = GET_U16(in, 14);
+    memcpy(m->device_nonce, in + 16, FT_WIRE_NONCE_BYTES);
+    memcpy(m->agg_nonce, in + 24, FT_WIRE_NONCE_BYTES);
+    return welcome_valid(m) ? FT_WIRE_OK : FT_WIRE_ERR_BAD_PAYLOAD;
+}
+
+int ft_session_key(const uint8_t *key, size_t key_len, uint32_t device_id, const ft_welcome *w,
+                   uint8_t out[FT_WIRE_SESSION_KEY_BYTES])
+{
+    static const uint8_t label[17] = {'f', 'e', 'd', 't', 'i', 'n', 'y', '/', '2',
+                                      ' ', 's', 'e', 's', 's', 'i', 'o', 'n'};
+    uint8_t id[4], payload[FT_WELCOME_BYTES];
+    ft_hmac_sha256_ctx ctx;
+    int st;
+    if (!key_ok(key, key_len) || w == NULL || out == NULL) {
+        return FT_WIRE_ERR_ARG;
+    }
+    st = ft_welcome_pack(w, payload, sizeof payload);
+    if (st != FT_WIRE_OK) {
+        return st;
+    }
+    put_u32(id, device_id);
+    ft_hmac_sha256_init(&ctx, key, key_len);
+    ft_hmac_sha256_update(&ctx, label, sizeof label);
+    ft_hmac_sha256_update(&ctx, id, sizeof id);
+    ft_hmac_sha256_update(&ctx, payload, sizeof payload);
+    ft_hmac_sha256_finish(&ctx, out); /* zeroizes ctx */
     return FT_WIRE_OK;
 }
 

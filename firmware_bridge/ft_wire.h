@@ -16,7 +16,7 @@
  * FT_WIRE_MAX_FRAME      Largest frame (header + payload + tag) this build encodes or accepts,
  *                        in bytes. Default and protocol maximum 1200 (one UDP datagram that
  *                        never fragments on an IPv6 path). A firmware with a small serial
- *                        buffer may lower it (92..1200; 92 = the frame of an offer);
+ *                        buffer may lower it (116..1200; 116 = the frame of an offer);
  *                        frames larger than it are refused as FT_WIRE_ERR_OVERSIZE. The chunk
  *                        sizes of the protocol do not change: a lowered build cannot receive
  *                        full model chunks.
@@ -26,7 +26,7 @@
  *                        __attribute__((warn_unused_result)) on GCC and clang, empty elsewhere.
  *
  * Resources (Cortex-M4, -Os, measured by `make cortex-m4`, see firmware_bridge/README.md):
- * 4,962 bytes of flash, no .data, no .bss; deepest stack 720 bytes (ft_wire_decode -> HMAC
+ * 5,535 bytes of flash, no .data, no .bss; deepest stack 728 bytes (ft_wire_decode -> HMAC
  * key setup -> SHA-256 block, the -fstack-usage frames summed).
  */
 #ifndef FT_WIRE_H
@@ -42,8 +42,8 @@ extern "C" {
 #ifndef FT_WIRE_MAX_FRAME
 #define FT_WIRE_MAX_FRAME 1200
 #endif
-#if FT_WIRE_MAX_FRAME < 92 || FT_WIRE_MAX_FRAME > 1200
-#error "FT_WIRE_MAX_FRAME must be 92 (the smallest frame holding an offer) .. 1200"
+#if FT_WIRE_MAX_FRAME < 116 || FT_WIRE_MAX_FRAME > 1200
+#error "FT_WIRE_MAX_FRAME must be 116 (the smallest frame holding an offer) .. 1200"
 #endif
 #ifndef FT_WIRE_SELFTEST
 #define FT_WIRE_SELFTEST 1
@@ -59,11 +59,11 @@ extern "C" {
 /* ---- Protocol constants (docs/PROTOCOL.md "Frames"; changing one is a new version) ------- */
 #define FT_WIRE_MAGIC0 0x46u              /* 'F' */
 #define FT_WIRE_MAGIC1 0x54u              /* 'T' */
-#define FT_WIRE_VERSION 1u
-#define FT_WIRE_HEADER_BYTES 24u
+#define FT_WIRE_VERSION 2u
+#define FT_WIRE_HEADER_BYTES 32u
 #define FT_WIRE_TAG_BYTES 16u             /* HMAC-SHA256 truncated to 128 bits */
 #define FT_WIRE_PROTOCOL_MAX_FRAME 1200u
-#define FT_WIRE_MAX_PAYLOAD (FT_WIRE_PROTOCOL_MAX_FRAME - FT_WIRE_HEADER_BYTES - FT_WIRE_TAG_BYTES) /* 1160 */
+#define FT_WIRE_MAX_PAYLOAD (FT_WIRE_PROTOCOL_MAX_FRAME - FT_WIRE_HEADER_BYTES - FT_WIRE_TAG_BYTES) /* 1152 */
 #define FT_WIRE_MIN_KEY_BYTES 16u         /* a pre-shared key has at least 128 bits */
 #define FT_WIRE_MAX_KEY_BYTES 64u         /* one SHA-256 block: keys are never pre-hashed */
 #define FT_WIRE_QK 128u                   /* parameters per int8 block (FT_QK in csrc/) */
@@ -73,6 +73,10 @@ extern "C" {
 #define FT_WIRE_MODEL_CHUNK_BYTES 1152u   /* 288 float32 parameters */
 #define FT_WIRE_CRC_BYTES 4u
 #define FT_WIRE_REPLAY_WINDOW 64u
+#define FT_WIRE_RUN_ID_BYTES 8u           /* an aggregator run's random id */
+#define FT_WIRE_NONCE_BYTES 8u            /* device and aggregator nonces of a session */
+#define FT_WIRE_SESSION_KEY_BYTES 32u     /* HMAC-SHA256 output, the key of one session */
+#define FT_WIRE_ARCH_HASH_BYTES 16u       /* OFFER: SHA-256 of the model's layer structure, cut */
 
 /* Message types (header byte 3). */
 typedef enum {
@@ -83,8 +87,9 @@ typedef enum {
     FT_MSG_ACK = 5,          /* either way: bitmap of the chunks that arrived            */
     FT_MSG_ERROR = 6,        /* either way: status code + short text                     */
     FT_MSG_RESULT = 7,       /* either way: round result / metrics (weight n_k)          */
-    FT_MSG_PARTIAL_SUM = 8,  /* RESERVED (hierarchical aggregation); refused in version 1 */
-    FT_MSG_MASKED_UPDATE = 9 /* RESERVED (secure aggregation); refused in version 1      */
+    FT_MSG_PARTIAL_SUM = 8,  /* RESERVED (hierarchical aggregation); refused (unknown_type) */
+    FT_MSG_MASKED_UPDATE = 9,/* RESERVED (secure aggregation); refused (unknown_type)    */
+    FT_MSG_WELCOME = 10      /* aggregator -> device: opens a session (run, epoch, nonces) */
 } ft_msg_type;
 
 /* Status of every fallible call: 0 ok, 1 = a frame is ready (stream decoder), negative errors.
@@ -97,9 +102,9 @@ typedef enum {
     FT_WIRE_ERR_TRUNCATED = -3,      /* fewer bytes than the header announces                */
     FT_WIRE_ERR_BAD_MAGIC = -4,
     FT_WIRE_ERR_BAD_VERSION = -5,    /* unknown version, or reserved header bits set        */
-    FT_WIRE_ERR_UNKNOWN_TYPE = -6,   /* type 0, a reserved type, or a type > 9               */
+    FT_WIRE_ERR_UNKNOWN_TYPE = -6,   /* type 0, a reserved type (8, 9), or a type > 10       */
     FT_WIRE_ERR_LENGTH = -7,         /* trailing bytes, or a payload size the type forbids   */
-    FT_WIRE_ERR_OVERSIZE = -8,       /* payload > 1160 or frame > FT_WIRE_MAX_FRAME         */
+    FT_WIRE_ERR_OVERSIZE = -8,       /* payload > 1152 or frame > FT_WIRE_MAX_FRAME         */
     FT_WIRE_ERR_BAD_CHUNK = -9,      /* chunk count 0, index >= count, or chunked non-chunk  */
     FT_WIRE_ERR_BAD_TAG = -10,       /* authentication failed (wrong key or altered bytes)   */
     FT_WIRE_ERR_WRONG_ROUND = -11,   /* authentic, but not for the receiver's current round  */
@@ -109,8 +114,12 @@ typedef enum {
     FT_WIRE_ERR_IO = -15,            /* the output stream's callback failed                  */
     FT_WIRE_ERR_UNKNOWN_DEVICE = -16,/* no key for this device id (caller's lookup)          */
     FT_WIRE_ERR_BAD_PAYLOAD = -17,   /* payload field out of range (e.g. ack bitmap)         */
-    FT_WIRE_ERR_SELFTEST = -18       /* a known-answer vector did not match                  */
+    FT_WIRE_ERR_SELFTEST = -18,      /* a known-answer vector did not match                  */
+    FT_WIRE_ERR_STALE_RUN = -19,     /* the frame names another aggregator run               */
+    FT_WIRE_ERR_STALE_EPOCH = -20,   /* ... this run, but another life (epoch) of it         */
+    FT_WIRE_ERR_STALE_SESSION = -21  /* ... this life, but not the peer's current session    */
 } ft_wire_status;
+#define FT_WIRE_ERR_LAST FT_WIRE_ERR_STALE_SESSION /* the lowest status value */
 
 /* Stable name of a status ("bad_tag", "replay", ...); "unknown_status" for other values. */
 const char *ft_wire_status_name(int status);
@@ -207,23 +216,32 @@ typedef struct {
     uint8_t type;          /* ft_msg_type */
     uint32_t device_id;    /* the device the frame is from or to; selects the key */
     uint32_t round;        /* round number; 0 = outside any round (hello, errors) */
-    uint32_t seq;          /* sender's sequence number within the round */
+    uint32_t seq;          /* sender's sequence number in its session (only grows) */
     uint16_t chunk_index;  /* 0 .. chunk_count-1; (0, 1) for unchunked types */
     uint16_t chunk_count;
     uint16_t payload_len;  /* 0 .. FT_WIRE_MAX_PAYLOAD */
+    uint16_t session;      /* the session the frame belongs to; 0 = none (a join HELLO) */
+    uint32_t epoch;        /* the aggregator's life (process start) within its run */
+    uint32_t run;          /* the aggregator's run: its run id's first 4 bytes as u32 LE */
 } ft_wire_header;
 
-/* Replay state the receiver keeps per peer device (caller-owned, 16 bytes). A frame passes
- * when its round equals .round and its seq is above .highest, or within the 64 below it and
- * not yet seen. */
+/* What a receiver keeps per peer (caller-owned, 32 bytes): the session the peer must name
+ * (run, epoch, session), the current round, and the replay window of the sequence numbers
+ * accepted in that round. A frame passes when it names exactly this session, its round
+ * equals .round and its seq is above .highest, or within the 64 below it and not yet seen. */
 typedef struct {
+    uint32_t run;          /* the run id's first 4 bytes (u32 LE), as in the header */
+    uint32_t epoch;
+    uint16_t session;
     uint32_t round;        /* the receiver's current round with this device */
     uint32_t highest;      /* highest sequence number accepted in this round */
     uint64_t seen;         /* bit i: seq (highest - i) accepted; 0 = nothing yet this round */
 } ft_replay;
 
-/* Start a round: forget every sequence number seen. */
+/* Start a round: forget every sequence number seen (the session fields stay). */
 void ft_replay_init(ft_replay *guard, uint32_t round);
+/* Start a session: the (run, epoch, session) frames must name, round 0, nothing seen. */
+void ft_replay_bind(ft_replay *guard, uint32_t run, uint32_t epoch, uint16_t session);
 
 /* Decode flag: a frame for a round newer than guard->round is accepted and moves the guard to
  * that round (a device receiving the offer for the next round). Older rounds stay refused. */
@@ -240,23 +258,47 @@ FT_WIRE_MUST_CHECK int ft_wire_encode(const ft_wire_header *hdr, const uint8_t *
  * of hdr->device_id. Never act on a peeked frame. */
 FT_WIRE_MUST_CHECK int ft_wire_peek(const uint8_t *frame, size_t len, ft_wire_header *hdr);
 
-/* Full decode: structure, then the tag (constant time), then round and replay against guard
- * (NULL: no round/replay check - only for idempotent frames, see PROTOCOL.md). The guard is
- * updated only when the frame is accepted. *payload points into frame. */
+/* Full decode: structure, then the session the frame names (run, epoch, session: cheap, before
+ * any hashing), then the tag (constant time), then round and replay, all against guard (NULL:
+ * none of these checks - only for a join HELLO and a WELCOME, see PROTOCOL.md). The guard is
+ * updated only when the frame is accepted. *payload points into frame. key: the session key
+ * for frames of a session, the device's pre-shared key for a join HELLO and a WELCOME. */
 FT_WIRE_MUST_CHECK int ft_wire_decode(const uint8_t *frame, size_t len, const uint8_t *key,
                                       size_t key_len, ft_replay *guard, uint32_t flags,
                                       ft_wire_header *hdr, const uint8_t **payload);
 
 /* ---- Payloads (fixed little-endian layouts; docs/PROTOCOL.md) ------------------------------- */
-#define FT_HELLO_BYTES 12u
+#define FT_HELLO_BYTES 20u
 typedef struct {
     uint32_t n_samples;     /* local training samples (the FedAvg weight it will bring) */
-    uint16_t max_frame;     /* largest frame the device accepts (<= 1200) */
+    uint16_t max_frame;     /* largest frame the device accepts (116..1200) */
     uint16_t capabilities;  /* bit 0: float32 training, bit 1: int8-weight training */
     uint32_t lib_version;   /* sender's library version, informational */
+    uint8_t nonce[FT_WIRE_NONCE_BYTES]; /* join HELLO: new for each join; in a session: 0 */
 } ft_hello;
 
-#define FT_OFFER_BYTES 52u
+/* WELCOME: the aggregator's answer to a join HELLO, sent under the device's pre-shared key.
+ * Its header names the same run, epoch and session as its payload. */
+#define FT_WELCOME_BYTES 32u
+typedef struct {
+    uint8_t run_id[FT_WIRE_RUN_ID_BYTES];  /* the aggregator's run */
+    uint32_t epoch;                        /* its life (>= 1) */
+    uint16_t session;                      /* the new session's number (>= 1) */
+    uint16_t reserved;                     /* 0 */
+    uint8_t device_nonce[FT_WIRE_NONCE_BYTES]; /* echoed from the join HELLO */
+    uint8_t agg_nonce[FT_WIRE_NONCE_BYTES];    /* fresh for this session */
+} ft_welcome;
+
+/* The run id's first 4 bytes as the header's u32 run field. */
+uint32_t ft_wire_run_tag(const uint8_t run_id[FT_WIRE_RUN_ID_BYTES]);
+
+/* The session key: HMAC-SHA256(key, "fedtiny/2 session" || device_id u32 LE || the 32-byte
+ * WELCOME payload). Both ends compute it; every frame of the session is tagged with it. */
+FT_WIRE_MUST_CHECK int ft_session_key(const uint8_t *key, size_t key_len, uint32_t device_id,
+                                      const ft_welcome *w,
+                                      uint8_t out[FT_WIRE_SESSION_KEY_BYTES]);
+
+#define FT_OFFER_BYTES 68u
 typedef struct {
     uint32_t n_params;      /* model parameters (1 .. 2^32-1) */
     uint16_t qk;            /* update block size, 128 */
@@ -272,6 +314,7 @@ typedef struct {
     uint16_t update_chunks; /* ceil(ceil(n_params / 128) / 8) */
     float prox_mu;          /* FedProx mu, finite and >= 0 (0 = FedAvg) */
     float fixed_scale;      /* 0: per-block scales; > 0 reserved for secure aggregation */
+    uint8_t arch_hash[FT_WIRE_ARCH_HASH_BYTES]; /* SHA-256 of the layer structure, first 16 B */
 } ft_offer;
 
 #define FT_RESULT_BYTES 28u
@@ -312,6 +355,8 @@ FT_WIRE_MUST_CHECK int ft_offer_pack(const ft_offer *m, uint8_t *out, size_t cap
 FT_WIRE_MUST_CHECK int ft_offer_unpack(const uint8_t *in, size_t len, ft_offer *m);
 FT_WIRE_MUST_CHECK int ft_result_pack(const ft_result *m, uint8_t *out, size_t cap);
 FT_WIRE_MUST_CHECK int ft_result_unpack(const uint8_t *in, size_t len, ft_result *m);
+FT_WIRE_MUST_CHECK int ft_welcome_pack(const ft_welcome *m, uint8_t *out, size_t cap);
+FT_WIRE_MUST_CHECK int ft_welcome_unpack(const uint8_t *in, size_t len, ft_welcome *m);
 
 /* Chunk counts of the protocol (0 when n_params is 0). */
 uint32_t ft_wire_model_chunks(uint32_t n_params);

@@ -1,4 +1,5 @@
-"""cffi build script (out-of-line API mode) for fedtiny._wire: the C wire codec, nothing else.
+"""cffi build script (out-of-line API mode) for fedtiny._wire: the C wire codec and the
+secure-aggregation crypto of firmware_bridge/ft_crypto.h, nothing else.
 
 setup.py names it in cffi_modules and runs from the project root, so every path here is
 relative to that root. The cdef repeats the public declarations of ft_wire.h that Python uses;
@@ -6,7 +7,9 @@ in API mode the C compiler checks them against the real header (struct layouts i
 """
 from cffi import FFI
 
-SOURCES = ["firmware_bridge/ft_sha256.c", "firmware_bridge/ft_cobs.c", "firmware_bridge/ft_frame.c"]
+SOURCES = ["firmware_bridge/ft_sha256.c", "firmware_bridge/ft_cobs.c", "firmware_bridge/ft_frame.c",
+           "firmware_bridge/ft_chacha20.c", "firmware_bridge/ft_hkdf.c", "firmware_bridge/ft_poly1305.c",
+           "firmware_bridge/ft_x25519.c", "firmware_bridge/ft_shamir.c"]
 
 CDEF = """
 #define FT_WIRE_VERSION ...
@@ -25,6 +28,11 @@ CDEF = """
 #define FT_WIRE_CRC_BYTES ...
 #define FT_WIRE_REPLAY_WINDOW ...
 #define FT_WIRE_ACCEPT_NEWER_ROUND ...
+#define FT_WIRE_RUN_ID_BYTES ...
+#define FT_WIRE_NONCE_BYTES ...
+#define FT_WIRE_SESSION_KEY_BYTES ...
+#define FT_WIRE_ARCH_HASH_BYTES ...
+#define FT_WELCOME_BYTES ...
 #define FT_SHA256_BYTES ...
 #define FT_HELLO_BYTES ...
 #define FT_OFFER_BYTES ...
@@ -35,7 +43,7 @@ CDEF = """
 typedef enum {
     FT_MSG_HELLO = 1, FT_MSG_OFFER = 2, FT_MSG_MODEL_CHUNK = 3, FT_MSG_UPDATE_CHUNK = 4,
     FT_MSG_ACK = 5, FT_MSG_ERROR = 6, FT_MSG_RESULT = 7, FT_MSG_PARTIAL_SUM = 8,
-    FT_MSG_MASKED_UPDATE = 9
+    FT_MSG_MASKED_UPDATE = 9, FT_MSG_WELCOME = 10
 } ft_msg_type;
 
 typedef enum {
@@ -45,8 +53,10 @@ typedef enum {
     FT_WIRE_ERR_BAD_CHUNK = -9, FT_WIRE_ERR_BAD_TAG = -10, FT_WIRE_ERR_WRONG_ROUND = -11,
     FT_WIRE_ERR_REPLAY = -12, FT_WIRE_ERR_BAD_CRC = -13, FT_WIRE_ERR_COBS = -14,
     FT_WIRE_ERR_IO = -15, FT_WIRE_ERR_UNKNOWN_DEVICE = -16, FT_WIRE_ERR_BAD_PAYLOAD = -17,
-    FT_WIRE_ERR_SELFTEST = -18
+    FT_WIRE_ERR_SELFTEST = -18, FT_WIRE_ERR_STALE_RUN = -19, FT_WIRE_ERR_STALE_EPOCH = -20,
+    FT_WIRE_ERR_STALE_SESSION = -21
 } ft_wire_status;
+#define FT_WIRE_ERR_LAST ...
 
 const char *ft_wire_status_name(int status);
 
@@ -74,13 +84,20 @@ typedef struct {
     uint16_t chunk_index;
     uint16_t chunk_count;
     uint16_t payload_len;
+    uint16_t session;
+    uint32_t epoch;
+    uint32_t run;
 } ft_wire_header;
 typedef struct {
+    uint32_t run;
+    uint32_t epoch;
+    uint16_t session;
     uint32_t round;
     uint32_t highest;
     uint64_t seen;
 } ft_replay;
 void ft_replay_init(ft_replay *guard, uint32_t round);
+void ft_replay_bind(ft_replay *guard, uint32_t run, uint32_t epoch, uint16_t session);
 int ft_wire_encode(const ft_wire_header *hdr, const uint8_t *payload, const uint8_t *key,
                    size_t key_len, uint8_t *out, size_t cap, size_t *out_len);
 int ft_wire_peek(const uint8_t *frame, size_t len, ft_wire_header *hdr);
@@ -89,12 +106,17 @@ int ft_wire_decode(const uint8_t *frame, size_t len, const uint8_t *key, size_t 
 
 typedef struct {
     uint32_t n_samples; uint16_t max_frame; uint16_t capabilities; uint32_t lib_version;
+    uint8_t nonce[8];
 } ft_hello;
+typedef struct {
+    uint8_t run_id[8]; uint32_t epoch; uint16_t session; uint16_t reserved;
+    uint8_t device_nonce[8]; uint8_t agg_nonce[8];
+} ft_welcome;
 typedef struct {
     uint32_t n_params; uint16_t qk; uint8_t codec_version; uint8_t codec_flags;
     uint8_t model_hash[16]; float lr; uint16_t epochs; uint16_t batch_size;
     uint32_t deadline_ms; uint32_t seed; uint16_t model_chunks; uint16_t update_chunks;
-    float prox_mu; float fixed_scale;
+    float prox_mu; float fixed_scale; uint8_t arch_hash[16];
 } ft_offer;
 typedef struct {
     uint32_t n_samples; uint32_t n_clients; float loss; float accuracy; uint32_t steps;
@@ -115,16 +137,49 @@ int ft_offer_pack(const ft_offer *m, uint8_t *out, size_t cap);
 int ft_offer_unpack(const uint8_t *in, size_t len, ft_offer *m);
 int ft_result_pack(const ft_result *m, uint8_t *out, size_t cap);
 int ft_result_unpack(const uint8_t *in, size_t len, ft_result *m);
+int ft_welcome_pack(const ft_welcome *m, uint8_t *out, size_t cap);
+int ft_welcome_unpack(const uint8_t *in, size_t len, ft_welcome *m);
+uint32_t ft_wire_run_tag(const uint8_t run_id[8]);
+int ft_session_key(const uint8_t *key, size_t key_len, uint32_t device_id, const ft_welcome *w,
+                   uint8_t out[32]);
 uint32_t ft_wire_model_chunks(uint32_t n_params);
 uint32_t ft_wire_update_chunks(uint32_t n_params);
 int ft_wire_self_test(void);
+
+/* ft_crypto.h: secure-aggregation crypto (the same C as the firmware's) */
+void ft_chacha20_block(const uint8_t key[32], uint32_t counter, const uint8_t nonce[12], uint8_t out[64]);
+int ft_chacha20_xor(const uint8_t key[32], uint32_t counter, const uint8_t nonce[12], const uint8_t *in,
+                    uint8_t *out, size_t len);
+#define FT_HKDF_SHA256_MAX_OKM ...
+#define FT_SHAMIR_MAX_SHARES ...
+void ft_hkdf_sha256_extract(const uint8_t *salt, size_t salt_len, const uint8_t *ikm, size_t ikm_len,
+                            uint8_t prk[32]);
+int ft_hkdf_sha256_expand(const uint8_t prk[32], const uint8_t *info, size_t info_len, uint8_t *okm,
+                          size_t okm_len);
+int ft_hkdf_sha256(const uint8_t *salt, size_t salt_len, const uint8_t *ikm, size_t ikm_len,
+                   const uint8_t *info, size_t info_len, uint8_t *okm, size_t okm_len);
+void ft_poly1305(const uint8_t key[32], const uint8_t *data, size_t len, uint8_t tag[16]);
+int ft_aead_chacha20poly1305_encrypt(const uint8_t key[32], const uint8_t nonce[12], const uint8_t *aad,
+                                     size_t aad_len, const uint8_t *pt, size_t len, uint8_t *ct,
+                                     uint8_t tag[16]);
+int ft_aead_chacha20poly1305_decrypt(const uint8_t key[32], const uint8_t nonce[12], const uint8_t *aad,
+                                     size_t aad_len, const uint8_t *ct, size_t len, const uint8_t tag[16],
+                                     uint8_t *pt);
+int ft_x25519(uint8_t out[32], const uint8_t scalar[32], const uint8_t u[32]);
+void ft_x25519_public(uint8_t pub[32], const uint8_t secret[32]);
+int ft_shamir_split(const uint8_t *secret, size_t len, uint8_t n, uint8_t t, const uint8_t *random,
+                    uint8_t *shares);
+int ft_shamir_combine(const uint8_t *shares, uint8_t t, size_t len, uint8_t *secret);
+uint8_t ft_gf256_mul(uint8_t a, uint8_t b);
+uint8_t ft_gf256_inv(uint8_t a);
+void ft_zeroize(void *p, size_t n);
 """
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "fedtiny._wire",
-    '#include "ft_wire.h"',
+    '#include "ft_wire.h"\n#include "ft_crypto.h"',
     sources=SOURCES,
     include_dirs=["firmware_bridge"],
     extra_compile_args=["-std=c99", "-O2", "-Wall", "-Wextra"],

@@ -19,21 +19,27 @@ with atheris.instrument_imports():
 
 KEY = b"atheris-fuzz-key-0123456789abcde"
 COUNT = [0]
-PAYLOADS = (wire.Hello, wire.Offer, wire.Result, wire.Ack, wire.ErrorMsg)
+PAYLOADS = (wire.Hello, wire.Offer, wire.Result, wire.Ack, wire.ErrorMsg, wire.Welcome)
 
 
 def one(data: bytes) -> None:
     COUNT[0] += 1
     signed = data
-    if len(data) >= 40:
+    if len(data) >= 48:
         signed = data[:-16] + hmac.new(KEY, data[:-16], hashlib.sha256).digest()[:16]
     for frame in (data, signed):
-        guard = wire.ReplayGuard(data[8] if len(data) > 8 else 0)
+        try:   # bound to the session the bytes name, so frames get past the session check to the tag
+            h = wire.peek(frame)
+            ctx = dict(run=h.run, epoch=h.epoch, session=h.session)
+        except wire.FrameError:
+            ctx = {}
+        guard = wire.ReplayGuard(data[8] if len(data) > 8 else 0, **ctx)
         try:
             f = wire.decode(frame, KEY, guard, accept_newer_round=bool(data[-1:] == b"\x01"))
         except wire.FrameError:
             continue
-        again = wire.encode(f.type, f.device_id, f.round, f.seq, f.payload, KEY, chunk=f.chunk)
+        again = wire.encode(f.type, f.device_id, f.round, f.seq, f.payload, KEY, chunk=f.chunk, session=f.session,
+                            epoch=f.epoch, run=f.run)
         assert again == frame, "an accepted frame must re-encode to the same bytes"
         for cls in PAYLOADS:
             try:

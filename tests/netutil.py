@@ -133,22 +133,54 @@ def simulate_oracle(clients: int, n_rounds: int, seed: int = 0, codec: str = "in
 
 
 class HandDevice:
-    """A device driven step by step on a blocking UDP socket (to send exactly the frames a test wants)."""
+    """A device driven step by step on a blocking UDP socket (to send exactly the frames a test wants).
+
+    join() runs the handshake (join HELLO with a nonce -> WELCOME -> session key); frame() then
+    builds frames of that session, with any field overridden."""
 
     def __init__(self, address, device_id: int, key: bytes):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.settimeout(0.2)
         self.sock.connect(tuple(address))
-        self.id, self.key = device_id, key
+        self.id, self.psk = device_id, key
+        self.key = key                   # the session key once joined
+        self.welcome = None
         self.seq = 1
 
     def close(self) -> None:
         self.sock.close()
 
-    def frame(self, msg_type, round_id, payload=b"", chunk=(0, 1), *, key=None, device_id=None) -> bytes:
+    def join_hello(self, nonce: bytes, n_samples: int = 100) -> bytes:
+        return wire.encode(wire.MsgType.HELLO, self.id, 0, 0, wire.Hello(n_samples=n_samples, nonce=nonce).pack(),
+                           self.psk)
+
+    def join(self, n_samples: int = 100, timeout: float = 5.0) -> wire.Welcome:
+        """Join HELLOs until the WELCOME for their nonce; then this object speaks in that session."""
+        nonce = os.urandom(wire.NONCE_BYTES)
+        hello = self.join_hello(nonce, n_samples)
+        self.key = self.psk
+        end = time.monotonic() + timeout
+        self.send(hello)
+        while True:   # a WELCOME for an earlier join (a replayed one) may still be on its way: skip it
+            w = wire.Welcome.unpack(self.expect(wire.MsgType.WELCOME, end - time.monotonic(), resend=hello).payload)
+            if w.device_nonce == nonce:
+                break
+        self.welcome, self.key, self.seq = w, wire.session_key(self.psk, self.id, w), 0
+        return w
+
+    def hello(self, n_samples: int = 100) -> bytes:
+        """An in-session HELLO (joins first when there is no session)."""
+        if self.welcome is None:
+            self.join(n_samples)
+        return self.frame(wire.MsgType.HELLO, 0, wire.Hello(n_samples=n_samples).pack())
+
+    def frame(self, msg_type, round_id, payload=b"", chunk=(0, 1), *, key=None, device_id=None, **fields) -> bytes:
         self.seq += 1
+        w = self.welcome
+        ctx = dict(session=w.session, epoch=w.epoch, run=w.run) if w is not None else {}
+        ctx.update(fields)
         return wire.encode(msg_type, self.id if device_id is None else device_id, round_id, self.seq, payload,
-                           key or self.key, chunk=chunk)
+                           key or self.key, chunk=chunk, **ctx)
 
     def send(self, data: bytes) -> bytes:
         self.sock.send(data)
@@ -164,6 +196,8 @@ class HandDevice:
             except socket.timeout:
                 if resend is not None:
                     self.sock.send(resend() if callable(resend) else resend)
+                continue
+            except wire.FrameError:    # e.g. a frame of a session this device has left: dropped
                 continue
             if f.type == msg_type:
                 return f
@@ -188,9 +222,10 @@ __all__ = ["Fleet", "AggregatorThread", "HandDevice", "simulate_oracle", "stop_a
 
 
 def hand_join(dev: HandDevice, n_samples: int = 100):
-    """HELLO until an OFFER comes, then download the model: (round, offer, global weights)."""
+    """Handshake, then in-session HELLO until an OFFER comes, then download the model:
+    (round, offer, global weights)."""
     def hello():
-        return dev.frame(wire.MsgType.HELLO, 0, wire.Hello(n_samples=n_samples).pack())
+        return dev.hello(n_samples)
     dev.send(hello())
     f = dev.expect(wire.MsgType.OFFER, resend=hello)
     offer = wire.Offer.unpack(f.payload)

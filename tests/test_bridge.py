@@ -25,7 +25,7 @@ def firmware(tmp_path_factory):
         pytest.skip("no C compiler to build the firmware's host version")
     out = str(tmp_path_factory.mktemp("fw") / "fw_host")
     sources = ([os.path.join(FW, "example", f) for f in ("fw_device.c", "host_main.c")]
-               + [os.path.join(FW, f) for f in ("ft_sha256.c", "ft_cobs.c", "ft_frame.c")]
+               + [os.path.join(FW, f) for f in ("ft_sha256.c", "ft_cobs.c", "ft_frame.c", "ft_chacha20.c")]
                + sorted(os.path.join(d, f) for d in (CSRC, os.path.join(CSRC, "arch"))
                         for f in os.listdir(d) if f.endswith(".c")))
     cmd = [cc, "-std=c99", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", "-I", CSRC, "-I", FW,
@@ -96,7 +96,7 @@ def test_firmware_links_for_cortex_m4(tmp_path):
         pytest.skip("no arm-none-eabi-gcc (apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi)")
     elf = str(tmp_path / "fw.elf")
     sources = ([os.path.join(FW, "example", f) for f in ("board_stub.c", "fw_device.c")]
-               + [os.path.join(FW, f) for f in ("ft_sha256.c", "ft_cobs.c", "ft_frame.c")]
+               + [os.path.join(FW, f) for f in ("ft_sha256.c", "ft_cobs.c", "ft_frame.c", "ft_chacha20.c")]
                + sorted(os.path.join(d, f) for d in (CSRC, os.path.join(CSRC, "arch"))
                         for f in os.listdir(d) if f.endswith(".c")))
     subprocess.run([cc, "-std=c99", "-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16", "-Os",
@@ -109,3 +109,44 @@ def test_firmware_links_for_cortex_m4(tmp_path):
     print(f"\nfirmware for Cortex-M4: flash {text + data:,} B (text+data), RAM {data + bss:,} B (data+bss)")
     assert text + data <= 32 * 1024, (text, data)       # flash, newlib's startup included
     assert data + bss <= 48 * 1024, (data, bss)         # RAM: fw_device (39.7 KB) and the C library
+
+
+def test_firmware_arch_text_is_the_models():
+    """The firmware hashes the same layer text as Model.arch_hash() for its mlp:64-10 head."""
+    import re
+    from fedtiny import model
+    with open(os.path.join(FW, "example", "fw_device.c")) as f:
+        src = f.read()
+    text = re.search(r'k_arch_text\[\] = "(.*?)";', src).group(1).encode().decode("unicode_escape")
+    assert text == model.build("mlp:64-10").arch_text()
+
+
+def test_c_firmware_refuses_another_architecture(tmp_path, firmware):
+    """An aggregator running mlp:64-32-10: the firmware (mlp:64-10) tells it, the aggregator stops
+    selecting it, and fw_host exits 2 with one line."""
+    from netutil import wait_for
+    fleet = Fleet(tmp_path, 2)       # two shards: one fits the firmware's 1,024 samples
+    master, slave = os.openpty()
+    procs = []
+    try:
+        with AggregatorThread(fleet.config(model="mlp:64-32-10", rounds=1, min_clients=1, round_timeout=30)) as at:
+            procs.append(subprocess.Popen([sys.executable, "-m", "fedtiny.cli", "bridge", "--server", at.server,
+                                           "--serial", os.ttyname(slave)], stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.PIPE, text=True, cwd=fleet.dir))
+            data = str(tmp_path / "device0.bin")
+            write_device_data(fleet.data[0], data)
+            fw = subprocess.Popen([firmware, "--fd", str(master), "--id", "0", "--key", fleet.keys[0].hex(),
+                                   "--data", data, "--rounds", "1", "--timeout", "20"],
+                                  pass_fds=(master,), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            procs.append(fw)
+            out, err = fw.communicate(timeout=30)
+            assert fw.returncode == 2, out + err
+            assert err.strip().splitlines() == [
+                "fw_host: device 0: the aggregator's model is not mlp:64-10 (650 parameters), the one this firmware "
+                "trains: run the aggregator with --model mlp:64-10"]
+            wait_for(lambda: at.agg.devices[0].excluded != "", 5, "the aggregator to exclude device 0")
+            assert at.agg._alive(time.monotonic()) == []
+    finally:
+        stop_all(procs)
+        os.close(master)
+        os.close(slave)

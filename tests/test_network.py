@@ -140,10 +140,8 @@ def test_bad_frames_are_counted_and_never_reach_the_sum(tmp_path):
         agg = at.agg
         dev = HandDevice(at.address, dev_id, fleet.keys[dev_id])
         try:
-            def hello():
-                return dev.frame(wire.MsgType.HELLO, 0, wire.Hello(n_samples=100).pack())
-            first_hello = dev.send(hello())
-            offer_frame = dev.expect(wire.MsgType.OFFER, resend=hello)
+            first_hello = dev.send(dev.hello())
+            offer_frame = dev.expect(wire.MsgType.OFFER, resend=dev.hello)
             r = offer_frame.round
             offer = wire.Offer.unpack(offer_frame.payload)
             n_chunks = wire.model_chunks(offer.n_params)
@@ -242,8 +240,7 @@ def test_dead_upload_straggler_and_late_update_leave_the_average_alone(tmp_path)
     with AggregatorThread(fleet.config(rounds=2, min_clients=2, round_timeout=1.5, dataset=None)) as at:
         devs = [HandDevice(at.address, k, fleet.keys[k]) for k in (0, 1)]
         try:
-            def hello1():
-                return devs[1].frame(wire.MsgType.HELLO, 0, wire.Hello(n_samples=100).pack())
+            hello1 = devs[1].hello
             devs[1].send(hello1())          # both must have joined before round 1 opens
             joined = [hand_join(d) for d in devs]
             r, offer, w0 = joined[0]

@@ -14,9 +14,12 @@ SYSROOT = "/usr/aarch64-linux-gnu"
 
 
 def build(cc, exe):
+    # the kernels' one ChaCha20 lives with the firmware crypto (firmware_bridge/ft_crypto.h)
     srcs = sorted(glob.glob(os.path.join(ROOT, "csrc", "*.c")) + glob.glob(os.path.join(ROOT, "csrc", "arch", "*.c")))
+    srcs.append(os.path.join(ROOT, "firmware_bridge", "ft_chacha20.c"))
     subprocess.run([cc, "-std=c99", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", "-I",
-                    os.path.join(ROOT, "csrc"), os.path.join(ROOT, "tests", "c", "train_kernels_check.c"), *srcs,
+                    os.path.join(ROOT, "csrc"), "-I", os.path.join(ROOT, "firmware_bridge"),
+                    os.path.join(ROOT, "tests", "c", "train_kernels_check.c"), *srcs,
                     "-lm", "-o", exe], check=True)
 
 

@@ -1,6 +1,7 @@
 """Frames through fedtiny.net.wire (the C codec): byte layout against an independent struct + hmac
-oracle, round trips of every message type, each rejection with its own reason, replay rules,
-payload layouts, and update chunks that rebuild the same FedAvg aggregate."""
+oracle, round trips of every message type, each rejection with its own reason (a version-1 frame,
+another run, epoch or session included), replay rules, payload layouts, the session key, and
+update chunks that rebuild the same FedAvg aggregate."""
 import hashlib
 import hmac
 import math
@@ -15,21 +16,28 @@ from fedtiny.fedavg import Accumulator
 
 KEY = bytes(range(32))
 OTHER = bytes(range(1, 33))
-HDR = struct.Struct("<2sBBIIIHHHH")  # PROTOCOL.md "Frames" header, 24 bytes
+HDR = struct.Struct("<2sBBIIIHHHHII")  # PROTOCOL.md "Frames" header, 32 bytes (version 2)
+RUN, EPOCH, SESSION = 0x11223344, 5, 9
 
 
-def oracle_frame(msg_type, device, rnd, seq, payload, key, chunk=(0, 1), version=1, reserved=0):
+def oracle_frame(msg_type, device, rnd, seq, payload, key, chunk=(0, 1), version=2, session=0, epoch=0, run=0):
     """The documented layout built with struct and the standard library's HMAC."""
-    head = HDR.pack(b"FT", version, msg_type, device, rnd, seq, chunk[0], chunk[1], len(payload), reserved)
+    head = HDR.pack(b"FT", version, msg_type, device, rnd, seq, chunk[0], chunk[1], len(payload), session,
+                    epoch, run)
     return head + payload + hmac.new(key, head + payload, hashlib.sha256).digest()[:16]
 
 
 def payload_for(t):
     """A valid payload and chunk for each message type."""
     offer = wire.Offer(n_params=199_210, model_hash=bytes(range(16)), lr=0.05, epochs=5,
-                       batch_size=32, deadline_ms=30_000, seed=9, codec_flags=3, prox_mu=0.01)
+                       batch_size=32, deadline_ms=30_000, seed=9, codec_flags=3, prox_mu=0.01,
+                       arch_hash=bytes(range(100, 116)))
+    welcome = wire.Welcome(bytes.fromhex("4433221144332211"), EPOCH, SESSION, bytes(range(16, 24)),
+                           bytes(range(32, 40)))
     return {
-        wire.MsgType.HELLO: (wire.Hello(n_samples=600, max_frame=1200, capabilities=3).pack(), (0, 1)),
+        wire.MsgType.HELLO: (wire.Hello(n_samples=600, max_frame=1200, capabilities=3, nonce=b"12345678").pack(),
+                             (0, 1)),
+        wire.MsgType.WELCOME: (welcome.pack(), (0, 1)),
         wire.MsgType.OFFER: (offer.pack(), (0, 1)),
         wire.MsgType.MODEL_CHUNK: (np.arange(288, dtype="<f4").tobytes(), (691, 692)),
         wire.MsgType.UPDATE_CHUNK: (bytes(range(256)) * 4 + bytes(32), (194, 195)),
@@ -46,18 +54,19 @@ DEFINED = [t for t in wire.MsgType if t not in (wire.MsgType.PARTIAL_SUM, wire.M
 @pytest.mark.parametrize("t", DEFINED, ids=lambda t: t.name)
 def test_every_type_round_trips_and_matches_the_documented_layout(t):
     payload, chunk = payload_for(t)
-    frame = wire.encode(t, 0xA1B2C3D4, 7, 12, payload, KEY, chunk=chunk)
-    assert frame == oracle_frame(t, 0xA1B2C3D4, 7, 12, payload, KEY, chunk)
+    frame = wire.encode(t, 0xA1B2C3D4, 7, 12, payload, KEY, chunk=chunk, session=SESSION, epoch=EPOCH, run=RUN)
+    assert frame == oracle_frame(t, 0xA1B2C3D4, 7, 12, payload, KEY, chunk, session=SESSION, epoch=EPOCH, run=RUN)
     assert len(frame) <= wire.MAX_FRAME
-    f = wire.decode(frame, KEY, wire.ReplayGuard(7))
+    f = wire.decode(frame, KEY, wire.ReplayGuard(7, run=RUN, epoch=EPOCH, session=SESSION))
     assert (f.type, f.device_id, f.round, f.seq, f.chunk, f.payload) == (t, 0xA1B2C3D4, 7, 12, chunk, payload)
+    assert (f.session, f.epoch, f.run) == (SESSION, EPOCH, RUN)
     assert wire.peek(frame) == f
 
 
 def test_chunk_sizes_fill_a_datagram_with_whole_blocks():
     assert wire.UPDATE_CHUNK_BYTES == 8 * codec.BLOCK_BYTES == 1056
-    assert wire.HEADER_BYTES + wire.UPDATE_CHUNK_BYTES + wire.TAG_BYTES == 1096 <= 1200
-    assert wire.HEADER_BYTES + wire.MODEL_CHUNK_BYTES + wire.TAG_BYTES == 1192 <= 1200
+    assert wire.HEADER_BYTES + wire.UPDATE_CHUNK_BYTES + wire.TAG_BYTES == 1104 <= 1200
+    assert wire.HEADER_BYTES + wire.MODEL_CHUNK_BYTES + wire.TAG_BYTES == 1200 == wire.MAX_FRAME
     assert wire.update_chunks(199_210) == math.ceil(math.ceil(199_210 / 128) / 8) == 195
     assert wire.model_chunks(199_210) == math.ceil(4 * 199_210 / 1152) == 692
 
@@ -65,10 +74,15 @@ def test_chunk_sizes_fill_a_datagram_with_whole_blocks():
 # ---- payloads ---------------------------------------------------------------------------------
 
 def test_payload_layouts_are_the_documented_bytes():
-    assert wire.Hello(600, 1200, 3, 0x0100).pack() == struct.pack("<IHHI", 600, 1200, 3, 0x0100)
-    offer = wire.Offer(1000, bytes(range(16)), 0.5, 2, 16, 500, seed=3, codec_flags=1, prox_mu=0.25)
-    assert offer.pack() == struct.pack("<IHBB16sfHHIIHHff", 1000, 128, 1, 1, bytes(range(16)), 0.5,
-                                       2, 16, 500, 3, 4, 1, 0.25, 0.0)
+    assert wire.Hello(600, 1200, 3, 0x0100, b"abcdefgh").pack() == struct.pack("<IHHI8s", 600, 1200, 3, 0x0100,
+                                                                               b"abcdefgh")
+    offer = wire.Offer(1000, bytes(range(16)), 0.5, 2, 16, 500, seed=3, codec_flags=1, prox_mu=0.25,
+                       arch_hash=bytes(range(50, 66)))
+    assert offer.pack() == struct.pack("<IHBB16sfHHIIHHff16s", 1000, 128, 1, 1, bytes(range(16)), 0.5,
+                                       2, 16, 500, 3, 4, 1, 0.25, 0.0, bytes(range(50, 66)))
+    welcome = wire.Welcome(b"RUNID-01", 7, 3, b"devnonce", b"aggnonce")
+    assert welcome.pack() == struct.pack("<8sIHH8s8s", b"RUNID-01", 7, 3, 0, b"devnonce", b"aggnonce")
+    assert welcome.run == struct.unpack("<I", b"RUNI")[0] == wire.run_tag(b"RUNID-01")
     assert wire.Result(600, 1, 0.5, 0.75, 94, 7, 1, 195).pack() == struct.pack(
         "<IIffIIBBH", 600, 1, 0.5, 0.75, 94, 7, 1, 0, 195)
     ack = wire.Ack.for_chunks(wire.MsgType.MODEL_CHUNK, [10, 22], 13, first=10)
@@ -77,11 +91,11 @@ def test_payload_layouts_are_the_documented_bytes():
 
 
 @pytest.mark.parametrize("t", [wire.MsgType.HELLO, wire.MsgType.OFFER, wire.MsgType.ACK,
-                               wire.MsgType.ERROR, wire.MsgType.RESULT], ids=lambda t: t.name)
+                               wire.MsgType.ERROR, wire.MsgType.RESULT, wire.MsgType.WELCOME], ids=lambda t: t.name)
 def test_payload_pack_unpack_round_trip(t):
     payload, _ = payload_for(t)
     cls = {wire.MsgType.HELLO: wire.Hello, wire.MsgType.OFFER: wire.Offer, wire.MsgType.ACK: wire.Ack,
-           wire.MsgType.ERROR: wire.ErrorMsg, wire.MsgType.RESULT: wire.Result}[t]
+           wire.MsgType.ERROR: wire.ErrorMsg, wire.MsgType.RESULT: wire.Result, wire.MsgType.WELCOME: wire.Welcome}[t]
     assert cls.unpack(payload).pack() == payload
 
 
@@ -91,8 +105,9 @@ def test_ack_lists_the_missing_chunks():
 
 
 @pytest.mark.parametrize("bad,reason", [
-    (struct.pack("<IHHI", 1, 40, 0, 0), "bad_payload"),           # max_frame below an offer frame
-    (struct.pack("<IHHI", 1, 1200, 0, 0)[:-1], "length_mismatch"),
+    (struct.pack("<IHHI8s", 1, 115, 0, 0, bytes(8)), "bad_payload"),   # max_frame below an offer frame (116)
+    (struct.pack("<IHHI8s", 1, 1200, 0, 0, bytes(8))[:-1], "length_mismatch"),
+    (struct.pack("<IHHI", 1, 1200, 0, 0), "length_mismatch"),           # a version-1 hello
 ])
 def test_bad_hello(bad, reason):
     with pytest.raises(wire.FrameError) as e:
@@ -154,9 +169,12 @@ def test_every_bit_flip_is_refused(chunk_frame):
         bad = bytearray(chunk_frame)
         bad[i // 8] ^= 1 << (i % 8)
         r = reason_of(bytes(bad))
-        if 4 <= i // 8 < 16 or i // 8 >= 24:   # ids, round, seq, payload, tag: only the tag sees it
+        if 4 <= i // 8 < 16 or i // 8 >= 22:   # ids, round, seq, session, payload, tag: only the tag sees it
             assert r == "bad_tag", i
         reasons.add(r)
+        if 22 <= i // 8 < 32:                  # against a guard, a changed session/epoch/run is named first
+            want = "stale_session" if i // 8 < 24 else "stale_epoch" if i // 8 < 28 else "stale_run"
+            assert reason_of(bytes(bad), KEY, wire.ReplayGuard(7)) == want, i
     assert reasons == {"bad_magic", "bad_version", "unknown_type", "bad_tag", "bad_chunk",
                        "oversize", "truncated", "length_mismatch"}
 
@@ -167,16 +185,64 @@ def test_wrong_key_is_bad_tag(chunk_frame):
     assert guard.highest_seq is None  # a refused frame does not move the window
 
 
-@pytest.mark.parametrize("version", [0, 2, 255])
+@pytest.mark.parametrize("version", [0, 1, 3, 255])
 def test_unknown_version(version):
     assert reason_of(oracle_frame(1, 1, 0, 1, wire.Hello(1).pack(), KEY, version=version)) == "bad_version"
 
 
-def test_reserved_header_bits_are_bad_version():
-    assert reason_of(oracle_frame(1, 1, 0, 1, wire.Hello(1).pack(), KEY, reserved=1)) == "bad_version"
+def test_a_version_1_frame_is_bad_version():
+    """A whole v1 frame as a v1 sender built it (24-byte header, 12-byte HELLO, tag over both)."""
+    head = struct.pack("<2sBBIIIHHHH", b"FT", 1, 1, 7, 0, 1, 0, 1, 12, 0)
+    payload = struct.pack("<IHHI", 100, 1200, 1, 0)
+    v1 = head + payload + hmac.new(KEY, head + payload, hashlib.sha256).digest()[:16]
+    assert reason_of(v1) == "bad_version"
+    assert reason_of(v1, KEY, wire.ReplayGuard(0)) == "bad_version"
 
 
-@pytest.mark.parametrize("t", [0, 8, 9, 10, 255])
+@pytest.mark.parametrize("claims,want", [
+    ((RUN ^ 1, EPOCH, SESSION), "stale_run"),               # a fresh --state: another run id
+    ((RUN ^ 1, EPOCH - 1, SESSION - 1), "stale_run"),
+    ((RUN, EPOCH - 1, SESSION), "stale_epoch"),             # sent before the aggregator restarted
+    ((RUN, EPOCH + 1, SESSION), "stale_epoch"),
+    ((RUN, EPOCH - 1, SESSION - 1), "stale_epoch"),
+    ((RUN, EPOCH, SESSION - 1), "stale_session"),           # the device's previous session (it rebooted)
+    ((RUN, EPOCH, 0), "stale_session"),                     # a join HELLO is never read as a session frame
+])
+def test_another_run_epoch_or_session_has_its_own_reason(claims, want):
+    payload, chunk = payload_for(wire.MsgType.UPDATE_CHUNK)
+    run, epoch, session = claims
+    frame = wire.encode(wire.MsgType.UPDATE_CHUNK, 42, 7, 100, payload, KEY, chunk=chunk, session=session,
+                        epoch=epoch, run=run)
+    guard = wire.ReplayGuard(7, run=RUN, epoch=EPOCH, session=SESSION)
+    assert reason_of(frame, KEY, guard) == want
+    assert reason_of(frame, OTHER, guard) == want      # named before any tag is computed
+    assert guard.highest_seq is None
+    good = wire.encode(wire.MsgType.UPDATE_CHUNK, 42, 7, 100, payload, KEY, chunk=chunk, session=SESSION,
+                       epoch=EPOCH, run=RUN)
+    assert wire.decode(good, KEY, guard).seq == 100
+
+
+def test_session_key_is_the_documented_hmac():
+    welcome = wire.Welcome(bytes.fromhex("0102030405060708"), 3, 77, b"dddddddd", b"aaaaaaaa")
+    want = hmac.new(KEY, b"fedtiny/2 session" + struct.pack("<I", 0xA1B2C3D4) + welcome.pack(),
+                    hashlib.sha256).digest()
+    assert wire.session_key(KEY, 0xA1B2C3D4, welcome) == want
+    other = wire.Welcome(welcome.run_id, 3, 77, b"dddddddd", b"aaaaaaab")   # one aggregator-nonce bit
+    assert wire.session_key(KEY, 0xA1B2C3D4, other) != want
+
+
+@pytest.mark.parametrize("field,value", [("epoch", 0), ("session", 0)])
+def test_welcome_out_of_range_is_refused(field, value):
+    good = dict(run_id=bytes(8), epoch=1, session=1, device_nonce=bytes(8), agg_nonce=bytes(8))
+    with pytest.raises(wire.FrameError, match="bad_payload"):
+        wire.Welcome(**{**good, field: value}).pack()
+    raw = bytearray(wire.Welcome(**good).pack())
+    raw[14] = 1                                              # reserved
+    with pytest.raises(wire.FrameError, match="bad_payload"):
+        wire.Welcome.unpack(bytes(raw))
+
+
+@pytest.mark.parametrize("t", [0, 8, 9, 11, 255])
 def test_unknown_and_reserved_types(t):
     assert reason_of(oracle_frame(t, 1, 0, 1, b"", KEY)) == "unknown_type"
     with pytest.raises(wire.FrameError, match="unknown_type"):
@@ -184,13 +250,14 @@ def test_unknown_and_reserved_types(t):
 
 
 def test_oversize():
-    big = bytes(1161)
+    big = bytes(1153)
     assert reason_of(oracle_frame(3, 1, 0, 1, big, KEY, chunk=(0, 1))) == "oversize"
     with pytest.raises(wire.FrameError, match="oversize"):
         wire.encode(wire.MsgType.MODEL_CHUNK, 1, 0, 1, big, KEY)
 
 
-@pytest.mark.parametrize("t,size", [(1, 11), (2, 53), (7, 27), (3, 6), (3, 1156), (4, 133), (4, 0), (5, 5)])
+@pytest.mark.parametrize("t,size", [(1, 12), (1, 19), (2, 52), (2, 67), (7, 27), (3, 6), (3, 1150), (4, 133),
+                                    (4, 0), (5, 5), (10, 31), (10, 0)])
 def test_payload_size_the_type_forbids(t, size):
     assert reason_of(oracle_frame(t, 1, 0, 1, bytes(size), KEY)) == "length_mismatch"
 

@@ -25,7 +25,7 @@ def make(tmp_path, *targets, **env):
 def test_c_unit_tests_plain_and_under_asan_ubsan(tmp_path):
     proc = make(tmp_path, "test", "asan", ASAN_FUZZ_RUNS=20000)
     out = proc.stdout
-    for name in ("test_sha256", "test_cobs", "test_frame"):
+    for name in ("test_sha256", "test_cobs", "test_frame", "test_chacha20", "test_crypto"):
         assert len(re.findall(rf"^{name}: \d+ checks, 0 failed$", out, re.M)) == 2, out
     m = re.search(r"^fuzz_decode: (\d+) inputs .* 0 crashes$", out, re.M)
     assert m and int(m.group(1)) == 40000, out
@@ -43,6 +43,23 @@ def test_cortex_m4_build_fits_the_budget(tmp_path):
     text, data, bss = map(int, m.groups())
     assert text + data <= 8 * 1024, proc.stdout
     assert data + bss <= 512, proc.stdout
+    # the second table: the secure-aggregation crypto (X25519, HKDF, AEAD, Shamir), no static RAM
+    crypto = re.findall(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+\d+\s+\w+\s+\(TOTALS\)$", proc.stdout, re.M)[1]
+    text, data, bss = map(int, crypto)
+    assert text <= 7 * 1024 and data == 0 and bss == 0, proc.stdout
+
+
+def test_cortex_m4_instruction_counts_of_the_crypto(tmp_path):
+    """One X25519 and the other per-round pieces counted in qemu-system-arm (mps2-an386, -icount
+    shift=0); every result is checked against its known answer on the emulated M4 itself."""
+    if shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None:
+        pytest.skip("arm-none-eabi-gcc and qemu-system-arm (Debian qemu-system-arm) are needed")
+    proc = make(tmp_path, "m4-bench")
+    out = proc.stdout + proc.stderr   # qemu prints semihosting output on stderr
+    assert "failures: 0" in out and "WRONG ANSWER" not in out, out
+    assert "instructions per SysTick tick x100 = 4000" in out, out   # 25 MHz SysTick, 1 ns per instruction
+    x25519 = int(re.search(r"^x25519 \(one scalar multiplication\): (\d+) instructions$", out, re.M).group(1))
+    assert 1_000_000 < x25519 < 3_000_000, out   # 2.43M measured (docs/secagg.md); a regression guard
 
 
 def test_ignoring_a_status_is_a_compiler_warning(tmp_path):

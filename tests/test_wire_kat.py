@@ -3,6 +3,7 @@ FIPS 180-4 SHA-256 examples, RFC 4231 HMAC-SHA256 cases 1-7, the CRC-32 check va
 property checks against Python's own hashlib / hmac / zlib as oracles."""
 import hashlib
 import hmac
+import struct
 import zlib
 
 import pytest
@@ -64,3 +65,56 @@ def test_sha_hmac_crc_match_python_oracles(key, data):
     assert wire.sha256(data) == hashlib.sha256(data).digest()
     assert wire.hmac_sha256(key, data) == hmac.new(key, data, hashlib.sha256).digest()
     assert lib.ft_crc32(0, data, len(data)) == zlib.crc32(data)
+
+
+# ---- protocol version 2: whole frames, built here with struct + hmac only --------------------
+# The handshake of docs/PROTOCOL.md "Sessions" with fixed values: a join HELLO under the
+# pre-shared key, the WELCOME that answers it, the session key both ends derive, and an update
+# chunk of the session under that key. The pinned SHA-256 of each frame is the known answer.
+PSK = bytes(range(0x40, 0x60))                      # 32-byte pre-shared key of device 7
+DEVICE, RUN_ID, EPOCH, SESSION = 7, bytes.fromhex("0123456789abcdef"), 3, 12
+DEVICE_NONCE, AGG_NONCE = bytes.fromhex("d0d1d2d3d4d5d6d7"), bytes.fromhex("a0a1a2a3a4a5a6a7")
+
+
+def _v2_frame(key, msg_type, round_, seq, payload, chunk=(0, 1), session=0, epoch=0, run=0):
+    head = struct.pack("<2sBBIIIHHHHII", b"FT", 2, msg_type, DEVICE, round_, seq, chunk[0], chunk[1],
+                       len(payload), session, epoch, run)
+    return head + payload + hmac.new(key, head + payload, hashlib.sha256).digest()[:16]
+
+
+def _v2_vectors():
+    run = struct.unpack("<I", RUN_ID[:4])[0]
+    hello = _v2_frame(PSK, 1, 0, 0, struct.pack("<IHHI8s", 600, 1200, 1, 2, DEVICE_NONCE))
+    welcome_payload = struct.pack("<8sIHH8s8s", RUN_ID, EPOCH, SESSION, 0, DEVICE_NONCE, AGG_NONCE)
+    welcome = _v2_frame(PSK, 10, 0, 0, welcome_payload, session=SESSION, epoch=EPOCH, run=run)
+    k_s = hmac.new(PSK, b"fedtiny/2 session" + struct.pack("<I", DEVICE) + welcome_payload, hashlib.sha256).digest()
+    chunk = _v2_frame(k_s, 4, 5, 41, bytes(range(132)), chunk=(2, 3), session=SESSION, epoch=EPOCH, run=run)
+    return hello, welcome, k_s, chunk
+
+
+V2_DIGESTS = {   # sha256 of each vector, pinned
+    "hello": "367a955ebaadcf824c0a73bc859afcf4e09beb67d630f16f1c5b428c6d70c59a",
+    "welcome": "8e650b2f466fb502a77ee28d64396c1a5d214c20c9a146540228225d663f70bd",
+    "session_key": "0ab74780c4a75df8aaf919d963f64757cd8c43a0ec308ef16a6c8b841cc28167",
+    "chunk": "c97d32b0f953c847de97880ff7a16855103bdc6eacf8f5ba85ced9523490fe41",
+}
+
+
+def test_v2_frames_match_the_struct_hmac_oracle():
+    hello, welcome, k_s, chunk = _v2_vectors()
+    w = wire.Welcome(RUN_ID, EPOCH, SESSION, DEVICE_NONCE, AGG_NONCE)
+    assert wire.encode(1, DEVICE, 0, 0, wire.Hello(600, 1200, 1, 2, DEVICE_NONCE).pack(), PSK) == hello
+    assert wire.encode(10, DEVICE, 0, 0, w.pack(), PSK, session=SESSION, epoch=EPOCH, run=w.run) == welcome
+    assert wire.session_key(PSK, DEVICE, w) == k_s
+    assert wire.encode(4, DEVICE, 5, 41, bytes(range(132)), k_s, chunk=(2, 3), session=SESSION, epoch=EPOCH,
+                       run=w.run) == chunk
+    guard = wire.ReplayGuard(5, run=w.run, epoch=EPOCH, session=SESSION)
+    f = wire.decode(chunk, k_s, guard)
+    assert (f.session, f.epoch, f.run, f.seq, f.chunk) == (SESSION, EPOCH, w.run, 41, (2, 3))
+    with pytest.raises(wire.FrameError, match="bad_tag"):   # the pre-shared key does not open a session frame
+        wire.decode(chunk, PSK, wire.ReplayGuard(5, run=w.run, epoch=EPOCH, session=SESSION))
+
+
+def test_v2_known_answers():
+    got = dict(zip(("hello", "welcome", "session_key", "chunk"), _v2_vectors()))
+    assert {k: hashlib.sha256(v).hexdigest() for k, v in got.items()} == V2_DIGESTS

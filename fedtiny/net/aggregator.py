@@ -8,8 +8,12 @@ deadline, commit the complete updates in device-id order through rounds.Round.su
 the server step, evaluate, and write the checkpoint atomically (fedtiny.state). Restarted with
 the same --state directory it resumes after the last finished round.
 
-Every frame that fails a check (size, structure, key, replay, round, payload) is dropped and
-counted by reason; the counts are in every metrics row and in the log.
+Devices join with a handshake (fedtiny.net.session): a join HELLO under the device's pre-shared
+key, a WELCOME naming this run, this process life (epoch, persisted in --state before any frame
+is sent or accepted) and a new session, then frames tagged with that session's key. A frame of
+another run, an earlier life or an older session is refused as stale_run / stale_epoch /
+stale_session. Every frame that fails a check (size, structure, key, session, replay, round,
+payload) is dropped and counted by reason; the counts are in every metrics row and in the log.
 """
 from __future__ import annotations
 
@@ -41,6 +45,8 @@ ACK_EVERY = 16            # update chunks between two ACKs to the device
 TELL_SECONDS = 0.25        # errors to one device, per code
 RCVBUF_BYTES = 4 << 20    # requested UDP receive buffer
 LOG_PER_REASON = 5        # rejections logged one by one per reason and round; then only counted
+PENDING_SESSIONS = 4      # sessions offered to one device in WELCOMEs and not yet used
+WELCOME_SECONDS = 0.05    # at most one WELCOME per device in this time (replayed join HELLOs cost one each)
 
 
 @dataclass
@@ -88,14 +94,18 @@ class AggregateConfig:
 @dataclass
 class _Device:
     id: int
-    session: session.Session
+    psk: bytes
+    session: session.Session | None = None       # current: the last one a frame was tagged with
+    pending: dict = field(default_factory=dict)  # session number -> Session offered in a WELCOME, unused
+    next_number: int = 0                         # last session number given (1..65535, wraps)
+    welcomed: float = -math.inf                  # when the last WELCOME went out
+    excluded: str = ""                           # why it is never selected (it cannot train the model)
     addr: tuple | None = None
     last_seen: float = -math.inf
     n_samples: int = 0
     upload: tuple | None = None      # (n_samples, steps, loss, seed, flags) of its current round
     acked: int = 0                   # update chunks received since the last ACK sent
     told: dict = field(default_factory=dict)   # error code -> when this device was last told
-    hello_seq: int = -1              # sequence number of its last accepted HELLO
 
 
 @dataclass
@@ -153,15 +163,20 @@ class Aggregator(asyncio.DatagramProtocol):
         self.transport = None
         self.finished = False
         self._wake = asyncio.Event()
+        self.arch_hash = self.model.arch_hash()
+        self.run_id: bytes = b""     # set by serve() from --state (state.begin_life)
+        self.epoch = 0
+        self.run_tag = 0
 
     # -- transport ---------------------------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
 
-    def _send(self, dev: _Device, frame: bytes) -> None:
-        if dev.addr is None or self.transport is None:
+    def _send(self, dev: _Device, frame: bytes, addr=None) -> None:
+        addr = addr or dev.addr
+        if addr is None or self.transport is None:
             return
-        self.transport.sendto(frame, dev.addr)
+        self.transport.sendto(frame, addr)
         if self.current is not None:
             self.current.bytes_down += len(frame)
 
@@ -185,19 +200,25 @@ class Aggregator(asyncio.DatagramProtocol):
                 key = self.keys.get(device_id)
                 if key is None:
                     raise Rejected("unknown_device", "no key for it")
-                dev = self.devices[device_id] = _Device(device_id, session.Session(device_id, key))
-            if mtype == session.HELLO:
-                hello = dev.session.open(data, check_replay=False)
-                # HELLO is outside rounds, so the replay guard does not see it; a replayed one
-                # must still not move the device's address: its sequence number must grow.
-                if hello.seq <= dev.hello_seq:
-                    raise Rejected("replay", f"HELLO seq {hello.seq}, last {dev.hello_seq}")
-                dev.hello_seq = hello.seq
-                self._on_hello(dev, wire.Hello.unpack(hello.payload), addr, now)
+                dev = self.devices[device_id] = _Device(device_id, key)
+            if head.session == 0:     # a join: the only frame outside a session
+                self._on_join(dev, session.open_join(data, dev.psk), addr, now)
                 return
-            hdr = dev.session.open(data)
+            sess = dev.session if dev.session is not None and dev.session.number == head.session \
+                else dev.pending.get(head.session)
+            if sess is None:
+                raise session.stale_reason(data, self.run_tag, self.epoch)
+            hdr = sess.open(data)     # the session, its tag, then round and replay
+            if sess is not dev.session:
+                self._promote(dev, sess)
             payload = hdr.payload
             dev.addr, dev.last_seen = addr, now
+            if mtype == session.HELLO:
+                self._on_hello(dev, wire.Hello.unpack(payload), now)
+                return
+            if mtype == session.ERROR:
+                self._on_device_error(dev, wire.ErrorMsg.unpack(payload))
+                return
             run = self.current
             if run is None or hdr.round != run.id:
                 self._tell(dev, hdr.round, session.E_ROUND_CLOSED, f"round {hdr.round} is closed")
@@ -211,9 +232,6 @@ class Aggregator(asyncio.DatagramProtocol):
                 self._on_result(dev, run, wire.Result.unpack(payload), now)
             elif mtype == session.UPDATE_CHUNK:
                 self._on_chunk(dev, run, hdr, payload, now)
-            elif mtype == session.ERROR:
-                err = wire.ErrorMsg.unpack(payload)
-                log.info("device %d reports error %d: %s", dev.id, err.code, err.text)
             else:
                 raise Rejected("unexpected_type", f"type {mtype} is not sent by devices")
         except Rejected as exc:
@@ -229,22 +247,64 @@ class Aggregator(asyncio.DatagramProtocol):
         """An ERROR to the device; at most one per code every TELL_SECONDS (a late upload of
         200 chunks gets one answer, not 200)."""
         now = time.monotonic()
-        if not always and now - dev.told.get(code, -math.inf) < TELL_SECONDS:
+        if dev.session is None or (not always and now - dev.told.get(code, -math.inf) < TELL_SECONDS):
             return
         dev.told[code] = now
         self._send(dev, dev.session.seal(session.ERROR, round_id, wire.ErrorMsg(code, text).pack()))
 
-    def _on_hello(self, dev: _Device, hello, addr, now: float) -> None:
-        first = dev.addr is None
-        dev.addr, dev.last_seen, dev.n_samples = addr, now, hello.n_samples
+    def _on_join(self, dev: _Device, hello, addr, now: float) -> None:
+        """A join HELLO: answer with a WELCOME for a new session bound to its nonce (the same
+        one again for the same nonce). Nothing else changes until a frame of that session
+        arrives, so a replayed join HELLO costs one WELCOME and moves nothing."""
+        if now - dev.welcomed < WELCOME_SECONDS:
+            raise Rejected("hello_rate", f"one WELCOME per device per {WELCOME_SECONDS} s")
+        sess = next((s for s in dev.pending.values() if s.welcome.device_nonce == hello.nonce), None)
+        if sess is None:
+            number = dev.next_number % 0xFFFF + 1
+            while dev.session is not None and number == dev.session.number:
+                number = number % 0xFFFF + 1
+            dev.next_number = number
+            welcome = wire.Welcome(self.run_id, self.epoch, number, hello.nonce, session.new_nonce())
+            sess = dev.pending[number] = session.Session(dev.id, dev.psk, welcome)
+            while len(dev.pending) > PENDING_SESSIONS:
+                dev.pending.pop(next(iter(dev.pending)))
+        dev.welcomed = now
+        self._send(dev, session.welcome_frame(dev.id, dev.psk, sess.welcome), addr)
+
+    def _promote(self, dev: _Device, sess: session.Session) -> None:
+        """The first frame tagged with a pending session's key: it becomes the device's session
+        (the device rebooted or rejoined); older sessions' frames are stale from now on."""
+        dev.session = sess
+        dev.pending.clear()
+        dev.excluded = ""            # it may have been restarted with the right --model
+        run = self.current
+        if run is not None and dev.id in run.selected:
+            sess.new_round(run.id)
+        log.info("device %d: session %d of run %s epoch %d", dev.id, sess.number, self.run_id.hex(), self.epoch)
+
+    def _on_device_error(self, dev: _Device, err) -> None:
+        log.info("device %d reports error %d: %s", dev.id, err.code, err.text)
+        if err.code == session.E_MODEL and not dev.excluded:
+            dev.excluded = err.text
+            log.warning("device %d cannot train --model %s: it is not selected again (%s)", dev.id,
+                        self.cfg.model, err.text)
+            self._tell(dev, dev.session.round, session.E_MODEL,
+                       f"the aggregator runs --model {self.cfg.model} ({self.server.n_params} parameters, "
+                       f"architecture {self.arch_hash[:4].hex()}): this device is not selected again", always=True)
+
+    def _on_hello(self, dev: _Device, hello, now: float) -> None:
+        first = dev.n_samples == 0
+        dev.last_seen, dev.n_samples = now, hello.n_samples
         if first:
-            log.info("device %d joined from %s:%d (%d samples)", dev.id, addr[0], addr[1], hello.n_samples)
+            log.info("device %d joined from %s:%d (%d samples)", dev.id, dev.addr[0], dev.addr[1], hello.n_samples)
         if self.finished:
             self._tell(dev, dev.session.round, session.E_FINISHED, "training is finished")
             return
         run = self.current
         if run is not None and dev.id in run.selected and not run.ingest.is_complete(dev.id):
             self._offer(dev, run, now)   # a device that restarted mid-round asks again
+        else:   # an answer, so that a device hears the aggregator is alive in this epoch
+            self._tell(dev, dev.session.round, session.E_NOT_SELECTED, "waiting for the next round")
         self._wake.set()
 
     def _offer(self, dev: _Device, run: _RoundRun, now: float) -> None:
@@ -318,7 +378,8 @@ class Aggregator(asyncio.DatagramProtocol):
 
     # -- rounds ------------------------------------------------------------------------------
     def _alive(self, now: float) -> list[int]:
-        return sorted(d.id for d in self.devices.values() if d.addr is not None and now - d.last_seen <= ALIVE_SECONDS)
+        return sorted(d.id for d in self.devices.values()
+                      if d.session is not None and not d.excluded and now - d.last_seen <= ALIVE_SECONDS)
 
     async def _wait_for_devices(self, stop: asyncio.Event) -> list[int] | None:
         said = -1
@@ -346,7 +407,8 @@ class Aggregator(asyncio.DatagramProtocol):
         n = self.server.n_params
         offer = wire.Offer(n_params=n, codec_flags=CODECS[cfg.codec], model_hash=wire.model_hash(self.server.params),
                            lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch,
-                           deadline_ms=int(cfg.round_timeout * 1000), seed=cfg.seed, prox_mu=cfg.prox_mu)
+                           deadline_ms=int(cfg.round_timeout * 1000), seed=cfg.seed, prox_mu=cfg.prox_mu,
+                           arch_hash=self.arch_hash)
         run = _RoundRun(r, rnd, None, frozenset(selected.tolist()), model_bytes, offer.pack(),
                         wire.model_chunks(n), now)
         run.ingest = ingest.UpdateIngest(n, self._commit, slots=cfg.slots)
@@ -367,7 +429,9 @@ class Aggregator(asyncio.DatagramProtocol):
                  run.id, len(run.selected), run.rnd.min_updates, self.cfg.round_timeout)
         while not stop.is_set():
             now = time.monotonic()
-            if run.ingest.n_complete >= run.rnd.min_updates or now >= run.rnd.deadline:
+            # a selected device that refused the model (excluded) will not deliver: wait only for the rest
+            target = min(run.rnd.min_updates, sum(1 for d in run.selected if not self.devices[d].excluded))
+            if run.ingest.n_complete >= target or now >= run.rnd.deadline:
                 break
             for d in sorted(run.selected - run.asked):
                 if now - run.offered.get(d, -math.inf) >= REOFFER_SECONDS:
@@ -438,13 +502,18 @@ class Aggregator(asyncio.DatagramProtocol):
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
                 pass
         host, port = parse_hostport(self.cfg.listen, "--listen")
+        # This life's epoch is on disk before the socket exists: no frame is sent or accepted
+        # under an epoch that a later life could reuse.
+        self.run_id, self.epoch = state.begin_life(self.cfg.state)
+        self.run_tag = wire.run_tag(self.run_id)
         transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
         self.address = transport.get_extra_info("sockname")[:2]
         # Uploads come in bursts from many devices: a deeper socket queue means fewer drops and
         # resends (the kernel caps it at net.core.rmem_max).
         transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
-        log.info("aggregating %s (%d parameters) on %s:%d, round %d of %d", self.cfg.model, self.server.n_params,
-                 self.address[0], self.address[1], self.server.round_id + 1, self.cfg.rounds)
+        log.info("aggregating %s (%d parameters) on %s:%d, round %d of %d; run %s epoch %d", self.cfg.model,
+                 self.server.n_params, self.address[0], self.address[1], self.server.round_id + 1, self.cfg.rounds,
+                 self.run_id.hex(), self.epoch)
         if ready is not None:
             ready(self.address)
         try:
@@ -456,7 +525,9 @@ class Aggregator(asyncio.DatagramProtocol):
                 for _ in range(3):  # a device that misses these learns it from its next HELLO... or times out
                     for dev in self.devices.values():
                         # in the device's last round: its replay guard refuses older rounds
-                        self._tell(dev, dev.session.round, session.E_FINISHED, "training is finished", always=True)
+                        if dev.session is not None:
+                            self._tell(dev, dev.session.round, session.E_FINISHED, "training is finished",
+                                       always=True)
                     await asyncio.sleep(0.05)
         finally:
             transport.close()

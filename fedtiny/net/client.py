@@ -1,9 +1,12 @@
 """`fedtiny client`: the device loop over UDP.
 
-join (HELLO) -> wait for an OFFER -> download the model chunks (an ACK bitmap says what is
+join (HELLO with a fresh nonce -> the aggregator's WELCOME opens a session) -> in-session HELLO
+until an OFFER -> download the model chunks (an ACK bitmap says what is
 still missing) -> local SGD with fedtiny.train -> int8-encode the delta -> RESULT (the weight
 n_k) and the update chunks, resending what the aggregator's ACK does not list -> repeat.
-When the aggregator is silent the device goes back to HELLO with exponential backoff.
+When the aggregator is silent (it may have restarted: its frames then name a new epoch) the
+device joins again, a new session, with exponential backoff. An OFFER for a model of another
+size or architecture is answered with ERROR model; the device then stops (exit code 2).
 
 The loop is one blocking UDP socket and `select` (no asyncio: it would bring ssl and ~10 MB of
 RSS onto every device); local training runs in the loop itself, so an error in it ends the
@@ -37,8 +40,9 @@ log = logging.getLogger("fedtiny.client")
 TICK = 0.02
 MODEL_ACK_QUIET = 0.1     # no new model chunk for this long: say again what is missing
 UPLOAD_ACK_WAIT = 0.3     # no ACK for this long after sending: send the RESULT again (it prompts one)
-SILENT_SECONDS = 2.0      # no frame from the aggregator while waiting on it: rejoin
+SILENT_SECONDS = 2.0      # no frame from the aggregator while waiting on it: join again
 HELLO_MIN, HELLO_MAX = 0.5, 8.0
+REFUSED_WAIT = 2.0        # after refusing the model: wait this long for the aggregator's answer
 
 
 def rounding_of(flags: int) -> tuple[str, bool]:
@@ -52,7 +56,11 @@ class Device:
         from .. import train
         self.train = train
         self.id = int(device_id)
-        self.session = session.Session(self.id, key, follow_rounds=True)
+        self.psk = bytes(key)
+        self.session: session.Session | None = None
+        self.nonce: bytes | None = None      # of the join in progress
+        self.arch_hash = model.arch_hash()
+        self.mismatch = ""                   # why this device cannot train the aggregator's model
         self.model, self.x, self.y = model, x, y
         self.momentum, self.weights = momentum, weights
         self.max_rounds = max_rounds
@@ -88,8 +96,33 @@ class Device:
             log.debug("send failed: %s", exc)
         self.last_sent = time.monotonic()
 
+    def _hello(self) -> bytes:
+        return wire.Hello(n_samples=len(self.y), nonce=self.nonce or bytes(wire.NONCE_BYTES)).pack()
+
+    def _join(self) -> None:
+        """Start a new session: a join HELLO with a new nonce (sent again until a WELCOME echoes it)."""
+        self.session, self.nonce = None, session.new_nonce()
+        self.state, self.round = "joining", 0
+
+    def _send_join(self) -> None:
+        try:
+            self.sock.send(session.join_hello(self.id, self.psk, wire.Hello.unpack(self._hello())))
+        except OSError as exc:
+            log.debug("send failed: %s", exc)
+        self.last_sent = time.monotonic()
+
     def datagram_received(self, data: bytes, addr) -> None:
         try:
+            if self.session is None:
+                welcome = session.open_welcome(data, self.psk, self.nonce)
+                self.session = session.Session(self.id, self.psk, welcome, follow_rounds=True)
+                self.nonce = None        # one WELCOME per join: a second (replayed) one is stale
+                self.state = "waiting"
+                log.info("session %d with the aggregator (run %s, epoch %d)", welcome.session,
+                         welcome.run_id.hex(), welcome.epoch)
+                self.last_heard, self.hello_every = time.monotonic(), HELLO_MIN
+                self._send(session.HELLO, self._hello(), round_id=0)   # makes the session current
+                return
             frame = self.session.open(data)
         except Rejected as exc:
             self.rejected[exc.reason] = self.rejected.get(exc.reason, 0) + 1
@@ -125,12 +158,16 @@ class Device:
             return  # the same offer again: already on it
         # (an offer for the round this device finished means the aggregator lost its update,
         # e.g. it was restarted mid-round: take part again; training is deterministic)
-        if offer.n_params != self.model.n_params:
+        if offer.n_params != self.model.n_params or offer.arch_hash != self.arch_hash:
             self.round = round_id
-            self._send(session.ERROR, wire.ErrorMsg(session.E_MODEL, f"device {self.id} runs a model of "
-                       f"{self.model.n_params} parameters, the offer has {offer.n_params}").pack())
-            log.error("round %d: the aggregator's model has %d parameters, this device's %d: check --model",
-                      round_id, offer.n_params, self.model.n_params)
+            what = ("another architecture" if offer.n_params == self.model.n_params
+                    else f"{offer.n_params:,} parameters")
+            self.mismatch = (f"the aggregator's model ({what}, architecture {offer.arch_hash[:4].hex()}) is not "
+                             f"this device's --model {self.model.spec} ({self.model.n_params:,} parameters, "
+                             f"architecture {self.arch_hash[:4].hex()})")
+            self._send(session.ERROR, wire.ErrorMsg(session.E_MODEL, f"device {self.id}: {self.mismatch}").pack())
+            log.debug("round %d: %s", round_id, self.mismatch)   # the exit line says it
+            self.state, self.last_progress = "refused", time.monotonic()
             return
         self._reset_round()
         self.round, self.offer, self.state = round_id, offer, "downloading"
@@ -220,36 +257,39 @@ class Device:
             self._send_chunks(missing)
 
     def _on_error(self, round_id: int, err: wire.ErrorMsg) -> None:
-        if err.code == session.E_FINISHED:
+        if err.code == session.E_MODEL and self.mismatch:
+            self.mismatch += f"; the aggregator says: {err.text}"
+            self.finished = True
+        elif err.code == session.E_FINISHED:
             log.info("the aggregator finished training")
             self.finished = True
         elif err.code == session.E_BUSY and self.state == "uploading":
             self.last_progress = time.monotonic() + random.uniform(0.1, 0.5)   # back off, then retry
         elif err.code in (session.E_ROUND_CLOSED, session.E_NOT_SELECTED) and round_id == self.round:
-            log.info("round %d: %s", round_id, err.text)
-            if self.state != "done":
-                self.state = "joining"
+            log.debug("round %d: %s", round_id, err.text)
+            if self.state in ("downloading", "training", "uploading"):
+                self.state = "waiting"
         else:
             log.info("aggregator: error %d: %s", err.code, err.text)
 
     # -- timers ------------------------------------------------------------------------------
     def tick(self, now: float) -> None:
-        waiting = self.state in ("joining", "done")
-        if self.state in ("downloading", "uploading") and now - self.last_heard > SILENT_SECONDS:
-            log.info("the aggregator went silent: rejoining")
-            self.state = "joining"
-            self.session.new_round(0)   # a restarted aggregator may reopen this round afresh
-            self.round = 0
-            waiting = True
-        if waiting:
+        if self.state == "refused":
+            if now - self.last_progress > REFUSED_WAIT:
+                self.finished = True
+            return
+        if self.state not in ("joining", "training") and now - self.last_heard > SILENT_SECONDS:
+            # the aggregator went away, or restarted (its frames now name another epoch): join again
+            log.info("the aggregator went silent: joining again")
+            self._join()
+        if self.state == "joining":
             if now - self.last_sent >= self.hello_every:
-                self._send(session.HELLO, wire.Hello(n_samples=len(self.y)).pack(), round_id=0)
+                self._send_join()
                 if now - self.last_heard > SILENT_SECONDS:
                     self.hello_every = min(HELLO_MAX, self.hello_every * 2)
-                    if self.state == "done":
-                        self.state = "joining"
-                        self.session.new_round(0)
-                        self.round = 0
+        elif self.state in ("waiting", "done"):
+            if now - self.last_sent >= self.hello_every:
+                self._send(session.HELLO, self._hello(), round_id=0)
         elif self.state == "downloading" and now - self.last_progress > MODEL_ACK_QUIET:
             self._ask_model()
         elif self.state == "uploading" and now - self.last_progress > UPLOAD_ACK_WAIT:
@@ -264,6 +304,7 @@ class Device:
         try:
             self.sock.connect(server)
             self.sock.setblocking(False)
+            self._join()
             log.info("device %d: %d samples, model %d parameters, aggregator %s:%d", self.id, len(self.y),
                      self.model.n_params, *server)
             while not stop() and not self.finished:
@@ -354,5 +395,7 @@ def run_command(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.append(True))
     done = device.run(server, stop=lambda: bool(stopping))
+    if device.mismatch:
+        raise ValueError(f"device {args.device_id}: {device.mismatch}: start the client with the aggregator's --model")
     print(f"device {args.device_id}: took part in {done} round(s)", file=sys.stderr)
     return 0

@@ -5,6 +5,7 @@ Layout of the state directory:
     weights-<round>.npy   global float32 weights after <round> finished rounds
     optim-<round>.npz     server optimizer state (arrays) after that round
     state.json            the commit point: round, file names, metrics of every round, config
+    run.json              the run id and the epoch of the latest process life (begin_life)
     metrics.json / .csv   the same metrics for people and plots (rewritten each round)
 Each file is written to a temporary file in the same directory, fsynced, then renamed over its
 target with os.replace; state.json is written last, so a crash at any point leaves either the
@@ -52,6 +53,41 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     return buf.getvalue()
+
+
+RUN_FILE = "run.json"
+RUN_ID_BYTES = 8
+MAX_EPOCH = 2**32 - 1
+
+
+def begin_life(directory: str) -> tuple[bytes, int]:
+    """The run id and the epoch of this process life, made durable before it returns.
+
+    A state directory without run.json starts a new run: a random 8-byte run id, epoch 1.
+    Otherwise the run id is kept and the epoch is the stored one plus one. run.json is written
+    atomically and fsynced (atomic_write) before the caller sends or accepts any frame, so no
+    two lives of a run ever share an epoch, whatever the moment of a crash."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, RUN_FILE)
+    if os.path.exists(path):
+        try:
+            with open(path, "rb") as f:
+                run = json.loads(f.read())
+            run_id = bytes.fromhex(run["run_id"])
+            epoch = run["epoch"]
+            if len(run_id) != RUN_ID_BYTES or isinstance(epoch, bool) or not isinstance(epoch, int) \
+                    or not 1 <= epoch <= MAX_EPOCH:
+                raise ValueError(f"run_id must be {2 * RUN_ID_BYTES} hex digits and epoch in 1..{MAX_EPOCH}")
+        except (OSError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{path} is damaged ({exc}): restore it, or start a new run with an empty "
+                             f"--state directory") from None
+        if epoch == MAX_EPOCH:
+            raise ValueError(f"{path}: epoch {epoch} is the last one; start a new run with an empty --state directory")
+        epoch += 1
+    else:
+        run_id, epoch = os.urandom(RUN_ID_BYTES), 1
+    atomic_write(path, json.dumps({"format": FORMAT, "run_id": run_id.hex(), "epoch": epoch}).encode())
+    return run_id, epoch
 
 
 @dataclass

@@ -6,9 +6,10 @@ a microcontroller and the aggregator run the same code. This module only checks 
 arguments, calls the C functions and names their status codes.
 
     frame = wire.encode(wire.MsgType.UPDATE_CHUNK, device_id=7, round=3, seq=12,
-                        payload=update.blocks[0:1056], key=key, chunk=(0, n_chunks))
-    guard = wire.ReplayGuard(round=3)            # the receiver keeps one per device
-    f = wire.decode(frame, keys.get, guard)      # -> Frame, or raises FrameError(reason)
+                        payload=update.blocks[0:1056], key=session_key, chunk=(0, n_chunks),
+                        session=4, epoch=2, run=run_tag)
+    guard = wire.ReplayGuard(round=3, run=run_tag, epoch=2, session=4)   # one per peer session
+    f = wire.decode(frame, session_key, guard)   # -> Frame, or raises FrameError(reason)
     line = wire.cobs_frame(frame)                # bytes for a serial line
     frames = wire.StreamDecoder().feed(chunk_of_serial_bytes)
 """
@@ -24,16 +25,20 @@ import numpy as np
 from .._wire import ffi, lib
 
 VERSION: int = lib.FT_WIRE_VERSION
-HEADER_BYTES: int = lib.FT_WIRE_HEADER_BYTES            # 24
+HEADER_BYTES: int = lib.FT_WIRE_HEADER_BYTES            # 32
 TAG_BYTES: int = lib.FT_WIRE_TAG_BYTES                  # 16 (HMAC-SHA256 truncated to 128 bits)
 MAX_FRAME: int = lib.FT_WIRE_MAX_FRAME                  # 1200: one UDP datagram
-MAX_PAYLOAD: int = lib.FT_WIRE_MAX_PAYLOAD              # 1160
+MAX_PAYLOAD: int = lib.FT_WIRE_MAX_PAYLOAD              # 1152
 MIN_KEY_BYTES: int = lib.FT_WIRE_MIN_KEY_BYTES          # 16
 MAX_KEY_BYTES: int = lib.FT_WIRE_MAX_KEY_BYTES          # 64
 UPDATE_CHUNK_BLOCKS: int = lib.FT_WIRE_UPDATE_CHUNK_BLOCKS  # 8 int8 blocks per update chunk
 UPDATE_CHUNK_BYTES: int = lib.FT_WIRE_UPDATE_CHUNK_BYTES    # 1056
 MODEL_CHUNK_BYTES: int = lib.FT_WIRE_MODEL_CHUNK_BYTES      # 1152 = 288 float32
 REPLAY_WINDOW: int = lib.FT_WIRE_REPLAY_WINDOW          # 64 sequence numbers
+RUN_ID_BYTES: int = lib.FT_WIRE_RUN_ID_BYTES            # 8: an aggregator run's random id
+NONCE_BYTES: int = lib.FT_WIRE_NONCE_BYTES              # 8: a session's device and aggregator nonces
+SESSION_KEY_BYTES: int = lib.FT_WIRE_SESSION_KEY_BYTES  # 32
+ARCH_HASH_BYTES: int = lib.FT_WIRE_ARCH_HASH_BYTES      # 16
 MAX_LINE: int = MAX_FRAME + 4 + (MAX_FRAME + 4) // 254 + 3  # COBS line of the largest frame
 
 
@@ -45,8 +50,9 @@ class MsgType(enum.IntEnum):
     ACK = lib.FT_MSG_ACK
     ERROR = lib.FT_MSG_ERROR
     RESULT = lib.FT_MSG_RESULT
-    PARTIAL_SUM = lib.FT_MSG_PARTIAL_SUM      # reserved (hierarchical aggregation): refused in v1
-    MASKED_UPDATE = lib.FT_MSG_MASKED_UPDATE  # reserved (secure aggregation): refused in v1
+    PARTIAL_SUM = lib.FT_MSG_PARTIAL_SUM      # reserved (hierarchical aggregation): refused
+    MASKED_UPDATE = lib.FT_MSG_MASKED_UPDATE  # reserved (secure aggregation): refused
+    WELCOME = lib.FT_MSG_WELCOME              # aggregator -> device: opens a session
 
 
 CHUNKED = frozenset({MsgType.MODEL_CHUNK, MsgType.UPDATE_CHUNK})
@@ -54,14 +60,14 @@ CHUNKED = frozenset({MsgType.MODEL_CHUNK, MsgType.UPDATE_CHUNK})
 #: status code -> reason name ("bad_tag", "replay", ...), as the C library names them
 REASONS: dict[int, str] = {
     st: ffi.string(lib.ft_wire_status_name(st)).decode()
-    for st in range(lib.FT_WIRE_ERR_SELFTEST, lib.FT_WIRE_FRAME_READY + 1)
+    for st in range(lib.FT_WIRE_ERR_LAST, lib.FT_WIRE_FRAME_READY + 1)
 }
 _STATUS = {name: st for st, name in REASONS.items()}
 
 _WHY = {
     "truncated": "fewer bytes than the header announces",
     "bad_magic": "not a fedtiny frame (magic is not 'FT')",
-    "bad_version": f"unknown protocol version or reserved header bits set (this reader speaks version {VERSION})",
+    "bad_version": f"unknown protocol version (this reader speaks version {VERSION})",
     "unknown_type": "unknown or reserved message type",
     "length_mismatch": "trailing bytes, or a payload size this message type does not allow",
     "oversize": f"payload over {MAX_PAYLOAD} bytes or frame over {MAX_FRAME}",
@@ -69,6 +75,9 @@ _WHY = {
     "bad_tag": "authentication tag does not match (wrong key or altered bytes)",
     "wrong_round": "authentic, but not for the receiver's current round",
     "replay": "authentic, but this sequence number was already accepted or is too old",
+    "stale_run": "the frame names another aggregator run (a fresh --state, or a replay from one)",
+    "stale_epoch": "the frame names an earlier (or later) life of this aggregator run: sent before a restart",
+    "stale_session": "the frame names a session of this device that is not its current one",
     "bad_crc": "serial frame CRC-32 mismatch",
     "cobs_error": "invalid COBS framing on the serial line",
     "unknown_device": "no key for this device id",
@@ -130,6 +139,9 @@ class Frame:
     chunk_index: int
     chunk_count: int
     payload: bytes
+    session: int = 0
+    epoch: int = 0
+    run: int = 0
 
     @property
     def chunk(self) -> tuple[int, int]:
@@ -137,8 +149,12 @@ class Frame:
 
 
 def encode(msg_type: int, device_id: int, round: int, seq: int, payload, key: bytes,
-           chunk: tuple[int, int] = (0, 1)) -> bytes:
-    """One authenticated frame: 24-byte header, payload, 16-byte tag (at most 1,200 bytes)."""
+           chunk: tuple[int, int] = (0, 1), *, session: int = 0, epoch: int = 0, run: int = 0) -> bytes:
+    """One authenticated frame: 32-byte header, payload, 16-byte tag (at most 1,200 bytes).
+
+    session, epoch, run: the session the frame belongs to (run = run_tag(run_id)); key is that
+    session's key (session_key()), or the device's pre-shared key for a join HELLO (session 0)
+    and a WELCOME."""
     payload = _bytes(payload, "payload")
     key = _key(key)
     if len(payload) > MAX_PAYLOAD:
@@ -152,6 +168,9 @@ def encode(msg_type: int, device_id: int, round: int, seq: int, payload, key: by
     hdr.chunk_index = _uint(index, 16, "chunk index")
     hdr.chunk_count = _uint(count, 16, "chunk count")
     hdr.payload_len = len(payload)
+    hdr.session = _uint(session, 16, "session")
+    hdr.epoch = _uint(epoch, 32, "epoch")
+    hdr.run = _uint(run, 32, "run")
     out = ffi.new("uint8_t[]", MAX_FRAME)
     n = ffi.new("size_t *")
     _check(lib.ft_wire_encode(hdr, payload, key, len(key), out, MAX_FRAME, n),
@@ -161,7 +180,7 @@ def encode(msg_type: int, device_id: int, round: int, seq: int, payload, key: by
 
 def _frame(hdr, payload: bytes) -> Frame:
     return Frame(MsgType(hdr.type), hdr.device_id, hdr.round, hdr.seq, hdr.chunk_index,
-                 hdr.chunk_count, payload)
+                 hdr.chunk_count, payload, hdr.session, hdr.epoch, hdr.run)
 
 
 def peek(frame) -> Frame:
@@ -176,14 +195,26 @@ def peek(frame) -> Frame:
 
 
 class ReplayGuard:
-    """What a receiver remembers about one peer: its current round and a 64-wide window of
-    the sequence numbers accepted in it. A frame passes only for that round, with a new seq."""
+    """What a receiver remembers about one peer session: the (run, epoch, session) its frames
+    must name, its current round and a 64-wide window of the sequence numbers accepted in it.
+    A frame passes only when it names that session and round, with a new seq."""
 
     __slots__ = ("_g",)
 
-    def __init__(self, round: int = 0):
+    def __init__(self, round: int = 0, *, run: int = 0, epoch: int = 0, session: int = 0):
         self._g = ffi.new("ft_replay *")
+        self.bind(run, epoch, session)
         lib.ft_replay_init(self._g, _uint(round, 32, "round"))
+
+    def bind(self, run: int, epoch: int, session: int) -> None:
+        """Start a session: the (run, epoch, session) frames must name; round 0, nothing seen."""
+        lib.ft_replay_bind(self._g, _uint(run, 32, "run"), _uint(epoch, 32, "epoch"),
+                           _uint(session, 16, "session"))
+
+    @property
+    def session(self) -> tuple[int, int, int]:
+        """(run, epoch, session) the peer's frames must name."""
+        return int(self._g.run), int(self._g.epoch), int(self._g.session)
 
     def start_round(self, round: int) -> None:
         """Move to a round and forget every sequence number seen (they restart each round)."""
@@ -242,6 +273,11 @@ def decode(frame, key: KeyLookup, replay: GuardLookup, *,
             h = peek(data)
             detail = (f"device {h.device_id} sent round {h.round} seq {h.seq}; "
                       f"receiver is at round {replay.round}, highest seq {replay.highest_seq}")
+        elif status in (lib.FT_WIRE_ERR_STALE_RUN, lib.FT_WIRE_ERR_STALE_EPOCH, lib.FT_WIRE_ERR_STALE_SESSION):
+            h = peek(data)
+            run, epoch, sess = replay.session
+            detail = (f"device {h.device_id}: frame names run {h.run:08x} epoch {h.epoch} session "
+                      f"{h.session}; receiver is at run {run:08x} epoch {epoch} session {sess}")
         _check(status, detail)
     return _frame(hdr, bytes(ffi.buffer(payload[0], hdr.payload_len)))
 
@@ -309,14 +345,25 @@ def _unpack(fn, ctype: str, payload):
     return m
 
 
+def _fixed(data, size: int, name: str) -> bytes:
+    b = _bytes(data, name)
+    if len(b) != size:
+        raise ValueError(f"{name} must be {size} bytes, got {len(b)}")
+    return b
+
+
 @dataclass(frozen=True)
 class Hello:
-    """Device -> aggregator: join. n_samples is the FedAvg weight the device will bring."""
+    """Device -> aggregator. n_samples is the FedAvg weight the device will bring.
+
+    A join HELLO (header session 0, the pre-shared key) carries a nonce new for each join; the
+    aggregator answers with a WELCOME bound to it. In a session the nonce is zero."""
 
     n_samples: int
     max_frame: int = MAX_FRAME
     capabilities: int = 1          # bit 0: float32 training, bit 1: int8-weight training
     lib_version: int = 0
+    nonce: bytes = bytes(NONCE_BYTES)
 
     def pack(self) -> bytes:
         m = ffi.new("ft_hello *")
@@ -324,12 +371,61 @@ class Hello:
         m.max_frame = _uint(self.max_frame, 16, "max_frame")
         m.capabilities = _uint(self.capabilities, 16, "capabilities")
         m.lib_version = _uint(self.lib_version, 32, "lib_version")
+        m.nonce = list(_fixed(self.nonce, NONCE_BYTES, "nonce"))
         return _pack(lib.ft_hello_pack, m, lib.FT_HELLO_BYTES)
 
     @classmethod
     def unpack(cls, payload) -> "Hello":
         m = _unpack(lib.ft_hello_unpack, "ft_hello *", payload)
-        return cls(m.n_samples, m.max_frame, m.capabilities, m.lib_version)
+        return cls(m.n_samples, m.max_frame, m.capabilities, m.lib_version, bytes(m.nonce))
+
+
+@dataclass(frozen=True)
+class Welcome:
+    """Aggregator -> device, under the device's pre-shared key: the session that answers the
+    join HELLO carrying device_nonce. Both ends derive the session's key from it (session_key)."""
+
+    run_id: bytes                  # 8 bytes: the aggregator's run
+    epoch: int                     # its life, >= 1
+    session: int                   # 1..65535
+    device_nonce: bytes            # echoed from the join HELLO
+    agg_nonce: bytes               # fresh for this session
+
+    def _struct(self):
+        m = ffi.new("ft_welcome *")
+        m.run_id = list(_fixed(self.run_id, RUN_ID_BYTES, "run_id"))
+        m.epoch = _uint(self.epoch, 32, "epoch")
+        m.session = _uint(self.session, 16, "session")
+        m.device_nonce = list(_fixed(self.device_nonce, NONCE_BYTES, "device_nonce"))
+        m.agg_nonce = list(_fixed(self.agg_nonce, NONCE_BYTES, "agg_nonce"))
+        return m
+
+    def pack(self) -> bytes:
+        return _pack(lib.ft_welcome_pack, self._struct(), lib.FT_WELCOME_BYTES)
+
+    @classmethod
+    def unpack(cls, payload) -> "Welcome":
+        m = _unpack(lib.ft_welcome_unpack, "ft_welcome *", payload)
+        return cls(bytes(m.run_id), m.epoch, m.session, bytes(m.device_nonce), bytes(m.agg_nonce))
+
+    @property
+    def run(self) -> int:
+        """The header's run field for this session: run_tag(run_id)."""
+        return run_tag(self.run_id)
+
+
+def run_tag(run_id: bytes) -> int:
+    """The header's u32 run field: the run id's first 4 bytes, little-endian."""
+    return int(lib.ft_wire_run_tag(_fixed(run_id, RUN_ID_BYTES, "run_id")))
+
+
+def session_key(key: bytes, device_id: int, welcome: Welcome) -> bytes:
+    """HMAC-SHA256(key, "fedtiny/2 session" || device_id u32 LE || welcome payload): the key
+    every frame of the session is tagged with (docs/PROTOCOL.md "Sessions")."""
+    key = _key(key)
+    out = ffi.new("uint8_t[32]")
+    _check(lib.ft_session_key(key, len(key), _uint(device_id, 32, "device_id"), welcome._struct(), out))
+    return bytes(out)
 
 
 def model_chunks(n_params: int) -> int:
@@ -358,6 +454,7 @@ class Offer:
     fixed_scale: float = 0.0       # > 0 reserved for secure aggregation's common grid
     model_chunks: int = -1         # -1: computed from n_params
     update_chunks: int = -1
+    arch_hash: bytes = bytes(ARCH_HASH_BYTES)   # Model.arch_hash(): the layer structure
 
     def pack(self) -> bytes:
         m = ffi.new("ft_offer *")
@@ -383,6 +480,7 @@ class Offer:
         m.update_chunks = _uint(uc, 16, "update_chunks")
         m.prox_mu = float(self.prox_mu)
         m.fixed_scale = float(self.fixed_scale)
+        m.arch_hash = list(_fixed(self.arch_hash, ARCH_HASH_BYTES, "arch_hash"))
         return _pack(lib.ft_offer_pack, m, lib.FT_OFFER_BYTES)
 
     @classmethod
@@ -390,7 +488,7 @@ class Offer:
         m = _unpack(lib.ft_offer_unpack, "ft_offer *", payload)
         return cls(m.n_params, bytes(m.model_hash), m.lr, m.epochs, m.batch_size, m.deadline_ms,
                    m.seed, m.codec_flags, m.prox_mu, m.fixed_scale, m.model_chunks,
-                   m.update_chunks)
+                   m.update_chunks, bytes(m.arch_hash))
 
 
 @dataclass(frozen=True)
@@ -550,8 +648,9 @@ self_test()  # microseconds; a miscompiled codec must not talk to anyone
 __all__ = [
     "VERSION", "HEADER_BYTES", "TAG_BYTES", "MAX_FRAME", "MAX_PAYLOAD", "MIN_KEY_BYTES",
     "MAX_KEY_BYTES", "UPDATE_CHUNK_BLOCKS", "UPDATE_CHUNK_BYTES", "MODEL_CHUNK_BYTES",
-    "REPLAY_WINDOW", "MAX_LINE", "MsgType", "CHUNKED", "REASONS", "FrameError", "Frame", "encode",
-    "peek", "decode", "ReplayGuard", "cobs_frame", "StreamDecoder", "Hello", "Offer", "Result",
+    "REPLAY_WINDOW", "RUN_ID_BYTES", "NONCE_BYTES", "SESSION_KEY_BYTES", "ARCH_HASH_BYTES", "MAX_LINE",
+    "MsgType", "CHUNKED", "REASONS", "FrameError", "Frame", "encode", "peek", "decode", "ReplayGuard",
+    "cobs_frame", "StreamDecoder", "Hello", "Welcome", "run_tag", "session_key", "Offer", "Result",
     "Ack", "ErrorMsg", "model_chunks", "update_chunks", "sha256", "hmac_sha256", "model_hash",
     "model_chunk", "update_chunk", "self_test",
 ]

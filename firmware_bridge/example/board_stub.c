@@ -5,7 +5,8 @@
  *
  *   arm-none-eabi-gcc -std=c99 -mcpu=cortex-m4 -mthumb -mfloat-abi=hard -mfpu=fpv4-sp-d16 -Os
  *       -ffunction-sections -fdata-sections -Icsrc -Ifirmware_bridge -Ifirmware_bridge/example
- *       board_stub.c fw_device.c, the wire library's .c files, every csrc .c file (arch ones too)
+ *       board_stub.c fw_device.c, the wire library's .c files, ft_chacha20.c (the csrc kernels'
+ *       ChaCha20), every csrc .c file (arch ones too)
  *       -Wl,--gc-sections --specs=nosys.specs -lm
  * (19.9 KB flash with newlib's startup, 41 KB RAM: the fw_device object is 39.7 KB of it)
  */

@@ -22,6 +22,9 @@
 static const ft_layer k_layers[1] = {
     {FT_LAYER_DENSE, 1, 1, FW_IN, 1, 1, FW_OUT, 0, 0, FW_IN * FW_OUT},
 };
+/* The layer structure as fedtiny.model.Model.arch_text() writes it for mlp:64-10; its SHA-256
+ * (first 16 bytes) is the offer's architecture hash this firmware accepts. */
+static const char k_arch_text[] = "fedtiny-arch/1\ndense 1x1x64 -> 1x1x10 k0\n";
 
 /* Little-endian targets only (the wire's floats are LE); every fedtiny board is. */
 static int little_endian(void) {
@@ -29,18 +32,25 @@ static int little_endian(void) {
     return *(const uint8_t *)&one == 1;
 }
 
+/* A frame of the session (or, in FW_JOINING, a join HELLO under the pre-shared key). */
 static void send_frame(fw_device *dev, uint8_t type, uint32_t round, const uint8_t *payload,
                        size_t len, uint16_t chunk_index, uint16_t chunk_count) {
     ft_wire_header h;
     size_t n = 0, m = 0;
+    int joining = dev->state == FW_JOINING;
     h.type = type;
     h.device_id = dev->cfg.device_id;
     h.round = round;
-    h.seq = ++dev->seq;
+    h.seq = joining ? 0u : ++dev->seq;
     h.chunk_index = chunk_index;
     h.chunk_count = chunk_count;
     h.payload_len = (uint16_t)len;
-    if (ft_wire_encode(&h, payload, dev->cfg.key, dev->cfg.key_len, dev->frame, sizeof dev->frame, &n) != FT_WIRE_OK)
+    h.session = joining ? 0u : dev->guard.session;
+    h.epoch = dev->guard.epoch;
+    h.run = dev->guard.run;
+    if (ft_wire_encode(&h, payload, joining ? dev->cfg.key : dev->session_key,
+                       joining ? dev->cfg.key_len : sizeof dev->session_key, dev->frame, sizeof dev->frame,
+                       &n) != FT_WIRE_OK)
         return;
     if (ft_cobs_encode_frame(dev->frame, n, dev->line, sizeof dev->line, &m) != FT_WIRE_OK)
         return;
@@ -53,9 +63,28 @@ static void send_hello(fw_device *dev, uint32_t now) {
     h.max_frame = FT_WIRE_MAX_FRAME;
     h.capabilities = 1u;
     h.lib_version = FT_WIRE_VERSION;
+    if (dev->state == FW_JOINING)
+        memcpy(h.nonce, dev->nonce, sizeof h.nonce);
+    else
+        memset(h.nonce, 0, sizeof h.nonce);
     if (ft_hello_pack(&h, dev->payload, FT_HELLO_BYTES) == FT_WIRE_OK)
         send_frame(dev, FT_MSG_HELLO, 0, dev->payload, FT_HELLO_BYTES, 0, 1);
     dev->last_hello_ms = now;
+}
+
+/* Start a join: a new nonce (boot value, join counter); the session, if any, is dropped. The
+ * join HELLO goes out on the next fw_poll(). */
+static void start_join(fw_device *dev, uint32_t now) {
+    uint32_t j = ++dev->joins, b = dev->cfg.seq0;
+    int i;
+    for (i = 0; i < 4; i++) {
+        dev->nonce[i] = (uint8_t)(b >> (8 * i));
+        dev->nonce[4 + i] = (uint8_t)(j >> (8 * i));
+    }
+    dev->state = FW_JOINING;
+    dev->round = 0;
+    ft_zeroize(dev->session_key, sizeof dev->session_key);
+    dev->last_hello_ms = now - HELLO_EVERY_MS;
 }
 
 static void send_error(fw_device *dev, int16_t code, const char *text) {
@@ -186,8 +215,12 @@ static void on_offer(fw_device *dev, const ft_wire_header *h, const uint8_t *pl,
     if (h->round == dev->round && (dev->state == FW_DOWNLOADING || dev->state == FW_UPLOADING))
         return; /* the same offer again */
     dev->round = h->round;
-    if (o.n_params != FW_N_PARAMS || o.model_chunks != FW_MODEL_CHUNKS || o.update_chunks != FW_UPDATE_CHUNKS) {
-        send_error(dev, E_MODEL, "this firmware trains a 64-10 dense head (650 parameters)");
+    if (o.n_params != FW_N_PARAMS || o.model_chunks != FW_MODEL_CHUNKS || o.update_chunks != FW_UPDATE_CHUNKS ||
+        !ft_ct_equal(o.arch_hash, dev->arch_hash, sizeof dev->arch_hash)) {
+        send_error(dev, E_MODEL, "this firmware trains mlp:64-10, a 64-10 dense head (650 parameters)");
+        dev->state = FW_REFUSED;
+        dev->model_refused = 1;
+        dev->last_progress_ms = now;
         return;
     }
     dev->offer = o;
@@ -262,21 +295,50 @@ static void on_error(fw_device *dev, const ft_wire_header *h, const uint8_t *pl,
     }
     if (code == E_FINISHED) {
         dev->state = FW_FINISHED;
+    } else if (code == E_MODEL && dev->state == FW_REFUSED) {
+        dev->state = FW_FINISHED; /* the aggregator will not select this device again */
     } else if (code == E_BUSY && dev->state == FW_UPLOADING) {
         dev->last_progress_ms = now; /* the result is sent again after UPLOAD_ACK_WAIT_MS */
     } else if ((code == E_ROUND_CLOSED || code == E_NOT_SELECTED) && h->round == dev->round &&
-               dev->state != FW_DONE) {
-        dev->state = FW_JOINING;
+               (dev->state == FW_DOWNLOADING || dev->state == FW_UPLOADING)) {
+        dev->state = FW_WAITING;
     }
+}
+
+/* In FW_JOINING only the WELCOME that echoes the join's nonce is taken, once: it names the
+ * aggregator's run, epoch and the new session, and both ends derive the session key from it. */
+static void on_welcome(fw_device *dev, const uint8_t *frame, size_t len, uint32_t now) {
+    ft_wire_header h;
+    const uint8_t *pl;
+    ft_welcome w;
+    if (ft_wire_decode(frame, len, dev->cfg.key, dev->cfg.key_len, NULL, 0, &h, &pl) != FT_WIRE_OK ||
+        h.type != FT_MSG_WELCOME || h.device_id != dev->cfg.device_id ||
+        ft_welcome_unpack(pl, h.payload_len, &w) != FT_WIRE_OK || h.session != w.session ||
+        h.epoch != w.epoch || h.run != ft_wire_run_tag(w.run_id) ||
+        !ft_ct_equal(w.device_nonce, dev->nonce, sizeof dev->nonce) ||
+        ft_session_key(dev->cfg.key, dev->cfg.key_len, dev->cfg.device_id, &w, dev->session_key) != FT_WIRE_OK) {
+        dev->frames_rejected++;
+        return;
+    }
+    ft_replay_bind(&dev->guard, h.run, h.epoch, h.session);
+    memset(dev->nonce, 0, sizeof dev->nonce); /* a second WELCOME for this join is not taken */
+    dev->seq = 0;
+    dev->last_heard_ms = now;
+    dev->state = FW_WAITING;
+    send_hello(dev, now); /* the first frame of the session makes it the aggregator's current one */
 }
 
 static void on_frame(fw_device *dev, const uint8_t *frame, size_t len, uint32_t now) {
     ft_wire_header h;
     const uint8_t *pl;
-    if (ft_wire_decode(frame, len, dev->cfg.key, dev->cfg.key_len, &dev->guard, FT_WIRE_ACCEPT_NEWER_ROUND, &h,
-                       &pl) != FT_WIRE_OK ||
+    if (dev->state == FW_JOINING) {
+        on_welcome(dev, frame, len, now);
+        return;
+    }
+    if (ft_wire_decode(frame, len, dev->session_key, sizeof dev->session_key, &dev->guard,
+                       FT_WIRE_ACCEPT_NEWER_ROUND, &h, &pl) != FT_WIRE_OK ||
         h.device_id != dev->cfg.device_id) {
-        dev->frames_rejected++;
+        dev->frames_rejected++; /* stale_run / stale_epoch / stale_session among them */
         return;
     }
     dev->last_heard_ms = now;
@@ -296,10 +358,12 @@ int fw_init(fw_device *dev, const fw_config *cfg) {
         return FT_WIRE_ERR_ARG;
     memset(dev, 0, sizeof *dev);
     dev->cfg = *cfg;
-    dev->seq = cfg->seq0;
     dev->state = FW_JOINING;
-    ft_replay_init(&dev->guard, 0);
+    ft_replay_bind(&dev->guard, 0, 0, 0);
+    ft_sha256((const uint8_t *)k_arch_text, sizeof k_arch_text - 1u, dev->session_key);
+    memcpy(dev->arch_hash, dev->session_key, sizeof dev->arch_hash);
     ft_cobs_decoder_init(&dev->rx, dev->rx_buf, sizeof dev->rx_buf);
+    start_join(dev, 0); /* the first join HELLO goes out on the first fw_poll() */
     return FT_WIRE_OK;
 }
 
@@ -316,13 +380,17 @@ void fw_poll(fw_device *dev, uint32_t now) {
     int waiting;
     if (dev->state == FW_FINISHED)
         return;
-    if ((dev->state == FW_DOWNLOADING || dev->state == FW_UPLOADING || dev->state == FW_DONE) &&
-        now - dev->last_heard_ms > SILENT_MS) {
-        dev->state = FW_JOINING; /* the aggregator went away: rejoin; it may reopen this round */
-        dev->round = 0;
-        ft_replay_init(&dev->guard, 0);
+    if (dev->state == FW_REFUSED) {
+        if (now - dev->last_progress_ms > SILENT_MS)
+            dev->state = FW_FINISHED; /* told the aggregator; its answer did not come */
+        return;
     }
-    waiting = dev->state == FW_JOINING || dev->state == FW_DONE;
+    if (dev->state != FW_JOINING && now - dev->last_heard_ms > SILENT_MS) {
+        /* the aggregator went away, or restarted (its frames name another epoch): join again */
+        start_join(dev, now);
+        return;
+    }
+    waiting = dev->state == FW_JOINING || dev->state == FW_WAITING || dev->state == FW_DONE;
     if (waiting && now - dev->last_hello_ms >= HELLO_EVERY_MS)
         send_hello(dev, now);
     else if (dev->state == FW_DOWNLOADING && now - dev->last_progress_ms > MODEL_ACK_QUIET_MS)

@@ -31,7 +31,9 @@
 #define FW_ARENA_FLOATS 6144 /* >= ft_train_arena_floats of the 64-10 head at batch 16 (5,840) */
 #define FW_MAX_SAMPLES 1024
 
-typedef enum { FW_JOINING, FW_DOWNLOADING, FW_UPLOADING, FW_DONE, FW_FINISHED } fw_state;
+/* JOINING: no session, join HELLOs until the WELCOME for their nonce; WAITING: in a session,
+ * HELLOs until an offer; REFUSED: the aggregator's model is not this firmware's (it stops). */
+typedef enum { FW_JOINING, FW_DOWNLOADING, FW_UPLOADING, FW_DONE, FW_FINISHED, FW_WAITING, FW_REFUSED } fw_state;
 
 typedef struct {
     uint32_t device_id;
@@ -40,7 +42,9 @@ typedef struct {
     const float *x;          /* n_samples x 64 float32, the local data set (flash on a board) */
     const int32_t *y;        /* n_samples labels 0..9 */
     int32_t n_samples;
-    uint32_t seq0;           /* first sequence number (persisted counter or clock on a board) */
+    uint32_t seq0;           /* unique per boot (a persisted boot counter, an RTC or a hardware RNG):
+                              * the join nonces are (seq0, join counter), so no two joins of this
+                              * device ever share one */
     /* Writes line bytes to the serial port; returns 0 on success. */
     int (*write)(void *ctx, const uint8_t *data, size_t len);
     void *write_ctx;
@@ -50,14 +54,19 @@ typedef struct {
     fw_config cfg;
     fw_state state;
     uint32_t round;
-    uint32_t seq;
-    ft_replay guard;           /* frames from the aggregator */
+    uint32_t seq;              /* sequence number in the session (restarts with each session) */
+    ft_replay guard;           /* frames from the aggregator: its session, round and window */
+    uint32_t joins;            /* joins since boot: the second half of the join nonce */
+    uint8_t nonce[FT_WIRE_NONCE_BYTES];           /* of the join in progress */
+    uint8_t session_key[FT_WIRE_SESSION_KEY_BYTES];
+    uint8_t arch_hash[FT_WIRE_ARCH_HASH_BYTES];   /* of the 64-10 head, as Model.arch_hash() */
     ft_offer offer;
     uint32_t have_chunks;      /* bitmap of model chunks received (FW_MODEL_CHUNKS <= 32) */
     uint32_t last_progress_ms;
     uint32_t last_heard_ms;
     uint32_t last_hello_ms;
     uint32_t rounds_done;
+    int model_refused;         /* the aggregator offered a model this firmware cannot train */
     uint32_t frames_rejected;
     float params[FW_N_PARAMS];
     float global[FW_N_PARAMS];

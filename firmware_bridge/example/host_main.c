@@ -7,7 +7,8 @@
  *   fw_host (--tty PATH | --fd N) --id ID --key HEX --data FILE [--rounds R] [--timeout S]
  *
  * FILE: int32 n, then n x 64 float32 samples, then n int32 labels (little-endian).
- * Exit 0 after R rounds (or when the aggregator says training is finished), 1 on timeout.
+ * Exit 0 after R rounds (or when the aggregator says training is finished), 1 on timeout, 2 when
+ * the aggregator's model is not the one this firmware trains.
  */
 #define _DEFAULT_SOURCE /* cfmakeraw */
 #define _POSIX_C_SOURCE 200809L
@@ -119,7 +120,7 @@ int main(int argc, char **argv) {
     cfg.x = g_x;
     cfg.y = g_y;
     cfg.n_samples = load_data(data);
-    cfg.seq0 = (uint32_t)time(NULL) * 1000u;
+    cfg.seq0 = (uint32_t)time(NULL) * 1000u + (uint32_t)getpid(); /* unique per start: the join nonces */
     cfg.write = write_all;
     cfg.write_ctx = &fd;
     if (cfg.n_samples < 1) {
@@ -131,7 +132,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     t_end = now_ms() + timeout_s * 1000u;
-    while (g_dev.state != FW_FINISHED && g_dev.rounds_done < rounds && (int32_t)(t_end - now_ms()) > 0) {
+    while (g_dev.state != FW_FINISHED && !g_dev.model_refused && g_dev.rounds_done < rounds && (int32_t)(t_end - now_ms()) > 0) {
         struct pollfd p = {fd, POLLIN, 0};
         uint8_t buf[512];
         if (poll(&p, 1, 5) > 0 && (p.revents & POLLIN)) {
@@ -141,6 +142,11 @@ int main(int argc, char **argv) {
                 fw_on_byte(&g_dev, buf[k], now_ms());
         }
         fw_poll(&g_dev, now_ms());
+    }
+    if (g_dev.model_refused) {
+        fprintf(stderr, "fw_host: device %u: the aggregator's model is not mlp:64-10 (650 parameters), the one "
+                "this firmware trains: run the aggregator with --model mlp:64-10\n", (unsigned)id);
+        return 2;
     }
     printf("device %u: %u round(s), last round %u, %u frame(s) rejected\n", (unsigned)id,
            (unsigned)g_dev.rounds_done, (unsigned)g_dev.round, (unsigned)g_dev.frames_rejected);

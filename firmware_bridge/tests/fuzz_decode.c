@@ -31,6 +31,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int st;
 
     st = ft_wire_peek(data, size, &h);
+    /* bound to the session the bytes name half of the time, so frames reach the tag and replay */
+    if (size >= FT_WIRE_HEADER_BYTES && (data[0] & 1u) == 0) {
+        ft_replay_bind(&guard, (uint32_t)data[28] | (uint32_t)data[29] << 8 | (uint32_t)data[30] << 16 |
+                                   (uint32_t)data[31] << 24,
+                       (uint32_t)data[24] | (uint32_t)data[25] << 8 | (uint32_t)data[26] << 16 |
+                           (uint32_t)data[27] << 24,
+                       (uint16_t)(data[22] | data[23] << 8));
+    } else {
+        ft_replay_bind(&guard, 0u, 0u, 0u);
+    }
     ft_replay_init(&guard, size > 8 ? (uint32_t)data[8] : 0u);
     st = ft_wire_decode(data, size, KEY, sizeof KEY, &guard,
                         size > 0 && (data[size - 1] & 1u) ? FT_WIRE_ACCEPT_NEWER_ROUND : 0u, &h, &p);
@@ -48,6 +58,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         case FT_MSG_HELLO: { ft_hello m; st = ft_hello_unpack(p, h.payload_len, &m); break; }
         case FT_MSG_OFFER: { ft_offer m; st = ft_offer_unpack(p, h.payload_len, &m); break; }
         case FT_MSG_RESULT: { ft_result m; st = ft_result_unpack(p, h.payload_len, &m); break; }
+        case FT_MSG_WELCOME: { ft_welcome m; st = ft_welcome_unpack(p, h.payload_len, &m); break; }
         case FT_MSG_ACK: {
             uint8_t t; uint16_t f, nb; const uint8_t *bm;
             st = ft_ack_parse(p, h.payload_len, &t, &f, &nb, &bm);
@@ -63,10 +74,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     /* the raw bytes as payloads of every layout */
     {
-        ft_hello m1; ft_offer m2; ft_result m3; uint8_t t; uint16_t f, nb; const uint8_t *bm;
+        ft_hello m1; ft_offer m2; ft_result m3; ft_welcome m4; uint8_t t; uint16_t f, nb; const uint8_t *bm;
         int16_t c; const uint8_t *txt; size_t tl;
         st = ft_hello_unpack(data, size, &m1);
         st = ft_offer_unpack(data, size, &m2);
+        st = ft_welcome_unpack(data, size, &m4);
         st = ft_result_unpack(data, size, &m3);
         st = ft_ack_parse(data, size, &t, &f, &nb, &bm);
         st = ft_error_parse(data, size, &c, &txt, &tl);
@@ -101,13 +113,22 @@ static size_t seed_frame(int which, uint8_t *out)
     int st = FT_WIRE_OK;
     for (i = 0; i < sizeof payload; i++) payload[i] = (uint8_t)next();
     memset(&h, 0, sizeof h);
-    h.type = (uint8_t)(1 + which % 7);
+    h.type = which % 8 == 7 ? (uint8_t)FT_MSG_WELCOME : (uint8_t)(1 + which % 8);
+    h.session = (uint16_t)(next() % 3u);
+    h.epoch = next() % 3u;
+    h.run = next() % 3u;
     h.device_id = next();
     h.round = next() % 4u;
     h.seq = next() % 200u;
     h.chunk_count = 1;
     switch (h.type) {
-    case FT_MSG_HELLO: { ft_hello m = {100, 1200, 1, 1}; st = ft_hello_pack(&m, payload, sizeof payload); pn = FT_HELLO_BYTES; break; }
+    case FT_MSG_WELCOME: {
+        ft_welcome m;
+        memset(&m, 0, sizeof m);
+        m.epoch = 1 + next() % 3u; m.session = (uint16_t)(1 + next() % 3u);
+        st = ft_welcome_pack(&m, payload, sizeof payload); pn = FT_WELCOME_BYTES; break;
+    }
+    case FT_MSG_HELLO: { ft_hello m = {100, 1200, 1, 1, {0}}; st = ft_hello_pack(&m, payload, sizeof payload); pn = FT_HELLO_BYTES; break; }
     case FT_MSG_OFFER: {
         ft_offer m;
         memset(&m, 0, sizeof m);
@@ -151,7 +172,7 @@ int main(int argc, char **argv)
     unsigned long accepted = 0;
     size_t len, olen, k, m;
     for (r = 0; r < runs; r++) {
-        len = seed_frame((int)(next() % 7u), buf);
+        len = seed_frame((int)(next() % 8u), buf);
         m = 1 + next() % 4u;
         for (k = 0; k < m; k++) {
             switch (next() % 8u) {
@@ -163,7 +184,7 @@ int main(int argc, char **argv)
                 if (len > 23) buf[2 + next() % 22u] = (uint8_t)(next() % 3u == 0 ? 0xFF : next() % 10u);
                 break;
             case 5: /* splice the tail of another frame */
-                olen = seed_frame((int)(next() % 7u), other);
+                olen = seed_frame((int)(next() % 8u), other);
                 if (len > 0) { size_t at = next() % len, from = next() % olen;
                     if (at + olen - from <= sizeof buf) { memcpy(buf + at, other + from, olen - from); len = at + olen - from; } }
                 break;
@@ -173,6 +194,8 @@ int main(int argc, char **argv)
         if (next() & 1u) resign(buf, len);
         if (LLVMFuzzerTestOneInput(buf, len) == 0 && len <= FT_WIRE_MAX_FRAME) {
             ft_wire_header h; const uint8_t *p; ft_replay g;
+            ft_replay_bind(&g, 0u, 0u, 0u);
+            if (ft_wire_peek(buf, len, &h) == FT_WIRE_OK) ft_replay_bind(&g, h.run, h.epoch, h.session);
             ft_replay_init(&g, len > 8 ? buf[8] : 0u);
             accepted += ft_wire_decode(buf, len, KEY, sizeof KEY, &g, 0, &h, &p) == FT_WIRE_OK;
         }

@@ -1,7 +1,8 @@
 /* train_kernels_check.c — every training-kernel path this build has (the SIMD one chosen at run
  * time: AVX2 / AVX-512 natively, NEON cross-built for aarch64 under qemu) against the reference:
  * GEMM over odd sizes, plain and transposed A, accumulate on/off; the SGD update bit-exact;
- * the transpose exact. Prints one line per failure; exit status = number of failures. */
+ * the transpose exact; the secure-aggregation ChaCha20 generator and float64 sum of squares
+ * bit-exact. Prints one line per failure; exit status = number of failures. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,6 +59,19 @@ static int check_path(void) {
     ft_transpose_f32_ref(src, 37, 29, d0);
     t->transpose_f32(src, 37, 29, d1);
     if (memcmp(d0, d1, sizeof d0)) { printf("transpose_f32 differs from the reference\n"); fails++; }
+    /* the secure-aggregation generator and sum of squares (csrc/secagg.c) */
+    static uint8_t k0[64 * 41], k1[64 * 41];
+    uint32_t state[16];
+    for (size_t nb = 0; nb <= 41; nb++) {
+        for (int k = 0; k < 16; k++) { st = st * 1664525u + 1013904223u; state[k] = st; }
+        state[12] = nb == 41 ? 0xffffffffu - 40u : state[12] >> 1; /* up to the last counter */
+        ft_chacha20_blocks_ref(state, nb, k0);
+        ft_secagg_kernels()->chacha20_blocks(state, nb, k1);
+        if (memcmp(k0, k1, 64 * nb)) { printf("chacha20_blocks differs from the reference at %zu blocks\n", nb); fails++; }
+    }
+    for (size_t n = 0; n < 300; n += 7) {
+        if (ft_secagg_kernels()->l2sq_f32(src, n) != ft_l2sq_f32_ref(src, n)) { printf("l2sq_f32 differs at n=%zu\n", n); fails++; }
+    }
     printf("%s: %d failure(s)\n", ft_simd_name(ft_simd_get()), fails);
     return fails;
 }
