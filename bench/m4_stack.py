@@ -2,7 +2,8 @@
 GCC's per-function stack usage and call graph (arm-none-eabi-gcc -Os -fcallgraph-info=su, the flags
 of `make -C firmware_bridge cortex-m4`).
 
-    python bench/m4_stack.py          # prints every public entry point's deepest chain, deepest first
+    python bench/m4_stack.py          # the wire library's deepest chain (frames, HMAC), then the
+                                      # secure-aggregation crypto's, then every entry point
 
 Functions outside the library (newlib's memcpy/memset/memmove, the EABI float helpers) count 0
 bytes: a firmware links its own. No recursion and no function pointers in the library, so the
@@ -18,7 +19,9 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIRMWARE = os.path.join(ROOT, "firmware_bridge")
-SOURCES = ("ft_sha256.c", "ft_cobs.c", "ft_frame.c")
+WIRE = ("ft_sha256.c", "ft_cobs.c", "ft_frame.c")                                 # Makefile WIRE_SRC
+CRYPTO = ("ft_chacha20.c", "ft_hkdf.c", "ft_poly1305.c", "ft_x25519.c", "ft_shamir.c")  # CRYPTO_SRC
+SOURCES = WIRE + tuple(f for f in CRYPTO if os.path.exists(os.path.join(FIRMWARE, f)))
 FLAGS = ["-std=c99", "-mcpu=cortex-m4", "-mthumb", "-Os", "-ffunction-sections", "-fdata-sections",
          "-fcallgraph-info=su"]
 NODE = re.compile(r'node: \{ title: "([^"]+)" label: "([^"]*)"')
@@ -68,11 +71,17 @@ def main() -> int:
         print(f"m4_stack.py: error: frames that are not static: {bad}", file=sys.stderr)
         return 2
     chains = deepest(frames, calls)
-    public = sorted((f for f in chains if not f.startswith("/") and "/" not in f), key=lambda f: -chains[f][0])
+    public = sorted((f for f in chains if "/" not in f), key=lambda f: -chains[f][0])
     name = lambda f: f.rsplit(":", 1)[-1]   # noqa: E731  (static functions are titled path:name)
-    print(f"deepest stack on Cortex-M4 ({os.path.basename(cc)} -Os): {chains[public[0]][0]} bytes, "
-          f"{' -> '.join(f'{name(f)} ({frames.get(f, (0,))[0]})' for f in chains[public[0]][1])}")
-    for f in public[:8]:
+    wire = [f for f in public if f.startswith("ft_wire_")]
+    crypto = [f for f in public if not f.startswith("ft_wire_") and f not in ("ft_session_key",)]
+
+    def chain(f):
+        return " -> ".join(f"{name(g)} ({frames.get(g, (0,))[0]})" for g in chains[f][1])
+    print(f"deepest stack on Cortex-M4 ({os.path.basename(cc)} -Os): {chains[wire[0]][0]} bytes, {chain(wire[0])}")
+    if crypto and crypto[0] != wire[0]:
+        print(f"deepest with the secure-aggregation crypto: {chains[public[0]][0]} bytes, {chain(public[0])}")
+    for f in public[:10]:
         print(f"  {chains[f][0]:5d}  {name(f)}")
     return 0
 

@@ -254,6 +254,37 @@ def hand_chunk(dev: HandDevice, round_id: int, update, index: int, n_chunks: int
                               chunk=(index, n_chunks)))
 
 
+class SessionKeys:
+    """Every device's keys as a relay in the middle learns them: the pre-shared key for join HELLOs
+    and WELCOMEs, and each session's key from the WELCOME that opens it (wire.session_key)."""
+
+    def __init__(self, device_keys: dict[int, bytes]):
+        self.psks = device_keys
+        self.sessions: dict[tuple[int, int], bytes] = {}
+
+    def decode(self, data: bytes) -> wire.Frame | None:
+        """The authentic frame (no replay check), or None; learns the session a WELCOME opens."""
+        try:
+            h = wire.peek(data)
+            psk = self.psks.get(h.device_id)
+            key = psk if h.type == wire.MsgType.WELCOME or h.session == 0 else self.sessions.get((h.device_id, h.session))
+            if key is None:
+                return None
+            f = wire.decode(data, key, None)
+        except wire.FrameError:
+            return None
+        if f.type == wire.MsgType.WELCOME:
+            w = wire.Welcome.unpack(f.payload)
+            self.sessions[(f.device_id, w.session)] = wire.session_key(psk, f.device_id, w)
+        return f
+
+    def encode(self, f: wire.Frame, seq: int) -> bytes:
+        """f again under a new sequence number, tagged with its session's key."""
+        key = self.sessions[(f.device_id, f.session)]
+        return wire.encode(f.type, f.device_id, f.round, seq, f.payload, key, chunk=f.chunk, session=f.session,
+                           epoch=f.epoch, run=f.run)
+
+
 class WireCapture:
     """What really crossed the wire, decoded with the devices' keys (a LossyRelay `tap`): each
     round's model as the aggregator sent it down (MODEL_CHUNK), each device's n_k (RESULT) and its
@@ -264,7 +295,7 @@ class WireCapture:
     (d * q per 128-value block) and no fedtiny code beyond the frame decoder."""
 
     def __init__(self, device_keys: dict[int, bytes]):
-        self.keys = device_keys
+        self.keys = SessionKeys(device_keys)
         self.lock = threading.Lock()
         self.n_params: int | None = None
         self.models: dict[int, dict[int, bytes]] = {}          # round -> chunk index -> payload
@@ -274,13 +305,11 @@ class WireCapture:
         self.undecodable = 0
 
     def __call__(self, direction: str, data: bytes) -> None:
-        try:
-            f = wire.decode(data, lambda d: self.keys.get(d), None)
-        except wire.FrameError:
-            with self.lock:
-                self.undecodable += 1
-            return
         with self.lock:
+            f = self.keys.decode(data)
+            if f is None:
+                self.undecodable += 1
+                return
             if direction == "down" and f.type == wire.MsgType.OFFER:
                 self.n_params = wire.Offer.unpack(f.payload).n_params
             elif direction == "down" and f.type == wire.MsgType.MODEL_CHUNK:

@@ -106,9 +106,8 @@ def test_result_after_a_complete_upload_cannot_change_n_k(tmp_path):
     with AggregatorThread(fleet.config(rounds=1, min_clients=2, dataset=None)) as at:
         devs = [HandDevice(at.address, k, fleet.keys[k]) for k in (0, 1)]
         try:
-            def hello1():
-                return devs[1].frame(wire.MsgType.HELLO, 0, wire.Hello(n_samples=80).pack())
-            devs[1].send(hello1())
+            hello1 = devs[1].hello
+            devs[1].send(hello1(80))
             joined = [hand_join(d) for d in devs]
             r, offer, w0 = joined[0]
             n_up = wire.update_chunks(offer.n_params)
@@ -144,9 +143,9 @@ def test_aggregator_samples_devices_heard_within_exactly_alive_seconds(tmp_path)
     fleet = Fleet(tmp_path, 2)
     agg = agg_mod.Aggregator(fleet.config(dataset=None), out=open(os.devnull, "w"))
     try:
-        from fedtiny.net import session
-        for d, seen in ((0, 100.0), (1, 101.0)):   # as a HELLO registers them
-            agg.devices[d] = agg_mod._Device(d, session.Session(d, fleet.keys[d]), addr=("127.0.0.1", 9), last_seen=seen)
+        for d, seen in ((0, 100.0), (1, 101.0)):   # as a join and a HELLO register them
+            agg.devices[d] = agg_mod._Device(d, fleet.keys[d], session=_session(d, fleet.keys[d]),
+                                             addr=("127.0.0.1", 9), last_seen=seen)
         edge = 100.0 + agg_mod.ALIVE_SECONDS
         assert agg._alive(edge) == [0, 1]                          # silent exactly ALIVE_SECONDS: alive
         assert agg._alive(np.nextafter(edge, np.inf)) == [1]       # a moment more: not sampled
@@ -154,12 +153,19 @@ def test_aggregator_samples_devices_heard_within_exactly_alive_seconds(tmp_path)
         agg.out.close()
 
 
-class _Peer:
-    """The aggregator's end of a real UDP socket pair: what a Device sends, decoded."""
+def _session(device_id, psk):
+    """A session as a WELCOME would open it (run, epoch, number, nonces made up)."""
+    from fedtiny.net import session
+    return session.Session(device_id, psk, wire.Welcome(bytes(range(8)), 1, 7, bytes(8), bytes(range(8, 16))))
 
-    def __init__(self, key):
+
+class _Peer:
+    """The aggregator's end of a real UDP socket pair: what a Device sends, decoded (join frames
+    with the pre-shared key, the others with the session's key)."""
+
+    def __init__(self, key, session_key=None):
         import socket
-        self.key = key
+        self.key, self.session_key = key, session_key
         self.rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.rx.bind(("127.0.0.1", 0))
         self.rx.settimeout(0.2)
@@ -171,7 +177,9 @@ class _Peer:
         out = []
         try:
             while True:
-                out.append(wire.decode(self.rx.recv(2048), self.key, None).type)
+                data = self.rx.recv(2048)
+                key = self.key if wire.peek(data).session == 0 else self.session_key
+                out.append(wire.decode(data, key, None).type)
         except socket.timeout:
             return out
 
@@ -190,9 +198,10 @@ def _device(key):
 @pytest.mark.parametrize("late", [False, True])
 def test_device_rejoins_only_after_more_than_silent_seconds(late):
     from fedtiny.net import client
-    peer = _Peer(KEY)
+    dev = _device(KEY)
+    dev.session = _session(0, KEY)
+    peer = _Peer(KEY, dev.session.key)
     try:
-        dev = _device(KEY)
         dev.sock = peer.tx
         dev.state, dev.round, dev.result = "uploading", 1, wire.Result(n_samples=10, loss=1.0, steps=1,
                                                                        update_chunks=1).pack()
@@ -208,9 +217,10 @@ def test_device_rejoins_only_after_more_than_silent_seconds(late):
 @pytest.mark.parametrize("late", [False, True])
 def test_device_resends_its_result_only_after_more_than_upload_ack_wait(late):
     from fedtiny.net import client
-    peer = _Peer(KEY)
+    dev = _device(KEY)
+    dev.session = _session(0, KEY)
+    peer = _Peer(KEY, dev.session.key)
     try:
-        dev = _device(KEY)
         dev.sock = peer.tx
         dev.state, dev.round, dev.result = "uploading", 1, wire.Result(n_samples=10, loss=1.0, steps=1,
                                                                        update_chunks=1).pack()

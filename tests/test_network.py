@@ -20,8 +20,8 @@ import pytest
 
 from fedtiny import codec
 from fedtiny.net import state, wire
-from netutil import (MODEL, AggregatorThread, Fleet, HandDevice, WireCapture, check_against_wire, client_logs,
-                     free_udp_port, simulate_oracle, stop_all, wait_for)
+from netutil import (MODEL, AggregatorThread, Fleet, HandDevice, SessionKeys, WireCapture, check_against_wire,
+                     client_logs, free_udp_port, simulate_oracle, stop_all, wait_for)
 from udp_relay import LossyRelay
 
 K = 3
@@ -74,7 +74,7 @@ def test_lossy_relay_same_aggregate(tmp_path, oracle):
     try:
         with AggregatorThread(fleet.config(rounds=ROUNDS)) as agg, \
                 LossyRelay(agg.address, drop=0.10, duplicate=0.05, reorder=0.10, seed=7, tap=capture,
-                           keys=fleet.keys, chunk_duplicate=0.3) as relay:
+                           keys=SessionKeys(fleet.keys), chunk_duplicate=0.3) as relay:
             procs = fleet.start_clients(f"{relay.addr[0]}:{relay.addr[1]}")
             agg.wait(60)
             counts = dict(relay.counts)

@@ -5,11 +5,12 @@ Each client address gets its own upstream socket, so the aggregator's replies fi
 back. Reordering holds a datagram back for a random few milliseconds while later ones pass.
 
 `tap(direction, datagram)` sees every datagram as it was sent ("up": by a client, before any
-loss; "down": by the aggregator). With `keys` (device id -> key) the relay re-signs every upstream
-frame with its own per-device sequence number, one fresh number per copy, and duplicates each
-UPDATE_CHUNK with probability `chunk_duplicate`: such a duplicate passes the replay guard (it is a
-new, authentic frame) and reaches the aggregator's duplicate-chunk check in ingest, which a
-byte-identical duplicate never does.
+loss; "down": by the aggregator). With `keys` (netutil.SessionKeys: it learns each session's key
+from the WELCOMEs going down) the relay re-signs every upstream frame of a session with its own
+sequence number, one fresh number per copy, and duplicates each UPDATE_CHUNK with probability
+`chunk_duplicate`: such a duplicate passes the replay guard (it is a new, authentic frame) and
+reaches the aggregator's duplicate-chunk check in ingest, which a byte-identical duplicate never
+does. Join HELLOs (outside any session) pass unchanged.
 """
 from __future__ import annotations
 
@@ -37,10 +38,10 @@ class LossyRelay:
 
     def __init__(self, server: tuple[str, int], *, drop: float = 0.10, duplicate: float = 0.05,
                  reorder: float = 0.10, max_delay: float = 0.02, seed: int = 0, tap=None,
-                 keys: dict[int, bytes] | None = None, chunk_duplicate: float = 0.0):
+                 keys=None, chunk_duplicate: float = 0.0):
         self.server = server
         self.tap, self.keys, self.chunk_duplicate = tap, keys, chunk_duplicate
-        self._seq: dict[int, int] = {}
+        self._seq: dict[tuple[int, int], int] = {}
         self.drop, self.duplicate, self.reorder, self.max_delay = drop, duplicate, reorder, max_delay
         self.rng = random.Random(seed)
         self.counts: Counter[str] = Counter()
@@ -95,6 +96,8 @@ class LossyRelay:
     def _forward(self, data: bytes, transport, addr, direction: str) -> None:
         if direction == "down" and self.tap is not None:
             self.tap("down", data)
+        if direction == "down" and self.keys is not None:
+            self.keys.decode(data)   # learns the session a WELCOME opens
         if direction == "up" and self.keys is not None:
             self._forward_resigned(data, transport)
             return
@@ -102,19 +105,18 @@ class LossyRelay:
 
     def _forward_resigned(self, data: bytes, transport) -> None:
         from fedtiny.net import wire   # only this mode needs the wire codec
-        try:
-            f = wire.decode(data, lambda d: self.keys.get(d), None)
-        except wire.FrameError:
-            self._forward_one(data, transport, None, "up")   # not ours to re-sign: pass it on as it is
+        f = self.keys.decode(data)
+        if f is None or f.session == 0:   # a join HELLO, or not ours to re-sign: as it is
+            self._forward_one(data, transport, None, "up")
             return
         copies = 1
         if f.type == wire.MsgType.UPDATE_CHUNK and self.rng.random() < self.chunk_duplicate:
             copies = 2
             self.counts["resigned_duplicates"] += 1
         for _ in range(copies):
-            seq = self._seq[f.device_id] = self._seq.get(f.device_id, 0) + 1
-            frame = wire.encode(f.type, f.device_id, f.round, seq, f.payload, self.keys[f.device_id], chunk=f.chunk)
-            self._forward_one(frame, transport, None, "up")
+            k = (f.device_id, f.session)
+            seq = self._seq[k] = self._seq.get(k, 0) + 1
+            self._forward_one(self.keys.encode(f, seq), transport, None, "up")
 
     def _forward_one(self, data: bytes, transport, addr, direction: str) -> None:
         self.counts[direction] += 1
