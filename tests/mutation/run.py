@@ -30,8 +30,26 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 from mutants import MUTANTS  # noqa: E402
 
-C_FLAGS = ["-std=c99", "-O3", "-ffp-contract=off", "-fno-math-errno", "-fPIC"]   # setup.py's, minus warnings
 TEST_TIMEOUT = 300
+
+
+def core_build_spec(root: str) -> tuple[list[str], list[str], list[str]]:
+    """(C sources, include dirs, C flags) of fedtiny._core's C library, read from setup.py itself
+    (setuptools.setup intercepted), so the mutants are built as pip builds them."""
+    import runpy
+    import setuptools
+    captured: dict = {}
+    real, cwd = setuptools.setup, os.getcwd()
+    setuptools.setup = lambda **kw: captured.update(kw)
+    try:
+        os.chdir(root)
+        runpy.run_path(os.path.join(root, "setup.py"))
+    finally:
+        setuptools.setup = real
+        os.chdir(cwd)
+    (_, lib), = captured["libraries"]
+    flags = [f for f in lib["cflags"] if not f.startswith("-W")]
+    return list(lib["sources"]), list(lib["include_dirs"]), flags
 
 
 def log(msg: str) -> None:
@@ -65,6 +83,7 @@ class Scratch:
         self.env = {**os.environ, "PYTHONPATH": self.dir, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
         self.env.pop("CI", None)
         self._objects_ready = False
+        self.c_sources, self.c_includes, self.c_flags = core_build_spec(self.dir)
 
     def path(self, rel: str) -> str:
         return os.path.join(self.dir, rel)
@@ -77,10 +96,11 @@ class Scratch:
 
     # -- rebuilding the C modules ------------------------------------------------------------
     def _csrc(self) -> list[str]:
-        return sorted(glob.glob(self.path("csrc/*.c")) + glob.glob(self.path("csrc/arch/*.c")))
+        return [self.path(f) for f in self.c_sources]
 
     def _compile_c(self, src: str, obj: str) -> None:
-        subprocess.run(["gcc", *C_FLAGS, "-I", self.path("csrc"), "-c", src, "-o", obj], check=True,
+        includes = [a for d in self.c_includes for a in ("-I", self.path(d))]
+        subprocess.run(["gcc", *self.c_flags, *includes, "-c", src, "-o", obj], check=True,
                        capture_output=True, text=True)
 
     def _obj(self, src: str) -> str:
@@ -92,7 +112,8 @@ class Scratch:
         log("compiling the unmutated csrc/ objects and the pybind11 binding once")
         for src in self._csrc():
             self._compile_c(src, self._obj(src))
-        subprocess.run(["g++", "-O2", "-std=c++17", "-fPIC", "-fvisibility=hidden", "-I", self.path("csrc"),
+        includes = [a for d in self.c_includes for a in ("-I", self.path(d))]
+        subprocess.run(["g++", "-O2", "-std=c++17", "-fPIC", "-fvisibility=hidden", *includes,
                         "-I", pybind11.get_include(), "-I", sysconfig.get_paths()["include"], "-c",
                         self.path("csrc/bind.cpp"), "-o", os.path.join(self.build, "bind.o")], check=True)
         self._objects_ready = True
