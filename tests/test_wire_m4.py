@@ -1,6 +1,7 @@
 """The wire library's C unit tests on the processor it is written for: cross-built for Cortex-M4
 (arm-none-eabi-gcc -Os, as `make cortex-m4`) and run on an emulated Cortex-M4 board
-(qemu-system-arm -M mps2-an386, output through semihosting).
+(qemu-system-arm -M mps2-an386): the start-up and memory map of firmware_bridge/tests/m4/ (the
+crypto benchmark's), plus tests/c/m4_semihost_io.c for the tests' printf.
 
 Why: some bugs are invisible on x86. A replay window written `behind > 64` instead of `>= 64`
 computes `seen >> 64` for a frame exactly 64 behind; x86 and aarch64 shift by the count modulo 64
@@ -16,7 +17,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIRMWARE = os.path.join(ROOT, "firmware_bridge")
-START = os.path.join(ROOT, "tests", "c", "m4_start.c")
+M4 = os.path.join(FIRMWARE, "tests", "m4")
+IO = os.path.join(ROOT, "tests", "c", "m4_semihost_io.c")
 ARM_CC, QEMU = shutil.which("arm-none-eabi-gcc"), shutil.which("qemu-system-arm")
 CFLAGS = ["-mcpu=cortex-m4", "-mthumb", "-Os", "-std=c99", "-Wall", "-Wextra", "-Werror"]
 
@@ -28,8 +30,10 @@ def run_on_m4(tmp_path, test: str) -> str:
         pytest.skip("qemu-system-arm is not installed (apt-get install qemu-system-arm)")
     elf = str(tmp_path / f"{test}.elf")
     srcs = [os.path.join(FIRMWARE, f) for f in ("ft_sha256.c", "ft_cobs.c", "ft_frame.c")]
-    subprocess.run([ARM_CC, *CFLAGS, "-I", FIRMWARE, os.path.join(FIRMWARE, "tests", f"{test}.c"), *srcs, START,
-                    "--specs=rdimon.specs", "-Wl,--section-start=.vectors=0x0", "-o", elf], check=True, timeout=120)
+    subprocess.run([ARM_CC, *CFLAGS, "-I", FIRMWARE, "-nostartfiles", "--specs=nano.specs", "--specs=nosys.specs",
+                    "-T", os.path.join(M4, "mps2_an386.ld"), "-Wl,--gc-sections",
+                    os.path.join(FIRMWARE, "tests", f"{test}.c"), *srcs, os.path.join(M4, "startup.c"), IO, "-o", elf],
+                    check=True, timeout=120, capture_output=True)
     proc = subprocess.run([QEMU, "-M", "mps2-an386", "-nographic", "-monitor", "none", "-semihosting", "-kernel", elf],
                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     out = proc.stdout + proc.stderr
