@@ -167,8 +167,7 @@ async def _run(n_devices: int, tmp: str) -> dict:
     port = _free_port()
     os.makedirs(tmp, exist_ok=True)
     keyfile = os.path.join(tmp, "keys")
-    with open(keyfile, "w") as f:
-        f.write(keys.generate(range(n_devices), nbytes=16))
+    keys.write_keys(keyfile, keys.generate(range(n_devices), nbytes=16))
     fleet_keys = keys.load_keys(keyfile)
     state_dir = os.path.join(tmp, "state")
     agg = subprocess.Popen([sys.executable, "-m", "fedtiny.cli", "aggregate", "--listen", f"127.0.0.1:{port}",

@@ -20,8 +20,8 @@ BASE = ("--dataset fashion-mnist --model 2nn --clients 100 --fraction 0.1 --epoc
         "--partition iid --rounds 50")
 MODES = {
     "int8": "--codec int8",
-    "secagg16": "--secagg --secagg-bits 16 --clip 2.0",
-    "secagg16-dropout0.2": "--secagg --secagg-bits 16 --clip 2.0 --dropout 0.2 --dropout-phase any",
+    "secagg16": "--secagg --secagg-bits 16 --clip-norm 2.0",
+    "secagg16-dropout0.2": "--secagg --secagg-bits 16 --clip-norm 2.0 --dropout 0.2 --dropout-phase any",
 }
 SEEDS = (0, 1, 2)
 RUNS = {f"{mode}-seed{s}": f"{BASE} {extra} --seed {s}" for mode, extra in MODES.items() for s in SEEDS}

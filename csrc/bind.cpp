@@ -258,6 +258,32 @@ PYBIND11_MODULE(_core, m) {
         raise_status(st, "fedavg_apply");
     }, py::arg("w"), py::arg("acc"), py::arg("scale"));
 
+    // ---- update norm (csrc/norm_ref.c, csrc/arch/*_norm.c) -------------------------------
+    m.def("sumsq_q8", [](py::buffer blocks, size_t n) {
+        if (n > UINT32_MAX) throw py::value_error("n must be < 2^32");
+        Blocks b = blocks_in(blocks, n, "blocks");
+        double out = 0.0;
+        ft_status st;
+        {
+            py::gil_scoped_release nogil;
+            st = ft_sumsq_q8(b.ptr, n, &out);
+        }
+        raise_status(st, "sumsq_q8");
+        return out;
+    }, py::arg("blocks"), py::arg("n"));
+    m.def("sumsq_f32", [](py::array x) {
+        const float *px = f32_in(x, "x");
+        const size_t n = static_cast<size_t>(x.size());
+        double out = 0.0;
+        ft_status st;
+        {
+            py::gil_scoped_release nogil;
+            st = ft_sumsq_f32(px, n, &out);
+        }
+        raise_status(st, "sumsq_f32");
+        return out;
+    }, py::arg("x"));
+
     // ---- training engine (csrc/train_net.c, csrc/gemm_ref.c) --------------------------
     m.attr("MAX_LAYERS") = FT_MAX_LAYERS;
     m.def("net_arena_floats", [](py::array layers, int64_t n_params, int32_t batch, uint32_t flags) {

@@ -89,3 +89,23 @@ ft_status ft_fedavg_apply_f32(float *w, float *acc, size_t n, float scale) {
     FT_CHECK(w && acc);
     return ft_kernels()->fedavg_apply_f32(w, acc, n, scale);
 }
+
+/* The norm kernel is chosen here directly rather than through ft_kernel_table, so adding it
+ * did not change the codec table every path fills. */
+ft_status ft_sumsq_q8(const ft_block_q8 *in, size_t n, double *out) {
+    FT_CHECK(in && out && n <= UINT32_MAX);
+    switch (ft_simd_get()) {
+#if FT_ARCH_X86
+    case FT_SIMD_AVX2: return ft_sumsq_q8_avx2(in, n, out);
+    case FT_SIMD_AVX512: return ft_sumsq_q8_avx512(in, n, out);
+#endif
+#if FT_ARCH_ARM64
+    case FT_SIMD_NEON: return ft_sumsq_q8_neon(in, n, out);
+#endif
+    default: return ft_sumsq_q8_ref(in, n, out);
+    }
+}
+ft_status ft_sumsq_f32(const float *x, size_t n, double *out) {
+    FT_CHECK(x && out);
+    return ft_sumsq_f32_ref(x, n, out);
+}

@@ -105,6 +105,16 @@ ft_status ft_fedavg_acc_f32(float *acc, const float *x, size_t n, float weight);
 /* w[i] += acc[i] * scale; acc[i] = 0 (scale = 1 / total weight). */
 ft_status ft_fedavg_apply_f32(float *w, float *acc, size_t n, float scale);
 
+/* ---- update norm (the first stage of clipping; csrc/norm_ref.c) --------------------- */
+
+/* *out = sum over the n values held by `in` of (d_b * q_i)^2, in float64: the squared L2 norm
+ * of the decoded update, read from the blocks without decoding them. Blocks are added in order,
+ * so every SIMD path gives the same bits. Finite for any blocks whose scales are finite.
+ *   in  [in]  ft_q8_nblocks(n) blocks;  n [in] values, < 2^32;  out [out] the sum. */
+ft_status ft_sumsq_q8(const ft_block_q8 *in, size_t n, double *out);
+/* *out = sum of x_i^2 for i < n, sequential in float64 (scalar on every path). */
+ft_status ft_sumsq_f32(const float *x, size_t n, double *out);
+
 /* ---- scalar references (the spec; always compiled; tests call them directly) -------- */
 
 ft_status ft_quantize_q8_ref(const float *x, size_t n, float *residual, ft_rounding rounding,
@@ -113,6 +123,8 @@ ft_status ft_dequantize_q8_ref(const ft_block_q8 *in, size_t n, float *out);
 ft_status ft_fedavg_acc_q8_ref(float *acc, const ft_block_q8 *in, size_t n, float weight);
 ft_status ft_fedavg_acc_f32_ref(float *acc, const float *x, size_t n, float weight);
 ft_status ft_fedavg_apply_f32_ref(float *w, float *acc, size_t n, float scale);
+ft_status ft_sumsq_q8_ref(const ft_block_q8 *in, size_t n, double *out);
+ft_status ft_sumsq_f32_ref(const float *x, size_t n, double *out);
 
 
 /* ==== on-device training engine (csrc/train_net.c, csrc/gemm_ref.c, csrc/arch/..._gemm.c) ====

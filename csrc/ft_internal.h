@@ -65,6 +65,18 @@ static inline void ft_q8_scale(float amax, float *d, float *id) {
 ft_status ft_q8_quantize_block_ref(const float *x, size_t len, float *residual, ft_rounding rounding,
                                    uint32_t key, uint32_t i0, ft_block_q8 *out);
 
+/* Update norm (csrc/norm_ref.c): sum of q^2 over a block's first len values (exact), and the
+ * block's float64 term (d*d)*sumsq; every path adds these terms in block order. */
+uint32_t ft_q8_block_sumsq_ref(const ft_block_q8 *b, size_t len);
+double ft_q8_block_term(const ft_block_q8 *b, uint32_t sumsq);
+#if FT_ARCH_X86
+ft_status ft_sumsq_q8_avx2(const ft_block_q8 *in, size_t n, double *out);
+ft_status ft_sumsq_q8_avx512(const ft_block_q8 *in, size_t n, double *out);
+#endif
+#if FT_ARCH_ARM64
+ft_status ft_sumsq_q8_neon(const ft_block_q8 *in, size_t n, double *out);
+#endif
+
 #if FT_ARCH_X86
 #define FT_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #define FT_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx2,fma")))

@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, str] = {
     "bridge": "fedtiny.net.bridge",
     "demo": "fedtiny.net.demo",
     "export": "fedtiny.tflite.export",
+    "keys": "fedtiny.net.keys",
 }
 
 

@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from . import _core
+from .bounds import scaled_weight
 from .codec import BLOCK_BYTES, QK, Int8Update, check_blocks
 
 
@@ -31,20 +32,25 @@ class Accumulator:
         self.total_weight = 0.0
         self.count = 0
 
-    def add(self, update: Int8Update | np.ndarray, weight: float) -> None:
-        """Add one whole update with weight n_k (its sample count)."""
+    def add(self, update: Int8Update | np.ndarray, weight: float, scale: float = 1.0) -> None:
+        """Add one whole update with weight n_k (its sample count), its values times `scale`
+        (the clipping factor of fedtiny.bounds; the denominator still counts n_k)."""
         w = _check_weight(weight)
+        s = float(scale)
+        if not (math.isfinite(s) and 0.0 <= s <= 1.0):
+            raise ValueError(f"scale must be in [0, 1] (a clipping factor), got {scale!r}")
+        w_acc = w if s == 1.0 else scaled_weight(w, s)
         if isinstance(update, Int8Update):
             if len(update) != self.n_params:
                 raise ValueError(f"update has {len(update)} parameters, the accumulator {self.n_params}")
-            _core.fedavg_acc_q8(self._acc, 0, update.blocks, self.n_params, w)
+            _core.fedavg_acc_q8(self._acc, 0, update.blocks, self.n_params, w_acc)
         elif isinstance(update, np.ndarray):
             if update.dtype != np.float32 or update.ndim != 1 or update.size != self.n_params:
                 raise ValueError(f"a float32 update must be 1-D float32 of {self.n_params} values, "
                                  f"got {update.dtype} {update.shape}")
             if not np.isfinite(update).all():
                 raise ValueError("update holds NaN or Inf: not added")
-            _core.fedavg_acc_f32(self._acc, np.ascontiguousarray(update), w)
+            _core.fedavg_acc_f32(self._acc, np.ascontiguousarray(update), w_acc)
         else:
             raise ValueError(f"update must be an Int8Update or a float32 array, got {type(update).__name__}")
         self.add_weight(w)

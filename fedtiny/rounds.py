@@ -27,6 +27,11 @@ Policies (each one named, each one tested):
   each device weighted equally (sample counts are not revealed). Per-message admission is the
   secure round's (its own named rejections); a round whose secure stage aborted gets nothing
   and is abandoned at close below quorum, the model unchanged.
+- Bounds on one device (fedtiny.bounds, when the Server has them): an n_k that is not a whole
+  number in [1, max_samples] is rejected (too_many_samples / bad_samples); an update whose L2
+  norm exceeds clip_norm is added scaled down to that norm and counted as clipped.
+- A server step that would make the model NaN or Inf is refused: the round is abandoned with
+  reason nonfinite_step, the model and the optimizer state stay as they were.
 """
 from __future__ import annotations
 
@@ -38,6 +43,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from . import bounds as bounds_mod
+from .bounds import Bounds
 from .codec import Int8Update
 from .fedavg import Accumulator
 
@@ -290,26 +297,41 @@ class Round:
             self._server.accumulator.add_weight(weight)
 
     def submit(self, device: int, round_id: int, update: Int8Update | np.ndarray, n_samples: float, *,
-               steps: float | None = None) -> Verdict:
+               steps: float | None = None, _devices: int = 1) -> Verdict:
         """A whole update (Int8Update or float32 delta) from `device`, trained on n_samples for `steps` steps."""
         device = int(device)
         verdict, staleness = self._admit(device, round_id)
         if verdict is not None:
             return verdict
+        limits = self._server.bounds
+        # a bridge's partial sum may hold up to max_samples for each of its devices
+        problem = limits.check_samples(n_samples, devices=_devices) if limits.max_samples is not None else None
+        if problem is not None:
+            reason, _, text = problem.partition(": ")
+            return self._count(reason, f"device {device}: {text}")
         try:
             weight, tau = self._weight_of(device, n_samples, steps, staleness)
-            self._server.accumulator.add(update, weight)  # validates size and finiteness, counts the weight
+            norm = bounds_mod.update_norm(update) if limits.clip_norm is not None else 0.0
+            factor = bounds_mod.clip_factor(norm, limits.clip_norm)
+            # validates size and finiteness, counts the weight n_k, adds factor * update
+            self._server.accumulator.add(update, weight, factor)
         except ValueError as exc:
             return self._count(BAD_UPDATE, f"device {device}: {exc}")
         self._complete(device, n_samples, tau, weight, weight_counted=True)
-        return self._count(ACCEPTED)
+        self.counts[ACCEPTED] += 1
+        if factor < 1.0:
+            self.counts[bounds_mod.CLIPPED] += 1
+            return Verdict(ACCEPTED, f"{bounds_mod.CLIPPED}: device {device}'s update of norm {norm:.4g} "
+                                     f"scaled to {limits.clip_norm:g}")
+        return Verdict(ACCEPTED)
 
     def submit_partial(self, device: int, round_id: int, mean_delta: Int8Update | np.ndarray,
                        total_weight: float, n_updates: int = 1) -> Verdict:
         """A bridge's partial aggregate: the weighted mean of its devices' deltas and their total n_k."""
         if self._server.normalization == "fednova":
             raise ValueError("partial sums under FedNova need per-device steps; not supported yet")
-        verdict = self.submit(device, round_id, mean_delta, total_weight)
+        # the mean of clipped updates has norm <= clip_norm, so clipping the mean again is the bound
+        verdict = self.submit(device, round_id, mean_delta, total_weight, _devices=max(1, int(n_updates)))
         if verdict.accepted:
             self.counts["partial_updates"] += max(0, int(n_updates) - 1)
         return verdict
@@ -360,7 +382,8 @@ class Server:
     """The global model, one Accumulator and the server optimizer: the aggregator's O(model) state."""
 
     def __init__(self, params: np.ndarray, *, optimizer: ServerOptimizer | str = "fedavg",
-                 normalization: str = "none"):
+                 normalization: str = "none", bounds: Bounds | None = None):
+        """bounds: what one device may contribute (fedtiny.bounds); None: no cap and no clipping."""
         if not isinstance(params, np.ndarray) or params.dtype != np.float32 or params.ndim != 1:
             raise ValueError("global params must be a 1-D float32 array")
         if normalization not in ("none", "fednova"):
@@ -368,6 +391,9 @@ class Server:
         self.params = np.ascontiguousarray(params)
         self.optimizer = make_server_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
         self.normalization = normalization
+        self.bounds = bounds if bounds is not None else Bounds(max_samples=None, clip_norm=None)
+        if not bounds_mod.all_finite(self.params):
+            raise ValueError("global params hold NaN or Inf")
         self.accumulator = Accumulator(self.params.size)
         self._mean: np.ndarray | None = None  # the averaged delta, allocated once, only when needed
         self.round_id = 0
@@ -406,27 +432,47 @@ class Server:
             result.detail = (f"round {rnd.round_id} abandoned: {rnd.n_complete} complete update(s) at close, "
                              f"quorum {rnd.quorum}; the model is unchanged")
             return result
-        self._apply(rnd)
+        refused = self._apply(rnd)
+        if refused is not None:
+            result.outcome = "abandoned"
+            result.rejected[bounds_mod.NONFINITE_STEP] = 1
+            result.detail = f"round {rnd.round_id} abandoned: {bounds_mod.NONFINITE_STEP}: {refused}; the model is unchanged"
         return result
 
-    def _apply(self, rnd: Round) -> None:
+    def _apply(self, rnd: Round) -> str | None:
+        """The server step, committed only if the new model is finite; else why it was refused."""
         acc = self.accumulator
         scale = 1.0
         if self.normalization == "fednova":
             tau_eff = rnd._n_tau / rnd._n
             scale = tau_eff * rnd._weight / rnd._n
+        if self._mean is None:  # one model-sized scratch buffer: the candidate model or the mean delta
+            self._mean = np.zeros(self.params.size, np.float32)   # np.zeros: traced under this file
         plain = type(self.optimizer) is ServerOptimizer and self.optimizer.lr == 1.0 and scale == 1.0
         if plain:  # FedAvg: w += sum(n_k delta_k) / sum(n_k), in one C pass over the accumulator
-            acc.apply(self.params)
-            return
-        if self._mean is None:
-            self._mean = np.zeros_like(self.params)
+            candidate = self._mean
+            np.copyto(candidate, self.params)
+            acc.apply(candidate)
+            if not bounds_mod.all_finite(candidate):
+                return "the averaged update would make the model NaN or Inf"
+            np.copyto(self.params, candidate)
+            return None
         mean = self._mean
         mean.fill(0.0)
         acc.apply(mean)
         if scale != 1.0:
             mean *= np.float32(scale)
-        self.optimizer.step(self.params, mean)
+        if not bounds_mod.all_finite(mean):
+            return "the averaged update holds NaN or Inf"
+        # The optimizer updates its state and the model in place: keep copies to put back.
+        saved = self.params.copy(), {k: v.copy() for k, v in self.optimizer.state().items()}
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is what the check below catches
+            self.optimizer.step(self.params, mean)
+        if bounds_mod.all_finite(self.params) and all(bounds_mod.all_finite(v) for v in self.optimizer.state().values()):
+            return None
+        np.copyto(self.params, saved[0])
+        self.optimizer.load_state(saved[1])  # {} before the first step: back to no state
+        return f"the {self.optimizer.name} step would make the model or its state NaN or Inf"
 
     @property
     def nbytes(self) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -25,7 +26,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import codec, datasets, rounds
+from . import bounds, codec, datasets, rounds
+from .atomic import atomic_write, remove_stale
 from . import model as model_mod
 from .datasets import check_model_fits
 from .seeds import derive_seed  # noqa: F401  (public here since before fedtiny.seeds)
@@ -33,7 +35,8 @@ from .seeds import derive_seed  # noqa: F401  (public here since before fedtiny.
 CODECS = ("float32", "int8", "int8-stochastic", "int8-ef")
 DROPOUT_PHASES = ("keys", "shares", "masked", "unmask", "any")  # secagg.PHASES, or one of them at random
 WEIGHTS = ("float32", "int8")
-HETERO_MIN_SPEED = 0.1  # the slowest simulated device does 10% of the full local steps
+HETERO_MIN_SPEED = 0.1
+SECAGG_DEFAULT_CLIP = 2.0   # the grid's L2 bound under --secagg when --clip-norm is not given (docs/secagg.md)  # the slowest simulated device does 10% of the full local steps
 
 
 @dataclass
@@ -71,13 +74,14 @@ class SimConfig:
     init: str = "fedtiny"
     seed: int = 0
     secagg: bool = False
-    clip: float = 2.0
     secagg_bits: int | None = None
     secagg_k: int | None = None
     secagg_t: int | None = None
     secagg_min_survivors: int | None = None
     dropout: float = 0.0
     dropout_phase: str = "masked"
+    max_samples: int | None = None    # bounds of fedtiny.bounds (the aggregator's); None: off,
+    clip_norm: float | None = None    # as a simulation has no adversary
 
     def check(self) -> None:
         """Every bad value as one ValueError naming the option and what it takes."""
@@ -109,11 +113,11 @@ class SimConfig:
         need(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
         need(self.dropout_phase in DROPOUT_PHASES, f"--dropout-phase must be one of {', '.join(DROPOUT_PHASES)}, "
                                                    f"got {self.dropout_phase!r}")
+        self.device_bounds()   # --max-samples / --clip-norm, named, before the modes that use them
         if self.secagg:
             need(self.codec == "float32", f"--codec {self.codec} does not apply with --secagg: the update is the "
-                                          "round's shared grid (--clip, --secagg-bits); leave --codec out")
+                                          "round's shared grid (--clip-norm, --secagg-bits); leave --codec out")
             need(self.normalize == "none", "--normalize fednova needs per-device steps, which --secagg hides")
-            need(math.isfinite(self.clip) and self.clip > 0, f"--clip must be a positive number, got {self.clip}")
             need(self.secagg_bits in (None, 16, 32), f"--secagg-bits must be 16 or 32, got {self.secagg_bits}")
             self.secagg_config().for_round(rounds.n_sampled(self.clients, self.fraction))  # every bad k/t/min, named
         else:
@@ -123,8 +127,18 @@ class SimConfig:
 
     def secagg_config(self):
         from .privacy.secagg import Config
-        return Config(clip=self.clip, bits=self.secagg_bits, neighbours=self.secagg_k, threshold=self.secagg_t,
-                      min_survivors=self.secagg_min_survivors)
+        return Config(clip=self.secagg_clip(), bits=self.secagg_bits, neighbours=self.secagg_k,
+                      threshold=self.secagg_t, min_survivors=self.secagg_min_survivors)
+
+    def secagg_clip(self) -> float:
+        """The grid's L2 bound under --secagg: --clip-norm, else SECAGG_DEFAULT_CLIP."""
+        return self.clip_norm if self.clip_norm is not None else SECAGG_DEFAULT_CLIP
+
+    def device_bounds(self) -> bounds.Bounds:
+        try:
+            return bounds.Bounds(max_samples=self.max_samples, clip_norm=self.clip_norm or None)
+        except ValueError as exc:
+            raise ValueError(f"--max-samples / --clip-norm: {exc}") from None
 
     def server_optimizer(self) -> rounds.ServerOptimizer:
         applies = {"fedavg": {}, "fedavgm": {"server_momentum": "momentum"},
@@ -206,13 +220,18 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
     check_model_fits(model, data, cfg.model)
     splits = datasets.partition(data.y_train, cfg.clients, cfg.partition, alpha=cfg.alpha,
                                 shards_per_client=cfg.shards, holdout=cfg.holdout, seed=cfg.seed)
+    biggest = max(range(len(splits)), key=lambda k: splits[k].n_samples)
+    if cfg.max_samples is not None and splits[biggest].n_samples > cfg.max_samples:
+        raise ValueError(f"--max-samples {cfg.max_samples}: client {biggest} holds {splits[biggest].n_samples} "
+                         f"training samples and would be refused every round; raise --max-samples or use more --clients")
     x_test, y_test = data.x_test, data.y_test
     if cfg.test_limit is not None:
         x_test, y_test = x_test[: cfg.test_limit], y_test[: cfg.test_limit]
 
     if cfg.trace_memory:  # before the Server exists, so its accumulator and buffers are counted
         tracemalloc.start()
-    server = rounds.Server(model.init(cfg.seed, cfg.init), optimizer=cfg.server_optimizer(), normalization=cfg.normalize)
+    server = rounds.Server(model.init(cfg.seed, cfg.init), optimizer=cfg.server_optimizer(), normalization=cfg.normalize,
+                           bounds=cfg.device_bounds())
     n_params = server.n_params
     upload_f32 = 4 * n_params
     speed = None
@@ -269,6 +288,8 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
                "test_loss": math.nan, "test_acc": math.nan, "fed_loss": math.nan, "fed_acc": math.nan,
                "upload_bytes": up, "download_bytes": down, "cum_upload_mb": cum_up / 1e6,
                "cum_download_mb": cum_down / 1e6}
+        if cfg.clip_norm:   # updates scaled down to --clip-norm (only with the bound on: outputs stay as they were)
+            row["clipped"] = int(outcome.rejected.get(bounds.CLIPPED, 0))
         if r % cfg.eval_every == 0 or r == cfg.rounds:
             row["test_loss"], row["test_acc"] = map(float, train.evaluate(model, server.params, x_test, y_test))
             row["fed_loss"], row["fed_acc"] = _federated_eval(train, model, server.params, data, splits, selected)
@@ -409,39 +430,45 @@ def _personalize(cfg, train, model, global_params, data, splits) -> dict:
 
 # --- output -----------------------------------------------------------------------------------
 
+OUTPUT_FILES = ("rounds.csv", "result.json", "params.npy", "personalization.csv", "accuracy.png")
 CSV_FIELDS = ("round", "clients", "samples", "train_loss", "local_steps", "test_loss", "test_acc", "fed_loss",
               "fed_acc", "upload_bytes", "download_bytes", "cum_upload_mb", "cum_download_mb", "round_wall_s",
               "round_cpu_s", "elapsed_wall_s")
 
 
 def write_outputs(result: SimResult, out: str, *, log=print) -> list[str]:
-    """rounds.csv, result.json, params.npy (final weights), personalization.csv (if any) and accuracy.png (if matplotlib is there)."""
+    """rounds.csv, result.json, params.npy (final weights), personalization.csv (if any) and accuracy.png (if matplotlib is there).
+
+    Each file is written atomically (fedtiny.atomic): a kill leaves the previous file or the new
+    one, and a temporary left by a SIGKILL of an earlier run is removed first."""
     os.makedirs(out, exist_ok=True)
+    remove_stale(out, OUTPUT_FILES)
     written = []
-    path = os.path.join(out, "rounds.csv")
+
+    def put(name: str, data: bytes) -> None:
+        path = os.path.join(out, name)
+        atomic_write(path, data)
+        written.append(path)
+
+    text = io.StringIO(newline="")
     fields = list(CSV_FIELDS) + [k for k in result.rounds[0] if k not in CSV_FIELDS]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(result.rounds)
-    written.append(path)
-    path = os.path.join(out, "result.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(_finite_or_null(result.to_json()), f, indent=1, default=_json_default, allow_nan=False)
-    os.replace(path + ".tmp", path)
-    written.append(path)
+    w = csv.DictWriter(text, fieldnames=fields)
+    w.writeheader()
+    w.writerows(result.rounds)
+    put("rounds.csv", text.getvalue().encode())
+    put("result.json", json.dumps(_finite_or_null(result.to_json()), indent=1, default=_json_default,
+                                  allow_nan=False).encode())
     if result.params is not None:
-        path = os.path.join(out, "params.npy")
-        np.save(path, result.params)
-        written.append(path)
+        buf = io.BytesIO()
+        np.save(buf, result.params, allow_pickle=False)
+        put("params.npy", buf.getvalue())
     if result.personalization:
-        path = os.path.join(out, "personalization.csv")
         p = result.personalization
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["client", "acc_before", "acc_after"])
-            w.writerows(zip(p["clients"], p["before"], p["after"]))
-        written.append(path)
+        text = io.StringIO(newline="")
+        w = csv.writer(text)
+        w.writerow(["client", "acc_before", "acc_after"])
+        w.writerows(zip(p["clients"], p["before"], p["after"]))
+        put("personalization.csv", text.getvalue().encode())
     png = plot(result, os.path.join(out, "accuracy.png"), log=log)
     if png:
         written.append(png)
@@ -489,7 +516,9 @@ def plot(result: SimResult, path: str, *, log=print) -> str | None:
     fig.suptitle(f"{c['dataset']} {c['model']} K={c['clients']} C={c['fraction']} {c['partition']} "
                  f"codec={c['codec']} {c['server_opt']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    atomic_write(path, buf.getvalue())
     plt.close(fig)
     return path
 
@@ -528,6 +557,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    f"in [{HETERO_MIN_SPEED}, 1] of the local steps")
     g.add_argument("--normalize", default=d.normalize, choices=("none", "fednova"),
                    help="fednova: normalise updates by their local steps (for --hetero)")
+    g.add_argument("--max-samples", type=int, default=None, metavar="N",
+                   help="refuse a client's update whose n_k exceeds N, as the aggregator does (default: off)")
+    g.add_argument("--clip-norm", type=float, default=None, metavar="C",
+                   help="scale each update down to L2 norm <= C, as the aggregator does (default: off; "
+                        f"the aggregator's default is {bounds.DEFAULT_CLIP_NORM}); with --secagg, the bound the round's "
+                        f"grid covers, [-C, C] (default {SECAGG_DEFAULT_CLIP} there)")
     g = p.add_argument_group("server optimizer")
     g.add_argument("--server-opt", default=d.server_opt, choices=tuple(rounds.SERVER_OPTIMIZERS))
     g.add_argument("--server-lr", type=float, default=None, help="server learning rate (fedavg/fedavgm 1.0, fedadam 0.01)")
@@ -548,8 +583,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("secure aggregation (SecAgg+, docs/secagg.md)")
     g.add_argument("--secagg", action="store_true", help="the aggregator sees only the sum: every device clips, maps "
                    "its delta to the round's shared integer grid and masks it (replaces --codec)")
-    g.add_argument("--clip", type=float, default=d.clip, help="L2 clip bound C of every update, announced with the "
-                   "round; the grid covers [-C, C] (default %(default)s)")
     g.add_argument("--secagg-bits", type=int, default=None, choices=(16, 32),
                    help="grid bits b (default 16 up to 127 devices per round, else 32)")
     g.add_argument("--secagg-k", type=int, default=None, help="neighbours per device (default: all up to 32 devices, "

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from fedtiny import rounds, simulate
+from fedtiny import bounds, rounds, simulate
 from fedtiny.net import keys, wire
 from fedtiny.net.aggregator import AggregateConfig, Aggregator
 from fedtiny.net.demo import client_command, write_client_data
@@ -35,8 +35,7 @@ class Fleet:
         self.clients = clients
         self.seed = seed
         self.keyfile = os.path.join(self.dir, "keys")
-        with open(self.keyfile, "w") as f:
-            f.write(keys.generate(range(clients + 2)))   # two spare ids for hand-driven devices
+        keys.write_keys(self.keyfile, keys.generate(range(clients + 2)))   # two spare ids for hand-driven devices
         self.keys = keys.load_keys(self.keyfile)
         self.data = write_client_data(self.dir, "digits", clients, seed=seed)
 
@@ -125,7 +124,9 @@ def simulate_oracle(clients: int, n_rounds: int, seed: int = 0, codec: str = "in
     rounds.Server.__init__ = capture
     try:
         cfg = simulate.SimConfig(dataset="digits", model=MODEL, clients=clients, fraction=1.0, rounds=n_rounds,
-                                 lr=0.05, batch=10, codec=codec, seed=seed)
+                                 lr=0.05, batch=10, codec=codec, seed=seed,
+                                 # the aggregator's default bounds: the same code clips in both
+                                 max_samples=bounds.DEFAULT_MAX_SAMPLES, clip_norm=bounds.DEFAULT_CLIP_NORM)
         result = simulate.run(cfg)
     finally:
         rounds.Server.__init__ = real_init

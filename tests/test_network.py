@@ -249,8 +249,8 @@ def test_dead_upload_straggler_and_late_update_leave_the_average_alone(tmp_path)
             updates = [codec.encode((rng.standard_normal(offer.n_params) * 0.01).astype(np.float32)) for _ in devs]
             n_up = wire.update_chunks(offer.n_params)
             assert n_up >= 2
-            hand_result(devs[0], r, 120, n_up)
-            hand_result(devs[1], r, 80, n_up)
+            hand_result(devs[0], r, 100, n_up)   # n_k as announced in HELLO (hand_join: 100)
+            hand_result(devs[1], r, 100, n_up)
             for i in range(n_up // 2):             # device 1 delivers half, then dies
                 hand_chunk(devs[1], r, updates[1], i, n_up)
             for i in range(n_up):

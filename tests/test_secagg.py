@@ -480,7 +480,7 @@ def test_simulate_secagg_upload_is_two_bytes_per_parameter_plus_the_protocol():
     (["--secagg", "--codec", "int8"], "does not apply with --secagg"),
     (["--secagg", "--secagg-k", "3"], "--secagg-k 3"),
     (["--secagg", "--secagg-min-survivors", "1"], "--secagg-min-survivors 1"),
-    (["--secagg", "--clip", "-1"], "--clip"),
+    (["--secagg", "--clip-norm", "-1"], "--clip-norm"),
 ])
 def test_simulate_secagg_bad_arguments_are_one_line_and_exit_2(argv, message, capsys):
     from fedtiny import cli

@@ -54,7 +54,7 @@ def test_corrupt_state_is_a_clear_error(tmp_path):
 def test_keys_file(tmp_path):
     text = keys.generate([1, 2, 7])
     p = tmp_path / "keys"
-    p.write_text("# fleet\n\n" + text)
+    keys.write_keys(str(p), "# fleet\n\n" + text)
     ks = keys.load_keys(str(p))
     assert sorted(ks) == [1, 2, 7] and all(len(k) == 32 for k in ks.values())
     assert keys.load_device_key(str(p), 7) == ks[7]

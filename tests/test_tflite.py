@@ -432,12 +432,13 @@ def test_simulate_cli_with_backbone_federates_only_the_head(tmp_path, capsys):
 
 def test_client_cli_backbone_head_mismatch_is_one_line(tmp_path, capsys):
     from fedtiny import cli, model as model_mod
+    from fedtiny.net import keys
 
     m = model_mod.build("mlp:64-32-10")
     path = tmp_path / "feat.tflite"
     ft.export_tflite(m, m.init(seed=1), path, drop_dense=1)
     np.savez(tmp_path / "d.npz", x=np.zeros((4, 64), np.float32), y=np.zeros(4, np.int64))
-    (tmp_path / "keys").write_text("1 " + "ab" * 16 + "\n")
+    keys.write_keys(str(tmp_path / "keys"), "1 " + "ab" * 16 + "\n")
     rc = cli.main(["client", "--server", "127.0.0.1:9", "--device-id", "1", "--key", str(tmp_path / "keys"),
                    "--data", str(tmp_path / "d.npz"), "--backbone", str(path), "--model", "mlp:64-10"])
     err = capsys.readouterr().err.strip().splitlines()

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import datasets, rounds
+from .. import bounds, datasets, rounds
 from . import ingest, keys as keys_mod, session, state, wire
 from .common import MODEL_WINDOW, parse_hostport, setup_logging
 from .session import Rejected
@@ -70,6 +70,8 @@ class AggregateConfig:
     server_lr: float | None = None
     slots: int = 8
     seed: int = 0
+    max_samples: int = bounds.DEFAULT_MAX_SAMPLES
+    clip_norm: float = bounds.DEFAULT_CLIP_NORM      # 0: no clipping
 
     def check(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -87,6 +89,10 @@ class AggregateConfig:
         need(self.codec in CODECS, f"--codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
         need(self.slots >= 1, f"--slots must be >= 1, got {self.slots}")
         need(0 <= self.seed < 2**32, f"--seed must be in 0..2^32-1, got {self.seed}")
+        need(1 <= self.max_samples <= bounds.MAX_WIRE_SAMPLES,
+             f"--max-samples must be in 1..{bounds.MAX_WIRE_SAMPLES}, got {self.max_samples}")
+        need(math.isfinite(self.clip_norm) and self.clip_norm >= 0,
+             f"--clip-norm must be a finite number >= 0 (0: no clipping), got {self.clip_norm}")
         need(bool(self.keys), "--keys FILE is required")
         need(bool(self.state), "--state DIR is required")
 
@@ -118,6 +124,8 @@ class _RoundRun:
     offer: bytes
     model_chunks: int
     started: float
+    announced: dict = field(default_factory=dict) # device -> n_samples of its HELLO when the round opened
+    refused: set = field(default_factory=set)     # devices whose RESULT broke the bounds: not waited for
     offered: dict = field(default_factory=dict)   # device -> time of last offer sent
     asked: set = field(default_factory=set)       # devices that asked for model chunks
     bytes_up: int = 0
@@ -143,22 +151,24 @@ class Aggregator(asyncio.DatagramProtocol):
                 raise ValueError(f"--dataset {cfg.dataset} (the test set): {exc}; or --dataset none") from None
             self.test = (data.x_test, data.y_test)
         optimizer = rounds.make_server_optimizer(cfg.server_opt, lr=cfg.server_lr)
+        self.bounds = bounds.Bounds(max_samples=cfg.max_samples, clip_norm=cfg.clip_norm or None)
         ckpt = state.load(cfg.state)
         if ckpt is not None:
             if ckpt.weights.size != self.model.n_params:
                 raise ValueError(f"state directory {cfg.state} holds a model of {ckpt.weights.size} parameters, "
                                  f"--model {cfg.model} has {self.model.n_params}")
-            self.server = rounds.Server(ckpt.weights, optimizer=optimizer)
+            self.server = rounds.Server(ckpt.weights, optimizer=optimizer, bounds=self.bounds)
             self.server.round_id = ckpt.round
             optimizer.load_state(dict(ckpt.optimizer))
             self.metrics = ckpt.metrics
         else:
-            self.server = rounds.Server(self.model.init(cfg.seed), optimizer=optimizer)
+            self.server = rounds.Server(self.model.init(cfg.seed), optimizer=optimizer, bounds=self.bounds)
             self.metrics = []
         self.resumed_from = self.server.round_id
         self.devices: dict[int, _Device] = {}
         self.rejected: Counter[str] = Counter()          # whole run (since this process started)
         self.round_rejected: Counter[str] = Counter()
+        self.clipped = self.round_clipped = 0            # updates scaled down to --clip-norm (accepted)
         self.current: _RoundRun | None = None
         self.transport = None
         self.finished = False
@@ -214,7 +224,9 @@ class Aggregator(asyncio.DatagramProtocol):
             payload = hdr.payload
             dev.addr, dev.last_seen = addr, now
             if mtype == session.HELLO:
-                self._on_hello(dev, wire.Hello.unpack(payload), now)
+                hello = wire.Hello.unpack(payload)
+                self._check_hello_samples(dev, hello)
+                self._on_hello(dev, hello, now)
                 return
             if mtype == session.ERROR:
                 self._on_device_error(dev, wire.ErrorMsg.unpack(payload))
@@ -292,6 +304,19 @@ class Aggregator(asyncio.DatagramProtocol):
                        f"the aggregator runs --model {self.cfg.model} ({self.server.n_params} parameters, "
                        f"architecture {self.arch_hash[:4].hex()}): this device is not selected again", always=True)
 
+    def _check_hello_samples(self, dev: _Device, hello) -> None:
+        """A device whose announced n_k breaks the bounds is told why and never selected (until
+        a new session of it announces an acceptable n_k)."""
+        problem = self.bounds.check_samples(hello.n_samples)
+        if problem is None:
+            if dev.excluded.startswith(bounds.TOO_MANY_SAMPLES):
+                dev.excluded = ""
+            return
+        reason, _, text = problem.partition(": ")
+        dev.excluded = problem
+        self._tell(dev, dev.session.round, session.E_REFUSED, f"device {dev.id}: {text}", always=True)
+        raise Rejected(reason, f"HELLO: {text}")
+
     def _on_hello(self, dev: _Device, hello, now: float) -> None:
         first = dev.n_samples == 0
         dev.last_seen, dev.n_samples = now, hello.n_samples
@@ -332,6 +357,12 @@ class Aggregator(asyncio.DatagramProtocol):
             raise Rejected("bad_payload", f"announces {res.update_chunks} update chunks, the model needs {run.ingest.n_chunks}")
         if not (res.n_samples > 0 and math.isfinite(res.loss) and res.steps > 0):
             raise Rejected("bad_payload", "n_samples and steps must be positive, loss finite")
+        announced = run.announced.get(dev.id)
+        if res.n_samples != announced:
+            if dev.upload is None:   # nothing of it is staged: the round stops waiting for it
+                run.refused.add(dev.id)
+                self._wake.set()
+            raise Rejected("samples_mismatch", f"RESULT n_k {res.n_samples}, its HELLO announced {announced} for round {run.id}")
         upload = (int(res.n_samples), int(res.steps), float(res.loss), int(res.update_seed), int(res.update_flags))
         if dev.upload is not None and dev.upload[:2] != upload[:2]:
             raise Rejected("weight_changed", f"n_k {dev.upload[0]} -> {upload[0]} within round {run.id}")
@@ -375,6 +406,15 @@ class Aggregator(asyncio.DatagramProtocol):
         if not verdict.accepted:
             self._reject(verdict.reason, f"device {device_id}", verdict.detail)
             self._tell(dev, self.current.id, session.E_REJECTED, verdict.detail or verdict.reason, always=True)
+        elif verdict.detail.startswith(bounds.CLIPPED):
+            self._count_clipped(verdict.detail)
+
+    def _count_clipped(self, detail: str) -> None:
+        """Clipped updates are accepted, so they are counted beside the rejections, not as one."""
+        self.clipped += 1
+        self.round_clipped += 1
+        if self.round_clipped <= LOG_PER_REASON:
+            log.info("%s", detail)
 
     # -- rounds ------------------------------------------------------------------------------
     def _alive(self, now: float) -> list[int]:
@@ -413,10 +453,12 @@ class Aggregator(asyncio.DatagramProtocol):
                         wire.model_chunks(n), now)
         run.ingest = ingest.UpdateIngest(n, self._commit, slots=cfg.slots)
         self.round_rejected = Counter()
+        self.round_clipped = 0
         for d in run.selected:
             dev = self.devices[d]
             dev.upload, dev.acked = None, 0
             dev.session.new_round(r)
+            run.announced[d] = dev.n_samples
         return run
 
     async def _run_round(self, stop: asyncio.Event) -> bool:
@@ -430,7 +472,9 @@ class Aggregator(asyncio.DatagramProtocol):
         while not stop.is_set():
             now = time.monotonic()
             # a selected device that refused the model (excluded) will not deliver: wait only for the rest
-            target = min(run.rnd.min_updates, sum(1 for d in run.selected if not self.devices[d].excluded))
+            # nor one whose RESULT broke the bounds (run.refused)
+            target = min(run.rnd.min_updates, sum(1 for d in run.selected
+                                                  if not self.devices[d].excluded and d not in run.refused))
             if run.ingest.n_complete >= target or now >= run.rnd.deadline:
                 break
             for d in sorted(run.selected - run.asked):
@@ -460,23 +504,35 @@ class Aggregator(asyncio.DatagramProtocol):
                "test_loss": math.nan, "test_acc": math.nan,
                "bytes_up": run.bytes_up, "bytes_down": run.bytes_down, "round_s": now - run.started,
                "stragglers": sorted(run.selected - contributors), "dropped_uploads": ingest_stats.dropped,
-               "rejected": dict(self.round_rejected)}
+               "rejected": dict(self.round_rejected), "clipped": self.round_clipped}
+        if bounds.NONFINITE_STEP in result.rejected:
+            # The model did not change and nothing is written: a restart redoes this round.
+            self.rejected[bounds.NONFINITE_STEP] += 1
+            row["rejected"][bounds.NONFINITE_STEP] = 1
+            log.warning("%s", result.detail)
+            self.metrics.append(row)
+            self._tell_closed(run, result, set(), "abandoned")
+            self._print_row(row)
+            return
         if self.test is not None:
             row["test_loss"], row["test_acc"] = map(float, self.train.evaluate(self.model, self.server.params, *self.test))
         self.metrics.append(row)
         state.save(self.cfg.state, state.Checkpoint(self.server.round_id, self.server.params,
                                                     self.server.optimizer.state(), self.metrics,
                                                     {"model": self.cfg.model, "seed": self.cfg.seed}))
-        summary = wire.Result(n_samples=int(result.n_samples), n_clients=len(contributors),
+        summary = wire.Result(n_samples=min(int(result.n_samples), bounds.MAX_WIRE_SAMPLES), n_clients=len(contributors),
                               loss=row["test_loss"], accuracy=row["test_acc"]).pack()
+        self._tell_closed(run, result, contributors, result.closed_by, summary)
+        self._print_row(row)
+
+    def _tell_closed(self, run: _RoundRun, result, contributors: set, why: str, summary: bytes = b"") -> None:
         for d in run.selected:
             dev = self.devices[d]
             if d in contributors:
                 self._send(dev, dev.session.seal(session.RESULT, run.id, summary))
             else:
                 self._tell(dev, run.id, session.E_ROUND_CLOSED,
-                           f"round {run.id} closed ({result.closed_by}) without your update", always=True)
-        self._print_row(row)
+                           f"round {run.id} closed ({why}) without your update", always=True)
 
     # -- output ------------------------------------------------------------------------------
     HEADER = (f"{'round':>5} {'clients':>7} {'samples':>7} {'train loss':>10} {'test loss':>9} {'test acc':>8} "
@@ -486,6 +542,8 @@ class Aggregator(asyncio.DatagramProtocol):
         if row["round"] == self.resumed_from + 1:
             print(self.HEADER, file=self.out)
         rej = ", ".join(f"{k} {v}" for k, v in sorted(row["rejected"].items())) or "-"
+        if row.get("clipped"):
+            rej += f" (clipped {row['clipped']})"
         print(f"{row['round']:>5} {row['clients']:>3}/{row['selected']:<3} {row['samples']:>7} "
               f"{row['train_loss']:>10.4f} {row['test_loss']:>9.4f} {row['test_acc']:>8.4f} "
               f"{row['bytes_up'] / 1e3:>8.1f} {row['bytes_down'] / 1e3:>8.1f} {row['round_s']:>6.2f}  {rej}",
@@ -567,6 +625,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server-lr", type=float, default=None)
     p.add_argument("--slots", type=int, default=d.slots, help="uploads staged at once (memory: slots x 1.03 bytes/param)")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--max-samples", type=int, default=d.max_samples, metavar="N",
+                   help="largest n_k (FedAvg weight) a device may claim; more is refused (default %(default)s)")
+    p.add_argument("--clip-norm", type=float, default=d.clip_norm, metavar="C",
+                   help="each update is scaled down to L2 norm <= C before it is summed; 0: off (default %(default)s)")
     p.add_argument("--verbose", "-v", action="store_true")
 
 

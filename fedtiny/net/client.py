@@ -71,6 +71,7 @@ class Device:
         self.rounds_done = 0
         self.finished = False
         self.rejected: dict[str, int] = {}
+        self.failed: str | None = None   # why this device stopped (run_command exits with 2)
         self._reset_round()
         self.last_heard = time.monotonic()
         self.last_sent = -math.inf
@@ -204,8 +205,21 @@ class Device:
                 self.have.clear()
                 self._ask_model()
                 return
+            if not np.isfinite(params).all():
+                self._send(session.ERROR, wire.ErrorMsg(session.E_MODEL, f"device {self.id}: the model of round "
+                                                        f"{self.round} holds NaN or Inf").pack())
+                self._fail(f"round {self.round}: the aggregator sent a model with NaN or Inf weights; stopping "
+                           f"(start the device again once the aggregator serves a finite model)")
+                return
             self.state = "training"
             self.pending_training = params   # trained by the loop, after this datagram batch
+
+    def _fail(self, why: str) -> None:
+        """Stop with one line saying why (run_command then exits with 2): never a silent dead loop."""
+        log.error("%s", why)
+        self.failed = why
+        self.state = "failed"
+        self.finished = True
 
     def _train(self, round_id: int, offer: wire.Offer, params: np.ndarray) -> None:
         t0 = time.perf_counter()
@@ -213,7 +227,9 @@ class Device:
         if self.round != round_id or self.state != "training":
             return  # the round moved on
         self.update = update
-        self.result = wire.Result(n_samples=int(res.n_samples), n_clients=1, loss=float(res.loss),
+        # n_k is the size of the local data set, as announced in HELLO (res.n_samples counts every
+        # epoch's passes); the aggregator refuses a RESULT whose n_k differs from the HELLO's
+        self.result = wire.Result(n_samples=len(self.y), n_clients=1, loss=float(res.loss),
                                   steps=int(res.steps), update_seed=update.seed, update_flags=update.flags,
                                   update_chunks=wire.update_chunks(offer.n_params)).pack()
         log.info("round %d: trained on %d samples in %.2f s (loss %.4f), uploading", round_id, res.n_samples,
@@ -265,6 +281,10 @@ class Device:
             self.finished = True
         elif err.code == session.E_BUSY and self.state == "uploading":
             self.last_progress = time.monotonic() + random.uniform(0.1, 0.5)   # back off, then retry
+        elif err.code == session.E_REFUSED:
+            # its HELLO broke the aggregator's bounds (e.g. more samples than --max-samples):
+            # asking again would be refused again
+            self._fail(f"the aggregator refused this device: {err.text}")
         elif err.code in (session.E_ROUND_CLOSED, session.E_NOT_SELECTED) and round_id == self.round:
             log.debug("round %d: %s", round_id, err.text)
             if self.state in ("downloading", "training", "uploading"):
@@ -311,7 +331,11 @@ class Device:
                 self.tick(time.monotonic())
                 if self.pending_training is not None:
                     params, self.pending_training = self.pending_training, None
-                    self._train(self.round, self.offer, params)
+                    try:
+                        self._train(self.round, self.offer, params)
+                    except Exception as exc:  # diverged, an offer it cannot train, out of memory
+                        self._fail(f"round {self.round}: local training failed: {exc}; stopping "
+                                   f"(check --data and the aggregator's --lr)")
                     continue
                 if select.select([self.sock], [], [], TICK)[0]:
                     self._drain()
@@ -348,13 +372,47 @@ def load_data(path: str, model) -> tuple[np.ndarray, np.ndarray]:
             x, y = z["x"], z["y"]
     except (OSError, EOFError) as exc:
         raise ValueError(f"cannot read {path}: {exc}") from None
+    if x.ndim < 2 or x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise ValueError(f"{path}: x must be a real-valued array of samples (N x features), got {x.dtype} {x.shape}")
     if x.dtype != np.float32:
-        x = x.astype(np.float32)
+        with np.errstate(over="ignore"):
+            x = x.astype(np.float32)       # a float64 beyond FLT_MAX becomes Inf: refused below
     if len(x) != len(y) or len(y) == 0:
         raise ValueError(f"{path}: x has {len(x)} rows, y {len(y)}; need the same number, at least 1")
     if model is not None and int(np.prod(x.shape[1:])) != int(np.prod(model.input_shape)):
         raise ValueError(f"{path}: samples of shape {x.shape[1:]}, the model takes {model.input_shape}")
-    return np.ascontiguousarray(x), np.asarray(y, dtype=np.int64)
+    check_features(path, x)
+    return np.ascontiguousarray(x), check_labels(path, y, None if model is None else model.n_classes)
+
+
+def check_labels(path: str, y: np.ndarray, n_classes: int | None) -> np.ndarray:
+    """y as int64 class indices, or one ValueError naming the first bad label and the fix."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"{path}: y must be 1-D (one class index per sample), got shape {y.shape}")
+    if y.dtype == np.bool_ or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+        raise ValueError(f"{path}: y must hold integer class labels, got dtype {y.dtype}")
+    if np.issubdtype(y.dtype, np.floating):
+        bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
+        if bad.size:
+            raise ValueError(f"{path}: y holds {bad.size} label(s) that are not whole numbers (first: {float(y[bad[0]])!r} "
+                             f"at row {bad[0]}); labels are class indices: save y as integers")
+    out_of_range = (y < 0) if n_classes is None else (y < 0) | (y >= n_classes)
+    bad = np.flatnonzero(out_of_range)
+    if bad.size:
+        where = ">= 0" if n_classes is None else f"[0, {n_classes})"
+        raise ValueError(f"{path}: y holds {bad.size} label(s) outside {where} (first: {int(y[bad[0]])} at row "
+                         f"{bad[0]}); relabel the data, or use a --model with as many outputs as classes")
+    return y.astype(np.int64)
+
+
+def check_features(path: str, x: np.ndarray) -> None:
+    """One ValueError if x holds NaN or Inf (training would turn the model into NaN)."""
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise ValueError(f"{path}: x holds NaN or Inf in {rows.size} sample(s) (first at row {rows[0]}); "
+                         f"drop or repair those rows before joining")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -386,6 +444,8 @@ def run_command(args: argparse.Namespace) -> int:
         if x.shape[1] != int(np.prod(model.input_shape)):
             raise ValueError(f"--backbone {args.backbone} gives {x.shape[1]} features, --model {args.model} takes "
                              f"{int(np.prod(model.input_shape))} (use --model {tflite.head_spec(x.shape[1])})")
+        check_features(f"{args.data} through {args.backbone}", x)
+        y = check_labels(args.data, y, model.n_classes)
     else:
         x, y = load_data(args.data, model)
     device = Device(args.device_id, key, model, x, y, momentum=args.momentum, weights=args.weights,
@@ -398,4 +458,4 @@ def run_command(args: argparse.Namespace) -> int:
     if device.mismatch:
         raise ValueError(f"device {args.device_id}: {device.mismatch}: start the client with the aggregator's --model")
     print(f"device {args.device_id}: took part in {done} round(s)", file=sys.stderr)
-    return 0
+    return 2 if device.failed else 0

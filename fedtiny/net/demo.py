@@ -70,8 +70,7 @@ def run_command(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="fedtiny-demo-") as tmp:
         state_dir = args.state or os.path.join(tmp, "state")
         keyfile = os.path.join(tmp, "keys")
-        with open(os.open(keyfile, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
-            f.write(keys.generate(range(args.clients)))
+        keys.write_keys(keyfile, keys.generate(range(args.clients)))
         paths = write_client_data(tmp, args.dataset, args.clients, partition=args.partition, seed=args.seed,
                                   data_dir=args.data_dir)
         cfg = AggregateConfig(listen=f"127.0.0.1:{args.port}", model=args.model, rounds=args.rounds,

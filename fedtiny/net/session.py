@@ -36,6 +36,7 @@ E_NOT_SELECTED = 102   # this device is not in the open round
 E_REJECTED = 103       # the update was refused (text says why)
 E_MODEL = 104          # the device cannot train this model (size or architecture): it stops
 E_FINISHED = 105       # the aggregator finished its rounds: the device may stop
+E_REFUSED = 106        # the device's HELLO breaks the aggregator's bounds (text says which): never selected
 
 
 class Rejected(Exception):

@@ -18,35 +18,15 @@ import csv
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_write, remove_stale  # noqa: F401  (atomic_write: public here since before fedtiny.atomic)
+
 STATE_FILE = "state.json"
 FORMAT = 1
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Write bytes to path so that readers see the old file or the new one, never a torn one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself must survive a power cut
-    finally:
-        os.close(dir_fd)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -101,6 +81,7 @@ class Checkpoint:
 
 def save(directory: str, ckpt: Checkpoint) -> None:
     os.makedirs(directory, exist_ok=True)
+    remove_stale(directory)   # left by a kill during an earlier save
     weights_name = f"weights-{ckpt.round:06d}.npy"
     optim_name = f"optim-{ckpt.round:06d}.npz"
     atomic_write(os.path.join(directory, weights_name), _npy_bytes(np.asarray(ckpt.weights, dtype=np.float32)))
@@ -130,16 +111,42 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
+def check_state(state: Any) -> str | None:
+    """What is wrong with a parsed state.json, or None: the commit point must name files in its
+    own directory and hold a round >= 0 and lists/objects where later rounds append and read."""
+    if not isinstance(state, dict):
+        return f"it holds a JSON {type(state).__name__}, not an object"
+    if state.get("format") != FORMAT:
+        return f"format {state.get('format')!r}, this fedtiny reads {FORMAT}"
+    rnd = state.get("round")
+    if isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < 0:
+        return f"round must be a whole number >= 0, got {rnd!r}"
+    for key in ("weights", "optimizer"):
+        name = state.get(key)
+        if not isinstance(name, str) or not name or os.path.basename(name) != name or name.startswith("."):
+            return f"{key} must name a file in the state directory, got {name!r}"
+    if not isinstance(state.get("metrics", []), list) or not all(isinstance(m, dict) for m in state.get("metrics", [])):
+        return "metrics must be a list of objects (one per round)"
+    if not isinstance(state.get("config", {}), dict):
+        return "config must be an object"
+    return None
+
+
 def load(directory: str) -> Checkpoint | None:
     """The last committed checkpoint in directory, or None when it holds none."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"--state {directory} is a file, not a directory: name a new or existing directory "
+                         f"(the file is left as it is)")
     path = os.path.join(directory, STATE_FILE)
     if not os.path.exists(path):
         return None
     try:
         with open(path, "rb") as f:
             state = json.loads(f.read())
-        if state.get("format") != FORMAT:
-            raise ValueError(f"format {state.get('format')!r}, this fedtiny reads {FORMAT}")
+        problem = check_state(state)
+        if problem:
+            raise ValueError(f"{STATE_FILE} is not a fedtiny checkpoint: {problem}; move the directory away "
+                             f"or point --state at another one")
         weights = np.load(os.path.join(directory, state["weights"]), allow_pickle=False)
         with np.load(os.path.join(directory, state["optimizer"]), allow_pickle=False) as z:
             optimizer = {k: z[k] for k in z.files}
@@ -147,5 +154,8 @@ def load(directory: str) -> Checkpoint | None:
         raise ValueError(f"state directory {directory}: unreadable checkpoint ({exc})") from None
     if weights.dtype != np.float32 or weights.ndim != 1:
         raise ValueError(f"state directory {directory}: weights are {weights.dtype} {weights.shape}, expected 1-D float32")
+    if not np.isfinite(weights).all():
+        raise ValueError(f"state directory {directory}: the saved model holds NaN or Inf (written by an older "
+                         f"fedtiny); start from another --state")
     return Checkpoint(int(state["round"]), weights, optimizer, list(state.get("metrics", [])),
                       dict(state.get("config", {})))

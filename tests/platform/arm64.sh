@@ -33,7 +33,7 @@ say() { echo "arm64.sh: $*"; }
 
 SRC="$(cd "$(dirname "$0")/../.." && pwd)"
 ROOT="${FEDTINY_ARM64_ROOT:-${TMPDIR:-/tmp}/fedtiny-arm64-root}"
-TESTS="${FEDTINY_ARM64_TESTS:-tests/test_codec*.py tests/test_fedavg*.py tests/test_train_gemm.py tests/test_train_grad.py}"
+TESTS="${FEDTINY_ARM64_TESTS:-tests/test_codec*.py tests/test_fedavg*.py tests/test_norm.py tests/test_train_gemm.py tests/test_train_grad.py}"
 PYTEST_ARGS="${FEDTINY_ARM64_PYTEST_ARGS:--q}"
 PYTHON="${PYTHON:-python3}"
 SUITE=bookworm
