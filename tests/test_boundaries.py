@@ -230,3 +230,19 @@ def test_device_resends_its_result_only_after_more_than_upload_ack_wait(late):
         assert peer.types() == ([wire.MsgType.RESULT] if late else [])
     finally:
         peer.close()
+
+
+def test_clipped_weight_is_the_float32_just_below_the_exact_product():
+    """bounds.scaled_weight: n_k * factor as a float32 rounded toward zero, never up (an update scaled
+    by a weight rounded up would enter the sum with a norm above the clip bound)."""
+    from fedtiny import bounds
+    rng = np.random.default_rng(0)
+    rounded_up = 0
+    for _ in range(2000):
+        w, f = float(rng.integers(1, 10_000)), float(rng.uniform(0.001, 1.0))
+        exact = w * f
+        got = bounds.scaled_weight(w, f)
+        assert float(np.float32(got)) == got and got <= exact, (w, f)
+        assert float(np.nextafter(np.float32(got), np.float32(np.inf))) > exact, (w, f)   # the closest one below
+        rounded_up += float(np.float32(exact)) > exact
+    assert rounded_up > 100   # round-to-nearest would have gone up in these cases
