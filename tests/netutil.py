@@ -345,24 +345,29 @@ class WireCapture:
             out[dev] = (self.n_samples[(r, dev)], delta)
         return out
 
-    def fedavg(self, round_id: int, devices=None) -> np.ndarray:
-        """float64 FedAvg of round_id's uploads (of `devices`, default all complete) on its model."""
+    def fedavg(self, round_id: int, devices=None, clip_norm: float | None = None) -> np.ndarray:
+        """float64 FedAvg of round_id's uploads (of `devices`, default all complete) on its model;
+        with clip_norm C, each update scaled by min(1, C / its L2 norm) first (docs/network.md)."""
         ups = self.uploads(round_id)
         if devices is not None:
             ups = {d: ups[d] for d in devices}
         assert ups, f"round {round_id}: no complete upload on the wire"
         n = sum(nk for nk, _ in ups.values())
-        return self.model(round_id).astype(np.float64) + sum(nk * delta for nk, delta in ups.values()) / n
+
+        def clipped(delta):
+            norm = float(np.sqrt(np.sum(delta * delta)))
+            return delta if not clip_norm or norm <= clip_norm else delta * (clip_norm / norm)
+        return self.model(round_id).astype(np.float64) + sum(nk * clipped(d) for nk, d in ups.values()) / n
 
 
 def check_against_wire(capture: WireCapture, final_weights: np.ndarray, rounds_metrics: list[dict],
-                       atol: float = 1e-6) -> None:
+                       clip_norm: float | None = None, atol: float = 1e-6) -> None:
     """Every round: the next model the aggregator sent (or the final checkpoint) is FedAvg, in float64,
     of exactly the updates and n_k the devices sent, over the devices the aggregator says it used."""
     for i, row in enumerate(rounds_metrics):
         r = row["round"]
         used = row.get("contributors")
-        want = capture.fedavg(r, used)
+        want = capture.fedavg(r, used, clip_norm)
         if used is None:
             assert len(capture.uploads(r)) == row["clients"], (r, sorted(capture.uploads(r)), row)
         assert sum(capture.uploads(r)[d][0] for d in (used or capture.uploads(r))) == row["samples"]

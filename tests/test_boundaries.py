@@ -72,8 +72,9 @@ def test_int8_value_bound_at_every_position():
 
 
 def test_result_with_another_n_k_mid_round_is_refused(tmp_path):
-    """A device's n_k is fixed by its first RESULT of a round: a second RESULT claiming another n_k
-    is dropped and counted as weight_changed; the same RESULT again is fine."""
+    """A device's RESULT must carry the n_k its HELLO announced (samples_mismatch), and its (n_k,
+    steps) are fixed by its first RESULT of a round: a second RESULT with other steps is dropped and
+    counted as weight_changed; the same RESULT again is fine."""
     fleet = Fleet(tmp_path, 1)
     with AggregatorThread(fleet.config(rounds=1, min_clients=1, dataset=None)) as at:
         dev = HandDevice(at.address, 0, fleet.keys[0])
@@ -81,13 +82,15 @@ def test_result_with_another_n_k_mid_round_is_refused(tmp_path):
             r, offer, w0 = hand_join(dev)
             n_up = wire.update_chunks(offer.n_params)
 
-            def result(n):
-                return dev.frame(wire.MsgType.RESULT, r, wire.Result(n_samples=n, loss=1.0, steps=10,
+            def result(n, steps=10):
+                return dev.frame(wire.MsgType.RESULT, r, wire.Result(n_samples=n, loss=1.0, steps=steps,
                                                                       update_chunks=n_up).pack())
             dev.expect(wire.MsgType.ACK, resend=dev.send(result(100)))
             dev.send(result(5000))
+            dev.send(result(100, steps=11))
             dev.send(result(100))
-            wait_for(lambda: at.agg.rejected["weight_changed"] == 1, 5, "weight_changed counted")
+            wait_for(lambda: at.agg.rejected["weight_changed"] == 1 and at.agg.rejected["samples_mismatch"] == 1,
+                     5, "weight_changed and samples_mismatch counted")
             update = codec.encode(np.full(offer.n_params, 0.01, np.float32), rounding="nearest")
             for i in range(n_up):
                 dev.send(dev.frame(wire.MsgType.UPDATE_CHUNK, r, wire.update_chunk(update.blocks, i), chunk=(i, n_up)))
@@ -95,13 +98,13 @@ def test_result_with_another_n_k_mid_round_is_refused(tmp_path):
         finally:
             dev.close()
     row = json.loads((tmp_path / "state" / "metrics.json").read_text())[0]
-    assert row["rejected"] == {"weight_changed": 1} and row["samples"] == 100, row
+    assert row["rejected"] == {"samples_mismatch": 1, "weight_changed": 1} and row["samples"] == 100, row
 
 
 def test_result_after_a_complete_upload_cannot_change_n_k(tmp_path):
     """Once a device's update is complete (staged, not yet committed: the round waits for another
-    device), a new RESULT claiming another n_k is refused by the aggregator itself (ingest no longer
-    holds a slot to compare with)."""
+    device), a new RESULT with other (n_k, steps) is refused by the aggregator itself (ingest no
+    longer holds a slot to compare with)."""
     fleet = Fleet(tmp_path, 2)
     with AggregatorThread(fleet.config(rounds=1, min_clients=2, dataset=None)) as at:
         devs = [HandDevice(at.address, k, fleet.keys[k]) for k in (0, 1)]
@@ -113,8 +116,8 @@ def test_result_after_a_complete_upload_cannot_change_n_k(tmp_path):
             n_up = wire.update_chunks(offer.n_params)
             update = codec.encode(np.full(offer.n_params, 0.01, np.float32), rounding="nearest")
 
-            def result(dev, n):
-                return dev.frame(wire.MsgType.RESULT, r, wire.Result(n_samples=n, loss=1.0, steps=10,
+            def result(dev, n, steps=10):
+                return dev.frame(wire.MsgType.RESULT, r, wire.Result(n_samples=n, loss=1.0, steps=steps,
                                                                       update_chunks=n_up).pack())
             for dev, n in ((devs[0], 100), (devs[1], 80)):
                 dev.expect(wire.MsgType.ACK, resend=dev.send(result(dev, n)))
@@ -122,7 +125,7 @@ def test_result_after_a_complete_upload_cannot_change_n_k(tmp_path):
                 devs[0].send(devs[0].frame(wire.MsgType.UPDATE_CHUNK, r, wire.update_chunk(update.blocks, i),
                                            chunk=(i, n_up)))
             wait_for(lambda: at.agg.current.ingest.is_complete(0), 5, "device 0's upload complete")
-            devs[0].send(result(devs[0], 5000))
+            devs[0].send(result(devs[0], 100, steps=99))
             wait_for(lambda: at.agg.rejected["weight_changed"] == 1, 5, "weight_changed counted")
             for i in range(n_up):
                 devs[1].send(devs[1].frame(wire.MsgType.UPDATE_CHUNK, r, wire.update_chunk(update.blocks, i),

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-from fedtiny import codec
+from fedtiny import bounds, codec
 from fedtiny.net import state, wire
 from netutil import (MODEL, AggregatorThread, Fleet, HandDevice, SessionKeys, WireCapture, check_against_wire,
                      client_logs, free_udp_port, simulate_oracle, stop_all, wait_for)
@@ -58,7 +58,7 @@ def test_client_processes_reproduce_simulate(tmp_path, oracle):
     finally:
         stop_all(procs)
     metrics = json.loads((tmp_path / "state" / "metrics.json").read_text())
-    check_against_wire(capture, state.load(fleet.config().state).weights, metrics)
+    check_against_wire(capture, state.load(fleet.config().state).weights, metrics, fleet.config().clip_norm)
     check_against_simulation(fleet.config().state, oracle)
     assert all(row["rejected"] == {} for row in metrics)
     assert all(row["bytes_up"] > 0 and row["bytes_down"] > 0 for row in metrics)
@@ -83,7 +83,7 @@ def test_lossy_relay_same_aggregate(tmp_path, oracle):
     assert counts["dropped"] > 0 and counts["duplicated"] > 0 and counts["reordered"] > 0, counts
     assert counts["resigned_duplicates"] > 0, counts
     metrics = json.loads((tmp_path / "state" / "metrics.json").read_text())
-    check_against_wire(capture, state.load(fleet.config().state).weights, metrics)
+    check_against_wire(capture, state.load(fleet.config().state).weights, metrics, fleet.config().clip_norm)
     check_against_simulation(fleet.config().state, oracle)
     rejected = {}
     for row in metrics:
@@ -290,14 +290,15 @@ def test_demo_prints_the_round_table(tmp_path):
 
 def test_demo_final_weights_are_simulate_bit_for_bit(tmp_path):
     """README: `fedtiny demo` gives the same weights, bit for bit, as `fedtiny simulate --dataset digits
-    --model mlp:64-32-10 --clients 3 --fraction 1 --rounds 10 --codec int8-stochastic`. Both real
-    commands, the README's 10 rounds, the demo's final checkpoint against simulate's params.npy."""
+    --model mlp:64-32-10 --clients 3 --fraction 1 --rounds 10 --codec int8-stochastic --clip-norm 1`
+    (the aggregator's default bound). Both real commands, the README's 10 rounds, the demo's final
+    checkpoint against simulate's params.npy."""
     demo = subprocess.run([sys.executable, "-m", "fedtiny.cli", "demo", "--clients", "3", "--rounds", "10",
                            "--state", str(tmp_path / "st")], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert demo.returncode == 0, demo.stderr
     sim = subprocess.run([sys.executable, "-m", "fedtiny.cli", "simulate", "--dataset", "digits", "--model", MODEL,
                           "--clients", "3", "--fraction", "1", "--rounds", "10", "--codec", "int8-stochastic",
-                          "--out", str(tmp_path / "sim")], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                          "--clip-norm", str(bounds.DEFAULT_CLIP_NORM), "--out", str(tmp_path / "sim")], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert sim.returncode == 0, sim.stderr
     ck = state.load(str(tmp_path / "st"))
     assert ck.round == 10
