@@ -80,5 +80,6 @@ ft_status ft_gemm_f32_neon(size_t M, size_t N, size_t K, const float *A, ptrdiff
 }
 
 /* NEON is baseline on aarch64: the reference loop is already vectorized by the compiler there. */
-const ft_train_kernel_table ft_train_kernels_neon = {ft_gemm_f32_neon, ft_sgd_f32_ref, ft_transpose_f32_ref};
+const ft_train_kernel_table ft_train_kernels_neon = {ft_gemm_f32_neon, ft_sgd_f32_ref, ft_transpose_f32_ref,
+                                                   ft_muladd_f32_ref /* NEON is the arm64 baseline: the compiler vectorizes it */};
 #endif

@@ -20,7 +20,7 @@
 #define E_FINISHED 105
 
 static const ft_layer k_layers[1] = {
-    {FT_LAYER_DENSE, 1, 1, FW_IN, 1, 1, FW_OUT, 0, 0, FW_IN * FW_OUT},
+    {FT_LAYER_DENSE, 1, 1, FW_IN, 1, 1, FW_OUT, 0, 0, FW_IN * FW_OUT, 0, 0, 0, 0},
 };
 /* The layer structure as fedtiny.model.Model.arch_text() writes it for mlp:64-10; its SHA-256
  * (first 16 bytes) is the offer's architecture hash this firmware accepts. */
