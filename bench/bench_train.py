@@ -189,6 +189,7 @@ def test_step_numpy(benchmark, spec, batch):
     assert all(np.isfinite(w).all() for w, _ in net.t)
 
 
+@pytest.mark.optional
 @pytest.mark.parametrize("spec,batch", CASES + NEW_CASES, ids=[f"{s}-b{b}" for s, b in CASES + NEW_CASES])
 def test_step_torch(benchmark, spec, batch):
     torch, net = torch_net(spec)
@@ -252,6 +253,7 @@ def test_peak_rss_fedtiny(weights):
 
 
 @fashion
+@pytest.mark.optional
 def test_peak_rss_torch():
     pytest.importorskip("torch")
     r = peak_rss("torch")
