@@ -12,6 +12,13 @@ import os
 import pytest
 
 
+# The checkout holds fedtiny/ as uncompiled source beside the installed package; a child Python
+# started from the checkout (`python -m fedtiny.cli`, `python -c ...`) would put the current
+# directory first on sys.path and import that source tree without its C extensions. Python 3.11's
+# safe-path mode keeps the current directory off sys.path in every child the tests start.
+os.environ.setdefault("PYTHONSAFEPATH", "1")
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
 
