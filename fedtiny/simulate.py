@@ -858,7 +858,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shards", type=int, default=d.shards, help="shards per client for --partition shards (default %(default)s)")
     g.add_argument("--holdout", type=float, default=d.holdout, help="fraction of each client's data kept for federated evaluation (default %(default)s)")
     g = p.add_argument_group("federation")
-    g.add_argument("--model", default=d.model, help="2nn, cnn or mlp:A-B-...-K (default %(default)s)")
+    g.add_argument("--model", default=d.model, help="2nn, cnn, mlp:A-B-...-K, seq:... or a float FILE.tflite (default %(default)s)")
     g.add_argument("--clients", type=int, default=d.clients, help="K (default %(default)s)")
     g.add_argument("--fraction", type=float, default=d.fraction, help="C, clients sampled per round (default %(default)s)")
     g.add_argument("--rounds", type=int, default=d.rounds)
