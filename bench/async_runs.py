@@ -122,8 +122,10 @@ def table(out: str) -> None:
         print("| async setting | seed 0 | seed 1 | seed 2 | mean of per-seed ratios |")
         print("|---|---|---|---|---|")
         for a_name, at in asyncs.items():
-            ratios = [s / a for s, a in zip(syncs[s_name], at)]
-            print(f"| {a_name} | " + " | ".join(f"{x:.2f}x" for x in ratios) + f" | {np.mean(ratios):.2f}x |")
+            ratios = [s / a for s, a in zip(syncs[s_name], at)]  # 0: FedBuff did not reach the target
+            cells = [f"{x:.2f}x" if x > 0 else "not reached" for x in ratios]
+            mean = f"{np.mean(ratios):.2f}x" if all(x > 0 for x in ratios) else "-"
+            print(f"| {a_name} | " + " | ".join(cells) + f" | {mean} |")
 
 
 def plot(out: str, png: str, sync_name: str | None = None, async_name: str = "async-k5-m50") -> None:
