@@ -175,4 +175,20 @@ double ft_l2sq_f32_avx512(const float *x, size_t n);
 void ft_chacha20_blocks_neon(const uint32_t state[16], size_t nblocks, uint8_t *out);
 #endif
 
+/* ==== sub-byte codecs (csrc/codec_lowbit_ref.c) ====
+ * Only the rotation (the FWHT, O(n log n)) has SIMD bodies; the packing and the norms are the
+ * one generic body, given the path's transform. Chosen with ft_simd_get(). */
+typedef void (*ft_fwht_fn)(float *, size_t);
+ft_status ft_quantize_lowbit_body(ft_fwht_fn fwht, ft_lowbit_fmt fmt, const float *x, size_t n, float *residual,
+                                  ft_rounding rounding, uint64_t seed, uint8_t *out);
+ft_status ft_lowbit_apply_ref(ft_lowbit_fmt fmt, const uint8_t *in, size_t i0, size_t n, uint64_t seed, float weight,
+                              float *acc, int add);
+#if FT_ARCH_X86
+void ft_fwht_f32_avx2(float *v, size_t len);
+void ft_fwht_f32_avx512(float *v, size_t len);
+#endif
+#if FT_ARCH_ARM64
+void ft_fwht_f32_neon(float *v, size_t len);
+#endif
+
 #endif
