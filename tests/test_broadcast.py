@@ -75,3 +75,15 @@ def test_int8_download_ends_close_to_float32(digits):
     f = simulate.run(SimConfig(**DIGITS, rounds=15), data=digits).summary["final_test_acc"]
     q = simulate.run(SimConfig(**DIGITS, rounds=15, down_codec="int8"), data=digits).summary["final_test_acc"]
     assert abs(f - q) < 0.03, (f, q)
+
+
+def test_compressed_download_composes_with_secagg(digits):
+    """The download is not masked: --secagg runs with --down-codec int8 and counts its bytes;
+    a sub-byte upload codec is refused with --secagg (the masked update is the shared grid)."""
+    cfg = SimConfig(**DIGITS, rounds=2, secagg=True, clip_norm=5.0, down_codec="int8")
+    res = simulate.run(cfg, data=digits)
+    n = res.summary["n_params"]
+    for row in res.rounds:
+        assert row["download_bytes"] == 10 * codec.wire_size(n)  # 10 sampled devices, all with data
+    with pytest.raises(ValueError, match="does not apply with --secagg"):
+        SimConfig(**DIGITS, secagg=True, clip_norm=5.0, codec="int4-ef").check()
