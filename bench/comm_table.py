@@ -11,13 +11,13 @@ sends and receives. Every command is printed before it runs.
 """
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
 import sys
 
 import numpy as np
+from simulation_runs import _load  # the same result.json reader
 
 BASE = ("--model 2nn --dataset fashion-mnist --clients 100 --fraction 0.1 --epochs 1 --batch 10 --lr 0.05 "
         "--rounds 100 --eval-every 10")
@@ -48,14 +48,6 @@ def run(out: str, seeds: list[int], only: list[str]) -> None:
         cmd = [os.path.join(os.path.dirname(sys.executable), "fedtiny"), "simulate", *shlex.split(args), "--out", target]
         print("$", shlex.join(cmd), flush=True)
         subprocess.run(cmd, check=True)
-
-
-def _load(out: str, name: str) -> dict | None:
-    path = os.path.join(out, name, "result.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 def table(out: str) -> None:

@@ -58,13 +58,13 @@ def wire_size(n_params: int) -> int:
     return HEADER_BYTES + nblocks(n_params) * BLOCK_BYTES
 
 
-class Int8Update:
-    """One encoded update; holds only its wire bytes (about 1.03 bytes per parameter)."""
+class _Encoded:
+    """An encoded update's wire bytes (header included) and its parameter count: shared by the formats."""
 
     __slots__ = ("_buf", "_n", "flags", "seed")
 
     def __init__(self, buf: np.ndarray, n_params: int, flags: int = 0, seed: int = 0):
-        self._buf = buf  # uint8, exactly wire_size(n_params) bytes, header included
+        self._buf = buf  # uint8, exactly the format's wire size, header included
         self._n = n_params
         self.flags = flags
         self.seed = seed
@@ -81,6 +81,25 @@ class Int8Update:
         """The block bytes (no header): what add_chunk takes, sliced at block boundaries."""
         return memoryview(self._buf)[HEADER_BYTES:]
 
+    def to_bytes(self) -> bytes:
+        return self._buf.tobytes()
+
+
+def _check_residual(residual: np.ndarray, delta: np.ndarray) -> None:
+    if not isinstance(residual, np.ndarray) or residual.dtype != np.float32 or residual.shape != delta.shape:
+        raise ValueError(f"residual must be a float32 array of shape {delta.shape}")
+    if not residual.flags.c_contiguous or not residual.flags.writeable:
+        raise ValueError("residual must be C-contiguous and writable (it is updated in place)")
+    # The kernel writes the residual block by block; check first so a bad delta leaves it intact.
+    if not np.isfinite(delta).all():
+        raise ValueError("delta holds NaN or Inf: refusing to encode a non-finite update")
+
+
+class Int8Update(_Encoded):
+    """One encoded update; holds only its wire bytes (about 1.03 bytes per parameter)."""
+
+    __slots__ = ()
+
     @property
     def scales(self) -> np.ndarray:
         return self._buf[HEADER_BYTES:].view(BLOCK_DTYPE)["d"]
@@ -89,9 +108,6 @@ class Int8Update:
     def values(self) -> np.ndarray:
         """The int8 values, n_params of them (a view)."""
         return self._buf[HEADER_BYTES:].view(BLOCK_DTYPE)["q"].reshape(-1)[: self._n]
-
-    def to_bytes(self) -> bytes:
-        return self._buf.tobytes()
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> "Int8Update":
@@ -159,13 +175,7 @@ def encode(delta: np.ndarray, *, rounding: str = "nearest", seed: int = 0,
     buf = np.empty(wire_size(n), dtype=np.uint8)
     HEADER.pack_into(buf, 0, MAGIC, VERSION, flags, QK, n, int(seed) & 0xFFFFFFFF)
     if residual is not None:
-        if not isinstance(residual, np.ndarray) or residual.dtype != np.float32 or residual.shape != delta.shape:
-            raise ValueError(f"residual must be a float32 array of shape {delta.shape}")
-        if not residual.flags.c_contiguous or not residual.flags.writeable:
-            raise ValueError("residual must be C-contiguous and writable (it is updated in place)")
-        # The kernel writes the residual block by block; check first so a bad delta leaves it intact.
-        if not np.isfinite(delta).all():
-            raise ValueError("delta holds NaN or Inf: refusing to encode a non-finite update")
+        _check_residual(residual, delta)
     try:
         _core.quantize_q8(delta, residual, _ROUNDING[rounding], int(seed), buf[HEADER_BYTES:])
     except ValueError:
@@ -233,31 +243,14 @@ LOWBIT_FORMATS: dict[str, LowbitFormat] = {
 _BY_MAGIC = {f.magic: f for f in LOWBIT_FORMATS.values()}
 
 
-class LowbitUpdate:
+class LowbitUpdate(_Encoded):
     """One encoded sub-byte update; holds only its wire bytes (header included)."""
 
-    __slots__ = ("_buf", "_n", "format", "flags", "seed")
+    __slots__ = ("format",)
 
     def __init__(self, buf: np.ndarray, n_params: int, fmt: LowbitFormat, flags: int = 0, seed: int = 0):
-        self._buf = buf
-        self._n = n_params
+        super().__init__(buf, n_params, flags, seed)
         self.format = fmt
-        self.flags = flags
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return self._n
-
-    @property
-    def nbytes(self) -> int:
-        return int(self._buf.nbytes)
-
-    @property
-    def blocks(self) -> memoryview:
-        return memoryview(self._buf)[HEADER_BYTES:]
-
-    def to_bytes(self) -> bytes:
-        return self._buf.tobytes()
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> "LowbitUpdate":
@@ -319,12 +312,7 @@ def encode_lowbit(delta: np.ndarray, fmt: str, *, rounding: str = "nearest", see
     buf = np.empty(f.wire_size(n), dtype=np.uint8)
     HEADER.pack_into(buf, 0, f.magic, VERSION, flags, f.block_values, n, seed32)
     if residual is not None:
-        if not isinstance(residual, np.ndarray) or residual.dtype != np.float32 or residual.shape != delta.shape:
-            raise ValueError(f"residual must be a float32 array of shape {delta.shape}")
-        if not residual.flags.c_contiguous or not residual.flags.writeable:
-            raise ValueError("residual must be C-contiguous and writable (it is updated in place)")
-        if not np.isfinite(delta).all():
-            raise ValueError("delta holds NaN or Inf: refusing to encode a non-finite update")
+        _check_residual(residual, delta)
     try:
         _core.quantize_lowbit(f.fmt, delta, residual, _ROUNDING[rounding], seed32, buf[HEADER_BYTES:])
     except ValueError:
