@@ -1,7 +1,11 @@
 """The sub-byte codecs (4-bit, 2-bit, rotated 1-bit): every SIMD path against the scalar reference
 and the numpy spec, their bias against float64, the reader rule against hostile bytes, and the
 in-place FedAvg kernel."""
+import glob
+import os
+import shutil
 import struct
+import subprocess
 
 import numpy as np
 import pytest
@@ -255,3 +259,26 @@ def test_chunked_accumulation_equals_the_whole(rng, fmt):
     np.testing.assert_array_equal(parts, whole)
     with pytest.raises(ValueError, match="exceeds"):
         _core.fedavg_acc_lowbit(f.fmt, parts, n, u.blocks, 1, u.seed, 1.0)
+
+
+# --- the same check in C: natively, and NEON under qemu (as tests/test_norm.py) --------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CC, QEMU = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
+SYSROOT = "/usr/aarch64-linux-gnu"
+
+
+def _build(cc, exe):
+    srcs = sorted(glob.glob(os.path.join(ROOT, "csrc", "*.c")) + glob.glob(os.path.join(ROOT, "csrc", "arch", "*.c")))
+    srcs.append(os.path.join(ROOT, "firmware_bridge", "ft_chacha20.c"))
+    subprocess.run([cc, "-std=c99", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", "-I",
+                    os.path.join(ROOT, "csrc"), "-I", os.path.join(ROOT, "firmware_bridge"),
+                    os.path.join(ROOT, "tests", "c", "lowbit_check.c"), *srcs, "-lm", "-o", exe], check=True)
+
+
+@pytest.mark.skipif(not (CC and QEMU and os.path.isdir(SYSROOT)), reason="needs gcc-aarch64-linux-gnu and qemu-user")
+def test_lowbit_kernels_neon_under_qemu(tmp_path):
+    exe = str(tmp_path / "lowbit_check")
+    _build(CC, exe)
+    r = subprocess.run([QEMU, "-L", SYSROOT, exe], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0 and r.stdout.strip() == "neon: 84 cases, 0 failure(s)", r.stdout + r.stderr

@@ -1,7 +1,8 @@
-/* arm_neon_fwht.c — NEON body of the fast Walsh-Hadamard transform: the stages whose pairs lie
+/* arm_neon_lowbit.c — the sub-byte codecs on NEON: the one body of codec_lowbit_body.h with this
+ * file's fast Walsh-Hadamard transform: the stages whose pairs lie
  * four or more apart in float32x4 registers, the first two the reference's scalar loops; the same
  * a + b, a - b on the same pairs, so bit-identical to ft_fwht_f32_ref. */
-#include "ft_internal.h"
+#include "codec_lowbit_body.h"
 
 #if FT_ARCH_ARM64
 #include <arm_neon.h>
@@ -21,5 +22,10 @@ void ft_fwht_f32_neon(float *v, size_t len) {
                 vst1q_f32(v + j, vaddq_f32(a, b));
                 vst1q_f32(v + j + h, vsubq_f32(a, b));
             }
+}
+
+ft_status ft_quantize_lowbit_neon(ft_lowbit_fmt fmt, const float *x, size_t n, float *residual, ft_rounding rounding,
+                                  uint64_t seed, uint8_t *out) {
+    return lowbit_quantize(ft_fwht_f32_neon, fmt, x, n, residual, rounding, seed, out);
 }
 #endif
