@@ -25,6 +25,7 @@ void raise_status(ft_status st, const char *what) {
     case FT_ERR_NONFINITE: throw py::value_error(std::string(what) + ": input holds NaN or Inf");
     case FT_ERR_ARG: throw py::value_error(std::string(what) + ": invalid argument");
     case FT_ERR_SIMD: throw py::value_error(std::string(what) + ": SIMD path not supported on this CPU");
+    case FT_ERR_RNG: throw py::value_error(std::string(what) + ": the random byte source failed");
     default: throw std::runtime_error(std::string(what) + ": kernel failed with status " + std::to_string(st));
     }
 }
@@ -166,6 +167,51 @@ Masks masks_in(const py::buffer &seeds, const py::object &signs) {
 }
 
 }  // namespace
+
+// The discrete Gaussian's byte source: a Python callable random_bytes(n) -> bytes (os.urandom in
+// production), read 64 KiB at a time so the kernel runs without the GIL between refills.
+struct PyByteSource {
+    py::object fn;
+    std::vector<uint8_t> buf;
+    size_t pos = 0;
+    std::string error;
+    static constexpr size_t CHUNK = 65536;
+
+    static int fill(void *ctx, uint8_t *out, size_t n) {
+        auto *self = static_cast<PyByteSource *>(ctx);
+        while (n > 0) {
+            if (self->pos == self->buf.size() && self->refill() != 0) return -1;
+            const size_t k = std::min(n, self->buf.size() - self->pos);
+            std::memcpy(out, self->buf.data() + self->pos, k);
+            self->pos += k;
+            out += k;
+            n -= k;
+        }
+        return 0;
+    }
+
+    int refill() {
+        py::gil_scoped_acquire gil;
+        try {
+            py::object got = fn(CHUNK);
+            if (!py::isinstance<py::bytes>(got)) {
+                error = "random_bytes(n) must return bytes";
+                return -1;
+            }
+            std::string bytes = got.cast<std::string>();
+            if (bytes.size() != CHUNK) {
+                error = "random_bytes(" + std::to_string(CHUNK) + ") returned " + std::to_string(bytes.size()) + " bytes";
+                return -1;
+            }
+            buf.assign(bytes.begin(), bytes.end());
+            pos = 0;
+            return 0;
+        } catch (py::error_already_set &e) {
+            error = std::string("random_bytes raised: ") + e.what();
+            return -1;
+        }
+    }
+};
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "fedtiny C kernels (see csrc/fedtiny.h)";
@@ -474,6 +520,27 @@ PYBIND11_MODULE(_core, m) {
         float *po = f32_out(out, "out");
         raise_status(ft_uniform_f32(po, static_cast<size_t>(out.size()), lo, hi, seed, counter0), "uniform_f32");
     }, py::arg("out"), py::arg("lo"), py::arg("hi"), py::arg("seed"), py::arg("counter0"));
+
+    m.def("dgauss_s64", [](py::array out, uint64_t sigma2_num, uint64_t sigma2_den, py::object random_bytes) {
+        if (!out.dtype().equal(py::dtype::of<int64_t>()) || out.ndim() != 1 || !(out.flags() & py::array::c_style) ||
+            !out.writeable())
+            throw py::value_error("out must be a writable C-contiguous 1-D int64 array");
+        if (sigma2_num == 0 || sigma2_den == 0 || sigma2_num > FT_DGAUSS_MAX_NUM || sigma2_den > FT_DGAUSS_MAX_DEN)
+            throw py::value_error("sigma^2 = num / den needs num in [1, 2^40] and den in [1, 2^24], got " +
+                                  std::to_string(sigma2_num) + " / " + std::to_string(sigma2_den));
+        if (!PyCallable_Check(random_bytes.ptr())) throw py::value_error("random_bytes must be callable: n -> bytes");
+        PyByteSource src{random_bytes, {}, 0, {}};
+        auto *po = static_cast<int64_t *>(out.mutable_data());
+        const size_t n = static_cast<size_t>(out.size());
+        ft_status st;
+        {
+            py::gil_scoped_release nogil;
+            st = ft_dgauss_s64(po, n, sigma2_num, sigma2_den, &PyByteSource::fill, &src);
+        }
+        if (st == FT_ERR_RNG && !src.error.empty()) throw py::value_error("dgauss: " + src.error);
+        raise_status(st, "dgauss");
+    }, py::arg("out"), py::arg("sigma2_num"), py::arg("sigma2_den"), py::arg("random_bytes"),
+       "n draws of the exact discrete Gaussian N_Z(0, num/den) from the byte source random_bytes(n) -> bytes");
 
     m.def("shuffle_i32", [](py::array out, uint64_t seed, uint64_t stream) {
         if (!out.dtype().equal(py::dtype::of<int32_t>()) || out.ndim() != 1 || !(out.flags() & py::array::c_style) ||

@@ -43,6 +43,7 @@ typedef enum {
     FT_ERR_ARG = -1,        /* a pointer is NULL or a size is out of range */
     FT_ERR_NONFINITE = -2,  /* the input holds NaN or Inf */
     FT_ERR_SIMD = -3,       /* the requested SIMD path is not supported by this CPU/build */
+    FT_ERR_RNG = -4,        /* the caller's random byte source failed */
 } ft_status;
 
 typedef enum {
@@ -75,6 +76,25 @@ const char *ft_simd_name(ft_simd level);
 /* Counter-based: the uniform for parameter i depends only on (seed, i), so every path and
  * platform produces the same bytes. key = ft_rng_key(seed); u_i = (h(i, key) >> 8) * 2^-24. */
 uint32_t ft_rng_key(uint64_t seed);
+
+/* ---- exact discrete Gaussian (differential privacy; csrc/dgauss.c) -------------------- */
+
+/* The caller's cryptographic byte source: fill out[0..n) and return 0, or nonzero on failure. */
+typedef int (*ft_random_bytes_fn)(void *ctx, uint8_t *out, size_t n);
+
+#define FT_DGAUSS_MAX_NUM (UINT64_C(1) << 40) /* sigma^2 = num / den <= 2^40 (sigma <= 2^20) */
+#define FT_DGAUSS_MAX_DEN (UINT64_C(1) << 24)
+
+/* n independent draws of the discrete Gaussian N_Z(0, sigma^2), P(x) ~ exp(-x^2 / (2 sigma^2))
+ * over the integers, sigma^2 = sigma2_num / sigma2_den exactly (Canonne, Kamath, Steinke 2020):
+ * integer arithmetic only, randomness only from random_bytes(ctx, ...).
+ *   out          [out] n int64
+ *   sigma2_num   [in]  1 .. FT_DGAUSS_MAX_NUM
+ *   sigma2_den   [in]  1 .. FT_DGAUSS_MAX_DEN
+ * FT_ERR_ARG for a parameter out of range, FT_ERR_RNG if the byte source failed (out is then
+ * partly written and must not be used). */
+ft_status ft_dgauss_s64(int64_t *out, size_t n, uint64_t sigma2_num, uint64_t sigma2_den,
+                        ft_random_bytes_fn random_bytes, void *ctx);
 
 /* ---- int8 block codec --------------------------------------------------------------- */
 

@@ -18,7 +18,9 @@ SUBCOMMANDS: dict[str, str] = {
     "bridge": "fedtiny.net.bridge",
     "demo": "fedtiny.net.demo",
     "export": "fedtiny.tflite.export",
+    "privacy": "fedtiny.privacy.plan",
     "keys": "fedtiny.net.keys",
+    "fleet": "fedtiny.flower.fleet",
 }
 
 

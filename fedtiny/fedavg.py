@@ -82,15 +82,45 @@ class Accumulator:
                              f"[0, FLT_MAX/127] or an int8 -128)")
         _core.fedavg_acc_q8(self._acc, offset, blocks, n, w)
 
+    def add_sum(self, partial_sum: np.ndarray, total_weight: float, count: int = 1) -> None:
+        """Add another accumulator's sum (sum n_k delta_k of a fleet) with its total weight sum n_k:
+        hierarchical FedAvg, exactly as if its count updates had been added here one by one."""
+        if not isinstance(partial_sum, np.ndarray) or partial_sum.dtype != np.float32 or partial_sum.ndim != 1 \
+                or partial_sum.size != self.n_params:
+            got = f"{partial_sum.dtype} {partial_sum.shape}" if isinstance(partial_sum, np.ndarray) else type(partial_sum).__name__
+            raise ValueError(f"a partial sum must be 1-D float32 of {self.n_params} values, got {got}")
+        if not np.isfinite(partial_sum).all():
+            raise ValueError("partial sum holds NaN or Inf: not added")
+        w = _check_weight(total_weight)
+        if int(count) < 1:
+            raise ValueError(f"a partial sum covers at least one update, got count {count}")
+        _core.fedavg_acc_f32(self._acc, np.ascontiguousarray(partial_sum), 1.0)
+        self.total_weight += w
+        self.count += int(count)
+
+    def partial_sum(self) -> tuple[np.ndarray, float]:
+        """(a copy of sum n_k delta_k, sum n_k) before apply: what a fleet hands to the tier above."""
+        return self._acc.copy(), self.total_weight
+
     def add_weight(self, weight: float) -> None:
         self.total_weight += _check_weight(weight)
         self.count += 1
 
-    def apply(self, global_weights: np.ndarray) -> None:
-        """w += acc / total_weight in place (w_{t+1} = sum n_k/n w_k with acc = sum n_k delta_k); reset."""
+    def perturb(self, vector: np.ndarray) -> None:
+        """Add a vector that is not an update to the sum (DP noise): no weight is counted."""
+        if vector.dtype != np.float32 or vector.shape != (self.n_params,) or not np.isfinite(vector).all():
+            raise ValueError(f"a perturbation must be {self.n_params} finite float32 values")
+        _core.fedavg_acc_f32(self._acc, np.ascontiguousarray(vector), 1.0)
+
+    def apply(self, global_weights: np.ndarray, denominator: float | None = None) -> None:
+        """w += acc / total_weight in place (w_{t+1} = sum n_k/n w_k with acc = sum n_k delta_k); reset.
+
+        denominator replaces total_weight (DP's fixed denominator: the expected devices per round).
+        """
         if self.total_weight <= 0:
             raise ValueError("no updates were added: nothing to apply")
-        _core.fedavg_apply_f32(global_weights, self._acc, 1.0 / self.total_weight)
+        d = self.total_weight if denominator is None else _check_weight(denominator)
+        _core.fedavg_apply_f32(global_weights, self._acc, 1.0 / d)
         self.total_weight = 0.0
         self.count = 0
 

@@ -382,8 +382,11 @@ class Server:
     """The global model, one Accumulator and the server optimizer: the aggregator's O(model) state."""
 
     def __init__(self, params: np.ndarray, *, optimizer: ServerOptimizer | str = "fedavg",
-                 normalization: str = "none", bounds: Bounds | None = None):
-        """bounds: what one device may contribute (fedtiny.bounds); None: no cap and no clipping."""
+                 normalization: str = "none", bounds: Bounds | None = None,
+                 sum_stage: Callable[[Accumulator, "Round"], float] | None = None):
+        """bounds: what one device may contribute (fedtiny.bounds); None: no cap and no clipping.
+        sum_stage(accumulator, round) -> denominator: a transform of the round's sum before the
+        server step (central DP adds its noise there and divides by the expected devices)."""
         if not isinstance(params, np.ndarray) or params.dtype != np.float32 or params.ndim != 1:
             raise ValueError("global params must be a 1-D float32 array")
         if normalization not in ("none", "fednova"):
@@ -391,6 +394,9 @@ class Server:
         self.params = np.ascontiguousarray(params)
         self.optimizer = make_server_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
         self.normalization = normalization
+        if sum_stage is not None and normalization != "none":
+            raise ValueError("a sum stage (differential privacy) needs uniform device weights: drop --normalize")
+        self.sum_stage = sum_stage
         self.bounds = bounds if bounds is not None else Bounds(max_samples=None, clip_norm=None)
         if not bounds_mod.all_finite(self.params):
             raise ValueError("global params hold NaN or Inf")
@@ -446,20 +452,21 @@ class Server:
         if self.normalization == "fednova":
             tau_eff = rnd._n_tau / rnd._n
             scale = tau_eff * rnd._weight / rnd._n
+        denominator = self.sum_stage(acc, rnd) if self.sum_stage is not None else None
         if self._mean is None:  # one model-sized scratch buffer: the candidate model or the mean delta
             self._mean = np.zeros(self.params.size, np.float32)   # np.zeros: traced under this file
         plain = type(self.optimizer) is ServerOptimizer and self.optimizer.lr == 1.0 and scale == 1.0
         if plain:  # FedAvg: w += sum(n_k delta_k) / sum(n_k), in one C pass over the accumulator
             candidate = self._mean
             np.copyto(candidate, self.params)
-            acc.apply(candidate)
+            acc.apply(candidate, denominator)
             if not bounds_mod.all_finite(candidate):
                 return "the averaged update would make the model NaN or Inf"
             np.copyto(self.params, candidate)
             return None
         mean = self._mean
         mean.fill(0.0)
-        acc.apply(mean)
+        acc.apply(mean, denominator)
         if scale != 1.0:
             mean *= np.float32(scale)
         if not bounds_mod.all_finite(mean):

@@ -76,6 +76,15 @@ class SimConfig:
     trace_memory: bool = False
     init: str = "fedtiny"
     seed: int = 0
+    # differential privacy (docs/privacy.md)
+    dp: str = "none"                  # with --dp, --clip-norm is the DP clip bound C
+    adaptive_clip: float | None = None
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    delta: float = 1e-5
+    dp_sampling: str | None = None
+    dp_bits: int | None = None
+    dp_test_seed: int | None = None  # tests only: a reproducible noise stream (never a CLI flag)
     secagg: bool = False
     secagg_bits: int | None = None
     secagg_k: int | None = None
@@ -115,6 +124,18 @@ class SimConfig:
         need(self.init in model_mod.INIT_SCHEMES, f"--init must be one of {', '.join(model_mod.INIT_SCHEMES)}, got {self.init!r}")
         need(self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}")
         need(self.test_limit is None or self.test_limit >= 1, f"--test-limit must be >= 1, got {self.test_limit}")
+        need(self.dp in ("none", "central", "distributed"), f"--dp must be none, central or distributed, got {self.dp!r}")
+        if self.dp != "none":
+            need(self.normalize == "none", "--dp weighs devices uniformly: drop --normalize fednova")
+        need(self.dp != "distributed" or self.codec == "float32",
+             "--dp distributed sends integers on the shared grid, not --codec: drop --codec")
+        need(self.dp_sampling in (None, "poisson", "fixed"), f"--dp-sampling must be poisson or fixed, got {self.dp_sampling!r}")
+        need(0 < self.delta < 1, f"--delta must be in (0, 1), got {self.delta}")
+        need(self.dp != "none" or (self.noise_multiplier is None and self.target_epsilon is None
+                                   and self.adaptive_clip is None),
+             "--noise-multiplier, --target-epsilon and --adaptive-clip need --dp central or distributed")
+        need(not (self.secagg and self.dp != "none"),
+             "--dp does not combine with --secagg yet (docs/privacy.md)")
         need(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
         need(self.dropout_phase in DROPOUT_PHASES, f"--dropout-phase must be one of {', '.join(DROPOUT_PHASES)}, "
                                                    f"got {self.dropout_phase!r}")
@@ -207,16 +228,21 @@ class Progress:
         self.stream.flush()
 
 
-def run(cfg: SimConfig, *, progress: Progress | None = None, data: datasets.Dataset | None = None) -> SimResult:
-    """Run the simulation described by cfg; returns every round's metrics (and writes nothing)."""
+def run(cfg: SimConfig, *, progress: Progress | None = None, data: datasets.Dataset | None = None,
+        attack: tuple[int, float] | None = None) -> SimResult:
+    """Run the simulation described by cfg; returns every round's metrics (and writes nothing).
+
+    attack=(device, factor): that device multiplies its update by factor (tests of bounded influence).
+    """
     try:
-        return _run(cfg, progress, data)
+        return _run(cfg, progress, data, attack)
     finally:
         if cfg.trace_memory and tracemalloc.is_tracing():
             tracemalloc.stop()
 
 
-def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | None) -> SimResult:
+def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | None,
+         attack: tuple[int, float] | None = None) -> SimResult:
     from . import train
 
     cfg.check()
@@ -235,8 +261,17 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
 
     if cfg.trace_memory:  # before the Server exists, so its accumulator and buffers are counted
         tracemalloc.start()
+    priv = None
+    if cfg.dp != "none":
+        from .privacy.pipeline import PrivateRounds
+        priv = PrivateRounds(cfg.dp, clients=cfg.clients, fraction=cfg.fraction, rounds_planned=cfg.rounds,
+                             dim=model.n_params, clip_norm=cfg.clip_norm, adaptive_quantile=cfg.adaptive_clip,
+                             noise_multiplier=cfg.noise_multiplier, target_epsilon=cfg.target_epsilon,
+                             delta=cfg.delta, sampling=cfg.dp_sampling, bits=cfg.dp_bits, test_seed=cfg.dp_test_seed)
+    # Under DP the clip bound (fixed or adaptive) is the DP pipeline's; the round logic keeps the n_k cap.
+    device_bounds = cfg.device_bounds() if priv is None else bounds.Bounds(max_samples=cfg.max_samples, clip_norm=None)
     server = rounds.Server(model.init(cfg.seed, cfg.init), optimizer=cfg.server_optimizer(), normalization=cfg.normalize,
-                           bounds=cfg.device_bounds())
+                           bounds=device_bounds, sum_stage=priv.stage if priv is not None else None)
     n_params = server.n_params
     upload_f32 = 4 * n_params
     speed = None
@@ -252,8 +287,11 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
     for r in range(1, cfg.rounds + 1):
         t0, c0 = time.perf_counter(), time.process_time()
         start = down_link.publish(server.params)  # the model every device of this round starts from
-        selected = rounds.sample_clients(cfg.clients, cfg.fraction, seed=cfg.seed, round_id=r)
-        rnd = server.open_round(selected.tolist())
+        selected = (priv.select(cfg.seed, r) if priv is not None
+                    else rounds.sample_clients(cfg.clients, cfg.fraction, seed=cfg.seed, round_id=r))
+        if priv is not None:
+            priv.begin_round()
+        rnd = server.open_round(selected.tolist()) if selected.size else None
         secure: dict = {}
         if cfg.secagg:
             up, down, train_loss, steps_total, secure = _secagg_round(cfg, train, model, data, splits, server, rnd,
@@ -279,25 +317,48 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
                                       global_params=start if cfg.prox_mu > 0 else None,
                                       weights=cfg.weights, seed=derive_seed(cfg.seed, r, k, 1), max_steps=max_steps)
                 local -= start  # the delta against the model the device started from, in place
+                if attack is not None and k == attack[0]:
+                    local *= np.float32(attack[1])  # tests: one hostile device scales its update
+                weight = part.n_samples
+                if priv is not None and priv.mode == "distributed":
+                    priv.device(local, derive_seed(cfg.seed, r, 0xDD6))  # clip, grid, noise: on the device
+                    up += priv.upload_bytes()
+                    train_loss += res.loss * part.n_samples
+                    steps_total += res.steps
+                    continue
                 update = _encode(cfg.codec, local, residuals, k, derive_seed(cfg.seed, r, k, 2))
                 up += upload_f32 if update is local else update.nbytes
-                verdict = rnd.submit(k, r, update, part.n_samples, steps=res.steps)
+                if priv is not None:  # the aggregator clips what it decoded; under DP every device weighs 1
+                    update = priv.device(update if isinstance(update, np.ndarray) else update.decode(), 0)
+                    weight = 1.0
+                verdict = rnd.submit(k, r, update, weight, steps=res.steps)
                 if not verdict.accepted:  # the simulation sends nothing malformed: this is a bug, say so loudly
                     raise RuntimeError(f"round {r}: update of client {k} refused: {verdict.reason} {verdict.detail}")
                 train_loss += res.loss * part.n_samples
                 steps_total += res.steps
         agg_bytes = _aggregator_bytes() if cfg.trace_memory else 0
         agg_bytes_max = max(agg_bytes_max, agg_bytes)
-        outcome = server.close_round()
+        n_devices = 0 if rnd is None else rnd.n_complete
+        if priv is not None and priv.mode == "distributed" and rnd is not None:
+            noisy_sum = priv.distributed_sum(derive_seed(cfg.seed, r, 0xDD6))
+            if noisy_sum is not None:  # the modular sum decoded, as one partial aggregate of weight m
+                rnd.submit_partial(int(selected[0]), r, noisy_sum / np.float32(priv.m), priv.m, priv.devices)
+            n_devices = priv.devices
+        outcome = server.close_round() if rnd is not None else None
+        released = outcome is not None and outcome.outcome == "applied"
+        dp_row = priv.end_round(released) if priv is not None else {}
+        n_samples = outcome.n_samples if outcome is not None and (priv is None or priv.mode == "none") else 0
+        if priv is not None and priv.mode != "none":
+            n_samples = sum(splits[k].n_samples for k in selected.tolist())
         cum_up += up
         cum_down += down
-        row = {"round": r, "clients": len(outcome.contributors), "samples": int(outcome.n_samples),
-               "train_loss": train_loss / max(outcome.n_samples, 1), "local_steps": steps_total,
+        row = {"round": r, "clients": n_devices, "samples": int(n_samples),
+               "train_loss": train_loss / max(n_samples, 1), "local_steps": steps_total,
                "test_loss": math.nan, "test_acc": math.nan, "fed_loss": math.nan, "fed_acc": math.nan,
                "upload_bytes": up, "download_bytes": down, "cum_upload_mb": cum_up / 1e6,
-               "cum_download_mb": cum_down / 1e6}
-        if cfg.clip_norm:   # updates scaled down to --clip-norm (only with the bound on: outputs stay as they were)
-            row["clipped"] = int(outcome.rejected.get(bounds.CLIPPED, 0))
+               "cum_download_mb": cum_down / 1e6, **dp_row}
+        if cfg.clip_norm and priv is None:  # updates scaled down to --clip-norm by the round logic's bounds
+            row["clipped"] = int(outcome.rejected.get(bounds.CLIPPED, 0)) if outcome is not None else 0
         if r % cfg.eval_every == 0 or r == cfg.rounds:
             row["test_loss"], row["test_acc"] = map(float, train.evaluate(model, server.params, x_test, y_test))
             row["fed_loss"], row["fed_acc"] = _federated_eval(train, model, server.params, data, splits, selected)
@@ -329,6 +390,8 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
         result.summary["final_device_test_acc"] = float(train.evaluate(model, device_copy, x_test, y_test)[1])
     if cfg.trace_memory:
         result.summary["aggregator_traced_bytes_max"] = agg_bytes_max
+    if priv is not None:
+        result.summary.update(priv.summary())
     for target in (0.80, 0.85, 0.90):
         hit = next((row["round"] for row in result.rounds if row["test_acc"] >= target), None)
         result.summary[f"rounds_to_{int(target * 100)}"] = hit
@@ -582,7 +645,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--clip-norm", type=float, default=None, metavar="C",
                    help="scale each update down to L2 norm <= C, as the aggregator does (default: off; "
                         f"the aggregator's default is {bounds.DEFAULT_CLIP_NORM}); with --secagg, the bound the round's "
-                        f"grid covers, [-C, C] (default {SECAGG_DEFAULT_CLIP} there)")
+                        f"grid covers, [-C, C] (default {SECAGG_DEFAULT_CLIP} there); with --dp, the DP clip bound "
+                        "(required; with --adaptive-clip, the initial bound)")
     g = p.add_argument_group("server optimizer")
     g.add_argument("--server-opt", default=d.server_opt, choices=tuple(rounds.SERVER_OPTIMIZERS))
     g.add_argument("--server-lr", type=float, default=None, help="server learning rate (fedavg/fedavgm 1.0, fedadam 0.01)")
@@ -590,6 +654,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--beta1", type=float, default=None, help="fedadam beta1 (default 0.9)")
     g.add_argument("--beta2", type=float, default=None, help="fedadam beta2 (default 0.99)")
     g.add_argument("--tau", type=float, default=None, help="fedadam tau, adaptivity (default 1e-3)")
+    g = p.add_argument_group("differential privacy (docs/privacy.md)")
+    g.add_argument("--dp", default=d.dp, choices=("none", "central", "distributed"),
+                   help="central: the aggregator adds Gaussian noise to the clipped sum (trusted aggregator); "
+                        "distributed: each device adds discrete Gaussian noise on the shared integer grid "
+                        "(for secure aggregation); none (default)")
+    g.add_argument("--adaptive-clip", type=float, default=None, metavar="QUANTILE",
+                   help="central DP: move the bound toward this quantile of update norms (Andrew et al. 2021), "
+                        "starting at --clip-norm")
+    g.add_argument("--noise-multiplier", type=float, default=None, metavar="Z", help="noise std / clip bound")
+    g.add_argument("--target-epsilon", type=float, default=None, metavar="E",
+                   help="calibrate Z up front so that epsilon after --rounds rounds is E")
+    g.add_argument("--delta", type=float, default=d.delta, help="delta of (epsilon, delta)-DP (default %(default)s)")
+    g.add_argument("--dp-sampling", default=None, choices=("poisson", "fixed"),
+                   help="poisson (default under --dp: each device joins with probability --fraction) or fixed "
+                        "(exactly fraction x clients, accounted with replace-one neighbours)")
+    g.add_argument("--dp-bits", type=int, default=None, help="distributed: modulus 2^b of the integer sum (default: the smallest b within 5%% of central noise)")
     g = p.add_argument_group("evaluation and output")
     g.add_argument("--personalize", type=int, default=0, metavar="EPOCHS", help="after training, each client fine-tunes for EPOCHS and reports accuracy before/after")
     g.add_argument("--personalize-clients", type=int, default=d.personalize_clients, help="how many clients personalize (default %(default)s)")
@@ -640,6 +720,10 @@ def run_command(args: argparse.Namespace) -> int:
     print(f"final test accuracy {s['final_test_acc']:.4f} (best {s['best_test_acc']:.4f}), federated {fed}; "
           f"uploaded {s['upload_mb']:.2f} MB, downloaded {s['download_mb']:.2f} MB; "
           f"aggregator state {s['aggregator_state_bytes'] / 1e6:.2f} MB; {s['wall_s']:.1f} s")
+    if "epsilon" in s:
+        print(f"differential privacy ({s['dp']}, {s['sampling']} sampling of {s['devices_per_round']} per round): "
+              f"epsilon {s['epsilon']:.3f} at delta {s['delta']:g} after {len(result.rounds)} rounds; noise multiplier "
+              f"{s['noise_multiplier']:.4f}, noise std per coordinate of the mean {s['noise_std_on_mean']:.3g}")
     if result.personalization:
         p = result.personalization
         b, a = p["before_summary"], p["after_summary"]

@@ -24,6 +24,11 @@
  *                        CRC-32 known answers, about 300 bytes of flash); 0 leaves it out.
  * FT_WIRE_MUST_CHECK     Attribute that makes ignoring a status a compiler warning. Default:
  *                        __attribute__((warn_unused_result)) on GCC and clang, empty elsewhere.
+ * FT_WIRE_SHANI          1 (default on x86-64 with GCC or clang, 0 elsewhere) adds a SHA-256
+ *                        block function on the x86 SHA extensions, chosen at run time by cpuid
+ *                        and checked bit for bit against the portable one (tests/test_wire.py);
+ *                        the host aggregator hashes every datagram. Its one piece of global
+ *                        state is the cached cpuid answer (ft_sha256_accel). Firmware: 0.
  *
  * Resources (Cortex-M4, -Os, measured by `make cortex-m4`, see firmware_bridge/README.md):
  * 5,535 bytes of flash, no .data, no .bss; deepest stack 728 bytes (ft_wire_decode -> HMAC
@@ -47,6 +52,13 @@ extern "C" {
 #endif
 #ifndef FT_WIRE_SELFTEST
 #define FT_WIRE_SELFTEST 1
+#endif
+#ifndef FT_WIRE_SHANI
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define FT_WIRE_SHANI 1
+#else
+#define FT_WIRE_SHANI 0
+#endif
 #endif
 #ifndef FT_WIRE_MUST_CHECK
 #if defined(__GNUC__) || defined(__clang__)
@@ -145,6 +157,9 @@ void ft_sha256_update(ft_sha256_ctx *ctx, const uint8_t *data, size_t len);
 /* Writes 32 bytes and zeroizes the context. */
 void ft_sha256_finish(ft_sha256_ctx *ctx, uint8_t out[FT_SHA256_BYTES]);
 void ft_sha256(const uint8_t *data, size_t len, uint8_t out[FT_SHA256_BYTES]);
+/* Which SHA-256 block function runs: mode 0 forces the portable one, 1 re-detects the CPU's
+ * SHA extensions, -1 only asks. Returns 1 when the accelerated one is in use (FT_WIRE_SHANI). */
+int ft_sha256_accel(int mode);
 
 /* Any key length (a key longer than 64 bytes is hashed first, RFC 2104). */
 void ft_hmac_sha256_init(ft_hmac_sha256_ctx *ctx, const uint8_t *key, size_t key_len);

@@ -1,5 +1,6 @@
-"""cffi build script (out-of-line API mode) for fedtiny._wire: the C wire codec and the
-secure-aggregation crypto of firmware_bridge/ft_crypto.h, nothing else.
+"""cffi build script (out-of-line API mode) for fedtiny._wire: the C wire codec, the
+secure-aggregation crypto of firmware_bridge/ft_crypto.h, and the aggregator's per-datagram path
+on top of the codec (firmware_bridge/host/ft_rx.c: sockets, host only).
 
 setup.py names it in cffi_modules and runs from the project root, so every path here is
 relative to that root. The cdef repeats the public declarations of ft_wire.h that Python uses;
@@ -9,7 +10,7 @@ from cffi import FFI
 
 SOURCES = ["firmware_bridge/ft_sha256.c", "firmware_bridge/ft_cobs.c", "firmware_bridge/ft_frame.c",
            "firmware_bridge/ft_chacha20.c", "firmware_bridge/ft_hkdf.c", "firmware_bridge/ft_poly1305.c",
-           "firmware_bridge/ft_x25519.c", "firmware_bridge/ft_shamir.c"]
+           "firmware_bridge/ft_x25519.c", "firmware_bridge/ft_shamir.c", "firmware_bridge/host/ft_rx.c"]
 
 CDEF = """
 #define FT_WIRE_VERSION ...
@@ -61,6 +62,7 @@ typedef enum {
 const char *ft_wire_status_name(int status);
 
 void ft_sha256(const uint8_t *data, size_t len, uint8_t out[32]);
+int ft_sha256_accel(int mode);
 void ft_hmac_sha256(const uint8_t *key, size_t key_len, const uint8_t *data, size_t len,
                     uint8_t out[32]);
 uint32_t ft_crc32(uint32_t crc, const uint8_t *data, size_t len);
@@ -146,6 +148,39 @@ uint32_t ft_wire_model_chunks(uint32_t n_params);
 uint32_t ft_wire_update_chunks(uint32_t n_params);
 int ft_wire_self_test(void);
 
+/* firmware_bridge/host/ft_rx.h: the aggregator's per-datagram path */
+#define FT_RX_BATCH ...
+#define FT_RX_HEADER_BYTES ...
+typedef enum {
+    FT_RX_OVERSIZE = 0, FT_RX_SOURCE_LIMITED = 1, FT_RX_BAD_CHUNK = 2, FT_RX_BAD_LENGTH = 3,
+    FT_RX_DUPLICATE_CHUNK = 4, FT_RX_BAD_SCALE = 5, FT_RX_BAD_VALUE = 6, FT_RX_N_REASONS = 7
+} ft_rx_reason;
+const char *ft_rx_reason_name(int reason);
+int ft_q8_check_blocks(const uint8_t *blocks, size_t len);
+typedef struct {
+    uint32_t device_id; uint8_t key[64]; uint8_t key_len; uint8_t selected; uint16_t since_ack;
+    uint16_t session; int32_t slot; ft_replay *guard; ...;
+} ft_rx_device;
+typedef struct { ...; } ft_rx_source;
+enum { FT_RX_EV_FRAME = 1, FT_RX_EV_ACK_DUE = 2, FT_RX_EV_COMPLETE = 3, FT_RX_EV_RAW = 4 };
+typedef struct {
+    uint8_t kind; uint8_t family; uint16_t port; uint8_t addr[16]; uint32_t device_index;
+    ft_wire_header hdr; uint16_t len; uint8_t data[...];
+} ft_rx_event;
+typedef struct {
+    ft_rx_device *devices; uint32_t n_devices; ft_rx_source *sources; uint32_t n_sources;
+    float source_burst; float source_rate; uint32_t run; uint32_t epoch;
+    uint32_t round; uint8_t round_open; uint16_t ack_every; uint32_t n_blocks; uint32_t n_chunks;
+    uint32_t n_slots; size_t slot_stride; uint8_t *staging; uint8_t *received; uint32_t *count;
+    uint64_t datagrams; uint64_t bytes; uint64_t staged; uint64_t wire_rejects[32];
+    uint64_t rx_rejects[7];
+} ft_rx;
+int ft_rx_poll(ft_rx *rx, int fd, double now, uint32_t max_datagrams, ft_rx_event *events,
+               uint32_t cap_events, uint32_t *n_events);
+void ft_rx_penalize(ft_rx *rx, int family, const uint8_t *addr, uint16_t port, double now);
+int ft_rx_datagram(ft_rx *rx, const uint8_t *data, size_t len, int truncated, int family,
+                   const uint8_t *addr, uint16_t port, double now, ft_rx_event *ev);
+
 /* ft_crypto.h: secure-aggregation crypto (the same C as the firmware's) */
 void ft_chacha20_block(const uint8_t key[32], uint32_t counter, const uint8_t nonce[12], uint8_t out[64]);
 int ft_chacha20_xor(const uint8_t key[32], uint32_t counter, const uint8_t nonce[12], const uint8_t *in,
@@ -179,9 +214,9 @@ ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "fedtiny._wire",
-    '#include "ft_wire.h"\n#include "ft_crypto.h"',
+    '#include "ft_wire.h"\n#include "ft_crypto.h"\n#include "ft_rx.h"',
     sources=SOURCES,
-    include_dirs=["firmware_bridge"],
+    include_dirs=["firmware_bridge", "firmware_bridge/host"],
     extra_compile_args=["-std=c99", "-O2", "-Wall", "-Wextra"],
 )
 

@@ -14,9 +14,10 @@ from fedtiny.seeds import derive_seed
 PKG = os.path.dirname(fedtiny.__file__)
 # The programs: modules with a `run_command` that the CLI runs.
 PROGRAMS = {"fedtiny.simulate", "fedtiny.net.aggregator", "fedtiny.net.client", "fedtiny.net.bridge",
-            "fedtiny.net.demo", "fedtiny.tflite.export"}
-# demo composes an aggregator and client processes (it starts clients as subprocesses).
-ALLOWED = {("fedtiny.net.demo", "fedtiny.net.aggregator")}
+            "fedtiny.net.demo", "fedtiny.tflite.export", "fedtiny.flower.fleet"}
+# demo composes an aggregator and client processes (it starts clients as subprocesses); the
+# Flower fleet is the aggregator with its rounds taken from a Flower federation.
+ALLOWED = {("fedtiny.net.demo", "fedtiny.net.aggregator"), ("fedtiny.flower.fleet", "fedtiny.net.aggregator")}
 
 
 def _module_files():

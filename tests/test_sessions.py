@@ -142,7 +142,6 @@ def test_rebooted_client_rejoins_at_once_and_the_run_is_simulate(tmp_path):
                 assert p.wait(timeout=10) == 0, client_logs(procs)
         finally:
             stop_all(procs)
-    print(f"\nrebooted client: new session {rejoined:.2f} s after its restart")
     assert rejoined < 3.0, rejoined     # process start (imports) included
     weights, rows = simulate_oracle(k, rounds)
     ck = state.load(str(tmp_path / "state"))

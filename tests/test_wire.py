@@ -370,3 +370,30 @@ def test_model_chunks_rebuild_the_model_and_its_hash():
     assert wire.model_hash(rebuilt) == hashlib.sha256(w.astype("<f4").tobytes()).digest()[:16]
     with pytest.raises(ValueError, match="out of range"):
         wire.model_chunk(w, k)
+
+
+@pytest.fixture(params=["portable", "accelerated"])
+def sha256_path(request):
+    """Each SHA-256 block function the wire library has on this CPU; the choice is restored after."""
+    from fedtiny._wire import lib
+    before = lib.ft_sha256_accel(-1)
+    if request.param == "portable":
+        lib.ft_sha256_accel(0)
+    elif not lib.ft_sha256_accel(1):
+        pytest.skip("this CPU has no SHA extensions (or the build has none): the portable path is the only one")
+    yield request.param
+    lib.ft_sha256_accel(1 if before else 0)
+
+
+def test_sha256_and_hmac_match_hashlib_on_every_block_function(sha256_path):
+    from fedtiny._wire import ffi, lib
+    rng = np.random.default_rng(7)
+    lengths = list(range(0, 200)) + [447, 448, 511, 512, 1000, 1199, 1200, 4096, 65537]
+    for n in lengths:
+        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        out = ffi.new("uint8_t[32]")
+        lib.ft_sha256(data, n, out)
+        assert bytes(out) == hashlib.sha256(data).digest(), (sha256_path, n)
+        key = rng.integers(0, 256, int(rng.integers(1, 100)), dtype=np.uint8).tobytes()
+        lib.ft_hmac_sha256(key, len(key), data, n, out)
+        assert bytes(out) == hmac.new(key, data, hashlib.sha256).digest(), (sha256_path, n)

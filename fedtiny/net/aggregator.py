@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import bounds, datasets, rounds
-from . import ingest, keys as keys_mod, session, state, wire
+from .. import bounds, codec, datasets, rounds
+from . import download, ingest, keys as keys_mod, rx as rx_mod, session, state, wire
 from .common import MODEL_WINDOW, parse_hostport, setup_logging
 from .session import Rejected
 
@@ -44,6 +44,11 @@ REOFFER_SECONDS = 0.5     # offer again to a selected device that has not asked 
 ACK_EVERY = 16            # update chunks between two ACKs to the device
 TELL_SECONDS = 0.25        # errors to one device, per code
 RCVBUF_BYTES = 4 << 20    # requested UDP receive buffer
+SNDBUF_BYTES = 1 << 20    # requested UDP send buffer (the pacer stops while it is full)
+PACE_SECONDS = 0.002      # the download pacer's tick while a download runs
+PACE_BATCH = 64           # model chunks sent at most per tick or ACK
+FRAME_OVERHEAD = wire.HEADER_BYTES + wire.TAG_BYTES   # bytes of a frame around its payload
+UPLOAD_MIN_SECONDS = 5.0  # a device's upload deadline (from its slot's opening) is at least this
 LOG_PER_REASON = 5        # rejections logged one by one per reason and round; then only counted
 PENDING_SESSIONS = 4      # sessions offered to one device in WELCOMEs and not yet used
 WELCOME_SECONDS = 0.05    # at most one WELCOME per device in this time (replayed join HELLOs cost one each)
@@ -68,7 +73,12 @@ class AggregateConfig:
     codec: str = "int8-stochastic"
     server_opt: str = "fedavg"
     server_lr: float | None = None
-    slots: int = 8
+    slots: int = 0                   # 0: sized by memory (--staging-mb)
+    staging_mb: float = 32.0
+    upload_seconds: float = 0.0      # 0: derived from the update size and --device-rate
+    ingest: str = "c"                # the per-datagram path: "c" (fedtiny.net.rx) or "python" (the reference)
+    send_rate: float = 100.0         # MB/s: the model download, all devices together
+    device_rate: float = 12.5        # MB/s: the model download to one device
     seed: int = 0
     max_samples: int = bounds.DEFAULT_MAX_SAMPLES
     clip_norm: float = bounds.DEFAULT_CLIP_NORM      # 0: no clipping
@@ -87,7 +97,14 @@ class AggregateConfig:
         need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}")
         need(math.isfinite(self.prox_mu) and self.prox_mu >= 0, f"--prox-mu must be >= 0, got {self.prox_mu}")
         need(self.codec in CODECS, f"--codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
-        need(self.slots >= 1, f"--slots must be >= 1, got {self.slots}")
+        need(self.slots >= 0, f"--slots must be >= 0 (0: sized by --staging-mb), got {self.slots}")
+        need(math.isfinite(self.staging_mb) and self.staging_mb > 0, f"--staging-mb must be > 0, got {self.staging_mb}")
+        need(math.isfinite(self.upload_seconds) and self.upload_seconds >= 0,
+             f"--upload-seconds must be >= 0 (0: derived), got {self.upload_seconds}")
+        need(self.ingest in ("c", "python"), f"--ingest must be c or python, got {self.ingest!r}")
+        need(math.isfinite(self.send_rate) and self.send_rate > 0, f"--send-rate must be > 0 MB/s, got {self.send_rate}")
+        need(math.isfinite(self.device_rate) and self.device_rate > 0,
+             f"--device-rate must be > 0 MB/s, got {self.device_rate}")
         need(0 <= self.seed < 2**32, f"--seed must be in 0..2^32-1, got {self.seed}")
         need(1 <= self.max_samples <= bounds.MAX_WIRE_SAMPLES,
              f"--max-samples must be in 1..{bounds.MAX_WIRE_SAMPLES}, got {self.max_samples}")
@@ -124,12 +141,15 @@ class _RoundRun:
     offer: bytes
     model_chunks: int
     started: float
+    download: download.ModelDownload = None
     announced: dict = field(default_factory=dict) # device -> n_samples of its HELLO when the round opened
     refused: set = field(default_factory=set)     # devices whose RESULT broke the bounds: not waited for
     offered: dict = field(default_factory=dict)   # device -> time of last offer sent
     asked: set = field(default_factory=set)       # devices that asked for model chunks
     bytes_up: int = 0
     bytes_down: int = 0
+    down_by_type: Counter = field(default_factory=Counter)
+    cpu_started: float = field(default_factory=time.process_time)
 
 
 class Aggregator(asyncio.DatagramProtocol):
@@ -165,6 +185,13 @@ class Aggregator(asyncio.DatagramProtocol):
             self.server = rounds.Server(self.model.init(cfg.seed), optimizer=optimizer, bounds=self.bounds)
             self.metrics = []
         self.resumed_from = self.server.round_id
+        n = self.server.n_params
+        self.slots = cfg.slots or ingest.slots_for_budget(n, cfg.staging_mb * 1e6)
+        update_bytes = codec.wire_size(n)
+        self.upload_seconds = cfg.upload_seconds or max(UPLOAD_MIN_SECONDS, 10 * update_bytes / (cfg.device_rate * 1e6))
+        self.staging = ingest.Staging(n, self.slots)       # allocated once; pages touched as slots are used
+        self.rx = rx_mod.Receiver(self.keys, self.staging, ack_every=ACK_EVERY) if cfg.ingest == "c" else None
+        self.sock = None
         self.devices: dict[int, _Device] = {}
         self.rejected: Counter[str] = Counter()          # whole run (since this process started)
         self.round_rejected: Counter[str] = Counter()
@@ -189,6 +216,7 @@ class Aggregator(asyncio.DatagramProtocol):
         self.transport.sendto(frame, addr)
         if self.current is not None:
             self.current.bytes_down += len(frame)
+            self.current.down_by_type[frame[3]] += len(frame)
 
     def _reject(self, reason: str, who: str, detail: str = "") -> None:
         self.rejected[reason] += 1
@@ -196,21 +224,21 @@ class Aggregator(asyncio.DatagramProtocol):
         if self.round_rejected[reason] <= LOG_PER_REASON:
             log.warning("dropped frame from %s: %s%s", who, reason, f" ({detail})" if detail else "")
 
-    def datagram_received(self, data: bytes, addr) -> None:
+    def datagram_received(self, data: bytes, addr, *, counted: bool = False) -> None:
+        """The Python receive path (--ingest python): the reference the C path is checked
+        against; the C path hands it the frames it does not handle itself (joins, a session
+        not yet current, an in-session HELLO)."""
         now = time.monotonic()
-        if self.current is not None:
+        if self.current is not None and not counted:
             self.current.bytes_up += len(data)
         who = f"{addr[0]}:{addr[1]}"
         try:
             head = session.peek(data)
             mtype, device_id = head.type, head.device_id
             who = f"device {device_id} at {who}"
-            dev = self.devices.get(device_id)
+            dev = self._device(device_id)
             if dev is None:
-                key = self.keys.get(device_id)
-                if key is None:
-                    raise Rejected("unknown_device", "no key for it")
-                dev = self.devices[device_id] = _Device(device_id, key)
+                raise Rejected("unknown_device", "no key for it")
             if head.session == 0:     # a join: the only frame outside a session
                 self._on_join(dev, session.open_join(data, dev.psk), addr, now)
                 return
@@ -221,35 +249,86 @@ class Aggregator(asyncio.DatagramProtocol):
             hdr = sess.open(data)     # the session, its tag, then round and replay
             if sess is not dev.session:
                 self._promote(dev, sess)
-            payload = hdr.payload
-            dev.addr, dev.last_seen = addr, now
-            if mtype == session.HELLO:
-                hello = wire.Hello.unpack(payload)
-                self._check_hello_samples(dev, hello)
-                self._on_hello(dev, hello, now)
-                return
-            if mtype == session.ERROR:
-                self._on_device_error(dev, wire.ErrorMsg.unpack(payload))
-                return
-            run = self.current
-            if run is None or hdr.round != run.id:
-                self._tell(dev, hdr.round, session.E_ROUND_CLOSED, f"round {hdr.round} is closed")
-                raise Rejected("round_closed", f"sent round {hdr.round}")
-            if dev.id not in run.selected:
-                self._tell(dev, hdr.round, session.E_NOT_SELECTED, f"device {dev.id} is not in round {run.id}")
-                raise Rejected("not_selected")
-            if mtype == session.ACK:
-                self._on_model_ack(dev, run, payload)
-            elif mtype == session.RESULT:
-                self._on_result(dev, run, wire.Result.unpack(payload), now)
-            elif mtype == session.UPDATE_CHUNK:
-                self._on_chunk(dev, run, hdr, payload, now)
-            else:
-                raise Rejected("unexpected_type", f"type {mtype} is not sent by devices")
-        except Rejected as exc:
+            self._on_frame(dev, hdr, addr, now)
+        except (Rejected, wire.FrameError) as exc:   # wire.FrameError: a payload that does not parse
             self._reject(exc.reason, who, str(exc))
-        except wire.FrameError as exc:  # a payload that does not parse
-            self._reject(exc.reason, who, str(exc))
+            if counted and self.rx is not None:       # handed over by the C path: charge the source
+                self.rx.penalize(addr, now)
+
+    def _device(self, device_id: int) -> _Device | None:
+        dev = self.devices.get(device_id)
+        if dev is None:
+            key = self.keys.get(device_id)
+            if key is None:
+                return None
+            dev = self.devices[device_id] = _Device(device_id, key)
+        return dev
+
+    def _on_frame(self, dev: _Device, hdr: wire.Frame, addr, now: float) -> None:
+        """An authentic frame of the device's current session (tag, round and replay checked;
+        a HELLO's sequence number checked against the last HELLO's)."""
+        mtype, payload = hdr.type, hdr.payload
+        dev.addr, dev.last_seen = addr, now
+        if mtype == session.HELLO:
+            hello = wire.Hello.unpack(payload)
+            self._check_hello_samples(dev, hello)
+            self._on_hello(dev, hello, now)
+            return
+        if mtype == session.ERROR:
+            self._on_device_error(dev, wire.ErrorMsg.unpack(payload))
+            return
+        run = self.current
+        if run is None or hdr.round != run.id:
+            self._tell(dev, hdr.round, session.E_ROUND_CLOSED, f"round {hdr.round} is closed")
+            raise Rejected("round_closed", f"sent round {hdr.round}")
+        if dev.id not in run.selected:
+            self._tell(dev, hdr.round, session.E_NOT_SELECTED, f"device {dev.id} is not in round {run.id}")
+            raise Rejected("not_selected")
+        if mtype == session.ACK:
+            self._on_model_ack(dev, run, payload, now)
+        elif mtype == session.RESULT:
+            self._on_result(dev, run, wire.Result.unpack(payload), now)
+        elif mtype == session.UPDATE_CHUNK:
+            self._on_chunk(dev, run, hdr, payload, now)
+        else:
+            raise Rejected("unexpected_type", f"type {mtype} is not sent by devices")
+
+    def _on_readable(self) -> None:
+        """The C receive path (--ingest c): datagrams were checked and chunks staged in C."""
+        now = time.monotonic()
+        events, _more = self.rx.poll(self.sock.fileno(), now)
+        dropped, nbytes = self.rx.take_counts()
+        if self.current is not None:
+            self.current.bytes_up += nbytes
+        for reason, n in dropped.items():
+            self.rejected[reason] += n
+            self.round_rejected[reason] += n
+            if self.round_rejected[reason] <= LOG_PER_REASON:
+                log.warning("dropped %d frame(s): %s (counted by the C receive path)", n, reason)
+        for ev in events:
+            dev = self._device(ev.device_id)
+            who = f"device {ev.device_id} at {ev.addr[0]}:{ev.addr[1]}"
+            try:
+                if ev.kind == rx_mod.EVENT_RAW:      # not checked in C: the reference path does it
+                    self.datagram_received(ev.raw, ev.addr, counted=True)
+                    continue
+                if ev.kind == rx_mod.EVENT_FRAME:
+                    self._on_frame(dev, ev.frame, ev.addr, now)
+                    continue
+                dev.addr, dev.last_seen = ev.addr, now
+                run = self.current
+                if run is None:
+                    continue
+                outcome = run.ingest.staged(dev.id, now)
+                if outcome == "complete":
+                    self._ack_update(dev, run)
+                    self._wake.set()
+                elif outcome == "added":
+                    self._ack_update(dev, run)
+            except Rejected as exc:
+                self._reject(exc.reason, who, str(exc))
+            except wire.FrameError as exc:
+                self._reject(exc.reason, who, str(exc))
 
     def error_received(self, exc) -> None:  # ICMP port unreachable from a device that went away
         log.debug("socket error: %s", exc)
@@ -287,6 +366,8 @@ class Aggregator(asyncio.DatagramProtocol):
         """The first frame tagged with a pending session's key: it becomes the device's session
         (the device rebooted or rejoined); older sessions' frames are stale from now on."""
         dev.session = sess
+        if self.rx is not None:
+            self.rx.set_session(dev.id, sess)
         dev.pending.clear()
         dev.excluded = ""            # it may have been restarted with the right --model
         run = self.current
@@ -333,24 +414,35 @@ class Aggregator(asyncio.DatagramProtocol):
         self._wake.set()
 
     def _offer(self, dev: _Device, run: _RoundRun, now: float) -> None:
+        log.debug("offer to device %d", dev.id)
         run.offered[dev.id] = now
         self._send(dev, dev.session.seal(session.OFFER, run.id, run.offer))
 
-    def _on_model_ack(self, dev: _Device, run: _RoundRun, payload: bytes) -> None:
+    def _on_model_ack(self, dev: _Device, run: _RoundRun, payload: bytes, now: float) -> None:
         ack = wire.Ack.unpack(payload)
         if ack.acked_type != session.MODEL_CHUNK or ack.first != 0 or ack.n_bits != run.model_chunks:
             raise Rejected("bad_payload", "model ack does not cover the model's chunks")
         run.asked.add(dev.id)
+        received = np.zeros(run.model_chunks, dtype=bool)
+        received[list(ack.received)] = True
+        run.download.ack(dev.id, received, now)   # the pacer sends what it still misses
+        self._pace(run, now)
+
+    def _pace(self, run: _RoundRun, now: float) -> None:
+        """Send the model chunks that are due, while the socket's send buffer has room (a full
+        buffer would queue copies that an impatient device then asks for again)."""
         size = session.MODEL_CHUNK_BYTES
-        for i in ack.missing()[:MODEL_WINDOW]:
-            self._send(dev, dev.session.seal(session.MODEL_CHUNK, run.id, run.model[i * size:(i + 1) * size],
-                                             chunk_index=i, chunk_count=run.model_chunks))
+        if self.transport is not None and self.transport.get_write_buffer_size() == 0:
+            # one batch per call: the event loop reads the socket between two batches
+            for d, i in run.download.next_sends(now, limit=PACE_BATCH):
+                dev = self.devices[d]
+                self._send(dev, dev.session.seal(session.MODEL_CHUNK, run.id, run.model[i * size:(i + 1) * size],
+                                                 chunk_index=i, chunk_count=run.model_chunks))
 
     def _ack_update(self, dev: _Device, run: _RoundRun) -> None:
         dev.acked = 0
-        got = np.flatnonzero(run.ingest.received(dev.id)).tolist()
-        ack = wire.Ack.for_chunks(session.UPDATE_CHUNK, got, run.ingest.n_chunks)
-        self._send(dev, dev.session.seal(session.ACK, run.id, ack.pack()))
+        ack = wire.Ack.pack_flags(session.UPDATE_CHUNK, run.ingest.received(dev.id))
+        self._send(dev, dev.session.seal(session.ACK, run.id, ack))
 
     def _on_result(self, dev: _Device, run: _RoundRun, res, now: float) -> None:
         if res.update_chunks != run.ingest.n_chunks:
@@ -451,7 +543,13 @@ class Aggregator(asyncio.DatagramProtocol):
                            arch_hash=self.arch_hash)
         run = _RoundRun(r, rnd, None, frozenset(selected.tolist()), model_bytes, offer.pack(),
                         wire.model_chunks(n), now)
-        run.ingest = ingest.UpdateIngest(n, self._commit, slots=cfg.slots)
+        run.download = download.ModelDownload(run.model_chunks, session.MODEL_CHUNK_BYTES + FRAME_OVERHEAD,
+                                              window=MODEL_WINDOW, total_rate=cfg.send_rate * 1e6,
+                                              device_rate=cfg.device_rate * 1e6)
+        run.ingest = ingest.UpdateIngest(n, self._commit, upload_seconds=self.upload_seconds, staging=self.staging,
+                                         on_slot=self.rx.set_slot if self.rx is not None else None)
+        if self.rx is not None:
+            self.rx.start_round(r, run.selected)
         self.round_rejected = Counter()
         self.round_clipped = 0
         for d in run.selected:
@@ -480,6 +578,10 @@ class Aggregator(asyncio.DatagramProtocol):
             for d in sorted(run.selected - run.asked):
                 if now - run.offered.get(d, -math.inf) >= REOFFER_SECONDS:
                     self._offer(self.devices[d], run, now)
+            self._pace(run, now)
+            if run.download.active:
+                await asyncio.sleep(PACE_SECONDS)
+                continue
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), 0.05)
@@ -492,6 +594,8 @@ class Aggregator(asyncio.DatagramProtocol):
         return True
 
     def _close_round(self, run: _RoundRun, now: float) -> None:
+        if self.rx is not None:
+            self.rx.close_round()
         ingest_stats = run.ingest.close()       # commits complete updates in device-id order
         result = self.server.close_round(now)
         self.current = None
@@ -503,7 +607,11 @@ class Aggregator(asyncio.DatagramProtocol):
                "train_loss": sum(w * l for w, l in losses) / n if n else math.nan,
                "test_loss": math.nan, "test_acc": math.nan,
                "bytes_up": run.bytes_up, "bytes_down": run.bytes_down, "round_s": now - run.started,
+               "cpu_s": time.process_time() - run.cpu_started,
                "stragglers": sorted(run.selected - contributors), "dropped_uploads": ingest_stats.dropped,
+               "down_by_type": {session.M(t).name: v for t, v in run.down_by_type.items()},
+               "model_chunks_sent": run.download.sent_chunks, "model_chunks_resent": run.download.resent_chunks,
+               "model_restarts": run.download.restarts,
                "rejected": dict(self.round_rejected), "clipped": self.round_clipped}
         if bounds.NONFINITE_STEP in result.rejected:
             # The model did not change and nothing is written: a restart redoes this round.
@@ -564,11 +672,28 @@ class Aggregator(asyncio.DatagramProtocol):
         # under an epoch that a later life could reuse.
         self.run_id, self.epoch = state.begin_life(self.cfg.state)
         self.run_tag = wire.run_tag(self.run_id)
-        transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
+        if self.rx is not None:
+            self.rx.set_life(self.run_tag, self.epoch)
+            info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+            self.sock = socket.socket(info[0], socket.SOCK_DGRAM)
+            try:
+                self.sock.setblocking(False)
+                self.sock.bind(info[4])
+            except OSError:
+                self.sock.close()
+                self.sock = None
+                raise
+            transport = rx_mod.SocketSender(self.sock)
+            self.transport = transport
+            loop.add_reader(self.sock.fileno(), self._on_readable)
+        else:
+            transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
         self.address = transport.get_extra_info("sockname")[:2]
         # Uploads come in bursts from many devices: a deeper socket queue means fewer drops and
         # resends (the kernel caps it at net.core.rmem_max).
-        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF_BYTES)
         log.info("aggregating %s (%d parameters) on %s:%d, round %d of %d; run %s epoch %d", self.cfg.model,
                  self.server.n_params, self.address[0], self.address[1], self.server.round_id + 1, self.cfg.rounds,
                  self.run_id.hex(), self.epoch)
@@ -588,6 +713,8 @@ class Aggregator(asyncio.DatagramProtocol):
                                        always=True)
                     await asyncio.sleep(0.05)
         finally:
+            if self.sock is not None:
+                loop.remove_reader(self.sock.fileno())
             transport.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 try:
@@ -623,7 +750,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codec", default=d.codec, choices=tuple(CODECS))
     p.add_argument("--server-opt", default=d.server_opt, choices=tuple(rounds.SERVER_OPTIMIZERS))
     p.add_argument("--server-lr", type=float, default=None)
-    p.add_argument("--slots", type=int, default=d.slots, help="uploads staged at once (memory: slots x 1.03 bytes/param)")
+    p.add_argument("--slots", type=int, default=d.slots,
+                   help="uploads staged at once (memory: slots x 1.03 bytes/param); default: as many as --staging-mb holds")
+    p.add_argument("--staging-mb", type=float, default=d.staging_mb, metavar="MB",
+                   help="memory for staged uploads when --slots is not given (default %(default)s MB)")
+    p.add_argument("--upload-seconds", type=float, default=d.upload_seconds, metavar="S",
+                   help="a device's upload deadline from its slot's opening, after which its slot may go to a waiting "
+                        f"device (default: 10x the update's transfer time at --device-rate, at least {UPLOAD_MIN_SECONDS:.0f} s)")
+    p.add_argument("--ingest", default=d.ingest, choices=("c", "python"),
+                   help="per-datagram path: c (batched receive, checks and staging in C) or python (the reference)")
+    p.add_argument("--send-rate", type=float, default=d.send_rate, metavar="MB/S",
+                   help="model download pace, all devices together (default %(default)s MB/s)")
+    p.add_argument("--device-rate", type=float, default=d.device_rate, metavar="MB/S",
+                   help="model download pace to one device (default %(default)s MB/s)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--max-samples", type=int, default=d.max_samples, metavar="N",
                    help="largest n_k (FedAvg weight) a device may claim; more is refused (default %(default)s)")

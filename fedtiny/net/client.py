@@ -32,15 +32,26 @@ import numpy as np
 from .. import codec
 from ..seeds import derive_seed
 from . import session, wire
-from .common import MODEL_WINDOW, parse_hostport, setup_logging
+# load_data and its checks live in common: the Flower ClientApp reads a device's data the same way
+from .common import MODEL_WINDOW, check_features, check_labels, load_data, parse_hostport, setup_logging  # noqa: F401
 from .session import Rejected
 
 log = logging.getLogger("fedtiny.client")
 
 TICK = 0.02
-MODEL_ACK_QUIET = 0.1     # no new model chunk for this long: say again what is missing
-UPLOAD_ACK_WAIT = 0.3     # no ACK for this long after sending: send the RESULT again (it prompts one)
-SILENT_SECONDS = 2.0      # no frame from the aggregator while waiting on it: join again
+# No new model chunk for `ask_quiet` seconds: say again what is missing. It is derived from the
+# rate the chunks come at (QUIET_GAPS smoothed gaps between chunks, at least ASK_MIN; before the
+# first chunk ASK_FIRST) and doubles on every ask that brings nothing (backoff, up to ASK_MAX).
+# The aggregator resends only chunks whose copies timed out, so an early ask costs one ACK, not
+# a copy of the window (docs/network.md "Model download").
+ASK_FIRST, ASK_MIN, ASK_MAX = 0.5, 0.2, 1.6
+QUIET_GAPS = 8
+UPLOAD_ACK_WAIT = 0.3     # no ACK for this long after sending: send the RESULT again (it prompts one),
+UPLOAD_ACK_MAX = 2.4      # doubling on each RESULT that brings no ACK, up to this
+UPLOAD_WINDOW = 32        # update chunks in flight (sent, not yet in an ACK): the aggregator ACKs every 16
+RCVBUF_BYTES = 4 * MODEL_WINDOW * 2304   # 4 windows of model chunks (2,304 B: a datagram's kernel cost)
+SILENT_SECONDS = 2.0      # no frame from the aggregator while downloading: join again (while
+                          # uploading: not before the offer's deadline, the update is kept until then)
 HELLO_MIN, HELLO_MAX = 0.5, 8.0
 REFUSED_WAIT = 2.0        # after refusing the model: wait this long for the aggregator's answer
 
@@ -71,6 +82,7 @@ class Device:
         self.rounds_done = 0
         self.finished = False
         self.rejected: dict[str, int] = {}
+        self.kept_round = None               # the round whose partial model download is kept on a new join
         self.failed: str | None = None   # why this device stopped (run_command exits with 2)
         self._reset_round()
         self.last_heard = time.monotonic()
@@ -87,6 +99,13 @@ class Device:
         self.since_ask = 0             # model chunks received since the last ACK(model)
         self.resend_on_ack = True      # the next ACK triggers sending what it lists as missing
         self.last_progress = time.monotonic()
+        self.ask_quiet = ASK_FIRST     # seconds without a new model chunk before asking again
+        self.gap = None                # smoothed seconds between two new model chunks
+        self.last_chunk = None
+        self.upload_wait = UPLOAD_ACK_WAIT
+        self.next_chunk = 0            # update chunks [0, next_chunk) were sent at least once
+        self.acked: frozenset = frozenset()
+        self.offered_at = time.monotonic()
 
     # -- transport ---------------------------------------------------------------------------
     def _send(self, msg_type: int, payload: bytes = b"", chunk=(0, 1), round_id: int | None = None) -> None:
@@ -170,13 +189,21 @@ class Device:
             log.debug("round %d: %s", round_id, self.mismatch)   # the exit line says it
             self.state, self.last_progress = "refused", time.monotonic()
             return
+        kept = None
+        if (self.offer is not None and self.have and self.kept_round == round_id and self.state == "waiting"
+                and self.offer.model_hash == offer.model_hash and self.offer.n_params == offer.n_params):
+            kept = (self.model_buf, self.have)   # joined again into the same round: keep what arrived
         self._reset_round()
         self.round, self.offer, self.state = round_id, offer, "downloading"
-        self.model_buf = bytearray(4 * offer.n_params)
-        self.have = set()
+        self.model_buf, self.have = kept if kept is not None else (bytearray(4 * offer.n_params), set())
+        if len(self.have) == wire.model_chunks(offer.n_params):
+            self._model_complete()
+            return
         self._ask_model()
 
-    def _ask_model(self) -> None:
+    def _ask_model(self, *, timeout: bool = False) -> None:
+        if timeout:     # nothing came since the last ask: wait longer before the next one
+            self.ask_quiet = min(ASK_MAX, self.ask_quiet * 2)
         n = wire.model_chunks(self.offer.n_params)
         self._send(session.ACK, wire.Ack.for_chunks(session.MODEL_CHUNK, self.have, n).pack())
         self.last_progress = time.monotonic()
@@ -195,24 +222,33 @@ class Device:
             return
         self.model_buf[i * size:i * size + expect] = f.payload
         self.have.add(i)
+        now = self.last_progress
+        if self.last_chunk is not None:
+            gap = now - self.last_chunk
+            self.gap = gap if self.gap is None else 0.875 * self.gap + 0.125 * gap
+            self.ask_quiet = min(ASK_MAX, max(ASK_MIN, QUIET_GAPS * self.gap))
+        self.last_chunk = now
         self.since_ask += 1
         if self.since_ask >= MODEL_WINDOW and len(self.have) < n:
             self._ask_model()   # the whole window arrived: ask for the next one now
         if len(self.have) == n:
-            params = np.frombuffer(self.model_buf, dtype="<f4")   # trained in place: no second copy of the model
-            if wire.model_hash(params) != self.offer.model_hash:
-                log.warning("round %d: model hash mismatch, downloading again", self.round)
-                self.have.clear()
-                self._ask_model()
-                return
-            if not np.isfinite(params).all():
-                self._send(session.ERROR, wire.ErrorMsg(session.E_MODEL, f"device {self.id}: the model of round "
-                                                        f"{self.round} holds NaN or Inf").pack())
-                self._fail(f"round {self.round}: the aggregator sent a model with NaN or Inf weights; stopping "
-                           f"(start the device again once the aggregator serves a finite model)")
-                return
-            self.state = "training"
-            self.pending_training = params   # trained by the loop, after this datagram batch
+            self._model_complete()
+
+    def _model_complete(self) -> None:
+        params = np.frombuffer(self.model_buf, dtype="<f4")   # trained in place: no second copy of the model
+        if wire.model_hash(params) != self.offer.model_hash:
+            log.warning("round %d: model hash mismatch, downloading again", self.round)
+            self.have.clear()
+            self._ask_model()
+            return
+        if not np.isfinite(params).all():
+            self._send(session.ERROR, wire.ErrorMsg(session.E_MODEL, f"device {self.id}: the model of round "
+                                                    f"{self.round} holds NaN or Inf").pack())
+            self._fail(f"round {self.round}: the aggregator sent a model with NaN or Inf weights; stopping "
+                       f"(start the device again once the aggregator serves a finite model)")
+            return
+        self.state = "training"
+        self.pending_training = params   # trained by the loop, after this datagram batch
 
     def _fail(self, why: str) -> None:
         """Stop with one line saying why (run_command then exits with 2): never a silent dead loop."""
@@ -236,7 +272,7 @@ class Device:
                  time.perf_counter() - t0, res.loss)
         self.state = "uploading"
         self._send(session.RESULT, self.result)
-        self.last_progress = self.last_heard = time.monotonic()   # the silence clock starts now
+        self.last_progress = self.last_heard = self.upload_started = time.monotonic()   # the silence clock starts now
 
     def _local_update(self, round_id: int, offer: wire.Offer, params: np.ndarray):
         """Local SGD and int8 encoding, seeded as simulate seeds client k = this device id."""
@@ -258,6 +294,15 @@ class Device:
         for i in indices:
             self._send(session.UPDATE_CHUNK, wire.update_chunk(self.update.blocks, i), chunk=(i, n))
 
+    def _pump(self) -> None:
+        """Send new update chunks while fewer than UPLOAD_WINDOW are unacknowledged (ACK-clocked,
+        so a fleet's uploads do not overflow the aggregator's socket queue)."""
+        n = wire.update_chunks(self.offer.n_params)
+        start = self.next_chunk
+        while self.next_chunk < n and self.next_chunk - len(self.acked) < UPLOAD_WINDOW:
+            self.next_chunk += 1
+        self._send_chunks(range(start, self.next_chunk))
+
     def _on_update_ack(self, ack: wire.Ack) -> None:
         self.last_progress = time.monotonic()
         missing = ack.missing()
@@ -268,9 +313,12 @@ class Device:
             if self.max_rounds is not None and self.rounds_done >= self.max_rounds:
                 self.finished = True
             return
-        if self.resend_on_ack:   # the answer to our RESULT: send what it misses, once
+        self.upload_wait = UPLOAD_ACK_WAIT
+        self.acked = ack.received
+        if self.resend_on_ack:   # the answer to our RESULT: send again what it misses, once
             self.resend_on_ack = False
-            self._send_chunks(missing)
+            self._send_chunks([c for c in missing if c < self.next_chunk])
+        self._pump()
 
     def _on_error(self, round_id: int, err: wire.ErrorMsg) -> None:
         if err.code == session.E_MODEL and self.mismatch:
@@ -298,9 +346,13 @@ class Device:
             if now - self.last_progress > REFUSED_WAIT:
                 self.finished = True
             return
-        if self.state not in ("joining", "training") and now - self.last_heard > SILENT_SECONDS:
+        silent_limit = SILENT_SECONDS
+        if self.state == "uploading" and self.offer is not None:
+            silent_limit = max(SILENT_SECONDS, self.offer.deadline_ms / 1000 - (self.upload_started - self.offered_at))
+        if self.state not in ("joining", "training") and now - self.last_heard > silent_limit:
             # the aggregator went away, or restarted (its frames now name another epoch): join again
             log.info("the aggregator went silent: joining again")
+            self.kept_round = self.round
             self._join()
         if self.state == "joining":
             if now - self.last_sent >= self.hello_every:
@@ -310,12 +362,13 @@ class Device:
         elif self.state in ("waiting", "done"):
             if now - self.last_sent >= self.hello_every:
                 self._send(session.HELLO, self._hello(), round_id=0)
-        elif self.state == "downloading" and now - self.last_progress > MODEL_ACK_QUIET:
-            self._ask_model()
-        elif self.state == "uploading" and now - self.last_progress > UPLOAD_ACK_WAIT:
+        elif self.state == "downloading" and now - self.last_progress > self.ask_quiet:
+            self._ask_model(timeout=True)
+        elif self.state == "uploading" and now - self.last_progress > self.upload_wait:
             self._send(session.RESULT, self.result)
             self.resend_on_ack = True
             self.last_progress = now
+            self.upload_wait = min(UPLOAD_ACK_MAX, self.upload_wait * 2)
 
     def run(self, server: tuple[str, int], stop=lambda: False) -> int:
         """Serve until the aggregator says it finished, max_rounds are done, or stop() is true."""
@@ -324,6 +377,9 @@ class Device:
         try:
             self.sock.connect(server)
             self.sock.setblocking(False)
+            # Room for a few windows of model chunks while this process waits for the CPU (the
+            # kernel caps the request at net.core.rmem_max).
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
             self._join()
             log.info("device %d: %d samples, model %d parameters, aggregator %s:%d", self.id, len(self.y),
                      self.model.n_params, *server)
@@ -360,59 +416,6 @@ class Device:
 # --- command line ---------------------------------------------------------------------------
 
 HELP = "run a device: join the aggregator, train on local data, send int8 updates"
-
-
-def load_data(path: str, model) -> tuple[np.ndarray, np.ndarray]:
-    """x, y from an .npz with arrays "x" (float32, N x input) and "y" (integer labels); the
-    sample size is checked against model unless it is None (a backbone reads x first)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "x" not in z.files or "y" not in z.files:
-                raise ValueError(f"{path} must hold arrays 'x' and 'y', it has {', '.join(z.files) or 'none'}")
-            x, y = z["x"], z["y"]
-    except (OSError, EOFError) as exc:
-        raise ValueError(f"cannot read {path}: {exc}") from None
-    if x.ndim < 2 or x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
-        raise ValueError(f"{path}: x must be a real-valued array of samples (N x features), got {x.dtype} {x.shape}")
-    if x.dtype != np.float32:
-        with np.errstate(over="ignore"):
-            x = x.astype(np.float32)       # a float64 beyond FLT_MAX becomes Inf: refused below
-    if len(x) != len(y) or len(y) == 0:
-        raise ValueError(f"{path}: x has {len(x)} rows, y {len(y)}; need the same number, at least 1")
-    if model is not None and int(np.prod(x.shape[1:])) != int(np.prod(model.input_shape)):
-        raise ValueError(f"{path}: samples of shape {x.shape[1:]}, the model takes {model.input_shape}")
-    check_features(path, x)
-    return np.ascontiguousarray(x), check_labels(path, y, None if model is None else model.n_classes)
-
-
-def check_labels(path: str, y: np.ndarray, n_classes: int | None) -> np.ndarray:
-    """y as int64 class indices, or one ValueError naming the first bad label and the fix."""
-    y = np.asarray(y)
-    if y.ndim != 1:
-        raise ValueError(f"{path}: y must be 1-D (one class index per sample), got shape {y.shape}")
-    if y.dtype == np.bool_ or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
-        raise ValueError(f"{path}: y must hold integer class labels, got dtype {y.dtype}")
-    if np.issubdtype(y.dtype, np.floating):
-        bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
-        if bad.size:
-            raise ValueError(f"{path}: y holds {bad.size} label(s) that are not whole numbers (first: {float(y[bad[0]])!r} "
-                             f"at row {bad[0]}); labels are class indices: save y as integers")
-    out_of_range = (y < 0) if n_classes is None else (y < 0) | (y >= n_classes)
-    bad = np.flatnonzero(out_of_range)
-    if bad.size:
-        where = ">= 0" if n_classes is None else f"[0, {n_classes})"
-        raise ValueError(f"{path}: y holds {bad.size} label(s) outside {where} (first: {int(y[bad[0]])} at row "
-                         f"{bad[0]}); relabel the data, or use a --model with as many outputs as classes")
-    return y.astype(np.int64)
-
-
-def check_features(path: str, x: np.ndarray) -> None:
-    """One ValueError if x holds NaN or Inf (training would turn the model into NaN)."""
-    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
-    if bad.any():
-        rows = np.flatnonzero(bad)
-        raise ValueError(f"{path}: x holds NaN or Inf in {rows.size} sample(s) (first at row {rows[0]}); "
-                         f"drop or repair those rows before joining")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

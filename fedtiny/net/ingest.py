@@ -7,8 +7,13 @@ parameter, the wire form, never a float32 copy). A complete update is added to t
 in one in-place C pass with its weight n_k (through the round logic, rounds.Round.submit); an incomplete one is dropped with its slot and has
 touched nothing. At most `slots` devices upload at once, so memory is
     accumulator 4n + slots * 1.03n bytes
-whatever the number of devices. A device that finds every slot taken by unfinished uploads is
-told "busy" and retries; slots whose device has gone silent are reclaimed.
+whatever the number of devices; the aggregator sizes `slots` from a memory budget
+(slots_for_budget), not a small constant, so a few devices that open uploads and never finish
+(squatting) cannot hold every slot. A device that finds every slot taken by unfinished uploads
+is told "busy" and retries; a slot is reclaimed for a waiting device when its own device has
+gone silent (stall_seconds) or has held it past its upload deadline (upload_seconds from the
+slot's opening). A device whose slot was reclaimed for its deadline gets a new one only when one
+is free: it never displaces another device (fair to the devices that finish).
 
 Completed updates are committed lazily: when their slot is needed, or at the round's close, in
 ascending device id. When a round's updates all fit in the slots (M <= slots) the sum is thus
@@ -28,18 +33,65 @@ from ..codec import BLOCK_BYTES, FLAG_STOCHASTIC, HEADER, HEADER_BYTES, MAGIC, Q
 from .wire import UPDATE_CHUNK_BLOCKS as CHUNK_BLOCKS, update_chunks  # noqa: F401  (the protocol's chunking)
 
 
+class Staging:
+    """Memory for `slots` uploads in their wire form, allocated once per aggregator run and
+    reused round after round: slot i is buf[i] (Int8Update header + blocks), received[i] (one
+    flag per chunk) and count[i]. The C receive path (fedtiny/net/rx.py) writes chunks into
+    the same arrays. Slots are handed out lowest index first, so the pages touched (the peak
+    RSS) follow the number of uploads at once, never the number of devices."""
+
+    def __init__(self, n_params: int, slots: int):
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        self.n_params = int(n_params)
+        self.slots = int(slots)
+        self.n_chunks = update_chunks(self.n_params)
+        self.nbytes = nblocks(self.n_params) * BLOCK_BYTES
+        self.buf = np.zeros((self.slots, HEADER_BYTES + self.nbytes), dtype=np.uint8)
+        self.received = np.zeros((self.slots, self.n_chunks), dtype=np.uint8)
+        self.count = np.zeros(self.slots, dtype=np.uint32)
+        self._free = list(range(self.slots - 1, -1, -1))   # a stack: lowest index on top
+
+    @property
+    def n_free(self) -> int:
+        return len(self._free)
+
+    def take(self, flags: int, seed: int) -> int:
+        i = self._free.pop()
+        self.received[i] = 0
+        self.count[i] = 0
+        HEADER.pack_into(self.buf[i], 0, MAGIC, VERSION, flags & 0xFF, QK, self.n_params, seed & 0xFFFFFFFF)
+        return i
+
+    def give_back(self, i: int) -> None:
+        self._free.append(i)
+        self._free.sort(reverse=True)
+
+
 @dataclass
 class _Slot:
     device_id: int
     weight: float
-    buf: np.ndarray               # uint8: Int8Update header + blocks, filled as chunks arrive
-    received: np.ndarray          # bool per chunk
+    index: int                    # into the Staging arrays
+    staging: Staging
     last_seen: float
-    n_received: int = 0
+    opened: float = 0.0
+
+    @property
+    def buf(self) -> np.ndarray:
+        return self.staging.buf[self.index]
+
+    @property
+    def received(self) -> np.ndarray:
+        return self.staging.received[self.index].view(bool)
+
+    @property
+    def n_received(self) -> int:
+        return int(self.staging.count[self.index])
 
     @property
     def complete(self) -> bool:
-        return self.n_received == len(self.received)
+        return self.n_received == self.staging.n_chunks
 
 
 @dataclass
@@ -50,21 +102,35 @@ class IngestStats:
     busy: int = 0
 
 
+def slots_for_budget(n_params: int, budget_bytes: float) -> int:
+    """Staging slots that fit a memory budget: one slot holds one update's wire bytes."""
+    return max(1, int(budget_bytes // (HEADER_BYTES + nblocks(int(n_params)) * BLOCK_BYTES)))
+
+
 class UpdateIngest:
     """One round's uploads: stage chunks per device, commit complete updates, drop the rest."""
 
     def __init__(self, n_params: int, commit: Callable[[int, Int8Update, float], None], *,
-                 slots: int = 8, stall_seconds: float = 5.0):
+                 slots: int = 8, stall_seconds: float = 5.0, upload_seconds: float = math.inf,
+                 staging: Staging | None = None, on_slot: Callable[[int, int], None] | None = None):
         """commit(device_id, update, weight) receives each complete update, in ascending id order
-        among those committed together (rounds.Round.submit, or Accumulator.add in tests)."""
-        if slots < 1:
-            raise ValueError(f"slots must be >= 1, got {slots}")
+        among those committed together (rounds.Round.submit, or Accumulator.add in tests).
+        staging: the run's slot memory (default: its own, of `slots` slots). on_slot(device_id,
+        index) is told each slot a device gets (index -1: it lost it), for the C receive path."""
+        if staging is None:
+            staging = Staging(n_params, slots)
+        elif staging.n_params != int(n_params):
+            raise ValueError(f"staging for {staging.n_params} parameters, the round has {n_params}")
         self.commit = commit
+        self.staging = staging
+        self.on_slot = on_slot or (lambda device_id, index: None)
         self.n_params = int(n_params)
         self.n_chunks = update_chunks(self.n_params)
         self.nbytes = nblocks(self.n_params) * BLOCK_BYTES
-        self.slots = slots
+        self.slots = staging.slots
         self.stall_seconds = stall_seconds
+        self.upload_seconds = upload_seconds
+        self._overdue: set[int] = set()   # devices whose slot was reclaimed at its deadline
         self._staged: dict[int, _Slot] = {}
         self._done: set[int] = set()      # devices whose update is complete (staged or committed)
         self.stats = IngestStats()
@@ -92,6 +158,17 @@ class UpdateIngest:
     @property
     def staged_bytes(self) -> int:
         return sum(s.buf.nbytes for s in self._staged.values())
+
+    def staged(self, device_id: int, now: float) -> str:
+        """Chunks of this device were staged by the C receive path: "complete" or "added"."""
+        slot = self._staged.get(device_id)
+        if slot is None:
+            return "duplicate" if device_id in self._done else "busy"
+        slot.last_seen = now
+        if slot.complete:
+            self._done.add(device_id)
+            return "complete"
+        return "added"
 
     # -- ingest --------------------------------------------------------------------------
     def add_chunk(self, device_id: int, weight: float, index: int, data: bytes | memoryview,
@@ -126,8 +203,8 @@ class UpdateIngest:
             raise ValueError(reason)
         start = HEADER_BYTES + index * CHUNK_BLOCKS * BLOCK_BYTES
         slot.buf[start:start + len(data)] = np.frombuffer(data, dtype=np.uint8)
-        slot.received[index] = True
-        slot.n_received += 1
+        self.staging.received[slot.index, index] = 1
+        self.staging.count[slot.index] += 1
         if slot.complete:
             self._done.add(device_id)
             return "complete"
@@ -154,29 +231,41 @@ class UpdateIngest:
     def _open_slot(self, device_id: int, weight: float, now: float, flags: int, seed: int) -> _Slot | None:
         if len(self._staged) >= self.slots:
             self._commit_complete()
-        if len(self._staged) >= self.slots:
+        if len(self._staged) >= self.slots and device_id not in self._overdue:
             self._reclaim_stalled(now)
         if len(self._staged) >= self.slots:
             return None
-        buf = np.zeros(HEADER_BYTES + self.nbytes, dtype=np.uint8)
-        HEADER.pack_into(buf, 0, MAGIC, VERSION, flags & 0xFF, QK, self.n_params, seed & 0xFFFFFFFF)
-        slot = _Slot(device_id, float(weight), buf,
-                     np.zeros(self.n_chunks, dtype=bool), now)
+        slot = _Slot(device_id, float(weight), self.staging.take(flags, seed), self.staging, now, now)
         self._staged[device_id] = slot
+        self.on_slot(device_id, slot.index)
         return slot
+
+    def _release(self, device_id: int) -> None:
+        slot = self._staged.pop(device_id)
+        self.on_slot(device_id, -1)
+        self.staging.give_back(slot.index)
 
     def _reclaim_stalled(self, now: float) -> None:
         for device_id, slot in list(self._staged.items()):
-            if not slot.complete and now - slot.last_seen > self.stall_seconds:
-                del self._staged[device_id]
+            if slot.complete:
+                continue
+            overdue = now - slot.opened > self.upload_seconds
+            if overdue or now - slot.last_seen > self.stall_seconds:
+                self._release(device_id)
                 self.stats.dropped.append(device_id)
+                if overdue:
+                    self._overdue.add(device_id)
 
     def _commit_complete(self) -> None:
         for device_id in sorted(d for d, s in self._staged.items() if s.complete):
-            slot = self._staged.pop(device_id)
-            update = Int8Update(slot.buf, self.n_params, slot.buf[5], int.from_bytes(slot.buf[12:16], "little"))
+            slot = self._staged[device_id]
+            buf = slot.buf
+            update = Int8Update(buf, self.n_params, buf[5], int.from_bytes(buf[12:16], "little"))
             self.stats.committed.append(device_id)
-            self.commit(device_id, update, slot.weight)
+            try:
+                self.commit(device_id, update, slot.weight)   # adds it to the sum now: then the slot is free
+            finally:
+                self._release(device_id)
 
     def flush(self) -> None:
         """Commit every complete staged update now (ascending id)."""
@@ -191,6 +280,6 @@ class UpdateIngest:
         self.closed = True
         self._commit_complete()
         for device_id in list(self._staged):
-            del self._staged[device_id]
+            self._release(device_id)
             self.stats.dropped.append(device_id)
         return self.stats

@@ -559,6 +559,22 @@ class Ack:
                    f"chunk {c} outside [{first}, {first + n_bits})")
         return bytes(ffi.buffer(out, n[0]))
 
+    @staticmethod
+    def pack_flags(acked_type: int, received: np.ndarray, first: int = 0) -> bytes:
+        """The payload of an Ack whose bit i is received[i] (bool per chunk), without building a
+        set: ft_ack_init lays out the header and an empty bitmap, the bitmap bytes are then the
+        flags packed LSB first (docs/PROTOCOL.md "ACK"). For the aggregator's frequent ACKs."""
+        flags = np.ascontiguousarray(received, dtype=bool)
+        n_bits = _uint(flags.size, 16, "n_bits")
+        size = lib.FT_ACK_HEADER_BYTES + (n_bits + 7) // 8
+        out = ffi.new("uint8_t[]", max(size, 1))
+        n = ffi.new("size_t *")
+        _check(lib.ft_ack_init(out, size, _uint(acked_type, 8, "acked_type"), _uint(first, 16, "first"), n_bits, n),
+               f"ack of {n_bits} chunks from {first}")
+        bitmap = np.packbits(flags, bitorder="little").tobytes()
+        ffi.memmove(out + lib.FT_ACK_HEADER_BYTES, bitmap, len(bitmap))
+        return bytes(ffi.buffer(out, n[0]))
+
     @classmethod
     def unpack(cls, payload) -> "Ack":
         data = _bytes(payload, "payload")
