@@ -183,6 +183,9 @@ def encode(delta: np.ndarray, *, rounding: str = "nearest", seed: int = 0,
 # one the encoder used (the rotated codec needs it to decode), the block size field is the
 # format's values per block. Blocks are encoded and read by the C kernels.
 
+_F32 = struct.Struct("<f")
+
+
 class LowbitFormat:
     """One sub-byte format: its C id, magic, block geometry, largest legal scale and reader rule."""
 
