@@ -6,7 +6,8 @@ numpy/OpenBLAS float32 reference, in the same run; and the peak RSS of a trainin
 
 Every benchmark call runs STEPS steps over fresh batches of one shuffled epoch (fedtiny: one
 local_sgd call, so its per-call cost -- argument checks, weight layout load/store -- is included);
-divide the times by STEPS for one step. Groups: "2nn b10", "2nn b32", "cnn b32". Every framework
+divide the times by STEPS for one step. Groups: "2nn b10", "2nn b32", "cnn b32", "1d-cnn b32",
+"dsnet b32" (the last two: fedtiny and PyTorch only). Every framework
 runs one thread, so process CPU time (the timer above) is its cost and is far less disturbed by
 other jobs on a shared machine than wall-clock time. Peak RSS: `pytest bench/bench_train.py -k rss -s`.
 """
@@ -25,15 +26,22 @@ from fedtiny import train as ft  # noqa: E402
 
 STEPS = 20
 LR = 0.01
+# issue 17's models: a 1-D CNN over a 128-sample 3-axis accelerometer window (6 activities) and a
+# depthwise-separable (MobileNet-style) image net; both also in docs/training.md
+SENSOR_1D = "seq:128x3,conv16k5s2same,relu,pool,conv32k3same,relu,pool,conv32k3same,relu,gap,dense6"
+DSNET = ("seq:28x28x1,conv16k3s2same,relu6,dwk3same,relu6,conv32k1,relu6,dwk3s2same,relu6,conv64k1,relu6,"
+         "gap,dense10")
+ALIAS = {"1d-cnn": SENSOR_1D, "dsnet": DSNET}
 CASES = [("2nn", 10), ("2nn", 32), ("cnn", 32)]
+NEW_CASES = [("1d-cnn", 32), ("dsnet", 32)]  # fedtiny and PyTorch only (NumpyNet has no such layers)
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def batches(spec, batch):
-    m = fm.build(spec)
+    m = fm.build(ALIAS.get(spec, spec))
     rng = np.random.default_rng(0)
     x = rng.random((STEPS * batch,) + m.input_shape).astype(np.float32)
-    y = rng.integers(0, 10, STEPS * batch)
+    y = rng.integers(0, m.n_classes, STEPS * batch)
     return m, x, y
 
 
@@ -128,13 +136,25 @@ def torch_net(spec):
     nn = torch.nn
     if spec == "2nn":
         return torch, nn.Sequential(nn.Linear(784, 200), nn.ReLU(), nn.Linear(200, 200), nn.ReLU(), nn.Linear(200, 10))
+    if spec == "1d-cnn":  # PyTorch pads symmetrically: same shapes and FLOPs as TensorFlow's SAME here
+        return torch, nn.Sequential(nn.Conv1d(3, 16, 5, stride=2, padding=2), nn.ReLU(), nn.MaxPool1d(2),
+                                    nn.Conv1d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2),
+                                    nn.Conv1d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool1d(1),
+                                    nn.Flatten(), nn.Linear(32, 6))
+    if spec == "dsnet":
+        return torch, nn.Sequential(nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.ReLU6(),
+                                    nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU6(),
+                                    nn.Conv2d(16, 32, 1), nn.ReLU6(),
+                                    nn.Conv2d(32, 32, 3, stride=2, padding=1, groups=32), nn.ReLU6(),
+                                    nn.Conv2d(32, 64, 1), nn.ReLU6(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                    nn.Linear(64, 10))
     return torch, nn.Sequential(nn.Conv2d(1, 32, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 5), nn.ReLU(),
                                 nn.MaxPool2d(2), nn.Flatten(), nn.Linear(1024, 128), nn.ReLU(), nn.Linear(128, 10))
 
 
 # ---- the step benchmarks ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec,batch", CASES, ids=[f"{s}-b{b}" for s, b in CASES])
+@pytest.mark.parametrize("spec,batch", CASES + NEW_CASES, ids=[f"{s}-b{b}" for s, b in CASES + NEW_CASES])
 def test_step_fedtiny(benchmark, spec, batch):
     m, x, y = batches(spec, batch)
     p = m.init(0)
@@ -169,11 +189,13 @@ def test_step_numpy(benchmark, spec, batch):
     assert all(np.isfinite(w).all() for w, _ in net.t)
 
 
-@pytest.mark.parametrize("spec,batch", CASES, ids=[f"{s}-b{b}" for s, b in CASES])
+@pytest.mark.optional
+@pytest.mark.parametrize("spec,batch", CASES + NEW_CASES, ids=[f"{s}-b{b}" for s, b in CASES + NEW_CASES])
 def test_step_torch(benchmark, spec, batch):
     torch, net = torch_net(spec)
     m, x, y = batches(spec, batch)
-    xt = torch.from_numpy(x if spec == "2nn" else np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    xt = torch.from_numpy(x if spec == "2nn" else np.ascontiguousarray(x.transpose(0, 2, 1)) if x.ndim == 3
+                          else np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
     yt = torch.from_numpy(y)
     opt = torch.optim.SGD(net.parameters(), lr=LR)
     lossf = torch.nn.CrossEntropyLoss()
@@ -231,6 +253,7 @@ def test_peak_rss_fedtiny(weights):
 
 
 @fashion
+@pytest.mark.optional
 def test_peak_rss_torch():
     pytest.importorskip("torch")
     r = peak_rss("torch")

@@ -75,11 +75,11 @@ ft_simd simd_by_name(const std::string &name) {
 
 
 // ---- training engine helpers --------------------------------------------------------
-// A model as fedtiny/model.py describes it: an (L, 10) int64 array of ft_layer rows.
+// A model as fedtiny/model.py describes it: an (L, 14) int64 array of ft_layer rows.
 ft_net net_from(const py::array &layers, int64_t n_params, int32_t batch, uint32_t flags) {
-    if (!layers.dtype().equal(py::dtype::of<int64_t>()) || layers.ndim() != 2 || layers.shape(1) != 10 ||
+    if (!layers.dtype().equal(py::dtype::of<int64_t>()) || layers.ndim() != 2 || layers.shape(1) != 14 ||
         !(layers.flags() & py::array::c_style))
-        throw py::value_error("layers must be a C-contiguous (L, 10) int64 array");
+        throw py::value_error("layers must be a C-contiguous (L, 14) int64 array");
     ft_net net{static_cast<const ft_layer *>(layers.data()), static_cast<int32_t>(layers.shape(0)), n_params, batch,
                flags};
     if (layers.shape(0) > FT_MAX_LAYERS || ft_net_check(&net) != FT_OK)

@@ -1,6 +1,13 @@
-/* dispatch.c — choose the SIMD path at run time (cpuid on x86; NEON is baseline on aarch64),
- * so one build runs on any CPU of its architecture. */
+/* dispatch.c — choose the SIMD path at run time (cpuid on x86; NEON is baseline on aarch64 and
+ * read from HWCAP on 32-bit Arm), so one build runs on any CPU of its architecture. */
 #include "ft_internal.h"
+
+#if FT_ARCH_ARM32
+#include <sys/auxv.h>
+#ifndef HWCAP_NEON
+#define HWCAP_NEON (1 << 12) /* linux/arch/arm/include/uapi/asm/hwcap.h */
+#endif
+#endif
 
 static ft_simd g_level = FT_SIMD_COUNT; /* FT_SIMD_COUNT = not chosen yet: use the best */
 
@@ -24,6 +31,9 @@ int ft_simd_supported(ft_simd level) {
 #endif
 #if FT_ARCH_ARM64
     case FT_SIMD_NEON: return 1; /* Advanced SIMD is mandatory in ARMv8-A */
+#endif
+#if FT_ARCH_ARM32
+    case FT_SIMD_NEON: return (getauxval(AT_HWCAP) & HWCAP_NEON) != 0;
 #endif
     default: return 0;
     }
@@ -56,6 +66,9 @@ const ft_kernel_table *ft_kernels(void) {
 #if FT_ARCH_ARM64
     case FT_SIMD_NEON: return &ft_kernels_neon;
 #endif
+    /* 32-bit NEON flushes subnormals to zero (ARMv7 Advanced SIMD has no IEEE mode), so the codec
+     * kernels, which are bit-exact with the reference, stay scalar there; only the GEMM (checked
+     * with a tolerance) has an armv7 NEON body. */
     default: return &ft_kernels_ref;
     }
 }

@@ -200,7 +200,8 @@ void ft_fwht_f32_ref(float *v, size_t len);
  *
  * A model is an array of ft_layer descriptors built by fedtiny/model.py. Activations are NHWC
  * float32. Parameters, as callers see them (the "interchange layout", what the codec and FedAvg
- * see): layers in order, each layer's weight then bias; Dense W[out][in], Conv2D W[oc][kh][kw][ic].
+ * see): layers in order, each layer's weight then bias; Dense W[out][in], Conv2D W[oc][kh][kw][ic],
+ * Depthwise W[c][kh][kw] (training layout [kh*kw][c], TFLite's [1][kh][kw][c]).
  * During training the weights live in the arena in the "training layout": every weight tensor
  * transposed to [fan_in][fan_out] (Dense Wt[in][out], Conv2D Wt[kh*kw*ic][oc]), so the forward
  * GEMM and the weight-gradient GEMM read it with unit stride; ft_train_load / ft_train_store
@@ -213,19 +214,31 @@ void ft_fwht_f32_ref(float *v, size_t len);
 
 typedef enum {
     FT_LAYER_DENSE = 1,   /* in_c = fan in (in_h = in_w = 1), out_c = fan out */
-    FT_LAYER_CONV2D = 2,  /* k x k, stride 1, VALID: out_h = in_h - k + 1 */
+    FT_LAYER_CONV2D = 2,  /* k x kw, stride, VALID or SAME (a 1-D conv is in_h = k = 1) */
     FT_LAYER_MAXPOOL2 = 3,/* 2x2 stride 2: out_h = in_h / 2 (floor) */
     FT_LAYER_RELU = 4,    /* in place on its input buffer */
     FT_LAYER_FLATTEN = 5, /* NHWC is already flat in (h, w, c) order: a no-op */
+    FT_LAYER_DEPTHWISE = 6, /* depthwise k x kw, multiplier 1 (out_c = in_c), stride, VALID or SAME */
+    FT_LAYER_AVGPOOL = 7, /* k x kw window, stride, VALID: the mean of the window */
+    FT_LAYER_MAXPOOL = 8, /* k x kw window, stride, VALID: gradient to the first maximum (row-major) */
+    FT_LAYER_GAP = 9,     /* global average pooling: out 1 x 1 x in_c */
+    FT_LAYER_RELU6 = 10,  /* min(max(x, 0), 6), in place */
 } ft_layer_kind;
 
-/* One layer; 10 int64 so Python builds an (L, 10) int64 array that is read in place. */
+/* One layer; 14 int64 so Python builds an (L, 14) int64 array that is read in place.
+ * Window layers (CONV2D, DEPTHWISE, AVGPOOL, MAXPOOL) set k (height), kw (width), the strides
+ * (>= 1) and `same`; every other kind leaves those four at 0. SAME is TensorFlow's: out = ceil(in /
+ * stride), the padding max((out - 1) * stride + k - in, 0) split with the smaller half first (top,
+ * left); VALID: out = (in - k) / stride + 1. Padding reads as zeros. */
 typedef struct {
     int64_t kind;
     int64_t in_h, in_w, in_c;
     int64_t out_h, out_w, out_c;
-    int64_t k;            /* conv kernel size, else 0 */
+    int64_t k;            /* window height (CONV2D: the kernel size), else 0 */
     int64_t w_off, b_off; /* offsets of weight and bias in the parameter vector, -1 if none */
+    int64_t kw;           /* window width */
+    int64_t stride_h, stride_w;
+    int64_t same;         /* 1: SAME padding, 0: VALID */
 } ft_layer;
 
 /* Arena options (bit flags). */
@@ -233,6 +246,7 @@ typedef struct {
 #define FT_TRAIN_PROX 2u     /* keep the global weights (n_params floats) for FedProx */
 #define FT_TRAIN_INT8 4u     /* weights as int8 blocks (per tensor, FT_QK values per scale) */
 #define FT_NET_INFER 8u      /* forward only (ft_net_forward): no gradient buffers, 2 activation buffers */
+#define FT_LOSS_MSE 16u      /* mean squared error against one-hot labels instead of softmax cross-entropy */
 
 typedef struct {
     const ft_layer *layers;
@@ -264,6 +278,12 @@ ft_status ft_train_store(const ft_net *net, const float *arena, float *params);
 ft_status ft_train_sgd(const ft_net *net, const ft_sgd_hyper *hyper, const float *x, const int32_t *y,
                        int64_t n_x, const int32_t *idx, int64_t n_idx, int64_t max_steps, float *arena,
                        double *loss_sum, int64_t *n_seen, int64_t *steps);
+/* ft_train_sgd on uint8 rows (a data set kept in flash at a quarter of its float size): each
+ * value enters the batch buffer as (float)x[i] * x_scale, so the result is bit-identical to
+ * ft_train_sgd on the float32 array x * x_scale. x_scale > 0 and finite. */
+ft_status ft_train_sgd_u8(const ft_net *net, const ft_sgd_hyper *hyper, const uint8_t *x, float x_scale,
+                          const int32_t *y, int64_t n_x, const int32_t *idx, int64_t n_idx, int64_t max_steps,
+                          float *arena, double *loss_sum, int64_t *n_seen, int64_t *steps);
 /* Gradient of the mean loss over x[0..n) (n <= batch, no regularizer) in the interchange layout
  * (float32 arena only: for tests). */
 ft_status ft_train_grad(const ft_net *net, const float *x, const int32_t *y, int32_t n, float *arena,

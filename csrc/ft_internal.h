@@ -24,6 +24,12 @@ static inline float ft_block_d(const ft_block_q8 *b) {
 #if defined(__aarch64__)
 #define FT_ARCH_ARM64 1
 #endif
+/* 32-bit Arm application processors under Linux (Raspberry Pi OS armhf): NEON is optional in
+ * ARMv7-A, so it is chosen at run time from the kernel's HWCAP (not for Cortex-M: no NEON). */
+#if defined(__arm__) && !defined(__aarch64__) && defined(__linux__) && defined(__ARM_ARCH_PROFILE) && \
+    __ARM_ARCH_PROFILE == 'A' && __ARM_ARCH >= 7
+#define FT_ARCH_ARM32 1
+#endif
 
 /* One entry per kernel; dispatch.c fills one table per SIMD level. A path that has no
  * version of a kernel points at the scalar reference (ggml arch-fallback style). */
@@ -99,10 +105,12 @@ typedef ft_status (*ft_gemm_fn)(size_t, size_t, size_t, const float *, ptrdiff_t
                                  size_t, float *, size_t, int);
 typedef void (*ft_sgd_fn)(float *, const float *, float *, const float *, size_t, float, float, float, float);
 typedef void (*ft_transpose_fn)(const float *, size_t, size_t, float *);
+typedef void (*ft_muladd_fn)(float *, const float *, const float *, size_t);
 typedef struct {
     ft_gemm_fn gemm_f32;
     ft_sgd_fn sgd_f32;             /* the SGD update of n parameters, see FT_SGD_BODY */
     ft_transpose_fn transpose_f32; /* dst[c][r] = src[r][c] for an R x C matrix */
+    ft_muladd_fn muladd_f32;       /* y[i] += a[i] * b[i] (depthwise conv), see FT_MULADD_BODY */
 } ft_train_kernel_table;
 const ft_train_kernel_table *ft_train_kernels(void);
 
@@ -133,8 +141,17 @@ const ft_train_kernel_table *ft_train_kernels(void);
         }                                                                                            \
     } while (0)
 
+/* y += a * b elementwise: a multiply then an add (no FMA: -ffp-contract=off), so every path that
+ * instantiates it under its target attribute is bit-identical to the reference. The channel loop
+ * of the depthwise convolution's forward, weight-gradient and input-gradient passes. */
+#define FT_MULADD_BODY(y, a, b, n)                                           \
+    do {                                                                     \
+        for (size_t i_ = 0; i_ < (n); i_++) (y)[i_] += (a)[i_] * (b)[i_];    \
+    } while (0)
+
 ft_status ft_gemm_f32_ref(size_t, size_t, size_t, const float *, ptrdiff_t, ptrdiff_t, const float *, size_t,
                           float *, size_t, int);
+void ft_muladd_f32_ref(float *, const float *, const float *, size_t);
 void ft_sgd_f32_ref(float *, const float *, float *, const float *, size_t, float, float, float, float);
 void ft_transpose_f32_ref(const float *, size_t, size_t, float *);
 #if FT_ARCH_X86
@@ -145,7 +162,7 @@ ft_status ft_gemm_f32_avx512(size_t, size_t, size_t, const float *, ptrdiff_t, p
                              float *, size_t, int);
 void ft_transpose_f32_avx2(const float *, size_t, size_t, float *);
 #endif
-#if FT_ARCH_ARM64
+#if FT_ARCH_ARM64 || FT_ARCH_ARM32
 extern const ft_train_kernel_table ft_train_kernels_neon;
 ft_status ft_gemm_f32_neon(size_t, size_t, size_t, const float *, ptrdiff_t, ptrdiff_t, const float *, size_t,
                            float *, size_t, int);

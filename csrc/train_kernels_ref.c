@@ -4,7 +4,8 @@
  *                    the plain and the transposed products of forward and backward; B and C have
  *                    unit stride along N;
  *   sgd_f32          the SGD update (FT_SGD_BODY in ft_internal.h);
- *   transpose_f32    dst[c][r] = src[r][c]. */
+ *   transpose_f32    dst[c][r] = src[r][c];
+ *   muladd_f32       y[i] += a[i] * b[i] (FT_MULADD_BODY). */
 #include "ft_internal.h"
 
 ft_status ft_gemm_f32_ref(size_t M, size_t N, size_t K, const float *A, ptrdiff_t rsa, ptrdiff_t csa,
@@ -37,7 +38,9 @@ void ft_transpose_f32_ref(const float *src, size_t R, size_t C, float *dst) {
         }
 }
 
-static const ft_train_kernel_table k_ref = {ft_gemm_f32_ref, ft_sgd_f32_ref, ft_transpose_f32_ref};
+void ft_muladd_f32_ref(float *y, const float *a, const float *b, size_t n) { FT_MULADD_BODY(y, a, b, n); }
+
+static const ft_train_kernel_table k_ref = {ft_gemm_f32_ref, ft_sgd_f32_ref, ft_transpose_f32_ref, ft_muladd_f32_ref};
 
 const ft_train_kernel_table *ft_train_kernels(void) {
     switch (ft_simd_get()) {
@@ -45,7 +48,7 @@ const ft_train_kernel_table *ft_train_kernels(void) {
     case FT_SIMD_AVX2: return &ft_train_kernels_avx2;
     case FT_SIMD_AVX512: return &ft_train_kernels_avx512;
 #endif
-#if FT_ARCH_ARM64
+#if FT_ARCH_ARM64 || FT_ARCH_ARM32
     case FT_SIMD_NEON: return &ft_train_kernels_neon;
 #endif
     default: return &k_ref;

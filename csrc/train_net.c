@@ -36,17 +36,45 @@ static size_t al(size_t n) { return (n + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIG
 static size_t act_size(const ft_layer *l, int out) {
     return out ? (size_t)(l->out_h * l->out_w * l->out_c) : (size_t)(l->in_h * l->in_w * l->in_c);
 }
-static int has_params(const ft_layer *l) { return l->kind == FT_LAYER_DENSE || l->kind == FT_LAYER_CONV2D; }
+static int has_params(const ft_layer *l) {
+    return l->kind == FT_LAYER_DENSE || l->kind == FT_LAYER_CONV2D || l->kind == FT_LAYER_DEPTHWISE;
+}
+static int is_window(const ft_layer *l) {
+    return l->kind == FT_LAYER_CONV2D || l->kind == FT_LAYER_DEPTHWISE || l->kind == FT_LAYER_AVGPOOL ||
+           l->kind == FT_LAYER_MAXPOOL;
+}
+static int in_place(const ft_layer *l) {
+    return l->kind == FT_LAYER_RELU || l->kind == FT_LAYER_RELU6 || l->kind == FT_LAYER_FLATTEN;
+}
 /* Weight tensor as [fan_in][fan_out] in training layout. */
 static size_t fan_in(const ft_layer *l) {
-    return l->kind == FT_LAYER_DENSE ? (size_t)l->in_c : (size_t)(l->k * l->k * l->in_c);
+    if (l->kind == FT_LAYER_DENSE) return (size_t)l->in_c;
+    if (l->kind == FT_LAYER_DEPTHWISE) return (size_t)(l->k * l->kw);
+    return (size_t)(l->k * l->kw * l->in_c);
+}
+/* SAME padding before the first row / column (TensorFlow: the smaller half); 0 for VALID. */
+static int64_t pad_before(int64_t in, int64_t out, int64_t k, int64_t s, int64_t same) {
+    if (!same) return 0;
+    const int64_t total = (out - 1) * s + k - in;
+    return total > 0 ? total / 2 : 0;
+}
+static int64_t pad_top(const ft_layer *l) { return pad_before(l->in_h, l->out_h, l->k, l->stride_h, l->same); }
+static int64_t pad_left(const ft_layer *l) { return pad_before(l->in_w, l->out_w, l->kw, l->stride_w, l->same); }
+/* The original stride-1 VALID square conv: im2col copies whole rows (kept as it was, bit for bit). */
+static int plain_conv(const ft_layer *l) {
+    return l->k == l->kw && l->stride_h == 1 && l->stride_w == 1 && !l->same;
+}
+static int window_ok(int64_t in, int64_t out, int64_t k, int64_t s, int64_t same) {
+    if (k < 1 || k > (1 << 10) || s < 1 || s > (1 << 10)) return 0;
+    if (same) return out == (in + s - 1) / s;
+    return k <= in && out == (in - k) / s + 1;
 }
 static size_t fan_out(const ft_layer *l) { return (size_t)l->out_c; }
 static size_t gcd(size_t a, size_t b) { while (b) { size_t t = a % b; a = b; b = t; } return a; }
 
 ft_status ft_net_check(const ft_net *net) {
     if (!net || !net->layers || net->n_layers < 1 || net->n_layers > FT_MAX_LAYERS || net->batch < 1 ||
-        net->n_params < 1 || net->n_params > (1 << 28) || (net->flags & ~15u))
+        net->n_params < 1 || net->n_params > (1 << 28) || (net->flags & ~31u))
         return FT_ERR_ARG;
     if ((net->flags & FT_TRAIN_INT8) && (net->flags & FT_TRAIN_MOMENTUM)) return FT_ERR_ARG;
     int64_t off = 0;
@@ -65,14 +93,26 @@ ft_status ft_net_check(const ft_net *net) {
             const ft_layer *p = &net->layers[i - 1];
             if (p->out_h != l->in_h || p->out_w != l->in_w || p->out_c != l->in_c) return FT_ERR_ARG;
         }
+        if (is_window(l)) {
+            if (!window_ok(l->in_h, l->out_h, l->k, l->stride_h, l->same) ||
+                !window_ok(l->in_w, l->out_w, l->kw, l->stride_w, l->same) || (l->same & ~1))
+                return FT_ERR_ARG;
+            if (l->kind != FT_LAYER_CONV2D && l->out_c != l->in_c) return FT_ERR_ARG;
+            if ((l->kind == FT_LAYER_AVGPOOL || l->kind == FT_LAYER_MAXPOOL) && l->same) return FT_ERR_ARG;
+        } else if (l->kw != 0 || l->stride_h != 0 || l->stride_w != 0 || l->same != 0) {
+            return FT_ERR_ARG;
+        }
         switch (l->kind) {
         case FT_LAYER_DENSE:
             if (l->in_h != 1 || l->in_w != 1 || l->out_h != 1 || l->out_w != 1 || l->k != 0) return FT_ERR_ARG;
             break;
-        case FT_LAYER_CONV2D:
-            if (l->k < 1 || l->k > l->in_h || l->k > l->in_w || l->out_h != l->in_h - l->k + 1 ||
-                l->out_w != l->in_w - l->k + 1)
-                return FT_ERR_ARG;
+        case FT_LAYER_CONV2D: case FT_LAYER_DEPTHWISE: case FT_LAYER_AVGPOOL: case FT_LAYER_MAXPOOL:
+            break; /* checked above */
+        case FT_LAYER_GAP:
+            if (l->out_h != 1 || l->out_w != 1 || l->out_c != l->in_c || l->k != 0) return FT_ERR_ARG;
+            break;
+        case FT_LAYER_RELU6:
+            if (l->out_h != l->in_h || l->out_w != l->in_w || l->out_c != l->in_c || l->k != 0) return FT_ERR_ARG;
             break;
         case FT_LAYER_MAXPOOL2:
             if (l->out_h != l->in_h / 2 || l->out_w != l->in_w / 2 || l->out_c != l->in_c) return FT_ERR_ARG;
@@ -126,7 +166,7 @@ static int make_layout(const ft_net *net, layout_t *L) {
             if (rows * fo > ch) ch = rows * fo;
         } else {
             if (fi * fo > ch) ch = fi * fo;
-            const size_t c = (size_t)(l->out_h * l->out_w) * fi;
+            const size_t c = l->kind == FT_LAYER_CONV2D ? (size_t)(l->out_h * l->out_w) * fi : 0;
             if (c > col) col = c;
         }
         if (fo > max_out) max_out = fo;
@@ -148,7 +188,7 @@ static int make_layout(const ft_net *net, layout_t *L) {
     for (int i = 0; i < net->n_layers; i++) {
         const ft_layer *l = &net->layers[i];
         L->in_buf[i] = cur;
-        if (l->kind == FT_LAYER_RELU || l->kind == FT_LAYER_FLATTEN) {
+        if (in_place(l)) {
             L->out_buf[i] = cur;
         } else if (infer) {
             r = !r;
@@ -165,7 +205,7 @@ static int make_layout(const ft_net *net, layout_t *L) {
     int cur_buf = 0;
     for (int i = net->n_layers - 1; i >= 0; i--) {
         const ft_layer *l = &net->layers[i];
-        if (l->kind == FT_LAYER_FLATTEN || l->kind == FT_LAYER_RELU) continue;
+        if (in_place(l)) continue;
         if (!L->need_dx[i] && !has_params(l)) break;
         if (L->need_dx[i] && act_size(l, 0) > dmax[!cur_buf]) dmax[!cur_buf] = act_size(l, 0);
         cur_buf = !cur_buf;
@@ -278,6 +318,143 @@ static void col2im_add(const float *col, const ft_layer *l, float *dx) {
         }
 }
 
+/* Any window: k x kw, strides, SAME padding (rows outside the input are zeros in col and dropped
+ * in col2im). Same (kh, kw, c) column order as im2col. */
+static void im2col_any(const float *x, const ft_layer *l, float *col) {
+    const int64_t kh = l->k, kw = l->kw, C = l->in_c, H = l->in_h, W = l->in_w, pt = pad_top(l), pl = pad_left(l);
+    const size_t K = (size_t)(kh * kw * C);
+    for (int64_t oh = 0; oh < l->out_h; oh++)
+        for (int64_t ow = 0; ow < l->out_w; ow++) {
+            float *dst = col + (size_t)(oh * l->out_w + ow) * K;
+            for (int64_t i = 0; i < kh; i++) {
+                const int64_t ih = oh * l->stride_h + i - pt;
+                for (int64_t j = 0; j < kw; j++) {
+                    const int64_t iw = ow * l->stride_w + j - pl;
+                    float *d = dst + (size_t)((i * kw + j) * C);
+                    if (ih < 0 || ih >= H || iw < 0 || iw >= W) {
+                        for (int64_t ch = 0; ch < C; ch++) d[ch] = 0.0f;
+                    } else {
+                        const float *src = x + (size_t)((ih * W + iw) * C);
+                        for (int64_t ch = 0; ch < C; ch++) d[ch] = src[ch];
+                    }
+                }
+            }
+        }
+}
+static void col2im_add_any(const float *col, const ft_layer *l, float *dx) {
+    const int64_t kh = l->k, kw = l->kw, C = l->in_c, H = l->in_h, W = l->in_w, pt = pad_top(l), pl = pad_left(l);
+    const size_t K = (size_t)(kh * kw * C);
+    for (int64_t oh = 0; oh < l->out_h; oh++)
+        for (int64_t ow = 0; ow < l->out_w; ow++) {
+            const float *src = col + (size_t)(oh * l->out_w + ow) * K;
+            for (int64_t i = 0; i < kh; i++) {
+                const int64_t ih = oh * l->stride_h + i - pt;
+                if (ih < 0 || ih >= H) continue;
+                for (int64_t j = 0; j < kw; j++) {
+                    const int64_t iw = ow * l->stride_w + j - pl;
+                    if (iw < 0 || iw >= W) continue;
+                    float *d = dx + (size_t)((ih * W + iw) * C);
+                    const float *sc = src + (size_t)((i * kw + j) * C);
+                    for (int64_t ch = 0; ch < C; ch++) d[ch] += sc[ch];
+                }
+            }
+        }
+}
+
+/* Depthwise convolution of one sample, per window position: y[p][c] = b[c] + sum x * w[kh][kw][c]
+ * (forward), or the two gradients dw[kh][kw][c] += x * g, dx += w * g (backward; dx may be NULL);
+ * the channel loop is the dispatched muladd kernel. */
+static void depthwise_fwd(const float *x, const ft_layer *l, const float *w, const float *b, float *y) {
+    const ft_muladd_fn madd = ft_train_kernels()->muladd_f32;
+    const int64_t kh = l->k, kw = l->kw, C = l->in_c, H = l->in_h, W = l->in_w, pt = pad_top(l), pl = pad_left(l);
+    for (int64_t oh = 0; oh < l->out_h; oh++)
+        for (int64_t ow = 0; ow < l->out_w; ow++) {
+            float *o = y + (size_t)((oh * l->out_w + ow) * C);
+            memcpy(o, b, (size_t)C * sizeof(float));
+            for (int64_t i = 0; i < kh; i++) {
+                const int64_t ih = oh * l->stride_h + i - pt;
+                if (ih < 0 || ih >= H) continue;
+                for (int64_t j = 0; j < kw; j++) {
+                    const int64_t iw = ow * l->stride_w + j - pl;
+                    if (iw < 0 || iw >= W) continue;
+                    madd(o, x + (size_t)((ih * W + iw) * C), w + (size_t)((i * kw + j) * C), (size_t)C);
+                }
+            }
+        }
+}
+static void depthwise_bwd(const float *x, const ft_layer *l, const float *w, const float *g, float *dw, float *db,
+                          float *dx) {
+    const ft_muladd_fn madd = ft_train_kernels()->muladd_f32;
+    const int64_t kh = l->k, kw = l->kw, C = l->in_c, H = l->in_h, W = l->in_w, pt = pad_top(l), pl = pad_left(l);
+    for (int64_t oh = 0; oh < l->out_h; oh++)
+        for (int64_t ow = 0; ow < l->out_w; ow++) {
+            const float *gp = g + (size_t)((oh * l->out_w + ow) * C);
+            for (int64_t ch = 0; ch < C; ch++) db[ch] += gp[ch];
+            for (int64_t i = 0; i < kh; i++) {
+                const int64_t ih = oh * l->stride_h + i - pt;
+                if (ih < 0 || ih >= H) continue;
+                for (int64_t j = 0; j < kw; j++) {
+                    const int64_t iw = ow * l->stride_w + j - pl;
+                    if (iw < 0 || iw >= W) continue;
+                    const size_t xo = (size_t)((ih * W + iw) * C), wo = (size_t)((i * kw + j) * C);
+                    madd(dw + wo, x + xo, gp, (size_t)C);
+                    if (dx) madd(dx + xo, w + wo, gp, (size_t)C);
+                }
+            }
+        }
+}
+
+/* Pooling over k x kw windows (VALID) of one sample: average (the window sum times 1/(k*kw)) or
+ * maximum; backward adds into dx (windows may overlap), the maximum's gradient to the first
+ * maximum in row-major window order. */
+static void pool_any_fwd(const float *x, const ft_layer *l, float *y) {
+    const int64_t kh = l->k, kw = l->kw, C = l->in_c, W = l->in_w;
+    const int avg = l->kind == FT_LAYER_AVGPOOL;
+    const float inv = 1.0f / (float)(kh * kw);
+    for (int64_t oh = 0; oh < l->out_h; oh++)
+        for (int64_t ow = 0; ow < l->out_w; ow++) {
+            float *o = y + (size_t)((oh * l->out_w + ow) * C);
+            const float *x0 = x + (size_t)(((oh * l->stride_h) * W + ow * l->stride_w) * C);
+            for (int64_t ch = 0; ch < C; ch++) o[ch] = x0[ch];
+            for (int64_t i = 0; i < kh; i++)
+                for (int64_t j = (i == 0); j < kw; j++) {
+                    const float *xp = x0 + (size_t)((i * W + j) * C);
+                    if (avg)
+                        for (int64_t ch = 0; ch < C; ch++) o[ch] += xp[ch];
+                    else
+                        for (int64_t ch = 0; ch < C; ch++) o[ch] = xp[ch] > o[ch] ? xp[ch] : o[ch];
+                }
+            if (avg)
+                for (int64_t ch = 0; ch < C; ch++) o[ch] *= inv;
+        }
+}
+static void pool_any_bwd(const float *x, const float *y, const ft_layer *l, const float *g, float *dx) {
+    const int64_t kh = l->k, kw = l->kw, C = l->in_c, W = l->in_w;
+    const float inv = 1.0f / (float)(kh * kw);
+    for (int64_t oh = 0; oh < l->out_h; oh++)
+        for (int64_t ow = 0; ow < l->out_w; ow++) {
+            const size_t po = (size_t)((oh * l->out_w + ow) * C);
+            const size_t base = (size_t)(((oh * l->stride_h) * W + ow * l->stride_w) * C);
+            if (l->kind == FT_LAYER_AVGPOOL) {
+                for (int64_t i = 0; i < kh; i++)
+                    for (int64_t j = 0; j < kw; j++) {
+                        float *d = dx + base + (size_t)((i * W + j) * C);
+                        for (int64_t ch = 0; ch < C; ch++) d[ch] += g[po + (size_t)ch] * inv;
+                    }
+                continue;
+            }
+            for (int64_t ch = 0; ch < C; ch++) {
+                const float m = y[po + (size_t)ch];
+                int done = 0;
+                for (int64_t i = 0; i < kh && !done; i++)
+                    for (int64_t j = 0; j < kw; j++) {
+                        const size_t o = base + (size_t)((i * W + j) * C + ch);
+                        if (x[o] == m) { dx[o] += g[po + (size_t)ch]; done = 1; break; }
+                    }
+            }
+        }
+}
+
 static void add_bias(float *y, const float *b, size_t rows, size_t cols) {
     for (size_t r = 0; r < rows; r++)
         for (size_t j = 0; j < cols; j++) y[r * cols + j] += b[j];
@@ -327,8 +504,10 @@ static void forward_layer(ctx_t *c, int i, size_t n) {
         const float *w = weights_rows(c, i, 0, K);
         const float *b = bias(c, i);
         float *col = c->arena + c->L->col;
+        const int plain = plain_conv(l);
         for (size_t s = 0; s < n; s++) {
-            im2col(x + s * in_sz, l, col);
+            if (plain) im2col(x + s * in_sz, l, col);
+            else im2col_any(x + s * in_sz, l, col);
             ft_gemm_f32(P, OC, K, col, (ptrdiff_t)K, 1, w, OC, y + s * out_sz, OC, 0);
             add_bias(y + s * out_sz, b, P, OC);
         }
@@ -358,6 +537,34 @@ static void forward_layer(ctx_t *c, int i, size_t n) {
     case FT_LAYER_RELU:
         for (size_t j = 0; j < n * out_sz; j++) y[j] = y[j] > 0.0f ? y[j] : 0.0f;
         break;
+    case FT_LAYER_RELU6:
+        for (size_t j = 0; j < n * out_sz; j++) {
+            const float v = y[j] > 0.0f ? y[j] : 0.0f;
+            y[j] = v < 6.0f ? v : 6.0f;
+        }
+        break;
+    case FT_LAYER_DEPTHWISE: {
+        const float *w = weights_rows(c, i, 0, fan_in(l));
+        const float *b = bias(c, i);
+        for (size_t s = 0; s < n; s++) depthwise_fwd(x + s * in_sz, l, w, b, y + s * out_sz);
+        break;
+    }
+    case FT_LAYER_AVGPOOL: case FT_LAYER_MAXPOOL:
+        for (size_t s = 0; s < n; s++) pool_any_fwd(x + s * in_sz, l, y + s * out_sz);
+        break;
+    case FT_LAYER_GAP: {
+        const size_t C = (size_t)l->in_c, P = (size_t)(l->in_h * l->in_w);
+        const float inv = 1.0f / (float)P;
+        for (size_t s = 0; s < n; s++) {
+            const float *xs = x + s * in_sz;
+            float *o = y + s * C;
+            for (size_t ch = 0; ch < C; ch++) o[ch] = 0.0f;
+            for (size_t p = 0; p < P; p++)
+                for (size_t ch = 0; ch < C; ch++) o[ch] += xs[p * C + ch];
+            for (size_t ch = 0; ch < C; ch++) o[ch] *= inv;
+        }
+        break;
+    }
     default: break; /* FLATTEN */
     }
 }
@@ -418,15 +625,18 @@ static ft_status backward_layer(ctx_t *c, int i, size_t n, float *g, float *dx) 
         }
         memset(gs, 0, K * OC * sizeof(float));
         for (size_t j = 0; j < OC; j++) gb[j] = 0.0f;
+        const int plain = plain_conv(l);
         for (size_t s = 0; s < n; s++) {
             const float *gsmp = g + s * out_sz;
-            im2col(x + s * in_sz, l, col);
+            if (plain) im2col(x + s * in_sz, l, col);
+            else im2col_any(x + s * in_sz, l, col);
             ft_gemm_f32(K, OC, P, col, 1, (ptrdiff_t)K, gsmp, OC, gs, OC, 1);
             for (size_t p = 0; p < P; p++)
                 for (size_t j = 0; j < OC; j++) gb[j] += gsmp[p * OC + j];
             if (need_dx) {
                 ft_gemm_f32(P, K, OC, gsmp, (ptrdiff_t)OC, 1, wt, K, col, K, 0);
-                col2im_add(col, l, dx + s * in_sz);
+                if (plain) col2im_add(col, l, dx + s * in_sz);
+                else col2im_add_any(col, l, dx + s * in_sz);
             }
         }
         if (!c->h) {
@@ -458,6 +668,41 @@ static ft_status backward_layer(ctx_t *c, int i, size_t n, float *g, float *dx) 
     case FT_LAYER_RELU: { /* in place: g lives in the buffer the caller passes as both */
         const float *y = c->arena + L->out_buf[i];
         for (size_t j = 0; j < n * out_sz; j++) g[j] = y[j] > 0.0f ? g[j] : 0.0f;
+        break;
+    }
+    case FT_LAYER_RELU6: { /* in place; the gradient passes where 0 < y < 6 */
+        const float *y = c->arena + L->out_buf[i];
+        for (size_t j = 0; j < n * out_sz; j++) g[j] = (y[j] > 0.0f && y[j] < 6.0f) ? g[j] : 0.0f;
+        break;
+    }
+    case FT_LAYER_DEPTHWISE: {
+        const size_t K = fan_in(l), C = fan_out(l);
+        float *w = weights_rows(c, i, 0, K);
+        memset(gs, 0, K * C * sizeof(float));
+        for (size_t j = 0; j < C; j++) gb[j] = 0.0f;
+        if (need_dx) memset(dx, 0, n * in_sz * sizeof(float));
+        for (size_t s = 0; s < n; s++)
+            depthwise_bwd(x + s * in_sz, l, w, g + s * out_sz, gs, gb, need_dx ? dx + s * in_sz : NULL);
+        if (!c->h) {
+            transpose(gs, K, C, c->grad + l->w_off);
+        } else {
+            st = update(c, (size_t)l->w_off, w, gs, K * C, c->q8 ? q8_base(L, c->arena) + L->wq[i] : NULL);
+            if (st != FT_OK) return st;
+        }
+        break;
+    }
+    case FT_LAYER_AVGPOOL: case FT_LAYER_MAXPOOL: {
+        const float *y = c->arena + L->out_buf[i];
+        memset(dx, 0, n * in_sz * sizeof(float));
+        for (size_t s = 0; s < n; s++) pool_any_bwd(x + s * in_sz, y + s * out_sz, l, g + s * out_sz, dx + s * in_sz);
+        break;
+    }
+    case FT_LAYER_GAP: {
+        const size_t C = (size_t)l->in_c, P = (size_t)(l->in_h * l->in_w);
+        const float inv = 1.0f / (float)P;
+        for (size_t s = 0; s < n; s++)
+            for (size_t p = 0; p < P; p++)
+                for (size_t ch = 0; ch < C; ch++) dx[s * in_sz + p * C + ch] = g[s * C + ch] * inv;
         break;
     }
     default: break;
@@ -494,17 +739,35 @@ static double softmax_xent(const float *logits, const int32_t *y, size_t n, size
     return loss;
 }
 
+/* Mean squared error against one-hot labels, per sample the mean over the C outputs:
+ * loss_s = sum_j (z_j - t_j)^2 / C; writes d(mean loss)/d(z) = 2 (z - t) / (n C) into d. */
+static double mse_onehot(const float *z, const int32_t *y, size_t n, size_t C, float *d) {
+    double loss = 0.0;
+    const float sc = 2.0f / ((float)n * (float)C);
+    for (size_t s = 0; s < n; s++) {
+        float sum = 0.0f;
+        for (size_t j = 0; j < C; j++) {
+            const float e = z[s * C + j] - ((int32_t)j == y[s] ? 1.0f : 0.0f);
+            sum += e * e;
+            d[s * C + j] = sc * e;
+        }
+        loss += (double)(sum / (float)C);
+    }
+    return loss;
+}
+
 static ft_status backward(ctx_t *c, size_t n, const int32_t *y, double *loss) {
     const layout_t *L = c->L;
     const int last = c->net->n_layers - 1;
     const size_t C = (size_t)c->net->layers[last].out_c;
     float *cur = c->arena + L->d0, *other = c->arena + L->d1;
-    *loss = softmax_xent(c->arena + L->out_buf[last], y, n, C, cur);
+    *loss = (c->net->flags & FT_LOSS_MSE) ? mse_onehot(c->arena + L->out_buf[last], y, n, C, cur)
+                                          : softmax_xent(c->arena + L->out_buf[last], y, n, C, cur);
     if (!(*loss == *loss) || isinf(*loss)) return FT_ERR_NONFINITE;
     for (int i = last; i >= 0; i--) {
         const int kind = (int)c->net->layers[i].kind;
         if (kind == FT_LAYER_FLATTEN) continue;
-        if (kind == FT_LAYER_RELU) {
+        if (kind == FT_LAYER_RELU || kind == FT_LAYER_RELU6) {
             if (L->need_dx[i]) backward_layer(c, i, n, cur, cur);
             continue;
         }
@@ -582,11 +845,13 @@ ft_status ft_train_store(const ft_net *net, const float *arena, float *params) {
     return FT_OK;
 }
 
-ft_status ft_train_sgd(const ft_net *net, const ft_sgd_hyper *hyper, const float *x, const int32_t *y,
-                       int64_t n_x, const int32_t *idx, int64_t n_idx, int64_t max_steps, float *arena,
-                       double *loss_sum, int64_t *n_seen, int64_t *steps) {
+/* The one SGD loop behind ft_train_sgd (float rows) and ft_train_sgd_u8 (uint8 rows scaled as
+ * they are copied into the batch buffer): exactly one of x, xq is non-NULL. */
+static ft_status sgd_loop(const ft_net *net, const ft_sgd_hyper *hyper, const float *x, const uint8_t *xq,
+                          float x_scale, const int32_t *y, int64_t n_x, const int32_t *idx, int64_t n_idx,
+                          int64_t max_steps, float *arena, double *loss_sum, int64_t *n_seen, int64_t *steps) {
     layout_t L;
-    if (!hyper || !x || !y || !idx || !arena || !loss_sum || !n_seen || !steps || n_x < 1 || n_idx < 0 ||
+    if (!hyper || (!x == !xq) || !y || !idx || !arena || !loss_sum || !n_seen || !steps || n_x < 1 || n_idx < 0 ||
         !make_layout(net, &L) || (net->flags & FT_NET_INFER))
         return FT_ERR_ARG;
     const size_t in_sz = act_size(&net->layers[0], 0), B = (size_t)net->batch;
@@ -603,7 +868,12 @@ ft_status ft_train_sgd(const ft_net *net, const ft_sgd_hyper *hyper, const float
         if (max_steps >= 0 && *steps >= max_steps) break;
         const size_t n = (size_t)(n_idx - j0) < B ? (size_t)(n_idx - j0) : B;
         for (size_t s = 0; s < n; s++) {
-            memcpy(x0 + s * in_sz, x + (size_t)idx[j0 + (int64_t)s] * in_sz, in_sz * sizeof(float));
+            const size_t row = (size_t)idx[j0 + (int64_t)s] * in_sz;
+            if (x) {
+                memcpy(x0 + s * in_sz, x + row, in_sz * sizeof(float));
+            } else {
+                for (size_t k = 0; k < in_sz; k++) x0[s * in_sz + k] = (float)xq[row + k] * x_scale;
+            }
             lab[s] = y[idx[j0 + (int64_t)s]];
         }
         forward(&c, n);
@@ -616,6 +886,20 @@ ft_status ft_train_sgd(const ft_net *net, const ft_sgd_hyper *hyper, const float
         c.step++;
     }
     return FT_OK;
+}
+
+ft_status ft_train_sgd(const ft_net *net, const ft_sgd_hyper *hyper, const float *x, const int32_t *y,
+                       int64_t n_x, const int32_t *idx, int64_t n_idx, int64_t max_steps, float *arena,
+                       double *loss_sum, int64_t *n_seen, int64_t *steps) {
+    if (!x) return FT_ERR_ARG;
+    return sgd_loop(net, hyper, x, NULL, 0.0f, y, n_x, idx, n_idx, max_steps, arena, loss_sum, n_seen, steps);
+}
+
+ft_status ft_train_sgd_u8(const ft_net *net, const ft_sgd_hyper *hyper, const uint8_t *x, float x_scale,
+                          const int32_t *y, int64_t n_x, const int32_t *idx, int64_t n_idx, int64_t max_steps,
+                          float *arena, double *loss_sum, int64_t *n_seen, int64_t *steps) {
+    if (!x || !(x_scale > 0.0f) || !isfinite(x_scale)) return FT_ERR_ARG;
+    return sgd_loop(net, hyper, NULL, x, x_scale, y, n_x, idx, n_idx, max_steps, arena, loss_sum, n_seen, steps);
 }
 
 ft_status ft_train_grad(const ft_net *net, const float *x, const int32_t *y, int32_t n, float *arena,

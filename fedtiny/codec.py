@@ -23,8 +23,9 @@ HEADER_BYTES = HEADER.size
 FLAG_STOCHASTIC = 0x01
 FLAG_ERROR_FEEDBACK = 0x02
 _ROUNDING = {"nearest": 0, "stochastic": 1}
-# The encoder's largest scale is FLT_MAX / 127; a larger one would decode 127 * d to Inf.
-MAX_SCALE = np.float32(np.finfo(np.float32).max / np.float32(127))
+# The largest scale whose 127 * d is finite in float32. FLT_MAX / 127 rounds UP to a float32 whose
+# 127 * d is Inf, so the bound is the float32 just below it (tests/test_boundaries.py checks both).
+MAX_SCALE = np.nextafter(np.float32(np.finfo(np.float32).max / np.float32(127)), np.float32(0))
 BLOCK_DTYPE = np.dtype([("d", "<f4"), ("q", "i1", (QK,))])
 assert BLOCK_DTYPE.itemsize == BLOCK_BYTES
 _Q8_REASONS = {r: _wire_ffi.string(_wire_lib.ft_rx_reason_name(r)).decode() for r in range(_wire_lib.FT_RX_N_REASONS)}

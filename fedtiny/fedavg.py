@@ -35,11 +35,12 @@ class Accumulator:
 
     def add(self, update: Int8Update | LowbitUpdate | np.ndarray, weight: float, scale: float = 1.0) -> None:
         """Add one whole update with weight n_k (its sample count), its values times `scale`
-        (the clipping factor of fedtiny.bounds; the denominator still counts n_k)."""
+        (the clipping factor of fedtiny.bounds times, in an asynchronous buffer, the staleness
+        weight s(tau) of fedtiny.rounds; the denominator still counts n_k)."""
         w = _check_weight(weight)
         s = float(scale)
         if not (math.isfinite(s) and 0.0 <= s <= 1.0):
-            raise ValueError(f"scale must be in [0, 1] (a clipping factor), got {scale!r}")
+            raise ValueError(f"scale must be in [0, 1] (clipping factor x staleness weight), got {scale!r}")
         w_acc = w if s == 1.0 else scaled_weight(w, s)
         if isinstance(update, Int8Update):
             if len(update) != self.n_params:

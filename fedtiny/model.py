@@ -13,6 +13,7 @@ and biases U(-1/sqrt(fan_in), +1/sqrt(fan_in))), for like-for-like comparisons w
 """
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 
@@ -21,17 +22,30 @@ import numpy as np
 from . import _core
 
 DENSE, CONV2D, MAXPOOL2, RELU, FLATTEN = 1, 2, 3, 4, 5
-_KIND_NAMES = {DENSE: "dense", CONV2D: "conv2d", MAXPOOL2: "maxpool2", RELU: "relu", FLATTEN: "flatten"}
+DEPTHWISE, AVGPOOL, MAXPOOL, GAP, RELU6 = 6, 7, 8, 9, 10
+# Layer.kind -> engine kind (csrc/fedtiny.h ft_layer_kind); a conv1d is the engine's conv2d on a
+# 1 x W x C input with a 1 x k kernel
+_ENGINE_KIND = {"dense": DENSE, "conv2d": CONV2D, "conv1d": CONV2D, "maxpool2": MAXPOOL2, "relu": RELU,
+                "flatten": FLATTEN, "depthwise": DEPTHWISE, "avgpool": AVGPOOL, "maxpool": MAXPOOL, "gap": GAP,
+                "relu6": RELU6}
+_WINDOW_KINDS = ("conv2d", "conv1d", "depthwise", "avgpool", "maxpool")
 
-# arena flags (csrc/fedtiny.h FT_TRAIN_*)
-FLAG_MOMENTUM, FLAG_PROX, FLAG_INT8, FLAG_INFER = 1, 2, 4, 8
+# arena flags (csrc/fedtiny.h FT_TRAIN_*, FT_LOSS_MSE)
+FLAG_MOMENTUM, FLAG_PROX, FLAG_INT8, FLAG_INFER, FLAG_MSE = 1, 2, 4, 8, 16
+LOSSES = ("xent", "mse")
 PREDICT_BATCH = 32
 INIT_SCHEMES = ("fedtiny", "pytorch")
+
+SPEC_HELP = ("'seq:INPUT,LAYER,...' with INPUT HxWxC (image), LxC (1-D signal) or N (vector) and LAYER one of "
+             "conv<oc>k<k>[x<kw>][s<stride>][same], dwk<k>[x<kw>][s<stride>][same], pool, maxpool<k>[x<kw>][s<stride>], "
+             "avgpool<k>[x<kw>][s<stride>], gap, relu, relu6, flatten, dense<n>; an optional last 'mse' "
+             "(see docs/training.md)")
 
 
 @dataclass(frozen=True)
 class Layer:
-    """One layer: kind, input/output shapes (h, w, c), kernel size, and where its tensors live."""
+    """One layer: kind, input/output shapes (h, w, c), window (k x kw, stride, padding), and where
+    its tensors live. Window kinds: conv2d, conv1d, depthwise, avgpool, maxpool."""
 
     kind: str
     in_shape: tuple[int, int, int]
@@ -41,21 +55,51 @@ class Layer:
     w_shape: tuple[int, ...] = ()
     b_offset: int = -1
     b_shape: tuple[int, ...] = ()
+    kw: int = 0                      # window width (window kinds)
+    stride: tuple[int, int] = (0, 0)  # (h, w) (window kinds)
+    same: bool = False               # SAME padding (TensorFlow's), else VALID
 
     @property
     def n_params(self) -> int:
         return int(np.prod(self.w_shape) + np.prod(self.b_shape)) if self.w_shape else 0
 
+    @property
+    def pad(self) -> tuple[int, int]:
+        """SAME padding before the first row and column (the smaller half, as TensorFlow)."""
+        if not self.same:
+            return (0, 0)
+        (h, w, _), (oh, ow, _) = self.in_shape, self.out_shape
+        return (max((oh - 1) * self.stride[0] + self.k - h, 0) // 2, max((ow - 1) * self.stride[1] + self.kw - w, 0) // 2)
 
-def _parse(spec: str) -> tuple[tuple[int, ...], list[tuple]]:
+    def describe(self) -> str:
+        """The layer as an error message names it: 'conv2d 3x3 stride 2 same'."""
+        if self.kind not in _WINDOW_KINDS:
+            return self.kind + (f" {self.out_shape[2]}" if self.kind == "dense" else "")
+        win = f"{self.kw}" if self.kind == "conv1d" else f"{self.k}x{self.kw}"
+        st = self.stride[1] if self.kind == "conv1d" else (
+            self.stride[0] if self.stride[0] == self.stride[1] else f"{self.stride[0]}x{self.stride[1]}")
+        return f"{self.kind} {win} stride {st} {'same' if self.same else 'valid'}"
+
+
+_WIN = r"(\d+)(?:x(\d+))?(?:s(\d+))?(same|valid)?"
+_TOKENS = [
+    ("conv", re.compile(r"conv(\d+)k" + _WIN)),
+    ("dw", re.compile(r"dwk" + _WIN)),
+    ("maxpool", re.compile(r"maxpool" + _WIN)),
+    ("avgpool", re.compile(r"avgpool" + _WIN)),
+    ("dense", re.compile(r"dense(\d+)")),
+]
+
+
+def _parse(spec: str) -> tuple[tuple[int, ...], list[dict], str]:
+    """(input shape, layer ops, loss) of a spec."""
     if not isinstance(spec, str):
         raise ValueError(f"model spec must be a string such as '2nn', 'cnn' or 'mlp:784-64-10', got {spec!r}")
     s = spec.strip().lower()
     if s == "2nn":
         s = "mlp:784-200-200-10"
     if s == "cnn":
-        return (28, 28, 1), [("conv", 32, 5), ("relu",), ("pool",), ("conv", 64, 5), ("relu",), ("pool",),
-                             ("flatten",), ("dense", 128), ("relu",), ("dense", 10)]
+        return _parse_seq(spec, "28x28x1,conv32k5,relu,pool,conv64k5,relu,pool,flatten,dense128,relu,dense10")
     if s.startswith("mlp:"):
         parts = s[4:].split("-")
         try:
@@ -66,83 +110,142 @@ def _parse(spec: str) -> tuple[tuple[int, ...], list[tuple]]:
             raise ValueError(f"model spec {spec!r}: need at least an input and an output size, all >= 1")
         if sizes[-1] < 2:
             raise ValueError(f"model spec {spec!r}: need at least 2 classes")
-        ops: list[tuple] = []
+        ops: list[dict] = []
         for i, n in enumerate(sizes[1:]):
-            ops.append(("dense", n))
+            ops.append({"op": "dense", "n": n, "tok": f"dense{n}"})
             if i < len(sizes) - 2:
-                ops.append(("relu",))
-        return (sizes[0],), ops
+                ops.append({"op": "relu", "tok": "relu"})
+        return (sizes[0],), ops, "xent"
     if s.startswith("seq:"):
         return _parse_seq(spec, s[4:])
-    raise ValueError(f"unknown model spec {spec!r} (known: '2nn', 'cnn', 'mlp:A-B-...-K', "
-                     f"'seq:HxWxC,conv<oc>k<k>,relu,pool,flatten,dense<n>')")
+    raise ValueError(f"unknown model spec {spec!r} (known: '2nn', 'cnn', 'mlp:A-B-...-K', {SPEC_HELP})")
 
 
-def _parse_seq(spec: str, body: str) -> tuple[tuple[int, ...], list[tuple]]:
+def _parse_seq(spec: str, body: str) -> tuple[tuple[int, ...], list[dict], str]:
     """'seq:12x12x1,conv4k3,relu,pool,flatten,dense10': any chain of the supported layers."""
     toks = [t.strip() for t in body.split(",") if t.strip()]
-    bad = ValueError(f"model spec {spec!r}: expected 'seq:HxWxC' or 'seq:N' then conv<oc>k<k>, relu, pool, "
-                     f"flatten, dense<n>, comma-separated")
+    bad = ValueError(f"model spec {spec!r}: expected {SPEC_HELP}")
     if len(toks) < 2:
         raise bad
     try:
         shape = tuple(int(v) for v in toks[0].split("x"))
     except ValueError:
         raise bad from None
-    if len(shape) not in (1, 3) or min(shape) < 1:
+    if len(shape) not in (1, 2, 3) or min(shape) < 1:
         raise bad
-    ops: list[tuple] = []
-    for t in toks[1:]:
-        try:
-            if t.startswith("conv") and "k" in t[4:]:
-                oc, k = t[4:].split("k")
-                ops.append(("conv", int(oc), int(k)))
-            elif t.startswith("dense"):
-                ops.append(("dense", int(t[5:])))
-            elif t in ("relu", "pool", "flatten"):
-                ops.append((t,))
-            else:
-                raise bad
-        except ValueError:
-            raise bad from None
-        if len(ops[-1]) > 1 and min(ops[-1][1:]) < 1:
-            raise bad
-    if ops[-1][0] != "dense" or ops[-1][1] < 2:
+    loss = "xent"
+    if toks[-1] == "mse":
+        loss, toks = "mse", toks[:-1]
+    ops: list[dict] = []
+    for i, t in enumerate(toks[1:], 1):
+        if t in ("relu", "relu6", "pool", "flatten", "gap"):
+            ops.append({"op": t, "tok": t})
+            continue
+        if t == "mse":
+            raise ValueError(f"model spec {spec!r}: layer {i} 'mse' is the loss, not a layer: put it last")
+        for name, rx in _TOKENS:
+            mt = rx.fullmatch(t)
+            if mt:
+                break
+        else:
+            raise ValueError(f"model spec {spec!r}: layer {i} {t!r} is not a layer; expected {SPEC_HELP}")
+        g = mt.groups()
+        if name == "dense":
+            op = {"op": "dense", "n": int(g[0])}
+        else:
+            if name == "conv":
+                oc, g = int(g[0]), g[1:]
+            k = int(g[0])
+            op = {"op": name, "k": k, "kw": int(g[1]) if g[1] else None, "s": int(g[2]) if g[2] else None,
+                  "same": g[3] == "same"}
+            if name == "conv":
+                op["oc"] = oc
+            if name in ("maxpool", "avgpool") and op["same"]:
+                raise ValueError(f"model spec {spec!r}: layer {i} {t!r}: pooling is VALID only (drop 'same')")
+        op["tok"] = t
+        if min(v for key, v in op.items() if key in ("n", "k", "kw", "s", "oc") and v is not None) < 1:
+            raise ValueError(f"model spec {spec!r}: layer {i} {t!r}: sizes and strides must be >= 1")
+        ops.append(op)
+    if not ops or ops[-1]["op"] != "dense" or ops[-1]["n"] < 2:
         raise ValueError(f"model spec {spec!r}: the last layer must be dense with at least 2 outputs (the logits)")
-    return shape, ops
+    return shape, ops, loss
+
+
+def _out_len(n: int, k: int, s: int, same: bool) -> int:
+    return -(-n // s) if same else (n - k) // s + 1
 
 
 class Model:
     """A sequential model; its parameters are one float32 vector owned by the caller."""
 
-    def __init__(self, spec: str):
-        input_shape, ops = _parse(spec)
+    def __init__(self, spec: str, *, _parsed: tuple | None = None):
+        self.imported = None  # fedtiny.tflite.reader.Imported when built from a .tflite file
+        if _parsed is None and isinstance(spec, str) and spec.strip().lower().endswith(".tflite"):
+            from .tflite.reader import read_tflite  # the schema package only when a file is named
+            self.imported = read_tflite(spec.strip())
+            try:
+                _parsed = _parse(self.imported.spec)
+            except ValueError as exc:
+                raise ValueError(f"{spec}: {exc}") from None
+        input_shape, ops, loss = _parse(spec) if _parsed is None else _parsed
         self.spec = spec
+        self.loss: str = loss
+        self.loss_flag: int = FLAG_MSE if loss == "mse" else 0  # ORed into every training arena's flags
         self.input_shape: tuple[int, ...] = input_shape
-        shape = (input_shape + (1, 1))[:3] if len(input_shape) == 3 else (1, 1, input_shape[0])
+        one_d = len(input_shape) == 2
+        shape = input_shape if len(input_shape) == 3 else (1,) + input_shape if one_d else (1, 1, input_shape[0])
         layers: list[Layer] = []
         off = 0
-        for op in ops:
+        for i, op in enumerate(ops, 1):
             h, w, c = shape
-            if op[0] == "dense":
+            kind = op["op"]
+            if kind in ("conv", "dw", "maxpool", "avgpool") or (kind == "pool" and one_d):
+                if kind == "pool":
+                    op = {"op": "maxpool", "k": 2, "kw": None, "s": None, "same": False, "tok": "pool"}
+                    kind = "maxpool"
+                if one_d and op["kw"] is not None:
+                    raise ValueError(f"model spec {spec!r}: layer {i} {op['tok']!r}: a 1-D input takes a "
+                                     f"single window size (e.g. conv16k5)")
+                if len(input_shape) == 1:
+                    raise ValueError(f"model spec {spec!r}: layer {i} {op['tok']!r} needs an HxWxC or LxC input, "
+                                     f"the input is the vector {input_shape[0]}")
+                if h == 1 and w == 1 and kind != "pool":
+                    raise ValueError(f"model spec {spec!r}: layer {i} {op['tok']!r} after a flat shape "
+                                     f"{h}x{w}x{c}")
+                pool = kind in ("maxpool", "avgpool")
+                kh, kw = (1, op["k"]) if one_d else (op["k"], op["kw"] or op["k"])
+                st = op["s"] or (op["k"] if pool else 1)
+                stride = (1, st) if one_d else (st, st)
+                lkind = {"conv": "conv1d" if one_d else "conv2d", "dw": "depthwise"}.get(kind, kind)
+                oc = op.get("oc", c)
+                proto = Layer(lkind, shape, (0, 0, oc), kh, kw=kw, stride=stride, same=op["same"])
+                if not op["same"] and (kh > h or kw > w):
+                    raise ValueError(f"model spec {spec!r}: layer {i} ({proto.describe()}): the window does "
+                                     f"not fit input {h}x{w}x{c}; use a smaller window or 'same'")
+                o = (_out_len(h, kh, stride[0], op["same"]), _out_len(w, kw, stride[1], op["same"]), oc)
+                if lkind in ("conv2d", "conv1d"):
+                    lay = Layer(lkind, shape, o, kh, off, (oc, kh, kw, c), off + oc * kh * kw * c, (oc,),
+                                kw=kw, stride=stride, same=op["same"])
+                elif lkind == "depthwise":
+                    lay = Layer(lkind, shape, o, kh, off, (c, kh, kw), off + c * kh * kw, (c,),
+                                kw=kw, stride=stride, same=op["same"])
+                else:
+                    lay = Layer(lkind, shape, o, kh, kw=kw, stride=stride)
+            elif kind == "dense":
                 if (h, w) != (1, 1):
-                    raise ValueError(f"model spec {spec!r}: dense layer after a non-flat shape {shape}")
-                out = op[1]
+                    raise ValueError(f"model spec {spec!r}: layer {i} (dense {op['n']}): dense layer after a "
+                                     f"non-flat shape {shape}; put flatten or gap before it")
+                out = op["n"]
                 lay = Layer("dense", shape, (1, 1, out), 0, off, (out, c), off + out * c, (out,))
-            elif op[0] == "conv":
-                oc, k = op[1], op[2]
-                if len(input_shape) != 3:
-                    raise ValueError(f"model spec {spec!r}: conv needs an HxWxC input")
-                if k > h or k > w:
-                    raise ValueError(f"model spec {spec!r}: {k}x{k} conv does not fit input {shape}")
-                o = (h - k + 1, w - k + 1, oc)
-                lay = Layer("conv2d", shape, o, k, off, (oc, k, k, c), off + oc * k * k * c, (oc,))
-            elif op[0] == "pool":
+            elif kind == "pool":
                 if h < 2 or w < 2:
-                    raise ValueError(f"model spec {spec!r}: 2x2 pooling needs an input of at least 2x2, got {shape}")
+                    raise ValueError(f"model spec {spec!r}: layer {i} (pool): 2x2 pooling needs an input of at "
+                                     f"least 2x2, got {shape}")
                 lay = Layer("maxpool2", shape, (h // 2, w // 2, c))
-            elif op[0] == "relu":
-                lay = Layer("relu", shape, shape)
+            elif kind in ("relu", "relu6"):
+                lay = Layer(kind, shape, shape)
+            elif kind == "gap":
+                lay = Layer("gap", shape, (1, 1, c))
             else:
                 lay = Layer("flatten", shape, (1, 1, h * w * c))
             off += lay.n_params
@@ -154,8 +257,8 @@ class Model:
         self.n_params: int = off
         self.n_classes: int = shape[2]
         self.input_size: int = int(np.prod(input_shape))
-        kinds = {v: k for k, v in _KIND_NAMES.items()}
-        rows = [[kinds[lay.kind], *lay.in_shape, *lay.out_shape, lay.k, lay.w_offset, lay.b_offset] for lay in layers]
+        rows = [[_ENGINE_KIND[lay.kind], *lay.in_shape, *lay.out_shape, lay.k, lay.w_offset, lay.b_offset,
+                 lay.kw, lay.stride[0], lay.stride[1], int(lay.same)] for lay in layers]
         self._desc = np.ascontiguousarray(np.array(rows, dtype=np.int64))
         self._local = threading.local()  # arenas per thread: concurrent clients never share one
         try:
@@ -177,7 +280,16 @@ class Model:
         lines = ["fedtiny-arch/1"]
         for lay in self.layers:
             (h, w, c), (oh, ow, oc) = lay.in_shape, lay.out_shape
-            lines.append(f"{lay.kind} {h}x{w}x{c} -> {oh}x{ow}x{oc} k{lay.k}")
+            line = f"{lay.kind} {h}x{w}x{c} -> {oh}x{ow}x{oc} k{lay.k}"
+            # the seed kinds' lines are as they were (stride-1 VALID square conv2d, maxpool2, ...);
+            # every other window adds its width, strides and padding
+            plain = lay.kind == "conv2d" and lay.kw == lay.k and lay.stride == (1, 1) and not lay.same
+            if lay.kind in _WINDOW_KINDS and not plain:
+                line = (f"{lay.kind} {h}x{w}x{c} -> {oh}x{ow}x{oc} k{lay.k}x{lay.kw} "
+                        f"s{lay.stride[0]}x{lay.stride[1]} {'same' if lay.same else 'valid'}")
+            lines.append(line)
+        if self.loss != "xent":
+            lines.append(f"loss {self.loss}")
         return "\n".join(lines) + "\n"
 
     def arch_hash(self) -> bytes:
@@ -200,6 +312,11 @@ class Model:
             raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
         if scheme not in INIT_SCHEMES:
             raise ValueError(f"init scheme must be one of {', '.join(INIT_SCHEMES)}, got {scheme!r}")
+        if self.imported is not None:  # a model read from a .tflite file starts from the file's weights
+            if self.imported.params.size != self.n_params:
+                raise ValueError(f"{self.spec}: the file holds {self.imported.params.size} parameters, "
+                                 f"its layers need {self.n_params}")
+            return self.imported.params.copy()
         p = np.zeros(self.n_params, dtype=np.float32)
         param_layers = [lay for lay in self.layers if lay.w_shape]
         for i, lay in enumerate(param_layers):
@@ -272,7 +389,7 @@ class Model:
                     weights: str = "float32") -> int:
         """Bytes of the one buffer training at this batch size uses: weights in training layout
         (float32, or int8 blocks), velocity/global copies if asked, activations, gradients, scratch."""
-        return 4 * self._arena_floats(_check_batch(batch_size), _flags(momentum, prox, weights))
+        return 4 * self._arena_floats(_check_batch(batch_size), _flags(momentum, prox, weights) | self.loss_flag)
 
     def _arena(self, batch_size: int, flags: int) -> np.ndarray:
         cache = getattr(self._local, "arenas", None)
@@ -324,5 +441,6 @@ def _flags(momentum: bool, prox: bool, weights: str) -> int:
 
 
 def build(spec: str) -> Model:
-    """Model for a spec: '2nn', 'cnn' or 'mlp:A-B-...-K'."""
+    """Model for a spec: '2nn', 'cnn', 'mlp:A-B-...-K', 'seq:...', or a float .tflite file (FILE.tflite:
+    its layers, and its weights as init())."""
     return Model(spec)

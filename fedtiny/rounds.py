@@ -18,8 +18,23 @@ Policies (each one named, each one tested):
 - FedNova (Wang et al. 2020) normalisation for heterogeneous local steps: each update is
   weighted n_k / tau_k and the mean is rescaled by tau_eff * sum(n_k / tau_k) / n, with
   tau_eff = sum(n_k tau_k) / n. With equal steps it is exactly FedAvg.
-- Staleness (for FedBuff later): an update computed from model version `round_id - s` is
-  accepted when s <= max_staleness (0 = synchronous rounds) with weight n_k * staleness_weight(s).
+- Staleness in a synchronous round: an update for round `round_id - s` is accepted when
+  s <= max_staleness (0 = synchronous rounds), weighted n_k * staleness_weight(s) in the mean.
+- Asynchronous buffered aggregation (FedBuff, Nguyen et al. 2022; Server.open_buffer): a
+  "round" is a buffer of K updates from whoever arrives (open membership). A device tags its
+  update with the round that was open when it downloaded the model (model version = that round
+  - 1); its staleness tau is the current round minus that tag. tau > max_staleness: rejected,
+  too_stale, nothing of it reaches the model; tau < 0 (a round not opened yet): wrong_round.
+  Accepted updates are added as deltas weighted n_k * s(tau) over a denominator of sum n_k, so
+  a stale update moves the model less than a fresh one (unlike the synchronous hook above,
+  where only the relative weights change); s is const (1), poly ((1 + tau)^-a, a = 0.5 by
+  default) or hinge (1 up to tau = b, then 1 / (a (tau - b) + 1)) (staleness_function). The
+  buffer closes after K accepted updates and the server optimizer takes its step on the mean.
+  The same device may send several updates into one buffer from different model versions; a
+  second update with the same (device, tag) is a duplicate. The aggregator keeps what a
+  synchronous round keeps (weights, one accumulator, the mean buffer, the optimizer state)
+  plus at most K (device, tag) pairs; it never keeps old model versions (a device downloads
+  the current model whole; the simulation's downloads are instantaneous).
 - Hierarchical aggregation: submit_partial adds a bridge's mean delta with its total weight
   (sum n_k of its devices), which puts exactly sum n_k delta_k into the sum.
 - Secure aggregation (fedtiny.privacy.secagg): the aggregator never sees one device's update,
@@ -55,6 +70,7 @@ WRONG_ROUND = "wrong_round"
 NOT_SELECTED = "not_selected"
 ROUND_CLOSED = "round_closed"
 BAD_UPDATE = "bad_update"
+TOO_STALE = "too_stale"          # asynchronous mode: computed from a model older than max_staleness
 
 
 @dataclass(frozen=True)
@@ -208,6 +224,35 @@ def _positive(what: str, value: float) -> float:
     return v
 
 
+# --- staleness weighting (FedBuff) -------------------------------------------------------------
+
+STALENESS_KINDS = ("poly", "const", "hinge")
+
+
+def staleness_function(kind: str = "poly", *, exponent: float = 0.5, hinge_at: int = 4,
+                       hinge_slope: float = 1.0) -> Callable[[int], float]:
+    """s(tau) in (0, 1], the weight of an update tau server steps old (Nguyen et al. 2022, sec. 4).
+
+    const: 1; poly: (1 + tau)^-exponent (exponent 0.5: the paper's 1/sqrt(1 + tau));
+    hinge: 1 while tau <= hinge_at, then 1 / (hinge_slope (tau - hinge_at) + 1).
+    """
+    if kind == "const":
+        return lambda tau: 1.0
+    if kind == "poly":
+        a = float(exponent)
+        if not (math.isfinite(a) and a >= 0):
+            raise ValueError(f"staleness exponent must be a number >= 0, got {exponent!r}")
+        return lambda tau: (1.0 + tau) ** -a
+    if kind == "hinge":
+        b, a = int(hinge_at), float(hinge_slope)
+        if b < 0 or b != hinge_at:
+            raise ValueError(f"hinge point must be a whole number of server steps >= 0, got {hinge_at!r}")
+        if not (math.isfinite(a) and a > 0):
+            raise ValueError(f"hinge slope must be a positive number, got {hinge_slope!r}")
+        return lambda tau: 1.0 if tau <= b else 1.0 / (a * (tau - b) + 1.0)
+    raise ValueError(f"unknown staleness weighting {kind!r}: use one of {', '.join(STALENESS_KINDS)}")
+
+
 # --- rounds -----------------------------------------------------------------------------------
 
 @dataclass
@@ -218,7 +263,7 @@ class RoundResult:
     outcome: str                      # "applied" or "abandoned"
     closed_by: str                    # "all", "min_updates", "deadline" or "forced"
     selected: int                     # how many devices were asked (-1: open membership)
-    contributors: list[int]           # devices whose complete update went into the model
+    contributors: list[int]           # devices whose complete update went into the model (sorted; async: with repeats)
     stragglers: list[int]             # selected, no complete update at close
     n_samples: float                  # sum of n_k of complete updates
     rejected: dict[str, int] = field(default_factory=dict)
@@ -230,7 +275,7 @@ class Round:
 
     def __init__(self, server: "Server", round_id: int, selected: Sequence[int] | None, *, deadline: float | None,
                  min_updates: int | None, quorum: int, max_staleness: int,
-                 staleness_weight: Callable[[int], float] | None):
+                 staleness_weight: Callable[[int], float] | None, asynchronous: bool = False):
         self._server = server
         self.round_id = int(round_id)
         self.selected = None if selected is None else frozenset(int(d) for d in selected)
@@ -251,9 +296,15 @@ class Round:
         self.deadline = deadline
         self.max_staleness = int(max_staleness)
         self.staleness_weight = staleness_weight or (lambda s: 1.0)
+        self.asynchronous = bool(asynchronous)
+        if self.asynchronous and self.selected is not None:
+            raise ValueError("an asynchronous buffer has open membership (selected=None)")
         self.closed = False
         self.counts: Counter[str] = Counter()
-        self._done: dict[int, float] = {}          # device -> n_k of its complete update
+        self.staleness_sum = 0                     # sum of tau over accepted updates (asynchronous)
+        self.staleness_max = 0
+        # device -> n_k of its complete update; asynchronous: (device, tag) -> n_k
+        self._done: dict[int | tuple[int, int], float] = {}
         self._n = 0.0                              # sum n_k (complete)
         self._n_tau = 0.0                          # sum n_k tau_k (complete, FedNova)
         self._weight = 0.0                         # sum of accumulator weights (complete)
@@ -263,13 +314,19 @@ class Round:
         if self.closed:
             return self._count(ROUND_CLOSED, f"round {self.round_id} is closed: device {device} sent round {round_id} too late"), 0
         staleness = self.round_id - int(round_id)
+        if self.asynchronous and staleness > self.max_staleness:
+            return self._count(TOO_STALE, f"device {device}: its update from round {round_id} is {staleness} server "
+                                          f"steps old, more than --max-staleness {self.max_staleness}"), 0
         if staleness < 0 or staleness > self.max_staleness:
             return self._count(WRONG_ROUND, f"update for round {self.round_id} rejected: device {device} sent round {round_id}"), 0
         if self.selected is not None and device not in self.selected:
             return self._count(NOT_SELECTED, f"device {device} is not in round {self.round_id}"), 0
-        if device in self._done:
+        if self._key(device, round_id) in self._done:
             return self._count(DUPLICATE, f"device {device} already sent its update for round {self.round_id}"), 0
         return None, staleness
+
+    def _key(self, device: int, round_id: int) -> int | tuple[int, int]:
+        return (device, int(round_id)) if self.asynchronous else device
 
     def _count(self, reason: str, detail: str = "") -> Verdict:
         self.counts[reason] += 1
@@ -285,9 +342,12 @@ class Round:
         if self._server.normalization == "fednova" and steps is None:
             raise ValueError(f"device {device}: FedNova normalisation needs the number of local steps")
         w = n / tau if self._server.normalization == "fednova" else n
-        return w * float(self.staleness_weight(staleness)), tau
+        s = float(self.staleness_weight(staleness))
+        if not (math.isfinite(s) and 0 < s <= 1):
+            raise ValueError(f"staleness weight s({staleness}) must be in (0, 1], got {s!r}")
+        return w, s, tau
 
-    def _complete(self, device: int, n_samples: float, tau: float, weight: float,
+    def _complete(self, device: int | tuple[int, int], n_samples: float, tau: float, weight: float,
                   weight_counted: bool = False) -> None:
         self._done[device] = float(n_samples)
         self._n += float(n_samples)
@@ -310,14 +370,21 @@ class Round:
             reason, _, text = problem.partition(": ")
             return self._count(reason, f"device {device}: {text}")
         try:
-            weight, tau = self._weight_of(device, n_samples, steps, staleness)
+            weight, s, tau = self._weight_of(device, n_samples, steps, staleness)
             norm = bounds_mod.update_norm(update) if limits.clip_norm is not None else 0.0
             factor = bounds_mod.clip_factor(norm, limits.clip_norm)
-            # validates size and finiteness, counts the weight n_k, adds factor * update
-            self._server.accumulator.add(update, weight, factor)
+            if self.asynchronous:  # n_k s(tau) delta over a denominator of n_k: stale updates move the model less
+                scale = factor * s
+            else:                  # the synchronous hook: s only changes the relative weights
+                weight *= s
+                scale = factor
+            # validates size and finiteness, counts the weight n_k, adds scale * update
+            self._server.accumulator.add(update, weight, scale)
         except ValueError as exc:
             return self._count(BAD_UPDATE, f"device {device}: {exc}")
-        self._complete(device, n_samples, tau, weight, weight_counted=True)
+        self._complete(self._key(device, round_id), n_samples, tau, weight, weight_counted=True)
+        self.staleness_sum += staleness
+        self.staleness_max = max(self.staleness_max, staleness)
         self.counts[ACCEPTED] += 1
         if factor < 1.0:
             self.counts[bounds_mod.CLIPPED] += 1
@@ -330,6 +397,8 @@ class Round:
         """A bridge's partial aggregate: the weighted mean of its devices' deltas and their total n_k."""
         if self._server.normalization == "fednova":
             raise ValueError("partial sums under FedNova need per-device steps; not supported yet")
+        if self.asynchronous:
+            raise ValueError("partial sums in an asynchronous buffer are not supported: each device's staleness differs")
         # the mean of clipped updates has norm <= clip_norm, so clipping the mean again is the bound
         verdict = self.submit(device, round_id, mean_delta, total_weight, _devices=max(1, int(n_updates)))
         if verdict.accepted:
@@ -341,6 +410,8 @@ class Round:
         devices = sorted({int(d) for d in devices})
         if not devices:
             raise ValueError("a secure mean needs at least one device")
+        if self.asynchronous:
+            raise ValueError("secure aggregation needs synchronous rounds")
         for d in devices:
             verdict, _ = self._admit(d, round_id)
             if verdict is not None:
@@ -411,15 +482,26 @@ class Server:
 
     def open_round(self, selected: Sequence[int] | None, *, deadline: float | None = None,
                    min_updates: int | None = None, quorum: int = 1, max_staleness: int = 0,
-                   staleness_weight: Callable[[int], float] | None = None) -> Round:
+                   staleness_weight: Callable[[int], float] | None = None, asynchronous: bool = False) -> Round:
         """Start round self.round_id + 1 (the first is 1) for the selected devices (None: anyone)."""
         if self.current is not None and not self.current.closed:
             raise ValueError(f"round {self.current.round_id} is still open: close it first")
         self.accumulator.reset()
         self.current = Round(self, self.round_id + 1, selected, deadline=deadline, min_updates=min_updates,
-                             quorum=quorum, max_staleness=max_staleness, staleness_weight=staleness_weight)
+                             quorum=quorum, max_staleness=max_staleness, staleness_weight=staleness_weight,
+                             asynchronous=asynchronous)
         self.round_id += 1
         return self.current
+
+    def open_buffer(self, size: int, *, max_staleness: int,
+                    staleness_weight: Callable[[int], float] | None = None) -> Round:
+        """FedBuff: the next asynchronous buffer; it should close after `size` accepted updates.
+
+        A device downloading now tags its update with the returned round's round_id."""
+        if int(size) < 1:
+            raise ValueError(f"buffer size K must be >= 1, got {size}")
+        return self.open_round(None, min_updates=int(size), max_staleness=max_staleness,
+                               staleness_weight=staleness_weight or staleness_function(), asynchronous=True)
 
     def close_round(self, now: float | None = None) -> RoundResult:
         """Close the open round: apply the averaged update (or abandon it below quorum); report who was in."""
@@ -428,9 +510,9 @@ class Server:
             raise ValueError("no open round to close")
         closed_by = rnd._closed_by(now)
         rnd.closed = True
-        stragglers = sorted(set(rnd.selected or ()) - set(rnd._done))
+        stragglers = sorted(set(rnd.selected or ()) - set(rnd._done))  # async: selected is None, no stragglers
         result = RoundResult(rnd.round_id, "applied", closed_by, -1 if rnd.selected is None else len(rnd.selected),
-                             sorted(rnd._done), stragglers, rnd._n,
+                             sorted(k[0] if isinstance(k, tuple) else k for k in rnd._done), stragglers, rnd._n,
                              {k: v for k, v in rnd.counts.items() if k not in (ACCEPTED,)})
         if rnd.n_complete < rnd.quorum:
             self.accumulator.reset()

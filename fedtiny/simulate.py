@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import bounds, broadcast, codec, datasets, rounds
+from . import bounds, broadcast, clock, codec, datasets, rounds
 from .atomic import atomic_write, remove_stale
 from . import model as model_mod
 from .datasets import check_model_fits
@@ -37,8 +37,11 @@ CODECS = ("float32", "int8", "int8-stochastic", "int8-ef", "int4", "int4-stochas
           "int2", "int2-stochastic", "int2-ef", "1bit-rot", "1bit-rot-ef")
 DROPOUT_PHASES = ("keys", "shares", "masked", "unmask", "any")  # secagg.PHASES, or one of them at random
 WEIGHTS = ("float32", "int8")
-HETERO_MIN_SPEED = 0.1
-SECAGG_DEFAULT_CLIP = 2.0   # the grid's L2 bound under --secagg when --clip-norm is not given (docs/secagg.md)  # the slowest simulated device does 10% of the full local steps
+HETERO_MIN_SPEED = 0.1  # the slowest simulated device does 10% of the full local steps
+SECAGG_DEFAULT_CLIP = 2.0   # the grid's L2 bound under --secagg when --clip-norm is not given (docs/secagg.md)
+MODES = ("sync", "async")
+AVAILABILITY = ("always", "markov")
+DEFAULT_BUFFER, DEFAULT_CONCURRENCY, DEFAULT_MAX_STALENESS = 10, 20, 20
 
 
 @dataclass
@@ -94,6 +97,21 @@ class SimConfig:
     dropout_phase: str = "masked"
     max_samples: int | None = None    # bounds of fedtiny.bounds (the aggregator's); None: off,
     clip_norm: float | None = None    # as a simulation has no adversary
+    mode: str = "sync"
+    buffer: int | None = None           # async: K, updates per server step (default DEFAULT_BUFFER)
+    concurrency: int | None = None      # async: M, devices training at once (default DEFAULT_CONCURRENCY)
+    max_staleness: int | None = None    # async: oldest accepted update, in server steps
+    staleness: str | None = None        # async: poly | const | hinge (default poly)
+    staleness_exponent: float | None = None
+    hinge_at: int | None = None
+    hinge_slope: float | None = None
+    deadline: float | None = None       # sync: simulated seconds a round waits; None: for every device
+    speed_min: float = 1.0              # local steps per second of the slowest device
+    speed_spread: float = 1.0           # fastest / slowest
+    availability: str = "always"
+    on_mean: float = 600.0
+    off_mean: float = 300.0
+    availability_csv: str | None = None
 
     def check(self) -> None:
         """Every bad value as one ValueError naming the option and what it takes."""
@@ -140,6 +158,47 @@ class SimConfig:
         need(self.dropout_phase in DROPOUT_PHASES, f"--dropout-phase must be one of {', '.join(DROPOUT_PHASES)}, "
                                                    f"got {self.dropout_phase!r}")
         self.device_bounds()   # --max-samples / --clip-norm, named, before the modes that use them
+        need(self.mode in MODES, f"--mode must be sync or async, got {self.mode!r}")
+        need(self.availability in AVAILABILITY, f"--availability must be one of {', '.join(AVAILABILITY)}, "
+                                                f"got {self.availability!r}")
+        need(math.isfinite(self.speed_min) and self.speed_min > 0,
+             f"--speed-min must be a positive number of local steps per second, got {self.speed_min}")
+        need(math.isfinite(self.speed_spread) and self.speed_spread >= 1,
+             f"--speed-spread must be >= 1 (fastest / slowest device), got {self.speed_spread}")
+        for name in ("on_mean", "off_mean"):
+            v = getattr(self, name)
+            need(math.isfinite(v) and v > 0, f"--{name.replace('_', '-')} must be a positive number of seconds, got {v}")
+        need(self.availability_csv is None or self.availability == "always",
+             "--availability-csv replaces --availability markov: give one of them")
+        async_only = [f"--{n.replace('_', '-')}" for n in ("buffer", "concurrency", "max_staleness", "staleness",
+                                                           "staleness_exponent", "hinge_at", "hinge_slope")
+                      if getattr(self, n) is not None]
+        if self.mode == "sync":
+            need(not async_only, f"{', '.join(async_only)} needs --mode async")
+            need(self.deadline is None or (math.isfinite(self.deadline) and self.deadline > 0),
+                 f"--deadline must be a positive number of simulated seconds, got {self.deadline}")
+        else:
+            need(self.deadline is None, "--deadline applies to --mode sync: asynchronous buffers have no deadline")
+            need(not self.secagg, "--secagg needs --mode sync: secure aggregation masks a synchronous round's sum")
+            need(self.normalize == "none", "--normalize fednova needs --mode sync")
+            need(self.down_codec == "float32", f"--down-codec {self.down_codec} needs --mode sync (the asynchronous "
+                                               "buffer sends the model as float32 so far)")
+            need(self.async_buffer() >= 1, f"--buffer must be >= 1, got {self.buffer}")
+            need(1 <= self.async_concurrency() <= self.clients,
+                 f"--concurrency must be in [1, --clients {self.clients}], got {self.concurrency}")
+            need(self.async_max_staleness() >= 0, f"--max-staleness must be >= 0, got {self.max_staleness}")
+            need(self.staleness in (None, *rounds.STALENESS_KINDS),
+                 f"--staleness must be one of {', '.join(rounds.STALENESS_KINDS)}, got {self.staleness!r}")
+            kind = self.staleness or "poly"
+            need(self.staleness_exponent is None or kind == "poly", "--staleness-exponent applies to --staleness poly")
+            need((self.hinge_at is None and self.hinge_slope is None) or kind == "hinge",
+                 "--hinge-at and --hinge-slope apply to --staleness hinge")
+            self.staleness_function()  # every bad exponent / hinge value, named
+        if self.dp != "none":  # the accountant's sampling: every sampled device must be there, on time
+            need(self.mode == "sync", "--dp needs --mode sync")
+            need(self.availability == "always" and self.availability_csv is None and self.deadline is None,
+                 "--dp needs devices that are always available and no --deadline: its accounting assumes every "
+                 "sampled device contributes")
         if self.secagg:
             need(self.codec == "float32", f"--codec {self.codec} does not apply with --secagg: the update is the "
                                           "round's shared grid (--clip-norm, --secagg-bits); leave --codec out")
@@ -150,6 +209,34 @@ class SimConfig:
             given = [f"--{n.replace('_', '-')}" for n in ("secagg_bits", "secagg_k", "secagg_t", "secagg_min_survivors")
                      if getattr(self, n) is not None] + (["--dropout"] if self.dropout else [])
             need(not given, f"{', '.join(given)} needs --secagg")
+
+    def async_buffer(self) -> int:
+        return DEFAULT_BUFFER if self.buffer is None else int(self.buffer)
+
+    def async_concurrency(self) -> int:
+        return min(DEFAULT_CONCURRENCY, self.clients) if self.concurrency is None else int(self.concurrency)
+
+    def async_max_staleness(self) -> int:
+        return DEFAULT_MAX_STALENESS if self.max_staleness is None else int(self.max_staleness)
+
+    def staleness_function(self):
+        kw = {k: v for k, v in (("exponent", self.staleness_exponent), ("hinge_at", self.hinge_at),
+                                ("hinge_slope", self.hinge_slope)) if v is not None}
+        try:
+            return rounds.staleness_function(self.staleness or "poly", **kw)
+        except ValueError as exc:
+            raise ValueError(f"--staleness {self.staleness or 'poly'}: {exc}") from None
+
+    def fleet(self) -> tuple[np.ndarray, clock.Availability]:
+        """Each device's speed (local steps per second) and its availability trace."""
+        speeds = clock.device_speeds(self.clients, seed=self.seed, speed_min=self.speed_min, spread=self.speed_spread)
+        if self.availability_csv is not None:
+            avail = clock.Availability.from_csv(self.availability_csv, self.clients)
+        elif self.availability == "markov":
+            avail = clock.Availability.markov(self.clients, seed=self.seed, on_mean=self.on_mean, off_mean=self.off_mean)
+        else:
+            avail = clock.Availability.always(self.clients)
+        return speeds, avail
 
     def secagg_config(self):
         from .privacy.secagg import Config
@@ -283,35 +370,53 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
     agg_bytes_max = 0
     t_start = time.perf_counter()
     local = np.empty_like(server.params)
-    down_link = broadcast.Broadcaster(cfg.down_codec, n_params)
-    for r in range(1, cfg.rounds + 1):
+    speeds, avail = cfg.fleet()
+    down_link = broadcast.Broadcaster(cfg.down_codec, n_params)  # --mode async: float32 only (check())
+    if cfg.mode == "async":
+        cum_up, cum_down, agg_bytes_max = _async_loop(cfg, train, model, data, splits, server, x_test, y_test, speed,
+                                                      speeds, avail, residuals, result, progress, t_start)
+    t_sim = 0.0  # simulated seconds (fedtiny.clock): rounds start when the last one closed
+    for r in range(1, cfg.rounds + 1 if cfg.mode == "sync" else 1):
         t0, c0 = time.perf_counter(), time.process_time()
         start = down_link.publish(server.params)  # the model every device of this round starts from
-        selected = (priv.select(cfg.seed, r) if priv is not None
-                    else rounds.sample_clients(cfg.clients, cfg.fraction, seed=cfg.seed, round_id=r))
-        if priv is not None:
+        if priv is not None:  # DP's sampling is the accountant's: the clock does not change it (check())
+            selected = priv.select(cfg.seed, r)
             priv.begin_round()
-        rnd = server.open_round(selected.tolist()) if selected.size else None
+        else:
+            selected, t_sim = _sync_select(cfg, avail, t_sim, r)
+            if selected is None:
+                if progress is not None:
+                    progress.stream.write(f"round {r}: no device will be available again; stopping\n")
+                break
+        # when each selected device would finish (it trains only while on); the round closes at the
+        # deadline or when the last one is in; the later ones are stragglers and do not train at all
+        finish = {k: avail.finish(k, t_sim, _planned_steps(cfg, splits[k].n_samples, speed, k) / speeds[k])
+                  for k in selected.tolist() if splits[k].n_samples > 0}
+        close_at = t_sim + cfg.deadline if cfg.deadline is not None else math.inf
+        t_close = min(close_at, max(finish.values(), default=t_sim))
+        if math.isinf(t_close):
+            raise ValueError(f"round {r}: a selected device never comes back and there is no --deadline: "
+                             "give --deadline SECONDS")
+        arrivals = sorted((f, k) for k, f in finish.items() if f <= t_close)
+        rnd = (server.open_round(selected.tolist(), deadline=None if cfg.deadline is None else close_at)
+               if selected.size else None)
         secure: dict = {}
         if cfg.secagg:
             up, down, train_loss, steps_total, secure = _secagg_round(cfg, train, model, data, splits, server, rnd,
                                                                       selected, local, r, start,
                                                                       down_link.message_bytes)
         else:
-            up = down = 0
+            up = 0
+            down = down_link.message_bytes * len(finish)  # every selected device with data downloaded the model
             train_loss = 0.0
             steps_total = 0
-            for k in selected.tolist():
+            for _, k in arrivals:  # in order of arrival
                 part = splits[k]
-                if part.n_samples == 0:
-                    continue
                 xk, yk = data.x_train[part.train], data.y_train[part.train]
                 local[:] = start  # download
-                down += down_link.message_bytes
                 max_steps = None
                 if speed is not None:
-                    full = cfg.epochs * math.ceil(part.n_samples / cfg.batch)
-                    max_steps = max(1, int(round(speed[k] * full)))
+                    max_steps = _planned_steps(cfg, part.n_samples, speed, k)
                 res = train.local_sgd(model, local, xk, yk, epochs=cfg.epochs, batch_size=cfg.batch, lr=cfg.lr,
                                       momentum=cfg.momentum, prox_mu=cfg.prox_mu,
                                       global_params=start if cfg.prox_mu > 0 else None,
@@ -344,7 +449,8 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
             if noisy_sum is not None:  # the modular sum decoded, as one partial aggregate of weight m
                 rnd.submit_partial(int(selected[0]), r, noisy_sum / np.float32(priv.m), priv.m, priv.devices)
             n_devices = priv.devices
-        outcome = server.close_round() if rnd is not None else None
+        outcome = server.close_round(now=t_close) if rnd is not None else None
+        t_sim = t_close
         released = outcome is not None and outcome.outcome == "applied"
         dp_row = priv.end_round(released) if priv is not None else {}
         n_samples = outcome.n_samples if outcome is not None and (priv is None or priv.mode == "none") else 0
@@ -352,11 +458,12 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
             n_samples = sum(splits[k].n_samples for k in selected.tolist())
         cum_up += up
         cum_down += down
-        row = {"round": r, "clients": n_devices, "samples": int(n_samples),
+        row = {"round": r, "sim_time_s": t_sim, "clients": n_devices, "samples": int(n_samples),
                "train_loss": train_loss / max(n_samples, 1), "local_steps": steps_total,
                "test_loss": math.nan, "test_acc": math.nan, "fed_loss": math.nan, "fed_acc": math.nan,
                "upload_bytes": up, "download_bytes": down, "cum_upload_mb": cum_up / 1e6,
-               "cum_download_mb": cum_down / 1e6, **dp_row}
+               "cum_download_mb": cum_down / 1e6, "stragglers": 0 if outcome is None else len(outcome.stragglers),
+               "staleness_mean": 0.0, "staleness_max": 0, "rejected_stale": 0, **dp_row}
         if cfg.clip_norm and priv is None:  # updates scaled down to --clip-norm by the round logic's bounds
             row["clipped"] = int(outcome.rejected.get(bounds.CLIPPED, 0)) if outcome is not None else 0
         if r % cfg.eval_every == 0 or r == cfg.rounds:
@@ -393,9 +500,157 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
     if priv is not None:
         result.summary.update(priv.summary())
     for target in (0.80, 0.85, 0.90):
-        hit = next((row["round"] for row in result.rounds if row["test_acc"] >= target), None)
-        result.summary[f"rounds_to_{int(target * 100)}"] = hit
+        hit = next((row for row in result.rounds if row["test_acc"] >= target), None)
+        result.summary[f"rounds_to_{int(target * 100)}"] = None if hit is None else hit["round"]
+        result.summary[f"sim_time_to_{int(target * 100)}"] = None if hit is None else hit["sim_time_s"]
+    result.summary["sim_time_s"] = last["sim_time_s"]
     return result
+
+
+def _planned_steps(cfg: SimConfig, n_samples: int, hetero, k: int) -> int:
+    """Local SGD steps device k runs: E * ceil(n_k / B), or its --hetero share of them."""
+    full = cfg.epochs * math.ceil(n_samples / cfg.batch)
+    return full if hetero is None else max(1, int(round(hetero[k] * full)))
+
+
+def _sync_select(cfg: SimConfig, avail: clock.Availability, t: float, r: int):
+    """Round r's devices, drawn from those available at t (waiting until one is); None if none ever is again.
+
+    m = max(C K, 1) of the whole fleet, or every available device when fewer are on. Always-on
+    devices give exactly the draw of rounds.sample_clients(K, C) (the runs before the clock)."""
+    if cfg.availability == "always" and cfg.availability_csv is None:
+        return rounds.sample_clients(cfg.clients, cfg.fraction, seed=cfg.seed, round_id=r), t
+    on = avail.on_now(t)
+    if not on:
+        t = min(avail.next_on(k, t) for k in range(cfg.clients))
+        if math.isinf(t):
+            return None, t
+        on = avail.on_now(t)
+    m = min(len(on), rounds.n_sampled(cfg.clients, cfg.fraction))
+    return rounds.sample_clients(on, m / len(on), seed=cfg.seed, round_id=r, minimum=m), t
+
+
+def _async_loop(cfg, train, model, data, splits, server, x_test, y_test, hetero, speeds, avail, residuals, result,
+                progress, t_start):
+    """FedBuff on the simulated clock: M devices train at once, each from the model current when it
+    started; the server steps after every K accepted arrivals (rounds.Server.open_buffer).
+
+    Events in time order: a task finishes (its update is submitted, tagged with the buffer that
+    was open when it started), or an idle device comes on. A device that finishes picks up a new
+    task at once if it is on and the buffer has moved on since its last start (one task per
+    (device, buffer): the round logic takes one update per (device, tag)). Which idle device
+    gets a free slot is a seeded draw. In-flight updates are device memory, not the aggregator's."""
+    import heapq
+
+    K, M, S = cfg.async_buffer(), cfg.async_concurrency(), cfg.async_max_staleness()
+    sfn = cfg.staleness_function()
+    rng = np.random.default_rng(derive_seed(cfg.seed, 0xA5C))
+    n_params = server.n_params
+    upload_f32 = 4 * n_params
+    local = np.empty_like(server.params)
+    flight: list = []               # heap of (finish time, seq, device, tag, update, n_k, steps, loss)
+    busy: set[int] = set()
+    last_tag = np.zeros(cfg.clients, np.int64)   # the buffer each device last started from
+    has_data = [splits[k].n_samples > 0 for k in range(cfg.clients)]
+    cum_up = cum_down = agg_bytes_max = 0
+    seq = 0
+    t = 0.0
+    rnd = server.open_buffer(K, max_staleness=S, staleness_weight=sfn)
+    step_stats = {"up": 0, "down": 0, "loss": 0.0, "steps": 0, "stale": 0, "t0": time.perf_counter(),
+                  "c0": time.process_time(), "contributors": []}
+
+    def start_tasks(now: float) -> None:
+        nonlocal seq
+        while len(flight) < M:
+            idle = [k for k in range(cfg.clients) if has_data[k] and k not in busy and last_tag[k] != rnd.round_id
+                    and avail.is_on(k, now)]
+            if not idle:
+                return
+            k = int(idle[rng.integers(len(idle))])
+            part = splits[k]
+            steps = _planned_steps(cfg, part.n_samples, hetero, k)
+            done = avail.finish(k, now, steps / speeds[k])
+            tag = rnd.round_id
+            local[:] = server.params  # download (instantaneous)
+            res = train.local_sgd(model, local, data.x_train[part.train], data.y_train[part.train], epochs=cfg.epochs,
+                                  batch_size=cfg.batch, lr=cfg.lr, momentum=cfg.momentum, prox_mu=cfg.prox_mu,
+                                  global_params=server.params if cfg.prox_mu > 0 else None, weights=cfg.weights,
+                                  seed=derive_seed(cfg.seed, tag, k, 1),
+                                  max_steps=None if hetero is None else steps)
+            np.subtract(local, server.params, out=local)  # the delta
+            update = _encode(cfg.codec, local, residuals, k, derive_seed(cfg.seed, tag, k, 2))
+            if update is local:
+                update = local.copy()  # the device keeps its delta until it uploads
+            heapq.heappush(flight, (done, seq, k, tag, update, part.n_samples, res.steps, res.loss))
+            seq += 1
+            busy.add(k)
+            last_tag[k] = tag
+            step_stats["down"] += upload_f32
+
+    start_tasks(t)
+    step = 0
+    while step < cfg.rounds:
+        t_wake = math.inf
+        if len(flight) < M:  # an idle device coming on could take the free slot
+            t_wake = min((avail.next_on(k, t) for k in range(cfg.clients)
+                          if has_data[k] and k not in busy and not avail.is_on(k, t)), default=math.inf)
+        t_next = flight[0][0] if flight else math.inf
+        if math.isinf(t_wake) and math.isinf(t_next):
+            if progress is not None:
+                progress.stream.write(f"server step {step + 1}: no device will finish or come back; stopping\n")
+            break
+        if t_wake < t_next:
+            t = t_wake
+            start_tasks(t)
+            continue
+        t, _, k, tag, update, n_k, steps, loss = heapq.heappop(flight)
+        busy.discard(k)
+        verdict = rnd.submit(k, tag, update, n_k, steps=steps)
+        if verdict.accepted:
+            step_stats["up"] += upload_f32 if isinstance(update, np.ndarray) else update.nbytes
+            step_stats["loss"] += loss * n_k
+            step_stats["steps"] += steps
+            step_stats["contributors"].append(k)
+        elif verdict.reason == rounds.TOO_STALE:
+            step_stats["up"] += upload_f32 if isinstance(update, np.ndarray) else update.nbytes  # it was sent
+        else:
+            raise RuntimeError(f"buffer {rnd.round_id}: update of client {k} refused: {verdict.reason} {verdict.detail}")
+        if rnd.should_close():
+            agg_bytes = _aggregator_bytes() if cfg.trace_memory else 0
+            agg_bytes_max = max(agg_bytes_max, agg_bytes)
+            outcome = server.close_round(now=t)
+            step += 1
+            cum_up += step_stats["up"]
+            cum_down += step_stats["down"]
+            row = {"round": step, "sim_time_s": t, "clients": len(outcome.contributors),
+                   "samples": int(outcome.n_samples), "train_loss": step_stats["loss"] / max(outcome.n_samples, 1),
+                   "local_steps": step_stats["steps"], "test_loss": math.nan, "test_acc": math.nan,
+                   "fed_loss": math.nan, "fed_acc": math.nan, "upload_bytes": step_stats["up"],
+                   "download_bytes": step_stats["down"], "cum_upload_mb": cum_up / 1e6,
+                   "cum_download_mb": cum_down / 1e6, "stragglers": 0,
+                   "staleness_mean": rnd.staleness_sum / max(rnd.n_complete, 1), "staleness_max": rnd.staleness_max,
+                   "rejected_stale": rnd.counts.get(rounds.TOO_STALE, 0)}
+            if cfg.clip_norm:  # as in the synchronous rows
+                row["clipped"] = int(outcome.rejected.get(bounds.CLIPPED, 0))
+            if step % cfg.eval_every == 0 or step == cfg.rounds:
+                row["test_loss"], row["test_acc"] = map(float, train.evaluate(model, server.params, x_test, y_test))
+                row["fed_loss"], row["fed_acc"] = _federated_eval(train, model, server.params, data, splits,
+                                                                  np.unique(step_stats["contributors"]))
+            if cfg.trace_memory:
+                row["aggregator_traced_bytes"] = agg_bytes
+            row["round_wall_s"] = time.perf_counter() - step_stats["t0"]
+            row["round_cpu_s"] = time.process_time() - step_stats["c0"]
+            row["elapsed_wall_s"] = time.perf_counter() - t_start
+            result.rounds.append(row)
+            if progress is not None:
+                progress.update(row)
+            rnd = server.open_buffer(K, max_staleness=S, staleness_weight=sfn)
+            step_stats = {"up": 0, "down": 0, "loss": 0.0, "steps": 0, "stale": 0, "t0": time.perf_counter(),
+                          "c0": time.process_time(), "contributors": []}
+        start_tasks(t)
+    if not result.rounds:
+        raise ValueError("no server step happened: no device was ever available (check the availability trace)")
+    return cum_up, cum_down, agg_bytes_max
 
 
 def _secagg_round(cfg, train, model, data, splits, server, rnd, selected, local, r, start, down_bytes):
@@ -511,7 +766,7 @@ def _personalize(cfg, train, model, global_params, data, splits) -> dict:
 # --- output -----------------------------------------------------------------------------------
 
 OUTPUT_FILES = ("rounds.csv", "result.json", "params.npy", "personalization.csv", "accuracy.png")
-CSV_FIELDS = ("round", "clients", "samples", "train_loss", "local_steps", "test_loss", "test_acc", "fed_loss",
+CSV_FIELDS = ("round", "sim_time_s", "clients", "samples", "train_loss", "local_steps", "test_loss", "test_acc", "fed_loss",
               "fed_acc", "upload_bytes", "download_bytes", "cum_upload_mb", "cum_download_mb", "round_wall_s",
               "round_cpu_s", "elapsed_wall_s")
 
@@ -622,7 +877,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shards", type=int, default=d.shards, help="shards per client for --partition shards (default %(default)s)")
     g.add_argument("--holdout", type=float, default=d.holdout, help="fraction of each client's data kept for federated evaluation (default %(default)s)")
     g = p.add_argument_group("federation")
-    g.add_argument("--model", default=d.model, help="2nn, cnn or mlp:A-B-...-K (default %(default)s)")
+    g.add_argument("--model", default=d.model, help="2nn, cnn, mlp:A-B-...-K, seq:... or a float FILE.tflite (default %(default)s)")
     g.add_argument("--clients", type=int, default=d.clients, help="K (default %(default)s)")
     g.add_argument("--fraction", type=float, default=d.fraction, help="C, clients sampled per round (default %(default)s)")
     g.add_argument("--rounds", type=int, default=d.rounds)
@@ -647,6 +902,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"the aggregator's default is {bounds.DEFAULT_CLIP_NORM}); with --secagg, the bound the round's "
                         f"grid covers, [-C, C] (default {SECAGG_DEFAULT_CLIP} there); with --dp, the DP clip bound "
                         "(required; with --adaptive-clip, the initial bound)")
+    g = p.add_argument_group("clock, devices and asynchronous aggregation (docs/simulation.md)")
+    g.add_argument("--mode", default=d.mode, choices=MODES,
+                   help="sync: rounds of C*K devices (FedAvg); async: FedBuff, a server step every K arrivals")
+    g.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
+                   help="sync: a round closes this many simulated seconds after it opens, stragglers left out "
+                        "(default: it waits for every selected device)")
+    g.add_argument("--buffer", type=int, default=None, metavar="K",
+                   help=f"async: updates per server step (default {DEFAULT_BUFFER})")
+    g.add_argument("--concurrency", type=int, default=None, metavar="M",
+                   help=f"async: devices training at once (default {DEFAULT_CONCURRENCY}, or --clients if fewer)")
+    g.add_argument("--max-staleness", type=int, default=None, metavar="S",
+                   help=f"async: an update more than S server steps old is rejected (default {DEFAULT_MAX_STALENESS})")
+    g.add_argument("--staleness", default=None, choices=rounds.STALENESS_KINDS,
+                   help="async: weight s(tau) of an update tau steps old: poly (1+tau)^-a, const 1, hinge "
+                        "(1 up to tau=b, then 1/(slope*(tau-b)+1)) (default poly)")
+    g.add_argument("--staleness-exponent", type=float, default=None, metavar="A",
+                   help="async, poly: the exponent a (default 0.5)")
+    g.add_argument("--hinge-at", type=int, default=None, metavar="B", help="async, hinge: b (default 4)")
+    g.add_argument("--hinge-slope", type=float, default=None, help="async, hinge: the slope (default 1)")
+    g.add_argument("--speed-min", type=float, default=d.speed_min,
+                   help="local SGD steps per simulated second of the slowest device (default %(default)s)")
+    g.add_argument("--speed-spread", type=float, default=d.speed_spread, metavar="R",
+                   help="fastest / slowest device; speeds are log-uniform in [speed-min, R*speed-min], seeded "
+                        "(default %(default)s: all equal)")
+    g.add_argument("--availability", default=d.availability, choices=AVAILABILITY,
+                   help="always on, or markov: on/off periods of exponential length (--on-mean, --off-mean), seeded")
+    g.add_argument("--on-mean", type=float, default=d.on_mean, metavar="SECONDS",
+                   help="markov: mean on period (default %(default)s)")
+    g.add_argument("--off-mean", type=float, default=d.off_mean, metavar="SECONDS",
+                   help="markov: mean off period (default %(default)s)")
+    g.add_argument("--availability-csv", default=None, metavar="FILE",
+                   help="on-intervals device,start_s,end_s per line; a device with no line is never available")
     g = p.add_argument_group("server optimizer")
     g.add_argument("--server-opt", default=d.server_opt, choices=tuple(rounds.SERVER_OPTIMIZERS))
     g.add_argument("--server-lr", type=float, default=None, help="server learning rate (fedavg/fedavgm 1.0, fedadam 0.01)")
@@ -719,7 +1006,8 @@ def run_command(args: argparse.Namespace) -> int:
     fed = "n/a (--holdout 0)" if math.isnan(s["final_fed_acc"]) else f"{s['final_fed_acc']:.4f}"
     print(f"final test accuracy {s['final_test_acc']:.4f} (best {s['best_test_acc']:.4f}), federated {fed}; "
           f"uploaded {s['upload_mb']:.2f} MB, downloaded {s['download_mb']:.2f} MB; "
-          f"aggregator state {s['aggregator_state_bytes'] / 1e6:.2f} MB; {s['wall_s']:.1f} s")
+          f"aggregator state {s['aggregator_state_bytes'] / 1e6:.2f} MB; {s['wall_s']:.1f} s "
+          f"({s['sim_time_s']:.0f} simulated s)")
     if "epsilon" in s:
         print(f"differential privacy ({s['dp']}, {s['sampling']} sampling of {s['devices_per_round']} per round): "
               f"epsilon {s['epsilon']:.3f} at delta {s['delta']:g} after {len(result.rounds)} rounds; noise multiplier "

@@ -66,7 +66,7 @@ def local_sgd(model: Model, params: np.ndarray, x, y, *, epochs: int, batch_size
         if global_params is None:
             raise ValueError("prox_mu > 0 needs global_params (the round's global weights)")
         model.check_params(global_params, "global_params")
-    flags = _flags(momentum > 0.0, prox, weights)
+    flags = _flags(momentum > 0.0, prox, weights) | model.loss_flag
 
     n = x2.shape[0]
     # the arena serves batches up to its own size: for data smaller than a batch, a power of two
@@ -100,9 +100,14 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def evaluate(model: Model, params: np.ndarray, x, y) -> tuple[float, float]:
-    """(mean softmax cross-entropy, accuracy) of `params` on (x, y)."""
+    """(mean loss, accuracy) of `params` on (x, y): softmax cross-entropy, or for a model whose spec
+    ends in 'mse' the mean squared error against one-hot labels (the loss it trains)."""
     logits = model.predict(params, x).astype(np.float64)
     y2 = model.check_y(y, logits.shape[0])
+    if model.loss == "mse":
+        t = np.zeros_like(logits)
+        t[np.arange(len(y2)), y2] = 1.0
+        return float(np.mean((logits - t) ** 2)), float(np.mean(logits.argmax(axis=1) == y2))
     m = logits.max(axis=1, keepdims=True)
     lse = np.log(np.exp(logits - m).sum(axis=1)) + m[:, 0]
     loss = float(np.mean(lse - logits[np.arange(len(y2)), y2]))
@@ -116,8 +121,9 @@ def gradient(model: Model, params: np.ndarray, x, y) -> tuple[float, np.ndarray]
     x2 = model.check_x(x)
     y2 = model.check_y(y, x2.shape[0])
     batch = _check_batch(x2.shape[0])
-    arena = model._arena(batch, 0)
-    _core.train_load(model._desc, model.n_params, batch, 0, params, None, arena)
+    flags = model.loss_flag
+    arena = model._arena(batch, flags)
+    _core.train_load(model._desc, model.n_params, batch, flags, params, None, arena)
     grad = np.empty(model.n_params, dtype=np.float32)
-    loss = _core.train_grad(model._desc, model.n_params, batch, 0, x2, y2, arena, grad)
+    loss = _core.train_grad(model._desc, model.n_params, batch, flags, x2, y2, arena, grad)
     return loss / x2.shape[0], grad

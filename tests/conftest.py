@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 import fedtiny
+from ci_policy import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401  (CI=true: skips fail)
 
 
 @pytest.fixture(autouse=True)

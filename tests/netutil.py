@@ -253,3 +253,123 @@ def hand_result(dev: HandDevice, round_id: int, n_samples: int, n_chunks: int) -
 def hand_chunk(dev: HandDevice, round_id: int, update, index: int, n_chunks: int) -> bytes:
     return dev.send(dev.frame(wire.MsgType.UPDATE_CHUNK, round_id, wire.update_chunk(update.blocks, index),
                               chunk=(index, n_chunks)))
+
+
+class SessionKeys:
+    """Every device's keys as a relay in the middle learns them: the pre-shared key for join HELLOs
+    and WELCOMEs, and each session's key from the WELCOME that opens it (wire.session_key)."""
+
+    def __init__(self, device_keys: dict[int, bytes]):
+        self.psks = device_keys
+        self.sessions: dict[tuple[int, int], bytes] = {}
+
+    def decode(self, data: bytes) -> wire.Frame | None:
+        """The authentic frame (no replay check), or None; learns the session a WELCOME opens."""
+        try:
+            h = wire.peek(data)
+            psk = self.psks.get(h.device_id)
+            key = psk if h.type == wire.MsgType.WELCOME or h.session == 0 else self.sessions.get((h.device_id, h.session))
+            if key is None:
+                return None
+            f = wire.decode(data, key, None)
+        except wire.FrameError:
+            return None
+        if f.type == wire.MsgType.WELCOME:
+            w = wire.Welcome.unpack(f.payload)
+            self.sessions[(f.device_id, w.session)] = wire.session_key(psk, f.device_id, w)
+        return f
+
+    def encode(self, f: wire.Frame, seq: int) -> bytes:
+        """f again under a new sequence number, tagged with its session's key."""
+        key = self.sessions[(f.device_id, f.session)]
+        return wire.encode(f.type, f.device_id, f.round, seq, f.payload, key, chunk=f.chunk, session=f.session,
+                           epoch=f.epoch, run=f.run)
+
+
+class WireCapture:
+    """What really crossed the wire, decoded with the devices' keys (a LossyRelay `tap`): each
+    round's model as the aggregator sent it down (MODEL_CHUNK), each device's n_k (RESULT) and its
+    int8 update (UPDATE_CHUNK) as the device sent it up, before any loss.
+
+    The independent oracle of the network tests: FedAvg computed from these bytes in float64 numpy,
+    w_{r+1} = w_r + sum_k n_k * dequant(update_k) / sum_k n_k, with a dequantizer written here
+    (d * q per 128-value block) and no fedtiny code beyond the frame decoder."""
+
+    def __init__(self, device_keys: dict[int, bytes]):
+        self.keys = SessionKeys(device_keys)
+        self.lock = threading.Lock()
+        self.n_params: int | None = None
+        self.models: dict[int, dict[int, bytes]] = {}          # round -> chunk index -> payload
+        self.n_samples: dict[tuple[int, int], int] = {}         # (round, device) -> n_k
+        self.chunks: dict[tuple[int, int], dict[int, bytes]] = {}   # (round, device) -> index -> payload
+        self.n_update_chunks: int | None = None
+        self.undecodable = 0
+
+    def __call__(self, direction: str, data: bytes) -> None:
+        with self.lock:
+            f = self.keys.decode(data)
+            if f is None:
+                self.undecodable += 1
+                return
+            if direction == "down" and f.type == wire.MsgType.OFFER:
+                self.n_params = wire.Offer.unpack(f.payload).n_params
+            elif direction == "down" and f.type == wire.MsgType.MODEL_CHUNK:
+                self._same(self.models.setdefault(f.round, {}), f.chunk_index, f.payload)
+            elif direction == "up" and f.type == wire.MsgType.RESULT:
+                n = wire.Result.unpack(f.payload).n_samples
+                assert self.n_samples.setdefault((f.round, f.device_id), n) == n, "n_k changed within a round"
+            elif direction == "up" and f.type == wire.MsgType.UPDATE_CHUNK:
+                self.n_update_chunks = f.chunk_count
+                self._same(self.chunks.setdefault((f.round, f.device_id), {}), f.chunk_index, f.payload)
+
+    @staticmethod
+    def _same(table: dict, index: int, payload: bytes) -> None:
+        assert table.setdefault(index, payload) == payload, f"chunk {index} sent twice with different bytes"
+
+    def model(self, round_id: int) -> np.ndarray:
+        """The global weights the aggregator sent for round_id (float32, as on the wire)."""
+        parts = self.models[round_id]
+        raw = b"".join(parts[i] for i in range(len(parts)))
+        assert len(raw) == 4 * self.n_params, f"round {round_id}: model incomplete on the wire"
+        return np.frombuffer(raw, "<f4")
+
+    def uploads(self, round_id: int) -> dict[int, tuple[int, np.ndarray]]:
+        """device -> (n_k, dequantized update in float64) for every device that sent all its chunks."""
+        out = {}
+        for (r, dev), parts in self.chunks.items():
+            if r != round_id or len(parts) != self.n_update_chunks:
+                continue
+            raw = np.frombuffer(b"".join(parts[i] for i in range(self.n_update_chunks)),
+                                dtype=np.dtype([("d", "<f4"), ("q", "i1", 128)]))
+            delta = (raw["d"].astype(np.float64)[:, None] * raw["q"].astype(np.float64)).ravel()[:self.n_params]
+            out[dev] = (self.n_samples[(r, dev)], delta)
+        return out
+
+    def fedavg(self, round_id: int, devices=None, clip_norm: float | None = None) -> np.ndarray:
+        """float64 FedAvg of round_id's uploads (of `devices`, default all complete) on its model;
+        with clip_norm C, each update scaled by min(1, C / its L2 norm) first (docs/network.md)."""
+        ups = self.uploads(round_id)
+        if devices is not None:
+            ups = {d: ups[d] for d in devices}
+        assert ups, f"round {round_id}: no complete upload on the wire"
+        n = sum(nk for nk, _ in ups.values())
+
+        def clipped(delta):
+            norm = float(np.sqrt(np.sum(delta * delta)))
+            return delta if not clip_norm or norm <= clip_norm else delta * (clip_norm / norm)
+        return self.model(round_id).astype(np.float64) + sum(nk * clipped(d) for nk, d in ups.values()) / n
+
+
+def check_against_wire(capture: WireCapture, final_weights: np.ndarray, rounds_metrics: list[dict],
+                       clip_norm: float | None = None, atol: float = 1e-6) -> None:
+    """Every round: the next model the aggregator sent (or the final checkpoint) is FedAvg, in float64,
+    of exactly the updates and n_k the devices sent, over the devices the aggregator says it used."""
+    for i, row in enumerate(rounds_metrics):
+        r = row["round"]
+        used = row.get("contributors")
+        want = capture.fedavg(r, used, clip_norm)
+        if used is None:
+            assert len(capture.uploads(r)) == row["clients"], (r, sorted(capture.uploads(r)), row)
+        assert sum(capture.uploads(r)[d][0] for d in (used or capture.uploads(r))) == row["samples"]
+        got = capture.model(r + 1) if i + 1 < len(rounds_metrics) else final_weights
+        np.testing.assert_allclose(got, want, rtol=0, atol=atol, err_msg=f"round {r}")

@@ -16,6 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FW = os.path.join(ROOT, "firmware_bridge")
 CSRC = os.path.join(ROOT, "csrc")
 pytest.importorskip("serial", reason="fedtiny bridge needs pyserial (pip install 'fedtiny[serial]')")
+sys.path.insert(0, os.path.join(FW, "example"))
+import provision  # noqa: E402  (firmware_bridge/example/provision.py)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,7 @@ def firmware(tmp_path_factory):
     if cc is None:
         pytest.skip("no C compiler to build the firmware's host version")
     out = str(tmp_path_factory.mktemp("fw") / "fw_host")
-    sources = ([os.path.join(FW, "example", f) for f in ("fw_device.c", "host_main.c")]
+    sources = ([os.path.join(FW, "example", f) for f in ("fw_device.c", "fw_provision.c", "host_main.c")]
                + [os.path.join(FW, f) for f in ("ft_sha256.c", "ft_cobs.c", "ft_frame.c", "ft_chacha20.c")]
                + sorted(os.path.join(d, f) for d in (CSRC, os.path.join(CSRC, "arch"))
                         for f in os.listdir(d) if f.endswith(".c")))
@@ -34,12 +36,12 @@ def firmware(tmp_path_factory):
     return out
 
 
-def write_device_data(npz_path: str, out: str) -> None:
-    """The firmware's data file: int32 n, n x 64 float32, n int32 (little-endian)."""
+def write_device_data(npz_path: str, device_id: int, key: bytes, out: str) -> None:
+    """The device's provisioning image (firmware_bridge/example/provision.py): id, key, uint8 data."""
     with np.load(npz_path) as z:
-        x, y = z["x"].reshape(len(z["y"]), 64).astype("<f4"), z["y"].astype("<i4")
+        blob = provision.image(device_id, key, z["x"], z["y"])
     with open(out, "wb") as f:
-        f.write(np.int32(len(y)).astype("<i4").tobytes() + x.tobytes() + y.tobytes())
+        f.write(blob)
 
 
 def test_c_firmware_through_bridge_over_pty(tmp_path, firmware):
@@ -56,10 +58,9 @@ def test_c_firmware_through_bridge_over_pty(tmp_path, firmware):
                                           cwd=fleet.dir))
             for k, (master, _) in enumerate(ptys):
                 data = str(tmp_path / f"device{k}.bin")
-                write_device_data(fleet.data[k], data)
+                write_device_data(fleet.data[k], k, fleet.keys[k], data)
                 procs.append(subprocess.Popen(
-                    [firmware, "--fd", str(master), "--id", str(k), "--key", fleet.keys[k].hex(), "--data", data,
-                     "--rounds", str(rounds), "--timeout", "40"],
+                    [firmware, "--fd", str(master), "--provision", data, "--rounds", str(rounds), "--timeout", "40"],
                     pass_fds=(master,), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
             at.wait(45)
             for p in procs[1:]:
@@ -89,24 +90,29 @@ def test_c_firmware_through_bridge_over_pty(tmp_path, firmware):
     assert accs[-1] > 0.6 and accs[-1] > accs[0], accs
 
 
-def test_firmware_links_for_cortex_m4(tmp_path):
-    """The same firmware (no malloc, no stdio) links for a Cortex-M4 and fits a 64 KB-RAM part."""
-    cc, size = shutil.which("arm-none-eabi-gcc"), shutil.which("arm-none-eabi-size")
-    if cc is None or size is None:
-        pytest.skip("no arm-none-eabi-gcc (apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi)")
-    elf = str(tmp_path / "fw.elf")
-    sources = ([os.path.join(FW, "example", f) for f in ("board_stub.c", "fw_device.c")]
-               + [os.path.join(FW, f) for f in ("ft_sha256.c", "ft_cobs.c", "ft_frame.c", "ft_chacha20.c")]
-               + sorted(os.path.join(d, f) for d in (CSRC, os.path.join(CSRC, "arch"))
-                        for f in os.listdir(d) if f.endswith(".c")))
-    subprocess.run([cc, "-std=c99", "-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16", "-Os",
-                    "-ffunction-sections", "-fdata-sections", "-Wall", "-Werror", "-I", CSRC, "-I", FW,
-                    "-I", os.path.join(FW, "example"), *sources, "-Wl,--gc-sections", "--specs=nosys.specs", "-lm",
-                    "-o", elf], check=True, timeout=120, capture_output=True)
-    text, data, bss = map(int, subprocess.run([size, elf], capture_output=True, text=True,
-                                               check=True).stdout.splitlines()[1].split()[:3])
-    assert text + data <= 32 * 1024, (text, data)       # flash, newlib's startup included
-    assert data + bss <= 48 * 1024, (data, bss)         # RAM: fw_device (39.7 KB) and the C library
+def test_provisioning_image_is_checked(tmp_path, firmware):
+    """A truncated, corrupted or out-of-range image is refused with one line and exit code 2."""
+    fleet = Fleet(tmp_path, 2)
+    with np.load(fleet.data[0]) as z:
+        x, y = z["x"], z["y"]
+    good = provision.image(0, fleet.keys[0], x, y)
+    bad_label = y.copy()
+    bad_label[5] = 10
+    cases = {"truncated": good[:-1], "flipped": good[:200] + bytes([good[200] ^ 1]) + good[201:],
+             "empty": b""}
+    for name, blob in cases.items():
+        path = tmp_path / f"{name}.bin"
+        path.write_bytes(blob)
+        r = subprocess.run([firmware, "--fd", "0", "--provision", str(path)], capture_output=True, text=True,
+                           timeout=10, stdin=subprocess.DEVNULL)
+        assert r.returncode == 2 and "not a valid provisioning image" in r.stderr, (name, r.stderr)
+    with pytest.raises(ValueError, match="labels must be 0..9"):
+        provision.image(0, fleet.keys[0], x, bad_label)
+    with pytest.raises(ValueError, match="not pixels"):
+        provision.image(0, fleet.keys[0], x + np.float32(1e-3), y)
+    # the pixels come back exactly: k / 16 in float32 is what the firmware computes as k * (1/16)
+    q, levels = provision.pixels(x)
+    assert levels == 16 and np.array_equal(q.astype(np.float32) * np.float32(1 / 16), x)
 
 
 def test_firmware_arch_text_is_the_models():
@@ -132,9 +138,9 @@ def test_c_firmware_refuses_another_architecture(tmp_path, firmware):
                                            "--serial", os.ttyname(slave)], stdout=subprocess.DEVNULL,
                                           stderr=subprocess.PIPE, text=True, cwd=fleet.dir))
             data = str(tmp_path / "device0.bin")
-            write_device_data(fleet.data[0], data)
-            fw = subprocess.Popen([firmware, "--fd", str(master), "--id", "0", "--key", fleet.keys[0].hex(),
-                                   "--data", data, "--rounds", "1", "--timeout", "20"],
+            write_device_data(fleet.data[0], 0, fleet.keys[0], data)
+            fw = subprocess.Popen([firmware, "--fd", str(master), "--provision", data, "--rounds", "1",
+                                   "--timeout", "20"],
                                   pass_fds=(master,), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             procs.append(fw)
             out, err = fw.communicate(timeout=30)

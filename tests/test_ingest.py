@@ -129,3 +129,72 @@ def test_malformed_chunks_are_refused_untouched(rng, mutate, reason):
         ing.add_chunk(0, float("nan"), 0, chunks_of(ups[0])[0], now=0.0)
     ing.close()
     assert acc.total_weight == 0.0 and not np.any(acc._acc)
+
+
+def test_a_device_cannot_change_its_weight_mid_upload(rng):
+    """n_k is fixed by the first chunk (or the reservation): a later chunk claiming another weight is
+    refused, and the update is committed with the first weight."""
+    ups, weights = make_updates(rng, 1)
+    parts = chunks_of(ups[0])
+    acc = Accumulator(N)
+    ing = UpdateIngest(N, into(acc))
+    assert ing.add_chunk(0, 100.0, 0, parts[0], now=0.0) == "added"
+    with pytest.raises(ValueError, match="weight_changed"):
+        ing.add_chunk(0, 5000.0, 1, parts[1], now=0.0)
+    assert not ing.received(0)[1]                                  # the refused chunk was not staged
+    with pytest.raises(ValueError, match="weight_changed"):
+        ing.reserve(0, 5000.0, now=0.0)
+    assert ing.reserve(1, 50.0, now=0.0)
+    with pytest.raises(ValueError, match="weight_changed"):
+        ing.add_chunk(1, 51.0, 0, parts[0], now=0.0)
+    for c in range(1, len(parts)):
+        ing.add_chunk(0, 100.0, c, parts[c], now=0.0)
+    ing.close()
+    assert acc.total_weight == 100.0
+
+
+def test_stall_reclaim_is_strictly_after_stall_seconds(rng):
+    """A slot is reclaimed only when its device has been silent MORE than stall_seconds: silent for
+    exactly stall_seconds it is kept (busy); a moment later it goes."""
+    ups, weights = make_updates(rng, 2)
+    parts = [chunks_of(u) for u in ups]
+    acc = Accumulator(N)
+    ing = UpdateIngest(N, into(acc), slots=1, stall_seconds=10.0)
+    ing.add_chunk(0, weights[0], 0, parts[0][0], now=2.5)
+    assert ing.add_chunk(1, weights[1], 0, parts[1][0], now=12.5) == "busy"        # exactly 10 s
+    assert ing.stats.dropped == [] and ing.received(0)[0]
+    assert ing.add_chunk(1, weights[1], 0, parts[1][0], now=np.nextafter(12.5, 13)) == "added"
+    assert ing.stats.dropped == [0]
+
+
+def test_duplicate_chunk_is_not_restaged(rng):
+    """A chunk index that already arrived is counted as a duplicate and its bytes are ignored, even
+    when they differ (a resend must not overwrite what was staged)."""
+    ups, weights = make_updates(rng, 2)
+    parts = [chunks_of(u) for u in ups]
+    acc = Accumulator(N)
+    ing = UpdateIngest(N, into(acc))
+    ing.add_chunk(0, weights[0], 0, parts[0][0], now=0.0)
+    assert ing.add_chunk(0, weights[0], 0, parts[1][0], now=0.0) == "duplicate"
+    for c in range(1, len(parts[0])):
+        ing.add_chunk(0, weights[0], c, parts[0][c], now=0.0)
+    assert ing.add_chunk(0, weights[0], 2, parts[1][2], now=0.0) == "duplicate"    # after completion
+    assert ing.stats.duplicates == 2
+    ing.close()
+    w0 = np.zeros(N, np.float32)
+    np.testing.assert_allclose(applied(acc, w0), oracle(w0, ups, weights, [0]), rtol=0, atol=1e-6)
+
+
+def test_chunk_short_by_whole_blocks_is_refused(rng):
+    """A chunk must be exactly its index's size: one block short is whole blocks (check_blocks would
+    pass it) and must still be refused, or the missing block would be summed as zeros."""
+    ups, weights = make_updates(rng, 1)
+    parts = chunks_of(ups[0])
+    acc = Accumulator(N)
+    ing = UpdateIngest(N, into(acc))
+    for index in (0, len(parts) - 1):      # a full chunk and the short last one
+        for cut in (codec.BLOCK_BYTES, -codec.BLOCK_BYTES):
+            data = parts[index][:-cut] if cut > 0 else parts[index] + parts[index][:codec.BLOCK_BYTES]
+            with pytest.raises(ValueError, match="bad_length"):
+                ing.add_chunk(0, weights[0], index, data, now=0.0)
+    assert not ing.received(0).any()

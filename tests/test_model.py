@@ -160,3 +160,45 @@ def test_init_scheme_is_checked():
     from fedtiny.model import build
     with pytest.raises(ValueError, match="init scheme must be one of fedtiny, pytorch"):
         build("2nn").init(0, "xavier")
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("seq:5x5x8,conv4k3s2same,relu,conv4k7,flatten,dense3",
+     r"layer 3 \(conv2d 7x7 stride 1 valid\): the window does not fit input 3x3x4"),
+    ("seq:32x3,conv8k5x3,flatten,dense3", r"layer 1 'conv8k5x3': a 1-D input takes a single window size"),
+    ("seq:64,dwk3,flatten,dense3", r"layer 1 'dwk3' needs an HxWxC or LxC input"),
+    ("seq:8x8x1,maxpool2same,flatten,dense3", r"layer 1 'maxpool2same': pooling is VALID only"),
+    ("seq:8x8x1,conv4k0,flatten,dense3", r"layer 1 'conv4k0': sizes and strides must be >= 1"),
+    ("seq:8x8x1,conv4k3,gelu,flatten,dense3", r"layer 2 'gelu' is not a layer"),
+    ("seq:8x8x1,conv4k3,relu6,dense3", r"layer 3 \(dense 3\): dense layer after a non-flat shape"),
+    ("seq:8x8x1,gap,dense3,mse,relu", r"layer 3 'mse' is the loss, not a layer: put it last"),
+])
+def test_bad_layer_specs_name_the_layer(spec, match):
+    with pytest.raises(ValueError, match=match):
+        fm.build(spec)
+
+
+def test_new_layer_shapes_and_arch_text():
+    """Shapes follow TensorFlow's SAME/VALID rules; arch_text spells window, stride and padding for
+    every layer kind but the seed's (whose lines stay as they were), and the loss when it is MSE."""
+    m = fm.build("seq:28x28x1,conv8k3s2same,relu6,dwk3same,relu6,conv16k1,relu,avgpool2,gap,dense10")
+    assert [lay.out_shape for lay in m.layers] == [(14, 14, 8), (14, 14, 8), (14, 14, 8), (14, 14, 8), (14, 14, 16),
+                                                   (14, 14, 16), (7, 7, 16), (1, 1, 16), (1, 1, 10)]
+    assert m.n_params == 8 * 9 + 8 + 8 * 9 + 8 + 16 * 8 + 16 + 16 * 10 + 10
+    assert m.arch_text() == (
+        "fedtiny-arch/1\n"
+        "conv2d 28x28x1 -> 14x14x8 k3x3 s2x2 same\n"
+        "relu6 14x14x8 -> 14x14x8 k0\n"
+        "depthwise 14x14x8 -> 14x14x8 k3x3 s1x1 same\n"
+        "relu6 14x14x8 -> 14x14x8 k0\n"
+        "conv2d 14x14x8 -> 14x14x16 k1\n"
+        "relu 14x14x16 -> 14x14x16 k0\n"
+        "avgpool 14x14x16 -> 7x7x16 k2x2 s2x2 valid\n"
+        "gap 7x7x16 -> 1x1x16 k0\n"
+        "dense 1x1x16 -> 1x1x10 k0\n")
+    one_d = fm.build("seq:128x3,conv16k5s2same,relu,pool,conv16k3,relu,gap,dense6,mse")
+    assert one_d.input_shape == (128, 3)
+    assert [lay.out_shape for lay in one_d.layers][:4] == [(1, 64, 16), (1, 64, 16), (1, 32, 16), (1, 30, 16)]
+    assert one_d.arch_text().splitlines()[1] == "conv1d 1x128x3 -> 1x64x16 k1x5 s1x2 same"
+    assert one_d.arch_text().endswith("loss mse\n")
+    assert one_d.arch_hash() != fm.build("seq:128x3,conv16k5s2same,relu,pool,conv16k3,relu,gap,dense6").arch_hash()

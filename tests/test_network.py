@@ -1,6 +1,10 @@
 """The real federation over UDP on 127.0.0.1: client processes, a lossy relay, kill -9, bad frames.
 
-Oracle for every run: `fedtiny simulate` with the same seeds. The aggregator commits the
+Two oracles. The independent one (netutil.WireCapture): the updates and n_k the client processes
+really sent and the models the aggregator really sent down, captured on the wire; FedAvg of them in
+float64 numpy must give the next model (a wrong weight, a lost or doubled chunk, a wrong scale
+shows up there, whatever the aggregator's own code believes). The determinism one: `fedtiny
+simulate` with the same seeds. The aggregator commits the
 round's updates in device-id order (fedtiny.net.ingest) and each device derives its training and
 rounding seeds as simulate derives them for client k = device id, so the global weights must be
 bit-for-bit those of the simulation: the tolerance is zero.
@@ -14,10 +18,10 @@ import sys
 import numpy as np
 import pytest
 
-from fedtiny import codec
+from fedtiny import bounds, codec
 from fedtiny.net import state, wire
-from netutil import (MODEL, AggregatorThread, Fleet, HandDevice, client_logs, free_udp_port, simulate_oracle,
-                     stop_all, wait_for)
+from netutil import (MODEL, AggregatorThread, Fleet, HandDevice, SessionKeys, WireCapture, check_against_wire,
+                     client_logs, free_udp_port, simulate_oracle, stop_all, wait_for)
 from udp_relay import LossyRelay
 
 K = 3
@@ -42,41 +46,53 @@ def check_against_simulation(state_dir, oracle, rounds=ROUNDS):
 
 def test_client_processes_reproduce_simulate(tmp_path, oracle):
     fleet = Fleet(tmp_path, K)
+    capture = WireCapture(fleet.keys)
     procs = []
-    try:
-        with AggregatorThread(fleet.config(rounds=ROUNDS)) as agg:
-            procs = fleet.start_clients(agg.server)
+    try:   # a relay that loses nothing: only a tap on the wire
+        with AggregatorThread(fleet.config(rounds=ROUNDS)) as agg, \
+                LossyRelay(agg.address, drop=0, duplicate=0, reorder=0, tap=capture) as relay:
+            procs = fleet.start_clients(f"{relay.addr[0]}:{relay.addr[1]}")
             agg.wait(40)
         for p in procs:   # the aggregator tells them it finished: they exit by themselves
             assert p.wait(timeout=10) == 0, client_logs(procs)
     finally:
         stop_all(procs)
-    check_against_simulation(fleet.config().state, oracle)
     metrics = json.loads((tmp_path / "state" / "metrics.json").read_text())
+    check_against_wire(capture, state.load(fleet.config().state).weights, metrics, fleet.config().clip_norm)
+    check_against_simulation(fleet.config().state, oracle)
     assert all(row["rejected"] == {} for row in metrics)
     assert all(row["bytes_up"] > 0 and row["bytes_down"] > 0 for row in metrics)
 
 
 def test_lossy_relay_same_aggregate(tmp_path, oracle):
-    """10% drop, 5% duplicate, 10% reordered, both directions: the same bits as the lossless run."""
+    """10% drop, 5% duplicate, 10% reordered, both directions, and 30% of the update chunks sent
+    again re-signed under a new sequence number (so they pass the replay guard and reach ingest's
+    duplicate-chunk check): FedAvg of what was sent, and the same bits as the lossless run."""
     fleet = Fleet(tmp_path, K)
+    capture = WireCapture(fleet.keys)
     procs = []
     try:
         with AggregatorThread(fleet.config(rounds=ROUNDS)) as agg, \
-                LossyRelay(agg.address, drop=0.10, duplicate=0.05, reorder=0.10, seed=7) as relay:
+                LossyRelay(agg.address, drop=0.10, duplicate=0.05, reorder=0.10, seed=7, tap=capture,
+                           keys=SessionKeys(fleet.keys), chunk_duplicate=0.3) as relay:
             procs = fleet.start_clients(f"{relay.addr[0]}:{relay.addr[1]}")
             agg.wait(60)
             counts = dict(relay.counts)
     finally:
         stop_all(procs)
     assert counts["dropped"] > 0 and counts["duplicated"] > 0 and counts["reordered"] > 0, counts
+    assert counts["resigned_duplicates"] > 0, counts
+    metrics = json.loads((tmp_path / "state" / "metrics.json").read_text())
+    check_against_wire(capture, state.load(fleet.config().state).weights, metrics, fleet.config().clip_norm)
     check_against_simulation(fleet.config().state, oracle)
     rejected = {}
-    for row in json.loads((tmp_path / "state" / "metrics.json").read_text()):
+    for row in metrics:
         for k, v in row["rejected"].items():
             rejected[k] = rejected.get(k, 0) + v
     # what duplication and reordering legitimately cause; a bad_tag or bad_scale here would be a bug
-    assert set(rejected) <= {"replay", "duplicate_chunk", "round_closed", "wrong_round"}, rejected
+    # (hello_rate: a duplicated join HELLO arriving within WELCOME_SECONDS of the first)
+    assert set(rejected) <= {"replay", "duplicate_chunk", "round_closed", "wrong_round", "hello_rate"}, rejected
+    assert rejected.get("duplicate_chunk", 0) > 0, rejected      # the re-signed copies reached ingest
 
 
 # Subprocesses run in the test's directory: from the checkout's root, `python -m fedtiny.cli`
@@ -271,3 +287,23 @@ def test_demo_prints_the_round_table(tmp_path):
     _, want = simulate_oracle(3, 3)
     assert [float(r[5]) for r in rows] == [round(w["test_acc"], 4) for w in want]
     assert "3 rounds in" in lines[header + 4]
+
+
+def test_demo_final_weights_are_simulate_bit_for_bit(tmp_path):
+    """README: `fedtiny demo` gives the same weights, bit for bit, as `fedtiny simulate --dataset digits
+    --model mlp:64-32-10 --clients 3 --fraction 1 --rounds 10 --codec int8-stochastic --clip-norm 1`
+    (the aggregator's default bound). Both real commands, the README's 10 rounds, the demo's final
+    checkpoint against simulate's params.npy."""
+    demo = subprocess.run([sys.executable, "-m", "fedtiny.cli", "demo", "--clients", "3", "--rounds", "10",
+                           "--state", str(tmp_path / "st")], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert demo.returncode == 0, demo.stderr
+    sim = subprocess.run([sys.executable, "-m", "fedtiny.cli", "simulate", "--dataset", "digits", "--model", MODEL,
+                          "--clients", "3", "--fraction", "1", "--rounds", "10", "--codec", "int8-stochastic",
+                          "--clip-norm", str(bounds.DEFAULT_CLIP_NORM), "--out", str(tmp_path / "sim")], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert sim.returncode == 0, sim.stderr
+    ck = state.load(str(tmp_path / "st"))
+    assert ck.round == 10
+    np.testing.assert_array_equal(ck.weights, np.load(tmp_path / "sim" / "params.npy"))
+    final = [line for line in demo.stdout.splitlines() if line.startswith("10 rounds in")]
+    acc = json.loads((tmp_path / "sim" / "result.json").read_text())["summary"]["final_test_acc"]
+    assert final and f"final test accuracy {acc:.4f}" in final[0], demo.stdout

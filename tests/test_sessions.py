@@ -128,7 +128,7 @@ def test_rebooted_client_rejoins_at_once_and_the_run_is_simulate(tmp_path):
         agg = at.agg
         try:
             procs = fleet.start_clients(at.server)
-            wait_for(lambda: agg.current is not None and agg.current.id == 2, 30, "round 2 to open")
+            wait_for(lambda: agg.current is not None and agg.current.id == 2, 90, "round 2 to open")
             old = agg.devices[1].session.number
             procs[1].send_signal(signal.SIGKILL)
             procs[1].wait(timeout=5)

@@ -3,6 +3,7 @@ seed, the FedAvg step equals a float64 oracle, aggregator memory flat in the num
 and the command line's outputs and errors."""
 import csv
 import json
+import math
 import os
 import subprocess
 import tempfile
@@ -132,7 +133,7 @@ def test_cli_writes_outputs(tmp_path):
                    "--personalize", "1", "--personalize-clients", "3"])
     assert rc == 0
     rows = (out / "rounds.csv").read_text().splitlines()
-    assert rows[0].startswith("round,clients,samples") and len(rows) == 3
+    assert rows[0].startswith("round,sim_time_s,clients,samples") and len(rows) == 3
     result = json.loads((out / "result.json").read_text())
     assert result["config"]["clients"] == 10 and len(result["rounds"]) == 2
     assert np.load(out / "params.npy").shape == (64 * 32 + 32 + 32 * 10 + 10,)
@@ -159,6 +160,24 @@ def test_plot_without_matplotlib_says_so_in_one_line(monkeypatch, tmp_path, digi
     (["--dataset", "fashion-mnist", "--data-dir", "/nonexistent-dir"], "apt-get install dataset-fashion-mnist"),
     (["--model", "2nn"], "use --model mlp:64-32-10"),
     (["--model", "cnn9"], "cnn9"),
+    (["--buffer", "5"], "--buffer needs --mode async"),
+    (["--mode", "async", "--deadline", "10"], "--deadline applies to --mode sync"),
+    (["--mode", "async", "--buffer", "0"], "--buffer must be >= 1"),
+    (["--mode", "async", "--concurrency", "0"], "--concurrency must be in [1, --clients 100]"),
+    (["--mode", "async", "--concurrency", "101"], "--concurrency must be in [1, --clients 100]"),
+    (["--mode", "async", "--max-staleness", "-1"], "--max-staleness must be >= 0"),
+    (["--mode", "async", "--staleness", "linear"], "invalid choice: 'linear'"),
+    (["--mode", "async", "--staleness-exponent", "-1"], "exponent must be a number >= 0"),
+    (["--mode", "async", "--staleness", "const", "--hinge-at", "3"], "--hinge-at and --hinge-slope apply to --staleness hinge"),
+    (["--mode", "async", "--secagg"], "--secagg needs --mode sync"),
+    (["--mode", "asynch"], "invalid choice: 'asynch'"),
+    (["--deadline", "0"], "--deadline must be a positive number"),
+    (["--speed-spread", "0.5"], "--speed-spread must be >= 1"),
+    (["--speed-min", "-1"], "--speed-min must be a positive number"),
+    (["--availability", "markov", "--off-mean", "0"], "--off-mean must be a positive number"),
+    (["--availability-csv", "/nonexistent-trace.csv"], "No such file or directory: /nonexistent-trace.csv"),
+    (["--dp", "central", "--clip-norm", "1", "--noise-multiplier", "1", "--mode", "async"], "--dp needs --mode sync"),
+    (["--dp", "central", "--clip-norm", "1", "--noise-multiplier", "1", "--deadline", "9"], "--dp needs devices that are always"),
 ])
 def test_cli_bad_arguments_one_line_exit_2(args, needle):
     base = ["simulate", "--dataset", "digits", "--model", "mlp:64-32-10", "--rounds", "1", "--quiet"]
@@ -231,3 +250,65 @@ def test_help_shows_every_default(command, option, default):
     line = " ".join(text.split())   # argparse wraps lines
     after = line.split(f" {option} {option.lstrip('-').upper().replace('-', '_')} ", 1)[1]
     assert f"(default {default})" in after.split(" --", 1)[0], after[:120]
+
+
+# --- the clock, availability and FedBuff (--mode async) --------------------------------------
+
+FLEET = dict(speed_spread=10.0, availability="markov", on_mean=40.0, off_mean=20.0)
+
+
+def test_async_run_learns_reproducibly_on_the_clock(digits):
+    cfg = dict(rounds=25, mode="async", buffer=4, concurrency=8, **FLEET)
+    a, b = _run(digits, **cfg), _run(digits, **cfg)
+    assert np.array_equal(a.params, b.params)
+    assert a.summary["final_test_acc"] >= 0.85 and a.rounds[0]["test_acc"] < 0.8
+    times = [r["sim_time_s"] for r in a.rounds]
+    assert all(t1 > t0 for t0, t1 in zip(times, times[1:]))
+    assert all(r["clients"] == 4 for r in a.rounds)                       # K arrivals per server step
+    assert max(r["staleness_max"] for r in a.rounds) >= 1                 # concurrency > K: some are stale
+    assert all(r["staleness_max"] <= simulate.DEFAULT_MAX_STALENESS for r in a.rounds)
+    assert a.summary["sim_time_s"] == times[-1]
+
+
+def test_async_max_staleness_0_rejects_and_still_progresses(digits):
+    res = _run(digits, rounds=10, mode="async", buffer=2, concurrency=10, max_staleness=0, **FLEET)
+    assert sum(r["rejected_stale"] for r in res.rounds) > 0
+    assert all(r["staleness_max"] == 0 for r in res.rounds) and len(res.rounds) == 10
+
+
+def test_sync_deadline_drops_stragglers_and_a_round_nobody_makes_is_abandoned(digits):
+    base = dict(rounds=4, **FLEET)
+    # >= 10 local steps at <= 10 steps/s: a 0.5 s deadline nobody makes; the model stays where it started
+    none = _run(digits, deadline=0.5, **base)
+    init = model_mod.build(DIGITS["model"]).init(0, "fedtiny")
+    assert np.array_equal(none.params, init)
+    assert all(r["clients"] == 0 and r["stragglers"] > 0 for r in none.rounds)
+    assert none.rounds[1]["sim_time_s"] - none.rounds[0]["sim_time_s"] >= 0.5
+    some = _run(digits, deadline=5.0, **base)
+    assert any(0 < r["clients"] for r in some.rounds) and any(r["stragglers"] > 0 for r in some.rounds)
+    everyone = _run(digits, **base)                       # no deadline: waits for the slowest, no stragglers
+    assert all(r["stragglers"] == 0 for r in everyone.rounds)
+    assert everyone.rounds[-1]["sim_time_s"] > some.rounds[-1]["sim_time_s"]
+
+
+def test_sync_always_on_equal_speeds_is_the_clockless_run(digits):
+    # one speed, always on: the same draws and the same order as before the clock; each round
+    # lasts E * ceil(n_k / B) / speed seconds
+    res = _run(digits, rounds=3, speed_min=2.0)
+    steps = DIGITS["epochs"] * max(math.ceil(n / DIGITS["batch"]) for n in [_train_size(digits)])
+    assert [r["sim_time_s"] for r in res.rounds] == pytest.approx([steps / 2.0 * i for i in (1, 2, 3)], rel=0.2)
+
+
+def _train_size(digits):
+    split = datasets.partition(digits.y_train, DIGITS["clients"], "iid", holdout=0.1, seed=0)
+    return max(p.n_samples for p in split)
+
+
+def test_availability_csv_drives_who_trains(tmp_path, digits):
+    trace = tmp_path / "trace.csv"
+    # only devices 0..3 are ever on, from t = 100 s
+    trace.write_text("device,start_s,end_s\n" + "".join(f"{k},100,100000\n" for k in range(4)))
+    res = _run(digits, rounds=3, mode="async", buffer=2, concurrency=4, availability_csv=str(trace))
+    assert res.rounds[0]["sim_time_s"] > 100
+    sync = _run(digits, rounds=2, availability_csv=str(trace))
+    assert all(r["clients"] <= 4 for r in sync.rounds) and sync.rounds[0]["sim_time_s"] > 100

@@ -197,7 +197,7 @@ def test_federated_head_on_a_frozen_backbone_in_simulate(tmp_path):
     assert result.summary["n_params"] == 1290
     acc = result.summary["final_test_acc"]
     print(f"federated head: test accuracy {acc:.4f} after 5 rounds")
-    assert acc >= 0.70, acc  # chance is 0.10
+    assert abs(acc - 0.854) <= 0.01, acc  # the figure of README and docs/tflite.md, 85.4% (chance 0.10)
     assert data.x_train.shape[1:] == (28, 28, 1)  # the caller's dataset is left as it was
 
 

@@ -95,6 +95,109 @@ def softmax_xent(z, y):
     return loss, d / len(y)
 
 
+# ---- window layers with stride and SAME padding (TensorFlow's: the smaller half first) ----------
+
+def _padded(x, kh, kw, stride, pad, out):
+    """x zero-padded so that `out` windows of kh x kw at `stride` fit, the first `pad` rows/columns
+    in front; returns the padded x and the windows (N, OH, OW, C, kh, kw)."""
+    N, H, W, C = x.shape
+    (sh, sw), (pt, pl), (OH, OW) = stride, pad, out
+    pb, pr = max((OH - 1) * sh + kh - H - pt, 0), max((OW - 1) * sw + kw - W - pl, 0)
+    xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    v = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :OH, :OW]
+    return xp, v
+
+
+def _unwindow(dv, x_shape, kh, kw, stride, pad, out):
+    """Adjoint of _padded: window gradients (N, OH, OW, C, kh, kw) summed back onto x."""
+    N, H, W, C = x_shape
+    (sh, sw), (pt, pl), (OH, OW) = stride, pad, out
+    pb, pr = max((OH - 1) * sh + kh - H - pt, 0), max((OW - 1) * sw + kw - W - pl, 0)
+    dxp = np.zeros((N, H + pt + pb, W + pl + pr, C))
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, i:i + sh * (OH - 1) + 1:sh, j:j + sw * (OW - 1) + 1:sw, :] += dv[..., i, j]
+    return dxp[:, pt:pt + H, pl:pl + W, :]
+
+
+def conv_any_fwd(x, W, b, stride, pad, out):
+    """Conv2D, OHWI weights, any stride and padding."""
+    oc, kh, kw, C = W.shape
+    _, v = _padded(x, kh, kw, stride, pad, out)
+    cols = v.transpose(0, 1, 2, 4, 5, 3).reshape(v.shape[:3] + (kh * kw * C,))
+    return cols @ W.reshape(oc, -1).T + b
+
+
+def conv_any_bwd(g, x, W, stride, pad, out):
+    oc, kh, kw, C = W.shape
+    _, v = _padded(x, kh, kw, stride, pad, out)
+    cols = v.transpose(0, 1, 2, 4, 5, 3).reshape(-1, kh * kw * C)
+    dW = (g.reshape(-1, oc).T @ cols).reshape(W.shape)
+    dv = (g @ W.reshape(oc, -1)).reshape(g.shape[:3] + (kh, kw, C)).transpose(0, 1, 2, 5, 3, 4)
+    return _unwindow(dv, x.shape, kh, kw, stride, pad, out), dW, g.reshape(-1, oc).sum(0)
+
+
+def depthwise_fwd(x, W, b, stride, pad, out):
+    """Depthwise conv, multiplier 1, weights W[c][kh][kw]."""
+    C, kh, kw = W.shape
+    _, v = _padded(x, kh, kw, stride, pad, out)
+    return np.einsum("nhwcij,cij->nhwc", v, W) + b
+
+
+def depthwise_bwd(g, x, W, stride, pad, out):
+    C, kh, kw = W.shape
+    _, v = _padded(x, kh, kw, stride, pad, out)
+    dW = np.einsum("nhwcij,nhwc->cij", v, g)
+    dv = np.einsum("nhwc,cij->nhwcij", g, W)
+    return _unwindow(dv, x.shape, kh, kw, stride, pad, out), dW, g.reshape(-1, C).sum(0)
+
+
+def pool_any_fwd(x, kind, kh, kw, stride, out):
+    _, v = _padded(x, kh, kw, stride, (0, 0), out)
+    v = v.reshape(v.shape[:4] + (kh * kw,))
+    return v.mean(-1) if kind == "avgpool" else v.max(-1)
+
+
+def pool_any_bwd(g, x, kind, kh, kw, stride, out):
+    _, v = _padded(x, kh, kw, stride, (0, 0), out)
+    v = v.reshape(v.shape[:4] + (kh * kw,))
+    if kind == "avgpool":
+        dv = np.broadcast_to(g[..., None] / (kh * kw), v.shape)
+    else:
+        dv = np.zeros(v.shape)
+        np.put_along_axis(dv, v.argmax(-1)[..., None], g[..., None], axis=-1)  # first maximum, row-major
+    return _unwindow(dv.reshape(v.shape[:4] + (kh, kw)), x.shape, kh, kw, stride, (0, 0), out)
+
+
+def gap_fwd(x):
+    return x.mean(axis=(1, 2), keepdims=True)
+
+
+def gap_bwd(g, x):
+    return np.broadcast_to(g / (x.shape[1] * x.shape[2]), x.shape).copy()
+
+
+def relu6_fwd(x):
+    y = np.clip(x, 0.0, 6.0)
+    return y, y
+
+
+def relu6_bwd(g, y):
+    return g * ((y > 0) & (y < 6))
+
+
+def mse_onehot(z, y):
+    """(mean over samples of the mean over outputs of (z - onehot)^2, its gradient)."""
+    t = np.zeros_like(z)
+    t[np.arange(len(y)), y] = 1.0
+    e = z - t
+    return float(np.mean(np.sum(e * e, 1) / z.shape[1])), 2.0 * e / (z.shape[0] * z.shape[1])
+
+
+def _win_args(lay):
+    return lay.stride, lay.pad, lay.out_shape[:2]
+
+
 # ---- a whole model, parameters in the interchange layout --------------------------------
 
 def forward(model, params, x):
@@ -109,8 +212,16 @@ def forward(model, params, x):
             if lay.kind == "dense":
                 a, c = dense_fwd(a.reshape(a.shape[0], -1), W, b)
                 a = a.reshape((a.shape[0],) + tuple(lay.out_shape))
+            elif lay.kind == "depthwise":
+                a, c = depthwise_fwd(a, W, b, *_win_args(lay)), a
             else:
-                a, c = conv_fwd(a, W, b)
+                a, c = conv_any_fwd(a, W, b, *_win_args(lay)), a
+        elif lay.kind in ("avgpool", "maxpool"):
+            a, c = pool_any_fwd(a, lay.kind, lay.k, lay.kw, lay.stride, lay.out_shape[:2]), a
+        elif lay.kind == "gap":
+            a, c = gap_fwd(a), a
+        elif lay.kind == "relu6":
+            a, c = relu6_fwd(a)
         elif lay.kind == "maxpool2":
             a, c = pool_fwd(a)
         elif lay.kind == "relu":
@@ -122,10 +233,11 @@ def forward(model, params, x):
 
 
 def loss_and_grad(model, params, x, y):
-    """Mean softmax cross-entropy and its gradient (float64, interchange layout)."""
+    """Mean loss (softmax cross-entropy, or MSE against one-hot labels for an 'mse' model) and its
+    gradient (float64, interchange layout)."""
     p = params.astype(np.float64)
     z, caches = forward(model, params, x)
-    loss, g = softmax_xent(z, np.asarray(y))
+    loss, g = (mse_onehot if getattr(model, "loss", "xent") == "mse" else softmax_xent)(z, np.asarray(y))
     grad = np.zeros(model.n_params)
     g = g.reshape((g.shape[0],) + tuple(model.layers[-1].out_shape))
     for lay, c in zip(reversed(model.layers), reversed(caches)):
@@ -134,11 +246,19 @@ def loss_and_grad(model, params, x, y):
             if lay.kind == "dense":
                 dx, dW, db = dense_bwd(g.reshape(g.shape[0], -1), c, W)
                 dx = dx.reshape((dx.shape[0],) + tuple(lay.in_shape))
+            elif lay.kind == "depthwise":
+                dx, dW, db = depthwise_bwd(g, c, W, *_win_args(lay))
             else:
-                dx, dW, db = conv_bwd(g, c, W)
+                dx, dW, db = conv_any_bwd(g, c, W, *_win_args(lay))
             grad[lay.w_offset:lay.w_offset + dW.size] = dW.ravel()
             grad[lay.b_offset:lay.b_offset + db.size] = db
             g = dx
+        elif lay.kind in ("avgpool", "maxpool"):
+            g = pool_any_bwd(g, c, lay.kind, lay.k, lay.kw, lay.stride, lay.out_shape[:2])
+        elif lay.kind == "gap":
+            g = gap_bwd(g, c)
+        elif lay.kind == "relu6":
+            g = relu6_bwd(g, c)
         elif lay.kind == "maxpool2":
             g = pool_bwd(g, c)
         elif lay.kind == "relu":

@@ -3,6 +3,14 @@ duplicates and reorders datagrams in both directions, from a seeded random strea
 
 Each client address gets its own upstream socket, so the aggregator's replies find their way
 back. Reordering holds a datagram back for a random few milliseconds while later ones pass.
+
+`tap(direction, datagram)` sees every datagram as it was sent ("up": by a client, before any
+loss; "down": by the aggregator). With `keys` (netutil.SessionKeys: it learns each session's key
+from the WELCOMEs going down) the relay re-signs every upstream frame of a session with its own
+sequence number, one fresh number per copy, and duplicates each UPDATE_CHUNK with probability
+`chunk_duplicate`: such a duplicate passes the replay guard (it is a new, authentic frame) and
+reaches the aggregator's duplicate-chunk check in ingest, which a byte-identical duplicate never
+does. Join HELLOs (outside any session) pass unchanged.
 """
 from __future__ import annotations
 
@@ -29,8 +37,11 @@ class LossyRelay:
     """Run in its own thread: `with LossyRelay(server_addr, seed=1) as relay: relay.addr`."""
 
     def __init__(self, server: tuple[str, int], *, drop: float = 0.10, duplicate: float = 0.05,
-                 reorder: float = 0.10, max_delay: float = 0.02, seed: int = 0):
+                 reorder: float = 0.10, max_delay: float = 0.02, seed: int = 0, tap=None,
+                 keys=None, chunk_duplicate: float = 0.0):
         self.server = server
+        self.tap, self.keys, self.chunk_duplicate = tap, keys, chunk_duplicate
+        self._seq: dict[tuple[int, int], int] = {}
         self.drop, self.duplicate, self.reorder, self.max_delay = drop, duplicate, reorder, max_delay
         self.rng = random.Random(seed)
         self.counts: Counter[str] = Counter()
@@ -67,6 +78,8 @@ class LossyRelay:
         self.addr = self._front.transport.get_extra_info("sockname")[:2]
 
     def _from_client(self, data: bytes, client: tuple) -> None:
+        if self.tap is not None:
+            self.tap("up", data)
         up = self._upstreams.get(client)
         if up is None:
             up = _Side(lambda d, _a, c=client: self._forward(d, self._front.transport, c, "down"))
@@ -81,6 +94,31 @@ class LossyRelay:
         self._forward(data, up.transport, None, "up")
 
     def _forward(self, data: bytes, transport, addr, direction: str) -> None:
+        if direction == "down" and self.tap is not None:
+            self.tap("down", data)
+        if direction == "down" and self.keys is not None:
+            self.keys.decode(data)   # learns the session a WELCOME opens
+        if direction == "up" and self.keys is not None:
+            self._forward_resigned(data, transport)
+            return
+        self._forward_one(data, transport, addr, direction)
+
+    def _forward_resigned(self, data: bytes, transport) -> None:
+        from fedtiny.net import wire   # only this mode needs the wire codec
+        f = self.keys.decode(data)
+        if f is None or f.session == 0:   # a join HELLO, or not ours to re-sign: as it is
+            self._forward_one(data, transport, None, "up")
+            return
+        copies = 1
+        if f.type == wire.MsgType.UPDATE_CHUNK and self.rng.random() < self.chunk_duplicate:
+            copies = 2
+            self.counts["resigned_duplicates"] += 1
+        for _ in range(copies):
+            k = (f.device_id, f.session)
+            seq = self._seq[k] = self._seq.get(k, 0) + 1
+            self._forward_one(self.keys.encode(f, seq), transport, None, "up")
+
+    def _forward_one(self, data: bytes, transport, addr, direction: str) -> None:
         self.counts[direction] += 1
         r = self.rng.random()
         if r < self.drop:

@@ -1,10 +1,22 @@
-/* arm_neon_train.c — NEON bodies of the training kernels (aarch64). ft_gemm_f32: the AVX2 design
- * (csrc/arch/x86_avx2_train.c) with an 8x8 micro-kernel (16 q-register accumulators); ragged N
- * goes through a small stack tile so no load or store leaves the caller's matrices. */
+/* arm_neon_train.c — NEON bodies of the training kernels (aarch64, and armv7 when the CPU has
+ * NEON). ft_gemm_f32: the AVX2 design (csrc/arch/x86_avx2_train.c) with an 8x8 micro-kernel (16
+ * q-register accumulators); ragged N goes through a small stack tile so no load or store leaves
+ * the caller's matrices. On armv7 the file is compiled for NEON by the pragma below (the
+ * compiler's baseline there is VFP only; dispatch.c calls it only when HWCAP says NEON), and
+ * multiply-accumulate is VMLA (not fused: VFPv4's VFMA is missing on Cortex-A8/A9). */
 #include "ft_internal.h"
 
-#if FT_ARCH_ARM64
+#if FT_ARCH_ARM64 || FT_ARCH_ARM32
+#if FT_ARCH_ARM32
+#pragma GCC push_options
+#pragma GCC target("fpu=neon")
+#endif
 #include <arm_neon.h>
+#if FT_ARCH_ARM64
+#define FT_NEON_MLA(c, a, b) vfmaq_f32((c), (a), (b))
+#else
+#define FT_NEON_MLA(c, a, b) vmlaq_f32((c), (a), (b))
+#endif
 
 #define MR 8
 #define NR 8
@@ -30,8 +42,8 @@ FT_INLINE void ukr(const int mr, size_t kc, const float *A, ptrdiff_t rsa, ptrdi
         for (int r = 0; r < mr; r++) {
             const float32x4_t a = vld1q_dup_f32(ap[r]);
             ap[r] += csa;
-            c0[r] = vfmaq_f32(c0[r], a, b0);
-            c1[r] = vfmaq_f32(c1[r], a, b1);
+            c0[r] = FT_NEON_MLA(c0[r], a, b0);
+            c1[r] = FT_NEON_MLA(c1[r], a, b1);
         }
     }
     for (int r = 0; r < mr; r++) {
@@ -79,6 +91,11 @@ ft_status ft_gemm_f32_neon(size_t M, size_t N, size_t K, const float *A, ptrdiff
     return FT_OK;
 }
 
-/* NEON is baseline on aarch64: the reference loop is already vectorized by the compiler there. */
-const ft_train_kernel_table ft_train_kernels_neon = {ft_gemm_f32_neon, ft_sgd_f32_ref, ft_transpose_f32_ref};
+/* NEON is baseline on aarch64: the reference loops are already vectorized by the compiler there
+ * (on armv7 they stay VFP, IEEE, bit-identical). */
+const ft_train_kernel_table ft_train_kernels_neon = {ft_gemm_f32_neon, ft_sgd_f32_ref, ft_transpose_f32_ref,
+                                                   ft_muladd_f32_ref};
+#if FT_ARCH_ARM32
+#pragma GCC pop_options
+#endif
 #endif

@@ -140,5 +140,8 @@ FT_TARGET_AVX2 void ft_transpose_f32_avx2(const float *src, size_t R, size_t C, 
         for (size_t c = (r < R8 ? C8 : 0); c < C; c++) dst[c * R + r] = src[r * C + c];
 }
 
-const ft_train_kernel_table ft_train_kernels_avx2 = {ft_gemm_f32_avx2, sgd_avx2, ft_transpose_f32_avx2};
+/* y += a * b, vectorized by the compiler under the target attribute (bit-exact: no FMA) */
+FT_TARGET_AVX2 static void muladd_avx2(float *y, const float *a, const float *b, size_t n) { FT_MULADD_BODY(y, a, b, n); }
+
+const ft_train_kernel_table ft_train_kernels_avx2 = {ft_gemm_f32_avx2, sgd_avx2, ft_transpose_f32_avx2, muladd_avx2};
 #endif

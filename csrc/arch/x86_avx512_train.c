@@ -115,5 +115,8 @@ FT_TARGET_AVX512 static void sgd_avx512(float *w, const float *g, float *v, cons
     FT_SGD_BODY(w, g, v, wg, n, lr, m, wd, mu);
 }
 
-const ft_train_kernel_table ft_train_kernels_avx512 = {ft_gemm_f32_avx512, sgd_avx512, ft_transpose_f32_avx2};
+/* y += a * b, vectorized by the compiler under the target attribute (bit-exact: no FMA) */
+FT_TARGET_AVX512 static void muladd_avx512(float *y, const float *a, const float *b, size_t n) { FT_MULADD_BODY(y, a, b, n); }
+
+const ft_train_kernel_table ft_train_kernels_avx512 = {ft_gemm_f32_avx512, sgd_avx512, ft_transpose_f32_avx2, muladd_avx512};
 #endif

@@ -734,7 +734,7 @@ HELP = "run the FedAvg aggregator: a UDP server for devices and bridges"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = AggregateConfig()
     p.add_argument("--listen", default=d.listen, metavar="HOST:PORT", help="UDP address to listen on (default %(default)s)")
-    p.add_argument("--model", default=d.model, help="2nn, cnn or mlp:A-B-...-K (default %(default)s)")
+    p.add_argument("--model", default=d.model, help="2nn, cnn, mlp:A-B-...-K, seq:... or a float FILE.tflite (default %(default)s)")
     p.add_argument("--rounds", type=int, default=d.rounds)
     p.add_argument("--min-clients", type=int, default=d.min_clients, help="M: devices to wait for; a round closes at M updates")
     p.add_argument("--fraction", type=float, default=d.fraction, help="C: fraction of live devices sampled per round")

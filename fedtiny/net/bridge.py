@@ -33,28 +33,75 @@ class _Uplink(asyncio.DatagramProtocol):
         log.debug("%s: %s", self.port.path, exc)
 
 
+REOPEN_SECONDS = 0.5   # how often the bridge looks for a device that went away
+
+
 class SerialPort:
-    """One serial line: bytes in -> frames -> UDP; datagrams -> COBS line bytes out."""
+    """One serial line: bytes in -> frames -> UDP; datagrams -> COBS line bytes out.
+
+    The device may go away (unplugged, reset, its emulator stopped): the first failed read or
+    write closes the port and logs once; the bridge then tries to open the same path every
+    REOPEN_SECONDS and relays again when it is back (a /dev/serial/by-id/... name follows the
+    device to a new ttyACMn). Datagrams for a device that is away are dropped and counted. The
+    UDP socket stays, so the aggregator sees the device at the same address when it returns.
+    """
 
     def __init__(self, path: str, baudrate: int, counts: Counter):
-        import serial  # pyserial: pip install 'fedtiny[serial]'
         self.path = path
+        self.baudrate = baudrate
         self.counts = counts
-        self.serial = serial.Serial(path, baudrate=baudrate, timeout=0, write_timeout=1)
+        self.serial = self._open()   # a missing port at start is an error (a typo), not a wait
         self.decoder = wire.StreamDecoder()
         self.udp = None
+        self._retry = None
+
+    def _open(self):
+        import serial  # pyserial: pip install 'fedtiny[serial]'
+        return serial.Serial(self.path, baudrate=self.baudrate, timeout=0, write_timeout=1)
 
     async def start(self, server: tuple[str, int]) -> None:
         loop = asyncio.get_running_loop()
         self.udp, _ = await loop.create_datagram_endpoint(lambda: _Uplink(self), remote_addr=server)
         loop.add_reader(self.serial.fileno(), self._readable)
 
+    def _gone(self, exc: BaseException) -> None:
+        """The device went away: close, log once, look for it again."""
+        if self.serial is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            loop.remove_reader(self.serial.fileno())
+        except (ValueError, OSError):
+            pass
+        try:
+            self.serial.close()
+        except OSError:
+            pass
+        self.serial = None
+        self.counts["device_gone"] += 1
+        log.warning("%s: the device went away (%s); relaying again when it returns", self.path, exc)
+        self._retry = loop.call_later(REOPEN_SECONDS, self._reopen)
+
+    def _reopen(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            port = self._open()
+        except OSError as exc:   # SerialException is an OSError: not back yet
+            log.debug("%s: %s", self.path, exc)
+            self._retry = loop.call_later(REOPEN_SECONDS, self._reopen)
+            return
+        self._retry = None
+        self.serial = port
+        self.decoder = wire.StreamDecoder()   # a line cut by the disconnect is not completed by new bytes
+        self.counts["device_back"] += 1
+        log.info("%s: the device is back", self.path)
+        loop.add_reader(self.serial.fileno(), self._readable)
+
     def _readable(self) -> None:
         try:
             data = self.serial.read(4096)
-        except OSError as exc:   # the device was unplugged
-            log.warning("%s: %s", self.path, exc)
-            asyncio.get_running_loop().remove_reader(self.serial.fileno())
+        except OSError as exc:   # EIO on a hung-up tty; pyserial's "readiness to read but returned no data"
+            self._gone(exc)
             return
         errors_before = sum(self.decoder.errors.values())
         for frame in self.decoder.feed(data):
@@ -72,21 +119,31 @@ class SerialPort:
         if len(frame) > wire.MAX_FRAME:
             self.counts["oversize"] += 1
             return
+        if self.serial is None:
+            self.counts["device_away"] += 1
+            return
         try:
             self.serial.write(wire.cobs_frame(frame))
             self.counts["to_device"] += 1
-        except Exception as exc:  # pyserial raises SerialException / SerialTimeoutException
+        except OSError as exc:  # pyserial's SerialException and SerialTimeoutException are OSErrors
+            from serial import SerialTimeoutException
             self.counts["serial_write_failed"] += 1
-            log.warning("%s: write failed: %s", self.path, exc)
+            if isinstance(exc, SerialTimeoutException):   # the device does not drain the line: it is there
+                log.warning("%s: write failed: %s", self.path, exc)
+            else:
+                self._gone(exc)
 
     def close(self) -> None:
-        try:
-            asyncio.get_running_loop().remove_reader(self.serial.fileno())
-        except (RuntimeError, ValueError, OSError):
-            pass
+        if self._retry is not None:
+            self._retry.cancel()
+        if self.serial is not None:
+            try:
+                asyncio.get_running_loop().remove_reader(self.serial.fileno())
+            except (RuntimeError, ValueError, OSError):
+                pass
+            self.serial.close()
         if self.udp is not None:
             self.udp.close()
-        self.serial.close()
 
 
 async def relay(paths: list[str], server: tuple[str, int], *, baudrate: int = 115200,

@@ -423,7 +423,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device-id", type=int, required=True, metavar="ID")
     p.add_argument("--key", required=True, metavar="FILE", help="keys file holding this device's 'ID hexkey' line")
     p.add_argument("--data", required=True, metavar="NPZ", help="local data: arrays x and y")
-    p.add_argument("--model", default="mlp:64-32-10", help="must match the aggregator's (default %(default)s)")
+    p.add_argument("--model", default="mlp:64-32-10", help="a spec or a float FILE.tflite; must match the aggregator's (default %(default)s)")
     p.add_argument("--backbone", default=None, metavar="FILE.tflite",
                    help="frozen .tflite feature extractor: x is turned into features once and --model is the "
                         "dense head trained and federated on them (mlp:<features>-...-<classes>)")

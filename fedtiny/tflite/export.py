@@ -16,7 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--params", metavar="FILE", help="flat float32 parameter vector (.npy)")
     src.add_argument("--state", metavar="DIR", help="aggregator state directory (its last finished round)")
-    p.add_argument("--model", required=True, metavar="SPEC", help='model spec: "cnn", "2nn", "mlp:784-200-10"')
+    p.add_argument("--model", required=True, metavar="SPEC",
+                   help='model spec: "cnn", "2nn", "mlp:784-200-10", "seq:...", or a float FILE.tflite')
     p.add_argument("--tflite", required=True, metavar="OUT", help="output .tflite file")
     p.add_argument("--int8", action="store_true", help="full-integer int8 model (needs --calibration-data)")
     p.add_argument("--calibration-data", metavar="FILE",
@@ -41,8 +42,10 @@ def run_command(args: argparse.Namespace) -> int:
     params = load_params(args.params, args.state)
     calib = load_samples(args.calibration_data, args.calibration_size) if args.int8 else None
     try:
+        # a model imported from a .tflite that ended in SOFTMAX gets it back
+        softmax = args.softmax or bool(model.imported and model.imported.softmax)
         content = export_tflite(model, params, args.tflite, int8=args.int8, calibration=calib,
-                                softmax=args.softmax, drop_dense=args.drop_dense)
+                                softmax=softmax, drop_dense=args.drop_dense)
     except ImportError as exc:  # no interpreter for int8 calibration, or no schema package
         raise ValueError(str(exc)) from None
     kind = "int8" if args.int8 else "float32"

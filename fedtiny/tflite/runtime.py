@@ -249,6 +249,8 @@ def model_layers(model) -> tuple[list[tuple], tuple[int, ...]]:
     """
     layers = list(getattr(model, "layers", None) or [])
     input_shape = tuple(getattr(model, "input_shape", ()) or ())
+    if len(input_shape) == 2:  # a 1-D signal (L, C) goes out as a height-1 image (1, L, C)
+        input_shape = (1,) + input_shape
     if not layers or not input_shape:
         raise ValueError(f"{type(model).__name__} has no layers/input_shape to export")
     out, offset = [], 0
@@ -269,11 +271,17 @@ def _layer_tuple(layer, index: int) -> tuple:
     kind = getattr(layer, "kind", None)
     if kind == "dense" and len(layer.w_shape) == 2:
         return ("dense", layer.w_shape[1], layer.w_shape[0])
-    if kind == "conv2d" and len(layer.w_shape) == 4:
-        return ("conv2d", *layer.w_shape)
+    if kind in ("conv2d", "conv1d") and len(layer.w_shape) == 4:
+        if kind == "conv2d" and layer.k == layer.kw and layer.stride == (1, 1) and not layer.same:
+            return ("conv2d", *layer.w_shape)
+        return ("conv2d", *layer.w_shape, *layer.stride, int(layer.same))
+    if kind == "depthwise":
+        return ("depthwise", *layer.w_shape, *layer.stride, int(layer.same))
+    if kind in ("avgpool", "maxpool"):
+        return (kind, layer.k, layer.kw, *layer.stride)
     if kind in ("maxpool2", "maxpool2d"):
         return ("maxpool2d",)
-    if kind in ("relu", "flatten"):
+    if kind in ("relu", "relu6", "flatten", "gap"):
         return (kind,)
     raise ValueError(f"layer {index}: cannot export a {kind!r} layer to TFLite "
                      f"(supported: {', '.join(_tx.LAYER_KINDS)})")
@@ -290,7 +298,7 @@ def backbone_layers(layers: Sequence[tuple], drop_dense: int) -> list[tuple]:
     if drop_dense == 0:
         return list(layers)
     dense_at = [i for i, layer in enumerate(layers) if layer[0] == "dense"]
-    if drop_dense >= len(dense_at) and not any(layer[0] == "conv2d" for layer in layers):
+    if drop_dense >= len(dense_at) and not any(layer[0] in ("conv2d", "depthwise") for layer in layers):
         raise ValueError(f"cannot drop {drop_dense} dense layers of a model with {len(dense_at)} "
                          "and no conv layers: nothing would remain")
     if drop_dense > len(dense_at):

@@ -8,9 +8,13 @@ stride 2, Flatten of NHWC in (h, w, c) order.  The writer lowers it to a TFLite 
 an int8 graph) and serializes it with the schema code of the `tflite` package and `flatbuffers`.
 
 Layers are plain tuples so any model description can be lowered to them:
-  ("dense", n_in, n_out)            ("conv2d", out_c, kh, kw, in_c)
-  ("relu",)   ("maxpool2d",)   ("flatten",)
-A ReLU right after a Dense or Conv2D is fused into it (TFLite fused_activation_function).
+  ("dense", n_in, n_out)            ("conv2d", out_c, kh, kw, in_c[, stride_h, stride_w, same])
+  ("depthwise", c, kh, kw, stride_h, stride_w, same)     (DEPTHWISE_CONV_2D, multiplier 1)
+  ("avgpool", kh, kw, stride_h, stride_w)   ("maxpool", kh, kw, stride_h, stride_w)   (VALID)
+  ("gap",)  (MEAN over H and W)   ("relu",)   ("relu6",)   ("maxpool2d",)   ("flatten",)
+(same is 1 for SAME padding, 0 for VALID). A ReLU or ReLU6 right after a Dense, Conv2D or
+depthwise conv is fused into it (TFLite fused_activation_function). A 1-D model is exported as
+height-1 2-D: its input is (1, L, C).
 
 int8 follows the TFLite quantization spec: activations int8 asymmetric per tensor, Conv2D
 weights int8 symmetric per output channel (quantized_dimension 0), Dense weights int8
@@ -27,7 +31,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-LAYER_KINDS = ("dense", "conv2d", "relu", "maxpool2d", "flatten")
+LAYER_KINDS = ("dense", "conv2d", "relu", "maxpool2d", "flatten", "depthwise", "avgpool", "maxpool", "gap", "relu6")
+_ARITY = {"dense": (3,), "conv2d": (5, 8), "depthwise": (7,), "avgpool": (5,), "maxpool": (5,)}
 _SCHEMA_VERSION = 3
 _BUFFER_ALIGN = 16  # weights are read in place by the interpreter; keep them SIMD-aligned
 
@@ -64,6 +69,8 @@ class Op:
     outputs: list[int]
     relu: bool = False
     new_shape: tuple[int, ...] | None = None  # RESHAPE
+    relu6: bool = False
+    window: tuple[int, int, int, int, int] | None = None  # (kh, kw, stride_h, stride_w, same): convs, pools
 
 
 @dataclasses.dataclass
@@ -87,15 +94,25 @@ def _shape_after(layer: tuple, shape: tuple[int, ...], index: int) -> tuple[int,
             raise ValueError(f"layer {index} (dense {n_in}->{n_out}): input has shape {shape}, "
                              f"{math.prod(shape)} values, not {n_in}")
         return (n_out,)
-    if kind == "conv2d":
-        out_c, kh, kw, in_c = layer[1:]
-        if len(shape) != 3 or shape[2] != in_c:
-            raise ValueError(f"layer {index} (conv2d {kh}x{kw}, {in_c}->{out_c} channels): "
-                             f"input shape {shape} is not (H, W, {in_c})")
-        h, w = shape[0] - kh + 1, shape[1] - kw + 1
-        if h < 1 or w < 1:
-            raise ValueError(f"layer {index} (conv2d {kh}x{kw}): input {shape} is smaller than the kernel")
-        return (h, w, out_c)
+    if kind in ("conv2d", "depthwise", "avgpool", "maxpool"):
+        kh, kw, sh, sw, same = _window(layer)
+        c_in = layer[4] if kind == "conv2d" else layer[1] if kind == "depthwise" else shape[-1]
+        c_out = layer[1] if kind in ("conv2d", "depthwise") else c_in
+        if len(shape) != 3 or shape[2] != c_in:
+            raise ValueError(f"layer {index} ({kind} {kh}x{kw}, {c_in}->{c_out} channels): "
+                             f"input shape {shape} is not (H, W, {c_in})")
+        if same:
+            return (-(-shape[0] // sh), -(-shape[1] // sw), c_out)
+        h, w = (shape[0] - kh) // sh + 1, (shape[1] - kw) // sw + 1
+        if shape[0] < kh or shape[1] < kw:
+            raise ValueError(f"layer {index} ({kind} {kh}x{kw}): input {shape} is smaller than the kernel/window")
+        return (h, w, c_out)
+    if kind == "gap":
+        if len(shape) != 3:
+            raise ValueError(f"layer {index} (gap): input shape {shape} is not (H, W, C)")
+        return (shape[2],)
+    if kind == "relu6":
+        return shape
     if kind == "maxpool2d":
         if len(shape) != 3 or shape[0] < 2 or shape[1] < 2:
             raise ValueError(f"layer {index} (maxpool2d 2x2): input shape {shape} is not (H>=2, W>=2, C)")
@@ -113,11 +130,25 @@ def _check_layer(layer, index: int) -> tuple:
         kind = layer[0] if isinstance(layer, (tuple, list)) and layer else layer
         raise ValueError(f"layer {index}: unsupported layer {kind!r} (TFLite export supports "
                          f"{', '.join(LAYER_KINDS)})")
-    arity = {"dense": 3, "conv2d": 5}.get(layer[0], 1)
-    if len(layer) != arity or not all(isinstance(v, (int, np.integer)) and v > 0 for v in layer[1:]):
+    arity = _ARITY.get(layer[0], (1,))
+    # every size is a positive int; the trailing `same` flag of the window layers is 0 or 1
+    vals = list(layer[1:])
+    flag = layer[0] in ("conv2d", "depthwise") and len(layer) == arity[-1] and len(layer) > 5
+    if (len(layer) not in arity or not all(isinstance(v, (int, np.integer)) for v in vals)
+            or not all(v > 0 for v in (vals[:-1] if flag else vals)) or (flag and vals[-1] not in (0, 1))):
         raise ValueError(f"layer {index}: {tuple(layer)!r} is not ({layer[0]!r}"
-                         f"{', positive ints' if arity > 1 else ''}) with {arity - 1} sizes")
+                         f"{', positive ints' if arity[0] > 1 else ''}) with {' or '.join(str(a - 1) for a in arity)} sizes")
     return (layer[0],) + tuple(int(v) for v in layer[1:])
+
+
+def _window(layer: tuple) -> tuple[int, int, int, int, int]:
+    """(kh, kw, stride_h, stride_w, same) of a window layer tuple."""
+    kind = layer[0]
+    if kind == "conv2d":
+        return (layer[2], layer[3]) + (tuple(layer[5:8]) if len(layer) == 8 else (1, 1, 0))
+    if kind == "depthwise":
+        return tuple(layer[2:7])
+    return tuple(layer[1:5]) + (0,)
 
 
 def n_params(layers: Sequence[tuple]) -> int:
@@ -128,7 +159,9 @@ def n_params(layers: Sequence[tuple]) -> int:
         if layer[0] == "dense":
             total += layer[1] * layer[2] + layer[2]
         elif layer[0] == "conv2d":
-            total += math.prod(layer[1:]) + layer[1]
+            total += math.prod(layer[1:5]) + layer[1]
+        elif layer[0] == "depthwise":
+            total += layer[1] * layer[2] * layer[3] + layer[1]
     return total
 
 
@@ -165,10 +198,12 @@ def build_graph(layers: Sequence[tuple], input_shape: Sequence[int], params: np.
     for i, layer in enumerate(layers):
         kind = layer[0]
         out_shape = _shape_after(layer, shape, i)
-        if kind in ("dense", "conv2d"):
-            w_shape = (layer[2], layer[1]) if kind == "dense" else layer[1:]
+        if kind in ("dense", "conv2d", "depthwise"):
+            w_shape = (layer[2], layer[1]) if kind == "dense" else layer[1:5] if kind == "conv2d" else layer[1:4]
             n_w = math.prod(w_shape)
             w = params[offset:offset + n_w].reshape(w_shape)
+            if kind == "depthwise":  # fedtiny W[c][kh][kw] -> TFLite [1][kh][kw][c]
+                w = np.ascontiguousarray(w.transpose(1, 2, 0))[None]
             b = params[offset + n_w:offset + n_w + w_shape[0]]
             offset += n_w + w_shape[0]
             src = cur
@@ -178,17 +213,29 @@ def build_graph(layers: Sequence[tuple], input_shape: Sequence[int], params: np.
                 ops.append(Op("RESHAPE", [cur, const(f"layer{i}_flatten_shape",
                               np.array([-1, math.prod(shape)], np.int32), "shape")], [src],
                               new_shape=(-1, math.prod(shape))))
-            wi = const(f"layer{i}_{kind}_weight", w, "weight", 0 if kind == "conv2d" else None)
+            wi = const(f"layer{i}_{kind}_weight", w, "weight",
+                       {"conv2d": 0, "depthwise": 3}.get(kind))
             bi = const(f"layer{i}_{kind}_bias", b, "bias")
-            fuse = i + 1 < len(layers) and layers[i + 1][0] == "relu"
-            cur = act(f"layer{i}_{kind}" + ("_relu" if fuse else ""), out_shape)
-            ops.append(Op("CONV_2D" if kind == "conv2d" else "FULLY_CONNECTED", [src, wi, bi], [cur],
-                          relu=fuse))
-        elif kind == "relu":
-            if ops and ops[-1].relu and ops[-1].outputs == [cur]:
+            nxt_kind = layers[i + 1][0] if i + 1 < len(layers) else None
+            fuse = nxt_kind if nxt_kind in ("relu", "relu6") else None
+            cur = act(f"layer{i}_{kind}" + (f"_{fuse}" if fuse else ""), out_shape)
+            code = {"conv2d": "CONV_2D", "depthwise": "DEPTHWISE_CONV_2D", "dense": "FULLY_CONNECTED"}[kind]
+            ops.append(Op(code, [src, wi, bi], [cur], relu=fuse == "relu", relu6=fuse == "relu6",
+                          window=_window(layer) if kind != "dense" else None))
+        elif kind in ("relu", "relu6"):
+            if ops and (ops[-1].relu or ops[-1].relu6) and ops[-1].outputs == [cur]:
                 continue  # fused into the layer before
-            nxt = act(f"layer{i}_relu", out_shape)
-            ops.append(Op("RELU", [cur], [nxt]))
+            nxt = act(f"layer{i}_{kind}", out_shape)
+            ops.append(Op(kind.upper(), [cur], [nxt]))
+            cur = nxt
+        elif kind in ("avgpool", "maxpool"):
+            nxt = act(f"layer{i}_{kind}", out_shape)
+            ops.append(Op("AVERAGE_POOL_2D" if kind == "avgpool" else "MAX_POOL_2D", [cur], [nxt],
+                          window=_window(layer)))
+            cur = nxt
+        elif kind == "gap":
+            nxt = act(f"layer{i}_gap", out_shape)
+            ops.append(Op("MEAN", [cur, const(f"layer{i}_gap_axes", np.array([1, 2], np.int32), "shape")], [nxt]))
             cur = nxt
         elif kind == "maxpool2d":
             nxt = act(f"layer{i}_maxpool", out_shape)
@@ -256,24 +303,27 @@ def quantize_graph(graph: Graph, ranges: Mapping[int, tuple[float, float]]) -> d
         out[i] = ("INT8", None, activation_qparams(*ranges[i]))
     for op in graph.ops:
         src = op.inputs[0]
-        if op.code in ("MAX_POOL_2D", "RESHAPE"):
+        if op.code in ("MAX_POOL_2D", "RESHAPE", "AVERAGE_POOL_2D"):
             out[op.outputs[0]] = out[src]  # TFLite requires the input's scale and zero point
         elif op.code == "SOFTMAX":
             out[op.outputs[0]] = ("INT8", None, QParams(np.array([1 / 256], np.float32),
                                                         np.array([-128], np.int64)))
     for op in graph.ops:
-        if op.code == "RESHAPE":
+        if op.code in ("RESHAPE", "MEAN"):
             out[op.inputs[1]] = ("INT32", graph.tensors[op.inputs[1]].data, None)
-        if op.code not in ("CONV_2D", "FULLY_CONNECTED"):
+        if op.code not in ("CONV_2D", "FULLY_CONNECTED", "DEPTHWISE_CONV_2D"):
             continue
         src, wi, bi = op.inputs
         w = graph.tensors[wi].data.astype(np.float64)
-        per_channel = graph.tensors[wi].channel_axis is not None
-        w_scale = _symmetric_scales(w, per_channel)
-        bshape = (-1,) + (1,) * (w.ndim - 1)
+        axis = graph.tensors[wi].channel_axis
+        per_channel = axis is not None
+        w_scale = _symmetric_scales(np.moveaxis(w, axis, 0) if per_channel else w, per_channel)
+        bshape = [1] * w.ndim
+        if per_channel:
+            bshape[axis] = -1
         wq = np.clip(np.rint(w / w_scale.astype(np.float64).reshape(bshape if per_channel else -1)),
                      -127, 127).astype(np.int8)
-        out[wi] = ("INT8", wq, QParams(w_scale, np.zeros(w_scale.size, np.int64), 0))
+        out[wi] = ("INT8", wq, QParams(w_scale, np.zeros(w_scale.size, np.int64), axis or 0))
         in_scale = float(out[src][2].scale[0])
         b_scale = (in_scale * w_scale.astype(np.float64))
         bq = np.rint(graph.tensors[bi].data.astype(np.float64) / b_scale)
@@ -286,9 +336,11 @@ def quantize_graph(graph: Graph, ranges: Mapping[int, tuple[float, float]]) -> d
 
 # Minimum op versions for the tensor types used (TFLite's versioning; older runtimes check it).
 _OP_VERSION_FLOAT = {"CONV_2D": 1, "FULLY_CONNECTED": 1, "MAX_POOL_2D": 1, "RESHAPE": 1,
-                     "RELU": 1, "SOFTMAX": 1}
+                     "RELU": 1, "SOFTMAX": 1, "DEPTHWISE_CONV_2D": 1, "AVERAGE_POOL_2D": 1, "MEAN": 1,
+                     "RELU6": 1}
 _OP_VERSION_INT8 = {"CONV_2D": 3, "FULLY_CONNECTED": 4, "MAX_POOL_2D": 2, "RESHAPE": 1,
-                    "RELU": 2, "SOFTMAX": 2, "QUANTIZE": 2, "DEQUANTIZE": 2}
+                    "RELU": 2, "SOFTMAX": 2, "QUANTIZE": 2, "DEQUANTIZE": 2, "DEPTHWISE_CONV_2D": 3,
+                    "AVERAGE_POOL_2D": 2, "MEAN": 2, "RELU6": 2}
 
 
 def _bytes_vector(b, data: bytes) -> int:
@@ -454,12 +506,15 @@ def serialize(graph: Graph, *, quant: Mapping[int, tuple] | None = None,
 
 
 def _options(b, tfl, op: Op):
-    act = tfl.ActivationFunctionType.RELU if op.relu else tfl.ActivationFunctionType.NONE
+    act = (tfl.ActivationFunctionType.RELU if op.relu else tfl.ActivationFunctionType.RELU6 if op.relu6
+           else tfl.ActivationFunctionType.NONE)
+    kh, kw, sh, sw, same = op.window or (2, 2, 2, 2, 0)
+    pad = tfl.Padding.SAME if same else tfl.Padding.VALID
     if op.code == "CONV_2D":
         tfl.Conv2DOptionsStart(b)
-        tfl.Conv2DOptionsAddPadding(b, tfl.Padding.VALID)
-        tfl.Conv2DOptionsAddStrideW(b, 1)
-        tfl.Conv2DOptionsAddStrideH(b, 1)
+        tfl.Conv2DOptionsAddPadding(b, pad)
+        tfl.Conv2DOptionsAddStrideW(b, sw)
+        tfl.Conv2DOptionsAddStrideH(b, sh)
         tfl.Conv2DOptionsAddDilationWFactor(b, 1)
         tfl.Conv2DOptionsAddDilationHFactor(b, 1)
         tfl.Conv2DOptionsAddFusedActivationFunction(b, act)
@@ -470,13 +525,27 @@ def _options(b, tfl, op: Op):
         tfl.FullyConnectedOptionsAddWeightsFormat(b, tfl.FullyConnectedOptionsWeightsFormat.DEFAULT)
         tfl.FullyConnectedOptionsAddKeepNumDims(b, False)
         return tfl.BuiltinOptions.FullyConnectedOptions, tfl.FullyConnectedOptionsEnd(b)
-    if op.code == "MAX_POOL_2D":
+    if op.code == "DEPTHWISE_CONV_2D":
+        tfl.DepthwiseConv2DOptionsStart(b)
+        tfl.DepthwiseConv2DOptionsAddPadding(b, pad)
+        tfl.DepthwiseConv2DOptionsAddStrideW(b, sw)
+        tfl.DepthwiseConv2DOptionsAddStrideH(b, sh)
+        tfl.DepthwiseConv2DOptionsAddDepthMultiplier(b, 1)
+        tfl.DepthwiseConv2DOptionsAddDilationWFactor(b, 1)
+        tfl.DepthwiseConv2DOptionsAddDilationHFactor(b, 1)
+        tfl.DepthwiseConv2DOptionsAddFusedActivationFunction(b, act)
+        return tfl.BuiltinOptions.DepthwiseConv2DOptions, tfl.DepthwiseConv2DOptionsEnd(b)
+    if op.code == "MEAN":
+        tfl.ReducerOptionsStart(b)
+        tfl.ReducerOptionsAddKeepDims(b, False)
+        return tfl.BuiltinOptions.ReducerOptions, tfl.ReducerOptionsEnd(b)
+    if op.code in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
         tfl.Pool2DOptionsStart(b)
         tfl.Pool2DOptionsAddPadding(b, tfl.Padding.VALID)
-        tfl.Pool2DOptionsAddStrideW(b, 2)
-        tfl.Pool2DOptionsAddStrideH(b, 2)
-        tfl.Pool2DOptionsAddFilterWidth(b, 2)
-        tfl.Pool2DOptionsAddFilterHeight(b, 2)
+        tfl.Pool2DOptionsAddStrideW(b, sw)
+        tfl.Pool2DOptionsAddStrideH(b, sh)
+        tfl.Pool2DOptionsAddFilterWidth(b, kw)
+        tfl.Pool2DOptionsAddFilterHeight(b, kh)
         tfl.Pool2DOptionsAddFusedActivationFunction(b, tfl.ActivationFunctionType.NONE)
         return tfl.BuiltinOptions.Pool2DOptions, tfl.Pool2DOptionsEnd(b)
     if op.code == "RESHAPE":
@@ -494,4 +563,4 @@ def _options(b, tfl, op: Op):
     if op.code == "DEQUANTIZE":
         tfl.DequantizeOptionsStart(b)
         return tfl.BuiltinOptions.DequantizeOptions, tfl.DequantizeOptionsEnd(b)
-    return None, None  # RELU has no options
+    return None, None  # RELU and RELU6 have no options

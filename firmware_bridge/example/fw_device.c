@@ -8,9 +8,15 @@
 #include <string.h>
 
 #define HELLO_EVERY_MS 500u
-#define MODEL_ACK_QUIET_MS 100u
-#define UPLOAD_ACK_WAIT_MS 300u
+#define UPLOAD_LATENCY_MS 300u /* the aggregator may be busy closing a round */
 #define SILENT_MS 2000u
+
+/* Frame sizes (header + payload + tag) that the timers wait for. */
+#define FRAME_BYTES(payload) (FT_WIRE_HEADER_BYTES + (payload) + FT_WIRE_TAG_BYTES)
+#define ACK_FRAME FRAME_BYTES(FT_ACK_HEADER_BYTES + (FW_MODEL_CHUNKS + 7u) / 8u)
+#define MODEL_CHUNK_FRAME FRAME_BYTES(FT_WIRE_MODEL_CHUNK_BYTES)
+#define UPDATE_CHUNK_FRAME FRAME_BYTES(sizeof(ft_block_q8) * FW_N_BLOCKS < FT_WIRE_UPDATE_CHUNK_BYTES \
+                                           ? sizeof(ft_block_q8) * FW_N_BLOCKS : FT_WIRE_UPDATE_CHUNK_BYTES)
 
 /* Application error codes (docs/network.md). */
 #define E_BUSY 100
@@ -20,7 +26,7 @@
 #define E_FINISHED 105
 
 static const ft_layer k_layers[1] = {
-    {FT_LAYER_DENSE, 1, 1, FW_IN, 1, 1, FW_OUT, 0, 0, FW_IN * FW_OUT},
+    {FT_LAYER_DENSE, 1, 1, FW_IN, 1, 1, FW_OUT, 0, 0, FW_IN * FW_OUT, 0, 0, 0, 0},
 };
 /* The layer structure as fedtiny.model.Model.arch_text() writes it for mlp:64-10; its SHA-256
  * (first 16 bytes) is the offer's architecture hash this firmware accepts. */
@@ -84,7 +90,7 @@ static void start_join(fw_device *dev, uint32_t now) {
     dev->state = FW_JOINING;
     dev->round = 0;
     ft_zeroize(dev->session_key, sizeof dev->session_key);
-    dev->last_hello_ms = now - HELLO_EVERY_MS;
+    dev->last_hello_ms = now - dev->timers.hello_every;
 }
 
 static void send_error(fw_device *dev, int16_t code, const char *text) {
@@ -172,7 +178,8 @@ static void train_and_upload(fw_device *dev, uint32_t now) {
             dev->idx[i] = dev->idx[j];
             dev->idx[j] = t;
         }
-        if (ft_train_sgd(&net, &hp, dev->cfg.x, dev->cfg.y, n, dev->idx, n, -1, dev->arena, &ls, &sn, &st) != FT_OK) {
+        if (ft_train_sgd_u8(&net, &hp, dev->cfg.x, dev->cfg.x_scale, dev->cfg.y, n, dev->idx, n, -1, dev->arena, &ls,
+                            &sn, &st) != FT_OK) {
             send_error(dev, E_MODEL, "training diverged");
             dev->state = FW_JOINING;
             return;
@@ -298,7 +305,7 @@ static void on_error(fw_device *dev, const ft_wire_header *h, const uint8_t *pl,
     } else if (code == E_MODEL && dev->state == FW_REFUSED) {
         dev->state = FW_FINISHED; /* the aggregator will not select this device again */
     } else if (code == E_BUSY && dev->state == FW_UPLOADING) {
-        dev->last_progress_ms = now; /* the result is sent again after UPLOAD_ACK_WAIT_MS */
+        dev->last_progress_ms = now; /* the result is sent again after timers.upload_wait */
     } else if ((code == E_ROUND_CLOSED || code == E_NOT_SELECTED) && h->round == dev->round &&
                (dev->state == FW_DOWNLOADING || dev->state == FW_UPLOADING)) {
         dev->state = FW_WAITING;
@@ -351,13 +358,38 @@ static void on_frame(fw_device *dev, const uint8_t *frame, size_t len, uint32_t 
     }
 }
 
+uint32_t fw_line_ms(uint32_t baud, uint32_t frame_bytes) {
+    const uint64_t bits = 10u * (uint64_t)FT_COBS_LINE_MAX(frame_bytes);
+    return (uint32_t)((bits * 1000u + baud - 1u) / baud);
+}
+
+/* Each wait is the longest the line itself can take plus a fixed allowance for the host side:
+ * a timer shorter than one model-chunk line (105 ms at 115200 baud, 1.3 s at 9600) makes the
+ * device ask again while the answer is still arriving, and the aggregator sends it twice. The
+ * download is quiet only when no byte arrives either (fw_poll): a slow host that delivers a
+ * chunk in bursts is still delivering it. */
+static fw_timers derive_timers(uint32_t baud) {
+    fw_timers t;
+    const uint32_t model_line = fw_line_ms(baud, MODEL_CHUNK_FRAME);
+    t.hello_every = HELLO_EVERY_MS + fw_line_ms(baud, FRAME_BYTES(FT_HELLO_BYTES));
+    /* after our ACK: the ACK's own line, then one chunk line per chunk (progress is per chunk) */
+    t.model_quiet = FW_LATENCY_MS + fw_line_ms(baud, ACK_FRAME) + model_line;
+    /* after RESULT: RESULT out, the update chunks out, the aggregator's ACK back */
+    t.upload_wait = UPLOAD_LATENCY_MS + fw_line_ms(baud, FRAME_BYTES(FT_RESULT_BYTES)) +
+                    FW_UPDATE_CHUNKS * fw_line_ms(baud, UPDATE_CHUNK_FRAME) + fw_line_ms(baud, ACK_FRAME);
+    /* the longest the aggregator is quiet while serving us is one model-chunk line */
+    t.silent = SILENT_MS + 2u * model_line;
+    return t;
+}
+
 int fw_init(fw_device *dev, const fw_config *cfg) {
     if (!little_endian() || cfg == NULL || cfg->write == NULL || cfg->x == NULL || cfg->y == NULL ||
-        cfg->n_samples < 1 || cfg->n_samples > FW_MAX_SAMPLES || cfg->key_len < FT_WIRE_MIN_KEY_BYTES ||
-        cfg->key_len > FT_WIRE_MAX_KEY_BYTES)
+        !(cfg->x_scale > 0.0f) || !isfinite(cfg->x_scale) || cfg->baud < 300u || cfg->n_samples < 1 ||
+        cfg->n_samples > FW_MAX_SAMPLES || cfg->key_len < FT_WIRE_MIN_KEY_BYTES || cfg->key_len > FT_WIRE_MAX_KEY_BYTES)
         return FT_WIRE_ERR_ARG;
     memset(dev, 0, sizeof *dev);
     dev->cfg = *cfg;
+    dev->timers = derive_timers(cfg->baud);
     dev->state = FW_JOINING;
     ft_replay_bind(&dev->guard, 0, 0, 0);
     ft_sha256((const uint8_t *)k_arch_text, sizeof k_arch_text - 1u, dev->session_key);
@@ -370,6 +402,7 @@ int fw_init(fw_device *dev, const fw_config *cfg) {
 void fw_on_byte(fw_device *dev, uint8_t byte, uint32_t now_ms) {
     size_t len = 0;
     int st = ft_cobs_feed(&dev->rx, byte, &len);
+    dev->last_byte_ms = now_ms;
     if (st == FT_WIRE_FRAME_READY)
         on_frame(dev, dev->rx_buf, len, now_ms);
     else if (st < 0)
@@ -381,20 +414,21 @@ void fw_poll(fw_device *dev, uint32_t now) {
     if (dev->state == FW_FINISHED)
         return;
     if (dev->state == FW_REFUSED) {
-        if (now - dev->last_progress_ms > SILENT_MS)
+        if (now - dev->last_progress_ms > dev->timers.silent)
             dev->state = FW_FINISHED; /* told the aggregator; its answer did not come */
         return;
     }
-    if (dev->state != FW_JOINING && now - dev->last_heard_ms > SILENT_MS) {
+    if (dev->state != FW_JOINING && now - dev->last_heard_ms > dev->timers.silent) {
         /* the aggregator went away, or restarted (its frames name another epoch): join again */
         start_join(dev, now);
         return;
     }
     waiting = dev->state == FW_JOINING || dev->state == FW_WAITING || dev->state == FW_DONE;
-    if (waiting && now - dev->last_hello_ms >= HELLO_EVERY_MS)
+    if (waiting && now - dev->last_hello_ms >= dev->timers.hello_every)
         send_hello(dev, now);
-    else if (dev->state == FW_DOWNLOADING && now - dev->last_progress_ms > MODEL_ACK_QUIET_MS)
+    else if (dev->state == FW_DOWNLOADING && now - dev->last_progress_ms > dev->timers.model_quiet &&
+             now - dev->last_byte_ms > dev->timers.model_quiet)
         ask_model(dev, now);
-    else if (dev->state == FW_UPLOADING && now - dev->last_progress_ms > UPLOAD_ACK_WAIT_MS)
+    else if (dev->state == FW_UPLOADING && now - dev->last_progress_ms > dev->timers.upload_wait)
         send_result(dev, now);
 }

@@ -8,6 +8,9 @@
  * the csrc/ kernels (local SGD, int8 block quantization) and the wire library (frames, HMAC,
  * replay guard, COBS + CRC-32).
  *
+ * The data set stays where the board keeps it (flash): uint8 pixels and one scale, converted
+ * to float as each batch is gathered (ft_train_sgd_u8).
+ *
  * Memory (all static inside fw_device, sized at compile time): model and global copy
  * 2 x 650 floats, training arena FW_ARENA_FLOATS floats, int8 update blocks, one frame buffer
  * each way, and the COBS decoder's buffer.
@@ -39,19 +42,35 @@ typedef struct {
     uint32_t device_id;
     const uint8_t *key;
     size_t key_len;
-    const float *x;          /* n_samples x 64 float32, the local data set (flash on a board) */
+    const uint8_t *x;        /* n_samples x 64 pixels, the local data set (flash on a board) */
+    float x_scale;           /* a sample's features are x[i] * x_scale (1/16 for 8x8 digits) */
     const int32_t *y;        /* n_samples labels 0..9 */
     int32_t n_samples;
+    uint32_t baud;           /* the serial line's bit rate: every timer is derived from it */
     uint32_t seq0;           /* unique per boot (a persisted boot counter, an RTC or a hardware RNG):
                               * the join nonces are (seq0, join counter), so no two joins of this
-                              * device ever share one */
+                              * device ever share one; fw_main.c takes it from the board's
+                              * non-volatile counter, incremented and stored before anything is sent */
     /* Writes line bytes to the serial port; returns 0 on success. */
     int (*write)(void *ctx, const uint8_t *data, size_t len);
     void *write_ctx;
 } fw_config;
 
+/* Fixed allowance (ms) for the host side: the bridge, the network and the aggregator's answer
+ * (generous: it only delays recovery from a lost frame, and a busy host answers late). */
+#define FW_LATENCY_MS 300u
+
+/* Timers (ms), from the baud rate and the frame sizes (fw_init; see fw_device.c). */
+typedef struct {
+    uint32_t hello_every;
+    uint32_t model_quiet;    /* no model chunk and no byte for this long: ask again for the missing ones */
+    uint32_t upload_wait;    /* no ACK for this long after RESULT: send RESULT again */
+    uint32_t silent;         /* nothing from the aggregator for this long: join again */
+} fw_timers;
+
 typedef struct {
     fw_config cfg;
+    fw_timers timers;
     fw_state state;
     uint32_t round;
     uint32_t seq;              /* sequence number in the session (restarts with each session) */
@@ -63,6 +82,7 @@ typedef struct {
     ft_offer offer;
     uint32_t have_chunks;      /* bitmap of model chunks received (FW_MODEL_CHUNKS <= 32) */
     uint32_t last_progress_ms;
+    uint32_t last_byte_ms;     /* bytes still arriving: the line is not quiet */
     uint32_t last_heard_ms;
     uint32_t last_hello_ms;
     uint32_t rounds_done;
@@ -82,6 +102,8 @@ typedef struct {
     uint8_t line[FT_COBS_LINE_MAX(FT_WIRE_MAX_FRAME)];
 } fw_device;
 
+/* One serial line of a frame of frame_bytes at baud (10 bits per byte: start, 8 data, stop). */
+uint32_t fw_line_ms(uint32_t baud, uint32_t frame_bytes);
 /* 0 on success, a negative ft_status / ft_wire_status on a bad configuration. */
 int fw_init(fw_device *dev, const fw_config *cfg);
 /* One received serial byte. */

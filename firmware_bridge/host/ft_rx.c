@@ -44,7 +44,9 @@ static float load_f32_le(const uint8_t *p)
 
 int ft_q8_check_blocks(const uint8_t *blocks, size_t len)
 {
-    const float max_scale = FLT_MAX / 127.0f; /* 127 * d must stay finite */
+    /* 127 * d must stay finite. FLT_MAX / 127 rounds UP to a float whose 127 * d is Inf, so the
+     * largest legal scale is the float just below it: d < max_scale (tests/test_boundaries.py). */
+    const float max_scale = FLT_MAX / 127.0f;
     size_t off;
     size_t i;
 
@@ -53,7 +55,7 @@ int ft_q8_check_blocks(const uint8_t *blocks, size_t len)
     }
     for (off = 0; off < len; off += FT_WIRE_BLOCK_BYTES) {
         float d = load_f32_le(blocks + off);
-        if (!(d >= 0.0f && d <= max_scale)) { /* negative, NaN (compares false), Inf, too large */
+        if (!(d >= 0.0f && d < max_scale)) { /* negative, NaN (compares false), Inf, too large */
             return FT_RX_BAD_SCALE;
         }
         for (i = 4; i < FT_WIRE_BLOCK_BYTES; i++) {

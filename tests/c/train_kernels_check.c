@@ -76,8 +76,57 @@ static int check_path(void) {
     return fails;
 }
 
+/* ft_train_sgd_u8 against its definition: ft_train_sgd on the float32 array x * scale, bit for
+ * bit (weights and loss), for a 64-33-10 MLP over 37 samples in batches of 10 (a short last batch). */
+static int check_sgd_u8(float scale, int bits) {
+    enum { N = 37, IN = 64, H = 33, OUT = 10, B = 10 };
+    static const ft_layer layers[3] = {
+        {FT_LAYER_DENSE, 1, 1, IN, 1, 1, H, 0, 0, IN * H, 0, 0, 0, 0},
+        {FT_LAYER_RELU, 1, 1, H, 1, 1, H, 0, -1, -1, 0, 0, 0, 0},
+        {FT_LAYER_DENSE, 1, 1, H, 1, 1, OUT, 0, IN * H + H, IN * H + H + H * OUT, 0, 0, 0, 0},
+    };
+    const ft_net net = {layers, 3, IN * H + H + H * OUT + OUT, B, 0u};
+    const ft_sgd_hyper hp = {0.05f, 0.0f, 0.0f, 0.0f, 7u, 0u};
+    const size_t na = ft_train_arena_floats(&net);
+    uint8_t *xq = malloc(N * IN);
+    float *xf = malloc(sizeof(float) * N * IN), *p0 = malloc(sizeof(float) * (size_t)net.n_params);
+    float *p1 = malloc(sizeof(float) * (size_t)net.n_params), *p2 = malloc(sizeof(float) * (size_t)net.n_params);
+    float *a0 = malloc(sizeof(float) * na), *a1 = malloc(sizeof(float) * na);
+    int32_t y[N], idx[N];
+    double l0 = 0.0, l1 = 0.0;
+    int64_t s0, s1, t0, t1;
+    int bad = 0;
+    for (int i = 0; i < N * IN; i++) {
+        xq[i] = (uint8_t)((st = st * 1664525u + 1013904223u) >> (32 - bits));
+        xf[i] = (float)xq[i] * scale;
+    }
+    for (int i = 0; i < N; i++) { y[i] = i % OUT; idx[i] = (i * 11) % N; }
+    for (int64_t i = 0; i < net.n_params; i++) p0[i] = 0.1f * rnd();
+    if (ft_train_load(&net, p0, NULL, a0) != FT_OK || ft_train_load(&net, p0, NULL, a1) != FT_OK ||
+        ft_train_sgd(&net, &hp, xf, y, N, idx, N, -1, a0, &l0, &s0, &t0) != FT_OK ||
+        ft_train_sgd_u8(&net, &hp, xq, scale, y, N, idx, N, -1, a1, &l1, &s1, &t1) != FT_OK ||
+        ft_train_store(&net, a0, p1) != FT_OK || ft_train_store(&net, a1, p2) != FT_OK) {
+        printf("sgd_u8 scale=%g: a call failed\n", (double)scale);
+        bad = 1;
+    } else if (memcmp(p1, p2, sizeof(float) * (size_t)net.n_params) != 0 || l0 != l1 || s0 != s1 || t0 != t1 ||
+               t0 != 4 || memcmp(p0, p1, sizeof(float) * (size_t)net.n_params) == 0) {
+        printf("sgd_u8 scale=%g: differs from ft_train_sgd on x * scale (loss %.17g vs %.17g)\n", (double)scale, l1,
+               l0);
+        bad = 1;
+    }
+    /* a scale that is not a positive finite number is refused, nothing trained */
+    if (ft_train_sgd_u8(&net, &hp, xq, 0.0f, y, N, idx, N, -1, a1, &l1, &s1, &t1) != FT_ERR_ARG ||
+        ft_train_sgd_u8(&net, &hp, xq, NAN, y, N, idx, N, -1, a1, &l1, &s1, &t1) != FT_ERR_ARG ||
+        ft_train_sgd_u8(&net, &hp, xq, INFINITY, y, N, idx, N, -1, a1, &l1, &s1, &t1) != FT_ERR_ARG) {
+        printf("sgd_u8: a bad scale was accepted\n");
+        bad = 1;
+    }
+    free(xq); free(xf); free(p0); free(p1); free(p2); free(a0); free(a1);
+    return bad;
+}
+
 int main(void) {
-    int fails = 0;
+    int fails = check_sgd_u8(1.0f / 16.0f, 5) + check_sgd_u8(1.0f / 255.0f, 8);
     for (int level = 1; level < FT_SIMD_COUNT; level++)
         if (ft_simd_set((ft_simd)level) == FT_OK) fails += check_path();
     return fails;

@@ -1,0 +1,184 @@
+"""Synchronous FedAvg against FedBuff on one simulated clock (docs/simulation.md, "Devices that come
+and go"): Fashion-MNIST, 2nn, 100 devices, speeds log-uniform over a 10x spread, on/off availability.
+
+    python bench/async_runs.py run OUT_DIR [--jobs N] [--only NAME-PREFIX ...]   # runs what is missing
+    python bench/async_runs.py table OUT_DIR                                    # markdown tables
+    python bench/async_runs.py plot OUT_DIR PNG                                 # accuracy against simulated time
+
+Each run writes OUT_DIR/<name>/{rounds.csv,result.json}; a finished run is skipped, so the script
+can be stopped and restarted. Every command is printed before it runs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+TARGET = 0.85
+SEEDS = (0, 1, 2)
+FLEET = ("--dataset fashion-mnist --model 2nn --clients 100 --epochs 1 --batch 10 --lr 0.05 --partition iid "
+         "--codec float32 --speed-min 1 --speed-spread 10 --availability markov --on-mean 600 --off-mean 300")
+SYNC = ([("0.1", d) for d in ("7", "8", "10", "15", "20", "30", "none")]
+        + [("0.3", d) for d in ("8", "10", "20", "30")] + [("0.5", "10")])  # C, deadline s
+ASYNC = {  # name -> (K, M, extra)
+    "k10-m20": (10, 20, ""),
+    "k10-m50": (10, 50, ""),
+    "k10-m100": (10, 100, ""),
+    "k10-m50-const": (10, 50, "--staleness const"),
+    "k10-m50-slr2": (10, 50, "--server-lr 2"),
+    "k10-m50-a1": (10, 50, "--staleness-exponent 1"),
+    "k5-m50": (5, 50, ""),
+    "k5-m100": (5, 100, ""),
+    "k20-m100": (20, 100, ""),
+}
+
+RUNS: dict[str, str] = {}
+SYNC_SLR2 = [("0.1", "10"), ("0.3", "10")]  # the same with --server-lr 2, as the asynchronous runs try it
+for (c, d), slr in [(x, 1) for x in SYNC] + [(x, 2) for x in SYNC_SLR2]:  # none: wait for the slowest device
+    for seed in SEEDS:
+        dl = "" if d == "none" else f"--deadline {d} "
+        lr, tag = ("", "") if slr == 1 else (f" --server-lr {slr}", f"-slr{slr}")
+        RUNS[f"sync-c{c}-d{d}{tag}-s{seed}"] = (f"{FLEET} --seed {seed} --mode sync --fraction {c} {dl}"
+                                                f"--rounds 100 --eval-every 2{lr}")
+for name, (k, m, extra) in ASYNC.items():
+    for seed in SEEDS:
+        RUNS[f"async-{name}-s{seed}"] = (f"{FLEET} --seed {seed} --mode async --buffer {k} --concurrency {m} "
+                                         f"--max-staleness 20 {extra}".strip() + f" --rounds {(2400 if m >= 100 else 1200) // k} --eval-every 2")
+
+
+def _cmd(name: str, out: str) -> list[str]:
+    return ["fedtiny", "simulate", *shlex.split(RUNS[name]), "--quiet", "--out", os.path.join(out, name)]
+
+
+def run(out: str, only: list[str], jobs: int) -> None:
+    todo = [n for n in RUNS if (not only or any(n.startswith(p) for p in only))
+            and not os.path.exists(os.path.join(out, n, "result.json"))]
+
+    def one(name: str) -> None:
+        cmd = _cmd(name, out)
+        print("$", shlex.join(cmd), flush=True)
+        if subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode != 0:
+            print(f"FAILED: {name}", flush=True)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(one, todo))
+
+
+def _load(out: str, name: str) -> dict | None:
+    path = os.path.join(out, name, "result.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _time_to(res: dict, target: float = TARGET) -> float:
+    hit = next((r for r in res["rounds"] if r["test_acc"] is not None and r["test_acc"] >= target), None)
+    return math.inf if hit is None else float(hit["sim_time_s"])
+
+
+def _settings() -> list[str]:
+    return sorted({n.rsplit("-s", 1)[0] for n in RUNS}, key=list(dict.fromkeys(n.rsplit("-s", 1)[0] for n in RUNS)).index)
+
+
+def _fmt(t: float) -> str:
+    return "not reached" if math.isinf(t) else f"{t:,.0f}"
+
+
+def table(out: str) -> None:
+    print(f"| setting | seed 0 | seed 1 | seed 2 | mean | server steps to {TARGET:.0%} (seed 0) | updates per step (mean) | "
+          "best acc (seed 0) | final simulated s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    best = {}
+    for setting in _settings():
+        runs = [_load(out, f"{setting}-s{s}") for s in SEEDS]
+        if not any(runs):
+            continue
+        times = [_time_to(r) if r else math.nan for r in runs]
+        mean = float(np.mean(times)) if all(r for r in runs) else math.nan
+        r0 = runs[0]
+        steps = next((r["round"] for r in r0["rounds"] if r["test_acc"] is not None and r["test_acc"] >= TARGET),
+                     None) if r0 else None
+        per = np.mean([r["clients"] for r in r0["rounds"]]) if r0 else math.nan
+        print(f"| {setting} | " + " | ".join("-" if math.isnan(t) else _fmt(t) for t in times) +
+              f" | {'-' if math.isnan(mean) else _fmt(mean)} | {steps if steps else '-'} | {per:.1f} | "
+              f"{r0['summary']['best_test_acc'] * 100:.2f} | {r0['summary']['sim_time_s']:,.0f} |")
+        if not math.isnan(mean):
+            best[setting] = times
+    syncs = {k: v for k, v in best.items() if k.startswith("sync")}
+    asyncs = {k: v for k, v in best.items() if k.startswith("async")}
+    if syncs and asyncs:
+        s_name = min(syncs, key=lambda k: np.mean(syncs[k]))
+        print()
+        print(f"Best synchronous setting (mean over seeds): {s_name}. Speed-up of each asynchronous setting "
+              f"(time to {TARGET:.0%}, per seed, sync / async):")
+        print()
+        print("| async setting | seed 0 | seed 1 | seed 2 | mean of per-seed ratios |")
+        print("|---|---|---|---|---|")
+        for a_name, at in asyncs.items():
+            ratios = [s / a for s, a in zip(syncs[s_name], at)]  # 0: FedBuff did not reach the target
+            cells = [f"{x:.2f}x" if x > 0 else "not reached" for x in ratios]
+            mean = f"{np.mean(ratios):.2f}x" if all(x > 0 for x in ratios) else "-"
+            print(f"| {a_name} | " + " | ".join(cells) + f" | {mean} |")
+
+
+def plot(out: str, png: str, sync_name: str | None = None, async_name: str = "async-k5-m50") -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    if sync_name is None:
+        cands = {s: [_load(out, f"{s}-s{x}") for x in SEEDS] for s in _settings() if s.startswith("sync")}
+        cands = {s: r for s, r in cands.items() if all(r)}
+        sync_name = min(cands, key=lambda s: np.mean([_time_to(r) for r in cands[s]]))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, colour in ((sync_name, "tab:blue"), (async_name, "tab:orange")):
+        for i, seed in enumerate(SEEDS):
+            res = _load(out, f"{name}-s{seed}")
+            if res is None:
+                continue
+            rows = [r for r in res["rounds"] if r["test_acc"] is not None]
+            ax.plot([r["sim_time_s"] for r in rows], [r["test_acc"] for r in rows], color=colour, alpha=0.8,
+                    lw=1.2, label=name if i == 0 else None)
+    for name, colour in (("sync-c0.1-d20", "tab:green"), ("sync-c0.1-dnone", "tab:red")):  # seed 0, for scale
+        res = _load(out, f"{name}-s0")
+        if res is not None:
+            rows = [r for r in res["rounds"] if r["test_acc"] is not None]
+            ax.plot([r["sim_time_s"] for r in rows], [r["test_acc"] for r in rows], color=colour, ls=":", lw=1.2,
+                    label=f"{name} (seed 0)")
+    ax.axhline(TARGET, color="grey", ls="--", lw=0.8)
+    ax.set_xlabel("simulated time (s)")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0.6, 0.9)
+    ax.set_xlim(0, 1500)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title("Fashion-MNIST 2nn, 100 devices, 10x speed spread, on 2/3 of the time (3 seeds)\n"
+                 "best synchronous deadline found against FedBuff", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    print(f"wrote {png}")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2 or argv[0] not in ("run", "table", "plot"):
+        print(__doc__.strip().splitlines()[3].strip(), file=sys.stderr)
+        return 2
+    if argv[0] == "run":
+        only = argv[argv.index("--only") + 1:] if "--only" in argv else []
+        jobs = int(argv[argv.index("--jobs") + 1]) if "--jobs" in argv else 1
+        run(argv[1], [o for o in only if o != "--jobs"], jobs)
+    elif argv[0] == "table":
+        table(argv[1])
+    else:
+        plot(argv[1], argv[2])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
