@@ -305,6 +305,89 @@ PYBIND11_MODULE(_core, m) {
     }, py::arg("w"), py::arg("acc"), py::arg("scale"));
 
     // ---- update norm (csrc/norm_ref.c, csrc/arch/*_norm.c) -------------------------------
+    // ---- sub-byte codecs: fmt is 4 (q4), 2 (q2) or 1 (r1, rotated 1-bit) ----
+    m.attr("RK") = FT_RK;
+    m.def("lowbit_block_bytes", [](int fmt) {
+        const size_t b = ft_lowbit_block_bytes(static_cast<ft_lowbit_fmt>(fmt));
+        if (!b) throw py::value_error("unknown sub-byte format " + std::to_string(fmt));
+        return b;
+    }, py::arg("fmt"));
+    m.def("lowbit_block_values", [](int fmt) {
+        if (!ft_lowbit_block_bytes(static_cast<ft_lowbit_fmt>(fmt))) throw py::value_error("unknown sub-byte format " + std::to_string(fmt));
+        return ft_lowbit_block_values(static_cast<ft_lowbit_fmt>(fmt));
+    }, py::arg("fmt"));
+    m.def("quantize_lowbit", [](int fmt, py::array x, py::object residual, int rounding, uint64_t seed, py::array out) {
+        const auto f = static_cast<ft_lowbit_fmt>(fmt);
+        if (!ft_lowbit_block_bytes(f)) throw py::value_error("unknown sub-byte format " + std::to_string(fmt));
+        const float *px = f32_in(x, "delta");
+        const size_t n = static_cast<size_t>(x.size());
+        float *pr = nullptr;
+        py::array r;
+        if (!residual.is_none()) {
+            r = residual.cast<py::array>();
+            pr = f32_out(r, "residual", static_cast<ssize_t>(n));
+        }
+        if (!out.dtype().equal(py::dtype::of<uint8_t>()) || !(out.flags() & py::array::c_style) || !out.writeable() ||
+            static_cast<size_t>(out.nbytes()) != ft_lowbit_nblocks(f, n) * ft_lowbit_block_bytes(f))
+            throw py::value_error("out must be a writable contiguous uint8 array of exactly nblocks*block_bytes bytes");
+        if (rounding != FT_ROUND_NEAREST && rounding != FT_ROUND_STOCHASTIC) throw py::value_error("unknown rounding mode");
+        auto *po = static_cast<uint8_t *>(out.mutable_data());
+        ft_status st;
+        {
+            py::gil_scoped_release nogil;
+            st = ft_quantize_lowbit(f, px, n, pr, static_cast<ft_rounding>(rounding), seed, po);
+        }
+        raise_status(st, "quantize");
+    }, py::arg("fmt"), py::arg("x"), py::arg("residual"), py::arg("rounding"), py::arg("seed"), py::arg("out"));
+    auto lowbit_in = [](int fmt, const py::buffer &blocks, size_t n, py::buffer_info &info) {
+        const auto f = static_cast<ft_lowbit_fmt>(fmt);
+        if (!ft_lowbit_block_bytes(f)) throw py::value_error("unknown sub-byte format " + std::to_string(fmt));
+        info = blocks.request();
+        if (info.itemsize != 1 || info.ndim != 1 || info.strides[0] != 1)
+            throw py::value_error("blocks must be a contiguous byte buffer");
+        const size_t need = ft_lowbit_nblocks(f, n) * ft_lowbit_block_bytes(f);
+        if (static_cast<size_t>(info.size) < need)
+            throw py::value_error("blocks hold " + std::to_string(info.size) + " bytes, " + std::to_string(n) +
+                                  " values need " + std::to_string(need));
+        return static_cast<const uint8_t *>(info.ptr);
+    };
+    m.def("dequantize_lowbit", [lowbit_in](int fmt, py::buffer blocks, size_t n, uint64_t seed, py::array out) {
+        float *po = f32_out(out, "out", static_cast<ssize_t>(n));
+        py::buffer_info info;
+        const uint8_t *pb = lowbit_in(fmt, blocks, n, info);
+        ft_status st;
+        {
+            py::gil_scoped_release nogil;
+            st = ft_dequantize_lowbit(static_cast<ft_lowbit_fmt>(fmt), pb, n, seed, po);
+        }
+        raise_status(st, "dequantize");
+    }, py::arg("fmt"), py::arg("blocks"), py::arg("n"), py::arg("seed"), py::arg("out"));
+    m.def("fedavg_acc_lowbit", [lowbit_in](int fmt, py::array acc, size_t offset, py::buffer blocks, size_t n,
+                                           uint64_t seed, float weight) {
+        float *pa = f32_out(acc, "acc");
+        if (offset > static_cast<size_t>(acc.size()) || n > static_cast<size_t>(acc.size()) - offset)
+            throw py::value_error("chunk [" + std::to_string(offset) + ", " + std::to_string(offset + n) +
+                                  ") exceeds the accumulator's " + std::to_string(acc.size()) + " values");
+        py::buffer_info info;
+        const uint8_t *pb = lowbit_in(fmt, blocks, n, info);
+        ft_status st;
+        {
+            py::gil_scoped_release nogil;
+            st = ft_fedavg_acc_lowbit(static_cast<ft_lowbit_fmt>(fmt), pa + offset, pb, offset, n, seed, weight);
+        }
+        raise_status(st, "fedavg_acc_lowbit");
+    }, py::arg("fmt"), py::arg("acc"), py::arg("offset"), py::arg("blocks"), py::arg("n"), py::arg("seed"),
+       py::arg("weight"));
+    m.def("fwht_f32", [](py::array v) {
+        float *pv = f32_out(v, "v");
+        ft_status st;
+        {
+            py::gil_scoped_release nogil;
+            st = ft_fwht_f32(pv, static_cast<size_t>(v.size()));
+        }
+        raise_status(st, "fwht_f32 (length must be a power of two <= RK)");
+    }, py::arg("v"), "In-place unnormalized fast Walsh-Hadamard transform.");
+
     m.def("sumsq_q8", [](py::buffer blocks, size_t n) {
         if (n > UINT32_MAX) throw py::value_error("n must be < 2^32");
         Blocks b = blocks_in(blocks, n, "blocks");

@@ -122,3 +122,61 @@ ft_status ft_sumsq_f32(const float *x, size_t n, double *out) {
     FT_CHECK(x && out);
     return ft_sumsq_f32_ref(x, n, out);
 }
+
+/* The sub-byte codecs: each path's instantiation of codec_lowbit_body.h. */
+static ft_fwht_fn fwht_kernel(void) {
+    switch (ft_simd_get()) {
+#if FT_ARCH_X86
+    case FT_SIMD_AVX2: return ft_fwht_f32_avx2;
+    case FT_SIMD_AVX512: return ft_fwht_f32_avx512;
+#endif
+#if FT_ARCH_ARM64
+    case FT_SIMD_NEON: return ft_fwht_f32_neon;
+#endif
+    default: return ft_fwht_f32_ref;
+    }
+}
+static ft_lowbit_quantize_fn lowbit_quantize_kernel(void) {
+    switch (ft_simd_get()) {
+#if FT_ARCH_X86
+    case FT_SIMD_AVX2: return ft_quantize_lowbit_avx2;
+    case FT_SIMD_AVX512: return ft_quantize_lowbit_avx512;
+#endif
+#if FT_ARCH_ARM64
+    case FT_SIMD_NEON: return ft_quantize_lowbit_neon;
+#endif
+    default: return ft_quantize_lowbit_ref;
+    }
+}
+static ft_lowbit_apply_fn lowbit_apply_kernel(void) {
+    switch (ft_simd_get()) {
+#if FT_ARCH_X86
+    case FT_SIMD_AVX2: return ft_lowbit_apply_avx2;
+    case FT_SIMD_AVX512: return ft_lowbit_apply_avx512;
+#endif
+    default: return ft_lowbit_apply_ref; /* NEON: the reference (no NEON version yet) */
+    }
+}
+static int lowbit_fmt_ok(ft_lowbit_fmt fmt) { return fmt == FT_FMT_Q4 || fmt == FT_FMT_Q2 || fmt == FT_FMT_R1; }
+
+ft_status ft_quantize_lowbit(ft_lowbit_fmt fmt, const float *x, size_t n, float *residual, ft_rounding rounding,
+                             uint64_t seed, uint8_t *out) {
+    FT_CHECK(lowbit_fmt_ok(fmt) && x && out && n <= UINT32_MAX);
+    FT_CHECK(rounding == FT_ROUND_NEAREST || rounding == FT_ROUND_STOCHASTIC);
+    return lowbit_quantize_kernel()(fmt, x, n, residual, rounding, seed, out);
+}
+ft_status ft_dequantize_lowbit(ft_lowbit_fmt fmt, const uint8_t *in, size_t n, uint64_t seed, float *out) {
+    FT_CHECK(lowbit_fmt_ok(fmt) && in && out && n <= UINT32_MAX);
+    return lowbit_apply_kernel()(fmt, in, 0, n, seed, 1.0f, out, 0);
+}
+ft_status ft_fedavg_acc_lowbit(ft_lowbit_fmt fmt, float *acc, const uint8_t *in, size_t i0, size_t n,
+                               uint64_t seed, float weight) {
+    FT_CHECK(lowbit_fmt_ok(fmt) && acc && in && i0 % ft_lowbit_block_values(fmt) == 0);
+    FT_CHECK(i0 <= UINT32_MAX && n <= UINT32_MAX - i0);
+    return lowbit_apply_kernel()(fmt, in, i0, n, seed, weight, acc, 1);
+}
+ft_status ft_fwht_f32(float *v, size_t len) {
+    FT_CHECK(v && len >= 1 && len <= FT_RK && (len & (len - 1)) == 0);
+    fwht_kernel()(v, len);
+    return FT_OK;
+}

@@ -135,6 +135,52 @@ ft_status ft_sumsq_q8(const ft_block_q8 *in, size_t n, double *out);
 /* *out = sum of x_i^2 for i < n, sequential in float64 (scalar on every path). */
 ft_status ft_sumsq_f32(const float *x, size_t n, double *out);
 
+/* ---- sub-byte update codecs (csrc/codec_lowbit_ref.c; docs/PROTOCOL.md "Sub-byte updates") ---- */
+
+#define FT_RK 512 /* values per block of the rotated 1-bit codec (a power of two: the FWHT size) */
+
+typedef enum {
+    FT_FMT_R1 = 1, /* 1 bit per value after a seeded random rotation, one scale per FT_RK values */
+    FT_FMT_Q2 = 2, /* 2-bit codes, q in {-1, 0, 1}, one scale per FT_QK values */
+    FT_FMT_Q4 = 4, /* 4-bit codes, q in [-7, 7], one scale per FT_QK values */
+} ft_lowbit_fmt;
+
+typedef struct { float d; uint8_t qs[FT_QK / 2]; } ft_block_q4;   /* 68 bytes  */
+typedef struct { float d; uint8_t qs[FT_QK / 4]; } ft_block_q2;   /* 36 bytes  */
+typedef struct { float s; uint8_t bits[FT_RK / 8]; } ft_block_r1; /* 68 bytes  */
+#if defined(__cplusplus)
+static_assert(sizeof(ft_block_q4) == 4 + FT_QK / 2 && sizeof(ft_block_q2) == 4 + FT_QK / 4 &&
+              sizeof(ft_block_r1) == 4 + FT_RK / 8, "sub-byte blocks must be packed");
+#else
+_Static_assert(sizeof(ft_block_q4) == 4 + FT_QK / 2 && sizeof(ft_block_q2) == 4 + FT_QK / 4 &&
+               sizeof(ft_block_r1) == 4 + FT_RK / 8, "sub-byte blocks must be packed");
+#endif
+
+/* Values per block and bytes per block of a format (0 for an unknown format). */
+size_t ft_lowbit_block_values(ft_lowbit_fmt fmt);
+size_t ft_lowbit_block_bytes(ft_lowbit_fmt fmt);
+static inline size_t ft_lowbit_nblocks(ft_lowbit_fmt fmt, size_t n) {
+    const size_t bv = ft_lowbit_block_values(fmt);
+    return (n + bv - 1) / bv;
+}
+
+/* Quantize x[0..n) into ft_lowbit_nblocks(fmt, n) blocks at `out` (byte buffer, any alignment).
+ *   residual [in,out] NULL or n float32: error feedback, as ft_quantize_q8
+ *   rounding [in]     q4/q2: nearest or stochastic (unbiased); r1: ignored (deterministic sign)
+ *   seed     [in]     the stochastic-rounding stream (q4/q2) or the rotation's signs (r1)
+ * FT_ERR_NONFINITE if any value is NaN/Inf. n < 2^32. */
+ft_status ft_quantize_lowbit(ft_lowbit_fmt fmt, const float *x, size_t n, float *residual, ft_rounding rounding,
+                             uint64_t seed, uint8_t *out);
+/* out[i] = value i for i < n; `seed` is the encoder's (r1 needs it to undo the rotation). */
+ft_status ft_dequantize_lowbit(ft_lowbit_fmt fmt, const uint8_t *in, size_t n, uint64_t seed, float *out);
+/* acc[i] += weight * value i, for the n values of blocks whose first value is parameter i0
+ * (a multiple of the block's value count: a chunk of an update). One pass, no float copy. */
+ft_status ft_fedavg_acc_lowbit(ft_lowbit_fmt fmt, float *acc, const uint8_t *in, size_t i0, size_t n,
+                               uint64_t seed, float weight);
+/* In-place unnormalized fast Walsh-Hadamard transform of len (a power of two, <= FT_RK) floats,
+ * the stages h = 1, 2, 4, ... each a + b, a - b: every path computes the same bits. */
+ft_status ft_fwht_f32(float *v, size_t len);
+
 /* ---- scalar references (the spec; always compiled; tests call them directly) -------- */
 
 ft_status ft_quantize_q8_ref(const float *x, size_t n, float *residual, ft_rounding rounding,
@@ -145,6 +191,9 @@ ft_status ft_fedavg_acc_f32_ref(float *acc, const float *x, size_t n, float weig
 ft_status ft_fedavg_apply_f32_ref(float *w, float *acc, size_t n, float scale);
 ft_status ft_sumsq_q8_ref(const ft_block_q8 *in, size_t n, double *out);
 ft_status ft_sumsq_f32_ref(const float *x, size_t n, double *out);
+ft_status ft_quantize_lowbit_ref(ft_lowbit_fmt fmt, const float *x, size_t n, float *residual, ft_rounding rounding,
+                                 uint64_t seed, uint8_t *out);
+void ft_fwht_f32_ref(float *v, size_t len);
 
 
 /* ==== on-device training engine (csrc/train_net.c, csrc/gemm_ref.c, csrc/arch/..._gemm.c) ====

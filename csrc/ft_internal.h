@@ -192,4 +192,27 @@ double ft_l2sq_f32_avx512(const float *x, size_t n);
 void ft_chacha20_blocks_neon(const uint32_t state[16], size_t nblocks, uint8_t *out);
 #endif
 
+/* ==== sub-byte codecs (csrc/codec_lowbit_body.h, the one definition) ====
+ * Each path compiles the body under its target attribute with its own FWHT; chosen with
+ * ft_simd_get(). The decode/accumulate of a path without its own version is the reference's. */
+typedef void (*ft_fwht_fn)(float *, size_t);
+typedef ft_status (*ft_lowbit_quantize_fn)(ft_lowbit_fmt, const float *, size_t, float *, ft_rounding, uint64_t,
+                                           uint8_t *);
+typedef ft_status (*ft_lowbit_apply_fn)(ft_lowbit_fmt, const uint8_t *, size_t, size_t, uint64_t, float, float *, int);
+/* acc[i] (+)= weight * value i over n values whose first is parameter i0; add = 0: write (weight 1) */
+ft_status ft_lowbit_apply_ref(ft_lowbit_fmt fmt, const uint8_t *in, size_t i0, size_t n, uint64_t seed, float weight,
+                              float *acc, int add);
+#if FT_ARCH_X86
+void ft_fwht_f32_avx2(float *v, size_t len);
+void ft_fwht_f32_avx512(float *v, size_t len);
+ft_status ft_quantize_lowbit_avx2(ft_lowbit_fmt, const float *, size_t, float *, ft_rounding, uint64_t, uint8_t *);
+ft_status ft_quantize_lowbit_avx512(ft_lowbit_fmt, const float *, size_t, float *, ft_rounding, uint64_t, uint8_t *);
+ft_status ft_lowbit_apply_avx2(ft_lowbit_fmt, const uint8_t *, size_t, size_t, uint64_t, float, float *, int);
+ft_status ft_lowbit_apply_avx512(ft_lowbit_fmt, const uint8_t *, size_t, size_t, uint64_t, float, float *, int);
+#endif
+#if FT_ARCH_ARM64
+void ft_fwht_f32_neon(float *v, size_t len);
+ft_status ft_quantize_lowbit_neon(ft_lowbit_fmt, const float *, size_t, float *, ft_rounding, uint64_t, uint8_t *);
+#endif
+
 #endif

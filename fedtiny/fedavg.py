@@ -1,7 +1,8 @@
 """In-place FedAvg: acc += n_k * update_k as updates (or their chunks) arrive; w += acc / sum n_k.
 
-Memory is one float32 vector of n_params whatever the number of updates: an Int8Update is
-dequantized and added in one C pass, never through a float32 copy.
+Memory is one float32 vector of n_params whatever the number of updates: an Int8Update or a
+LowbitUpdate (4-bit, 2-bit, rotated 1-bit) is dequantized and added in one C pass, never through
+a float32 copy (the rotated codec undoes its rotation one 512-value block at a time on the stack).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from . import _core
 from .bounds import scaled_weight
-from .codec import BLOCK_BYTES, QK, Int8Update, check_blocks
+from .codec import BLOCK_BYTES, QK, Int8Update, LowbitUpdate, check_blocks
 
 
 def _check_weight(weight: float) -> float:
@@ -32,7 +33,7 @@ class Accumulator:
         self.total_weight = 0.0
         self.count = 0
 
-    def add(self, update: Int8Update | np.ndarray, weight: float, scale: float = 1.0) -> None:
+    def add(self, update: Int8Update | LowbitUpdate | np.ndarray, weight: float, scale: float = 1.0) -> None:
         """Add one whole update with weight n_k (its sample count), its values times `scale`
         (the clipping factor of fedtiny.bounds times, in an asynchronous buffer, the staleness
         weight s(tau) of fedtiny.rounds; the denominator still counts n_k)."""
@@ -45,6 +46,10 @@ class Accumulator:
             if len(update) != self.n_params:
                 raise ValueError(f"update has {len(update)} parameters, the accumulator {self.n_params}")
             _core.fedavg_acc_q8(self._acc, 0, update.blocks, self.n_params, w_acc)
+        elif isinstance(update, LowbitUpdate):
+            if len(update) != self.n_params:
+                raise ValueError(f"update has {len(update)} parameters, the accumulator {self.n_params}")
+            _core.fedavg_acc_lowbit(update.format.fmt, self._acc, 0, update.blocks, self.n_params, update.seed, w_acc)
         elif isinstance(update, np.ndarray):
             if update.dtype != np.float32 or update.ndim != 1 or update.size != self.n_params:
                 raise ValueError(f"a float32 update must be 1-D float32 of {self.n_params} values, "
@@ -53,7 +58,7 @@ class Accumulator:
                 raise ValueError("update holds NaN or Inf: not added")
             _core.fedavg_acc_f32(self._acc, np.ascontiguousarray(update), w_acc)
         else:
-            raise ValueError(f"update must be an Int8Update or a float32 array, got {type(update).__name__}")
+            raise ValueError(f"update must be an Int8Update, a LowbitUpdate or a float32 array, got {type(update).__name__}")
         self.add_weight(w)
 
     def add_chunk(self, blocks: bytes | memoryview, first_block: int, weight: float) -> None:

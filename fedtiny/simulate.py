@@ -26,13 +26,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import bounds, clock, codec, datasets, rounds
+from . import bounds, broadcast, clock, codec, datasets, rounds
 from .atomic import atomic_write, remove_stale
 from . import model as model_mod
 from .datasets import check_model_fits
 from .seeds import derive_seed  # noqa: F401  (public here since before fedtiny.seeds)
 
-CODECS = ("float32", "int8", "int8-stochastic", "int8-ef")
+# <format>[-stochastic|-ef]: int8 (fedtiny.codec), int4 / int2 / 1bit-rot (sub-byte, docs/PROTOCOL.md)
+CODECS = ("float32", "int8", "int8-stochastic", "int8-ef", "int4", "int4-stochastic", "int4-ef",
+          "int2", "int2-stochastic", "int2-ef", "1bit-rot", "1bit-rot-ef")
 DROPOUT_PHASES = ("keys", "shares", "masked", "unmask", "any")  # secagg.PHASES, or one of them at random
 WEIGHTS = ("float32", "int8")
 HETERO_MIN_SPEED = 0.1  # the slowest simulated device does 10% of the full local steps
@@ -59,6 +61,7 @@ class SimConfig:
     shards: int = 2
     holdout: float = 0.1
     codec: str = "float32"
+    down_codec: str = "float32"
     weights: str = "float32"
     prox_mu: float = 0.0
     server_opt: str = "fedavg"
@@ -127,6 +130,8 @@ class SimConfig:
         need(self.shards >= 1, f"--shards must be >= 1, got {self.shards}")
         need(0 <= self.holdout < 1, f"--holdout must be in [0, 1), got {self.holdout}")
         need(self.codec in CODECS, f"--codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
+        need(self.down_codec in broadcast.DOWN_CODECS,
+             f"--down-codec must be one of {', '.join(broadcast.DOWN_CODECS)}, got {self.down_codec!r}")
         need(self.weights in WEIGHTS, f"--weights must be one of {', '.join(WEIGHTS)}, got {self.weights!r}")
         need(self.prox_mu >= 0 and math.isfinite(self.prox_mu), f"--prox-mu must be >= 0, got {self.prox_mu}")
         need(self.server_opt in rounds.SERVER_OPTIMIZERS,
@@ -176,6 +181,8 @@ class SimConfig:
             need(self.deadline is None, "--deadline applies to --mode sync: asynchronous buffers have no deadline")
             need(not self.secagg, "--secagg needs --mode sync: secure aggregation masks a synchronous round's sum")
             need(self.normalize == "none", "--normalize fednova needs --mode sync")
+            need(self.down_codec == "float32", f"--down-codec {self.down_codec} needs --mode sync (the asynchronous "
+                                               "buffer sends the model as float32 so far)")
             need(self.async_buffer() >= 1, f"--buffer must be >= 1, got {self.buffer}")
             need(1 <= self.async_concurrency() <= self.clients,
                  f"--concurrency must be in [1, --clients {self.clients}], got {self.concurrency}")
@@ -364,12 +371,14 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
     t_start = time.perf_counter()
     local = np.empty_like(server.params)
     speeds, avail = cfg.fleet()
+    down_link = broadcast.Broadcaster(cfg.down_codec, n_params)  # --mode async: float32 only (check())
     if cfg.mode == "async":
         cum_up, cum_down, agg_bytes_max = _async_loop(cfg, train, model, data, splits, server, x_test, y_test, speed,
                                                       speeds, avail, residuals, result, progress, t_start)
     t_sim = 0.0  # simulated seconds (fedtiny.clock): rounds start when the last one closed
     for r in range(1, cfg.rounds + 1 if cfg.mode == "sync" else 1):
         t0, c0 = time.perf_counter(), time.process_time()
+        start = down_link.publish(server.params)  # the model every device of this round starts from
         if priv is not None:  # DP's sampling is the accountant's: the clock does not change it (check())
             selected = priv.select(cfg.seed, r)
             priv.begin_round()
@@ -394,24 +403,25 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
         secure: dict = {}
         if cfg.secagg:
             up, down, train_loss, steps_total, secure = _secagg_round(cfg, train, model, data, splits, server, rnd,
-                                                                      selected, local, r)
+                                                                      selected, local, r, start,
+                                                                      down_link.message_bytes)
         else:
             up = 0
-            down = upload_f32 * len(finish)  # every selected device with data downloaded the model
+            down = down_link.message_bytes * len(finish)  # every selected device with data downloaded the model
             train_loss = 0.0
             steps_total = 0
             for _, k in arrivals:  # in order of arrival
                 part = splits[k]
                 xk, yk = data.x_train[part.train], data.y_train[part.train]
-                local[:] = server.params  # download
+                local[:] = start  # download
                 max_steps = None
                 if speed is not None:
                     max_steps = _planned_steps(cfg, part.n_samples, speed, k)
                 res = train.local_sgd(model, local, xk, yk, epochs=cfg.epochs, batch_size=cfg.batch, lr=cfg.lr,
                                       momentum=cfg.momentum, prox_mu=cfg.prox_mu,
-                                      global_params=server.params if cfg.prox_mu > 0 else None,
+                                      global_params=start if cfg.prox_mu > 0 else None,
                                       weights=cfg.weights, seed=derive_seed(cfg.seed, r, k, 1), max_steps=max_steps)
-                local -= server.params  # the delta, in place
+                local -= start  # the delta against the model the device started from, in place
                 if attack is not None and k == attack[0]:
                     local *= np.float32(attack[1])  # tests: one hostile device scales its update
                 weight = part.n_samples
@@ -480,7 +490,11 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
         "aggregator_state_bytes": server.nbytes, "wall_s": last["elapsed_wall_s"],
         "cpu_s": sum(row["round_cpu_s"] for row in result.rounds),
         "client_residual_bytes": sum(int(v.nbytes) for v in residuals.values()),
+        "download_bytes_per_device": down_link.message_bytes,
     }
+    if cfg.down_codec != "float32":  # the model devices would start from next: what they run
+        device_copy = down_link.publish(server.params)
+        result.summary["final_device_test_acc"] = float(train.evaluate(model, device_copy, x_test, y_test)[1])
     if cfg.trace_memory:
         result.summary["aggregator_traced_bytes_max"] = agg_bytes_max
     if priv is not None:
@@ -639,7 +653,7 @@ def _async_loop(cfg, train, model, data, splits, server, x_test, y_test, hetero,
     return cum_up, cum_down, agg_bytes_max
 
 
-def _secagg_round(cfg, train, model, data, splits, server, rnd, selected, local, r):
+def _secagg_round(cfg, train, model, data, splits, server, rnd, selected, local, r, start, down_bytes):
     """One round under SecAgg+ (fedtiny.privacy): every selected device with data runs the protocol
     in this process; --dropout P of them go silent at --dropout-phase. Returns the round's
     upload bytes, download bytes, summed train loss, local steps and the secure round's outcome."""
@@ -659,12 +673,12 @@ def _secagg_round(cfg, train, model, data, splits, server, rnd, selected, local,
 
     def make_update(device: secagg.Device) -> secagg.MaskedUpdate:
         k, part = device.id, splits[device.id]
-        local[:] = server.params  # download
+        local[:] = start  # download (the compressed download composes with SecAgg: only uploads are masked)
         res = train.local_sgd(model, local, data.x_train[part.train], data.y_train[part.train], epochs=cfg.epochs,
                               batch_size=cfg.batch, lr=cfg.lr, momentum=cfg.momentum, prox_mu=cfg.prox_mu,
-                              global_params=server.params if cfg.prox_mu > 0 else None, weights=cfg.weights,
+                              global_params=start if cfg.prox_mu > 0 else None, weights=cfg.weights,
                               seed=derive_seed(cfg.seed, r, k, 1))
-        np.subtract(local, server.params, out=local)  # the delta, in place
+        np.subtract(local, start, out=local)  # the delta, in place
         trained["loss"] += res.loss * part.n_samples
         trained["n"] += part.n_samples
         trained["steps"] += res.steps
@@ -680,20 +694,25 @@ def _secagg_round(cfg, train, model, data, splits, server, rnd, selected, local,
     info = {"secagg_outcome": result.outcome, "secagg_reason": result.reason, "dropped": len(drop),
             "survivors": len(result.survivors), "secagg_detail": result.detail}
     loss = trained["loss"] / max(trained["n"], 1) * len(result.survivors)  # the loop divides by the contributors
-    return sround.bytes_received, 4 * server.n_params * len(members), loss, trained["steps"], info
+    return sround.bytes_received, down_bytes * len(members), loss, trained["steps"], info
 
 
 def _encode(name: str, delta: np.ndarray, residuals: dict[int, np.ndarray], client: int, seed: int):
     if name == "float32":
         return delta
-    if name == "int8":
-        return codec.encode(delta, rounding="nearest")
-    if name == "int8-stochastic":
-        return codec.encode(delta, rounding="stochastic", seed=seed)
-    residual = residuals.get(client)
-    if residual is None:
-        residual = residuals[client] = np.zeros_like(delta)
-    return codec.encode(delta, rounding="nearest", residual=residual)
+    fmt, _, mode = name.partition("-")
+    if name.startswith("1bit-rot"):
+        fmt, mode = "1bit-rot", name[len("1bit-rot-"):]
+    residual = None
+    if mode == "ef":
+        residual = residuals.get(client)
+        if residual is None:
+            residual = residuals[client] = np.zeros_like(delta)
+    rounding = "stochastic" if mode == "stochastic" else "nearest"
+    if fmt == "int8":
+        return codec.encode(delta, rounding=rounding, seed=seed, residual=residual)
+    # the seed goes in the header: the rotated codec's signs are drawn afresh for every update
+    return codec.encode_lowbit(delta, fmt, rounding=rounding, seed=seed, residual=residual)
 
 
 _AGGREGATOR_FILES = (os.path.join("fedtiny", "rounds.py"), os.path.join("fedtiny", "fedavg.py"))
@@ -867,7 +886,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=d.lr, help="client learning rate")
     g.add_argument("--momentum", type=float, default=d.momentum, help="client SGD momentum")
     g.add_argument("--prox-mu", type=float, default=d.prox_mu, help="FedProx proximal term mu (0: off)")
-    g.add_argument("--codec", default=d.codec, choices=CODECS, help="update encoding (default %(default)s)")
+    g.add_argument("--codec", default=d.codec, choices=CODECS, help="update encoding, the upload (default %(default)s)")
+    g.add_argument("--down-codec", default=d.down_codec, choices=broadcast.DOWN_CODECS,
+                   help="model encoding, the download: the whole model each round with error feedback on the "
+                        "aggregator (default %(default)s)")
     g.add_argument("--weights", default=d.weights, choices=WEIGHTS, help="local SGD weights: float32, or int8 (quantized)")
     g.add_argument("--hetero", action="store_true", help="devices of different speed: each does a fixed fraction "
                    f"in [{HETERO_MIN_SPEED}, 1] of the local steps")

@@ -118,7 +118,7 @@ def test_bad_inputs_raise():
         acc.add(np.zeros(300), 1)
     with pytest.raises(ValueError, match="NaN or Inf"):
         acc.add(np.full(300, np.nan, np.float32), 1)
-    with pytest.raises(ValueError, match="Int8Update or a float32 array"):
+    with pytest.raises(ValueError, match="LowbitUpdate or a float32 array"):
         acc.add([0.0] * 300, 1)
     with pytest.raises(ValueError, match="whole number"):
         acc.add_chunk(u.blocks[:100], 0, 1)

@@ -153,7 +153,8 @@ def test_plot_without_matplotlib_says_so_in_one_line(monkeypatch, tmp_path, digi
 @pytest.mark.parametrize("args,needle", [
     (["--clients", "0"], "--clients must be >= 1"),
     (["--fraction", "1.5"], "--fraction must be in (0, 1]"),
-    (["--codec", "int4"], "invalid choice: 'int4'"),
+    (["--codec", "int3"], "invalid choice: 'int3'"),
+    (["--down-codec", "int2"], "invalid choice: 'int2'"),
     (["--rounds", "x"], "invalid int value"),
     (["--server-opt", "fedavg", "--beta1", "0.9"], "--beta1 does not apply to --server-opt fedavg"),
     (["--dataset", "fashion-mnist", "--data-dir", "/nonexistent-dir"], "apt-get install dataset-fashion-mnist"),
