@@ -8,17 +8,6 @@
 
 #include <string.h>
 
-#define FT_GET_U32_LE(b, i)                                                               \
-    ((uint32_t)(b)[(i)] | ((uint32_t)(b)[(i) + 1] << 8) | ((uint32_t)(b)[(i) + 2] << 16) | \
-     ((uint32_t)(b)[(i) + 3] << 24))
-#define FT_PUT_U32_LE(n, b, i)                                                            \
-    do {                                                                                  \
-        (b)[(i)] = (uint8_t)(n);                                                          \
-        (b)[(i) + 1] = (uint8_t)((n) >> 8);                                               \
-        (b)[(i) + 2] = (uint8_t)((n) >> 16);                                              \
-        (b)[(i) + 3] = (uint8_t)((n) >> 24);                                              \
-    } while (0)
-
 #define ROTL(x, n) (((x) << (n)) | ((x) >> (32 - (n))))
 #define QROUND(a, b, c, d)                                                                \
     do {                                                                                  \

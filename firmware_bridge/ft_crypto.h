@@ -26,6 +26,19 @@
 
 #include "ft_wire.h"
 
+/* Little-endian word load and store, explicit byte by byte (no alignment or host-order
+ * assumption), shared by ChaCha20 and Poly1305. */
+#define FT_GET_U32_LE(b, i)                                                               \
+    ((uint32_t)(b)[(i)] | ((uint32_t)(b)[(i) + 1] << 8) | ((uint32_t)(b)[(i) + 2] << 16) | \
+     ((uint32_t)(b)[(i) + 3] << 24))
+#define FT_PUT_U32_LE(n, b, i)                                                            \
+    do {                                                                                  \
+        (b)[(i)] = (uint8_t)(n);                                                          \
+        (b)[(i) + 1] = (uint8_t)((n) >> 8);                                               \
+        (b)[(i) + 2] = (uint8_t)((n) >> 16);                                              \
+        (b)[(i) + 3] = (uint8_t)((n) >> 24);                                              \
+    } while (0)
+
 #ifdef __cplusplus
 extern "C" {
 #endif

@@ -12,32 +12,21 @@
 
 #define M26 0x3ffffffu
 
-#define GET_U32_LE(b, i)                                                                  \
-    ((uint32_t)(b)[(i)] | ((uint32_t)(b)[(i) + 1] << 8) | ((uint32_t)(b)[(i) + 2] << 16) | \
-     ((uint32_t)(b)[(i) + 3] << 24))
-#define PUT_U32_LE(n, b, i)                                                               \
-    do {                                                                                  \
-        (b)[(i)] = (uint8_t)(n);                                                          \
-        (b)[(i) + 1] = (uint8_t)((n) >> 8);                                               \
-        (b)[(i) + 2] = (uint8_t)((n) >> 16);                                              \
-        (b)[(i) + 3] = (uint8_t)((n) >> 24);                                              \
-    } while (0)
-
 void ft_poly1305_init(ft_poly1305_ctx *ctx, const uint8_t key[FT_POLY1305_KEY_BYTES])
 {
     /* r = key[0..16) clamped (RFC 8439 §2.5), split into 26-bit limbs */
-    const uint32_t t0 = GET_U32_LE(key, 0), t1 = GET_U32_LE(key, 4);
-    const uint32_t t2 = GET_U32_LE(key, 8), t3 = GET_U32_LE(key, 12);
+    const uint32_t t0 = FT_GET_U32_LE(key, 0), t1 = FT_GET_U32_LE(key, 4);
+    const uint32_t t2 = FT_GET_U32_LE(key, 8), t3 = FT_GET_U32_LE(key, 12);
     ctx->r[0] = t0 & 0x3ffffffu;
     ctx->r[1] = ((t0 >> 26) | (t1 << 6)) & 0x3ffff03u;
     ctx->r[2] = ((t1 >> 20) | (t2 << 12)) & 0x3ffc0ffu;
     ctx->r[3] = ((t2 >> 14) | (t3 << 18)) & 0x3f03fffu;
     ctx->r[4] = (t3 >> 8) & 0x00fffffu;
     memset(ctx->h, 0, sizeof ctx->h);
-    ctx->pad[0] = GET_U32_LE(key, 16);
-    ctx->pad[1] = GET_U32_LE(key, 20);
-    ctx->pad[2] = GET_U32_LE(key, 24);
-    ctx->pad[3] = GET_U32_LE(key, 28);
+    ctx->pad[0] = FT_GET_U32_LE(key, 16);
+    ctx->pad[1] = FT_GET_U32_LE(key, 20);
+    ctx->pad[2] = FT_GET_U32_LE(key, 24);
+    ctx->pad[3] = FT_GET_U32_LE(key, 28);
     ctx->used = 0;
 }
 
@@ -51,11 +40,11 @@ static void poly1305_block(ft_poly1305_ctx *ctx, const uint8_t m[16], uint32_t h
     uint64_t d0, d1, d2, d3, d4;
     uint32_t c;
 
-    h0 += GET_U32_LE(m, 0) & M26;
-    h1 += (GET_U32_LE(m, 3) >> 2) & M26;
-    h2 += (GET_U32_LE(m, 6) >> 4) & M26;
-    h3 += (GET_U32_LE(m, 9) >> 6) & M26;
-    h4 += (GET_U32_LE(m, 12) >> 8) | hibit;
+    h0 += FT_GET_U32_LE(m, 0) & M26;
+    h1 += (FT_GET_U32_LE(m, 3) >> 2) & M26;
+    h2 += (FT_GET_U32_LE(m, 6) >> 4) & M26;
+    h3 += (FT_GET_U32_LE(m, 9) >> 6) & M26;
+    h4 += (FT_GET_U32_LE(m, 12) >> 8) | hibit;
 
     d0 = (uint64_t)h0 * r0 + (uint64_t)h1 * s4 + (uint64_t)h2 * s3 + (uint64_t)h3 * s2 + (uint64_t)h4 * s1;
     d1 = (uint64_t)h0 * r1 + (uint64_t)h1 * r0 + (uint64_t)h2 * s4 + (uint64_t)h3 * s3 + (uint64_t)h4 * s2;
@@ -141,10 +130,10 @@ void ft_poly1305_finish(ft_poly1305_ctx *ctx, uint8_t tag[FT_POLY1305_TAG_BYTES]
     f = (uint64_t)h1 + ctx->pad[1] + (f >> 32); h1 = (uint32_t)f;
     f = (uint64_t)h2 + ctx->pad[2] + (f >> 32); h2 = (uint32_t)f;
     f = (uint64_t)h3 + ctx->pad[3] + (f >> 32); h3 = (uint32_t)f;
-    PUT_U32_LE(h0, tag, 0);
-    PUT_U32_LE(h1, tag, 4);
-    PUT_U32_LE(h2, tag, 8);
-    PUT_U32_LE(h3, tag, 12);
+    FT_PUT_U32_LE(h0, tag, 0);
+    FT_PUT_U32_LE(h1, tag, 4);
+    FT_PUT_U32_LE(h2, tag, 8);
+    FT_PUT_U32_LE(h3, tag, 12);
     ft_zeroize(ctx, sizeof *ctx);
 }
 

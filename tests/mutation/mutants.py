@@ -185,4 +185,10 @@ MUTANTS = [
     dict(id="flower-int8-weight-one", file="fedtiny/flower/strategy.py",
          old="acc.add(payload, weight, self._clip(payload))", new="acc.add(payload, 1.0, self._clip(payload))",
          tests=["tests/test_flower_strategy.py"], why="the Flower strategy weighs every fedtiny reply 1"),
+    dict(id="sha256-shani-schedule", file="firmware_bridge/ft_sha256.c",
+         old="abef = _mm_sha256rnds2_epu32(abef, cdgh, _mm_shuffle_epi32(wk, 0x0E));",
+         new="abef = _mm_sha256rnds2_epu32(abef, cdgh, _mm_shuffle_epi32(wk, 0x0F));",
+         tests=["tests/test_wire.py"],
+         why="the SHA-NI block function feeds the wrong message word to its second two rounds (the wire "
+             "library's import-time self-test refuses it: a collection error; the hashlib test too)"),
 ]
