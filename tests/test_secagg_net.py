@@ -85,8 +85,8 @@ def grid_mean_oracle(fleet: Fleet, weights: np.ndarray, round_id: int, survivors
 
 
 def run_fleet(tmp_path, clients, rounds, *, tap=None, kill=None, cfg_kw=None, timeout=90):
-    """A secure federation of `clients` real client processes; kill: (device, phase) -> the client
-    process is SIGKILLed when the aggregator's round-1 stage reaches `phase`."""
+    """A secure federation of `clients` real client processes. kill: ({device: phase}) -- the
+    client process is SIGKILLed at that phase of round 1 (see _killer)."""
     fleet = Fleet(tmp_path, clients)
     cfg = secure_config(fleet, rounds=rounds, **(cfg_kw or {}))
     procs = []
@@ -99,9 +99,11 @@ def run_fleet(tmp_path, clients, rounds, *, tap=None, kill=None, cfg_kw=None, ti
                 addr = f"{relay.addr[0]}:{relay.addr[1]}"
             try:
                 procs = fleet.start_clients(addr)
-                if kill is not None:
-                    _kill_at(agg, procs, *kill)
-                agg.wait(timeout)
+                restore = _killer(procs, kill or {})
+                try:
+                    agg.wait(timeout)
+                finally:
+                    restore()
             finally:
                 if relay is not None:
                     relay.__exit__(None, None, None)
@@ -116,21 +118,41 @@ def run_fleet(tmp_path, clients, rounds, *, tap=None, kill=None, cfg_kw=None, ti
         stop_all(procs)
 
 
-def _kill_at(agg, procs, device, phase):
-    """SIGKILL the client of `device` when round 1's secure stage reaches `phase`: 'keys' (it has
-    sent its keys), 'shares' (its shares are in), 'masked' (its vector is in), 'unmask' (the unmask
-    request is out: it may or may not answer)."""
-    def answered(stage):
-        r = agg.agg.secagg.round
-        return r is not None and r.id == 1 and device in r.server.answered() and r.server.stage == stage
+def _killer(procs, kill: dict):
+    """SIGKILL device d's client, in round 1, right after the aggregator accepted its message of
+    the phase (keys: its KEYS, so it never sends shares; shares: its SHARES; masked: its whole
+    masked vector, so it never reveals shares) or, for 'unmask', when the unmask request goes out
+    (it may or may not answer). Runs in the aggregator's thread, before the stage can close."""
+    phase_type = {"keys": wire.MsgType.SECAGG_KEYS, "shares": wire.MsgType.SECAGG_SHARES}
+    real_on_frame, real_advance = sr.SecureRound.on_frame, sr.SecureRound._advance
 
-    def reached(stage):
-        r = agg.agg.secagg.round
-        return r is not None and r.id == 1 and r.server.stage == stage
-    cond = {"keys": lambda: answered("keys"), "shares": lambda: answered("shares"),
-            "masked": lambda: answered("masked"), "unmask": lambda: reached("unmask")}[phase]
-    wait_for(cond, 30, f"round 1 at {phase}")
-    procs[device].send_signal(signal.SIGKILL)
+    def kill_now(d):
+        if procs[d].poll() is None:
+            procs[d].send_signal(signal.SIGKILL)
+            procs[d].wait()
+
+    def on_frame(self, device, f, now):
+        try:
+            real_on_frame(self, device, f, now)
+        finally:
+            phase = kill.get(device)
+            if self.id == 1 and phase is not None:
+                if phase in phase_type and (device, phase_type[phase]) in self.accepted:
+                    kill_now(device)
+                elif phase == "masked" and device in self.staged and self.staged[device].done:
+                    kill_now(device)
+
+    def advance(self, now):
+        real_advance(self, now)
+        if self.id == 1 and self.server.stage == "unmask":
+            for d, phase in kill.items():
+                if phase == "unmask":
+                    kill_now(d)
+    sr.SecureRound.on_frame, sr.SecureRound._advance = on_frame, advance
+
+    def restore():
+        sr.SecureRound.on_frame, sr.SecureRound._advance = real_on_frame, real_advance
+    return restore
 
 
 def test_ten_client_processes_reproduce_simulate_secagg_bit_for_bit(tmp_path):
@@ -145,3 +167,40 @@ def test_ten_client_processes_reproduce_simulate_secagg_bit_for_bit(tmp_path):
         assert got["survivors"] == want["survivors"] == 10 and got["clients"] == 10
         assert got["test_acc"] == want["test_acc"]
         assert got["rejected"] == {}, got["rejected"]
+
+
+@pytest.mark.parametrize("phase", ["keys", "shares", "masked", "unmask"])
+def test_a_client_killed_in_each_phase_the_round_is_exact_with_the_survivors(tmp_path, phase):
+    """10 devices (k = 9, t = 5, min_survivors 6): device 3 is killed at `phase` of round 1. The
+    round completes; the new model is the start model plus the float64 mean of exactly the
+    survivors' grid vectors (a device whose vector is in survives: masked, unmask)."""
+    fleet, cfg, agg, codes, logs = run_fleet(tmp_path, 10, 1, kill={3: phase})
+    ck = state.load(cfg.state)
+    row = ck.metrics[0]
+    assert row["secagg_outcome"] == "applied", row
+    stages = row["secagg_stages"]
+    want_survivors = 10 if phase in ("masked", "unmask") else 9
+    assert row["survivors"] == row["clients"] == want_survivors, row
+    if phase == "keys":
+        assert stages == {"keys": 10, "shares": 9, "masked": 9, "unmask": 9}, stages
+    elif phase == "shares":
+        assert stages == {"keys": 10, "shares": 10, "masked": 9, "unmask": 9}, stages
+    elif phase == "masked":
+        assert stages == {"keys": 10, "shares": 10, "masked": 10, "unmask": 9}, stages
+    survivors = [d for d in range(10) if want_survivors == 10 or d != 3]
+    w0 = model_mod.build(MODEL).init(0)
+    want = w0.astype(np.float64) + grid_mean_oracle(fleet, w0, 1, survivors, 10)
+    np.testing.assert_allclose(ck.weights, want, rtol=0, atol=2e-6)   # one grid unit is 3e-5 here
+    assert codes[3] == -signal.SIGKILL
+    assert [c for d, c in enumerate(codes) if d != 3] == [0] * 9, logs
+
+
+def test_below_the_threshold_the_round_is_abandoned_and_the_model_unchanged(tmp_path):
+    """5 of 10 devices killed after their keys: 5 share messages < min_survivors 6."""
+    fleet, cfg, agg, codes, logs = run_fleet(tmp_path, 10, 1, kill={d: "keys" for d in range(5)})
+    ck = state.load(cfg.state)
+    row = ck.metrics[0]
+    assert row["secagg_outcome"] == "abandoned" and row["secagg_reason"] == "too_few_shares", row
+    assert "5 devices sent shares, minimum 6" in row["secagg_detail"]
+    assert row["clients"] == 0 and row["survivors"] == 0
+    np.testing.assert_array_equal(ck.weights, model_mod.build(MODEL).init(0))
