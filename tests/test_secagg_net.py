@@ -56,38 +56,29 @@ def secure_config(fleet: Fleet, **kw):
     return fleet.config(**base)
 
 
+def local_delta(fleet: Fleet, weights: np.ndarray, round_id: int, k: int, seed: int = 0) -> np.ndarray:
+    """Device k's float32 delta from `weights`, trained as the client trains it."""
+    data = np.load(fleet.data[k])
+    params = weights.astype(np.float32).copy()
+    train.local_sgd(model_mod.build(MODEL), params, data["x"].astype(np.float32), data["y"], epochs=1, batch_size=10,
+                    lr=0.05, seed=derive_seed(seed, round_id, k, 1))
+    return (params - weights.astype(np.float32)).astype(np.float32)
+
+
 def grid_mean_oracle(fleet: Fleet, weights: np.ndarray, round_id: int, survivors, selected: int,
                      seed: int = 0) -> np.ndarray:
     """float64 mean of the survivors' grid vectors (clip, grid, the rounding stream of their
     derived key, all in numpy here), times the step: the mean the unmasked sum must decode to."""
-    import struct
-
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
-    model = model_mod.build(MODEL)
     g = gridmod.Grid.for_round(CLIP, selected)
-    total = np.zeros(weights.size, np.float64)
-    for k in survivors:
-        data = np.load(fleet.data[k])
-        x, y = data["x"].astype(np.float32), data["y"]
-        params = weights.astype(np.float32).copy()
-        train.local_sgd(model, params, x, y, epochs=1, batch_size=10, lr=0.05, seed=derive_seed(seed, round_id, k, 1))
-        delta = (params - weights.astype(np.float32)).astype(np.float32)
-        norm = np.sqrt(np.sum(delta.astype(np.float64) ** 2))
-        scale = np.float32(1.0 if norm <= CLIP else CLIP / norm)
-        key = gridmod.derived_round_key(seed, round_id, k)
-        enc = Cipher(algorithms.ChaCha20(key, struct.pack("<I", 0) + b"fedtiny-srnd"), None).encryptor()
-        r = np.frombuffer(enc.update(bytes(4 * delta.size)), "<u4")
-        t = np.clip(delta * (scale / np.float32(g.step)), -g.qmax, g.qmax).astype(np.float32)
-        fl = np.floor(t)
-        q = fl + ((r >> 8).astype(np.float64) * 2.0 ** -24 < (t - fl))
-        total += q
+    total = sum(grid_q(local_delta(fleet, weights, round_id, k, seed), gridmod.derived_round_key(seed, round_id, k), g)
+                for k in survivors)
     return total * g.step / len(survivors)
 
 
-def run_fleet(tmp_path, clients, rounds, *, tap=None, kill=None, cfg_kw=None, timeout=90):
+def run_fleet(tmp_path, clients, rounds, *, tap=None, kill=None, cfg_kw=None, timeout=90, fleet=None):
     """A secure federation of `clients` real client processes. kill: ({device: phase}) -- the
     client process is SIGKILLed at that phase of round 1 (see _killer)."""
-    fleet = Fleet(tmp_path, clients)
+    fleet = fleet or Fleet(tmp_path, clients)
     cfg = secure_config(fleet, rounds=rounds, **(cfg_kw or {}))
     procs = []
     try:
@@ -155,9 +146,44 @@ def _killer(procs, kill: dict):
     return restore
 
 
+class MaskedCapture:
+    """What crossed the wire, decoded with the devices' keys (a LossyRelay tap): each round's model
+    (MODEL_CHUNK, down) and each device's masked vector (MASKED_UPDATE, up), as the aggregator --
+    or anyone on the path -- receives them."""
+
+    def __init__(self, device_keys):
+        self.keys = SessionKeys(device_keys)
+        self.lock = threading.Lock()
+        self.models: dict[int, dict[int, bytes]] = {}
+        self.masked: dict[tuple[int, int], dict[int, bytes]] = {}
+
+    def __call__(self, direction: str, data: bytes) -> None:
+        with self.lock:
+            f = self.keys.decode(data)
+            if f is None:
+                return
+            if direction == "down" and f.type == wire.MsgType.MODEL_CHUNK:
+                self.models.setdefault(f.round, {})[f.chunk_index] = bytes(f.payload)
+            elif direction == "up" and f.type == wire.MsgType.MASKED_UPDATE:
+                self.masked.setdefault((f.round, f.device_id), {})[f.chunk_index] = bytes(f.payload)
+
+    def model(self, r: int) -> np.ndarray:
+        parts = self.models[r]
+        return np.frombuffer(b"".join(parts[i] for i in range(len(parts))), "<f4")
+
+    def vector(self, r: int, device: int) -> np.ndarray:
+        parts = self.masked[(r, device)]
+        return np.frombuffer(b"".join(parts[i] for i in range(len(parts))), "<u2")
+
+
 def test_ten_client_processes_reproduce_simulate_secagg_bit_for_bit(tmp_path):
+    """The bit-for-bit oracle, and on the same run the aggregator's view: every masked vector as
+    captured on the wire is uniform modulo 2^16 (chi-square over 256 bins) and uncorrelated with
+    the device's grid vector, which the same test shows a plain upload would reveal."""
     weights, rows = simulate_secagg(10, 3)
-    fleet, cfg, agg, codes, logs = run_fleet(tmp_path, 10, 3)
+    fleet = Fleet(tmp_path, 10)
+    capture = {"tap": MaskedCapture(fleet.keys)}
+    fleet, cfg, agg, codes, logs = run_fleet(tmp_path, 10, 3, tap=capture["tap"], fleet=fleet)
     assert codes == [0] * 10, logs
     ck = state.load(cfg.state)
     assert ck.round == 3
@@ -167,6 +193,26 @@ def test_ten_client_processes_reproduce_simulate_secagg_bit_for_bit(tmp_path):
         assert got["survivors"] == want["survivors"] == 10 and got["clients"] == 10
         assert got["test_acc"] == want["test_acc"]
         assert got["rejected"] == {}, got["rejected"]
+    cap = capture["tap"]
+    g = gridmod.Grid.for_round(CLIP, 10)
+    words, corr_masked, corr_plain = [], [], []
+    for r in (1, 2, 3):
+        w = cap.model(r)
+        for k in range(10):
+            y = cap.vector(r, k)
+            assert y.size == w.size                      # 2 bytes per parameter on the wire
+            q = grid_q(local_delta(fleet, w, r, k), gridmod.derived_round_key(0, r, k), g)
+            centered = np.where(y >= 2 ** 15, y.astype(np.int64) - 2 ** 16, y.astype(np.int64))
+            corr_masked.append(abs(np.corrcoef(centered, q)[0, 1]))
+            corr_plain.append(np.corrcoef(local_delta(fleet, w, r, k), q)[0, 1])
+            words.append(y)
+    n = w.size
+    assert max(corr_masked) < 5 / np.sqrt(n), corr_masked          # chance: ~1/sqrt(n) = 0.02
+    assert min(corr_plain) > 0.9                                   # without masks the update shows
+    counts = np.bincount((np.concatenate(words) >> 8).astype(np.int64), minlength=256)
+    expected = counts.sum() / 256
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 255 + 6 * np.sqrt(2 * 255), chi2                 # 255 degrees of freedom
 
 
 @pytest.mark.parametrize("phase", ["keys", "shares", "masked", "unmask"])
@@ -204,3 +250,101 @@ def test_below_the_threshold_the_round_is_abandoned_and_the_model_unchanged(tmp_
     assert "5 devices sent shares, minimum 6" in row["secagg_detail"]
     assert row["clients"] == 0 and row["survivors"] == 0
     np.testing.assert_array_equal(ck.weights, model_mod.build(MODEL).init(0))
+
+
+# --- a keyed device that misbehaves ---------------------------------------------------------------
+
+def _send_msg(dev: HandDevice, msg_type, round_id: int, data: bytes) -> None:
+    parts = sr.chunks(msg_type, data)
+    for i, p in enumerate(parts):
+        dev.send(dev.frame(msg_type, round_id, p, chunk=(i, len(parts))))
+
+
+def _recv_msg(dev: HandDevice, msg_type, timeout: float = 10.0) -> bytes:
+    parts, count = {}, None
+    end = time.monotonic() + timeout
+    while count is None or len(parts) < count:
+        f = dev.expect(msg_type, end - time.monotonic())
+        count = f.chunk_count
+        parts[f.chunk_index] = bytes(f.payload)
+    return b"".join(parts[i] for i in range(count))
+
+
+def grid_q(delta: np.ndarray, key: bytes, g) -> np.ndarray:
+    """The grid vector of one delta in numpy (clip, scale, rounding stream of key): the oracle."""
+    import struct
+
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+    norm = np.sqrt(np.sum(delta.astype(np.float64) ** 2))
+    scale = np.float32(1.0 if norm <= g.clip else g.clip / norm)
+    enc = Cipher(algorithms.ChaCha20(key, struct.pack("<I", 0) + b"fedtiny-srnd"), None).encryptor()
+    r = np.frombuffer(enc.update(bytes(4 * delta.size)), "<u4")
+    t = np.clip(delta * (scale / np.float32(g.step)), -g.qmax, g.qmax).astype(np.float32)
+    fl = np.floor(t)
+    return fl + ((r >> 8).astype(np.float64) * 2.0 ** -24 < (t - fl))
+
+
+def test_hostile_frames_from_a_keyed_device_are_counted_and_never_reach_the_sum(tmp_path):
+    """10 real clients and one keyed device driven by hand (id 10) in a secure round. It replays
+    its KEYS datagram, sends a second different KEYS, shares with one addressed to a device that
+    is not in the round, a masked vector of the wrong length, then its honest messages, then a
+    chunk of a second, different masked vector. Each is dropped and counted by reason; the round's
+    model is the start model plus the float64 mean of the 11 honest grid vectors."""
+    from fedtiny.privacy import secagg
+    fleet = Fleet(tmp_path, 10)
+    cfg = secure_config(fleet, rounds=1, min_clients=11, secagg_stage_timeout=8.0)
+    hand_id = 10
+    delta = (np.random.default_rng(5).standard_normal(model_mod.build(MODEL).n_params) * 0.01).astype(np.float32)
+    key = bytes(range(32))
+    procs = []
+    try:
+        with AggregatorThread(cfg) as agg:
+            dev = HandDevice(agg.address, hand_id, fleet.keys[hand_id])
+            procs = fleet.start_clients(agg.server)
+            r, offer, w0 = hand_join(dev)
+            assert offer.fixed_scale == pytest.approx(CLIP)
+            setup = sr.parse_setup(r, _recv_msg(dev, wire.MsgType.SECAGG_SETUP))
+            machine = secagg.Device(hand_id)
+            keys_bytes = sr.pack_keys(machine.on_setup(setup))
+            keys_frame = dev.frame(wire.MsgType.SECAGG_KEYS, r, keys_bytes)
+            dev.send(keys_frame)
+            dev.send(keys_frame)                                   # replayed datagram: the window
+            dev.send(dev.frame(wire.MsgType.SECAGG_KEYS, r, bytes(96 - len(keys_bytes[:64])) + keys_bytes[32:]))
+            key_list = sr.parse_key_list(r, _recv_msg(dev, wire.MsgType.SECAGG_KEY_LIST))
+            shares = machine.on_key_list(key_list).ciphertexts
+            stolen = dict(shares)
+            stolen[999] = stolen.pop(min(stolen))                  # one share to a device not in the round
+            _send_msg(dev, wire.MsgType.SECAGG_SHARES, r, sr.pack_cipher_list(stolen))
+            _send_msg(dev, wire.MsgType.SECAGG_SHARES, r, sr.pack_cipher_list(shares))
+            machine.on_share_list(secagg.ShareList(r, sr.parse_cipher_list(
+                _recv_msg(dev, wire.MsgType.SECAGG_SHARE_LIST), "SHARE_LIST")))
+            y = machine.masked_update(delta, key).payload
+            n = len(sr.chunks(wire.MsgType.MASKED_UPDATE, y))
+            dev.send(dev.frame(wire.MsgType.MASKED_UPDATE, r, y[:1152], chunk=(0, n + 1)))   # wrong length
+            dev.send(dev.frame(wire.MsgType.MASKED_UPDATE, r, y[-2:], chunk=(n - 1, n)))       # short last chunk
+            _send_msg(dev, wire.MsgType.MASKED_UPDATE, r, y)
+            ack = wire.Ack.unpack(dev.expect(wire.MsgType.ACK).payload)
+            while len(ack.received) < n:
+                ack = wire.Ack.unpack(dev.expect(wire.MsgType.ACK).payload)
+            other = bytes(b ^ 1 for b in y[:1152])
+            dev.send(dev.frame(wire.MsgType.MASKED_UPDATE, r, other, chunk=(0, n)))   # a second vector
+            unmask = sr.parse_ids(_recv_msg(dev, wire.MsgType.SECAGG_UNMASK), "UNMASK")
+            assert unmask == tuple(range(11))
+            _send_msg(dev, wire.MsgType.SECAGG_UNMASK_SHARES, r,
+                      sr.pack_unmask_shares(machine.on_unmask(secagg.Unmask(r, unmask))))
+            agg.wait(40)
+            dev.close()
+    finally:
+        stop_all(procs)
+    ck = state.load(cfg.state)
+    row = ck.metrics[0]
+    assert row["secagg_outcome"] == "applied" and row["survivors"] == 11, row
+    rej = row["rejected"]
+    assert rej.get("replay") == 1 and rej.get("key_conflict") == 1, rej
+    assert rej.get("share_misaddressed") == 1 and rej.get("wrong_length") == 2, rej
+    assert rej.get("conflicting_update") == 1, rej
+    g = gridmod.Grid.for_round(CLIP, 11)
+    w0 = model_mod.build(MODEL).init(0)
+    want = w0.astype(np.float64) + grid_mean_oracle(fleet, w0, 1, range(10), 11) * 10 / 11 \
+        + grid_q(delta, key, g) * g.step / 11
+    np.testing.assert_allclose(ck.weights, want, rtol=0, atol=2e-6)
