@@ -348,3 +348,35 @@ def test_hostile_frames_from_a_keyed_device_are_counted_and_never_reach_the_sum(
     want = w0.astype(np.float64) + grid_mean_oracle(fleet, w0, 1, range(10), 11) * 10 / 11 \
         + grid_q(delta, key, g) * g.step / 11
     np.testing.assert_allclose(ck.weights, want, rtol=0, atol=2e-6)
+
+
+def test_demo_secagg_is_simulate_secagg_bit_for_bit(tmp_path):
+    """README: `fedtiny demo --secagg` ends with the weights of `fedtiny simulate --secagg` with
+    the same devices, seed and clip bound (the aggregator's default --clip-norm 1), bit for bit."""
+    import subprocess
+    import sys
+    demo = subprocess.run([sys.executable, "-m", "fedtiny.cli", "demo", "--secagg", "--clients", "5", "--rounds", "4",
+                           "--state", str(tmp_path / "st")], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert demo.returncode == 0, demo.stderr
+    assert "SecAgg+ masked updates" in demo.stdout
+    sim = subprocess.run([sys.executable, "-m", "fedtiny.cli", "simulate", "--dataset", "digits", "--model", MODEL,
+                          "--clients", "5", "--fraction", "1", "--rounds", "4", "--secagg", "--clip-norm", "1",
+                          "--out", str(tmp_path / "sim")], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert sim.returncode == 0, sim.stderr
+    ck = state.load(str(tmp_path / "st"))
+    assert ck.round == 4 and all(r["secagg_outcome"] == "applied" for r in ck.metrics)
+    np.testing.assert_array_equal(ck.weights, np.load(tmp_path / "sim" / "params.npy"))
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--secagg-k", "3"], "--secagg-k needs --secagg"),
+    (["--secagg", "--clip-norm", "0"], "--secagg needs --clip-norm C > 0"),
+    (["--secagg", "--secagg-t", "9", "--min-clients", "4"], "--secagg-t 9 must be in [1, k = 3]"),
+    (["--secagg", "--secagg-stage-timeout", "0"], "--secagg-stage-timeout must be > 0"),
+])
+def test_aggregate_secagg_argument_errors_are_one_line(tmp_path, argv, message):
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, "-m", "fedtiny.cli", "aggregate", "--keys", "k", "--state", "s", *argv],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and message in res.stderr, res.stderr
