@@ -370,7 +370,7 @@ class SecureRound:
         for d in sorted(missing):
             if d not in self.out or now - self.sent_at.get(d, -math.inf) < RESEND_SECONDS:
                 continue
-            st = self.staged.get(d)
+            st = self.staged.get(d) if s.stage == secagg.MASKED else None
             if st is not None:        # uploading: tell it what is missing
                 if now - st.last >= RESEND_SECONDS:
                     self._ack(d, st)
