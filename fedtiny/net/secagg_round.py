@@ -59,7 +59,7 @@ CHUNK_BYTES = {t: (MAX_PAYLOAD // e) * e for t, e in ENTRY.items()}
 RESEND_SECONDS = 0.5      # a stage's message again to a device that has not answered it
 ACK_EVERY = 16            # masked-vector chunks between two ACKs
 UPLOAD_WINDOW = 32        # masked-vector chunks in flight on the device
-UPLOAD_WAIT, UPLOAD_WAIT_MAX = 0.3, 2.4
+UPLOAD_WAIT, UPLOAD_WAIT_MAX = 1.0, 4.0   # the device's probe timer (the aggregator ACKs a quiet upload after RESEND_SECONDS)
 STAGE_SECONDS = 5.0       # default --secagg-stage-timeout: keys, shares and unmask stages
 
 
@@ -566,10 +566,10 @@ class DeviceSecAgg:
             self.send(msg_type, p, (i, len(parts)))
 
     def _resend(self, to: int, now: float) -> None:
+        # (a repeated SHARE_LIST needs no answer: the upload's ACKs and probe recover lost chunks,
+        # and while this device trains the aggregator keeps asking)
         if to in self.answers:
             self._answer(to, *self.answers[to])
-        elif to == M.SECAGG_SHARE_LIST and self.upload is not None and not self.upload.done:
-            self._send_chunks(range(self.upload.next), now, skip_acked=True)
 
     # -- the masked vector --
     def _maybe_upload(self, now: float) -> None:
@@ -581,11 +581,9 @@ class DeviceSecAgg:
         self.upload = _Upload(msg.payload, n, last=now)
         self._pump(now)
 
-    def _send_chunks(self, indices, now: float, skip_acked: bool = False) -> None:
+    def _send_chunks(self, indices, now: float) -> None:
         up = self.upload
         for i in indices:
-            if skip_acked and i in up.acked:
-                continue
             self.send(M.MASKED_UPDATE, up.payload[i * MAX_PAYLOAD:(i + 1) * MAX_PAYLOAD], (i, up.n))
         up.last = now
 
@@ -602,20 +600,28 @@ class DeviceSecAgg:
         if up is None or ack.acked_type != M.MASKED_UPDATE or ack.n_bits != up.n:
             self.counts["bad_ack"] += 1
             return
+        progress = len(ack.received) > len(up.acked)
         up.acked, up.wait = ack.received, UPLOAD_WAIT
         if len(ack.received) == up.n:
             up.done = True
             return
-        before = [c for c in ack.missing() if c < up.next]
-        if before and now - up.last >= UPLOAD_WAIT / 2:
-            self._send_chunks(before, now)
+        if not progress and now - up.last >= UPLOAD_WAIT:
+            # nothing new arrived since the last ACK (the aggregator asks after a quiet spell):
+            # what it misses below what we sent was lost. Chunks in flight are not resent.
+            self._send_chunks([c for c in ack.missing() if c < up.next], now)
         self._pump(now)
 
     def tick(self, now: float) -> None:
+        """No ACK for a while (it may have been lost): send the lowest unacknowledged chunk again as a
+        probe; the aggregator answers a chunk it already holds with an ACK, which says what is missing.
+        The aggregator also ACKs a device whose upload went quiet, so this is the fallback."""
         up = self.upload
         if up is None or up.done or now - up.last < up.wait:
             return
-        self._send_chunks(range(up.next), now, skip_acked=True)
+        first = next((c for c in range(up.next) if c not in up.acked), None)
+        if first is not None:
+            self._send_chunks([first], now)
+        up.last = now
         up.wait = min(UPLOAD_WAIT_MAX, up.wait * 2)
 
 
