@@ -450,3 +450,18 @@ def test_malformed_stage_payloads_are_refused_by_name():
     assert asm.add(1, 3, bytes(100)) == "bad_chunk"
     assert asm.add(1, 2, b"") == "bad_chunk"
     assert asm.add(1, 2, bytes(100)) == "complete"
+
+
+@pytest.mark.slow
+def test_hundred_client_processes_secagg_sparse_graph_reproduce_simulate(tmp_path):
+    """100 real client processes, every one in each of 2 rounds: a sparse graph (k = 40
+    neighbours, t = 21), b = 16 (100 devices <= 127), lists longer than one frame; the weights
+    are simulate --secagg's, bit for bit."""
+    weights, rows = simulate_secagg(100, 2)
+    fleet, cfg, agg, codes, logs = run_fleet(tmp_path, 100, 2, timeout=600,
+                                             cfg_kw=dict(round_timeout=240.0, secagg_stage_timeout=60.0))
+    ck = state.load(cfg.state)
+    assert [r["survivors"] for r in ck.metrics] == [100, 100], [r.get("secagg_detail") for r in ck.metrics]
+    assert all(r["rejected"] == {} for r in ck.metrics), [r["rejected"] for r in ck.metrics]
+    np.testing.assert_array_equal(ck.weights, weights)
+    assert codes == [0] * 100, logs[-3000:]

@@ -461,7 +461,7 @@ class Offer:
     seed: int = 0
     codec_flags: int = 0           # bit 0 stochastic rounding, bit 1 error feedback
     prox_mu: float = 0.0
-    fixed_scale: float = 0.0       # > 0 reserved for secure aggregation's common grid
+    fixed_scale: float = 0.0       # > 0: a secure round (--secagg), the clip bound of its grid
     model_chunks: int = -1         # -1: computed from n_params
     update_chunks: int = -1
     arch_hash: bytes = bytes(ARCH_HASH_BYTES)   # Model.arch_hash(): the layer structure
