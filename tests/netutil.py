@@ -113,8 +113,9 @@ class AggregatorThread:
             raise self.error
 
 
-def simulate_oracle(clients: int, n_rounds: int, seed: int = 0, codec: str = "int8-stochastic"):
-    """(final global weights, per-round rows) of `fedtiny simulate` with the network tests' settings."""
+def simulate_oracle(clients: int, n_rounds: int, seed: int = 0, codec: str = "int8-stochastic", **extra):
+    """(final global weights, per-round rows) of `fedtiny simulate` with the network tests' settings
+    (extra: more SimConfig fields, e.g. secagg=True)."""
     servers = []
     real_init = rounds.Server.__init__
 
@@ -123,10 +124,11 @@ def simulate_oracle(clients: int, n_rounds: int, seed: int = 0, codec: str = "in
         servers.append(self)
     rounds.Server.__init__ = capture
     try:
-        cfg = simulate.SimConfig(dataset="digits", model=MODEL, clients=clients, fraction=1.0, rounds=n_rounds,
-                                 lr=0.05, batch=10, codec=codec, seed=seed,
-                                 # the aggregator's default bounds: the same code clips in both
-                                 max_samples=bounds.DEFAULT_MAX_SAMPLES, clip_norm=bounds.DEFAULT_CLIP_NORM)
+        fields = dict(dataset="digits", model=MODEL, clients=clients, fraction=1.0, rounds=n_rounds,
+                      lr=0.05, batch=10, codec=codec, seed=seed,
+                      # the aggregator's default bounds: the same code clips in both
+                      max_samples=bounds.DEFAULT_MAX_SAMPLES, clip_norm=bounds.DEFAULT_CLIP_NORM)
+        cfg = simulate.SimConfig(**{**fields, **extra})
         result = simulate.run(cfg)
     finally:
         rounds.Server.__init__ = real_init

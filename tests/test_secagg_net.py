@@ -7,8 +7,6 @@ unmasked sum does not depend on the masks), so the global weights must be bit fo
 simulation's; and, for rounds with dropouts, the float64 mean of the survivors' grid values
 computed here from their deltas and the grid definition (no fedtiny summation code).
 """
-import json
-import os
 import signal
 import threading
 import time
@@ -16,14 +14,14 @@ import time
 import numpy as np
 import pytest
 
-from fedtiny import simulate, train
+from fedtiny import train
 from fedtiny import model as model_mod
 from fedtiny.net import state, wire
 from fedtiny.net import secagg_round as sr
 from fedtiny.privacy import grid as gridmod
 from fedtiny.seeds import derive_seed
-from netutil import (MODEL, AggregatorThread, Fleet, HandDevice, SessionKeys, client_logs, hand_join, stop_all,
-                     wait_for)
+from netutil import (MODEL, AggregatorThread, Fleet, HandDevice, SessionKeys, client_logs, hand_join,
+                     simulate_oracle, stop_all)
 from udp_relay import LossyRelay
 
 pytest.importorskip("cryptography")
@@ -33,21 +31,7 @@ CLIP = 1.0
 
 def simulate_secagg(clients: int, rounds: int, seed: int = 0):
     """(final weights, rows) of `fedtiny simulate --secagg` with the network tests' settings."""
-    from fedtiny import rounds as rounds_mod
-    servers = []
-    real_init = rounds_mod.Server.__init__
-
-    def capture(self, *a, **kw):
-        real_init(self, *a, **kw)
-        servers.append(self)
-    rounds_mod.Server.__init__ = capture
-    try:
-        cfg = simulate.SimConfig(dataset="digits", model=MODEL, clients=clients, fraction=1.0, rounds=rounds,
-                                 lr=0.05, batch=10, codec="float32", seed=seed, secagg=True, clip_norm=CLIP)
-        result = simulate.run(cfg)
-    finally:
-        rounds_mod.Server.__init__ = real_init
-    return servers[0].params.copy(), result.rounds
+    return simulate_oracle(clients, rounds, seed, codec="float32", secagg=True, clip_norm=CLIP, max_samples=None)
 
 
 def secure_config(fleet: Fleet, **kw):

@@ -117,6 +117,7 @@ class AggregateConfig:
         need(math.isfinite(self.clip_norm) and self.clip_norm >= 0,
              f"--clip-norm must be a finite number >= 0 (0: no clipping), got {self.clip_norm}")
         need(bool(self.keys), "--keys FILE is required")
+        need(bool(self.state), "--state DIR is required")
         self.check_secagg()
 
     def check_secagg(self) -> None:
@@ -138,7 +139,6 @@ class AggregateConfig:
         from ..privacy.secagg import Config
         return Config(clip=self.clip_norm, bits=self.secagg_bits, neighbours=self.secagg_k,
                       threshold=self.secagg_t, min_survivors=self.secagg_min_survivors)
-        need(bool(self.state), "--state DIR is required")
 
 
 @dataclass
