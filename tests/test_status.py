@@ -155,6 +155,11 @@ def test_hostile_http_clients_are_refused_and_rounds_go_on(live):
         for s in held:
             s.close()
     wait_for(lambda: agg.status_server.active == 0, status.REQUEST_SECONDS + 3, "held connections closed")
+    # a burst of 200 connections opened and dropped at once: nothing stays open
+    burst = [socket.create_connection(addr, timeout=10) for _ in range(200)]
+    for s in burst:
+        s.close()
+    wait_for(lambda: agg.status_server.active == 0 and not agg.status_server._writers, 10, "the burst cleared")
     cases = [
         (b"GET / HTTP/1.1\r\nHost: " + host + b"\r\nX-Pad: " + b"a" * (2 * status.MAX_REQUEST_BYTES) + b"\r\n\r\n", 431),
         (b"POST /status.json HTTP/1.1\r\nHost: " + host + b"\r\nContent-Length: 5\r\n\r\nhello", 405),

@@ -17,7 +17,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from netutil import free_udp_port
+from netutil import AggregatorThread, Fleet, free_udp_port, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.slow
@@ -139,3 +139,26 @@ def test_live_page_in_headless_chromium(tmp_path):
             demo.kill()
             out, err = demo.communicate()
     assert f"status page: {url}" in out
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+def test_epsilon_is_shown_when_the_rows_carry_it(tmp_path):
+    """A DP run's metrics rows carry the ε spent (the DP pipeline's field): the page shows the last
+    one. Written into the live aggregator's rows here, as the DP stage writes it each round."""
+    port = free_tcp_port()
+    fleet = Fleet(tmp_path, 2)
+    with AggregatorThread(fleet.config(rounds=5000, http=f"127.0.0.1:{port}")) as t:
+        procs = fleet.start_clients(t.server)
+        try:
+            wait_for(lambda: len(t.agg.metrics) >= 2, 60, "2 rounds")
+            t.loop.call_soon_threadsafe(lambda: t.agg.metrics[-1].update(epsilon=1.25))
+            time.sleep(0.2)
+            dom = Dom(chromium("--dump-dom", f"http://127.0.0.1:{port}/", profile=str(tmp_path / "p")).stdout)
+        finally:
+            for p in procs:
+                p.terminate()
+                p.wait(10)
+                p.stderr.close()
+    assert dom.attrs["epsilon-line"].get("hidden") is None
+    assert dom.text["epsilon"] == "1.250"
+    assert dom.text["epsilon-field"] == "(epsilon)"
