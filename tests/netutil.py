@@ -224,13 +224,13 @@ __all__ = ["Fleet", "AggregatorThread", "HandDevice", "simulate_oracle", "stop_a
            "np", "sys", "time"]
 
 
-def hand_join(dev: HandDevice, n_samples: int = 100):
-    """Handshake, then in-session HELLO until an OFFER comes, then download the model:
-    (round, offer, global weights)."""
+def hand_join(dev: HandDevice, n_samples: int = 100, offer_timeout: float = 5.0):
+    """Handshake, then in-session HELLO until an OFFER comes (within offer_timeout seconds), then
+    download the model: (round, offer, global weights)."""
     def hello():
         return dev.hello(n_samples)
     dev.send(hello())
-    f = dev.expect(wire.MsgType.OFFER, resend=hello)
+    f = dev.expect(wire.MsgType.OFFER, offer_timeout, resend=hello)
     offer = wire.Offer.unpack(f.payload)
     n_chunks = wire.model_chunks(offer.n_params)
     dev.send(dev.frame(wire.MsgType.ACK, f.round, wire.Ack.for_chunks(wire.MsgType.MODEL_CHUNK, [], n_chunks).pack()))

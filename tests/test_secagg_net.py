@@ -35,7 +35,7 @@ def simulate_secagg(clients: int, rounds: int, seed: int = 0):
 
 
 def secure_config(fleet: Fleet, **kw):
-    base = dict(secagg=True, clip_norm=CLIP, codec="int8", round_timeout=20.0, secagg_stage_timeout=3.0)
+    base = dict(secagg=True, clip_norm=CLIP, codec="int8", round_timeout=20.0, secagg_stage_timeout=6.0)
     base.update(kw)
     return fleet.config(**base)
 
@@ -298,7 +298,7 @@ def test_hostile_frames_from_a_keyed_device_are_counted_and_never_reach_the_sum(
         with AggregatorThread(cfg) as agg:
             dev = HandDevice(agg.address, hand_id, fleet.keys[hand_id])
             procs = fleet.start_clients(agg.server)
-            r, offer, w0 = hand_join(dev)
+            r, offer, w0 = hand_join(dev, offer_timeout=60)   # the round opens when the 10 processes joined
             assert offer.fixed_scale == pytest.approx(CLIP)
             setup = sr.parse_setup(r, _recv_msg(dev, wire.MsgType.SECAGG_SETUP))
             machine = secagg.Device(hand_id)
