@@ -449,3 +449,22 @@ def test_hundred_client_processes_secagg_sparse_graph_reproduce_simulate(tmp_pat
     assert all(r["rejected"] == {} for r in ck.metrics), [r["rejected"] for r in ck.metrics]
     np.testing.assert_array_equal(ck.weights, weights)
     assert codes == [0] * 100, logs[-3000:]
+
+
+def test_a_round_whose_selection_the_secagg_options_do_not_fit_is_abandoned_by_name():
+    """--secagg-k 3 passes the start check for --min-clients 4 (every pair: k = n - 1) but not a
+    round of 8 devices (a sparse graph needs an even k): the round is abandoned with that reason,
+    no device is sent anything, the model is unchanged."""
+    from fedtiny import rounds as rounds_mod
+    from fedtiny.privacy import secagg
+    agg = sr.AggregatorSecAgg(secagg.Config(clip=1.0, neighbours=3))   # odd k: only k = n - 1 (n = 4) is allowed
+    sent = []
+    server = rounds_mod.Server(np.zeros(10, np.float32))
+    rnd = server.open_round(list(range(8)))
+    why = agg.open(1, list(range(8)), 10, lambda *a: sent.append(a), 0.0, 10.0)
+    assert "--secagg-k 3: a sparse graph needs an even k" in why and sent == []
+    assert agg.poll(0.0)
+    row = agg.close(rnd, why)
+    assert row["secagg_outcome"] == "abandoned" and row["secagg_reason"] == "bad_config" and row["survivors"] == 0
+    server.close_round(1.0)
+    np.testing.assert_array_equal(server.params, np.zeros(10, np.float32))
