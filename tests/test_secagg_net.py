@@ -468,3 +468,11 @@ def test_a_round_whose_selection_the_secagg_options_do_not_fit_is_abandoned_by_n
     assert row["secagg_outcome"] == "abandoned" and row["secagg_reason"] == "bad_config" and row["survivors"] == 0
     server.close_round(1.0)
     np.testing.assert_array_equal(server.params, np.zeros(10, np.float32))
+
+
+def test_the_python_receive_path_runs_secure_rounds_too(tmp_path):
+    """--ingest python (the reference receive path) hands the same frames to the same hooks."""
+    weights, _ = simulate_secagg(4, 2)
+    fleet, cfg, agg, codes, logs = run_fleet(tmp_path, 4, 2, cfg_kw=dict(ingest="python"))
+    assert codes == [0] * 4, logs
+    np.testing.assert_array_equal(state.load(cfg.state).weights, weights)
