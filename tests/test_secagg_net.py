@@ -217,7 +217,7 @@ def test_a_client_killed_in_each_phase_the_round_is_exact_with_the_survivors(tmp
     """10 devices (k = 9, t = 5, min_survivors 6): device 3 is killed at `phase` of round 1. The
     round completes; the new model is the start model plus the float64 mean of exactly the
     survivors' grid vectors (a device whose vector is in survives: masked, unmask)."""
-    fleet, cfg, agg, codes, logs = run_fleet(tmp_path, 10, 1, kill={3: phase})
+    fleet, cfg, agg, codes, logs = run_fleet(tmp_path, 10, 1, kill={3: phase}, cfg_kw=dict(round_timeout=12.0))
     ck = state.load(cfg.state)
     row = ck.metrics[0]
     assert row["secagg_outcome"] == "applied", row
