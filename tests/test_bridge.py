@@ -20,14 +20,20 @@ sys.path.insert(0, os.path.join(FW, "example"))
 import provision  # noqa: E402  (firmware_bridge/example/provision.py)
 
 
+# the host build's sources besides csrc/ (the secure-aggregation stage machine and its crypto included)
+FW_EXAMPLE_SOURCES = ("fw_device.c", "fw_provision.c", "fw_secagg.c", "host_main.c")
+FW_LIB_SOURCES = ("ft_sha256.c", "ft_cobs.c", "ft_frame.c", "ft_chacha20.c", "ft_hkdf.c", "ft_poly1305.c",
+                  "ft_x25519.c", "ft_shamir.c")
+
+
 @pytest.fixture(scope="module")
 def firmware(tmp_path_factory):
     cc = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
     if cc is None:
         pytest.skip("no C compiler to build the firmware's host version")
     out = str(tmp_path_factory.mktemp("fw") / "fw_host")
-    sources = ([os.path.join(FW, "example", f) for f in ("fw_device.c", "fw_provision.c", "host_main.c")]
-               + [os.path.join(FW, f) for f in ("ft_sha256.c", "ft_cobs.c", "ft_frame.c", "ft_chacha20.c")]
+    sources = ([os.path.join(FW, "example", f) for f in FW_EXAMPLE_SOURCES]
+               + [os.path.join(FW, f) for f in FW_LIB_SOURCES]
                + sorted(os.path.join(d, f) for d in (CSRC, os.path.join(CSRC, "arch"))
                         for f in os.listdir(d) if f.endswith(".c")))
     cmd = [cc, "-std=c99", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", "-I", CSRC, "-I", FW,

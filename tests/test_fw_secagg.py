@@ -257,3 +257,105 @@ def test_hostile_messages_stop_the_c_device_by_name(fw):
     bad[36:38] = struct.pack("<H", 9)   # t > k
     assert lib.fw_secagg_setup(c.sa, 1, bytes(bad), len(bad), c.out) == -2
     assert lib.fw_secagg_setup(c.sa, 1, bytes(bad[:-1]), len(bad) - 1, c.out) == -1
+
+
+# --- the host build through `fedtiny bridge`, next to Python clients, in `fedtiny aggregate --secagg` ---
+
+def test_c_firmware_through_bridge_joins_secure_rounds_with_python_clients(tmp_path):
+    """2 C devices (the example firmware's host build, each on a pseudo-terminal of one real
+    `fedtiny bridge`) and 2 `fedtiny client` processes run 2 SecAgg+ rounds of `fedtiny aggregate
+    --secagg` on 127.0.0.1. Oracle: each round's new model is the old one plus the float64 mean of
+    the four devices' grid vectors, computed here from their deltas (the C devices write theirs
+    with --dump-delta; the Python clients' are retrained here as the client trains) and the grid
+    definition in numpy (secagg_oracle.grid): no fedtiny summation code."""
+    pytest.importorskip("serial", reason="fedtiny bridge needs pyserial")
+    import subprocess
+    import sys
+    import test_bridge
+    from fedtiny import model as model_mod
+    from fedtiny import train
+    from fedtiny.net import state
+    from fedtiny.net.demo import client_command
+    from netutil import CLIENT_ENV, AggregatorThread, Fleet, client_logs, stop_all
+    from secagg_oracle import grid as grid_oracle
+
+    firmware = build_host_firmware(tmp_path)
+    n_c, n_py, rounds, clip = 2, 2, 2, 1.0
+    n = n_c + n_py
+    fleet = Fleet(tmp_path, n)
+    cfg = fleet.config(model="mlp:64-10", rounds=rounds, min_clients=n, secagg=True, clip_norm=clip, codec="int8",
+                       round_timeout=30.0, secagg_stage_timeout=8.0, lr=0.05, batch=10)
+    ptys = [os.openpty() for _ in range(n_c)]
+    procs = []
+    try:
+        with AggregatorThread(cfg) as at:
+            bridge = [sys.executable, "-m", "fedtiny.cli", "bridge", "--server", at.server]
+            for _, slave in ptys:
+                bridge += ["--serial", os.ttyname(slave)]
+            procs.append(subprocess.Popen(bridge, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                          cwd=fleet.dir))
+            for k, (master, _) in enumerate(ptys):
+                data = str(tmp_path / f"device{k}.bin")
+                test_bridge.write_device_data(fleet.data[k], k, fleet.keys[k], data)
+                procs.append(subprocess.Popen(
+                    [firmware, "--fd", str(master), "--provision", data, "--rounds", str(rounds), "--timeout", "80",
+                     "--dump-delta", str(tmp_path / f"delta{k}")],
+                    pass_fds=(master,), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            for k in range(n_c, n):
+                procs.append(subprocess.Popen(client_command(at.server, k, fleet.keyfile, fleet.data[k], "mlp:64-10"),
+                                              env=CLIENT_ENV, cwd=fleet.dir, stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.PIPE, text=True))
+            at.wait(90)
+            for p in procs[1:1 + n_c]:
+                out, err = p.communicate(timeout=20)
+                assert p.returncode == 0, out + err
+                assert f"{rounds} round(s)" in out, out
+            for p in procs[1 + n_c:]:
+                assert p.wait(timeout=20) == 0, client_logs(procs[1 + n_c:])
+    finally:
+        stop_all(procs)
+        for master, slave in ptys:
+            os.close(master)
+            os.close(slave)
+    ck = state.load(os.path.join(fleet.dir, "state"))
+    assert ck.round == rounds
+    for row in ck.metrics:
+        assert row["secagg_outcome"] == "applied" and row["survivors"] == n, row
+        assert row["secagg_stages"] == {"keys": n, "shares": n, "masked": n, "unmask": n}, row
+    g = gridmod.Grid.for_round(clip, n)
+    net_model = model_mod.build("mlp:64-10")
+    w = net_model.init(0).astype(np.float32)
+    for r in range(1, rounds + 1):
+        total = np.zeros(w.size, np.int64)
+        for k in range(n):
+            if k < n_c:
+                delta = np.fromfile(tmp_path / f"delta{k}.r{r}", dtype="<f4")
+            else:
+                z = np.load(fleet.data[k])
+                params = w.copy()
+                train.local_sgd(net_model, params, z["x"].astype(np.float32), z["y"], epochs=1, batch_size=10,
+                                lr=0.05, seed=derive_seed(0, r, k, 1))
+                delta = (params - w).astype(np.float32)
+            norm = float(np.sqrt(np.sum(delta.astype(np.float64) ** 2)))
+            scale = 1.0 if norm <= clip else clip / norm
+            total += grid_oracle(delta, 0, scale, g.step, g.qmax, gridmod.derived_round_key(0, r, k))
+        w = (w.astype(np.float64) + total * g.step / n).astype(np.float32)
+    np.testing.assert_allclose(ck.weights, w, rtol=0, atol=2e-6)   # one grid unit / n is ~6e-5 here
+
+
+def build_host_firmware(tmp_path) -> str:
+    import shutil
+    import subprocess
+    cc = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler to build the firmware's host version")
+    import test_bridge
+    csrc = os.path.join(ROOT, "csrc")
+    out = str(tmp_path / "fw_host")
+    sources = ([os.path.join(FW, "example", f) for f in test_bridge.FW_EXAMPLE_SOURCES]
+               + [os.path.join(FW, f) for f in test_bridge.FW_LIB_SOURCES]
+               + sorted(os.path.join(d, f) for d in (csrc, os.path.join(csrc, "arch"))
+                        for f in os.listdir(d) if f.endswith(".c")))
+    subprocess.run([cc, "-std=c99", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", "-I", csrc, "-I", FW,
+                    "-I", os.path.join(FW, "example"), *sources, "-lm", "-o", out], check=True, timeout=120)
+    return out

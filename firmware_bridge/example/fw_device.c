@@ -63,6 +63,10 @@ static void send_frame(fw_device *dev, uint8_t type, uint32_t round, const uint8
     (void)dev->cfg.write(dev->cfg.write_ctx, dev->line, m);
 }
 
+static void sa_send(void *ctx, uint8_t type, uint32_t round, const uint8_t *pl, size_t len, uint16_t i, uint16_t n) {
+    send_frame((fw_device *)ctx, type, round, pl, len, i, n);
+}
+
 static void send_hello(fw_device *dev, uint32_t now) {
     ft_hello h;
     h.n_samples = (uint32_t)dev->cfg.n_samples;
@@ -193,6 +197,11 @@ static void train_and_upload(fw_device *dev, uint32_t now) {
         return;
     for (i = 0; i < FW_N_PARAMS; i++)
         dev->params[i] -= dev->global[i];
+    if (dev->offer.fixed_scale > 0.0f) { /* a secure round: the delta goes masked (fw_secagg.c) */
+        dev->state = fw_sa_link_delta(&dev->sa, dev->round, dev->params, FW_N_PARAMS, dev->offer.seed, now) == 0
+                         ? FW_UPLOADING : FW_WAITING;
+        return;
+    }
     if (ft_quantize_q8(dev->params, FW_N_PARAMS, NULL,
                        (dev->offer.codec_flags & 1u) ? FT_ROUND_STOCHASTIC : FT_ROUND_NEAREST,
                        dev->offer.seed ^ ((uint64_t)dev->round << 32) ^ dev->cfg.device_id, dev->blocks) != FT_OK) {
@@ -349,6 +358,10 @@ static void on_frame(fw_device *dev, const uint8_t *frame, size_t len, uint32_t 
         return;
     }
     dev->last_heard_ms = now;
+    if (fw_sa_link_frame(&dev->sa, &h, pl, now) == 2 && dev->state == FW_UPLOADING && h.round == dev->round) {
+        dev->state = FW_DONE;
+        dev->rounds_done++;
+    }
     switch (h.type) {
     case FT_MSG_OFFER: on_offer(dev, &h, pl, now); break;
     case FT_MSG_MODEL_CHUNK: on_model_chunk(dev, &h, pl, now); break;
@@ -395,6 +408,7 @@ int fw_init(fw_device *dev, const fw_config *cfg) {
     ft_sha256((const uint8_t *)k_arch_text, sizeof k_arch_text - 1u, dev->session_key);
     memcpy(dev->arch_hash, dev->session_key, sizeof dev->arch_hash);
     ft_cobs_decoder_init(&dev->rx, dev->rx_buf, sizeof dev->rx_buf);
+    fw_sa_link_init(&dev->sa, cfg->device_id, cfg->random, cfg->random_ctx, sa_send, dev);
     start_join(dev, 0); /* the first join HELLO goes out on the first fw_poll() */
     return FT_WIRE_OK;
 }
@@ -418,7 +432,8 @@ void fw_poll(fw_device *dev, uint32_t now) {
             dev->state = FW_FINISHED; /* told the aggregator; its answer did not come */
         return;
     }
-    if (dev->state != FW_JOINING && now - dev->last_heard_ms > dev->timers.silent) {
+    if (dev->state != FW_JOINING && now - dev->last_heard_ms > dev->timers.silent +
+                                        (dev->state == FW_UPLOADING ? dev->offer.deadline_ms : 0u)) {
         /* the aggregator went away, or restarted (its frames name another epoch): join again */
         start_join(dev, now);
         return;
@@ -429,6 +444,8 @@ void fw_poll(fw_device *dev, uint32_t now) {
     else if (dev->state == FW_DOWNLOADING && now - dev->last_progress_ms > dev->timers.model_quiet &&
              now - dev->last_byte_ms > dev->timers.model_quiet)
         ask_model(dev, now);
+    else if (dev->state == FW_UPLOADING && dev->offer.fixed_scale > 0.0f)
+        fw_sa_link_poll(&dev->sa, now);
     else if (dev->state == FW_UPLOADING && now - dev->last_progress_ms > dev->timers.upload_wait)
         send_result(dev, now);
 }

@@ -23,6 +23,7 @@
 
 #include "fedtiny.h"
 #include "ft_wire.h"
+#include "fw_secagg.h"
 
 #define FW_IN 64
 #define FW_OUT 10
@@ -54,6 +55,10 @@ typedef struct {
     /* Writes line bytes to the serial port; returns 0 on success. */
     int (*write)(void *ctx, const uint8_t *data, size_t len);
     void *write_ctx;
+    /* Uniform random bytes for secure aggregation's keys and shares (a hardware RNG); NULL: the
+     * device sits secure rounds out (it never answers their SETUP). */
+    fw_sa_random_fn random;
+    void *random_ctx;
 } fw_config;
 
 /* Fixed allowance (ms) for the host side: the bridge, the network and the aggregator's answer
@@ -94,6 +99,7 @@ typedef struct {
     int32_t idx[FW_MAX_SAMPLES];
     ft_block_q8 blocks[FW_N_BLOCKS];
     ft_result result;
+    fw_sa_link sa;             /* secure rounds (offer.fixed_scale > 0): fw_secagg.c */
     int resend_on_ack;
     uint8_t payload[FT_WIRE_MAX_PAYLOAD];
     ft_cobs_decoder rx;

@@ -556,3 +556,179 @@ int fw_secagg_unmask(fw_secagg *sa, const uint8_t *pl, size_t len, uint8_t *out,
     ft_zeroize(sa->b, sizeof sa->b);
     return FW_SA_OK;
 }
+
+/* ---- the link (fw_secagg.h) ---------------------------------------------------------------------- */
+
+void fw_sa_link_init(fw_sa_link *l, uint32_t device_id, fw_sa_random_fn random, void *random_ctx,
+                     fw_sa_send_fn send, void *send_ctx) {
+    memset(l, 0, sizeof *l);
+    fw_secagg_init(&l->m, device_id, random, random_ctx);
+    l->send = send;
+    l->send_ctx = send_ctx;
+}
+
+static void send_list(fw_sa_link *l, uint8_t type, const uint8_t *data, size_t len, size_t entry) {
+    const size_t per = (FW_SA_CHUNK / entry) * entry;
+    const uint16_t count = (uint16_t)(len == 0 ? 1u : (len + per - 1u) / per);
+    uint16_t i;
+    for (i = 0; i < count; i++) {
+        const size_t off = (size_t)i * per;
+        l->send(l->send_ctx, type, l->round, data + off, len - off < per ? len - off : per, i, count);
+    }
+}
+
+static void send_vector_chunk(fw_sa_link *l, uint16_t i) {
+    const size_t w = l->m.bits / 8u, per = FW_SA_CHUNK / w, first = (size_t)i * per;
+    const size_t count = l->n - first < per ? l->n - first : per;
+    if (fw_secagg_encode(&l->m, l->delta, first, count, l->round_key, l->chunk) == FW_SA_OK)
+        l->send(l->send_ctx, FT_MSG_MASKED_UPDATE, l->round, l->chunk, count * w, i, l->n_chunks);
+    ft_zeroize(l->chunk, sizeof l->chunk);
+}
+
+static void start_upload(fw_sa_link *l, uint32_t now) {
+    uint16_t i;
+    int st;
+    if (l->uploading || l->uploaded || l->delta == NULL || l->m.stage != FW_SA_SHARE_LIST)
+        return;
+    st = fw_secagg_prepare(&l->m, l->delta, l->n);
+    if (st != FW_SA_OK) {
+        l->status = st;
+        fw_secagg_clear(&l->m);
+        return;
+    }
+    l->n_chunks = (uint16_t)((l->n * (l->m.bits / 8u) + FW_SA_CHUNK - 1u) / FW_SA_CHUNK);
+    l->uploading = 1;
+    for (i = 0; i < l->n_chunks; i++)
+        send_vector_chunk(l, i);
+    l->last_send_ms = now;
+}
+
+int fw_sa_link_delta(fw_sa_link *l, uint32_t round, const float *delta, size_t n, uint32_t seed, uint32_t now_ms) {
+    const size_t max_chunks = 32u; /* the ACK bitmap kept here */
+    if (round != l->round || l->status != 0 || l->m.stage == FW_SA_IDLE)
+        return FW_SA_WRONG_STAGE;  /* no SETUP for this round reached the device: it sits the round out */
+    if (n == 0 || (n * 4u + FW_SA_CHUNK - 1u) / FW_SA_CHUNK > max_chunks)
+        return FW_SA_ARG;
+    l->delta = delta;
+    l->n = n;
+    fw_secagg_round_key(seed, round, l->m.id, l->round_key);
+    start_upload(l, now_ms);
+    return FW_SA_OK;
+}
+
+static void on_vector_ack(fw_sa_link *l, const uint8_t *pl, size_t len, uint32_t now) {
+    uint8_t type;
+    uint16_t first, n_bits, i;
+    const uint8_t *bitmap;
+    uint32_t got = 0;
+    if (!l->uploading || ft_ack_parse(pl, len, &type, &first, &n_bits, &bitmap) != FT_WIRE_OK || first != 0 ||
+        n_bits != l->n_chunks)
+        return;
+    for (i = 0; i < n_bits; i++)
+        if ((bitmap[i / 8u] >> (i % 8u)) & 1u)
+            got |= 1u << i;
+    if (got == (l->n_chunks == 32u ? 0xFFFFFFFFu : (1u << l->n_chunks) - 1u)) {
+        l->uploaded = 1;
+        l->uploading = 0;
+        l->acked = got;
+        return;
+    }
+    if (got == l->acked && now - l->last_send_ms < FW_SA_RESEND_MS)
+        return; /* no news: the chunks in flight may still arrive */
+    l->acked = got;
+    for (i = 0; i < l->n_chunks; i++)
+        if (!((got >> i) & 1u))
+            send_vector_chunk(l, i);
+    l->last_send_ms = now;
+}
+
+void fw_sa_link_poll(fw_sa_link *l, uint32_t now_ms) {
+    uint16_t i;
+    if (!l->uploading || now_ms - l->last_send_ms < FW_SA_RESEND_MS)
+        return;
+    for (i = 0; i < l->n_chunks; i++) /* the aggregator ACKs a chunk it already holds */
+        if (!((l->acked >> i) & 1u)) {
+            send_vector_chunk(l, i);
+            break;
+        }
+    l->last_send_ms = now_ms;
+}
+
+int fw_sa_link_frame(fw_sa_link *l, const ft_wire_header *h, const uint8_t *pl, uint32_t now_ms) {
+    const uint8_t t = h->type;
+    const size_t len = h->payload_len;
+    size_t n = 0;
+    int st = FW_SA_OK, bit;
+    if (t == FT_MSG_ACK && len > 0 && pl[0] == FT_MSG_MASKED_UPDATE) {
+        if (h->round == l->round)
+            on_vector_ack(l, pl, len, now_ms);
+        return 1;
+    }
+    if (t < FT_MSG_SECAGG_SETUP || t > FT_MSG_SECAGG_UNMASK_SHARES)
+        return 0;
+    if (t == FT_MSG_SECAGG_SETUP && h->round != l->round) { /* a new round: a new machine */
+        fw_secagg_clear(&l->m);
+        l->round = h->round;
+        l->status = 0;
+        l->answered = 0;
+        l->delta = NULL;
+        l->uploading = l->uploaded = 0;
+        l->acked = 0;
+    }
+    if (h->round != l->round || l->status != 0 || h->chunk_count != 1)
+        return 1; /* another round, a device out of this one, or a list this firmware does not take */
+    bit = 1 << (t - FT_MSG_SECAGG_SETUP);
+    if (l->answered & bit) { /* the message again: our answer was lost */
+        if (t == FT_MSG_SECAGG_SETUP)
+            l->send(l->send_ctx, FT_MSG_SECAGG_KEYS, l->round, l->keys, sizeof l->keys, 0, 1);
+        else if (t == FT_MSG_SECAGG_KEY_LIST)
+            send_list(l, FT_MSG_SECAGG_SHARES, l->shares, l->shares_len, 4u + FW_SA_SHARE_CIPHER);
+        else if (t == FT_MSG_SECAGG_UNMASK && fw_secagg_unmask(&l->m, pl, len, NULL, 0, &n) == FW_SA_AGAIN)
+            send_list(l, FT_MSG_SECAGG_UNMASK_SHARES, l->unmask, l->unmask_len, 38u);
+        return 1;
+    }
+    switch (t) {
+    case FT_MSG_SECAGG_SETUP:
+        if (l->m.random == NULL) {
+            st = FW_SA_NO_RANDOM;
+            break;
+        }
+        st = fw_secagg_setup(&l->m, h->round, pl, len, l->keys);
+        if (st == FW_SA_OK)
+            l->send(l->send_ctx, FT_MSG_SECAGG_KEYS, l->round, l->keys, sizeof l->keys, 0, 1);
+        break;
+    case FT_MSG_SECAGG_KEY_LIST:
+        st = fw_secagg_key_list(&l->m, pl, len, l->shares, sizeof l->shares, &l->shares_len);
+        if (st == FW_SA_OK)
+            send_list(l, FT_MSG_SECAGG_SHARES, l->shares, l->shares_len, 4u + FW_SA_SHARE_CIPHER);
+        break;
+    case FT_MSG_SECAGG_SHARE_LIST:
+        st = fw_secagg_share_list(&l->m, pl, len);
+        if (st == FW_SA_OK)
+            start_upload(l, now_ms);
+        break;
+    case FT_MSG_SECAGG_UNMASK:
+        if (!l->uploading && !l->uploaded) {
+            st = FW_SA_WRONG_STAGE; /* listed as a survivor, but its vector never went out */
+            break;
+        }
+        st = fw_secagg_unmask(&l->m, pl, len, l->unmask, sizeof l->unmask, &l->unmask_len);
+        if (st == FW_SA_OK) {
+            l->uploading = 0;
+            l->delta = NULL;
+            send_list(l, FT_MSG_SECAGG_UNMASK_SHARES, l->unmask, l->unmask_len, 38u);
+            l->answered = (uint8_t)(l->answered | bit);
+            return 2;
+        }
+        break;
+    default:
+        return 1; /* a device's own message type coming back: ignored */
+    }
+    if (st == FW_SA_OK)
+        l->answered = (uint8_t)(l->answered | bit);
+    else if (st != FW_SA_WRONG_STAGE) {
+        l->status = st; /* out of this round: the aggregator counts it as a dropout */
+        fw_secagg_clear(&l->m);
+    }
+    return 1;
+}

@@ -100,4 +100,45 @@ void fw_secagg_round_key(uint32_t seed, uint32_t round, uint32_t device, uint8_t
 /* fedtiny.seeds.derive_seed of up to 5 parts (exposed for tests). */
 uint32_t fw_derive_seed(const uint32_t *parts, size_t n);
 
+/* ---- the link: fw_secagg on the wire, for fw_device.c (frames 9, 11..17, ACK of type 9) -------
+ * Follows fedtiny/net/secagg_round.py's DeviceSecAgg: answers each stage message once and a
+ * repeated one with the same answer; uploads the masked vector in 1,152-byte chunks, encoded
+ * chunk by chunk from the delta (no copy of the vector is kept), resent on the aggregator's ACK. */
+#define FW_SA_CHUNK 1152u
+typedef void (*fw_sa_send_fn)(void *ctx, uint8_t type, uint32_t round, const uint8_t *payload, size_t len,
+                              uint16_t chunk_index, uint16_t chunk_count);
+
+typedef struct {
+    fw_secagg m;
+    fw_sa_send_fn send;
+    void *send_ctx;
+    uint32_t round;            /* of the last SETUP taken */
+    int32_t status;            /* 0, or why this device stopped taking part in the round */
+    uint8_t answered;          /* bit (type - 11): the stage message of that type was answered */
+    uint8_t keys[FW_SA_KEYS_OUT];
+    uint8_t shares[FW_SA_SHARES_OUT];
+    size_t shares_len;
+    uint8_t unmask[FW_SA_UNMASK_OUT];
+    size_t unmask_len;
+    const float *delta;        /* the caller's delta, kept until the vector is acknowledged */
+    size_t n;
+    uint8_t round_key[32];
+    uint16_t n_chunks;
+    uint32_t acked;            /* bitmap of the chunks the aggregator holds */
+    int uploading, uploaded;
+    uint32_t last_send_ms;
+    uint8_t chunk[FW_SA_CHUNK];
+} fw_sa_link;
+
+void fw_sa_link_init(fw_sa_link *l, uint32_t device_id, fw_sa_random_fn random, void *random_ctx,
+                     fw_sa_send_fn send, void *send_ctx);
+/* A frame of the session: 0 if it is not a secure-aggregation frame, 1 if taken, 2 if taken and
+ * the round is over for this device (its unmask answer went out). */
+int fw_sa_link_frame(fw_sa_link *l, const ft_wire_header *h, const uint8_t *payload, uint32_t now_ms);
+/* The trained delta of `round` (kept by the caller until the round is over); seed: the offer's. */
+int fw_sa_link_delta(fw_sa_link *l, uint32_t round, const float *delta, size_t n, uint32_t seed, uint32_t now_ms);
+/* Resend unacknowledged vector chunks after FW_SA_RESEND_MS. */
+void fw_sa_link_poll(fw_sa_link *l, uint32_t now_ms);
+#define FW_SA_RESEND_MS 1000u
+
 #endif /* FW_SECAGG_H */

@@ -4,8 +4,11 @@
  * This harness is the only file with stdio, files and a clock; on a board they are the UART
  * driver, flash and SysTick.
  *
- *   fw_host (--tty PATH | --fd N) --provision FILE [--baud B] [--rounds R] [--timeout S]
+ *   fw_host (--tty PATH | --fd N) --provision FILE [--baud B] [--rounds R] [--timeout S] [--dump-delta P]
  *
+ * Secure rounds take their keys' randomness from /dev/urandom (a board: its hardware RNG).
+ * --dump-delta P: after each round, the float32 delta the device trained is written to P.rN (N the
+ * round): the tests' oracle of a secure round (the aggregator itself never sees it).
  * FILE: a provisioning image (fw_provision.h; example/provision.py writes it), the same bytes a
  * board keeps in flash. B: the line's bit rate the timers assume (default 115200).
  * Exit 0 after R rounds (or when the aggregator says training is finished), 1 on timeout, 2 when
@@ -53,6 +56,28 @@ static int write_all(void *ctx, const uint8_t *data, size_t len) {
     return 0;
 }
 
+static int host_random(void *ctx, uint8_t *out, size_t n) {
+    FILE *f = fopen("/dev/urandom", "rb");
+    size_t got;
+    (void)ctx;
+    if (!f)
+        return -1;
+    got = fread(out, 1, n, f);
+    fclose(f);
+    return got == n ? 0 : -1;
+}
+
+static void dump_delta(const char *prefix, uint32_t round) {
+    char path[4096];
+    FILE *f;
+    snprintf(path, sizeof path, "%s.r%u", prefix, (unsigned)round);
+    f = fopen(path, "wb");
+    if (f) {
+        fwrite(g_dev.params, sizeof g_dev.params[0], FW_N_PARAMS, f);
+        fclose(f);
+    }
+}
+
 static size_t load_image(const char *path) {
     size_t n;
     FILE *f = fopen(path, "rb");
@@ -64,7 +89,8 @@ static size_t load_image(const char *path) {
 }
 
 int main(int argc, char **argv) {
-    const char *tty = NULL, *provision = NULL;
+    const char *tty = NULL, *provision = NULL, *dump = NULL;
+    uint32_t done = 0;
     int fd = -1, i;
     uint32_t rounds = 1, timeout_s = 60, baud = 115200;
     fw_config cfg;
@@ -76,10 +102,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--baud")) baud = (uint32_t)strtoul(argv[i + 1], NULL, 10);
         else if (!strcmp(argv[i], "--rounds")) rounds = (uint32_t)strtoul(argv[i + 1], NULL, 10);
         else if (!strcmp(argv[i], "--timeout")) timeout_s = (uint32_t)strtoul(argv[i + 1], NULL, 10);
+        else if (!strcmp(argv[i], "--dump-delta")) dump = argv[i + 1];
         else break;
     }
     if ((tty == NULL && fd < 0) || provision == NULL || i < argc) {
-        fprintf(stderr, "usage: fw_host (--tty PATH | --fd N) --provision FILE [--baud B] [--rounds R] [--timeout S]\n");
+        fprintf(stderr, "usage: fw_host (--tty PATH | --fd N) --provision FILE [--baud B] [--rounds R] [--timeout S] [--dump-delta P]\n");
         return 2;
     }
     memset(&cfg, 0, sizeof cfg);
@@ -102,6 +129,7 @@ int main(int argc, char **argv) {
     cfg.seq0 = (uint32_t)time(NULL) * 1000u + (uint32_t)getpid(); /* unique per start: the join nonces */
     cfg.write = write_all;
     cfg.write_ctx = &fd;
+    cfg.random = host_random;
     if (fw_init(&g_dev, &cfg) != 0) {
         fprintf(stderr, "fw_host: bad configuration (--baud must be >= 300)\n");
         return 2;
@@ -118,6 +146,11 @@ int main(int argc, char **argv) {
                 fw_on_byte(&g_dev, buf[k], now_ms());
         }
         fw_poll(&g_dev, now_ms());
+        if (g_dev.rounds_done != done) {
+            done = g_dev.rounds_done;
+            if (dump != NULL)
+                dump_delta(dump, g_dev.round);
+        }
     }
     if (g_dev.model_refused) {
         fprintf(stderr, "fw_host: device %u: the aggregator's model is not mlp:64-10 (650 parameters), the one "
