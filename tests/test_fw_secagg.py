@@ -170,6 +170,7 @@ def run_round(fw, n, c_ids, *, config, drop_after_shares=(), seed=7, n_params=65
         assert server.receive(answers[d]).accepted
     res = server.advance()
     assert res.outcome == "applied", res
+    assert "bad_share_revealed" not in res.counts, res.counts   # every revealed share was the right one
     oracle = sum(centered(gridmod.quantize(deltas[d], setup.grid, rkey[d]), setup.grid.bits) for d in alive)
     assert np.array_equal(res.sum.centered(), oracle)
     return devs, unmask, answers, setup
