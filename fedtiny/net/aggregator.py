@@ -547,7 +547,8 @@ class Aggregator(asyncio.DatagramProtocol):
                                               window=MODEL_WINDOW, total_rate=cfg.send_rate * 1e6,
                                               device_rate=cfg.device_rate * 1e6)
         run.ingest = ingest.UpdateIngest(n, self._commit, upload_seconds=self.upload_seconds, staging=self.staging,
-                                         on_slot=self.rx.set_slot if self.rx is not None else None)
+                                         on_slot=self.rx.set_slot if self.rx is not None else None,
+                                         order=run.selected)   # folded in id order as they complete
         if self.rx is not None:
             self.rx.start_round(r, run.selected)
         self.round_rejected = Counter()
@@ -596,7 +597,7 @@ class Aggregator(asyncio.DatagramProtocol):
     def _close_round(self, run: _RoundRun, now: float) -> None:
         if self.rx is not None:
             self.rx.close_round()
-        ingest_stats = run.ingest.close()       # commits complete updates in device-id order
+        ingest_stats = run.ingest.close()       # commits what is still staged, in device-id order
         result = self.server.close_round(now)
         self.current = None
         contributors = set(result.contributors)
