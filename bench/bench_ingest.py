@@ -156,9 +156,12 @@ class LoadGenerator:
                 dev, wire.MsgType.UPDATE_CHUNK, self.payloads[i], dev.round, (i, self.n_chunks))
             self.sock.sendto(frame, self.server)
 
-    def upload(self, budget_s: float) -> tuple[float, float]:
-        """All updates, UPLOADING devices at a time: (t_first_send, t_last_ack)."""
+    def upload(self, budget_s: float, shuffled: bool = False) -> tuple[float, float]:
+        """All updates, UPLOADING devices at a time, in device-id order (or shuffled):
+        (t_first_send, t_last_ack)."""
         queue = sorted(self.devs)
+        if shuffled:
+            queue = [int(d) for d in np.random.default_rng(1).permutation(queue)]
         active: dict[int, _Dev] = {}
         t0 = time.perf_counter()
         end = time.monotonic() + budget_s
@@ -201,6 +204,14 @@ class LoadGenerator:
         return t0, time.perf_counter()
 
 
+# The variants side by side: "c" (the C receive path; complete updates folded into the sum in
+# device-id order as soon as the lower ids are in), "c-staged" (the same, but complete updates
+# wait staged until the round closes: the path before), "c-shuffled" ("c" with the devices
+# uploading in a random order: the fold's worst case), "python" (the Python per-datagram path).
+STAGED = ("import sys; from fedtiny.net import ingest; ingest.FOLD_IN_ID_ORDER = False; "
+          "from fedtiny.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
 def run_ingest(n_devices: int, tmp: str, ingest: str) -> dict:
     os.makedirs(tmp, exist_ok=True)
     keyfile = os.path.join(tmp, "keys")
@@ -208,10 +219,12 @@ def run_ingest(n_devices: int, tmp: str, ingest: str) -> dict:
     fleet_keys = keys.load_keys(keyfile)
     state_dir = os.path.join(tmp, "state")
     port = _free_port()
-    agg = subprocess.Popen([sys.executable, "-m", "fedtiny.cli", "aggregate", "--listen", f"127.0.0.1:{port}",
+    variant, path = ingest, ingest.split("-")[0]
+    launch = ["-c", STAGED] if variant == "c-staged" else ["-m", "fedtiny.cli"]
+    agg = subprocess.Popen([sys.executable, *launch, "aggregate", "--listen", f"127.0.0.1:{port}",
                             "--model", MODEL, "--rounds", "1", "--min-clients", str(n_devices),
                             "--round-timeout", "600", "--keys", keyfile, "--state", state_dir, "--dataset", "none",
-                            "--ingest", ingest],
+                            "--ingest", path],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
     delta = (np.random.default_rng(0).standard_normal(N_PARAMS) * 0.01).astype(np.float32)
     update = codec.encode(delta, rounding="stochastic", seed=1)
@@ -220,7 +233,7 @@ def run_ingest(n_devices: int, tmp: str, ingest: str) -> dict:
         time.sleep(0.5)
         gen.join(120)
         cpu0 = _cpu_s(agg.pid)
-        t0, t1 = gen.upload(600)
+        t0, t1 = gen.upload(600, shuffled=variant == "c-shuffled")
         cpu1 = _cpu_s(agg.pid)
         hwm = _proc_status_kib(agg.pid, "VmHWM")
         agg.wait(60)
@@ -241,9 +254,23 @@ def run_ingest(n_devices: int, tmp: str, ingest: str) -> dict:
             "aggregator_peak_rss_mib": hwm / 1024, "rejected": row["rejected"]}
 
 
-@pytest.mark.parametrize("ingest", ["c", "python"])
+@pytest.fixture(scope="module")
+def table():
+    """The variants side by side, printed once all of them ran (with -s)."""
+    rows: list[dict] = []
+    yield rows
+    if rows:
+        print(f"\n\naggregator ingest, 2nn, load average {os.getloadavg()[0]:.1f} at the end")
+        print(f"{'path':<12} {'devices':>7} {'updates/s':>9} {'CPU/update':>11} {'updates/CPU-s':>13} {'peak RSS':>10}")
+        for r in sorted(rows, key=lambda r: (r["ingest"], r["devices"])):
+            print(f"{r['ingest']:<12} {r['devices']:>7,} {r['updates_per_s']:>9.0f} "
+                  f"{r['aggregator_cpu_ms_per_update']:>8.3f} ms {r['updates_per_cpu_s']:>13.0f} "
+                  f"{r['aggregator_peak_rss_mib']:>6.1f} MiB")
+
+
+@pytest.mark.parametrize("ingest", ["c", "c-staged", "c-shuffled", "python"])
 @pytest.mark.parametrize("n_devices", [100, 1000])
-def test_ingest(benchmark, n_devices, ingest, tmp_path):
+def test_ingest(benchmark, n_devices, ingest, tmp_path, table):
     n = n_devices if not benchmark.disabled else 4
     out = {}
 
@@ -252,6 +279,7 @@ def test_ingest(benchmark, n_devices, ingest, tmp_path):
     benchmark.group = f"aggregator ingest, {n_devices} devices (2nn int8 updates, loopback UDP)"
     benchmark.pedantic(run, rounds=1, iterations=1)
     benchmark.extra_info.update(out)
+    table.append(out)
     print(f"\n--ingest {ingest}, {n} devices: {out['updates_per_s']:.0f} updates/s ({out['update_mb_per_s']:.1f} MB/s) "
           f"over {out['upload_s']:.2f} s; aggregator CPU {out['aggregator_cpu_ms_per_update']:.3f} ms/update = "
           f"{out['updates_per_cpu_s']:.0f} updates per CPU-second; peak RSS {out['aggregator_peak_rss_mib']:.1f} MiB; "

@@ -42,6 +42,9 @@ from ..codec import BLOCK_BYTES, FLAG_STOCHASTIC, HEADER, HEADER_BYTES, MAGIC, Q
 from .wire import UPDATE_CHUNK_BLOCKS as CHUNK_BLOCKS, update_chunks  # noqa: F401  (the protocol's chunking)
 
 
+FOLD_IN_ID_ORDER = True   # False: complete updates wait for the close (the path before; bench/bench_ingest.py)
+
+
 class Staging:
     """Memory for `slots` uploads in their wire form, allocated once per aggregator run and
     reused round after round: slot i is buf[i] (Int8Update header + blocks), received[i] (one
@@ -146,7 +149,7 @@ class UpdateIngest:
         self._overdue: set[int] = set()   # devices whose slot was reclaimed at its deadline
         self._staged: dict[int, _Slot] = {}
         self._done: set[int] = set()      # devices whose update is complete (staged or committed)
-        self._order = sorted({int(d) for d in order})
+        self._order = sorted({int(d) for d in order}) if FOLD_IN_ID_ORDER else []
         self._next = 0                    # self._order[:self._next] are committed
         self.stats = IngestStats()
         self.closed = False
