@@ -613,7 +613,8 @@ class Aggregator(asyncio.DatagramProtocol):
                "down_by_type": {session.M(t).name: v for t, v in run.down_by_type.items()},
                "model_chunks_sent": run.download.sent_chunks, "model_chunks_resent": run.download.resent_chunks,
                "model_restarts": run.download.restarts,
-               "rejected": dict(self.round_rejected), "clipped": self.round_clipped}
+               "rejected": dict(self.round_rejected), "clipped": self.round_clipped,
+               "slots_touched": self.staging.touched}
         if bounds.NONFINITE_STEP in result.rejected:
             # The model did not change and nothing is written: a restart redoes this round.
             self.rejected[bounds.NONFINITE_STEP] += 1

@@ -63,6 +63,7 @@ class Staging:
         self.received = np.zeros((self.slots, self.n_chunks), dtype=np.uint8)
         self.count = np.zeros(self.slots, dtype=np.uint32)
         self._free = list(range(self.slots - 1, -1, -1))   # a stack: lowest index on top
+        self.touched = 0          # slots ever used (lowest first): the staging memory touched
 
     @property
     def n_free(self) -> int:
@@ -70,6 +71,7 @@ class Staging:
 
     def take(self, flags: int, seed: int) -> int:
         i = self._free.pop()
+        self.touched = max(self.touched, i + 1)
         self.received[i] = 0
         self.count[i] = 0
         HEADER.pack_into(self.buf[i], 0, MAGIC, VERSION, flags & 0xFF, QK, self.n_params, seed & 0xFFFFFFFF)

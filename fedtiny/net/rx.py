@@ -46,7 +46,7 @@ class Receiver:
 
     def __init__(self, keys: dict[int, bytes], staging: Staging, *, ack_every: int,
                  source_burst: float = SOURCE_BURST, source_rate: float = SOURCE_RATE,
-                 source_block: float = SOURCE_BLOCK):
+                 source_block: float | None = None):
         self.ids = sorted(int(d) for d in keys)
         self.index = {d: i for i, d in enumerate(self.ids)}
         self._devs = ffi.new("ft_rx_device[]", max(1, len(self.ids)))
@@ -62,7 +62,7 @@ class Receiver:
         rx.devices, rx.n_devices = self._devs, len(self.ids)
         rx.sources, rx.n_sources = self._sources, SOURCE_TABLE
         rx.source_burst, rx.source_rate = source_burst, source_rate
-        rx.block_seconds = source_block
+        rx.block_seconds = SOURCE_BLOCK if source_block is None else source_block   # 0: no kernel block
         rx.ack_every = ack_every
         self.staging = staging
         rx.n_blocks = staging.nbytes // wire.lib.FT_WIRE_BLOCK_BYTES
