@@ -123,8 +123,10 @@ def test_garbage_flood_keeps_half_the_round_rate(tmp_path, flooder, kernel_block
     print(f"\n{'with' if kernel_block else 'without'} the kernel block: {rounds['calm']} calm rounds at {calm:.2f}/s, {rounds['flood']} flooded rounds at {flooded:.2f}/s "
           f"({flooded / calm:.0%}); the flooder sent {sent / sent_s:,.0f} datagrams/s, the aggregator dropped "
           f"{arrived:,.0f}/s over the flooded rounds: {dict(at.agg.rejected)}; load average {load[0]:.1f} {load[1]:.1f}")
+    # The flooder is paced at 50,000/s; on this 2-core machine shared with other jobs (load
+    # average 40) it has been seen to get the CPU for 46,000/s only: 90% is required.
     if kernel_block:
-        assert sent / sent_s >= 0.95 * FLOOD_RATE, f"the flooder reached only {sent / sent_s:,.0f} datagrams/s"
+        assert sent / sent_s >= 0.9 * FLOOD_RATE, f"the flooder reached only {sent / sent_s:,.0f} datagrams/s"
         assert arrived >= 0.9 * FLOOD_RATE, f"only {arrived:,.0f} datagrams/s reached the aggregator's socket"
         assert flooded / calm >= 0.5, f"rounds at {flooded / calm:.0%} of their rate under the flood"
     else:   # delivering into a full socket costs the flooder more: it may fall short of 50,000/s here
