@@ -176,7 +176,7 @@ typedef struct {
     uint32_t n_slots; size_t slot_stride; uint8_t *staging; uint8_t *received; uint32_t *count;
     uint64_t datagrams; uint64_t bytes; uint64_t staged; uint64_t wire_rejects[32];
     uint64_t rx_rejects[7];
-    double block_seconds; ft_rx_blocked blocked[32]; uint8_t blocked_changed; uint64_t blocks; int block_errno;
+    double block_seconds; ft_rx_blocked blocked[32]; uint8_t blocked_changed; uint64_t blocks; uint32_t n_blocked; int block_errno;
 } ft_rx;
 int ft_rx_filter(const ft_rx *rx, uint8_t *prog, uint32_t cap);
 long long ft_rx_socket_drops(int fd);

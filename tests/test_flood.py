@@ -8,7 +8,7 @@ phase is a new flooder process, a new source port).
 The ratio is rounds per second under the flood over rounds per second without it, both
 measured by wall clock in the same run. What reached the aggregator is measured on its side:
 every datagram it dropped by reason, including those the kernel dropped for its socket once the
-flooder's address was blocked (kernel_dropped, from SO_MEMINFO).
+flooder's address was blocked (source_blocked, from SO_MEMINFO).
 """
 import os
 import shutil

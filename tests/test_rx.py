@@ -218,7 +218,7 @@ def _flood(sock, frames, n):
 @pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
 def test_a_limited_source_is_blocked_in_the_kernel_and_others_still_pass(family):
     """A source out of tokens is blocked by a socket filter for source_block seconds: its
-    datagrams are dropped by the kernel (counted as kernel_dropped, not read), while another
+    datagrams are dropped by the kernel (counted as source_blocked, not read), while another
     port of the same address and a known device still get through; the block expires."""
     from fedtiny.net.ingest import Staging
     host = "127.0.0.1" if family == socket.AF_INET else "::1"
@@ -247,7 +247,7 @@ def test_a_limited_source_is_blocked_in_the_kernel_and_others_still_pass(family)
         honest.send(join)                              # the same address, another port: passes
         events, _ = rx.poll(a.fileno(), 1.0)
         dropped, _ = rx.take_counts()
-        assert rx.datagrams - n_before == 1 and dropped == {"kernel_dropped": 503}, dropped
+        assert rx.datagrams - n_before == 1 and dropped == {"source_blocked": 503}, dropped
         assert len(events) == 1 and events[0].kind == rx_mod.EVENT_RAW and events[0].addr[1] == honest.getsockname()[1]
         # the block expires: the source is read again (and its tokens earned back meanwhile)
         rx.poll(a.fileno(), 6.0)
@@ -284,3 +284,28 @@ def test_the_block_filter_program_is_classic_bpf_of_the_blocked_sources():
     for k, (code, jt, jf, _) in enumerate(insns):    # every jump lands inside the program
         if code & 0x07 == 0x05:
             assert k + 1 + max(jt, jf) < n
+
+
+def test_datagrams_dropped_for_want_of_room_are_not_counted_as_blocked():
+    """With no source blocked, the socket's drops (receive buffer full) are not a rejection:
+    counted apart (overflow_drops); the same drops while a source is blocked count as source_blocked."""
+    from fedtiny.net.ingest import Staging
+    keys = {1: bytes(range(32))}
+    rx = rx_mod.Receiver(keys, Staging(1000, 2), ack_every=16, source_burst=10, source_rate=1, source_block=5.0)
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)    # room for a few datagrams only
+        a.bind(("127.0.0.1", 0))
+        a.setblocking(False)
+        b.connect(a.getsockname())
+        join = wire.encode(wire.MsgType.HELLO, 1, 0, 0, wire.Hello(n_samples=3, nonce=bytes(8)).pack(), keys[1])
+        rx.poll(a.fileno(), 0.0)
+        _flood(b, [join], 300)                 # authentic-looking joins: no token spent, no block
+        events, _ = rx.poll(a.fileno(), 0.0)
+        dropped, _ = rx.take_counts()
+        assert 0 < len(events) < 300 and rx.overflow_drops == 300 - len(events) and dropped == {}
+        assert rx.blocks == 0
+    finally:
+        a.close()
+        b.close()

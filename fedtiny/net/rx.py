@@ -84,6 +84,8 @@ class Receiver:
         self._seen_bytes = 0
         self._fd = -1                                # the socket polled (its kernel drop counter)
         self._seen_kernel = 0
+        self._blocking = False                       # a source was blocked at the last count
+        self.overflow_drops = 0    # datagrams the kernel dropped for want of room, no source blocked
 
     # -- the life, sessions, the round ------------------------------------------------------------
     def set_life(self, run_tag: int, epoch: int) -> None:
@@ -170,9 +172,13 @@ class Receiver:
                 dropped[RX_REASONS[i]] += int(r[i] - self._seen_rx[i])
             self._seen_rx = r.copy()
         kernel = self.kernel_drops()
-        if kernel > self._seen_kernel:     # blocked sources, or no room in the receive buffer
-            dropped["kernel_dropped"] += kernel - self._seen_kernel
-        self._seen_kernel = kernel
+        blocking = self._rx.n_blocked > 0
+        if kernel > self._seen_kernel:
+            if blocking or self._blocking:   # a blocked source's (with any that found no room meanwhile)
+                dropped["source_blocked"] += kernel - self._seen_kernel
+            else:                            # no room in the receive buffer: the protocol resends
+                self.overflow_drops += kernel - self._seen_kernel
+        self._seen_kernel, self._blocking = kernel, blocking
         nbytes = int(self._rx.bytes) - self._seen_bytes
         self._seen_bytes = int(self._rx.bytes)
         return dropped, nbytes

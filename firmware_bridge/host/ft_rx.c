@@ -184,6 +184,9 @@ static void block_source(ft_rx *rx, const ft_rx_source *s, double now)
         }
     }
     b = &rx->blocked[victim];
+    if (b->family == 0) {
+        rx->n_blocked++;
+    }
     memset(b, 0, sizeof *b);
     memcpy(b->addr, s->addr, 16);
     b->port = s->port;
@@ -199,6 +202,7 @@ static void expire_blocks(ft_rx *rx, double now)
     for (i = 0; i < FT_RX_MAX_BLOCKED; i++) {
         if (rx->blocked[i].family != 0 && rx->blocked[i].until <= now) {
             rx->blocked[i].family = 0;
+            rx->n_blocked--;
             rx->blocked_changed = 1;
         }
     }

@@ -145,6 +145,7 @@ typedef struct {
     ft_rx_blocked blocked[FT_RX_MAX_BLOCKED];
     uint8_t blocked_changed;   /* the filter must be rebuilt */
     uint64_t blocks;           /* sources blocked so far */
+    uint32_t n_blocked;        /* sources blocked now */
     int block_errno;           /* the last setsockopt failure (0: none) */
 } ft_rx;
 

@@ -212,4 +212,7 @@ MUTANTS = [
     dict(id="rx-block-never-lifted", file="firmware_bridge/host/ft_rx.c",
          old="SO_DETACH_FILTER, &unused, sizeof unused)", new="SO_DETACH_FILTER, NULL, 0)",
          tests=["tests/test_rx.py"], why="the filter is never removed (the kernel refuses a zero-length option): a block never ends"),
+    dict(id="rx-overflow-counted-as-blocked", file="fedtiny/net/rx.py",
+         old="if blocking or self._blocking:", new="if True:",
+         tests=["tests/test_rx.py"], why="receive-buffer overflow without a blocked source reported as source_blocked"),
 ]
