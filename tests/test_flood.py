@@ -94,8 +94,10 @@ def test_garbage_flood_keeps_half_the_round_rate(tmp_path, flooder, kernel_block
             _wait_rounds(at, 2, 120)                       # joined and warm
             for phase in PHASES:
                 if phase == "flood":
-                    flood = subprocess.Popen([flooder, at.address[0], str(at.address[1]), str(FLOOD_RATE), "600", frames],
-                                             stdout=subprocess.PIPE, text=True)
+                    # nice 10: the flooder stands for another machine; on loopback the kernel's
+                    # receive work up to the socket (or its filter) runs in the sender's context
+                    flood = subprocess.Popen(["nice", "-n", "10", flooder, at.address[0], str(at.address[1]),
+                                              str(FLOOD_RATE), "600", frames], stdout=subprocess.PIPE, text=True)
                     assert flood.stdout.readline().strip() == "ready"
                 # the round under way when the phase begins is not counted
                 t0 = _wait_rounds(at, len(at.agg.metrics) + 1, 60)
@@ -124,7 +126,8 @@ def test_garbage_flood_keeps_half_the_round_rate(tmp_path, flooder, kernel_block
           f"({flooded / calm:.0%}); the flooder sent {sent / sent_s:,.0f} datagrams/s, the aggregator dropped "
           f"{arrived:,.0f}/s over the flooded rounds: {dict(at.agg.rejected)}; load average {load[0]:.1f} {load[1]:.1f}")
     # The flooder is paced at 50,000/s; on this 2-core machine shared with other jobs (load
-    # average 40) it has been seen to get the CPU for 46,000/s only: 90% is required.
+    # average 40) it has been seen to get the CPU for 46,000/s only: 90% is required (below
+    # that, the machine is too loaded for this test: the failure says so).
     if kernel_block:
         assert sent / sent_s >= 0.9 * FLOOD_RATE, f"the flooder reached only {sent / sent_s:,.0f} datagrams/s"
         assert arrived >= 0.9 * FLOOD_RATE, f"only {arrived:,.0f} datagrams/s reached the aggregator's socket"
