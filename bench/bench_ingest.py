@@ -5,8 +5,9 @@ default) and the Python reference path (--ingest python, today's per-datagram pa
     pytest bench/bench_ingest.py --benchmark-only -s       # 100 and 1,000 devices, both paths
 
 The generator (this process, one socket) speaks the real protocol: join HELLO, WELCOME, in-session
-HELLO, OFFER, then per device RESULT and update chunks in an ACK-clocked window, resending what
-an ACK lists as missing. Devices skip the model download: this measures ingest. To keep the
+HELLO, OFFER, a model ACK that says every chunk is there, then per device RESULT and update chunks
+in an ACK-clocked window, resending what an ACK lists as missing. Devices skip the model download
+(their model ACK is the one a device sends when its download is complete): this measures ingest. To keep the
 generator from being the bottleneck on a 2-core machine, every device's frames are sealed before
 the upload starts (a device that needs a resend seals afresh). Figures per run:
   - updates/s: N / (first RESULT sent .. last update acknowledged), wall clock;
@@ -150,11 +151,15 @@ class LoadGenerator:
                         dev.ctx = dict(session=w.session, epoch=w.epoch, run=w.run)
                         self.sock.sendto(self._seal(dev, wire.MsgType.HELLO, wire.Hello(n_samples=N_SAMPLES).pack(), 0),
                                          self.server)
-                        self._seal_all(dev, round_id=1)
-                elif f.type == wire.MsgType.OFFER and dev.key is not None:
+                elif f.type == wire.MsgType.OFFER and dev.key is not None and dev.round != f.round:
                     dev.round = f.round
-                    if f.round != 1:
-                        self._seal_all(dev, f.round)
+                    # The model ACK a device sends when its download is complete (every chunk
+                    # received): without it the aggregator offers the round again every 0.5 s to
+                    # a device that never asked for the model, which real devices do not cause.
+                    n_model = wire.model_chunks(wire.Offer.unpack(f.payload).n_params)
+                    have = wire.Ack.pack_flags(wire.MsgType.MODEL_CHUNK, np.ones(n_model, dtype=bool))
+                    self.sock.sendto(self._seal(dev, wire.MsgType.ACK, have, f.round), self.server)
+                    self._seal_all(dev, f.round)
         raise AssertionError(f"{sum(d.round == 0 for d in self.devs.values())} devices got no OFFER")
 
     def _seal_all(self, dev: _Dev, round_id: int) -> None:
