@@ -215,26 +215,31 @@ def _flood(sock, frames, n):
         sock.send(frames[i % len(frames)])
 
 
-@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+@pytest.mark.parametrize("family", ["ipv4", "ipv6", "ipv4-mapped"])
 def test_a_limited_source_is_blocked_in_the_kernel_and_others_still_pass(family):
     """A source out of tokens is blocked by a socket filter for source_block seconds: its
     datagrams are dropped by the kernel (counted as source_blocked, not read), while another
-    port of the same address and a known device still get through; the block expires."""
+    port of the same address and a known device still get through; the block expires.
+    ipv4-mapped: IPv4 senders to a dual-stack IPv6 socket (sources seen as ::ffff:a.b.c.d)."""
     from fedtiny.net.ingest import Staging
-    host = "127.0.0.1" if family == socket.AF_INET else "::1"
     keys = {1: bytes(range(32))}
     rx = rx_mod.Receiver(keys, Staging(1000, 2), ack_every=16, source_burst=10, source_rate=1, source_block=5.0)
-    a = socket.socket(family, socket.SOCK_DGRAM)
-    flooder = socket.socket(family, socket.SOCK_DGRAM)
-    honest = socket.socket(family, socket.SOCK_DGRAM)
+    a = socket.socket(socket.AF_INET if family == "ipv4" else socket.AF_INET6, socket.SOCK_DGRAM)
+    sender = socket.AF_INET6 if family == "ipv6" else socket.AF_INET
+    flooder = socket.socket(sender, socket.SOCK_DGRAM)
+    honest = socket.socket(sender, socket.SOCK_DGRAM)
     try:
-        a.bind((host, 0))
+        if family == "ipv4-mapped":
+            a.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        a.bind(({"ipv4": "127.0.0.1", "ipv6": "::1", "ipv4-mapped": "::ffff:127.0.0.1"}[family], 0))
     except OSError:
+        a.close()
         pytest.skip("no IPv6 loopback")
     a.setblocking(False)
+    target = ("127.0.0.1", a.getsockname()[1]) if family == "ipv4-mapped" else a.getsockname()
     try:
-        flooder.connect(a.getsockname())
-        honest.connect(a.getsockname())
+        flooder.connect(target)
+        honest.connect(target)
         junk = [bytes([i]) * (40 + i) for i in range(8)]
         join = wire.encode(wire.MsgType.HELLO, 1, 0, 0, wire.Hello(n_samples=3, nonce=bytes(8)).pack(), keys[1])
         _flood(flooder, junk, 12)                      # 10 failures, then limited: blocked
