@@ -7,6 +7,8 @@
  */
 #include "fw_secagg.h"
 
+#if FW_SECAGG
+
 #include <float.h>
 #include <math.h>
 #include <string.h>
@@ -732,3 +734,5 @@ int fw_sa_link_frame(fw_sa_link *l, const ft_wire_header *h, const uint8_t *pl, 
     }
     return 1;
 }
+
+#endif /* FW_SECAGG */

@@ -54,6 +54,13 @@ typedef enum {
 /* Fills out[0..n) with uniform random bytes (a hardware RNG on a board); 0 on success. */
 typedef int (*fw_sa_random_fn)(void *ctx, uint8_t *out, size_t n);
 
+/* FW_SECAGG=0 builds the firmware without secure aggregation (the link below becomes no-ops and
+ * fw_secagg.c and the crypto need not be linked): the image for a 32 KB-flash part. */
+#ifndef FW_SECAGG
+#define FW_SECAGG 1
+#endif
+#if FW_SECAGG
+
 enum { FW_SA_IDLE, FW_SA_KEYS_SENT, FW_SA_SHARES_SENT, FW_SA_SHARE_LIST, FW_SA_UNMASKED };
 
 typedef struct {
@@ -140,5 +147,27 @@ int fw_sa_link_delta(fw_sa_link *l, uint32_t round, const float *delta, size_t n
 /* Resend unacknowledged vector chunks after FW_SA_RESEND_MS. */
 void fw_sa_link_poll(fw_sa_link *l, uint32_t now_ms);
 #define FW_SA_RESEND_MS 1000u
+
+#else /* FW_SECAGG == 0: a build without secure aggregation sits secure rounds out */
+typedef struct {
+    int unused;
+} fw_sa_link;
+typedef void (*fw_sa_send_fn)(void *ctx, uint8_t type, uint32_t round, const uint8_t *payload, size_t len,
+                              uint16_t chunk_index, uint16_t chunk_count);
+static inline void fw_sa_link_init(fw_sa_link *l, uint32_t device_id, fw_sa_random_fn random, void *random_ctx,
+                                   fw_sa_send_fn send, void *send_ctx) {
+    (void)l, (void)device_id, (void)random, (void)random_ctx, (void)send, (void)send_ctx;
+}
+static inline int fw_sa_link_frame(fw_sa_link *l, const ft_wire_header *h, const uint8_t *payload, uint32_t now_ms) {
+    (void)l, (void)h, (void)payload, (void)now_ms;
+    return 0;
+}
+static inline int fw_sa_link_delta(fw_sa_link *l, uint32_t round, const float *delta, size_t n, uint32_t seed,
+                                   uint32_t now_ms) {
+    (void)l, (void)round, (void)delta, (void)n, (void)seed, (void)now_ms;
+    return -1;
+}
+static inline void fw_sa_link_poll(fw_sa_link *l, uint32_t now_ms) { (void)l, (void)now_ms; }
+#endif /* FW_SECAGG */
 
 #endif /* FW_SECAGG_H */
