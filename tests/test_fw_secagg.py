@@ -4,6 +4,7 @@ next to Python devices, fed the wire payloads of fedtiny.net.secagg_round; every
 (keys, commitment, share ciphertexts, pairwise seeds, the masked vector, the unmask answer) is
 checked against the Python definitions, and the unmasked sum against the plain sum of the
 survivors' grid vectors."""
+import contextlib
 import os
 import struct
 
@@ -262,13 +263,20 @@ def test_hostile_messages_stop_the_c_device_by_name(fw):
 
 # --- the host build through `fedtiny bridge`, next to Python clients, in `fedtiny aggregate --secagg` ---
 
-def test_c_firmware_through_bridge_joins_secure_rounds_with_python_clients(tmp_path):
+LOSS = dict(drop=0.10, duplicate=0.05, reorder=0.10, seed=3)
+
+
+@pytest.mark.parametrize("loss", [None, LOSS], ids=["clean", "lossy"])
+def test_c_firmware_through_bridge_joins_secure_rounds_with_python_clients(tmp_path, loss):
     """2 C devices (the example firmware's host build, each on a pseudo-terminal of one real
     `fedtiny bridge`) and 2 `fedtiny client` processes run 2 SecAgg+ rounds of `fedtiny aggregate
     --secagg` on 127.0.0.1. Oracle: each round's new model is the old one plus the float64 mean of
     the four devices' grid vectors, computed here from their deltas (the C devices write theirs
     with --dump-delta; the Python clients' are retrained here as the client trains) and the grid
-    definition in numpy (secagg_oracle.grid): no fedtiny summation code."""
+    definition in numpy (secagg_oracle.grid): no fedtiny summation code. "lossy": a relay between
+    the bridge and clients and the aggregator drops 10%, duplicates 5% and reorders 10% of the
+    datagrams both ways, so the firmware's answers to repeated stage messages and its ACK-driven
+    resends of vector chunks are exercised; every device still survives."""
     pytest.importorskip("serial", reason="fedtiny bridge needs pyserial")
     import subprocess
     import sys
@@ -279,6 +287,7 @@ def test_c_firmware_through_bridge_joins_secure_rounds_with_python_clients(tmp_p
     from fedtiny.net.demo import client_command
     from netutil import CLIENT_ENV, AggregatorThread, Fleet, client_logs, stop_all
     from secagg_oracle import grid as grid_oracle
+    from udp_relay import LossyRelay
 
     firmware = build_host_firmware(tmp_path)
     n_c, n_py, rounds, clip = 2, 2, 2, 1.0
@@ -288,9 +297,14 @@ def test_c_firmware_through_bridge_joins_secure_rounds_with_python_clients(tmp_p
                        round_timeout=30.0, secagg_stage_timeout=8.0, lr=0.05, batch=10)
     ptys = [os.openpty() for _ in range(n_c)]
     procs = []
+    relay_counts = {}
     try:
-        with AggregatorThread(cfg) as at:
-            bridge = [sys.executable, "-m", "fedtiny.cli", "bridge", "--server", at.server]
+        with AggregatorThread(cfg) as at, contextlib.ExitStack() as stack:
+            server = at.server
+            if loss is not None:
+                relay = stack.enter_context(LossyRelay(at.address, **loss))
+                server = f"{relay.addr[0]}:{relay.addr[1]}"
+            bridge = [sys.executable, "-m", "fedtiny.cli", "bridge", "--server", server]
             for _, slave in ptys:
                 bridge += ["--serial", os.ttyname(slave)]
             procs.append(subprocess.Popen(bridge, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -303,10 +317,12 @@ def test_c_firmware_through_bridge_joins_secure_rounds_with_python_clients(tmp_p
                      "--dump-delta", str(tmp_path / f"delta{k}")],
                     pass_fds=(master,), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
             for k in range(n_c, n):
-                procs.append(subprocess.Popen(client_command(at.server, k, fleet.keyfile, fleet.data[k], "mlp:64-10"),
+                procs.append(subprocess.Popen(client_command(server, k, fleet.keyfile, fleet.data[k], "mlp:64-10"),
                                               env=CLIENT_ENV, cwd=fleet.dir, stdout=subprocess.DEVNULL,
                                               stderr=subprocess.PIPE, text=True))
             at.wait(90)
+            if loss is not None:
+                relay_counts = dict(relay.counts)
             for p in procs[1:1 + n_c]:
                 out, err = p.communicate(timeout=20)
                 assert p.returncode == 0, out + err
@@ -320,6 +336,9 @@ def test_c_firmware_through_bridge_joins_secure_rounds_with_python_clients(tmp_p
             os.close(slave)
     ck = state.load(os.path.join(fleet.dir, "state"))
     assert ck.round == rounds
+    print("\nsecure rounds:", [(r["secagg_resent"], r["secagg_counts"], r["rejected"]) for r in ck.metrics])
+    if loss is not None:
+        assert relay_counts["dropped"] > 0, relay_counts
     for row in ck.metrics:
         assert row["secagg_outcome"] == "applied" and row["survivors"] == n, row
         assert row["secagg_stages"] == {"keys": n, "shares": n, "masked": n, "unmask": n}, row
