@@ -379,3 +379,20 @@ def build_host_firmware(tmp_path) -> str:
     subprocess.run([cc, "-std=c99", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", "-I", csrc, "-I", FW,
                     "-I", os.path.join(FW, "example"), *sources, "-lm", "-o", out], check=True, timeout=120)
     return out
+
+
+def test_one_round_runs_on_a_cortex_m4f(tmp_path):
+    """`make m4-bench-secagg` (k = 2, so 3 C devices run a whole round on an emulated Cortex-M4F):
+    every stage OK, every share decrypts, the pairwise masks cancel in the sum; the round costs
+    about 2k + 2 X25519 (2.43M instructions each, docs/secagg.md) plus little else."""
+    import re
+    import shutil
+    import subprocess
+    if shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None:
+        pytest.skip("needs arm-none-eabi-gcc and qemu-system-arm")
+    proc = subprocess.run(["make", "-s", "-C", FW, f"BUILD={tmp_path}", "BENCH_K=2", "m4-bench-secagg"],
+                          capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "failures: 0" in out, out
+    total = int(re.search(r"one round, device side: (\d+) instructions", out).group(1))
+    assert 6 * 2.3e6 < total < 6 * 2.7e6, out
