@@ -326,7 +326,7 @@ def test_c_firmware_through_bridge_joins_secure_rounds_with_python_clients(tmp_p
             for p in procs[1:1 + n_c]:
                 out, err = p.communicate(timeout=20)
                 assert p.returncode == 0, out + err
-                assert f"{rounds} round(s)" in out, out
+                assert f"{rounds} round(s)" in out and "secure round status 0" in out, out
             for p in procs[1 + n_c:]:
                 assert p.wait(timeout=20) == 0, client_logs(procs[1 + n_c:])
     finally:

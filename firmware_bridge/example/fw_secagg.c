@@ -623,9 +623,12 @@ static void on_vector_ack(fw_sa_link *l, const uint8_t *pl, size_t len, uint32_t
     uint16_t first, n_bits, i;
     const uint8_t *bitmap;
     uint32_t got = 0;
-    if (!l->uploading || ft_ack_parse(pl, len, &type, &first, &n_bits, &bitmap) != FT_WIRE_OK || first != 0 ||
-        n_bits != l->n_chunks)
+    if (!l->uploading)
+        return; /* an ACK after the upload completed: nothing to do */
+    if (ft_ack_parse(pl, len, &type, &first, &n_bits, &bitmap) != FT_WIRE_OK || first != 0 || n_bits != l->n_chunks) {
+        l->dropped++;
         return;
+    }
     for (i = 0; i < n_bits; i++)
         if ((bitmap[i / 8u] >> (i % 8u)) & 1u)
             got |= 1u << i;
@@ -664,6 +667,8 @@ int fw_sa_link_frame(fw_sa_link *l, const ft_wire_header *h, const uint8_t *pl, 
     if (t == FT_MSG_ACK && len > 0 && pl[0] == FT_MSG_MASKED_UPDATE) {
         if (h->round == l->round)
             on_vector_ack(l, pl, len, now_ms);
+        else
+            l->dropped++;
         return 1;
     }
     if (t < FT_MSG_SECAGG_SETUP || t > FT_MSG_SECAGG_UNMASK_SHARES)
@@ -677,8 +682,12 @@ int fw_sa_link_frame(fw_sa_link *l, const ft_wire_header *h, const uint8_t *pl, 
         l->uploading = l->uploaded = 0;
         l->acked = 0;
     }
-    if (h->round != l->round || l->status != 0 || h->chunk_count != 1)
-        return 1; /* another round, a device out of this one, or a list this firmware does not take */
+    if (h->round != l->round || h->chunk_count != 1) {
+        l->dropped++; /* another round, or a list longer than this firmware takes */
+        return 1;
+    }
+    if (l->status != 0)
+        return 1; /* out of this round */
     bit = 1 << (t - FT_MSG_SECAGG_SETUP);
     if (l->answered & bit) { /* the message again: our answer was lost */
         if (t == FT_MSG_SECAGG_SETUP)

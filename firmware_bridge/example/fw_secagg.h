@@ -120,7 +120,8 @@ typedef struct {
     fw_sa_send_fn send;
     void *send_ctx;
     uint32_t round;            /* of the last SETUP taken */
-    int32_t status;            /* 0, or why this device stopped taking part in the round */
+    int32_t status;            /* 0, or why this device stopped taking part in the round (fw_sa_status) */
+    uint32_t dropped;          /* frames dropped: another round, a list of several chunks, a bad ACK */
     uint8_t answered;          /* bit (type - 11): the stage message of that type was answered */
     uint8_t keys[FW_SA_KEYS_OUT];
     uint8_t shares[FW_SA_SHARES_OUT];

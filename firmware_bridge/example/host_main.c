@@ -157,7 +157,8 @@ int main(int argc, char **argv) {
                 "this firmware trains: run the aggregator with --model mlp:64-10\n", (unsigned)cfg.device_id);
         return 2;
     }
-    printf("device %u: %u round(s), last round %u, %u frame(s) rejected\n", (unsigned)cfg.device_id,
-           (unsigned)g_dev.rounds_done, (unsigned)g_dev.round, (unsigned)g_dev.frames_rejected);
+    printf("device %u: %u round(s), last round %u, %u frame(s) rejected, %u secure-aggregation frame(s) dropped, "
+           "secure round status %d\n", (unsigned)cfg.device_id, (unsigned)g_dev.rounds_done, (unsigned)g_dev.round,
+           (unsigned)g_dev.frames_rejected, (unsigned)g_dev.sa.dropped, (int)g_dev.sa.status);
     return g_dev.rounds_done >= rounds || g_dev.state == FW_FINISHED ? 0 : 1;
 }
