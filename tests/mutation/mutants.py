@@ -191,4 +191,23 @@ MUTANTS = [
          tests=["tests/test_wire.py"],
          why="the SHA-NI block function feeds the wrong message word to its second two rounds (the wire "
              "library's import-time self-test refuses it: a collection error; the hashlib test too)"),
+    # ---- issue 12: DP on the aggregator, sums at any modulus 2^b ---------------------------------------
+    dict(id="aggregate-dp-weights-nk", file="fedtiny/net/aggregator.py",
+         old="weight = 1.0 if self.dp else weight", new="weight = weight",
+         tests=["tests/test_aggregate_dp.py"], why="under --dp the aggregator weighs devices by n_k, not uniformly"),
+    dict(id="aggregate-dp-run-sampling", file="fedtiny/privacy/pipeline.py",
+         old="self.accountant.spend(self.z_spent(), self.round_sampling)", new="self.accountant.spend(self.z_spent())",
+         tests=["tests/test_aggregate_dp.py"], why="epsilon accounted with the keyed fleet, not the round's draw"),
+    dict(id="aggregate-dp-budget-slack", file="fedtiny/privacy/pipeline.py",
+         old="<= target_epsilon * (1 + 1e-9)", new="<= target_epsilon * 1.5",
+         tests=["tests/test_aggregate_dp.py"], why="--target-epsilon lets a round overspend the budget"),
+    dict(id="dp-central-no-clip-in-round", file="fedtiny/privacy/pipeline.py",
+         old='clip_norm=self.bound if self.mode == "central" else None', new="clip_norm=None",
+         tests=["tests/test_aggregate_dp.py"], why="central DP sums unclipped updates (simulate and aggregate)"),
+    dict(id="csrc-add-mod-avx2-no-mask", file="csrc/arch/x86_avx2_secagg.c",
+         old="_mm256_and_si256(_mm256_add_epi32(a, b), m)", new="_mm256_add_epi32(a, b)",
+         tests=["tests/test_secagg_kernels.py"], why="AVX2 modular sum keeps the bits above 2^b"),
+    dict(id="csrc-decode-mod-ref-shift", file="csrc/ft_internal.h",
+         old="const uint32_t t = u << shift;", new="const uint32_t t = u << (shift ? shift - 1 : 0);",
+         tests=["tests/test_secagg_kernels.py"], why="centered decode at b < 32 reads one bit too many"),
 ]
