@@ -157,3 +157,28 @@ def test_dp_with_secagg_is_refused_on_the_aggregator():
     cfg.secagg = False
     aggregator_dp.check(cfg)                                        # the same flags without --secagg pass
     assert math.isfinite(cfg.noise_multiplier)
+
+
+def test_adaptive_clip_and_epsilon_survive_a_restart():
+    # the aggregator's DP state is rebuilt from the checkpoint's rows: the same epsilon, the same bound
+    cfg = SimpleNamespace(dp="central", secagg=False, noise_multiplier=0.3, target_epsilon=None, adaptive_clip=0.5,
+                          clip_norm=0.1, delta=1e-5, fraction=0.5, min_clients=2, rounds=10, max_samples=100,
+                          dp_test_seed=3)
+    dp = aggregator_dp.create(cfg, 40)
+    rows = []
+    for alive, clipped in ((40, 20), (36, 20), (40, 0)):
+        m = math.ceil(alive / 2)
+        assert dp.open_round(alive, m)
+        assert dp.bounds().clip_norm == dp.priv.bound and dp.stage.m == m
+        rows.append(dp.close_round(True, m, clipped))
+    assert rows[1]["clip_norm"] > rows[0]["clip_norm"]            # every update clipped: the bound grows
+    import dp_accounting                                        # the direct computation: three events composed
+    direct = dp_accounting.rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+    for a in (40, 36, 40):
+        direct.compose(dp_accounting.SampledWithoutReplacementDpEvent(a, math.ceil(a / 2),
+                                                                      dp_accounting.GaussianDpEvent(0.3 / 2)))
+    assert rows[-1]["epsilon"] == pytest.approx(direct.get_epsilon(1e-5), rel=1e-9)
+    again = aggregator_dp.create(cfg, 40)
+    again.resume(rows)
+    assert again.priv.accountant.epsilon() == pytest.approx(rows[-1]["epsilon"], rel=1e-12)
+    assert again.priv.bound == rows[-1]["clip_norm_next"] == dp.priv.bound
