@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("dp_accounting")
 from scipy import stats  # noqa: E402
 
-from fedtiny import bounds, datasets, simulate  # noqa: E402
+from fedtiny import bounds, datasets, rounds, simulate  # noqa: E402
 from fedtiny.net import state  # noqa: E402
 from fedtiny.privacy import accounting, aggregator_dp  # noqa: E402
 from netutil import MODEL, AggregatorThread, Fleet, WireCapture, client_logs, stop_all  # noqa: E402
@@ -166,17 +166,17 @@ def test_adaptive_clip_and_epsilon_survive_a_restart():
                           dp_test_seed=3)
     dp = aggregator_dp.create(cfg, 40)
     rows = []
-    for alive, clipped in ((40, 20), (36, 20), (40, 0)):
-        m = math.ceil(alive / 2)
+    draws = [(40, 20), (3, 2), (40, 20)]      # (alive, sampled): the second round has q = 2/3, not 1/2
+    for (alive, m), clipped in zip(draws, (20, 2, 0)):
+        assert m == rounds.n_sampled(alive, cfg.fraction, cfg.min_clients)
         assert dp.open_round(alive, m)
         assert dp.bounds().clip_norm == dp.priv.bound and dp.stage.m == m
         rows.append(dp.close_round(True, m, clipped))
     assert rows[1]["clip_norm"] > rows[0]["clip_norm"]            # every update clipped: the bound grows
     import dp_accounting                                        # the direct computation: three events composed
     direct = dp_accounting.rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
-    for a in (40, 36, 40):
-        direct.compose(dp_accounting.SampledWithoutReplacementDpEvent(a, math.ceil(a / 2),
-                                                                      dp_accounting.GaussianDpEvent(0.3 / 2)))
+    for a, m in draws:
+        direct.compose(dp_accounting.SampledWithoutReplacementDpEvent(a, m, dp_accounting.GaussianDpEvent(0.3 / 2)))
     assert rows[-1]["epsilon"] == pytest.approx(direct.get_epsilon(1e-5), rel=1e-9)
     again = aggregator_dp.create(cfg, 40)
     again.resume(rows)
