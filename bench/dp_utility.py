@@ -61,22 +61,24 @@ def run(out: str, only: list[str], rounds: int = ROUNDS) -> None:
 
 
 def table(out: str, rounds: int = ROUNDS) -> None:
-    """One row per mode: final test accuracy per seed and their mean."""
-    rows: dict[str, list[dict]] = {}
+    """One row per mode: final test accuracy per seed (seed in brackets) and their mean."""
+    rows: dict[str, list[tuple[str, dict]]] = {}
     order = sorted(runs(rounds), key=lambda n: (n.split("-")[0] not in ("none", "clip"), n))
     for name in order:
         path = os.path.join(out, name, "result.json")
         if os.path.exists(path):
-            rows.setdefault(name.rsplit("-s", 1)[0], []).append(json.load(open(path))["summary"])
+            mode, seed = name.rsplit("-s", 1)
+            with open(path) as f:
+                rows.setdefault(mode, []).append((seed, json.load(f)["summary"]))
     print("| mode | epsilon (delta 1e-5) | z | b | final test acc per seed | mean |")
     print("|---|---|---|---|---|---|")
-    for mode, runs in rows.items():
-        s = runs[0]
+    for mode, done in rows.items():
+        s = done[0][1]
         eps = f"{s['epsilon']:.3f}" if "epsilon" in s else "inf"
         z = f"{s['noise_multiplier']:.3f}" if "noise_multiplier" in s else "-"
-        accs = [r["final_test_acc"] for r in runs]
-        print(f"| {mode} | {eps} | {z} | {s.get('dp_bits', '-')} | {', '.join(f'{a:.4f}' for a in accs)} | "
-              f"{sum(accs) / len(accs):.4f} |")
+        accs = [r["final_test_acc"] for _, r in done]
+        print(f"| {mode} | {eps} | {z} | {s.get('dp_bits', '-')} | "
+              f"{', '.join(f'{a:.4f} (s{seed})' for (seed, _), a in zip(done, accs))} | {sum(accs) / len(accs):.4f} |")
 
 
 if __name__ == "__main__":
