@@ -17,8 +17,9 @@ central --dp-sampling fixed`'s, the same objects (pipeline.PrivateRounds):
   N keyed devices; with or without it, no round is opened whose release would take epsilon above
   the target: the run stops there ("privacy budget spent").
 
-`--dp distributed` and `--dp` with `--secagg` are refused: the distributed discrete Gaussian needs
-secure aggregation over the network, which `fedtiny aggregate` does not have yet.
+`--dp distributed` and `--dp` with `--secagg` are refused: the distributed discrete Gaussian's device
+stage is not yet wired into `fedtiny aggregate --secagg` and `fedtiny client` (SecAgg over the
+network landed while this was written; docs/privacy.md says what the wiring must keep).
 """
 from __future__ import annotations
 
@@ -53,12 +54,12 @@ def check(cfg) -> None:
     if dp not in MODES:
         raise ValueError(f"--dp must be one of {', '.join(MODES)}, got {dp!r}")
     if dp == "distributed":
-        raise ValueError("--dp distributed needs secure aggregation over the network, which fedtiny aggregate does "
-                         "not have yet (docs/privacy.md): use --dp central (a trusted aggregator), or "
+        raise ValueError("--dp distributed is not on the network yet (its device stage is not wired into "
+                         "--secagg rounds; docs/privacy.md): use --dp central (a trusted aggregator), or "
                          "fedtiny simulate --dp distributed")
     if dp != "none" and getattr(cfg, "secagg", False):
-        raise ValueError("--dp does not combine with --secagg on the aggregator yet (distributed DP over the "
-                         "network is not built; docs/privacy.md): drop one of them")
+        raise ValueError("--dp does not combine with --secagg on the aggregator yet (distributed DP's device "
+                         "stage is not wired into --secagg rounds; docs/privacy.md): drop one of them")
     if dp == "none":
         given = [f for f, v in (("--noise-multiplier", cfg.noise_multiplier), ("--target-epsilon", cfg.target_epsilon),
                                 ("--adaptive-clip", cfg.adaptive_clip)) if v is not None]
