@@ -191,4 +191,13 @@ MUTANTS = [
          tests=["tests/test_wire.py"],
          why="the SHA-NI block function feeds the wrong message word to its second two rounds (the wire "
              "library's import-time self-test refuses it: a collection error; the hashlib test too)"),
+    dict(id="insn-count-per-block", file="tests/platform/qemu_insn_count.c",
+         old="qemu_plugin_tb_n_insns(tb));", new="1);",
+         tests=["tests/test_qemu_insn_count.py"],
+         why="the qemu plugin counts translated blocks, not instructions (bench/arm_insns.py's figures)"),
+    dict(id="insn-per-step-not-slope", file="bench/arm_insns.py",
+         old='row[f"{simd}_insns_per_step"] = round((i2 - i1) / (s2 - s1))',
+         new='row[f"{simd}_insns_per_step"] = round(i2 / s2)',
+         tests=["tests/test_qemu_insn_count.py"],
+         why="instructions per step include the call's fixed cost (argument checks, loading the arena)"),
 ]
