@@ -276,12 +276,11 @@ class Device:
 
     def _local_update(self, round_id: int, offer: wire.Offer, params: np.ndarray):
         """Local SGD and int8 encoding, seeded as simulate seeds client k = this device id."""
-        global_params = params.copy()
+        # delta=True: params (the download buffer) becomes trained - global in place, no copy of the model
         res = self.train.local_sgd(self.model, params, self.x, self.y, epochs=offer.epochs, batch_size=offer.batch_size,
                                    lr=offer.lr, momentum=self.momentum, prox_mu=offer.prox_mu,
-                                   global_params=global_params if offer.prox_mu > 0 else None,
-                                   weights=self.weights, seed=derive_seed(offer.seed, round_id, self.id, 1))
-        params -= global_params   # the delta, in place
+                                   global_params=params if offer.prox_mu > 0 else None,
+                                   weights=self.weights, seed=derive_seed(offer.seed, round_id, self.id, 1), delta=True)
         rounding, feedback = rounding_of(offer.codec_flags)
         if feedback and self.residual is None:
             self.residual = np.zeros_like(params)
@@ -392,6 +391,7 @@ class Device:
                     except Exception as exc:  # diverged, an offer it cannot train, out of memory
                         self._fail(f"round {self.round}: local training failed: {exc}; stopping "
                                    f"(check --data and the aggregator's --lr)")
+                    del params   # the round's model buffer (now its delta): freed before the next download
                     continue
                 if select.select([self.sock], [], [], TICK)[0]:
                     self._drain()
