@@ -215,4 +215,13 @@ MUTANTS = [
          new="seed=derive_seed(offer.seed, round_id, self.id, 1), delta=False)",
          tests=["tests/test_network.py::test_client_processes_reproduce_simulate"],
          why="a device uploads its trained weights as the update"),
+    dict(id="npz-fortran-as-c", file="fedtiny/npz.py",
+         old='return flat.reshape(shape, order="F" if fortran else "C")', new='return flat.reshape(shape, order="C")',
+         tests=["tests/test_npz.py"], why="a Fortran-order array read in C order: its elements transposed"),
+    dict(id="npz-stale-directory", file="fedtiny/npz.py",
+         old="        archive.invalidate_caches()", new="        pass",
+         tests=["tests/test_npz.py"], why="a data file written again is read through zipimport's old directory"),
+    dict(id="npz-short-member", file="fedtiny/npz.py",
+         old="    if len(data) - offset < count * dtype.itemsize:", new="    if False:",
+         tests=["tests/test_npz.py"], why="a truncated array is not named as such (numpy's buffer error instead)"),
 ]
