@@ -62,13 +62,18 @@ def drop_from_page_cache(paths: list[str]) -> int:
             files += [os.path.join(d, f) for d, _s, fs in os.walk(p) for f in fs if ".so" in f]
         else:
             files.append(p)
+    dropped = 0
     for f in files:
-        fd = os.open(f, os.O_RDONLY)
+        try:
+            fd = os.open(f, os.O_RDONLY)
+        except OSError:   # not readable by this user: left as it is
+            continue
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            dropped += 1
         finally:
             os.close(fd)
-    return len(files)
+    return dropped
 
 
 def proc_status(pid: int) -> dict[str, int]:
