@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import bounds, codec, datasets, rounds
-from . import download, ingest, keys as keys_mod, rx as rx_mod, session, state, wire
+from . import download, ingest, keys as keys_mod, rx as rx_mod, session, state, status, wire
 from .common import MODEL_WINDOW, parse_hostport, setup_logging
 from .session import Rejected
 
@@ -82,6 +82,8 @@ class AggregateConfig:
     seed: int = 0
     max_samples: int = bounds.DEFAULT_MAX_SAMPLES
     clip_norm: float = bounds.DEFAULT_CLIP_NORM      # 0: no clipping
+    http: str = ""                   # HOST:PORT of the status page (fedtiny.net.status); "": none
+    http_public: bool = False        # allow a non-loopback --http address
 
     def check(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -111,6 +113,8 @@ class AggregateConfig:
         need(math.isfinite(self.clip_norm) and self.clip_norm >= 0,
              f"--clip-norm must be a finite number >= 0 (0: no clipping), got {self.clip_norm}")
         need(bool(self.keys), "--keys FILE is required")
+        if self.http:
+            status.check_address(self.http, self.http_public)
         need(bool(self.state), "--state DIR is required")
 
 
@@ -129,6 +133,10 @@ class _Device:
     upload: tuple | None = None      # (n_samples, steps, loss, seed, flags) of its current round
     acked: int = 0                   # update chunks received since the last ACK sent
     told: dict = field(default_factory=dict)   # error code -> when this device was last told
+    rounds_done: int = 0             # its updates accepted into a round (the status page)
+    bytes_down: int = 0              # bytes sent to it
+    last_rejection: str = ""         # reason of its last frame or update dropped, and when
+    rejected_at: float = -math.inf
 
 
 @dataclass
@@ -204,6 +212,8 @@ class Aggregator(asyncio.DatagramProtocol):
         self.run_id: bytes = b""     # set by serve() from --state (state.begin_life)
         self.epoch = 0
         self.run_tag = 0
+        self.started = time.monotonic()
+        self.status_server: status.StatusServer | None = None
 
     # -- transport ---------------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -214,11 +224,14 @@ class Aggregator(asyncio.DatagramProtocol):
         if addr is None or self.transport is None:
             return
         self.transport.sendto(frame, addr)
+        dev.bytes_down += len(frame)
         if self.current is not None:
             self.current.bytes_down += len(frame)
             self.current.down_by_type[frame[3]] += len(frame)
 
-    def _reject(self, reason: str, who: str, detail: str = "") -> None:
+    def _reject(self, reason: str, who: str, detail: str = "", dev: _Device | None = None) -> None:
+        if dev is not None:
+            dev.last_rejection, dev.rejected_at = reason, time.monotonic()
         self.rejected[reason] += 1
         self.round_rejected[reason] += 1
         if self.round_rejected[reason] <= LOG_PER_REASON:
@@ -232,6 +245,7 @@ class Aggregator(asyncio.DatagramProtocol):
         if self.current is not None and not counted:
             self.current.bytes_up += len(data)
         who = f"{addr[0]}:{addr[1]}"
+        dev = None
         try:
             head = session.peek(data)
             mtype, device_id = head.type, head.device_id
@@ -251,7 +265,7 @@ class Aggregator(asyncio.DatagramProtocol):
                 self._promote(dev, sess)
             self._on_frame(dev, hdr, addr, now)
         except (Rejected, wire.FrameError) as exc:   # wire.FrameError: a payload that does not parse
-            self._reject(exc.reason, who, str(exc))
+            self._reject(exc.reason, who, str(exc), dev)
             if counted and self.rx is not None:       # handed over by the C path: charge the source
                 self.rx.penalize(addr, now)
 
@@ -325,10 +339,8 @@ class Aggregator(asyncio.DatagramProtocol):
                     self._wake.set()
                 elif outcome == "added":
                     self._ack_update(dev, run)
-            except Rejected as exc:
-                self._reject(exc.reason, who, str(exc))
-            except wire.FrameError as exc:
-                self._reject(exc.reason, who, str(exc))
+            except (Rejected, wire.FrameError) as exc:
+                self._reject(exc.reason, who, str(exc), dev)
 
     def error_received(self, exc) -> None:  # ICMP port unreachable from a device that went away
         log.debug("socket error: %s", exc)
@@ -496,9 +508,11 @@ class Aggregator(asyncio.DatagramProtocol):
         dev = self.devices[device_id]
         verdict = self.current.rnd.submit(device_id, self.current.id, update, weight, steps=dev.upload[1])
         if not verdict.accepted:
-            self._reject(verdict.reason, f"device {device_id}", verdict.detail)
+            self._reject(verdict.reason, f"device {device_id}", verdict.detail, dev)
             self._tell(dev, self.current.id, session.E_REJECTED, verdict.detail or verdict.reason, always=True)
-        elif verdict.detail.startswith(bounds.CLIPPED):
+            return
+        dev.rounds_done += 1
+        if verdict.detail.startswith(bounds.CLIPPED):
             self._count_clipped(verdict.detail)
 
     def _count_clipped(self, detail: str) -> None:
@@ -697,9 +711,12 @@ class Aggregator(asyncio.DatagramProtocol):
         log.info("aggregating %s (%d parameters) on %s:%d, round %d of %d; run %s epoch %d", self.cfg.model,
                  self.server.n_params, self.address[0], self.address[1], self.server.round_id + 1, self.cfg.rounds,
                  self.run_id.hex(), self.epoch)
-        if ready is not None:
-            ready(self.address)
         try:
+            if self.cfg.http:
+                self.status_server = await status.start(self.cfg.http, lambda: status.aggregator_snapshot(self),
+                                                        public=self.cfg.http_public)
+            if ready is not None:
+                ready(self.address)
             while self.server.round_id < self.cfg.rounds and not stop.is_set():
                 if not await self._run_round(stop):
                     break
@@ -716,6 +733,8 @@ class Aggregator(asyncio.DatagramProtocol):
             if self.sock is not None:
                 loop.remove_reader(self.sock.fileno())
             transport.close()
+            if self.status_server is not None:
+                await self.status_server.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 try:
                     loop.remove_signal_handler(sig)
@@ -768,7 +787,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="largest n_k (FedAvg weight) a device may claim; more is refused (default %(default)s)")
     p.add_argument("--clip-norm", type=float, default=d.clip_norm, metavar="C",
                    help="each update is scaled down to L2 norm <= C before it is summed; 0: off (default %(default)s)")
+    add_http_arguments(p)
     p.add_argument("--verbose", "-v", action="store_true")
+
+
+def add_http_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--http", default="", metavar="HOST:PORT",
+                   help="serve a live status page, /status.json and /metrics (Prometheus) here; loopback only "
+                        "unless --http-public (default: none)")
+    p.add_argument("--http-public", action="store_true",
+                   help="allow a --http address that is not loopback (the page is read-only and shows no key)")
 
 
 def config_from_args(args: argparse.Namespace) -> AggregateConfig:
