@@ -17,7 +17,6 @@ import io
 import json
 import math
 import os
-import struct
 import sys
 import time
 import tracemalloc
@@ -659,6 +658,7 @@ def _secagg_round(cfg, train, model, data, splits, server, rnd, selected, local,
     """One round under SecAgg+ (fedtiny.privacy): every selected device with data runs the protocol
     in this process; --dropout P of them go silent at --dropout-phase. Returns the round's
     upload bytes, download bytes, summed train loss, local steps and the secure round's outcome."""
+    from .privacy import grid as gridmod
     from .privacy import inprocess, secagg
 
     members = [k for k in selected.tolist() if splits[k].n_samples > 0]
@@ -684,8 +684,7 @@ def _secagg_round(cfg, train, model, data, splits, server, rnd, selected, local,
         trained["loss"] += res.loss * part.n_samples
         trained["n"] += part.n_samples
         trained["steps"] += res.steps
-        round_key = struct.pack("<8I", *(derive_seed(cfg.seed, r, k, 3, i) for i in range(8)))  # os.urandom on a device
-        return device.masked_update(local, round_key)
+        return device.masked_update(local, gridmod.derived_round_key(cfg.seed, r, k))
 
     aborts: Counter = Counter()
     result = inprocess.run_round(sround, {k: secagg.Device(k) for k in members}, make_update, drop, aborts)

@@ -84,6 +84,12 @@ class AggregateConfig:
     clip_norm: float = bounds.DEFAULT_CLIP_NORM      # 0: no clipping
     http: str = ""                   # HOST:PORT of the status page (fedtiny.net.status); "": none
     http_public: bool = False        # allow a non-loopback --http address
+    secagg: bool = False             # SecAgg+ rounds (fedtiny.net.secagg_round); the grid's bound is clip_norm
+    secagg_bits: int | None = None
+    secagg_k: int | None = None
+    secagg_t: int | None = None
+    secagg_min_survivors: int | None = None
+    secagg_stage_timeout: float = 5.0
 
     def check(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -116,6 +122,27 @@ class AggregateConfig:
         if self.http:
             status.check_address(self.http, self.http_public)
         need(bool(self.state), "--state DIR is required")
+        self.check_secagg()
+
+    def check_secagg(self) -> None:
+        names = ("secagg_bits", "secagg_k", "secagg_t", "secagg_min_survivors")
+        given = [f"--{n.replace('_', '-')}" for n in names if getattr(self, n) is not None]
+        if not self.secagg:
+            if given:
+                raise ValueError(f"{', '.join(given)} needs --secagg")
+            return
+        if not self.clip_norm > 0:
+            raise ValueError("--secagg needs --clip-norm C > 0: it is the bound of the round's shared grid")
+        if self.secagg_bits not in (None, 16, 32):
+            raise ValueError(f"--secagg-bits must be 16 or 32, got {self.secagg_bits}")
+        if not (math.isfinite(self.secagg_stage_timeout) and self.secagg_stage_timeout > 0):
+            raise ValueError(f"--secagg-stage-timeout must be > 0 seconds, got {self.secagg_stage_timeout}")
+        self.secagg_config().for_round(max(2, self.min_clients))   # every bad k/t/min, named
+
+    def secagg_config(self):
+        from ..privacy.secagg import Config
+        return Config(clip=self.clip_norm, bits=self.secagg_bits, neighbours=self.secagg_k,
+                      threshold=self.secagg_t, min_survivors=self.secagg_min_survivors)
 
 
 @dataclass
@@ -158,6 +185,7 @@ class _RoundRun:
     bytes_down: int = 0
     down_by_type: Counter = field(default_factory=Counter)
     cpu_started: float = field(default_factory=time.process_time)
+    secure_problem: str = ""                      # --secagg: why the round's protocol could not start
 
 
 class Aggregator(asyncio.DatagramProtocol):
@@ -209,6 +237,10 @@ class Aggregator(asyncio.DatagramProtocol):
         self.finished = False
         self._wake = asyncio.Event()
         self.arch_hash = self.model.arch_hash()
+        self.secagg = None
+        if cfg.secagg:
+            from . import secagg_round
+            self.secagg = secagg_round.AggregatorSecAgg(cfg.secagg_config(), stage_timeout=cfg.secagg_stage_timeout)
         self.run_id: bytes = b""     # set by serve() from --state (state.begin_life)
         self.epoch = 0
         self.run_tag = 0
@@ -304,6 +336,9 @@ class Aggregator(asyncio.DatagramProtocol):
             self._on_result(dev, run, wire.Result.unpack(payload), now)
         elif mtype == session.UPDATE_CHUNK:
             self._on_chunk(dev, run, hdr, payload, now)
+        elif mtype in wire.SECAGG_TYPES and self.secagg is not None:
+            self.secagg.on_frame(dev.id, hdr, now)
+            self._wake.set()
         else:
             raise Rejected("unexpected_type", f"type {mtype} is not sent by devices")
 
@@ -554,7 +589,7 @@ class Aggregator(asyncio.DatagramProtocol):
         offer = wire.Offer(n_params=n, codec_flags=CODECS[cfg.codec], model_hash=wire.model_hash(self.server.params),
                            lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch,
                            deadline_ms=int(cfg.round_timeout * 1000), seed=cfg.seed, prox_mu=cfg.prox_mu,
-                           arch_hash=self.arch_hash)
+                           arch_hash=self.arch_hash, fixed_scale=cfg.clip_norm if self.secagg is not None else 0.0)
         run = _RoundRun(r, rnd, None, frozenset(selected.tolist()), model_bytes, offer.pack(),
                         wire.model_chunks(n), now)
         run.download = download.ModelDownload(run.model_chunks, session.MODEL_CHUNK_BYTES + FRAME_OVERHEAD,
@@ -571,6 +606,11 @@ class Aggregator(asyncio.DatagramProtocol):
             dev.upload, dev.acked = None, 0
             dev.session.new_round(r)
             run.announced[d] = dev.n_samples
+        if self.secagg is not None:   # SETUP goes out with the round; the devices answer before training
+            def send(d, t, payload, chunk, r=r):
+                dev = self.devices[d]
+                self._send(dev, dev.session.seal(t, r, payload, *chunk))
+            run.secure_problem = self.secagg.open(r, sorted(run.selected), n, send, now, rnd.deadline)
         return run
 
     async def _run_round(self, stop: asyncio.Event) -> bool:
@@ -587,7 +627,10 @@ class Aggregator(asyncio.DatagramProtocol):
             # nor one whose RESULT broke the bounds (run.refused)
             target = min(run.rnd.min_updates, sum(1 for d in run.selected
                                                   if not self.devices[d].excluded and d not in run.refused))
-            if run.ingest.n_complete >= target or now >= run.rnd.deadline:
+            if self.secagg is not None:
+                if self.secagg.poll(now):
+                    break
+            elif run.ingest.n_complete >= target or now >= run.rnd.deadline:
                 break
             for d in sorted(run.selected - run.asked):
                 if now - run.offered.get(d, -math.inf) >= REOFFER_SECONDS:
@@ -611,10 +654,15 @@ class Aggregator(asyncio.DatagramProtocol):
         if self.rx is not None:
             self.rx.close_round()
         ingest_stats = run.ingest.close()       # commits complete updates in device-id order
+        secure = self.secagg.close(run.rnd, run.secure_problem) if self.secagg is not None else {}
         result = self.server.close_round(now)
         self.current = None
         contributors = set(result.contributors)
-        losses = [(self.devices[d].upload[0], self.devices[d].upload[2]) for d in contributors]
+        if self.secagg is not None:   # survivors of a secure round (the int8 path counts in _commit)
+            for d in contributors:
+                self.devices[d].rounds_done += 1
+        losses = [(self.devices[d].upload[0], self.devices[d].upload[2]) for d in contributors
+                  if self.devices[d].upload is not None]   # under --secagg devices send no RESULT
         n = sum(w for w, _ in losses)
         row = {"round": run.id, "clients": len(contributors), "selected": len(run.selected),
                "samples": int(result.n_samples), "outcome": result.outcome, "closed_by": result.closed_by,
@@ -626,7 +674,7 @@ class Aggregator(asyncio.DatagramProtocol):
                "down_by_type": {session.M(t).name: v for t, v in run.down_by_type.items()},
                "model_chunks_sent": run.download.sent_chunks, "model_chunks_resent": run.download.resent_chunks,
                "model_restarts": run.download.restarts,
-               "rejected": dict(self.round_rejected), "clipped": self.round_clipped}
+               "rejected": dict(self.round_rejected), "clipped": self.round_clipped, **secure}
         if bounds.NONFINITE_STEP in result.rejected:
             # The model did not change and nothing is written: a restart redoes this round.
             self.rejected[bounds.NONFINITE_STEP] += 1
@@ -788,6 +836,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-norm", type=float, default=d.clip_norm, metavar="C",
                    help="each update is scaled down to L2 norm <= C before it is summed; 0: off (default %(default)s)")
     add_http_arguments(p)
+    g = p.add_argument_group("secure aggregation (SecAgg+, docs/secagg.md)")
+    g.add_argument("--secagg", action="store_true",
+                   help="the aggregator learns only the sum: devices mask their updates on a shared grid of bound "
+                        "--clip-norm; --codec does not apply")
+    g.add_argument("--secagg-bits", type=int, default=None, choices=(16, 32),
+                   help="bits per parameter of the masked vector (default 16 up to 127 devices, else 32)")
+    g.add_argument("--secagg-k", type=int, default=None,
+                   help="neighbours per device (default: all up to 32 devices, else the even number >= 6 log2 n)")
+    g.add_argument("--secagg-t", type=int, default=None, help="Shamir threshold t (default floor(k/2) + 1)")
+    g.add_argument("--secagg-min-survivors", type=int, default=None,
+                   help="abandon the round below this many devices at any stage (default t + 1)")
+    g.add_argument("--secagg-stage-timeout", type=float, default=d.secagg_stage_timeout, metavar="S",
+                   help="the key, share and unmask stages close after this long (the masked-vector stage at "
+                        "--round-timeout) (default %(default)s s)")
     p.add_argument("--verbose", "-v", action="store_true")
 
 
