@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import bounds, codec, datasets, rounds
+from ..privacy import aggregator_dp
 from . import download, ingest, keys as keys_mod, rx as rx_mod, session, state, status, wire
 from .common import MODEL_WINDOW, parse_hostport, setup_logging
 from .session import Rejected
@@ -81,7 +82,7 @@ class AggregateConfig:
     device_rate: float = 12.5        # MB/s: the model download to one device
     seed: int = 0
     max_samples: int = bounds.DEFAULT_MAX_SAMPLES
-    clip_norm: float = bounds.DEFAULT_CLIP_NORM      # 0: no clipping
+    clip_norm: float = bounds.DEFAULT_CLIP_NORM      # 0: no clipping; under --dp the DP clip bound C
     http: str = ""                   # HOST:PORT of the status page (fedtiny.net.status); "": none
     http_public: bool = False        # allow a non-loopback --http address
     secagg: bool = False             # SecAgg+ rounds (fedtiny.net.secagg_round); the grid's bound is clip_norm
@@ -90,6 +91,12 @@ class AggregateConfig:
     secagg_t: int | None = None
     secagg_min_survivors: int | None = None
     secagg_stage_timeout: float = 5.0
+    dp: str = "none"                                 # differential privacy (fedtiny.privacy.aggregator_dp)
+    adaptive_clip: float | None = None
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    delta: float = 1e-5
+    dp_test_seed: int | None = None                  # tests only: a reproducible noise stream (never a flag)
 
     def check(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -123,6 +130,7 @@ class AggregateConfig:
             status.check_address(self.http, self.http_public)
         need(bool(self.state), "--state DIR is required")
         self.check_secagg()
+        aggregator_dp.check(self)
 
     def check_secagg(self) -> None:
         names = ("secagg_bits", "secagg_k", "secagg_t", "secagg_min_survivors")
@@ -207,18 +215,23 @@ class Aggregator(asyncio.DatagramProtocol):
                 raise ValueError(f"--dataset {cfg.dataset} (the test set): {exc}; or --dataset none") from None
             self.test = (data.x_test, data.y_test)
         optimizer = rounds.make_server_optimizer(cfg.server_opt, lr=cfg.server_lr)
-        self.bounds = bounds.Bounds(max_samples=cfg.max_samples, clip_norm=cfg.clip_norm or None)
+        self.dp = aggregator_dp.create(cfg, len(self.keys))   # None without --dp
+        self.bounds = (self.dp.bounds() if self.dp else
+                       bounds.Bounds(max_samples=cfg.max_samples, clip_norm=cfg.clip_norm or None))
+        stage = self.dp.stage if self.dp else None
         ckpt = state.load(cfg.state)
         if ckpt is not None:
             if ckpt.weights.size != self.model.n_params:
                 raise ValueError(f"state directory {cfg.state} holds a model of {ckpt.weights.size} parameters, "
                                  f"--model {cfg.model} has {self.model.n_params}")
-            self.server = rounds.Server(ckpt.weights, optimizer=optimizer, bounds=self.bounds)
+            self.server = rounds.Server(ckpt.weights, optimizer=optimizer, bounds=self.bounds, sum_stage=stage)
             self.server.round_id = ckpt.round
             optimizer.load_state(dict(ckpt.optimizer))
             self.metrics = ckpt.metrics
+            if self.dp:
+                self.dp.resume(self.metrics)
         else:
-            self.server = rounds.Server(self.model.init(cfg.seed), optimizer=optimizer, bounds=self.bounds)
+            self.server = rounds.Server(self.model.init(cfg.seed), optimizer=optimizer, bounds=self.bounds, sum_stage=stage)
             self.metrics = []
         self.resumed_from = self.server.round_id
         n = self.server.n_params
@@ -541,6 +554,7 @@ class Aggregator(asyncio.DatagramProtocol):
 
     def _commit(self, device_id: int, update, weight: float) -> None:
         dev = self.devices[device_id]
+        weight = 1.0 if self.dp else weight   # under DP every device weighs the same
         verdict = self.current.rnd.submit(device_id, self.current.id, update, weight, steps=dev.upload[1])
         if not verdict.accepted:
             self._reject(verdict.reason, f"device {device_id}", verdict.detail, dev)
@@ -583,6 +597,13 @@ class Aggregator(asyncio.DatagramProtocol):
         r = self.server.round_id + 1
         selected = rounds.sample_clients(alive, cfg.fraction, seed=cfg.seed, round_id=r, minimum=cfg.min_clients)
         m = min(cfg.min_clients, len(selected))
+        if self.dp:   # accounted as this draw; the round waits for every sampled device (fixed denominator)
+            if not self.dp.open_round(len(alive), len(selected)):
+                log.info("%s", self.dp.spent_detail)
+                self.finished = True
+                return None
+            self.server.bounds = self.dp.bounds()
+            m = len(selected)
         rnd = self.server.open_round(selected.tolist(), deadline=now + cfg.round_timeout, min_updates=m)
         model_bytes = self.server.params.astype("<f4").tobytes()
         n = self.server.n_params
@@ -620,6 +641,8 @@ class Aggregator(asyncio.DatagramProtocol):
             return False
         now = time.monotonic()
         run = self.current = self._open_round(alive, now)
+        if run is None:   # --target-epsilon: this round would overspend the privacy budget
+            return False
         log.info("round %d: %d device(s) selected, closes at %d updates or in %.0f s",
                  run.id, len(run.selected), run.rnd.min_updates, self.cfg.round_timeout)
         while not stop.is_set():
@@ -677,6 +700,11 @@ class Aggregator(asyncio.DatagramProtocol):
                "model_restarts": run.download.restarts,
                "rejected": dict(self.round_rejected), "clipped": self.round_clipped,
                "slots_touched": self.staging.touched, **secure}
+        if self.dp:   # noise was drawn whenever the sum stage ran: the round counts even if then refused
+            row.update(self.dp.close_round(result.outcome == "applied" or bounds.NONFINITE_STEP in result.rejected,
+                                           len(contributors), self.round_clipped))
+            log.info("round %d: epsilon %.4f (delta %g), clip %.4g, %d clipped", run.id, row["epsilon"],
+                     self.cfg.delta, row["clip_norm"], row["clipped"])
         if bounds.NONFINITE_STEP in result.rejected:
             # The model did not change and nothing is written: a restart redoes this round.
             self.rejected[bounds.NONFINITE_STEP] += 1
@@ -689,9 +717,11 @@ class Aggregator(asyncio.DatagramProtocol):
         if self.test is not None:
             row["test_loss"], row["test_acc"] = map(float, self.train.evaluate(self.model, self.server.params, *self.test))
         self.metrics.append(row)
+        meta = {"model": self.cfg.model, "seed": self.cfg.seed}
+        if self.dp:
+            meta["dp"] = self.dp.summary()
         state.save(self.cfg.state, state.Checkpoint(self.server.round_id, self.server.params,
-                                                    self.server.optimizer.state(), self.metrics,
-                                                    {"model": self.cfg.model, "seed": self.cfg.seed}))
+                                                    self.server.optimizer.state(), self.metrics, meta))
         summary = wire.Result(n_samples=min(int(result.n_samples), bounds.MAX_WIRE_SAMPLES), n_clients=len(contributors),
                               loss=row["test_loss"], accuracy=row["test_acc"]).pack()
         self._tell_closed(run, result, contributors, result.closed_by, summary)
@@ -716,6 +746,8 @@ class Aggregator(asyncio.DatagramProtocol):
         rej = ", ".join(f"{k} {v}" for k, v in sorted(row["rejected"].items())) or "-"
         if row.get("clipped"):
             rej += f" (clipped {row['clipped']})"
+        if "epsilon" in row:
+            rej += f"  epsilon {row['epsilon']:.4f}"
         print(f"{row['round']:>5} {row['clients']:>3}/{row['selected']:<3} {row['samples']:>7} "
               f"{row['train_loss']:>10.4f} {row['test_loss']:>9.4f} {row['test_acc']:>8.4f} "
               f"{row['bytes_up'] / 1e3:>8.1f} {row['bytes_down'] / 1e3:>8.1f} {row['round_s']:>6.2f}  {rej}",
@@ -770,7 +802,7 @@ class Aggregator(asyncio.DatagramProtocol):
             while self.server.round_id < self.cfg.rounds and not stop.is_set():
                 if not await self._run_round(stop):
                     break
-            if self.server.round_id >= self.cfg.rounds:
+            if self.server.round_id >= self.cfg.rounds or self.finished:   # finished: the privacy budget
                 self.finished = True
                 for _ in range(3):  # a device that misses these learns it from its next HELLO... or times out
                     for dev in self.devices.values():
@@ -852,6 +884,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--secagg-stage-timeout", type=float, default=d.secagg_stage_timeout, metavar="S",
                    help="the key, share and unmask stages close after this long (the masked-vector stage at "
                         "--round-timeout) (default %(default)s s)")
+    aggregator_dp.add_arguments(p)
     p.add_argument("--verbose", "-v", action="store_true")
 
 
@@ -883,6 +916,10 @@ def run_command(args: argparse.Namespace) -> int:
         return await agg.serve(stop)
     done = asyncio.run(main())
     print(f"{done} of {cfg.rounds} rounds finished; state in {os.path.abspath(cfg.state)}")
+    if agg.dp:
+        print(agg.dp.final_line())
+        if agg.dp.spent_detail:
+            return 0
     if done < cfg.rounds and stop.is_set():
         print(f"stopped by a signal: run the same command again to resume at round {done + 1}")
         return 0
