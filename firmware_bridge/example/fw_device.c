@@ -433,7 +433,8 @@ void fw_poll(fw_device *dev, uint32_t now) {
         return;
     }
     if (dev->state != FW_JOINING && now - dev->last_heard_ms > dev->timers.silent +
-                                        (dev->state == FW_UPLOADING ? dev->offer.deadline_ms : 0u)) {
+                                        (dev->state == FW_UPLOADING && dev->offer.fixed_scale > 0.0f
+                                             ? dev->offer.deadline_ms : 0u)) { /* secure: others train meanwhile */
         /* the aggregator went away, or restarted (its frames name another epoch): join again */
         start_join(dev, now);
         return;
