@@ -36,6 +36,20 @@ ASYNC = {  # name -> (K, M, extra)
     "k5-m50": (5, 50, ""),
     "k5-m100": (5, 100, ""),
     "k20-m100": (20, 100, ""),
+    # issue 15, second pass (docs/simulation.md "Second pass"): a finer K x M grid around the best,
+    # the other staleness functions, a tighter --max-staleness, client lr 0.1 (tried for sync too)
+    "k5-m30": (5, 30, ""),
+    "k5-m40": (5, 40, ""),
+    "k5-m60": (5, 60, ""),
+    "k5-m70": (5, 70, ""),
+    "k3-m30": (3, 30, ""),
+    "k3-m40": (3, 40, ""),
+    "k5-m50-hinge": (5, 50, "--staleness hinge"),
+    "k5-m50-const": (5, 50, "--staleness const"),
+    "k5-m50-ms10": (5, 50, "--max-staleness 10"),
+    "k5-m50-lr0.1": (5, 50, "--lr 0.1"),
+    "k5-m70-lr0.1": (5, 70, "--lr 0.1"),
+    "k5-m50-fedavgm": (5, 50, "--server-opt fedavgm --server-lr 0.3 --server-momentum 0.7"),
 }
 
 RUNS: dict[str, str] = {}
@@ -46,6 +60,17 @@ for (c, d), slr in [(x, 1) for x in SYNC] + [(x, 2) for x in SYNC_SLR2]:  # none
         lr, tag = ("", "") if slr == 1 else (f" --server-lr {slr}", f"-slr{slr}")
         RUNS[f"sync-c{c}-d{d}{tag}-s{seed}"] = (f"{FLEET} --seed {seed} --mode sync --fraction {c} {dl}"
                                                 f"--rounds 100 --eval-every 2{lr}")
+SYNC_MORE = {  # second pass: name -> (C, deadline s, extra)
+    "sync-c0.3-d6": ("0.3", "6", ""), "sync-c0.3-d7": ("0.3", "7", ""), "sync-c0.3-d9": ("0.3", "9", ""),
+    "sync-c0.2-d8": ("0.2", "8", ""), "sync-c0.5-d7": ("0.5", "7", ""), "sync-c0.5-d8": ("0.5", "8", ""),
+    "sync-c1.0-d7": ("1.0", "7", ""), "sync-c1.0-d8": ("1.0", "8", ""),
+    "sync-c0.3-d8-lr0.1": ("0.3", "8", "--lr 0.1"), "sync-c0.5-d7-lr0.1": ("0.5", "7", "--lr 0.1"),
+    "sync-c0.3-d8-fedavgm": ("0.3", "8", "--server-opt fedavgm --server-lr 0.3 --server-momentum 0.7"),
+}
+for name, (c, d, extra) in SYNC_MORE.items():
+    for seed in SEEDS:
+        RUNS[f"{name}-s{seed}"] = (f"{FLEET} --seed {seed} --mode sync --fraction {c} --deadline {d} "
+                                   f"--rounds 100 --eval-every 2 {extra}".strip())
 for name, (k, m, extra) in ASYNC.items():
     for seed in SEEDS:
         RUNS[f"async-{name}-s{seed}"] = (f"{FLEET} --seed {seed} --mode async --buffer {k} --concurrency {m} "
