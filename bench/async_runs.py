@@ -76,6 +76,30 @@ for name, (k, m, extra) in ASYNC.items():
         RUNS[f"async-{name}-s{seed}"] = (f"{FLEET} --seed {seed} --mode async --buffer {k} --concurrency {m} "
                                          f"--max-staleness 20 {extra}".strip() + f" --rounds {(2400 if m >= 100 else 1200) // k} --eval-every 2")
 
+# Other fleets (issue 15, second pass), each with its own synchronous deadline search: the name's
+# prefix before "_" names the fleet, and the table compares FedBuff with the best synchronous
+# setting of the same fleet only. e2: two local epochs (tasks of 108 steps: 10.8 to 108 s);
+# av60: on/off periods of 60 s / 30 s on average (still on 2/3 of the time); sp20: speeds over a
+# 20x spread (1 to 20 steps/s).
+VARIANTS = {
+    "e2": ("--epochs 2", [("0.3", "12"), ("0.3", "14"), ("0.3", "16"), ("0.3", "20"), ("1.0", "12"), ("1.0", "14"),
+                          ("1.0", "16")],
+           {"k5-m50": (5, 50, ""), "k10-m50": (10, 50, ""), "k5-m70": (5, 70, "")}),
+    "av60": ("--on-mean 60 --off-mean 30", [("0.3", "8"), ("0.3", "10"), ("0.5", "8"), ("1.0", "8"), ("1.0", "10")],
+             {"k5-m50": (5, 50, ""), "k10-m50": (10, 50, "")}),
+    "sp20": ("--speed-spread 20", [("0.3", "4"), ("0.3", "5"), ("0.3", "6"), ("1.0", "4"), ("1.0", "5"), ("1.0", "6")],
+             {"k5-m50": (5, 50, ""), "k5-m100": (5, 100, ""), "k10-m100": (10, 100, "")}),
+}
+for vname, (vflags, vsync, vasync) in VARIANTS.items():
+    for seed in SEEDS:
+        for c, d in vsync:
+            RUNS[f"{vname}_sync-c{c}-d{d}-s{seed}"] = (f"{FLEET} {vflags} --seed {seed} --mode sync --fraction {c} "
+                                                       f"--deadline {d} --rounds 100 --eval-every 2")
+        for name, (k, m, extra) in vasync.items():
+            RUNS[f"{vname}_async-{name}-s{seed}"] = (
+                f"{FLEET} {vflags} --seed {seed} --mode async --buffer {k} --concurrency {m} --max-staleness 20 "
+                f"{extra}".strip() + f" --rounds {(2400 if m >= 100 else 1200) // k} --eval-every 2")
+
 
 def _cmd(name: str, out: str) -> list[str]:
     return ["fedtiny", "simulate", *shlex.split(RUNS[name]), "--quiet", "--out", os.path.join(out, name)]
@@ -136,13 +160,24 @@ def table(out: str) -> None:
               f"{r0['summary']['best_test_acc'] * 100:.2f} | {r0['summary']['sim_time_s']:,.0f} |")
         if not math.isnan(mean):
             best[setting] = times
-    syncs = {k: v for k, v in best.items() if k.startswith("sync")}
-    asyncs = {k: v for k, v in best.items() if k.startswith("async")}
-    if syncs and asyncs:
+    seed0 = {k: _time_to(r) for k in _settings() if (r := _load(out, f"{k}-s0")) is not None}
+    for fleet in dict.fromkeys(_fleet(k) for k in seed0):
+        s0 = {k: t for k, t in seed0.items() if _fleet(k) == fleet and _mode(k) == "sync"}
+        a0 = {k: t for k, t in seed0.items() if _fleet(k) == fleet and _mode(k) == "async"}
+        if s0 and a0:  # the screening: seed 0 of every setting
+            s_name = min(s0, key=s0.get)
+            print()
+            print(f"Fleet {fleet or 'base'}, seed 0: best synchronous setting {s_name} ({_fmt(s0[s_name])} s); "
+                  "sync / async: " + ", ".join(f"{k} {s0[s_name] / t:.2f}x" if math.isfinite(t) else f"{k} not reached"
+                                               for k, t in a0.items()))
+        syncs = {k: v for k, v in best.items() if _fleet(k) == fleet and _mode(k) == "sync"}
+        asyncs = {k: v for k, v in best.items() if _fleet(k) == fleet and _mode(k) == "async"}
+        if not (syncs and asyncs):
+            continue
         s_name = min(syncs, key=lambda k: np.mean(syncs[k]))
         print()
-        print(f"Best synchronous setting (mean over seeds): {s_name}. Speed-up of each asynchronous setting "
-              f"(time to {TARGET:.0%}, per seed, sync / async):")
+        print(f"Fleet {fleet or 'base'}: best synchronous setting (mean over seeds): {s_name}. Speed-up of each "
+              f"asynchronous setting (time to {TARGET:.0%}, per seed, sync / async):")
         print()
         print("| async setting | seed 0 | seed 1 | seed 2 | mean of per-seed ratios |")
         print("|---|---|---|---|---|")
@@ -151,6 +186,14 @@ def table(out: str) -> None:
             cells = [f"{x:.2f}x" if x > 0 else "not reached" for x in ratios]
             mean = f"{np.mean(ratios):.2f}x" if all(x > 0 for x in ratios) else "-"
             print(f"| {a_name} | " + " | ".join(cells) + f" | {mean} |")
+
+
+def _fleet(setting: str) -> str:
+    return setting.partition("_")[0] if "_" in setting else ""
+
+
+def _mode(setting: str) -> str:
+    return setting.rpartition("_")[2].split("-")[0]
 
 
 def plot(out: str, png: str, sync_name: str | None = None, async_name: str = "async-k5-m50") -> None:

@@ -182,6 +182,9 @@ class BufferedRounds:
     def on_frame(self, dev, hdr: wire.Frame, now: float) -> None:
         """An authentic frame of the device's session, of the round its guard accepts (its task's tag)."""
         task = self.tasks.get(dev.id)
+        if self.agg.finished:           # the last step is taken: uploads still coming are not needed
+            self.agg._tell(dev, hdr.round, session.E_FINISHED, "training is finished")
+            return
         if task is None or hdr.round != task.tag:
             self.agg._tell(dev, hdr.round, session.E_ROUND_CLOSED, f"no task of version {hdr.round} is open for you")
             raise session.Rejected("round_closed", f"no task of tag {hdr.round}")

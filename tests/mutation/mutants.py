@@ -191,4 +191,17 @@ MUTANTS = [
          tests=["tests/test_wire.py"],
          why="the SHA-NI block function feeds the wrong message word to its second two rounds (the wire "
              "library's import-time self-test refuses it: a collection error; the hashlib test too)"),
+    # ---- issue 15 over the network (fedtiny aggregate --mode async) ----------------------------------
+    dict(id="async-net-arrival-tag", file="fedtiny/net/buffered.py",
+         old="self.stats.arrivals.append([task.device, task.tag, int(weight), int(task.upload[1])])",
+         new="self.stats.arrivals.append([task.device, self.tag, int(weight), int(task.upload[1])])",
+         tests=["tests/test_async_net.py"], why="the step's log names the open buffer, not the update's model version"),
+    dict(id="async-net-staleness-kind", file="fedtiny/net/buffered.py",
+         old='self.sfn = rounds.staleness_function(cfg.staleness or "poly")',
+         new='self.sfn = rounds.staleness_function(cfg.staleness or "const")',
+         tests=["tests/test_async_net.py"], why="the aggregator weighs stale updates 1, not (1+tau)^-0.5"),
+    dict(id="async-net-concurrency", file="fedtiny/net/buffered.py",
+         old="if self.rnd is None or self.agg.finished or len(self.tasks) >= self.M",
+         new="if self.rnd is None or self.agg.finished or len(self.tasks) > self.M",
+         tests=["tests/test_async_net.py"], why="M + 1 devices train at once"),
 ]
