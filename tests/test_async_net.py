@@ -93,7 +93,7 @@ def replay(metrics: list[dict], data_paths: list[str], *, staleness: str = "poly
 
 
 def test_async_loopback_with_kills_restarts_and_a_too_stale_device(tmp_path):
-    n_fast, steps = 4, 60
+    n_fast, steps = 4, 72
     keyfile, paths = _write_fleet(str(tmp_path), n_fast)
     slow = n_fast
     state_dir = str(tmp_path / "state")
