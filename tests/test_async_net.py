@@ -1,7 +1,7 @@
 """`fedtiny aggregate --mode async` (FedBuff over UDP, fedtiny/net/buffered.py) with real
 `fedtiny client` processes on 127.0.0.1: clients killed with -9 and restarted mid-run, the
 aggregator killed with -9 and restarted from its --state, one device so slow that its updates
-are always too stale.
+are (nearly always) too stale.
 
 Oracle: the round logic replayed (fedtiny.rounds.Server.open_buffer / submit, as `fedtiny
 simulate --mode async` drives it) with the accepted (device, version, n_k) sequence the
