@@ -3,7 +3,7 @@ and go"): Fashion-MNIST, 2nn, 100 devices, speeds log-uniform over a 10x spread,
 
     python bench/async_runs.py run OUT_DIR [--jobs N] [--only NAME-PREFIX ...]   # runs what is missing
     python bench/async_runs.py table OUT_DIR                                    # markdown tables
-    python bench/async_runs.py plot OUT_DIR PNG                                 # accuracy against simulated time
+    python bench/async_runs.py plot OUT_DIR PNG [SYNC ASYNC]                    # accuracy against simulated time
 
 Each run writes OUT_DIR/<name>/{rounds.csv,result.json}; a finished run is skipped, so the script
 can be stopped and restarted. Every command is printed before it runs.
@@ -85,12 +85,13 @@ for name, (k, m, extra) in ASYNC.items():
 # av60: on/off periods of 60 s / 30 s on average (still on 2/3 of the time); sp20: speeds over a
 # 20x spread (1 to 20 steps/s).
 VARIANTS = {
-    "e2": ("--epochs 2", [("0.3", "12"), ("0.3", "14"), ("0.3", "16"), ("0.3", "20"), ("1.0", "12"), ("1.0", "14"),
-                          ("1.0", "16")],
+    "e2": ("--epochs 2", [("0.3", "12"), ("0.3", "14"), ("0.3", "16"), ("0.3", "20"), ("1.0", "12"), ("1.0", "13"),
+                          ("1.0", "14"), ("1.0", "15"), ("1.0", "16"), ("0.5", "14"), ("1.0", "18"), ("1.0", "20")],
            {"k5-m50": (5, 50, ""), "k10-m50": (10, 50, ""), "k5-m70": (5, 70, "")}),
     "av60": ("--on-mean 60 --off-mean 30", [("0.3", "8"), ("0.3", "10"), ("0.5", "8"), ("1.0", "8"), ("1.0", "10")],
              {"k5-m50": (5, 50, ""), "k10-m50": (10, 50, "")}),
-    "sp20": ("--speed-spread 20", [("0.3", "4"), ("0.3", "5"), ("0.3", "6"), ("1.0", "4"), ("1.0", "5"), ("1.0", "6")],
+    "sp20": ("--speed-spread 20", [("0.3", "4"), ("0.3", "5"), ("0.3", "6"), ("1.0", "4"), ("1.0", "5"), ("1.0", "6"),
+                                   ("1.0", "7"), ("1.0", "8")],
              {"k5-m50": (5, 50, ""), "k5-m100": (5, 100, ""), "k10-m100": (10, 100, "")}),
 }
 for vname, (vflags, vsync, vasync) in VARIANTS.items():
@@ -204,7 +205,8 @@ def plot(out: str, png: str, sync_name: str | None = None, async_name: str = "as
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     if sync_name is None:
-        cands = {s: [_load(out, f"{s}-s{x}") for x in SEEDS] for s in _settings() if s.startswith("sync")}
+        cands = {s: [_load(out, f"{s}-s{x}") for x in SEEDS] for s in _settings()
+                 if _mode(s) == "sync" and _fleet(s) == _fleet(async_name)}
         cands = {s: r for s, r in cands.items() if all(r)}
         sync_name = min(cands, key=lambda s: np.mean([_time_to(r) for r in cands[s]]))
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -226,10 +228,12 @@ def plot(out: str, png: str, sync_name: str | None = None, async_name: str = "as
     ax.set_xlabel("simulated time (s)")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0.6, 0.9)
-    ax.set_xlim(0, 1500)
+    ax.set_xlim(0, 1000)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
-    ax.set_title("Fashion-MNIST 2nn, 100 devices, 10x speed spread, on 2/3 of the time (3 seeds)\n"
+    fleet = {"": "E = 1, 10x speed spread", "e2": "E = 2, 10x speed spread",
+             "sp20": "E = 1, 20x speed spread", "av60": "E = 1, on/off 60/30 s"}.get(_fleet(async_name), "")
+    ax.set_title(f"Fashion-MNIST 2nn, 100 devices, {fleet}, on 2/3 of the time (3 seeds)\n"
                  "best synchronous deadline found against FedBuff", fontsize=9)
     fig.tight_layout()
     fig.savefig(png, dpi=100)
@@ -247,7 +251,7 @@ def main(argv: list[str]) -> int:
     elif argv[0] == "table":
         table(argv[1])
     else:
-        plot(argv[1], argv[2])
+        plot(argv[1], argv[2], *(argv[3:5] if len(argv) > 3 else ()))   # [SYNC-SETTING ASYNC-SETTING]
     return 0
 
 
