@@ -44,7 +44,9 @@ CDEF = """
 typedef enum {
     FT_MSG_HELLO = 1, FT_MSG_OFFER = 2, FT_MSG_MODEL_CHUNK = 3, FT_MSG_UPDATE_CHUNK = 4,
     FT_MSG_ACK = 5, FT_MSG_ERROR = 6, FT_MSG_RESULT = 7, FT_MSG_PARTIAL_SUM = 8,
-    FT_MSG_MASKED_UPDATE = 9, FT_MSG_WELCOME = 10
+    FT_MSG_MASKED_UPDATE = 9, FT_MSG_WELCOME = 10, FT_MSG_SECAGG_SETUP = 11, FT_MSG_SECAGG_KEYS = 12,
+    FT_MSG_SECAGG_KEY_LIST = 13, FT_MSG_SECAGG_SHARES = 14, FT_MSG_SECAGG_SHARE_LIST = 15,
+    FT_MSG_SECAGG_UNMASK = 16, FT_MSG_SECAGG_UNMASK_SHARES = 17
 } ft_msg_type;
 
 typedef enum {
@@ -162,6 +164,8 @@ typedef struct {
     uint16_t session; int32_t slot; ft_replay *guard; ...;
 } ft_rx_device;
 typedef struct { ...; } ft_rx_source;
+#define FT_RX_MAX_BLOCKED ...
+typedef struct { uint8_t addr[16]; uint16_t port; uint8_t family; double until; ...; } ft_rx_blocked;
 enum { FT_RX_EV_FRAME = 1, FT_RX_EV_ACK_DUE = 2, FT_RX_EV_COMPLETE = 3, FT_RX_EV_RAW = 4 };
 typedef struct {
     uint8_t kind; uint8_t family; uint16_t port; uint8_t addr[16]; uint32_t device_index;
@@ -174,7 +178,10 @@ typedef struct {
     uint32_t n_slots; size_t slot_stride; uint8_t *staging; uint8_t *received; uint32_t *count;
     uint64_t datagrams; uint64_t bytes; uint64_t staged; uint64_t wire_rejects[32];
     uint64_t rx_rejects[7];
+    double block_seconds; ft_rx_blocked blocked[32]; uint8_t blocked_changed; uint64_t blocks; uint32_t n_blocked; int block_errno;
 } ft_rx;
+int ft_rx_filter(const ft_rx *rx, uint8_t *prog, uint32_t cap);
+long long ft_rx_socket_drops(int fd);
 int ft_rx_poll(ft_rx *rx, int fd, double now, uint32_t max_datagrams, ft_rx_event *events,
                uint32_t cap_events, uint32_t *n_events);
 void ft_rx_penalize(ft_rx *rx, int family, const uint8_t *addr, uint16_t port, double now);

@@ -105,6 +105,8 @@ def check_config(cfg) -> None:
         if given:
             raise ValueError(f"{', '.join(given)} needs --mode async")
         return
+    if getattr(cfg, "secagg", False):
+        raise ValueError("--secagg needs synchronous rounds: use --mode sync (a masked sum needs every device on one model)")
     k, m, s = buffer_of(cfg), concurrency_of(cfg), max_staleness_of(cfg)
     if k < 1:
         raise ValueError(f"--buffer must be >= 1 (updates per server step), got {k}")
