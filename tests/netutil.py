@@ -113,7 +113,8 @@ class AggregatorThread:
             raise self.error
 
 
-def simulate_oracle(clients: int, n_rounds: int, seed: int = 0, codec: str = "int8-stochastic"):
+def simulate_oracle(clients: int, n_rounds: int, seed: int = 0, codec: str = "int8-stochastic",
+                    down_codec: str = "float32", fraction: float = 1.0):
     """(final global weights, per-round rows) of `fedtiny simulate` with the network tests' settings."""
     servers = []
     real_init = rounds.Server.__init__
@@ -123,8 +124,8 @@ def simulate_oracle(clients: int, n_rounds: int, seed: int = 0, codec: str = "in
         servers.append(self)
     rounds.Server.__init__ = capture
     try:
-        cfg = simulate.SimConfig(dataset="digits", model=MODEL, clients=clients, fraction=1.0, rounds=n_rounds,
-                                 lr=0.05, batch=10, codec=codec, seed=seed,
+        cfg = simulate.SimConfig(dataset="digits", model=MODEL, clients=clients, fraction=fraction, rounds=n_rounds,
+                                 lr=0.05, batch=10, codec=codec, down_codec=down_codec, seed=seed,
                                  # the aggregator's default bounds: the same code clips in both
                                  max_samples=bounds.DEFAULT_MAX_SAMPLES, clip_norm=bounds.DEFAULT_CLIP_NORM)
         result = simulate.run(cfg)

@@ -31,14 +31,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import bounds, codec, datasets, rounds
-from . import download, ingest, keys as keys_mod, rx as rx_mod, session, state, wire
+from .. import bounds, datasets, rounds
+from . import download, ingest, keys as keys_mod, rx as rx_mod, session, state, transfer, wire
 from .common import MODEL_WINDOW, parse_hostport, setup_logging
 from .session import Rejected
 
 log = logging.getLogger("fedtiny.aggregate")
 
-CODECS = {"int8": 0, "int8-stochastic": 1, "int8-ef": 2}   # the offer's codec_flags (docs/PROTOCOL.md)
+CODECS = transfer.UPLOAD_CODECS   # --codec -> the offer's (upload codec, codec_flags) (docs/PROTOCOL.md)
 ALIVE_SECONDS = 15.0      # a device silent for longer is not sampled
 REOFFER_SECONDS = 0.5     # offer again to a selected device that has not asked for the model
 ACK_EVERY = 16            # update chunks between two ACKs to the device
@@ -71,6 +71,7 @@ class AggregateConfig:
     lr: float = 0.05
     prox_mu: float = 0.0
     codec: str = "int8-stochastic"
+    down_codec: str = "float32"      # the model download (fedtiny.net.transfer)
     server_opt: str = "fedavg"
     server_lr: float | None = None
     slots: int = 0                   # 0: sized by memory (--staging-mb)
@@ -97,6 +98,8 @@ class AggregateConfig:
         need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}")
         need(math.isfinite(self.prox_mu) and self.prox_mu >= 0, f"--prox-mu must be >= 0, got {self.prox_mu}")
         need(self.codec in CODECS, f"--codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
+        need(self.down_codec in transfer.DOWN_CODECS,
+             f"--down-codec must be one of {', '.join(transfer.DOWN_CODECS)}, got {self.down_codec!r}")
         need(self.slots >= 0, f"--slots must be >= 0 (0: sized by --staging-mb), got {self.slots}")
         need(math.isfinite(self.staging_mb) and self.staging_mb > 0, f"--staging-mb must be > 0, got {self.staging_mb}")
         need(math.isfinite(self.upload_seconds) and self.upload_seconds >= 0,
@@ -172,6 +175,8 @@ class Aggregator(asyncio.DatagramProtocol):
             self.test = (data.x_test, data.y_test)
         optimizer = rounds.make_server_optimizer(cfg.server_opt, lr=cfg.server_lr)
         self.bounds = bounds.Bounds(max_samples=cfg.max_samples, clip_norm=cfg.clip_norm or None)
+        self.up_codec, self.codec_flags = CODECS[cfg.codec]
+        self.download = transfer.Download(cfg.down_codec, self.model.n_params)
         ckpt = state.load(cfg.state)
         if ckpt is not None:
             if ckpt.weights.size != self.model.n_params:
@@ -179,17 +184,17 @@ class Aggregator(asyncio.DatagramProtocol):
                                  f"--model {cfg.model} has {self.model.n_params}")
             self.server = rounds.Server(ckpt.weights, optimizer=optimizer, bounds=self.bounds)
             self.server.round_id = ckpt.round
-            optimizer.load_state(dict(ckpt.optimizer))
+            optimizer.load_state(self.download.load_state(dict(ckpt.optimizer)))
             self.metrics = ckpt.metrics
         else:
             self.server = rounds.Server(self.model.init(cfg.seed), optimizer=optimizer, bounds=self.bounds)
             self.metrics = []
         self.resumed_from = self.server.round_id
         n = self.server.n_params
-        self.slots = cfg.slots or ingest.slots_for_budget(n, cfg.staging_mb * 1e6)
-        update_bytes = codec.wire_size(n)
+        self.slots = cfg.slots or ingest.slots_for_budget(n, cfg.staging_mb * 1e6, self.up_codec)
+        update_bytes = transfer.update_nbytes(n, self.up_codec)
         self.upload_seconds = cfg.upload_seconds or max(UPLOAD_MIN_SECONDS, 10 * update_bytes / (cfg.device_rate * 1e6))
-        self.staging = ingest.Staging(n, self.slots)       # allocated once; pages touched as slots are used
+        self.staging = ingest.Staging(n, self.slots, self.up_codec)   # allocated once; pages touched as slots are used
         self.rx = rx_mod.Receiver(self.keys, self.staging, ack_every=ACK_EVERY) if cfg.ingest == "c" else None
         self.sock = None
         self.devices: dict[int, _Device] = {}
@@ -535,14 +540,14 @@ class Aggregator(asyncio.DatagramProtocol):
         selected = rounds.sample_clients(alive, cfg.fraction, seed=cfg.seed, round_id=r, minimum=cfg.min_clients)
         m = min(cfg.min_clients, len(selected))
         rnd = self.server.open_round(selected.tolist(), deadline=now + cfg.round_timeout, min_updates=m)
-        model_bytes = self.server.params.astype("<f4").tobytes()
+        start = self.download.publish(self.server.params)   # what every device of the round starts from
         n = self.server.n_params
-        offer = wire.Offer(n_params=n, codec_flags=CODECS[cfg.codec], model_hash=wire.model_hash(self.server.params),
+        offer = wire.Offer(n_params=n, codec_flags=self.codec_flags, model_hash=wire.model_hash(start),
                            lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch,
                            deadline_ms=int(cfg.round_timeout * 1000), seed=cfg.seed, prox_mu=cfg.prox_mu,
-                           arch_hash=self.arch_hash)
-        run = _RoundRun(r, rnd, None, frozenset(selected.tolist()), model_bytes, offer.pack(),
-                        wire.model_chunks(n), now)
+                           arch_hash=self.arch_hash, up_codec=self.up_codec, down_codec=self.download.codec)
+        run = _RoundRun(r, rnd, None, frozenset(selected.tolist()), self.download.message, offer.pack(),
+                        wire.model_chunks(n, self.download.codec), now)
         run.download = download.ModelDownload(run.model_chunks, session.MODEL_CHUNK_BYTES + FRAME_OVERHEAD,
                                               window=MODEL_WINDOW, total_rate=cfg.send_rate * 1e6,
                                               device_rate=cfg.device_rate * 1e6)
@@ -626,7 +631,8 @@ class Aggregator(asyncio.DatagramProtocol):
             row["test_loss"], row["test_acc"] = map(float, self.train.evaluate(self.model, self.server.params, *self.test))
         self.metrics.append(row)
         state.save(self.cfg.state, state.Checkpoint(self.server.round_id, self.server.params,
-                                                    self.server.optimizer.state(), self.metrics,
+                                                    {**self.server.optimizer.state(), **self.download.state()},
+                                                    self.metrics,
                                                     {"model": self.cfg.model, "seed": self.cfg.seed}))
         summary = wire.Result(n_samples=min(int(result.n_samples), bounds.MAX_WIRE_SAMPLES), n_clients=len(contributors),
                               loss=row["test_loss"], accuracy=row["test_acc"]).pack()
@@ -747,7 +753,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=d.batch)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--prox-mu", type=float, default=d.prox_mu)
-    p.add_argument("--codec", default=d.codec, choices=tuple(CODECS))
+    p.add_argument("--codec", default=d.codec, choices=tuple(CODECS),
+                   help="the update devices send (default %(default)s; docs/PROTOCOL.md)")
+    p.add_argument("--down-codec", default=d.down_codec, choices=tuple(transfer.DOWN_CODECS),
+                   help="the model devices download: float32, or the whole model as int8 / int4 blocks with "
+                        "error feedback on the aggregator (default %(default)s)")
     p.add_argument("--server-opt", default=d.server_opt, choices=tuple(rounds.SERVER_OPTIMIZERS))
     p.add_argument("--server-lr", type=float, default=None)
     p.add_argument("--slots", type=int, default=d.slots,
