@@ -206,6 +206,18 @@ def test_grid_reader_accepts_every_legal_byte_and_refuses_every_illegal_one():
             assert (f.check_blocks(blk) is None) == bool(legal(v)), (fmt, v)
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_reader_rule_scale_edge_is_exact(fmt):
+    """The largest legal scale (C, ft_codec_check_blocks) is accepted, the next float32 above it refused."""
+    f = codec.LOWBIT_FORMATS[fmt]
+    pad = bytes([0x88 if fmt == "int4" else 0]) * (f.block_bytes - 4)
+    top = np.float32(f.max_scale)
+    assert f.check_blocks(top.tobytes() + pad) is None
+    above = np.float32(np.inf) if top == np.finfo(np.float32).max else np.nextafter(top, np.float32(np.inf))
+    assert f.check_blocks(above.tobytes() + pad) == "bad_scale"          # int2: FLT_MAX is legal, Inf not
+    assert f.check_blocks(np.float32(-0.0).tobytes() + pad) is None      # -0 is a zero scale
+
+
 def test_encode_refuses_bad_input():
     x = np.ones(10, np.float32)
     with pytest.raises(ValueError, match="sub-byte format"):
