@@ -25,12 +25,12 @@ ROUNDS = 3
 FRAME = wire.HEADER_BYTES + wire.TAG_BYTES   # bytes of a frame around its payload
 
 
-def _run(tmp_path, up, down, *, clients=K, min_clients=K, fraction=1.0, rounds=ROUNDS, fleet=None):
+def _run(tmp_path, up, down, *, clients=K, min_clients=K, fraction=1.0, rounds=ROUNDS, fleet=None, ingest="c"):
     os.makedirs(tmp_path, exist_ok=True)
     fleet = fleet or Fleet(tmp_path, clients)
     procs = []
     at = AggregatorThread(fleet.config(rounds=rounds, codec=up, down_codec=down, min_clients=min_clients,
-                                       fraction=fraction))
+                                       fraction=fraction, ingest=ingest))
     if min_clients < clients:   # draw round 1 from the whole fleet, as simulate does: wait until all joined
         at.agg._wait_for_devices = _whole_fleet(at.agg, clients)
     try:
@@ -71,6 +71,14 @@ def test_compressed_both_ways_reproduce_simulate_bit_for_bit(tmp_path, up, down)
         # and up: at least every device's blocks in whole chunks of its codec
         assert row["bytes_up"] >= K * (update_blocks + FRAME * wire.update_chunks(n, up_id))
         assert row["bytes_up"] < 2 * K * (update_blocks + FRAME * wire.update_chunks(n, up_id)) + 4096
+
+
+def test_python_receive_path_gives_the_same_bits(tmp_path):
+    """--ingest python (the reference the C receive path is checked against) with 2-bit uploads."""
+    weights, _ = simulate_oracle(K, 2, codec="int2-ef", down_codec="int8")
+    fleet, metrics = _run(tmp_path, "int2-ef", "int8", rounds=2, ingest="python")
+    np.testing.assert_array_equal(state.load(fleet.config().state).weights, weights)
+    assert all(row["rejected"] == {} for row in metrics)
 
 
 def _whole_fleet(agg, clients):
