@@ -175,7 +175,7 @@ class Aggregator(asyncio.DatagramProtocol):
             self.test = (data.x_test, data.y_test)
         optimizer = rounds.make_server_optimizer(cfg.server_opt, lr=cfg.server_lr)
         self.bounds = bounds.Bounds(max_samples=cfg.max_samples, clip_norm=cfg.clip_norm or None)
-        self.up_codec, self.codec_flags = CODECS[cfg.codec]
+        self.up_codec = CODECS[cfg.codec][0]      # the run's upload format: its staging memory is sized for it
         self.download = transfer.Download(cfg.down_codec, self.model.n_params)
         ckpt = state.load(cfg.state)
         if ckpt is not None:
@@ -540,9 +540,13 @@ class Aggregator(asyncio.DatagramProtocol):
         selected = rounds.sample_clients(alive, cfg.fraction, seed=cfg.seed, round_id=r, minimum=cfg.min_clients)
         m = min(cfg.min_clients, len(selected))
         rnd = self.server.open_round(selected.tolist(), deadline=now + cfg.round_timeout, min_updates=m)
+        up_codec, codec_flags = CODECS[cfg.codec]   # the flags may change between rounds (a Flower fleet's header)
+        if up_codec != self.up_codec:
+            raise ValueError(f"--codec {cfg.codec}: this run stages {self.up_codec}-bit updates; the upload "
+                             "format cannot change within a run")
         start = self.download.publish(self.server.params)   # what every device of the round starts from
         n = self.server.n_params
-        offer = wire.Offer(n_params=n, codec_flags=self.codec_flags, model_hash=wire.model_hash(start),
+        offer = wire.Offer(n_params=n, codec_flags=codec_flags, model_hash=wire.model_hash(start),
                            lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch,
                            deadline_ms=int(cfg.round_timeout * 1000), seed=cfg.seed, prox_mu=cfg.prox_mu,
                            arch_hash=self.arch_hash, up_codec=self.up_codec, down_codec=self.download.codec)
