@@ -1,6 +1,8 @@
 """Real datasets for simulation and clients, and their partitioning into federated clients.
 
-Images come out as float32 NHWC in [0, 1], labels as int64 (N,). Sources:
+Images come out as float32 NHWC in [0, 1], labels as int64 (N,); with pixels="uint8" a set of
+integer pixels stays as loaded (a quarter of the memory) and Dataset.floats converts rows as they
+are used, with the same arithmetic, so the floats are the same bit for bit. Sources:
   - "fashion-mnist", "mnist": the IDX files (gzip or raw), Fashion-MNIST by default from the
     Debian package dataset-fashion-mnist; any other directory with --data-dir.
   - "emnist-<split>" (e.g. emnist-balanced, emnist-digits): EMNIST's IDX files, transposed back
@@ -29,9 +31,18 @@ NAMES = ("digits", "fashion-mnist", "mnist", "emnist-<split>", "PATH.npz")
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
+PIXELS = ("float32", "uint8")
+
+
+def pixels_to_float(x: np.ndarray, pixel_max: float) -> np.ndarray:
+    """Integer pixels in [0, pixel_max] as float32 in [0, 1]: the one conversion every path uses."""
+    return x.astype(np.float32) / np.float32(pixel_max)
+
+
 @dataclass(frozen=True)
 class Dataset:
-    """A train and a test set as float32 NHWC images in [0, 1] with int64 labels."""
+    """A train and a test set as NHWC images with int64 labels: float32 in [0, 1], or integer
+    pixels (pixel_max not None) that floats() turns into those same float32 values."""
 
     name: str
     x_train: np.ndarray
@@ -39,34 +50,72 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     n_classes: int
+    pixel_max: float | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
+    def floats(self, x: np.ndarray) -> np.ndarray:
+        """Rows of x_train or x_test as float32 in [0, 1] (converted here when kept as pixels)."""
+        return x if self.pixel_max is None else pixels_to_float(x, self.pixel_max)
+
 
 def read_idx(path: str) -> np.ndarray:
-    """Read one IDX file (the MNIST format), gzip-compressed or raw, into a numpy array."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if data[:2] == b"\x1f\x8b":
+    """Read one IDX file (the MNIST format), gzip-compressed or raw, into a numpy array.
+
+    Streamed into the array: neither the compressed nor the decompressed file is held beside it
+    (Fashion-MNIST's training images: 47 MB, not 120)."""
+    with open(path, "rb") as raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        f = gzip.GzipFile(fileobj=raw) if gz else raw
         try:
-            data = gzip.decompress(data)
+            return _read_idx_stream(f, path)
         except (OSError, EOFError) as exc:
+            if not gz:
+                raise
             raise ValueError(f"{path}: corrupt gzip data ({exc})") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError(f"{path}: not an IDX file (bad magic {data[:4]!r})")
-    code, ndim = data[2], data[3]
+
+
+def _read_exactly(f, n: int) -> bytes:
+    data = f.read(n)
+    return data if data is not None else b""
+
+
+READ_BYTES = 1 << 20   # GzipFile.readinto reads the whole request into a bytes object first: ask for a MB at a time
+
+
+def _read_into(f, buf: memoryview) -> int:
+    got = 0
+    while got < len(buf):
+        n = f.readinto(buf[got:got + READ_BYTES])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _read_idx_stream(f, path: str) -> np.ndarray:
+    head = _read_exactly(f, 4)
+    if len(head) < 4 or head[0] != 0 or head[1] != 0:
+        raise ValueError(f"{path}: not an IDX file (bad magic {head!r})")
+    code, ndim = head[2], head[3]
     if code not in _IDX_DTYPES:
         raise ValueError(f"{path}: unknown IDX element type 0x{code:02x}")
-    if ndim == 0 or len(data) < 4 + 4 * ndim:
+    dims = _read_exactly(f, 4 * ndim)
+    if ndim == 0 or len(dims) < 4 * ndim:
         raise ValueError(f"{path}: IDX header truncated")
-    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", ndim, 4))
+    shape = tuple(int(d) for d in np.frombuffer(dims, ">u4", ndim))
     dtype = np.dtype(_IDX_DTYPES[code])
     expected = 4 + 4 * ndim + int(np.prod(shape)) * dtype.itemsize
-    if len(data) != expected:
-        raise ValueError(f"{path}: {len(data)} bytes, an IDX array of shape {shape} needs {expected}")
-    return np.frombuffer(data, dtype, offset=4 + 4 * ndim).reshape(shape).astype(dtype.newbyteorder("="))
+    out = np.empty(shape, dtype)
+    got = _read_into(f, memoryview(out.reshape(-1).view(np.uint8)))
+    extra = len(_read_exactly(f, 1 << 16)) if got == out.nbytes else 0
+    if got != out.nbytes or extra:
+        size = 4 + 4 * ndim + got + extra
+        raise ValueError(f"{path}: {size}{'+' if extra else ''} bytes, an IDX array of shape {shape} needs {expected}")
+    return out.astype(dtype.newbyteorder("="), copy=False)
 
 
 def _find(directory: str, stems: list[str]) -> str | None:
@@ -94,23 +143,35 @@ def _idx_set(name: str, directory: str, prefix: str) -> tuple[np.ndarray, np.nda
     return parts["x_train"], parts["y_train"], parts["x_test"], parts["y_test"]
 
 
-def _images(x: np.ndarray, pixel_max: float | None, what: str) -> np.ndarray:
-    """uint8 (or integer) pixels scaled by pixel_max, or floats already in [0, 1]; NHWC float32."""
+def _images(x: np.ndarray, pixel_max: float | None, what: str, keep_pixels: bool = False) -> np.ndarray:
+    """uint8 (or integer) pixels scaled by pixel_max, or floats already in [0, 1]; NHWC float32
+    (keep_pixels: integer pixels that fit uint8 are returned as uint8, checked but not scaled)."""
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim < 2:
         raise ValueError(f"{what}: x must hold one image or vector per row, got shape {x.shape}")
     if np.issubdtype(x.dtype, np.integer):
-        scale = float(pixel_max) if pixel_max is not None else 255.0
+        scale = _pixel_max(pixel_max)
         if x.size and (x.min() < 0 or x.max() > scale):
             raise ValueError(f"{what}: integer pixels must lie in [0, {scale:g}]")
-        return (x.astype(np.float32) / np.float32(scale))
+        if keep_pixels and scale <= 255:
+            return x.astype(np.uint8, copy=False)
+        return pixels_to_float(x, scale)
     if np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float32)
         if not np.isfinite(x).all() or (x.size and (x.min() < 0 or x.max() > 1)):
             raise ValueError(f"{what}: float pixels must be finite and lie in [0, 1]")
         return x
     raise ValueError(f"{what}: x must be integer or float pixels, got {x.dtype}")
+
+
+def _pixel_max(pixel_max: float | None) -> float:
+    return float(pixel_max) if pixel_max is not None else 255.0
+
+
+def _kept(xs: list[np.ndarray], pixel_max: float | None) -> float | None:
+    """The Dataset's pixel_max: set when every image array was kept as uint8 pixels."""
+    return _pixel_max(pixel_max) if all(x.dtype == np.uint8 for x in xs) else None
 
 
 def _labels(y: np.ndarray, n: int, what: str) -> np.ndarray:
@@ -134,7 +195,8 @@ def split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int):
     return x[train], y[train], x[test], y[test]
 
 
-def load_npz(path: str, *, name: str | None = None, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+def load_npz(path: str, *, name: str | None = None, test_fraction: float = 0.2, seed: int = 0,
+             pixels: str = "float32") -> Dataset:
     """A .npz with x (N,H,W[,C] or N,D; uint8 0..255 or float in [0,1]) and integer y; x_test/y_test optional."""
     if not os.path.isfile(path):
         raise ValueError(f"dataset file {path} not found")
@@ -146,25 +208,39 @@ def load_npz(path: str, *, name: str | None = None, test_fraction: float = 0.2, 
     if "x" not in arrays or "y" not in arrays:
         raise ValueError(f"{path}: a dataset .npz needs arrays 'x' and 'y', found {sorted(arrays)}")
     pixel_max = float(arrays["pixel_max"]) if "pixel_max" in arrays else None
-    x = _images(arrays["x"], pixel_max, path)
+    keep = _check_pixels(pixels)
+    x = _images(arrays["x"], pixel_max, path, keep)
     y = _labels(arrays["y"], len(x), path)
     if "x_test" in arrays and "y_test" in arrays:
-        x_test = _images(arrays["x_test"], pixel_max, path)
+        x_test = _images(arrays["x_test"], pixel_max, path, keep)
         y_test = _labels(arrays["y_test"], len(x_test), path)
         x_train, y_train = x, y
     else:
         x_train, y_train, x_test, y_test = split(x, y, test_fraction, seed)
     n_classes = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
-    return Dataset(name or os.path.basename(path), x_train, y_train, x_test, y_test, n_classes)
+    if x_train.dtype != x_test.dtype:   # x kept as pixels, x_test given as floats: both as floats
+        x_train, x_test = (pixels_to_float(a, _pixel_max(pixel_max)) if a.dtype == np.uint8 else a
+                           for a in (x_train, x_test))
+    return Dataset(name or os.path.basename(path), x_train, y_train, x_test, y_test, n_classes,
+                   _kept([x_train, x_test], pixel_max))
 
 
-def load(name: str, data_dir: str | None = None, *, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
-    """Load a dataset by name (see module docstring); data_dir overrides the default location."""
+def _check_pixels(pixels: str) -> bool:
+    if pixels not in PIXELS:
+        raise ValueError(f"pixels must be one of {', '.join(PIXELS)}, got {pixels!r}")
+    return pixels == "uint8"
+
+
+def load(name: str, data_dir: str | None = None, *, seed: int = 0, test_fraction: float = 0.2,
+         pixels: str = "float32") -> Dataset:
+    """Load a dataset by name (see module docstring); data_dir overrides the default location.
+    pixels="uint8" keeps integer pixels as loaded (Dataset.floats converts rows as used)."""
+    keep = _check_pixels(pixels)
     if name.endswith(".npz"):
-        return load_npz(name, test_fraction=test_fraction, seed=seed)
+        return load_npz(name, test_fraction=test_fraction, seed=seed, pixels=pixels)
     if name == "digits":
         return load_npz(os.path.join(data_dir or BUNDLED_DIR, "digits.npz"), name="digits",
-                        test_fraction=test_fraction, seed=seed)
+                        test_fraction=test_fraction, seed=seed, pixels=pixels)
     if name in ("fashion-mnist", "mnist"):
         prefix = ""
     elif name.startswith("emnist-") and len(name) > len("emnist-"):
@@ -180,12 +256,12 @@ def load(name: str, data_dir: str | None = None, *, seed: int = 0, test_fraction
     x_train, y_train, x_test, y_test = _idx_set(name, directory, prefix)
     if prefix:  # EMNIST images are stored transposed
         x_train, x_test = x_train.transpose(0, 2, 1), x_test.transpose(0, 2, 1)
-    x_train = _images(x_train, None, name)
-    x_test = _images(x_test, None, name)
+    x_train = _images(x_train, None, name, keep)
+    x_test = _images(x_test, None, name, keep)
     y_train = _labels(y_train, len(x_train), name)
     y_test = _labels(y_test, len(x_test), name)
     n_classes = int(max(y_train.max(), y_test.max())) + 1
-    return Dataset(name, x_train, y_train, x_test, y_test, n_classes)
+    return Dataset(name, x_train, y_train, x_test, y_test, n_classes, _kept([x_train, x_test], None))
 
 
 # --- partitioning ---------------------------------------------------------------------------

@@ -17,7 +17,6 @@ import io
 import json
 import math
 import os
-import struct
 import sys
 import time
 import tracemalloc
@@ -333,7 +332,9 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
     from . import train
 
     cfg.check()
-    data = data if data is not None else datasets.load(cfg.dataset, cfg.data_dir, seed=cfg.seed)
+    # uint8 pixels stay uint8 (188 MB of float32 for Fashion-MNIST's training images): a client's
+    # rows are converted when it trains, the test set a slice at a time (Dataset.floats)
+    data = data if data is not None else datasets.load(cfg.dataset, cfg.data_dir, seed=cfg.seed, pixels="uint8")
     model = model_mod.build(cfg.model)
     check_model_fits(model, data, cfg.model)
     splits = datasets.partition(data.y_train, cfg.clients, cfg.partition, alpha=cfg.alpha,
@@ -412,7 +413,7 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
             steps_total = 0
             for _, k in arrivals:  # in order of arrival
                 part = splits[k]
-                xk, yk = data.x_train[part.train], data.y_train[part.train]
+                xk, yk = data.floats(data.x_train[part.train]), data.y_train[part.train]
                 local[:] = start  # download
                 max_steps = None
                 if speed is not None:
@@ -467,7 +468,7 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
         if cfg.clip_norm and priv is None:  # updates scaled down to --clip-norm by the round logic's bounds
             row["clipped"] = int(outcome.rejected.get(bounds.CLIPPED, 0)) if outcome is not None else 0
         if r % cfg.eval_every == 0 or r == cfg.rounds:
-            row["test_loss"], row["test_acc"] = map(float, train.evaluate(model, server.params, x_test, y_test))
+            row["test_loss"], row["test_acc"] = map(float, _evaluate(train, model, server.params, data, x_test, y_test))
             row["fed_loss"], row["fed_acc"] = _federated_eval(train, model, server.params, data, splits, selected)
         if cfg.trace_memory:
             row["aggregator_traced_bytes"] = agg_bytes
@@ -494,7 +495,7 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
     }
     if cfg.down_codec != "float32":  # the model devices would start from next: what they run
         device_copy = down_link.publish(server.params)
-        result.summary["final_device_test_acc"] = float(train.evaluate(model, device_copy, x_test, y_test)[1])
+        result.summary["final_device_test_acc"] = float(_evaluate(train, model, device_copy, data, x_test, y_test)[1])
     if cfg.trace_memory:
         result.summary["aggregator_traced_bytes_max"] = agg_bytes_max
     if priv is not None:
@@ -572,7 +573,7 @@ def _async_loop(cfg, train, model, data, splits, server, x_test, y_test, hetero,
             done = avail.finish(k, now, steps / speeds[k])
             tag = rnd.round_id
             local[:] = server.params  # download (instantaneous)
-            res = train.local_sgd(model, local, data.x_train[part.train], data.y_train[part.train], epochs=cfg.epochs,
+            res = train.local_sgd(model, local, data.floats(data.x_train[part.train]), data.y_train[part.train], epochs=cfg.epochs,
                                   batch_size=cfg.batch, lr=cfg.lr, momentum=cfg.momentum, prox_mu=cfg.prox_mu,
                                   global_params=server.params if cfg.prox_mu > 0 else None, weights=cfg.weights,
                                   seed=derive_seed(cfg.seed, tag, k, 1),
@@ -633,7 +634,7 @@ def _async_loop(cfg, train, model, data, splits, server, x_test, y_test, hetero,
             if cfg.clip_norm:  # as in the synchronous rows
                 row["clipped"] = int(outcome.rejected.get(bounds.CLIPPED, 0))
             if step % cfg.eval_every == 0 or step == cfg.rounds:
-                row["test_loss"], row["test_acc"] = map(float, train.evaluate(model, server.params, x_test, y_test))
+                row["test_loss"], row["test_acc"] = map(float, _evaluate(train, model, server.params, data, x_test, y_test))
                 row["fed_loss"], row["fed_acc"] = _federated_eval(train, model, server.params, data, splits,
                                                                   np.unique(step_stats["contributors"]))
             if cfg.trace_memory:
@@ -657,6 +658,7 @@ def _secagg_round(cfg, train, model, data, splits, server, rnd, selected, local,
     """One round under SecAgg+ (fedtiny.privacy): every selected device with data runs the protocol
     in this process; --dropout P of them go silent at --dropout-phase. Returns the round's
     upload bytes, download bytes, summed train loss, local steps and the secure round's outcome."""
+    from .privacy import grid as gridmod
     from .privacy import inprocess, secagg
 
     members = [k for k in selected.tolist() if splits[k].n_samples > 0]
@@ -674,7 +676,7 @@ def _secagg_round(cfg, train, model, data, splits, server, rnd, selected, local,
     def make_update(device: secagg.Device) -> secagg.MaskedUpdate:
         k, part = device.id, splits[device.id]
         local[:] = start  # download (the compressed download composes with SecAgg: only uploads are masked)
-        res = train.local_sgd(model, local, data.x_train[part.train], data.y_train[part.train], epochs=cfg.epochs,
+        res = train.local_sgd(model, local, data.floats(data.x_train[part.train]), data.y_train[part.train], epochs=cfg.epochs,
                               batch_size=cfg.batch, lr=cfg.lr, momentum=cfg.momentum, prox_mu=cfg.prox_mu,
                               global_params=start if cfg.prox_mu > 0 else None, weights=cfg.weights,
                               seed=derive_seed(cfg.seed, r, k, 1))
@@ -682,8 +684,7 @@ def _secagg_round(cfg, train, model, data, splits, server, rnd, selected, local,
         trained["loss"] += res.loss * part.n_samples
         trained["n"] += part.n_samples
         trained["steps"] += res.steps
-        round_key = struct.pack("<8I", *(derive_seed(cfg.seed, r, k, 3, i) for i in range(8)))  # os.urandom on a device
-        return device.masked_update(local, round_key)
+        return device.masked_update(local, gridmod.derived_round_key(cfg.seed, r, k))
 
     aborts: Counter = Counter()
     result = inprocess.run_round(sround, {k: secagg.Device(k) for k in members}, make_update, drop, aborts)
@@ -725,6 +726,19 @@ def _aggregator_bytes() -> int:
     return sum(stat.size for stat in snap.statistics("filename"))
 
 
+EVAL_ROWS = 64 * model_mod.PREDICT_BATCH   # test images converted to float32 at a time (6.4 MB for 28x28)
+
+
+def _evaluate(train, model, params, data: datasets.Dataset, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """train.evaluate on test images that may be kept as pixels: converted EVAL_ROWS at a time, a
+    multiple of the predict batch, so every logit is the one a whole float32 array gives."""
+    if data.pixel_max is None or len(x) == 0:
+        return train.evaluate(model, params, data.floats(x), y)
+    logits = np.concatenate([model.predict(params, data.floats(x[i:i + EVAL_ROWS]))
+                             for i in range(0, len(x), EVAL_ROWS)])
+    return train.loss_and_accuracy(model, logits, y)
+
+
 def _federated_eval(train, model, params, data, splits, selected) -> tuple[float, float]:
     """Weighted mean of each sampled client's loss and accuracy on its own held-out part."""
     total = loss = acc = 0.0
@@ -732,7 +746,7 @@ def _federated_eval(train, model, params, data, splits, selected) -> tuple[float
         hold = splits[k].holdout
         if hold.size == 0:
             continue
-        lk, ak = train.evaluate(model, params, data.x_train[hold], data.y_train[hold])
+        lk, ak = train.evaluate(model, params, data.floats(data.x_train[hold]), data.y_train[hold])
         total += hold.size
         loss += float(lk) * hold.size
         acc += float(ak) * hold.size
@@ -750,10 +764,10 @@ def _personalize(cfg, train, model, global_params, data, splits) -> dict:
     params = np.empty_like(global_params)
     for k in chosen:
         s = splits[k]
-        xh, yh = data.x_train[s.holdout], data.y_train[s.holdout]
+        xh, yh = data.floats(data.x_train[s.holdout]), data.y_train[s.holdout]
         before.append(float(train.evaluate(model, global_params, xh, yh)[1]))
         params[:] = global_params
-        train.local_sgd(model, params, data.x_train[s.train], data.y_train[s.train], epochs=cfg.personalize,
+        train.local_sgd(model, params, data.floats(data.x_train[s.train]), data.y_train[s.train], epochs=cfg.personalize,
                         batch_size=cfg.batch, lr=cfg.lr, momentum=cfg.momentum, weights=cfg.weights,
                         seed=derive_seed(cfg.seed, 0x9E25, k))
         after.append(float(train.evaluate(model, params, xh, yh)[1]))

@@ -102,7 +102,13 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 def evaluate(model: Model, params: np.ndarray, x, y) -> tuple[float, float]:
     """(mean loss, accuracy) of `params` on (x, y): softmax cross-entropy, or for a model whose spec
     ends in 'mse' the mean squared error against one-hot labels (the loss it trains)."""
-    logits = model.predict(params, x).astype(np.float64)
+    return loss_and_accuracy(model, model.predict(params, x), y)
+
+
+def loss_and_accuracy(model: Model, logits: np.ndarray, y) -> tuple[float, float]:
+    """evaluate's figures from the logits (a caller may compute them in parts: model.predict
+    gives each row the same logits in any batch)."""
+    logits = np.asarray(logits).astype(np.float64)
     y2 = model.check_y(y, logits.shape[0])
     if model.loss == "mse":
         t = np.zeros_like(logits)

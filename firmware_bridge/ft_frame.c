@@ -147,7 +147,25 @@ uint32_t ft_wire_download_chunks(uint32_t model_bytes)
 /* ---- Header and structure ------------------------------------------------------------------ */
 static int is_chunked(uint8_t type)
 {
-    return type == FT_MSG_MODEL_CHUNK || type == FT_MSG_UPDATE_CHUNK;
+    return type == FT_MSG_MODEL_CHUNK || type == FT_MSG_UPDATE_CHUNK ||
+           type == FT_MSG_MASKED_UPDATE || type == FT_MSG_SECAGG_SETUP ||
+           (type >= FT_MSG_SECAGG_KEY_LIST && type <= FT_MSG_SECAGG_UNMASK_SHARES);
+}
+
+/* The chunked transfers an ACK bitmap acknowledges (the secure-aggregation lists are answered
+ * by the next stage's message instead). */
+static int is_acked(uint8_t type)
+{
+    return type == FT_MSG_MODEL_CHUNK || type == FT_MSG_UPDATE_CHUNK ||
+           type == FT_MSG_MASKED_UPDATE;
+}
+
+/* A list of whole entries, at most one payload's worth; empty only as the list's one chunk
+ * (checked by the reader, which sees the chunk count). */
+static int entries_ok(uint16_t n, uint32_t entry)
+{
+    return n % entry == 0 && n <= (FT_WIRE_MAX_PAYLOAD / entry) * entry ? FT_WIRE_OK
+                                                                         : FT_WIRE_ERR_LENGTH;
 }
 
 /* Payload size rules of each type; the payload bytes are needed for ack and error only. */
@@ -180,6 +198,20 @@ static int check_payload_size(uint8_t type, const uint8_t *p, uint16_t n)
         }
         need = FT_ERROR_HEADER_BYTES + (uint32_t)GET_U16(p, 2);
         return n == need ? FT_WIRE_OK : FT_WIRE_ERR_LENGTH;
+    case FT_MSG_MASKED_UPDATE: /* b/8 bytes per parameter, b = 16 or 32 */
+        return n > 0 && n % 2u == 0 ? FT_WIRE_OK : FT_WIRE_ERR_LENGTH;
+    case FT_MSG_SECAGG_SETUP: /* the 56-byte head then ids: cut at multiples of 4 */
+    case FT_MSG_SECAGG_UNMASK:
+        return n > 0 && n % FT_SECAGG_ID_BYTES == 0 ? FT_WIRE_OK : FT_WIRE_ERR_LENGTH;
+    case FT_MSG_SECAGG_KEYS:
+        return n == FT_SECAGG_KEYS_BYTES ? FT_WIRE_OK : FT_WIRE_ERR_LENGTH;
+    case FT_MSG_SECAGG_KEY_LIST:
+        return entries_ok(n, FT_SECAGG_KEY_ENTRY_BYTES);
+    case FT_MSG_SECAGG_SHARES:
+    case FT_MSG_SECAGG_SHARE_LIST:
+        return entries_ok(n, FT_SECAGG_SHARE_ENTRY_BYTES);
+    case FT_MSG_SECAGG_UNMASK_SHARES:
+        return entries_ok(n, FT_SECAGG_UNMASK_ENTRY_BYTES);
     default:
         return FT_WIRE_ERR_UNKNOWN_TYPE;
     }
@@ -195,8 +227,9 @@ static int check_chunk(uint8_t type, uint16_t index, uint16_t count)
 
 static int known_type(uint8_t type)
 {
-    /* 8, 9 are reserved */
-    return (type >= FT_MSG_HELLO && type <= FT_MSG_RESULT) || type == FT_MSG_WELCOME;
+    /* 8 is reserved; 18 and above are not defined */
+    return (type >= FT_MSG_HELLO && type <= FT_MSG_SECAGG_UNMASK_SHARES) &&
+           type != FT_MSG_PARTIAL_SUM;
 }
 
 /* The order of the checks is normative (PROTOCOL.md): the first failing one is the reason. */
@@ -665,7 +698,7 @@ int ft_ack_init(uint8_t *payload, size_t cap, uint8_t acked_type, uint16_t first
     if (payload == NULL || payload_len == NULL) {
         return FT_WIRE_ERR_ARG;
     }
-    if (!is_chunked(acked_type) || (uint32_t)first + n_bits > 65536u) {
+    if (!is_acked(acked_type) || (uint32_t)first + n_bits > 65536u) {
         return FT_WIRE_ERR_BAD_PAYLOAD;
     }
     n = FT_ACK_HEADER_BYTES + ((size_t)n_bits + 7u) / 8u;
@@ -700,7 +733,7 @@ int ft_ack_parse(const uint8_t *payload, size_t len, uint8_t *acked_type, uint16
     if (len != FT_ACK_HEADER_BYTES + ((size_t)nb + 7u) / 8u) {
         return FT_WIRE_ERR_LENGTH;
     }
-    if (!is_chunked(payload[0]) || payload[1] != 0 || (uint32_t)f + nb > 65536u) {
+    if (!is_acked(payload[0]) || payload[1] != 0 || (uint32_t)f + nb > 65536u) {
         return FT_WIRE_ERR_BAD_PAYLOAD;
     }
     /* Bits past n_bits in the last byte must be 0: one meaning per byte string. */

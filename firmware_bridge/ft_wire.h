@@ -108,9 +108,26 @@ typedef enum {
     FT_MSG_ERROR = 6,        /* either way: status code + short text                     */
     FT_MSG_RESULT = 7,       /* either way: round result / metrics (weight n_k)          */
     FT_MSG_PARTIAL_SUM = 8,  /* RESERVED (hierarchical aggregation); refused (unknown_type) */
-    FT_MSG_MASKED_UPDATE = 9,/* RESERVED (secure aggregation); refused (unknown_type)    */
-    FT_MSG_WELCOME = 10      /* aggregator -> device: opens a session (run, epoch, nonces) */
+    FT_MSG_MASKED_UPDATE = 9,/* device -> aggregator: SecAgg masked vector, chunked      */
+    FT_MSG_WELCOME = 10,     /* aggregator -> device: opens a session (run, epoch, nonces) */
+    /* Secure aggregation (docs/secagg.md "Network messages"): payloads are lists of fixed-size
+     * entries, cut at entry boundaries into chunks; the codec checks the entry size only. */
+    FT_MSG_SECAGG_SETUP = 11,         /* agg -> device: 56-byte head, then device ids u32      */
+    FT_MSG_SECAGG_KEYS = 12,          /* device -> agg: c_pk, s_pk, commitment (96 B)          */
+    FT_MSG_SECAGG_KEY_LIST = 13,      /* agg -> device: {id u32, c_pk, s_pk, commitment}       */
+    FT_MSG_SECAGG_SHARES = 14,        /* device -> agg: {recipient u32, ciphertext 89}         */
+    FT_MSG_SECAGG_SHARE_LIST = 15,    /* agg -> device: {sender u32, ciphertext 89}            */
+    FT_MSG_SECAGG_UNMASK = 16,        /* agg -> device: survivor ids u32                      */
+    FT_MSG_SECAGG_UNMASK_SHARES = 17  /* device -> agg: {owner u32, kind u8, x u8, share 32}   */
 } ft_msg_type;
+
+/* Entry sizes of the secure-aggregation lists (bytes). */
+#define FT_SECAGG_SETUP_HEAD_BYTES 56u
+#define FT_SECAGG_KEYS_BYTES 96u
+#define FT_SECAGG_KEY_ENTRY_BYTES 100u
+#define FT_SECAGG_SHARE_ENTRY_BYTES 93u
+#define FT_SECAGG_ID_BYTES 4u
+#define FT_SECAGG_UNMASK_ENTRY_BYTES 38u
 
 /* Status of every fallible call: 0 ok, 1 = a frame is ready (stream decoder), negative errors.
  * Each error is one specific reason; ft_wire_status_name() gives its stable snake_case name. */
@@ -122,7 +139,7 @@ typedef enum {
     FT_WIRE_ERR_TRUNCATED = -3,      /* fewer bytes than the header announces                */
     FT_WIRE_ERR_BAD_MAGIC = -4,
     FT_WIRE_ERR_BAD_VERSION = -5,    /* unknown version, or reserved header bits set        */
-    FT_WIRE_ERR_UNKNOWN_TYPE = -6,   /* type 0, a reserved type (8, 9), or a type > 10       */
+    FT_WIRE_ERR_UNKNOWN_TYPE = -6,   /* type 0, the reserved type 8, or a type > 17        */
     FT_WIRE_ERR_LENGTH = -7,         /* trailing bytes, or a payload size the type forbids   */
     FT_WIRE_ERR_OVERSIZE = -8,       /* payload > 1152 or frame > FT_WIRE_MAX_FRAME         */
     FT_WIRE_ERR_BAD_CHUNK = -9,      /* chunk count 0, index >= count, or chunked non-chunk  */
@@ -358,7 +375,7 @@ typedef struct {
 } ft_result;
 
 #define FT_ACK_HEADER_BYTES 6u
-/* Ack payload: u8 acked type (3 or 4), u8 reserved 0, u16 first chunk, u16 n_bits, then
+/* Ack payload: u8 acked type (3, 4 or 9), u8 reserved 0, u16 first chunk, u16 n_bits, then
  * ceil(n_bits/8) bitmap bytes, bit i (LSB first in byte i/8) = chunk first+i arrived. */
 FT_WIRE_MUST_CHECK int ft_ack_init(uint8_t *payload, size_t cap, uint8_t acked_type,
                                    uint16_t first, uint16_t n_bits, size_t *payload_len);

@@ -113,9 +113,9 @@ class AggregatorThread:
             raise self.error
 
 
-def simulate_oracle(clients: int, n_rounds: int, seed: int = 0, codec: str = "int8-stochastic",
-                    down_codec: str = "float32", fraction: float = 1.0):
-    """(final global weights, per-round rows) of `fedtiny simulate` with the network tests' settings."""
+def simulate_oracle(clients: int, n_rounds: int, seed: int = 0, codec: str = "int8-stochastic", **extra):
+    """(final global weights, per-round rows) of `fedtiny simulate` with the network tests' settings
+    (extra: more SimConfig fields, e.g. secagg=True)."""
     servers = []
     real_init = rounds.Server.__init__
 
@@ -124,10 +124,11 @@ def simulate_oracle(clients: int, n_rounds: int, seed: int = 0, codec: str = "in
         servers.append(self)
     rounds.Server.__init__ = capture
     try:
-        cfg = simulate.SimConfig(dataset="digits", model=MODEL, clients=clients, fraction=fraction, rounds=n_rounds,
-                                 lr=0.05, batch=10, codec=codec, down_codec=down_codec, seed=seed,
-                                 # the aggregator's default bounds: the same code clips in both
-                                 max_samples=bounds.DEFAULT_MAX_SAMPLES, clip_norm=bounds.DEFAULT_CLIP_NORM)
+        fields = dict(dataset="digits", model=MODEL, clients=clients, fraction=1.0, rounds=n_rounds,
+                      lr=0.05, batch=10, codec=codec, seed=seed,
+                      # the aggregator's default bounds: the same code clips in both
+                      max_samples=bounds.DEFAULT_MAX_SAMPLES, clip_norm=bounds.DEFAULT_CLIP_NORM)
+        cfg = simulate.SimConfig(**{**fields, **extra})
         result = simulate.run(cfg)
     finally:
         rounds.Server.__init__ = real_init
@@ -223,13 +224,13 @@ __all__ = ["Fleet", "AggregatorThread", "HandDevice", "simulate_oracle", "stop_a
            "np", "sys", "time"]
 
 
-def hand_join(dev: HandDevice, n_samples: int = 100):
-    """Handshake, then in-session HELLO until an OFFER comes, then download the model:
-    (round, offer, global weights)."""
+def hand_join(dev: HandDevice, n_samples: int = 100, offer_timeout: float = 5.0):
+    """Handshake, then in-session HELLO until an OFFER comes (within offer_timeout seconds), then
+    download the model: (round, offer, global weights)."""
     def hello():
         return dev.hello(n_samples)
     dev.send(hello())
-    f = dev.expect(wire.MsgType.OFFER, resend=hello)
+    f = dev.expect(wire.MsgType.OFFER, offer_timeout, resend=hello)
     offer = wire.Offer.unpack(f.payload)
     n_chunks = wire.model_chunks(offer.n_params)
     dev.send(dev.frame(wire.MsgType.ACK, f.round, wire.Ack.for_chunks(wire.MsgType.MODEL_CHUNK, [], n_chunks).pack()))

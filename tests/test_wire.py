@@ -45,10 +45,19 @@ def payload_for(t):
         wire.MsgType.ERROR: (wire.ErrorMsg(105, "round 7 closed").pack(), (0, 1)),
         wire.MsgType.RESULT: (wire.Result(n_samples=600, loss=0.31, accuracy=0.9, steps=94,
                                           update_seed=5, update_flags=1, update_chunks=195).pack(), (0, 1)),
+        # secure aggregation (docs/secagg.md "Network messages"): whole entries per chunk
+        wire.MsgType.MASKED_UPDATE: (bytes(range(256)) * 4 + bytes(128), (345, 346)),
+        wire.MsgType.SECAGG_SETUP: (bytes(56) + bytes(range(40)), (0, 1)),
+        wire.MsgType.SECAGG_KEYS: (bytes(range(96)), (0, 1)),
+        wire.MsgType.SECAGG_KEY_LIST: (bytes(1100), (1, 4)),
+        wire.MsgType.SECAGG_SHARES: (bytes(93 * 12), (0, 2)),
+        wire.MsgType.SECAGG_SHARE_LIST: (bytes(93 * 3), (1, 2)),
+        wire.MsgType.SECAGG_UNMASK: (bytes(4 * 288), (0, 1)),
+        wire.MsgType.SECAGG_UNMASK_SHARES: (bytes(38 * 30), (0, 1)),
     }[t]
 
 
-DEFINED = [t for t in wire.MsgType if t not in (wire.MsgType.PARTIAL_SUM, wire.MsgType.MASKED_UPDATE)]
+DEFINED = [t for t in wire.MsgType if t != wire.MsgType.PARTIAL_SUM]
 
 
 @pytest.mark.parametrize("t", DEFINED, ids=lambda t: t.name)
@@ -295,11 +304,26 @@ def test_welcome_out_of_range_is_refused(field, value):
         wire.Welcome.unpack(bytes(raw))
 
 
-@pytest.mark.parametrize("t", [0, 8, 9, 11, 255])
+@pytest.mark.parametrize("t", [0, 8, 18, 255])
 def test_unknown_and_reserved_types(t):
     assert reason_of(oracle_frame(t, 1, 0, 1, b"", KEY)) == "unknown_type"
     with pytest.raises(wire.FrameError, match="unknown_type"):
         wire.encode(t, 1, 0, 1, b"", KEY)
+
+
+@pytest.mark.parametrize("t,size", [(wire.MsgType.SECAGG_KEYS, 95), (wire.MsgType.SECAGG_KEY_LIST, 150),
+                                    (wire.MsgType.SECAGG_SHARES, 92), (wire.MsgType.SECAGG_SHARE_LIST, 94),
+                                    (wire.MsgType.SECAGG_UNMASK_SHARES, 39), (wire.MsgType.SECAGG_UNMASK, 6),
+                                    (wire.MsgType.SECAGG_SETUP, 58), (wire.MsgType.MASKED_UPDATE, 1151),
+                                    (wire.MsgType.MASKED_UPDATE, 0)])
+def test_secagg_payloads_of_partial_entries_are_refused(t, size):
+    assert reason_of(oracle_frame(t, 1, 0, 1, bytes(size), KEY)) == "length_mismatch"
+
+
+def test_only_transfers_are_acknowledged():
+    assert wire.Ack.unpack(wire.Ack.for_chunks(wire.MsgType.MASKED_UPDATE, [1], 346).pack()).received == {1}
+    with pytest.raises(wire.FrameError, match="bad_payload"):
+        wire.Ack.for_chunks(wire.MsgType.SECAGG_KEY_LIST, [0], 4).pack()
 
 
 def test_oversize():

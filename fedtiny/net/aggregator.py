@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import bounds, datasets, rounds
-from . import download, ingest, keys as keys_mod, rx as rx_mod, session, state, transfer, wire
+from . import download, ingest, keys as keys_mod, rx as rx_mod, session, state, status, transfer, wire
 from .common import MODEL_WINDOW, parse_hostport, setup_logging
 from .session import Rejected
 
@@ -83,6 +83,14 @@ class AggregateConfig:
     seed: int = 0
     max_samples: int = bounds.DEFAULT_MAX_SAMPLES
     clip_norm: float = bounds.DEFAULT_CLIP_NORM      # 0: no clipping
+    http: str = ""                   # HOST:PORT of the status page (fedtiny.net.status); "": none
+    http_public: bool = False        # allow a non-loopback --http address
+    secagg: bool = False             # SecAgg+ rounds (fedtiny.net.secagg_round); the grid's bound is clip_norm
+    secagg_bits: int | None = None
+    secagg_k: int | None = None
+    secagg_t: int | None = None
+    secagg_min_survivors: int | None = None
+    secagg_stage_timeout: float = 5.0
 
     def check(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -114,7 +122,30 @@ class AggregateConfig:
         need(math.isfinite(self.clip_norm) and self.clip_norm >= 0,
              f"--clip-norm must be a finite number >= 0 (0: no clipping), got {self.clip_norm}")
         need(bool(self.keys), "--keys FILE is required")
+        if self.http:
+            status.check_address(self.http, self.http_public)
         need(bool(self.state), "--state DIR is required")
+        self.check_secagg()
+
+    def check_secagg(self) -> None:
+        names = ("secagg_bits", "secagg_k", "secagg_t", "secagg_min_survivors")
+        given = [f"--{n.replace('_', '-')}" for n in names if getattr(self, n) is not None]
+        if not self.secagg:
+            if given:
+                raise ValueError(f"{', '.join(given)} needs --secagg")
+            return
+        if not self.clip_norm > 0:
+            raise ValueError("--secagg needs --clip-norm C > 0: it is the bound of the round's shared grid")
+        if self.secagg_bits not in (None, 16, 32):
+            raise ValueError(f"--secagg-bits must be 16 or 32, got {self.secagg_bits}")
+        if not (math.isfinite(self.secagg_stage_timeout) and self.secagg_stage_timeout > 0):
+            raise ValueError(f"--secagg-stage-timeout must be > 0 seconds, got {self.secagg_stage_timeout}")
+        self.secagg_config().for_round(max(2, self.min_clients))   # every bad k/t/min, named
+
+    def secagg_config(self):
+        from ..privacy.secagg import Config
+        return Config(clip=self.clip_norm, bits=self.secagg_bits, neighbours=self.secagg_k,
+                      threshold=self.secagg_t, min_survivors=self.secagg_min_survivors)
 
 
 @dataclass
@@ -132,6 +163,10 @@ class _Device:
     upload: tuple | None = None      # (n_samples, steps, loss, seed, flags) of its current round
     acked: int = 0                   # update chunks received since the last ACK sent
     told: dict = field(default_factory=dict)   # error code -> when this device was last told
+    rounds_done: int = 0             # its updates accepted into a round (the status page)
+    bytes_down: int = 0              # bytes sent to it
+    last_rejection: str = ""         # reason of its last frame or update dropped, and when
+    rejected_at: float = -math.inf
 
 
 @dataclass
@@ -153,6 +188,7 @@ class _RoundRun:
     bytes_down: int = 0
     down_by_type: Counter = field(default_factory=Counter)
     cpu_started: float = field(default_factory=time.process_time)
+    secure_problem: str = ""                      # --secagg: why the round's protocol could not start
 
 
 class Aggregator(asyncio.DatagramProtocol):
@@ -206,9 +242,15 @@ class Aggregator(asyncio.DatagramProtocol):
         self.finished = False
         self._wake = asyncio.Event()
         self.arch_hash = self.model.arch_hash()
+        self.secagg = None
+        if cfg.secagg:
+            from . import secagg_round
+            self.secagg = secagg_round.AggregatorSecAgg(cfg.secagg_config(), stage_timeout=cfg.secagg_stage_timeout)
         self.run_id: bytes = b""     # set by serve() from --state (state.begin_life)
         self.epoch = 0
         self.run_tag = 0
+        self.started = time.monotonic()
+        self.status_server: status.StatusServer | None = None
 
     # -- transport ---------------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -219,11 +261,14 @@ class Aggregator(asyncio.DatagramProtocol):
         if addr is None or self.transport is None:
             return
         self.transport.sendto(frame, addr)
+        dev.bytes_down += len(frame)
         if self.current is not None:
             self.current.bytes_down += len(frame)
             self.current.down_by_type[frame[3]] += len(frame)
 
-    def _reject(self, reason: str, who: str, detail: str = "") -> None:
+    def _reject(self, reason: str, who: str, detail: str = "", dev: _Device | None = None) -> None:
+        if dev is not None:
+            dev.last_rejection, dev.rejected_at = reason, time.monotonic()
         self.rejected[reason] += 1
         self.round_rejected[reason] += 1
         if self.round_rejected[reason] <= LOG_PER_REASON:
@@ -237,6 +282,7 @@ class Aggregator(asyncio.DatagramProtocol):
         if self.current is not None and not counted:
             self.current.bytes_up += len(data)
         who = f"{addr[0]}:{addr[1]}"
+        dev = None
         try:
             head = session.peek(data)
             mtype, device_id = head.type, head.device_id
@@ -256,7 +302,7 @@ class Aggregator(asyncio.DatagramProtocol):
                 self._promote(dev, sess)
             self._on_frame(dev, hdr, addr, now)
         except (Rejected, wire.FrameError) as exc:   # wire.FrameError: a payload that does not parse
-            self._reject(exc.reason, who, str(exc))
+            self._reject(exc.reason, who, str(exc), dev)
             if counted and self.rx is not None:       # handed over by the C path: charge the source
                 self.rx.penalize(addr, now)
 
@@ -295,6 +341,9 @@ class Aggregator(asyncio.DatagramProtocol):
             self._on_result(dev, run, wire.Result.unpack(payload), now)
         elif mtype == session.UPDATE_CHUNK:
             self._on_chunk(dev, run, hdr, payload, now)
+        elif mtype in wire.SECAGG_TYPES and self.secagg is not None:
+            self.secagg.on_frame(dev.id, hdr, now)
+            self._wake.set()
         else:
             raise Rejected("unexpected_type", f"type {mtype} is not sent by devices")
 
@@ -330,10 +379,8 @@ class Aggregator(asyncio.DatagramProtocol):
                     self._wake.set()
                 elif outcome == "added":
                     self._ack_update(dev, run)
-            except Rejected as exc:
-                self._reject(exc.reason, who, str(exc))
-            except wire.FrameError as exc:
-                self._reject(exc.reason, who, str(exc))
+            except (Rejected, wire.FrameError) as exc:
+                self._reject(exc.reason, who, str(exc), dev)
 
     def error_received(self, exc) -> None:  # ICMP port unreachable from a device that went away
         log.debug("socket error: %s", exc)
@@ -501,9 +548,11 @@ class Aggregator(asyncio.DatagramProtocol):
         dev = self.devices[device_id]
         verdict = self.current.rnd.submit(device_id, self.current.id, update, weight, steps=dev.upload[1])
         if not verdict.accepted:
-            self._reject(verdict.reason, f"device {device_id}", verdict.detail)
+            self._reject(verdict.reason, f"device {device_id}", verdict.detail, dev)
             self._tell(dev, self.current.id, session.E_REJECTED, verdict.detail or verdict.reason, always=True)
-        elif verdict.detail.startswith(bounds.CLIPPED):
+            return
+        dev.rounds_done += 1
+        if verdict.detail.startswith(bounds.CLIPPED):
             self._count_clipped(verdict.detail)
 
     def _count_clipped(self, detail: str) -> None:
@@ -549,7 +598,8 @@ class Aggregator(asyncio.DatagramProtocol):
         offer = wire.Offer(n_params=n, codec_flags=codec_flags, model_hash=wire.model_hash(start),
                            lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch,
                            deadline_ms=int(cfg.round_timeout * 1000), seed=cfg.seed, prox_mu=cfg.prox_mu,
-                           arch_hash=self.arch_hash, up_codec=self.up_codec, down_codec=self.download.codec)
+                           arch_hash=self.arch_hash, fixed_scale=cfg.clip_norm if self.secagg is not None else 0.0,
+                           up_codec=self.up_codec, down_codec=self.download.codec)
         run = _RoundRun(r, rnd, None, frozenset(selected.tolist()), self.download.message, offer.pack(),
                         wire.model_chunks(n, self.download.codec), now)
         run.download = download.ModelDownload(run.model_chunks, session.MODEL_CHUNK_BYTES + FRAME_OVERHEAD,
@@ -566,6 +616,11 @@ class Aggregator(asyncio.DatagramProtocol):
             dev.upload, dev.acked = None, 0
             dev.session.new_round(r)
             run.announced[d] = dev.n_samples
+        if self.secagg is not None:   # SETUP goes out with the round; the devices answer before training
+            def send(d, t, payload, chunk, r=r):
+                dev = self.devices[d]
+                self._send(dev, dev.session.seal(t, r, payload, *chunk))
+            run.secure_problem = self.secagg.open(r, sorted(run.selected), n, send, now, rnd.deadline)
         return run
 
     async def _run_round(self, stop: asyncio.Event) -> bool:
@@ -582,7 +637,10 @@ class Aggregator(asyncio.DatagramProtocol):
             # nor one whose RESULT broke the bounds (run.refused)
             target = min(run.rnd.min_updates, sum(1 for d in run.selected
                                                   if not self.devices[d].excluded and d not in run.refused))
-            if run.ingest.n_complete >= target or now >= run.rnd.deadline:
+            if self.secagg is not None:
+                if self.secagg.poll(now):
+                    break
+            elif run.ingest.n_complete >= target or now >= run.rnd.deadline:
                 break
             for d in sorted(run.selected - run.asked):
                 if now - run.offered.get(d, -math.inf) >= REOFFER_SECONDS:
@@ -606,10 +664,15 @@ class Aggregator(asyncio.DatagramProtocol):
         if self.rx is not None:
             self.rx.close_round()
         ingest_stats = run.ingest.close()       # commits complete updates in device-id order
+        secure = self.secagg.close(run.rnd, run.secure_problem) if self.secagg is not None else {}
         result = self.server.close_round(now)
         self.current = None
         contributors = set(result.contributors)
-        losses = [(self.devices[d].upload[0], self.devices[d].upload[2]) for d in contributors]
+        if self.secagg is not None:   # survivors of a secure round (the int8 path counts in _commit)
+            for d in contributors:
+                self.devices[d].rounds_done += 1
+        losses = [(self.devices[d].upload[0], self.devices[d].upload[2]) for d in contributors
+                  if self.devices[d].upload is not None]   # under --secagg devices send no RESULT
         n = sum(w for w, _ in losses)
         row = {"round": run.id, "clients": len(contributors), "selected": len(run.selected),
                "samples": int(result.n_samples), "outcome": result.outcome, "closed_by": result.closed_by,
@@ -621,7 +684,7 @@ class Aggregator(asyncio.DatagramProtocol):
                "down_by_type": {session.M(t).name: v for t, v in run.down_by_type.items()},
                "model_chunks_sent": run.download.sent_chunks, "model_chunks_resent": run.download.resent_chunks,
                "model_restarts": run.download.restarts,
-               "rejected": dict(self.round_rejected), "clipped": self.round_clipped}
+               "rejected": dict(self.round_rejected), "clipped": self.round_clipped, **secure}
         if bounds.NONFINITE_STEP in result.rejected:
             # The model did not change and nothing is written: a restart redoes this round.
             self.rejected[bounds.NONFINITE_STEP] += 1
@@ -707,9 +770,12 @@ class Aggregator(asyncio.DatagramProtocol):
         log.info("aggregating %s (%d parameters) on %s:%d, round %d of %d; run %s epoch %d", self.cfg.model,
                  self.server.n_params, self.address[0], self.address[1], self.server.round_id + 1, self.cfg.rounds,
                  self.run_id.hex(), self.epoch)
-        if ready is not None:
-            ready(self.address)
         try:
+            if self.cfg.http:
+                self.status_server = await status.start(self.cfg.http, lambda: status.aggregator_snapshot(self),
+                                                        public=self.cfg.http_public)
+            if ready is not None:
+                ready(self.address)
             while self.server.round_id < self.cfg.rounds and not stop.is_set():
                 if not await self._run_round(stop):
                     break
@@ -726,6 +792,8 @@ class Aggregator(asyncio.DatagramProtocol):
             if self.sock is not None:
                 loop.remove_reader(self.sock.fileno())
             transport.close()
+            if self.status_server is not None:
+                await self.status_server.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 try:
                     loop.remove_signal_handler(sig)
@@ -782,7 +850,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="largest n_k (FedAvg weight) a device may claim; more is refused (default %(default)s)")
     p.add_argument("--clip-norm", type=float, default=d.clip_norm, metavar="C",
                    help="each update is scaled down to L2 norm <= C before it is summed; 0: off (default %(default)s)")
+    add_http_arguments(p)
+    g = p.add_argument_group("secure aggregation (SecAgg+, docs/secagg.md)")
+    g.add_argument("--secagg", action="store_true",
+                   help="the aggregator learns only the sum: devices mask their updates on a shared grid of bound "
+                        "--clip-norm; --codec does not apply")
+    g.add_argument("--secagg-bits", type=int, default=None, choices=(16, 32),
+                   help="bits per parameter of the masked vector (default 16 up to 127 devices, else 32)")
+    g.add_argument("--secagg-k", type=int, default=None,
+                   help="neighbours per device (default: all up to 32 devices, else the even number >= 6 log2 n)")
+    g.add_argument("--secagg-t", type=int, default=None, help="Shamir threshold t (default floor(k/2) + 1)")
+    g.add_argument("--secagg-min-survivors", type=int, default=None,
+                   help="abandon the round below this many devices at any stage (default t + 1)")
+    g.add_argument("--secagg-stage-timeout", type=float, default=d.secagg_stage_timeout, metavar="S",
+                   help="the key, share and unmask stages close after this long (the masked-vector stage at "
+                        "--round-timeout) (default %(default)s s)")
     p.add_argument("--verbose", "-v", action="store_true")
+
+
+def add_http_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--http", default="", metavar="HOST:PORT",
+                   help="serve a live status page, /status.json and /metrics (Prometheus) here; loopback only "
+                        "unless --http-public (default: none)")
+    p.add_argument("--http-public", action="store_true",
+                   help="allow a --http address that is not loopback (the page is read-only and shows no key)")
 
 
 def config_from_args(args: argparse.Namespace) -> AggregateConfig:

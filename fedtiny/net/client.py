@@ -84,6 +84,7 @@ class Device:
         self.rejected: dict[str, int] = {}
         self.kept_round = None               # the round whose partial model download is kept on a new join
         self.failed: str | None = None   # why this device stopped (run_command exits with 2)
+        self.secagg = None               # fedtiny.net.secagg_round.DeviceSecAgg, made at the first SETUP
         self._reset_round()
         self.last_heard = time.monotonic()
         self.last_sent = -math.inf
@@ -158,7 +159,9 @@ class Device:
 
     def _dispatch(self, f: wire.Frame) -> None:
         t = f.type
-        if t == session.OFFER:
+        if t in wire.SECAGG_TYPES or (t == session.ACK and f.payload[:1] == bytes([session.M.MASKED_UPDATE])):
+            self._secure().on_frame(f, time.monotonic())
+        elif t == session.OFFER:
             self._on_offer(f.round, wire.Offer.unpack(f.payload))
         elif t == session.MODEL_CHUNK and f.round == self.round and self.state == "downloading":
             self._on_model_chunk(f)
@@ -170,11 +173,13 @@ class Device:
             self._on_error(f.round, wire.ErrorMsg.unpack(f.payload))
         elif t == session.RESULT and f.round == self.round:
             res = wire.Result.unpack(f.payload)
+            if self.state == "secure":
+                self._round_done()
             log.info("round %d closed: %d device(s), %d samples, test accuracy %.4f",
                      f.round, res.n_clients, res.n_samples, res.accuracy)
 
     def _on_offer(self, round_id: int, offer: wire.Offer) -> None:
-        if round_id == self.round and self.state in ("downloading", "training", "uploading"):
+        if round_id == self.round and self.state in ("downloading", "training", "uploading", "secure"):
             return  # the same offer again: already on it
         # (an offer for the round this device finished means the aggregator lost its update,
         # e.g. it was restarted mid-round: take part again; training is deterministic)
@@ -269,6 +274,8 @@ class Device:
         self.finished = True
 
     def _train(self, round_id: int, offer: wire.Offer, params: np.ndarray) -> None:
+        if offer.fixed_scale > 0:
+            return self._train_secure(round_id, offer, params)
         t0 = time.perf_counter()
         update, res = self._local_update(round_id, offer, params)
         if self.round != round_id or self.state != "training":
@@ -287,12 +294,7 @@ class Device:
 
     def _local_update(self, round_id: int, offer: wire.Offer, params: np.ndarray):
         """Local SGD and the offer's encoding, seeded as simulate seeds client k = this device id."""
-        global_params = params.copy()
-        res = self.train.local_sgd(self.model, params, self.x, self.y, epochs=offer.epochs, batch_size=offer.batch_size,
-                                   lr=offer.lr, momentum=self.momentum, prox_mu=offer.prox_mu,
-                                   global_params=global_params if offer.prox_mu > 0 else None,
-                                   weights=self.weights, seed=derive_seed(offer.seed, round_id, self.id, 1))
-        params -= global_params   # the delta, in place
+        res = self._local_delta(round_id, offer, params)
         _, feedback = rounding_of(offer.codec_flags)
         if feedback and self.residual is None:
             self.residual = np.zeros_like(params)
@@ -300,6 +302,16 @@ class Device:
                                         seed=derive_seed(offer.seed, round_id, self.id, 2),
                                         residual=self.residual if feedback else None)
         return update, res
+
+    def _local_delta(self, round_id: int, offer: wire.Offer, params: np.ndarray):
+        """Local SGD from params; params becomes the delta, in place."""
+        global_params = params.copy()
+        res = self.train.local_sgd(self.model, params, self.x, self.y, epochs=offer.epochs, batch_size=offer.batch_size,
+                                   lr=offer.lr, momentum=self.momentum, prox_mu=offer.prox_mu,
+                                   global_params=global_params if offer.prox_mu > 0 else None,
+                                   weights=self.weights, seed=derive_seed(offer.seed, round_id, self.id, 1))
+        params -= global_params   # the delta, in place
+        return res
 
     def _send_chunks(self, indices) -> None:
         n = self.offer.update_chunks
@@ -320,11 +332,8 @@ class Device:
         self.last_progress = time.monotonic()
         missing = ack.missing()
         if not missing:
-            self.state = "done"
-            self.rounds_done += 1
             log.info("round %d: update delivered", self.round)
-            if self.max_rounds is not None and self.rounds_done >= self.max_rounds:
-                self.finished = True
+            self._round_done()
             return
         self.upload_wait = UPLOAD_ACK_WAIT
         self.acked = ack.received
@@ -332,6 +341,35 @@ class Device:
             self.resend_on_ack = False
             self._send_chunks([c for c in missing if c < self.next_chunk])
         self._pump()
+
+    def _round_done(self) -> None:
+        self.state = "done"
+        self.rounds_done += 1
+        if self.max_rounds is not None and self.rounds_done >= self.max_rounds:
+            self.finished = True
+
+    # -- secure aggregation (fedtiny.net.secagg_round): the device follows the aggregator's SETUP --
+    def _secure(self):
+        if self.secagg is None:
+            from . import secagg_round
+            self.secagg = secagg_round.DeviceSecAgg(
+                self.id, lambda t, payload, chunk: self._send(t, payload, chunk, round_id=self.secagg.round))
+        return self.secagg
+
+    def _train_secure(self, round_id: int, offer: wire.Offer, params: np.ndarray) -> None:
+        """A secure round (the offer's fixed_scale is the grid's clip bound): the float32 delta goes
+        to the SecAgg driver, which masks and uploads it once the share stage is done; no RESULT."""
+        from . import secagg_round
+        t0 = time.perf_counter()
+        res = self._local_delta(round_id, offer, params)
+        if self.round != round_id or self.state != "training":
+            return
+        log.info("round %d: trained on %d samples in %.2f s (loss %.4f), secure upload", round_id, res.n_samples,
+                 time.perf_counter() - t0, res.loss)
+        self.state = "secure"
+        self.last_progress = self.last_heard = self.upload_started = time.monotonic()
+        self._secure().set_delta(round_id, params, secagg_round.device_round_key(offer.seed, round_id, self.id),
+                                 self.last_progress)
 
     def _on_error(self, round_id: int, err: wire.ErrorMsg) -> None:
         if err.code == session.E_MODEL and self.mismatch:
@@ -348,7 +386,7 @@ class Device:
             self._fail(f"the aggregator refused this device: {err.text}")
         elif err.code in (session.E_ROUND_CLOSED, session.E_NOT_SELECTED) and round_id == self.round:
             log.debug("round %d: %s", round_id, err.text)
-            if self.state in ("downloading", "training", "uploading"):
+            if self.state in ("downloading", "training", "uploading", "secure"):
                 self.state = "waiting"
         else:
             log.info("aggregator: error %d: %s", err.code, err.text)
@@ -360,7 +398,7 @@ class Device:
                 self.finished = True
             return
         silent_limit = SILENT_SECONDS
-        if self.state == "uploading" and self.offer is not None:
+        if self.state in ("uploading", "secure") and self.offer is not None:
             silent_limit = max(SILENT_SECONDS, self.offer.deadline_ms / 1000 - (self.upload_started - self.offered_at))
         if self.state not in ("joining", "training") and now - self.last_heard > silent_limit:
             # the aggregator went away, or restarted (its frames now name another epoch): join again
@@ -377,6 +415,8 @@ class Device:
                 self._send(session.HELLO, self._hello(), round_id=0)
         elif self.state == "downloading" and now - self.last_progress > self.ask_quiet:
             self._ask_model(timeout=True)
+        elif self.state == "secure":
+            self.secagg.tick(now)
         elif self.state == "uploading" and now - self.last_progress > self.upload_wait:
             self._send(session.RESULT, self.result)
             self.resend_on_ack = True

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import datasets
 from . import keys
-from .aggregator import AggregateConfig, Aggregator
+from .aggregator import AggregateConfig, Aggregator, add_http_arguments
 from .common import setup_logging
 
 HELP = "run an aggregator and N client processes on 127.0.0.1 and show the federated rounds"
@@ -57,6 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--round-timeout", type=float, default=20.0)
     p.add_argument("--port", type=int, default=0, help="UDP port (default: any free one)")
     p.add_argument("--state", default=None, metavar="DIR", help="keep the checkpoint and metrics here")
+    p.add_argument("--secagg", action="store_true",
+                   help="secure aggregation (SecAgg+, docs/secagg.md): the aggregator sees only the round's sum")
+    add_http_arguments(p)
     p.add_argument("--verbose", "-v", action="store_true", help="log the aggregator's and clients' messages")
 
 
@@ -76,14 +79,18 @@ def run_command(args: argparse.Namespace) -> int:
         cfg = AggregateConfig(listen=f"127.0.0.1:{args.port}", model=args.model, rounds=args.rounds,
                               min_clients=args.clients, round_timeout=args.round_timeout, keys=keyfile,
                               state=state_dir, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
-                              batch=args.batch, lr=args.lr, codec=args.codec, seed=args.seed)
+                              batch=args.batch, lr=args.lr, codec=args.codec, seed=args.seed,
+                              http=args.http, http_public=args.http_public, secagg=args.secagg)
         agg = Aggregator(cfg)
         print(f"fedtiny demo: {args.clients} client processes, {args.model} ({agg.server.n_params:,} parameters) on "
-              f"{args.dataset}, {args.rounds} rounds, int8 updates over UDP on 127.0.0.1")
+              f"{args.dataset}, {args.rounds} rounds, "
+              f"{'SecAgg+ masked updates' if args.secagg else 'int8 updates'} over UDP on 127.0.0.1")
         procs: list[subprocess.Popen] = []
         quiet = None if args.verbose else subprocess.DEVNULL
 
         def start_clients(address) -> None:
+            if agg.status_server is not None:
+                print(f"status page: {agg.status_server.url}", flush=True)
             server = f"{address[0]}:{address[1]}"
             for k, path in enumerate(paths):
                 procs.append(subprocess.Popen(client_command(server, k, keyfile, path, args.model),

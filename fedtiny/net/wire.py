@@ -51,11 +51,21 @@ class MsgType(enum.IntEnum):
     ERROR = lib.FT_MSG_ERROR
     RESULT = lib.FT_MSG_RESULT
     PARTIAL_SUM = lib.FT_MSG_PARTIAL_SUM      # reserved (hierarchical aggregation): refused
-    MASKED_UPDATE = lib.FT_MSG_MASKED_UPDATE  # reserved (secure aggregation): refused
+    MASKED_UPDATE = lib.FT_MSG_MASKED_UPDATE  # device -> aggregator: a SecAgg masked vector, chunked
     WELCOME = lib.FT_MSG_WELCOME              # aggregator -> device: opens a session
+    SECAGG_SETUP = lib.FT_MSG_SECAGG_SETUP    # secure aggregation (fedtiny.net.secagg_round): 11..17
+    SECAGG_KEYS = lib.FT_MSG_SECAGG_KEYS
+    SECAGG_KEY_LIST = lib.FT_MSG_SECAGG_KEY_LIST
+    SECAGG_SHARES = lib.FT_MSG_SECAGG_SHARES
+    SECAGG_SHARE_LIST = lib.FT_MSG_SECAGG_SHARE_LIST
+    SECAGG_UNMASK = lib.FT_MSG_SECAGG_UNMASK
+    SECAGG_UNMASK_SHARES = lib.FT_MSG_SECAGG_UNMASK_SHARES
 
 
-CHUNKED = frozenset({MsgType.MODEL_CHUNK, MsgType.UPDATE_CHUNK})
+CHUNKED = frozenset({MsgType.MODEL_CHUNK, MsgType.UPDATE_CHUNK, MsgType.MASKED_UPDATE, MsgType.SECAGG_SETUP,
+                     MsgType.SECAGG_KEY_LIST, MsgType.SECAGG_SHARES, MsgType.SECAGG_SHARE_LIST,
+                     MsgType.SECAGG_UNMASK, MsgType.SECAGG_UNMASK_SHARES})
+SECAGG_TYPES = frozenset({MsgType.MASKED_UPDATE} | {t for t in MsgType if t >= MsgType.SECAGG_SETUP})
 
 #: status code -> reason name ("bad_tag", "replay", ...), as the C library names them
 REASONS: dict[int, str] = {
@@ -486,7 +496,7 @@ class Offer:
     seed: int = 0
     codec_flags: int = 0           # bit 0 stochastic rounding, bit 1 error feedback
     prox_mu: float = 0.0
-    fixed_scale: float = 0.0       # > 0 reserved for secure aggregation's common grid
+    fixed_scale: float = 0.0       # > 0: a secure round (--secagg), the clip bound of its grid
     model_chunks: int = -1         # -1: computed from n_params
     update_chunks: int = -1
     arch_hash: bytes = bytes(ARCH_HASH_BYTES)   # Model.arch_hash(): the layer structure

@@ -19,12 +19,14 @@ The stages (DESIGN.md "The update pipeline"), each one C pass of fedtiny._core:
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from .. import _core
+from ..seeds import derive_seed
 
 BITS = (16, 32)
 QMAX_MIN_16 = 256           # b = 16 only while each device keeps at least this many levels each side
@@ -86,6 +88,13 @@ class Grid:
             raise ValueError(f"masked vector of {len(mv)} bytes: {n_params} parameters at {self.bits} bits "
                              f"need {self.vector_bytes(n_params)}")
         return np.frombuffer(mv, dtype=self.dtype.newbyteorder("<")).astype(self.dtype, copy=False)
+
+
+def derived_round_key(seed: int, round_id: int, device: int) -> bytes:
+    """A device's stochastic-rounding key derived from the run's seed (docs/secagg.md "Grid"):
+    what `fedtiny simulate --secagg` and `fedtiny client` use, so a network run reproduces a
+    simulation bit for bit. The aggregator can derive it too; it never sees the grid vector."""
+    return struct.pack("<8I", *(derive_seed(seed, round_id, device, 3, i) for i in range(8)))
 
 
 # --- device stages -----------------------------------------------------------------------------

@@ -211,9 +211,9 @@ int main(void)
     CHECK(code == -12 && text_len == 6 && memcmp(text, "replay", 6) == 0);
 
     /* ---- every type round trips; the payload comes back byte for byte ---- */
-    for (t = FT_MSG_HELLO; t <= FT_MSG_WELCOME; t++) {
+    for (t = FT_MSG_HELLO; t <= FT_MSG_SECAGG_UNMASK_SHARES; t++) {
         uint16_t pn, idx = 0, cnt = 1;
-        if (t == FT_MSG_PARTIAL_SUM || t == FT_MSG_MASKED_UPDATE) continue;
+        if (t == FT_MSG_PARTIAL_SUM) continue;
         for (i = 0; i < sizeof payload; i++) payload[i] = (uint8_t)(i * 31u + (unsigned)t);
         switch (t) {
         case FT_MSG_HELLO: st = ft_hello_pack(&hello, payload, sizeof payload); pn = FT_HELLO_BYTES; break;
@@ -223,6 +223,14 @@ int main(void)
         case FT_MSG_ACK: st = ft_ack_init(payload, sizeof payload, 3, 0, 692, &n); pn = (uint16_t)n; break;
         case FT_MSG_ERROR: st = ft_error_pack(105, (const uint8_t *)"round closed", 12, payload, sizeof payload, &n); pn = (uint16_t)n; break;
         case FT_MSG_WELCOME: st = ft_welcome_pack(&wel, payload, sizeof payload); pn = FT_WELCOME_BYTES; break;
+        case FT_MSG_MASKED_UPDATE: st = 0; pn = 1152; idx = 345; cnt = 346; break;
+        case FT_MSG_SECAGG_SETUP: st = 0; pn = FT_SECAGG_SETUP_HEAD_BYTES + 4 * 10; break;
+        case FT_MSG_SECAGG_KEYS: st = 0; pn = FT_SECAGG_KEYS_BYTES; break;
+        case FT_MSG_SECAGG_KEY_LIST: st = 0; pn = 11 * FT_SECAGG_KEY_ENTRY_BYTES; idx = 1; cnt = 4; break;
+        case FT_MSG_SECAGG_SHARES: case FT_MSG_SECAGG_SHARE_LIST:
+            st = 0; pn = 12 * FT_SECAGG_SHARE_ENTRY_BYTES; idx = 2; cnt = 3; break;
+        case FT_MSG_SECAGG_UNMASK: st = 0; pn = 4 * 288; break;
+        case FT_MSG_SECAGG_UNMASK_SHARES: st = 0; pn = 30 * FT_SECAGG_UNMASK_ENTRY_BYTES; break;
         default: st = ft_result_pack(&res, payload, sizeof payload); pn = FT_RESULT_BYTES; break;
         }
         CHECK_EQ_INT(st, FT_WIRE_OK);
@@ -311,7 +319,7 @@ int main(void)
     memcpy(copy, frame, len); copy[2] = 3;
     CHECK_EQ_INT(decode(copy, len, NULL, 0), FT_WIRE_ERR_BAD_VERSION);
     {
-        static const uint8_t bad_types[] = {0, 8, 9, 11, 255};
+        static const uint8_t bad_types[] = {0, 8, 18, 255};
         for (i = 0; i < sizeof bad_types; i++) {
             memcpy(copy, frame, len); copy[3] = bad_types[i];
             CHECK_EQ_INT(decode(copy, len, NULL, 0), FT_WIRE_ERR_UNKNOWN_TYPE);
@@ -348,6 +356,28 @@ int main(void)
     CHECK_EQ_INT(n, 1200);
     h.type = FT_MSG_PARTIAL_SUM;
     CHECK_EQ_INT(ft_wire_encode(&h, payload, KEY, 32, frame, sizeof frame, &n), FT_WIRE_ERR_UNKNOWN_TYPE);
+    /* secure-aggregation payload sizes: whole entries, at most one payload's worth */
+    h.chunk_index = 0; h.chunk_count = 1;
+    h.type = FT_MSG_SECAGG_KEYS; h.payload_len = 95;
+    CHECK_EQ_INT(ft_wire_encode(&h, payload, KEY, 32, frame, sizeof frame, &n), FT_WIRE_ERR_LENGTH);
+    h.type = FT_MSG_SECAGG_KEY_LIST; h.payload_len = 1200 - 48 - 52; /* 1100: 11 entries */
+    CHECK_EQ_INT(ft_wire_encode(&h, payload, KEY, 32, frame, sizeof frame, &n), FT_WIRE_OK);
+    h.payload_len = 150;
+    CHECK_EQ_INT(ft_wire_encode(&h, payload, KEY, 32, frame, sizeof frame, &n), FT_WIRE_ERR_LENGTH);
+    h.payload_len = 0; /* an empty list is one empty chunk */
+    CHECK_EQ_INT(ft_wire_encode(&h, payload, KEY, 32, frame, sizeof frame, &n), FT_WIRE_OK);
+    h.type = FT_MSG_SECAGG_SHARES; h.payload_len = 92;
+    CHECK_EQ_INT(ft_wire_encode(&h, payload, KEY, 32, frame, sizeof frame, &n), FT_WIRE_ERR_LENGTH);
+    h.type = FT_MSG_SECAGG_UNMASK_SHARES; h.payload_len = 39;
+    CHECK_EQ_INT(ft_wire_encode(&h, payload, KEY, 32, frame, sizeof frame, &n), FT_WIRE_ERR_LENGTH);
+    h.type = FT_MSG_SECAGG_UNMASK; h.payload_len = 6;
+    CHECK_EQ_INT(ft_wire_encode(&h, payload, KEY, 32, frame, sizeof frame, &n), FT_WIRE_ERR_LENGTH);
+    h.type = FT_MSG_MASKED_UPDATE; h.payload_len = 1151;
+    CHECK_EQ_INT(ft_wire_encode(&h, payload, KEY, 32, frame, sizeof frame, &n), FT_WIRE_ERR_LENGTH);
+    h.payload_len = 0;
+    CHECK_EQ_INT(ft_wire_encode(&h, payload, KEY, 32, frame, sizeof frame, &n), FT_WIRE_ERR_LENGTH);
+    CHECK_EQ_INT(ft_ack_init(payload, sizeof payload, FT_MSG_MASKED_UPDATE, 0, 346, &n), FT_WIRE_OK);
+    CHECK_EQ_INT(ft_ack_init(payload, sizeof payload, FT_MSG_SECAGG_KEY_LIST, 0, 4, &n), FT_WIRE_ERR_BAD_PAYLOAD);
 
     /* ---- round and replay ---- */
     guard_at(&g, 7);
