@@ -220,3 +220,20 @@ def test_bad_codec_names_are_one_line(tmp_path):
     for kw, what in ((dict(codec="int3"), "--codec"), (dict(down_codec="int2"), "--down-codec")):
         with pytest.raises(ValueError, match=what):
             fleet.config(**kw).check()
+
+
+def test_secure_rounds_with_the_int8_download_reproduce_simulate(tmp_path):
+    """SecAgg composes with the compressed download (the download is not masked): 5 real client
+    processes decode the int8 message, mask their grid vectors and the aggregator's unmasked sum
+    gives `fedtiny simulate --secagg --down-codec int8`'s weights bit for bit. A sub-byte --codec
+    with --secagg is refused (the masked update is the shared integer grid)."""
+    from test_secagg_net import CLIP, run_fleet
+    weights, _ = simulate_oracle(5, 2, codec="float32", secagg=True, clip_norm=CLIP, max_samples=None,
+                                 down_codec="int8")
+    fleet, cfg, agg, codes, logs = run_fleet(tmp_path, 5, 2, cfg_kw=dict(down_codec="int8"))
+    assert codes == [0] * 5, logs
+    ck = state.load(cfg.state)
+    np.testing.assert_array_equal(ck.weights, weights)
+    assert all(row["secagg_outcome"] == "applied" and row["survivors"] == 5 for row in ck.metrics)
+    with pytest.raises(ValueError, match="does not apply with --secagg"):
+        fleet.config(secagg=True, clip_norm=CLIP, codec="int4-ef").check()

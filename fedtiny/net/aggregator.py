@@ -108,6 +108,9 @@ class AggregateConfig:
         need(self.codec in CODECS, f"--codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
         need(self.down_codec in transfer.DOWN_CODECS,
              f"--down-codec must be one of {', '.join(transfer.DOWN_CODECS)}, got {self.down_codec!r}")
+        need(not self.secagg or CODECS[self.codec][0] == wire.CODEC_INT8,
+             f"--codec {self.codec} does not apply with --secagg: a masked update is the round's shared integer "
+             "grid (--secagg-bits); leave --codec out (any --down-codec works)")
         need(self.slots >= 0, f"--slots must be >= 0 (0: sized by --staging-mb), got {self.slots}")
         need(math.isfinite(self.staging_mb) and self.staging_mb > 0, f"--staging-mb must be > 0, got {self.staging_mb}")
         need(math.isfinite(self.upload_seconds) and self.upload_seconds >= 0,
