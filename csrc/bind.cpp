@@ -441,18 +441,18 @@ PYBIND11_MODULE(_core, m) {
        py::arg("global_params"), py::arg("arena"));
 
     m.def("train_store", [](py::array layers, int64_t n_params, int32_t batch, uint32_t flags, py::array arena,
-                            py::array params) {
+                            py::array params, bool delta) {
         const ft_net net = net_from(layers, n_params, batch, flags);
         float *pp = f32_out(params, "params", n_params);
         float *pa = arena_of(arena, net);
         ft_status st;
         {
             py::gil_scoped_release nogil;
-            st = ft_train_store(&net, pa, pp);
+            st = delta ? ft_train_store_delta(&net, pa, pp) : ft_train_store(&net, pa, pp);
         }
         raise_status(st, "train_store");
     }, py::arg("layers"), py::arg("n_params"), py::arg("batch"), py::arg("flags"), py::arg("arena"),
-       py::arg("params"));
+       py::arg("params"), py::arg("delta") = false);
 
     m.def("train_sgd", [](py::array layers, int64_t n_params, int32_t batch, uint32_t flags, float lr, float momentum,
                           float weight_decay, float prox_mu, uint64_t seed, uint64_t step0, py::array x, py::array y,

@@ -271,6 +271,9 @@ size_t ft_train_arena_floats(const ft_net *net);
 ft_status ft_train_load(const ft_net *net, const float *params, const float *global_params, float *arena);
 /* Training layout (dequantized with FT_TRAIN_INT8) back to interchange params. */
 ft_status ft_train_store(const ft_net *net, const float *arena, float *params);
+/* The same, but params := trained - params: params must still hold the weights ft_train_load
+ * read (the update of a local_sgd call, in place, without a copy of the initial weights). */
+ft_status ft_train_store_delta(const ft_net *net, const float *arena, float *params);
 /* SGD over samples idx[0..n_idx) of x (n_x rows of prod(input) floats) / y (int32 labels), in
  * batches of net->batch (the last may be smaller), at most max_steps steps (<0: no cap).
  *   loss_sum [out] sum of per-sample losses seen; n_seen [out] samples used; steps [out].

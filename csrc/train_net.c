@@ -818,7 +818,10 @@ ft_status ft_train_load(const ft_net *net, const float *params, const float *glo
     return FT_OK;
 }
 
-ft_status ft_train_store(const ft_net *net, const float *arena, float *params) {
+/* Training layout -> interchange params; delta: params := trained - params (the caller's params
+ * still hold the weights ft_train_load read), so a device gets its update without a second copy
+ * of the model. The subtraction is float32, as numpy's params -= initial. */
+static ft_status store(const ft_net *net, const float *arena, float *params, int delta) {
     layout_t L;
     if (!params || !arena || !make_layout(net, &L)) return FT_ERR_ARG;
     const int q8 = (net->flags & FT_TRAIN_INT8) != 0;
@@ -827,9 +830,17 @@ ft_status ft_train_store(const ft_net *net, const float *arena, float *params) {
         const ft_layer *l = &net->layers[i];
         if (!has_params(l)) continue;
         const size_t fi = fan_in(l), fo = fan_out(l);
+        float *pw = params + l->w_off, *pb = params + l->b_off;
+        if (!q8 && !delta) {
+            transpose(arena + L.w + l->w_off, fi, fo, pw);
+            memcpy(pb, arena + L.w + l->b_off, fo * sizeof(float));
+            continue;
+        }
         if (!q8) {
-            transpose(arena + L.w + l->w_off, fi, fo, params + l->w_off);
-            memcpy(params + l->b_off, arena + L.w + l->b_off, fo * sizeof(float));
+            const float *wt = arena + L.w + l->w_off, *b = arena + L.w + l->b_off;
+            for (size_t r = 0; r < fi; r++)
+                for (size_t o = 0; o < fo; o++) pw[o * fi + r] = wt[r * fo + o] - pw[o * fi + r];
+            for (size_t o = 0; o < fo; o++) pb[o] = b[o] - pb[o];
             continue;
         }
         const ft_block_q8 *q = (const ft_block_q8 *)(const void *)(arena + L.w);
@@ -838,11 +849,25 @@ ft_status ft_train_store(const ft_net *net, const float *arena, float *params) {
             const size_t kc = fi - r0 < rows ? fi - r0 : rows;
             ft_dequantize_q8(q + L.wq[i] + r0 * fo / FT_QK, kc * fo, tmp);
             for (size_t r = 0; r < kc; r++)
-                for (size_t o = 0; o < fo; o++) params[l->w_off + o * fi + r0 + r] = tmp[r * fo + o];
+                for (size_t o = 0; o < fo; o++) {
+                    float *dst = &pw[o * fi + r0 + r];
+                    *dst = delta ? tmp[r * fo + o] - *dst : tmp[r * fo + o];
+                }
         }
-        ft_dequantize_q8(q + L.bq[i], fo, params + l->b_off);
+        if (!delta) {
+            ft_dequantize_q8(q + L.bq[i], fo, pb);
+            continue;
+        }
+        ft_dequantize_q8(q + L.bq[i], fo, tmp);
+        for (size_t o = 0; o < fo; o++) pb[o] = tmp[o] - pb[o];
     }
     return FT_OK;
+}
+
+ft_status ft_train_store(const ft_net *net, const float *arena, float *params) { return store(net, arena, params, 0); }
+
+ft_status ft_train_store_delta(const ft_net *net, const float *arena, float *params) {
+    return store(net, arena, params, 1);
 }
 
 /* The one SGD loop behind ft_train_sgd (float rows) and ft_train_sgd_u8 (uint8 rows scaled as

@@ -32,7 +32,7 @@ def _check_float(name: str, v, lo: float = 0.0, strict: bool = False) -> float:
 def local_sgd(model: Model, params: np.ndarray, x, y, *, epochs: int, batch_size: int, lr: float,
               momentum: float = 0.0, prox_mu: float = 0.0, global_params: np.ndarray | None = None,
               weights: str = "float32", seed: int = 0, max_steps: int | None = None,
-              weight_decay: float = 0.0) -> TrainResult:
+              weight_decay: float = 0.0, delta: bool = False) -> TrainResult:
     """Minibatch SGD over (x, y) for `epochs` epochs, updating `params` in place.
 
     Update per step, g = mean-loss gradient + weight_decay*w + prox_mu*(w - global_params):
@@ -41,6 +41,11 @@ def local_sgd(model: Model, params: np.ndarray, x, y, *, epochs: int, batch_size
     weights="int8" the weights live as int8 blocks during training and each update is
     re-quantized with stochastic rounding (keyed by `seed` and the step); `params` gets the
     dequantized result. `max_steps` caps the SGD steps over all epochs.
+
+    delta=True: `params` gets trained - initial (float32) instead of the trained weights, the
+    update a device sends, without a second copy of the model (the weights train in the arena,
+    so `params` still holds the initial ones until the end). With prox_mu > 0, `global_params` may
+    be `params` itself.
     """
     if not isinstance(model, Model):
         raise ValueError(f"model must be a fedtiny.model.Model, got {type(model).__name__}")
@@ -87,7 +92,7 @@ def local_sgd(model: Model, params: np.ndarray, x, y, *, epochs: int, batch_size
         loss_sum += ls
         seen += s
         steps += st
-    _core.train_store(desc, model.n_params, batch, flags, arena, params)
+    _core.train_store(desc, model.n_params, batch, flags, arena, params, bool(delta))
     return TrainResult(n_samples=seen, loss=loss_sum / seen if seen else float("nan"), steps=steps)
 
 

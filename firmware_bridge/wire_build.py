@@ -178,6 +178,8 @@ typedef struct {
     uint16_t session; int32_t slot; ft_replay *guard; ...;
 } ft_rx_device;
 typedef struct { ...; } ft_rx_source;
+#define FT_RX_MAX_BLOCKED ...
+typedef struct { uint8_t addr[16]; uint16_t port; uint8_t family; double until; ...; } ft_rx_blocked;
 enum { FT_RX_EV_FRAME = 1, FT_RX_EV_ACK_DUE = 2, FT_RX_EV_COMPLETE = 3, FT_RX_EV_RAW = 4 };
 typedef struct {
     uint8_t kind; uint8_t family; uint16_t port; uint8_t addr[16]; uint32_t device_index;
@@ -190,7 +192,10 @@ typedef struct {
     uint32_t n_slots; size_t slot_stride; uint8_t *staging; uint8_t *received; uint32_t *count;
     uint64_t datagrams; uint64_t bytes; uint64_t staged; uint64_t wire_rejects[32];
     uint64_t rx_rejects[7];
+    double block_seconds; ft_rx_blocked blocked[32]; uint8_t blocked_changed; uint64_t blocks; uint32_t n_blocked; int block_errno;
 } ft_rx;
+int ft_rx_filter(const ft_rx *rx, uint8_t *prog, uint32_t cap);
+long long ft_rx_socket_drops(int fd);
 int ft_rx_poll(ft_rx *rx, int fd, double now, uint32_t max_datagrams, ft_rx_event *events,
                uint32_t cap_events, uint32_t *n_events);
 void ft_rx_penalize(ft_rx *rx, int family, const uint8_t *addr, uint16_t port, double now);

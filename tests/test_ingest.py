@@ -200,6 +200,52 @@ def test_chunk_short_by_whole_blocks_is_refused(rng):
     assert not ing.received(0).any()
 
 
+def test_updates_fold_in_id_order_as_soon_as_lower_ids_are_in(rng):
+    """Given the round's devices, a complete update is committed (its slot freed) once every
+    lower id is committed; a higher id waits for a lower one. The sum: bit for bit the id-order
+    sum, whatever the order the uploads complete in."""
+    k = 6
+    w0 = rng.standard_normal(N).astype(np.float32)
+    ups, weights = make_updates(rng, k)
+    ref = Accumulator(N)
+    for i in range(k):
+        ref.add(ups[i], weights[i])
+    want = applied(ref, w0)
+    parts = [chunks_of(u) for u in ups]
+    for completion in ([0, 1, 2, 3, 4, 5], [2, 0, 1, 5, 3, 4], [5, 4, 3, 2, 1, 0], list(rng.permutation(k))):
+        acc = Accumulator(N)
+        ing = UpdateIngest(N, into(acc), slots=k, order=range(k))
+        staged_at_most = 0
+        for d in completion:
+            for c in range(len(parts[d])):
+                ing.add_chunk(int(d), weights[d], c, parts[d][c], now=0.0)
+            lower_pending = [x for x in range(k) if x not in ing.stats.committed and x < d]
+            # folded now exactly when every lower id is in
+            assert (int(d) in ing.stats.committed) == (not lower_pending), (completion, d)
+            staged_at_most = max(staged_at_most, ing.staged_bytes)
+        assert ing.stats.committed == list(range(k)), completion       # ascending id, all before the close
+        assert ing.staged_bytes == 0
+        if completion == [0, 1, 2, 3, 4, 5]:
+            assert staged_at_most == 0                                  # in id order: nothing waits
+        ing.close()
+        np.testing.assert_array_equal(applied(acc, w0), want)
+
+
+def test_a_missing_lower_id_holds_the_fold_until_the_close(rng):
+    ups, weights = make_updates(rng, 4)
+    parts = [chunks_of(u) for u in ups]
+    acc = Accumulator(N)
+    ing = UpdateIngest(N, into(acc), slots=4, order=[0, 1, 2, 3])
+    for d in (0, 2, 3):                      # device 1 never completes
+        for c in range(len(parts[d])):
+            ing.add_chunk(d, weights[d], c, parts[d][c], now=0.0)
+    ing.add_chunk(1, weights[1], 0, parts[1][0], now=0.0)
+    assert ing.stats.committed == [0] and ing.n_staged_complete == 2
+    stats = ing.close()
+    assert stats.committed == [0, 2, 3] and stats.dropped == [1]
+    assert acc.total_weight == weights[0] + weights[2] + weights[3]
+
+
 @pytest.mark.parametrize("fmt,up_codec", [("int4", 4), ("int2", 2), ("1bit-rot", 1)])
 def test_sub_byte_uploads_stage_and_commit_like_int8(rng, fmt, up_codec):
     """The same policy for every upload codec (the Python reference path, --ingest python): chunks

@@ -6,6 +6,7 @@ bit for bit. And the int8 reader rule, now in C, against a numpy oracle.
 import json
 import os
 import socket
+import struct
 
 import numpy as np
 import pytest
@@ -166,7 +167,8 @@ def test_source_that_fails_checks_is_limited_before_the_tag(tmp_path):
     """A source spending its failures is dropped before any HMAC: counted as source_limited."""
     from fedtiny.net.ingest import Staging
     keys = {1: bytes(range(32))}
-    rx = rx_mod.Receiver(keys, Staging(1000, 2), ack_every=16, source_burst=10, source_rate=1)
+    # source_block=0: the tokens alone (the kernel block is tested below)
+    rx = rx_mod.Receiver(keys, Staging(1000, 2), ack_every=16, source_burst=10, source_rate=1, source_block=0)
     a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     a.bind(("127.0.0.1", 0))
@@ -203,6 +205,112 @@ def test_source_that_fails_checks_is_limited_before_the_tag(tmp_path):
         b.send(join)
         events, _ = rx.poll(a.fileno(), 100.0)
         assert events == [] and rx.take_counts()[0] == {"source_limited": 1}
+    finally:
+        a.close()
+        b.close()
+
+
+def _flood(sock, frames, n):
+    for i in range(n):
+        sock.send(frames[i % len(frames)])
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6", "ipv4-mapped"])
+def test_a_limited_source_is_blocked_in_the_kernel_and_others_still_pass(family):
+    """A source out of tokens is blocked by a socket filter for source_block seconds: its
+    datagrams are dropped by the kernel (counted as source_blocked, not read), while another
+    port of the same address and a known device still get through; the block expires.
+    ipv4-mapped: IPv4 senders to a dual-stack IPv6 socket (sources seen as ::ffff:a.b.c.d)."""
+    from fedtiny.net.ingest import Staging
+    keys = {1: bytes(range(32))}
+    rx = rx_mod.Receiver(keys, Staging(1000, 2), ack_every=16, source_burst=10, source_rate=1, source_block=5.0)
+    a = socket.socket(socket.AF_INET if family == "ipv4" else socket.AF_INET6, socket.SOCK_DGRAM)
+    sender = socket.AF_INET6 if family == "ipv6" else socket.AF_INET
+    flooder = socket.socket(sender, socket.SOCK_DGRAM)
+    honest = socket.socket(sender, socket.SOCK_DGRAM)
+    try:
+        if family == "ipv4-mapped":
+            a.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        a.bind(({"ipv4": "127.0.0.1", "ipv6": "::1", "ipv4-mapped": "::ffff:127.0.0.1"}[family], 0))
+    except OSError:
+        a.close()
+        pytest.skip("no IPv6 loopback")
+    a.setblocking(False)
+    target = ("127.0.0.1", a.getsockname()[1]) if family == "ipv4-mapped" else a.getsockname()
+    try:
+        flooder.connect(target)
+        honest.connect(target)
+        junk = [bytes([i]) * (40 + i) for i in range(8)]
+        join = wire.encode(wire.MsgType.HELLO, 1, 0, 0, wire.Hello(n_samples=3, nonce=bytes(8)).pack(), keys[1])
+        _flood(flooder, junk, 12)                      # 10 failures, then limited: blocked
+        events, _ = rx.poll(a.fileno(), 0.0)
+        dropped, _ = rx.take_counts()
+        assert events == [] and dropped == {"bad_magic": 10, "source_limited": 2} and rx.blocks == 1
+        n_before = rx.datagrams
+        _flood(flooder, junk, 500)                     # never read: the kernel drops them
+        _flood(flooder, [join], 3)                     # even well-formed frames of that source
+        honest.send(join)                              # the same address, another port: passes
+        events, _ = rx.poll(a.fileno(), 1.0)
+        dropped, _ = rx.take_counts()
+        assert rx.datagrams - n_before == 1 and dropped == {"source_blocked": 503}, dropped
+        assert len(events) == 1 and events[0].kind == rx_mod.EVENT_RAW and events[0].addr[1] == honest.getsockname()[1]
+        # the block expires: the source is read again (and its tokens earned back meanwhile)
+        rx.poll(a.fileno(), 6.0)
+        flooder.send(join)
+        events, _ = rx.poll(a.fileno(), 6.0)
+        assert len(events) == 1 and events[0].addr[1] == flooder.getsockname()[1]
+        assert rx.take_counts()[0] == {} and rx._rx.block_errno == 0
+    finally:
+        for s in (a, flooder, honest):
+            s.close()
+
+
+def test_the_block_filter_program_is_classic_bpf_of_the_blocked_sources():
+    """ft_rx_filter: 8 instructions per IPv4 source (an IPv4-mapped IPv6 one too), 14 per IPv6
+    source, then accept; 0 when nothing is blocked; -1 when the buffer is too small."""
+    rx = rx_mod.ffi.new("ft_rx *")
+    prog = rx_mod.ffi.new("uint8_t[]", 8 * 500)
+    assert rx_mod.lib.ft_rx_filter(rx, prog, 500) == 0
+    entries = [(4, socket.inet_pton(socket.AF_INET, "10.0.0.7") + bytes(12), 9000),
+               (6, socket.inet_pton(socket.AF_INET6, "::ffff:10.0.0.8"), 9001),
+               (6, socket.inet_pton(socket.AF_INET6, "2001:db8::1"), 9002)]
+    for i, (fam, addr, port) in enumerate(entries):
+        b = rx.blocked[i * 3]
+        b.family, b.port, b.until = fam, port, 1.0
+        rx_mod.ffi.memmove(b.addr, addr, 16)
+    n = rx_mod.lib.ft_rx_filter(rx, prog, 500)
+    assert n == 8 + 8 + 14 + 1
+    assert rx_mod.lib.ft_rx_filter(rx, prog, n - 1) == -1
+    insns = [struct.unpack_from("=HBBI", bytes(prog[0:8 * n]), 8 * k) for k in range(n)]
+    assert insns[-1] == (0x06, 0, 0, 0xFFFFFFFF)
+    ks = [k for _, _, _, k in insns]
+    assert 0x0A000007 in ks and 0x0A000008 in ks and 9000 in ks and 9001 in ks and 9002 in ks
+    assert 0x20010DB8 in ks and 0x00000001 in ks
+    for k, (code, jt, jf, _) in enumerate(insns):    # every jump lands inside the program
+        if code & 0x07 == 0x05:
+            assert k + 1 + max(jt, jf) < n
+
+
+def test_datagrams_dropped_for_want_of_room_are_not_counted_as_blocked():
+    """With no source blocked, the socket's drops (receive buffer full) are not a rejection:
+    counted apart (overflow_drops); the same drops while a source is blocked count as source_blocked."""
+    from fedtiny.net.ingest import Staging
+    keys = {1: bytes(range(32))}
+    rx = rx_mod.Receiver(keys, Staging(1000, 2), ack_every=16, source_burst=10, source_rate=1, source_block=5.0)
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)    # room for a few datagrams only
+        a.bind(("127.0.0.1", 0))
+        a.setblocking(False)
+        b.connect(a.getsockname())
+        join = wire.encode(wire.MsgType.HELLO, 1, 0, 0, wire.Hello(n_samples=3, nonce=bytes(8)).pack(), keys[1])
+        rx.poll(a.fileno(), 0.0)
+        _flood(b, [join], 300)                 # authentic-looking joins: no token spent, no block
+        events, _ = rx.poll(a.fileno(), 0.0)
+        dropped, _ = rx.take_counts()
+        assert 0 < len(events) < 300 and rx.overflow_drops == 300 - len(events) and dropped == {}
+        assert rx.blocks == 0
     finally:
         a.close()
         b.close()

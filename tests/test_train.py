@@ -312,3 +312,24 @@ def test_batch_larger_than_the_data_is_one_full_batch():
     np.testing.assert_array_equal(a, b)
     sizes = {key[0] for key in m._local.arenas}
     assert sizes == {7, 8}  # batch 50 on 7 samples used an 8-sample arena, not a 50-sample one
+
+
+@pytest.mark.parametrize("spec", ["mlp:64-32-10", "seq:8x8x1,conv4k3,relu,pool,flatten,dense10"])
+@pytest.mark.parametrize("weights,kw", [("float32", dict()), ("float32", dict(momentum=0.9)),
+                                        ("float32", dict(prox_mu=0.2)), ("int8", dict()), ("int8", dict(prox_mu=0.2))])
+def test_delta_is_trained_minus_initial_without_a_copy(spec, weights, kw):
+    """delta=True (what a device sends, trained in its download buffer): params becomes exactly
+    the float32 difference numpy computes from an ordinary run, for every path; with FedProx the
+    buffer itself is the global weights."""
+    m = fm.build(spec)
+    x, y = data(m, 37)
+    p0 = m.init(seed=3) + np.random.default_rng(4).normal(0, 0.05, m.n_params).astype(np.float32)  # biases too
+    trained = p0.copy()
+    ft.local_sgd(m, trained, x, y, epochs=2, batch_size=8, lr=0.05, weights=weights, seed=5,
+                 global_params=p0 if kw.get("prox_mu") else None, **kw)
+    buf = p0.copy()
+    r = ft.local_sgd(m, buf, x, y, epochs=2, batch_size=8, lr=0.05, weights=weights, seed=5, delta=True,
+                     global_params=buf if kw.get("prox_mu") else None, **kw)
+    expected = trained - p0
+    assert r.steps == 10 and np.abs(expected).max() > 0
+    assert np.array_equal(buf, expected)

@@ -609,7 +609,8 @@ class Aggregator(asyncio.DatagramProtocol):
                                               window=MODEL_WINDOW, total_rate=cfg.send_rate * 1e6,
                                               device_rate=cfg.device_rate * 1e6)
         run.ingest = ingest.UpdateIngest(n, self._commit, upload_seconds=self.upload_seconds, staging=self.staging,
-                                         on_slot=self.rx.set_slot if self.rx is not None else None)
+                                         on_slot=self.rx.set_slot if self.rx is not None else None,
+                                         order=run.selected)   # folded in id order as they complete
         if self.rx is not None:
             self.rx.start_round(r, run.selected)
         self.round_rejected = Counter()
@@ -666,7 +667,7 @@ class Aggregator(asyncio.DatagramProtocol):
     def _close_round(self, run: _RoundRun, now: float) -> None:
         if self.rx is not None:
             self.rx.close_round()
-        ingest_stats = run.ingest.close()       # commits complete updates in device-id order
+        ingest_stats = run.ingest.close()       # commits what is still staged, in device-id order
         secure = self.secagg.close(run.rnd, run.secure_problem) if self.secagg is not None else {}
         result = self.server.close_round(now)
         self.current = None
@@ -687,7 +688,8 @@ class Aggregator(asyncio.DatagramProtocol):
                "down_by_type": {session.M(t).name: v for t, v in run.down_by_type.items()},
                "model_chunks_sent": run.download.sent_chunks, "model_chunks_resent": run.download.resent_chunks,
                "model_restarts": run.download.restarts,
-               "rejected": dict(self.round_rejected), "clipped": self.round_clipped, **secure}
+               "rejected": dict(self.round_rejected), "clipped": self.round_clipped,
+               "slots_touched": self.staging.touched, **secure}
         if bounds.NONFINITE_STEP in result.rejected:
             # The model did not change and nothing is written: a restart redoes this round.
             self.rejected[bounds.NONFINITE_STEP] += 1

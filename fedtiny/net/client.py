@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import random
+import os
 import select
 import signal
 import socket
@@ -54,6 +54,12 @@ SILENT_SECONDS = 2.0      # no frame from the aggregator while downloading: join
                           # uploading: not before the offer's deadline, the update is kept until then)
 HELLO_MIN, HELLO_MAX = 0.5, 8.0
 REFUSED_WAIT = 2.0        # after refusing the model: wait this long for the aggregator's answer
+
+
+def busy_backoff() -> float:
+    """0.1 to 0.5 s, uniform, to wait after an aggregator's BUSY (from os.urandom: the random
+    module and its imports would cost a device ~0.2 MB of RSS for this one draw)."""
+    return 0.1 + 0.4 * int.from_bytes(os.urandom(2), "big") / 65535
 
 
 def rounding_of(flags: int) -> tuple[str, bool]:
@@ -304,14 +310,12 @@ class Device:
         return update, res
 
     def _local_delta(self, round_id: int, offer: wire.Offer, params: np.ndarray):
-        """Local SGD from params; params becomes the delta, in place."""
-        global_params = params.copy()
-        res = self.train.local_sgd(self.model, params, self.x, self.y, epochs=offer.epochs, batch_size=offer.batch_size,
-                                   lr=offer.lr, momentum=self.momentum, prox_mu=offer.prox_mu,
-                                   global_params=global_params if offer.prox_mu > 0 else None,
-                                   weights=self.weights, seed=derive_seed(offer.seed, round_id, self.id, 1))
-        params -= global_params   # the delta, in place
-        return res
+        """Local SGD from params; params (the download buffer) becomes trained - global in place,
+        without a copy of the model (local_sgd's delta=True)."""
+        return self.train.local_sgd(self.model, params, self.x, self.y, epochs=offer.epochs, batch_size=offer.batch_size,
+                                    lr=offer.lr, momentum=self.momentum, prox_mu=offer.prox_mu,
+                                    global_params=params if offer.prox_mu > 0 else None,
+                                    weights=self.weights, seed=derive_seed(offer.seed, round_id, self.id, 1), delta=True)
 
     def _send_chunks(self, indices) -> None:
         n = self.offer.update_chunks
@@ -379,7 +383,7 @@ class Device:
             log.info("the aggregator finished training")
             self.finished = True
         elif err.code == session.E_BUSY and self.state == "uploading":
-            self.last_progress = time.monotonic() + random.uniform(0.1, 0.5)   # back off, then retry
+            self.last_progress = time.monotonic() + busy_backoff()   # back off, then retry
         elif err.code == session.E_REFUSED:
             # its HELLO broke the aggregator's bounds (e.g. more samples than --max-samples):
             # asking again would be refused again
@@ -445,6 +449,7 @@ class Device:
                     except Exception as exc:  # diverged, an offer it cannot train, out of memory
                         self._fail(f"round {self.round}: local training failed: {exc}; stopping "
                                    f"(check --data and the aggregator's --lr)")
+                    del params   # the round's model buffer (now its delta): freed before the next download
                     continue
                 if select.select([self.sock], [], [], TICK)[0]:
                     self._drain()

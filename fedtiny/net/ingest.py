@@ -15,9 +15,18 @@ gone silent (stall_seconds) or has held it past its upload deadline (upload_seco
 slot's opening). A device whose slot was reclaimed for its deadline gets a new one only when one
 is free: it never displaces another device (fair to the devices that finish).
 
-Completed updates are committed lazily: when their slot is needed, or at the round's close, in
-ascending device id. When a round's updates all fit in the slots (M <= slots) the sum is thus
-independent of arrival order, bit for bit the same as adding the updates in id order.
+Completed updates are committed in ascending device id, so that the sum does not depend on the
+order of arrival (float32 addition is not associative): bit for bit the same as adding the
+updates in id order, as `fedtiny simulate` does. Given the round's selected devices (`order`),
+a complete update is folded into the sum as soon as every selected device of a lower id has been
+committed, and its slot is free again at once; the others wait, staged, for the lower ids (or
+for the round's close, which commits what is complete in ascending id). Staged memory thus
+follows the uploads that are open or complete out of id order, not the round's devices: when
+uploads complete roughly in id order (a fleet whose uploads are scheduled by id), a round of
+1,000 devices touches no more slots than a round of 100. In the worst order (the lowest id
+completes last) every complete update waits; once the slots run out, complete updates are
+committed when their slot is needed (ascending id among them): the sum is then independent of
+arrival order only while a round's waiting updates fit in the slots, as before.
 """
 from __future__ import annotations
 
@@ -26,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from typing import Callable
+from typing import Callable, Iterable
 
 from .._wire import ffi as _ffi, lib as _lib
 from ..codec import FLAG_STOCHASTIC, HEADER, HEADER_BYTES, VERSION, Int8Update
@@ -43,6 +52,9 @@ def check_blocks(up_codec: int, data) -> str | None:
         return "bad_length"
     reason = _lib.ft_codec_check_blocks(up_codec, _ffi.from_buffer(mv), len(mv))
     return None if reason == 0 else _REASONS[reason]
+
+
+FOLD_IN_ID_ORDER = True   # False: complete updates wait for the close (the path before; bench/bench_ingest.py)
 
 
 class Staging:
@@ -67,6 +79,7 @@ class Staging:
         self.received = np.zeros((self.slots, self.n_chunks), dtype=np.uint8)
         self.count = np.zeros(self.slots, dtype=np.uint32)
         self._free = list(range(self.slots - 1, -1, -1))   # a stack: lowest index on top
+        self.touched = 0          # slots ever used (lowest first): the staging memory touched
 
     @property
     def n_free(self) -> int:
@@ -74,6 +87,7 @@ class Staging:
 
     def take(self, flags: int, seed: int) -> int:
         i = self._free.pop()
+        self.touched = max(self.touched, i + 1)
         self.received[i] = 0
         self.count[i] = 0
         HEADER.pack_into(self.buf[i], 0, self.magic, VERSION, flags & 0xFF, self.block_values, self.n_params,
@@ -129,11 +143,15 @@ class UpdateIngest:
 
     def __init__(self, n_params: int, commit: Callable[[int, Int8Update, float], None], *,
                  slots: int = 8, stall_seconds: float = 5.0, upload_seconds: float = math.inf,
-                 staging: Staging | None = None, on_slot: Callable[[int, int], None] | None = None):
+                 staging: Staging | None = None, on_slot: Callable[[int, int], None] | None = None,
+                 order: Iterable[int] = ()):
         """commit(device_id, update, weight) receives each complete update, in ascending id order
         among those committed together (rounds.Round.submit, or Accumulator.add in tests).
         staging: the run's slot memory (default: its own, of `slots` slots). on_slot(device_id,
-        index) is told each slot a device gets (index -1: it lost it), for the C receive path."""
+        index) is told each slot a device gets (index -1: it lost it), for the C receive path.
+        order: the round's selected devices; a complete update is committed as soon as every
+        one of them with a lower id is committed (none given: at the close, or when its slot is
+        needed)."""
         if staging is None:
             staging = Staging(n_params, slots)
         elif staging.n_params != int(n_params):
@@ -150,6 +168,8 @@ class UpdateIngest:
         self._overdue: set[int] = set()   # devices whose slot was reclaimed at its deadline
         self._staged: dict[int, _Slot] = {}
         self._done: set[int] = set()      # devices whose update is complete (staged or committed)
+        self._order = sorted({int(d) for d in order}) if FOLD_IN_ID_ORDER else []
+        self._next = 0                    # self._order[:self._next] are committed
         self.stats = IngestStats()
         self.closed = False
 
@@ -185,6 +205,7 @@ class UpdateIngest:
         slot.last_seen = now
         if slot.complete:
             self._done.add(device_id)
+            self._fold()
             return "complete"
         return "added"
 
@@ -225,6 +246,7 @@ class UpdateIngest:
         self.staging.count[slot.index] += 1
         if slot.complete:
             self._done.add(device_id)
+            self._fold()
             return "complete"
         return "added"
 
@@ -274,15 +296,28 @@ class UpdateIngest:
                 if overdue:
                     self._overdue.add(device_id)
 
+    def _commit_one(self, device_id: int) -> None:
+        slot = self._staged[device_id]
+        update = transfer.staged_update(self.staging.up_codec, slot.buf, self.n_params)
+        self.stats.committed.append(device_id)
+        try:
+            self.commit(device_id, update, slot.weight)   # adds it to the sum now: then the slot is free
+        finally:
+            self._release(device_id)
+
+    def _fold(self) -> None:
+        """Commit complete updates while the lowest selected id not yet committed has one."""
+        while self._next < len(self._order):
+            device_id = self._order[self._next]
+            if device_id not in self._done:
+                return                           # it may still come: higher ids wait for it
+            if device_id in self._staged:
+                self._commit_one(device_id)
+            self._next += 1                      # committed now, or earlier (its slot was needed)
+
     def _commit_complete(self) -> None:
         for device_id in sorted(d for d, s in self._staged.items() if s.complete):
-            slot = self._staged[device_id]
-            update = transfer.staged_update(self.staging.up_codec, slot.buf, self.n_params)
-            self.stats.committed.append(device_id)
-            try:
-                self.commit(device_id, update, slot.weight)   # adds it to the sum now: then the slot is free
-            finally:
-                self._release(device_id)
+            self._commit_one(device_id)
 
     def flush(self) -> None:
         """Commit every complete staged update now (ascending id)."""

@@ -27,6 +27,7 @@ RX_REASONS = [ffi.string(lib.ft_rx_reason_name(r)).decode() for r in range(lib.F
 SOURCE_TABLE = 4096        # sources remembered for the per-source limit (fixed memory: 128 KiB)
 SOURCE_BURST = 256.0       # failed datagrams a source may send before it is limited ...
 SOURCE_RATE = 64.0         # ... and per second after that; its other datagrams are dropped unread
+SOURCE_BLOCK = 1.0         # seconds a source out of tokens is blocked in the kernel (Linux socket filter)
 EVENTS = 256               # event buffer: one poll returns at most this many
 
 
@@ -44,7 +45,8 @@ class Receiver:
     per-source table and the run's staging memory."""
 
     def __init__(self, keys: dict[int, bytes], staging: Staging, *, ack_every: int,
-                 source_burst: float = SOURCE_BURST, source_rate: float = SOURCE_RATE):
+                 source_burst: float = SOURCE_BURST, source_rate: float = SOURCE_RATE,
+                 source_block: float | None = None):
         self.ids = sorted(int(d) for d in keys)
         self.index = {d: i for i, d in enumerate(self.ids)}
         self._devs = ffi.new("ft_rx_device[]", max(1, len(self.ids)))
@@ -60,6 +62,7 @@ class Receiver:
         rx.devices, rx.n_devices = self._devs, len(self.ids)
         rx.sources, rx.n_sources = self._sources, SOURCE_TABLE
         rx.source_burst, rx.source_rate = source_burst, source_rate
+        rx.block_seconds = SOURCE_BLOCK if source_block is None else source_block   # 0: no kernel block
         rx.ack_every = ack_every
         self.staging = staging
         rx.codec = staging.up_codec
@@ -80,6 +83,10 @@ class Receiver:
         self._seen_wire = self._wire_counts.copy()
         self._seen_rx = self._rx_counts.copy()
         self._seen_bytes = 0
+        self._fd = -1                                # the socket polled (its kernel drop counter)
+        self._seen_kernel = 0
+        self._blocking = False                       # a source was blocked at the last count
+        self.overflow_drops = 0    # datagrams the kernel dropped for want of room, no source blocked
 
     # -- the life, sessions, the round ------------------------------------------------------------
     def set_life(self, run_tag: int, epoch: int) -> None:
@@ -123,6 +130,9 @@ class Receiver:
     # -- the socket ----------------------------------------------------------------------------
     def poll(self, fd: int, now: float, max_datagrams: int = 4096) -> tuple[list[Event], bool]:
         """Handle what the socket holds (up to max_datagrams): the events, and whether more waits."""
+        if self._fd != fd:
+            self._fd = fd
+            self._seen_kernel = self.kernel_drops()
         st = lib.ft_rx_poll(self._rx, fd, now, max_datagrams, self._events, EVENTS, self._n)
         if st < 0:
             raise OSError(-st, f"receiving on the aggregator's socket: {socket.errno.errorcode.get(-st, st)}")
@@ -162,9 +172,27 @@ class Receiver:
             for i in np.flatnonzero(r != self._seen_rx):
                 dropped[RX_REASONS[i]] += int(r[i] - self._seen_rx[i])
             self._seen_rx = r.copy()
+        kernel = self.kernel_drops()
+        blocking = self._rx.n_blocked > 0
+        if kernel > self._seen_kernel:
+            if blocking or self._blocking:   # a blocked source's (with any that found no room meanwhile)
+                dropped["source_blocked"] += kernel - self._seen_kernel
+            else:                            # no room in the receive buffer: the protocol resends
+                self.overflow_drops += kernel - self._seen_kernel
+        self._seen_kernel, self._blocking = kernel, blocking
         nbytes = int(self._rx.bytes) - self._seen_bytes
         self._seen_bytes = int(self._rx.bytes)
         return dropped, nbytes
+
+    def kernel_drops(self) -> int:
+        """Datagrams the kernel dropped for the polled socket (Linux; 0 elsewhere): those of
+        sources blocked by the socket filter and those that found the receive buffer full."""
+        return max(0, int(lib.ft_rx_socket_drops(self._fd))) if self._fd >= 0 else 0
+
+    @property
+    def blocks(self) -> int:
+        """Sources blocked in the kernel so far (each block lasts source_block seconds)."""
+        return int(self._rx.blocks)
 
     @property
     def datagrams(self) -> int:

@@ -18,6 +18,10 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+#if defined(__linux__)
+#include <linux/filter.h>
+#include <linux/sock_diag.h> /* SK_MEMINFO_* */
+#endif
 
 #if defined(__linux__) && defined(MSG_WAITFORONE)
 #define FT_RX_HAVE_RECVMMSG 1
@@ -188,6 +192,194 @@ static void penalize(ft_rx_source *src)
     }
 }
 
+/* ---- kernel blocking of limited sources ------------------------------------------------ */
+
+static int same_source(const uint8_t *a, uint16_t a_port, uint8_t a_family, const uint8_t *b, uint16_t b_port,
+                       uint8_t b_family)
+{
+    return a_family == b_family && a_port == b_port && memcmp(a, b, a_family == 6 ? 16u : 4u) == 0;
+}
+
+/* The source ran out of tokens: block it in the kernel for block_seconds (a full list gives up
+ * the entry that expires first). */
+static void block_source(ft_rx *rx, const ft_rx_source *s, double now)
+{
+    uint32_t i, victim = 0;
+    ft_rx_blocked *b;
+
+    if (!(rx->block_seconds > 0.0)) {
+        return;
+    }
+    for (i = 0; i < FT_RX_MAX_BLOCKED; i++) {
+        b = &rx->blocked[i];
+        if (b->family != 0 && same_source(b->addr, b->port, b->family, s->addr, s->port, s->family)) {
+            return; /* queued before its filter was attached */
+        }
+    }
+    for (i = 0; i < FT_RX_MAX_BLOCKED; i++) {
+        if (rx->blocked[i].family == 0) {
+            victim = i;
+            break;
+        }
+        if (rx->blocked[i].until < rx->blocked[victim].until) {
+            victim = i;
+        }
+    }
+    b = &rx->blocked[victim];
+    if (b->family == 0) {
+        rx->n_blocked++;
+    }
+    memset(b, 0, sizeof *b);
+    memcpy(b->addr, s->addr, 16);
+    b->port = s->port;
+    b->family = s->family;
+    b->until = now + rx->block_seconds;
+    rx->blocked_changed = 1;
+    rx->blocks++;
+}
+
+static void expire_blocks(ft_rx *rx, double now)
+{
+    uint32_t i;
+    for (i = 0; i < FT_RX_MAX_BLOCKED; i++) {
+        if (rx->blocked[i].family != 0 && rx->blocked[i].until <= now) {
+            rx->blocked[i].family = 0;
+            rx->n_blocked--;
+            rx->blocked_changed = 1;
+        }
+    }
+}
+
+/* classic BPF (linux/filter.h; the encoding is the same on every Linux architecture) */
+enum {
+    BPF_LD_W_ABS = 0x00 | 0x00 | 0x20,
+    BPF_LD_H_ABS = 0x00 | 0x08 | 0x20,
+    BPF_LD_B_ABS = 0x00 | 0x10 | 0x20,
+    BPF_ALU_AND_K = 0x04 | 0x50 | 0x00,
+    BPF_JMP_JEQ_K = 0x05 | 0x10 | 0x00,
+    BPF_RET_K = 0x06 | 0x00
+};
+#define FT_SKF_NET_OFF (-0x100000) /* loads relative to the IP header; offset 0 is the UDP header */
+
+static void put_insn(uint8_t *prog, uint32_t at, uint16_t code, uint8_t jt, uint8_t jf, uint32_t k)
+{
+    struct {
+        uint16_t code;
+        uint8_t jt;
+        uint8_t jf;
+        uint32_t k;
+    } insn;
+    insn.code = code;
+    insn.jt = jt;
+    insn.jf = jf;
+    insn.k = k;
+    memcpy(prog + (size_t)at * 8u, &insn, 8u);
+}
+
+static uint32_t be32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+}
+
+/* An IPv4 source seen on an IPv6 socket (::ffff:a.b.c.d) arrives in an IPv4 header. */
+static const uint8_t *v4_of(const ft_rx_blocked *b)
+{
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (b->family == 4) {
+        return b->addr;
+    }
+    return b->family == 6 && memcmp(b->addr, mapped, sizeof mapped) == 0 ? b->addr + 12 : NULL;
+}
+
+int ft_rx_filter(const ft_rx *rx, uint8_t *prog, uint32_t cap)
+{
+    uint32_t i, w, n = 0, need = 1;
+    const uint32_t net = (uint32_t)FT_SKF_NET_OFF;
+
+    for (i = 0; i < FT_RX_MAX_BLOCKED; i++) {
+        if (rx->blocked[i].family != 0) {
+            need += v4_of(&rx->blocked[i]) != NULL ? 8u : 14u;
+        }
+    }
+    if (need == 1) {
+        return 0;
+    }
+    if (prog == NULL || cap < need) {
+        return -1;
+    }
+    /* One block per source; a mismatch jumps to the next block, a match returns 0 (drop). */
+    for (i = 0; i < FT_RX_MAX_BLOCKED; i++) {
+        const ft_rx_blocked *b = &rx->blocked[i];
+        const uint8_t *v4 = v4_of(b);
+        if (b->family == 0) {
+            continue;
+        }
+        if (v4 != NULL) {                              /* 8 instructions */
+            put_insn(prog, n++, BPF_LD_B_ABS, 0, 0, net);                 /* IP version */
+            put_insn(prog, n++, BPF_ALU_AND_K, 0, 0, 0xf0u);
+            put_insn(prog, n++, BPF_JMP_JEQ_K, 0, 5, 0x40u);
+            put_insn(prog, n++, BPF_LD_W_ABS, 0, 0, net + 12u);           /* IPv4 source */
+            put_insn(prog, n++, BPF_JMP_JEQ_K, 0, 3, be32(v4));
+            put_insn(prog, n++, BPF_LD_H_ABS, 0, 0, 0u);                  /* UDP source port */
+            put_insn(prog, n++, BPF_JMP_JEQ_K, 0, 1, b->port);
+            put_insn(prog, n++, BPF_RET_K, 0, 0, 0u);
+        } else {                                       /* IPv6: 14 instructions */
+            put_insn(prog, n++, BPF_LD_B_ABS, 0, 0, net);
+            put_insn(prog, n++, BPF_ALU_AND_K, 0, 0, 0xf0u);
+            put_insn(prog, n++, BPF_JMP_JEQ_K, 0, 11, 0x60u);
+            for (w = 0; w < 4u; w++) {                                    /* IPv6 source */
+                put_insn(prog, n++, BPF_LD_W_ABS, 0, 0, net + 8u + 4u * w);
+                put_insn(prog, n++, BPF_JMP_JEQ_K, 0, (uint8_t)(9u - 2u * w), be32(b->addr + 4u * w));
+            }
+            put_insn(prog, n++, BPF_LD_H_ABS, 0, 0, 0u);
+            put_insn(prog, n++, BPF_JMP_JEQ_K, 0, 1, b->port);
+            put_insn(prog, n++, BPF_RET_K, 0, 0, 0u);
+        }
+    }
+    put_insn(prog, n++, BPF_RET_K, 0, 0, 0xffffffffu); /* everyone else: the whole datagram */
+    return (int)n;
+}
+
+static void update_filter(ft_rx *rx, int fd)
+{
+    rx->blocked_changed = 0;
+#if defined(__linux__) && defined(SO_ATTACH_FILTER)
+    {
+        struct sock_filter prog[14u * FT_RX_MAX_BLOCKED + 1u];
+        struct sock_fprog fp;
+        int n = ft_rx_filter(rx, (uint8_t *)prog, (uint32_t)(sizeof prog / sizeof prog[0]));
+        if (n > 0) {
+            fp.len = (unsigned short)n;
+            fp.filter = prog;
+            if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &fp, sizeof fp) != 0) {
+                rx->block_errno = errno;
+            }
+        } else {
+            int unused = 0; /* the kernel wants an int's worth of option value even here */
+            if (setsockopt(fd, SOL_SOCKET, SO_DETACH_FILTER, &unused, sizeof unused) != 0 && errno != ENOENT) {
+                rx->block_errno = errno;
+            }
+        }
+    }
+#else
+    (void)fd;
+#endif
+}
+
+long long ft_rx_socket_drops(int fd)
+{
+#if defined(__linux__) && defined(SO_MEMINFO)
+    uint32_t info[SK_MEMINFO_VARS];
+    socklen_t len = sizeof info;
+    if (getsockopt(fd, SOL_SOCKET, SO_MEMINFO, info, &len) == 0 && len > SK_MEMINFO_DROPS * sizeof info[0]) {
+        return (long long)info[SK_MEMINFO_DROPS];
+    }
+#else
+    (void)fd;
+#endif
+    return -1;
+}
+
 static void count_wire(ft_rx *rx, int status)
 {
     int i = -status;
@@ -288,26 +480,27 @@ int ft_rx_datagram(ft_rx *rx, const uint8_t *data, size_t len, int truncated, in
 
     rx->datagrams++;
     rx->bytes += len;
+    src = find_source(rx, family, addr, port, now);
+    if (src != NULL && src->tokens < 1.0f) { /* first: a limited source costs one table look-up */
+        rx->rx_rejects[FT_RX_SOURCE_LIMITED]++;
+        block_source(rx, src, now);
+        return 0;
+    }
     if (truncated || len > FT_WIRE_MAX_FRAME) {
         rx->rx_rejects[FT_RX_OVERSIZE]++;
-        penalize(find_source(rx, family, addr, port, now));
+        penalize(src);
         return 0;
     }
     st = ft_wire_peek(data, len, &hdr);
     if (st != FT_WIRE_OK) {
         count_wire(rx, st);
-        penalize(find_source(rx, family, addr, port, now));
+        penalize(src);
         return 0;
     }
     dev = find_device(rx, hdr.device_id);
     if (dev == NULL) {
         count_wire(rx, FT_WIRE_ERR_UNKNOWN_DEVICE);
-        penalize(find_source(rx, family, addr, port, now));
-        return 0;
-    }
-    src = find_source(rx, family, addr, port, now);
-    if (src != NULL && src->tokens < 1.0f) {
-        rx->rx_rejects[FT_RX_SOURCE_LIMITED]++;
+        penalize(src);
         return 0;
     }
     if (hdr.session == 0 || dev->key_len == 0 || hdr.session != dev->session) {
@@ -396,6 +589,10 @@ int ft_rx_poll(ft_rx *rx, int fd, double now, uint32_t max_datagrams, ft_rx_even
         return -EINVAL;
     }
     *n_events = 0;
+    expire_blocks(rx, now);
+    if (rx->blocked_changed) {
+        update_filter(rx, fd);
+    }
     while (done < max_datagrams && cap_events - n_ev >= FT_RX_BATCH) {
         uint32_t want = max_datagrams - done < FT_RX_BATCH ? max_datagrams - done : FT_RX_BATCH;
         uint32_t got, i;
@@ -448,6 +645,9 @@ int ft_rx_poll(ft_rx *rx, int fd, double now, uint32_t max_datagrams, ft_rx_even
         }
 #endif
         done += got;
+        if (rx->blocked_changed) {
+            update_filter(rx, fd); /* at once: the rest of the flood stays in the kernel */
+        }
         if (got < want) {
             *n_events = n_ev;
             return 0;

@@ -12,6 +12,10 @@
  *      check (here, or in the caller: ft_rx_penalize) costs it a token;
  *      a source without tokens is dropped here, before any tag is
  *      computed                                                       "source_limited"
+ *      and, on Linux, blocked in the kernel for block_seconds: a socket
+ *      filter (classic BPF, SO_ATTACH_FILTER) drops its datagrams before
+ *      they take room in the socket's receive buffer or cost a system
+ *      call (counted by the kernel as the socket's drops)
  *   5. ft_wire_decode against the device's current session: run, epoch
  *      and session (before any hashing), the tag (constant time), round
  *      and replay                                                     (wire status names)
@@ -87,6 +91,16 @@ typedef struct {
     double last;
 } ft_rx_source;
 
+#define FT_RX_MAX_BLOCKED 32u      /* sources blocked in the kernel at once */
+
+typedef struct {
+    uint8_t addr[16];
+    uint16_t port;
+    uint8_t family;            /* 0: empty */
+    uint8_t pad;
+    double until;              /* blocked until this time (the clock of `now`) */
+} ft_rx_blocked;
+
 enum { FT_RX_EV_FRAME = 1, FT_RX_EV_ACK_DUE = 2, FT_RX_EV_COMPLETE = 3, FT_RX_EV_RAW = 4 };
 
 typedef struct {
@@ -130,6 +144,13 @@ typedef struct {
     uint64_t staged;
     uint64_t wire_rejects[32]; /* by -ft_wire_status */
     uint64_t rx_rejects[FT_RX_N_REASONS];
+    /* kernel blocking of limited sources (ft_rx_poll): 0 seconds = off */
+    double block_seconds;
+    ft_rx_blocked blocked[FT_RX_MAX_BLOCKED];
+    uint8_t blocked_changed;   /* the filter must be rebuilt */
+    uint64_t blocks;           /* sources blocked so far */
+    uint32_t n_blocked;        /* sources blocked now */
+    int block_errno;           /* the last setsockopt failure (0: none) */
 } ft_rx;
 
 /* Receive and handle datagrams from the non-blocking socket fd until it is empty, the event
@@ -142,6 +163,16 @@ int ft_rx_poll(ft_rx *rx, int fd, double now, uint32_t max_datagrams, ft_rx_even
  * without a socket): 0 nothing for the caller, 1 an event was written to *ev. */
 int ft_rx_datagram(ft_rx *rx, const uint8_t *data, size_t len, int truncated, int family,
                    const uint8_t *addr, uint16_t port, double now, ft_rx_event *ev);
+
+/* The classic BPF socket filter that drops the datagrams of rx->blocked (IPv4 and IPv6
+ * sources, by address and port) and accepts the rest, written to prog (8 bytes per
+ * instruction, `struct sock_filter`); returns the instructions written, 0 when nothing is
+ * blocked, or -1 when cap is too small. At most 14 * FT_RX_MAX_BLOCKED + 1 instructions. */
+int ft_rx_filter(const ft_rx *rx, uint8_t *prog, uint32_t cap);
+
+/* Datagrams the kernel dropped for socket fd (SO_MEMINFO: those a socket filter refused and
+ * those that found the receive buffer full), or -1 where the platform does not tell. */
+long long ft_rx_socket_drops(int fd);
 
 /* A datagram of this source that the caller refused (a RAW event it found bad): one token. */
 void ft_rx_penalize(ft_rx *rx, int family, const uint8_t *addr, uint16_t port, double now);
