@@ -648,21 +648,26 @@ PYBIND11_MODULE(_core, m) {
     }, py::arg("x"), py::arg("offset"), py::arg("scale"), py::arg("step"), py::arg("qmax"), py::arg("round_key"),
        py::arg("seeds"), py::arg("signs"), py::arg("out"), py::arg("reference") = false);
 
-    m.def("secagg_add", [](py::array acc, py::array x) {
-        const int bits = uvec_bits(acc, "acc", true);
-        if (uvec_bits(x, "x", false, acc.size()) != bits)
+    m.def("secagg_add", [](py::array acc, py::array x, unsigned mod_bits) {
+        const int width = uvec_bits(acc, "acc", true);
+        if (uvec_bits(x, "x", false, acc.size()) != width)
             throw py::value_error("acc and x must have the same dtype (uint16 or uint32)");
+        const unsigned b = mod_bits ? mod_bits : static_cast<unsigned>(width);
+        if (b < 2 || b > static_cast<unsigned>(width))
+            throw py::value_error("secagg_add: bits must be in 2.." + std::to_string(width) + " for " +
+                                  std::to_string(width) + "-bit elements, got " + std::to_string(b));
         const size_t n = static_cast<size_t>(acc.size());
         ft_status st;
         {
             py::gil_scoped_release nogil;
-            st = bits == 16 ? ft_secagg_add_u16(static_cast<uint16_t *>(acc.mutable_data()),
-                                                static_cast<const uint16_t *>(x.data()), n)
-                            : ft_secagg_add_u32(static_cast<uint32_t *>(acc.mutable_data()),
-                                                static_cast<const uint32_t *>(x.data()), n);
+            st = width == 16 ? ft_secagg_add_mod_u16(static_cast<uint16_t *>(acc.mutable_data()),
+                                                     static_cast<const uint16_t *>(x.data()), n, b)
+                             : ft_secagg_add_mod_u32(static_cast<uint32_t *>(acc.mutable_data()),
+                                                     static_cast<const uint32_t *>(x.data()), n, b);
         }
         raise_status(st, "secagg_add");
-    }, py::arg("acc"), py::arg("x"), "acc += x modulo 2^b, in place.");
+    }, py::arg("acc"), py::arg("x"), py::arg("bits") = 0,
+       "acc = (acc + x) modulo 2^bits, in place (bits 0: the element width).");
 
     m.def("secagg_mask", [](py::array v, size_t offset, py::buffer seeds, py::object signs, bool reference) {
         const int bits = uvec_bits(v, "v", true);
@@ -686,17 +691,22 @@ PYBIND11_MODULE(_core, m) {
     }, py::arg("v"), py::arg("offset"), py::arg("seeds"), py::arg("signs"), py::arg("reference") = false,
        "v += sum_j sign_j * mask(seed_j) modulo 2^b, in place.");
 
-    m.def("secagg_decode", [](py::array sum, double scale, py::array out) {
-        const int bits = uvec_bits(sum, "sum", false);
+    m.def("secagg_decode", [](py::array sum, double scale, py::array out, unsigned mod_bits) {
+        const int width = uvec_bits(sum, "sum", false);
         float *po = f32_out(out, "out", sum.size());
         if (!std::isfinite(scale)) throw py::value_error("secagg_decode: scale must be finite");
+        const unsigned b = mod_bits ? mod_bits : static_cast<unsigned>(width);
+        if (b < 2 || b > static_cast<unsigned>(width))
+            throw py::value_error("secagg_decode: bits must be in 2.." + std::to_string(width) + " for " +
+                                  std::to_string(width) + "-bit elements, got " + std::to_string(b));
         const size_t n = static_cast<size_t>(sum.size());
         ft_status st;
         {
             py::gil_scoped_release nogil;
-            st = bits == 16 ? ft_secagg_decode_u16(static_cast<const uint16_t *>(sum.data()), n, scale, po)
-                            : ft_secagg_decode_u32(static_cast<const uint32_t *>(sum.data()), n, scale, po);
+            st = width == 16 ? ft_secagg_decode_mod_u16(static_cast<const uint16_t *>(sum.data()), n, b, scale, po)
+                             : ft_secagg_decode_mod_u32(static_cast<const uint32_t *>(sum.data()), n, b, scale, po);
         }
         raise_status(st, "secagg_decode");
-    }, py::arg("sum"), py::arg("scale"), py::arg("out"), "out = centered(sum) * scale as float32.");
+    }, py::arg("sum"), py::arg("scale"), py::arg("out"), py::arg("bits") = 0,
+       "out = centered(sum mod 2^bits) * scale as float32 (bits 0: the element width).");
 }

@@ -366,9 +366,16 @@ ft_status ft_secagg_encode_u16(const float *x, size_t n, size_t offset, float sc
 ft_status ft_secagg_encode_u32(const float *x, size_t n, size_t offset, float scale, float step, uint32_t qmax,
                                const uint8_t *round_key, const uint8_t *seeds, const int8_t *signs,
                                size_t n_masks, uint32_t *out);
-/* acc[i] = acc[i] + x[i] mod 2^b (the aggregator's sum of masked vectors). */
+/* acc[i] = acc[i] + x[i] mod 2^b (the aggregator's sum of masked vectors), b = the element width. */
 ft_status ft_secagg_add_u16(uint16_t *acc, const uint16_t *x, size_t n);
 ft_status ft_secagg_add_u32(uint32_t *acc, const uint32_t *x, size_t n);
+/* acc[i] = (acc[i] + x[i]) mod 2^bits for any modulus 2^bits, bits in 2..16 (u16 elements) or 2..32
+ * (u32): the result is always < 2^bits, whatever bits of acc and x lie above it (the distributed
+ * discrete Gaussian's sum, csrc/dgauss.c, picks b from the clip, devices and noise). FT_ERR_ARG for
+ * another bits. The u32 one has SIMD paths (selected at run time, bit-exact with the _ref). */
+ft_status ft_secagg_add_mod_u16(uint16_t *acc, const uint16_t *x, size_t n, unsigned bits);
+ft_status ft_secagg_add_mod_u32(uint32_t *acc, const uint32_t *x, size_t n, unsigned bits);
+ft_status ft_secagg_add_mod_u32_ref(uint32_t *acc, const uint32_t *x, size_t n, unsigned bits);
 /* v[i] = v[i] + sum_j sign_j * mask_j[offset + i] mod 2^b: adds (+1) or removes (-1) masks in place. */
 ft_status ft_secagg_mask_u16(uint16_t *v, size_t n, size_t offset, const uint8_t *seeds, const int8_t *signs,
                              size_t n_masks);
@@ -378,6 +385,11 @@ ft_status ft_secagg_mask_u32(uint32_t *v, size_t n, size_t offset, const uint8_t
  * are sum[i] - 2^b). scale = step / (number of devices summed) gives the mean update. */
 ft_status ft_secagg_decode_u16(const uint16_t *sum, size_t n, double scale, float *out);
 ft_status ft_secagg_decode_u32(const uint32_t *sum, size_t n, double scale, float *out);
+/* The same for any modulus 2^bits (bits as in ft_secagg_add_mod_*): c = (sum[i] mod 2^bits) read as a
+ * centered integer in [-2^(bits-1), 2^(bits-1)), out[i] = (float)(c * scale) in float64. */
+ft_status ft_secagg_decode_mod_u16(const uint16_t *sum, size_t n, unsigned bits, double scale, float *out);
+ft_status ft_secagg_decode_mod_u32(const uint32_t *sum, size_t n, unsigned bits, double scale, float *out);
+ft_status ft_secagg_decode_mod_u32_ref(const uint32_t *sum, size_t n, unsigned bits, double scale, float *out);
 /* nblocks * 64 keystream bytes of blocks counter0, counter0 + 1, ... (counter0 + nblocks <= 2^32),
  * with the selected SIMD path (the secagg kernels' generator; exposed for tests and benchmarks). */
 ft_status ft_chacha20_stream(const uint8_t *key, const uint8_t *nonce, uint32_t counter0, size_t nblocks,

@@ -173,21 +173,39 @@ ft_status ft_gemm_f32_neon(size_t, size_t, size_t, const float *, ptrdiff_t, ptr
  * operations per element and stays in the one generic body. Chosen with ft_simd_get(). */
 typedef void (*ft_chacha20_blocks_fn)(const uint32_t state[16], size_t nblocks, uint8_t *out);
 typedef double (*ft_l2sq_fn)(const float *x, size_t n);
+typedef void (*ft_add_mod_u32_fn)(uint32_t *acc, const uint32_t *x, size_t n, uint32_t mask);
+typedef void (*ft_decode_mod_u32_fn)(const uint32_t *sum, size_t n, unsigned shift, double scale, float *out);
 typedef struct {
     /* nblocks * 64 keystream bytes of blocks state[12], state[12] + 1, ... (no wrap: caller checks) */
     ft_chacha20_blocks_fn chacha20_blocks;
     /* sum of squares in the 16-lane order of ft_l2norm_f32 */
     ft_l2sq_fn l2sq_f32;
+    /* acc[i] = (acc[i] + x[i]) & mask, mask = 2^b - 1 */
+    ft_add_mod_u32_fn add_mod_u32;
+    /* out[i] = (float)((double)c * scale), c = (int32)(sum[i] << shift) / 2^shift, shift = 32 - b */
+    ft_decode_mod_u32_fn decode_mod_u32;
 } ft_secagg_kernel_table;
 const ft_secagg_kernel_table *ft_secagg_kernels(void);
 void ft_chacha20_blocks_ref(const uint32_t state[16], size_t nblocks, uint8_t *out);
 double ft_l2sq_f32_ref(const float *x, size_t n);
+void ft_add_mod_u32_body_ref(uint32_t *acc, const uint32_t *x, size_t n, uint32_t mask);
+void ft_decode_mod_u32_body_ref(const uint32_t *sum, size_t n, unsigned shift, double scale, float *out);
 #if FT_ARCH_X86
 void ft_chacha20_blocks_avx2(const uint32_t state[16], size_t nblocks, uint8_t *out);
 void ft_chacha20_blocks_avx512(const uint32_t state[16], size_t nblocks, uint8_t *out);
 double ft_l2sq_f32_avx2(const float *x, size_t n);
 double ft_l2sq_f32_avx512(const float *x, size_t n);
+void ft_add_mod_u32_avx2(uint32_t *acc, const uint32_t *x, size_t n, uint32_t mask);
+void ft_add_mod_u32_avx512(uint32_t *acc, const uint32_t *x, size_t n, uint32_t mask);
+void ft_decode_mod_u32_avx2(const uint32_t *sum, size_t n, unsigned shift, double scale, float *out);
+void ft_decode_mod_u32_avx512(const uint32_t *sum, size_t n, unsigned shift, double scale, float *out);
 #endif
+/* The centered value of the top (32 - shift) bits of u, exactly, without implementation-defined
+ * conversions or shifts of negative numbers: the SIMD paths' arithmetic shift, in portable C. */
+static inline int64_t ft_centered_u32(uint32_t u, unsigned shift) {
+    const uint32_t t = u << shift;
+    return ((int64_t)(t ^ 0x80000000u) - (int64_t)0x80000000) / ((int64_t)1 << shift);
+}
 #if FT_ARCH_ARM64
 void ft_chacha20_blocks_neon(const uint32_t state[16], size_t nblocks, uint8_t *out);
 #endif

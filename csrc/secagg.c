@@ -40,13 +40,26 @@ double ft_l2sq_f32_ref(const float *x, size_t n) {
     return lane[0];
 }
 
-static const ft_secagg_kernel_table k_ref = {ft_chacha20_blocks_ref, ft_l2sq_f32_ref};
+/* Sums modulo 2^b, any b in 2..32 (the scalar references; x86_*_secagg.c hold the SIMD paths). */
+void ft_add_mod_u32_body_ref(uint32_t *acc, const uint32_t *x, size_t n, uint32_t mask) {
+    for (size_t i = 0; i < n; i++) acc[i] = (acc[i] + x[i]) & mask;
+}
+void ft_decode_mod_u32_body_ref(const uint32_t *sum, size_t n, unsigned shift, double scale, float *out) {
+    for (size_t i = 0; i < n; i++) out[i] = (float)((double)ft_centered_u32(sum[i], shift) * scale);
+}
+
+static const ft_secagg_kernel_table k_ref = {ft_chacha20_blocks_ref, ft_l2sq_f32_ref, ft_add_mod_u32_body_ref,
+                                             ft_decode_mod_u32_body_ref};
 #if FT_ARCH_X86
-static const ft_secagg_kernel_table k_avx2 = {ft_chacha20_blocks_avx2, ft_l2sq_f32_avx2};
-static const ft_secagg_kernel_table k_avx512 = {ft_chacha20_blocks_avx512, ft_l2sq_f32_avx512};
+static const ft_secagg_kernel_table k_avx2 = {ft_chacha20_blocks_avx2, ft_l2sq_f32_avx2, ft_add_mod_u32_avx2,
+                                              ft_decode_mod_u32_avx2};
+static const ft_secagg_kernel_table k_avx512 = {ft_chacha20_blocks_avx512, ft_l2sq_f32_avx512, ft_add_mod_u32_avx512,
+                                                ft_decode_mod_u32_avx512};
 #endif
 #if FT_ARCH_ARM64
-static const ft_secagg_kernel_table k_neon = {ft_chacha20_blocks_neon, ft_l2sq_f32_ref};
+/* the modular sum and decode are memory-bound: the scalar ones (the compiler vectorizes them) */
+static const ft_secagg_kernel_table k_neon = {ft_chacha20_blocks_neon, ft_l2sq_f32_ref, ft_add_mod_u32_body_ref,
+                                              ft_decode_mod_u32_body_ref};
 #endif
 
 const ft_secagg_kernel_table *ft_secagg_kernels(void) {
@@ -230,33 +243,50 @@ FT_MASK(ft_secagg_mask_u32_ref, uint32_t, 4, ft_chacha20_blocks_ref)
 FT_MASK(ft_secagg_mask_u16, uint16_t, 2, ft_secagg_kernels()->chacha20_blocks)
 FT_MASK(ft_secagg_mask_u32, uint32_t, 4, ft_secagg_kernels()->chacha20_blocks)
 
-/* Plain loops: the compiler vectorizes them at the baseline ISA and they run at memory speed
- * (bench/bench_secagg.py), so there is no per-path version. */
-ft_status ft_secagg_add_u16(uint16_t *acc, const uint16_t *x, size_t n) {
-    if (n > 0 && (!acc || !x)) return FT_ERR_ARG;
-    for (size_t i = 0; i < n; i++) acc[i] = (uint16_t)(acc[i] + x[i]);
+/* Sums modulo 2^b and their centered decode: one rule for any b in 2..32 (b = 16 and 32 are the
+ * element widths; the distributed discrete Gaussian uses any b). u16 elements: plain loops that the
+ * compiler vectorizes at the baseline ISA (memory speed, bench/bench_secagg.py); u32 elements: the
+ * kernel table's path (scalar reference, AVX2, AVX-512; bit-exact, tests/test_secagg_kernels.py). */
+static inline int bits_ok(unsigned bits, unsigned width) { return bits >= 2 && bits <= width; }
+static inline uint32_t mod_mask(unsigned bits) { return bits >= 32 ? 0xFFFFFFFFu : ((uint32_t)1 << bits) - 1u; }
+
+ft_status ft_secagg_add_mod_u16(uint16_t *acc, const uint16_t *x, size_t n, unsigned bits) {
+    if ((n > 0 && (!acc || !x)) || !bits_ok(bits, 16)) return FT_ERR_ARG;
+    const uint16_t mask = (uint16_t)mod_mask(bits);
+    for (size_t i = 0; i < n; i++) acc[i] = (uint16_t)((acc[i] + x[i]) & mask);
     return FT_OK;
 }
-ft_status ft_secagg_add_u32(uint32_t *acc, const uint32_t *x, size_t n) {
-    if (n > 0 && (!acc || !x)) return FT_ERR_ARG;
-    for (size_t i = 0; i < n; i++) acc[i] += x[i];
-    return FT_OK;
-}
-ft_status ft_secagg_decode_u16(const uint16_t *sum, size_t n, double scale, float *out) {
-    if ((n > 0 && (!sum || !out)) || !isfinite(scale)) return FT_ERR_ARG;
-    for (size_t i = 0; i < n; i++) {
-        const int32_t c = (int32_t)sum[i] - (int32_t)((sum[i] >> 15) << 16); /* centered */
-        out[i] = (float)((double)c * scale);
+#define FT_ADD_MOD(name, fn)                                                                  \
+    ft_status name(uint32_t *acc, const uint32_t *x, size_t n, unsigned bits) {              \
+        if ((n > 0 && (!acc || !x)) || !bits_ok(bits, 32)) return FT_ERR_ARG;                 \
+        fn(acc, x, n, mod_mask(bits));                                                        \
+        return FT_OK;                                                                         \
     }
+FT_ADD_MOD(ft_secagg_add_mod_u32_ref, ft_add_mod_u32_body_ref)
+FT_ADD_MOD(ft_secagg_add_mod_u32, ft_secagg_kernels()->add_mod_u32)
+
+ft_status ft_secagg_add_u16(uint16_t *acc, const uint16_t *x, size_t n) { return ft_secagg_add_mod_u16(acc, x, n, 16); }
+ft_status ft_secagg_add_u32(uint32_t *acc, const uint32_t *x, size_t n) { return ft_secagg_add_mod_u32(acc, x, n, 32); }
+
+ft_status ft_secagg_decode_mod_u16(const uint16_t *sum, size_t n, unsigned bits, double scale, float *out) {
+    if ((n > 0 && (!sum || !out)) || !isfinite(scale) || !bits_ok(bits, 16)) return FT_ERR_ARG;
+    for (size_t i = 0; i < n; i++) out[i] = (float)((double)ft_centered_u32(sum[i], 32 - bits) * scale);
     return FT_OK;
+}
+#define FT_DECODE_MOD(name, fn)                                                                      \
+    ft_status name(const uint32_t *sum, size_t n, unsigned bits, double scale, float *out) {        \
+        if ((n > 0 && (!sum || !out)) || !isfinite(scale) || !bits_ok(bits, 32)) return FT_ERR_ARG; \
+        fn(sum, n, 32 - bits, scale, out);                                                           \
+        return FT_OK;                                                                                \
+    }
+FT_DECODE_MOD(ft_secagg_decode_mod_u32_ref, ft_decode_mod_u32_body_ref)
+FT_DECODE_MOD(ft_secagg_decode_mod_u32, ft_secagg_kernels()->decode_mod_u32)
+
+ft_status ft_secagg_decode_u16(const uint16_t *sum, size_t n, double scale, float *out) {
+    return ft_secagg_decode_mod_u16(sum, n, 16, scale, out);
 }
 ft_status ft_secagg_decode_u32(const uint32_t *sum, size_t n, double scale, float *out) {
-    if ((n > 0 && (!sum || !out)) || !isfinite(scale)) return FT_ERR_ARG;
-    for (size_t i = 0; i < n; i++) {
-        const int64_t c = (int64_t)sum[i] - (int64_t)((uint64_t)(sum[i] >> 31) << 32); /* centered */
-        out[i] = (float)((double)c * scale);
-    }
-    return FT_OK;
+    return ft_secagg_decode_mod_u32(sum, n, 32, scale, out);
 }
 
 ft_status ft_l2norm_f32_ref(const float *x, size_t n, double *norm) {

@@ -356,8 +356,9 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
                              dim=model.n_params, clip_norm=cfg.clip_norm, adaptive_quantile=cfg.adaptive_clip,
                              noise_multiplier=cfg.noise_multiplier, target_epsilon=cfg.target_epsilon,
                              delta=cfg.delta, sampling=cfg.dp_sampling, bits=cfg.dp_bits, test_seed=cfg.dp_test_seed)
-    # Under DP the clip bound (fixed or adaptive) is the DP pipeline's; the round logic keeps the n_k cap.
-    device_bounds = cfg.device_bounds() if priv is None else bounds.Bounds(max_samples=cfg.max_samples, clip_norm=None)
+    # Under DP the clip bound (fixed or adaptive) is the DP pipeline's, enforced by the round logic
+    # (central) or on the device (distributed); the round logic keeps the n_k cap.
+    device_bounds = cfg.device_bounds() if priv is None else priv.round_bounds(cfg.max_samples)
     server = rounds.Server(model.init(cfg.seed, cfg.init), optimizer=cfg.server_optimizer(), normalization=cfg.normalize,
                            bounds=device_bounds, sum_stage=priv.stage if priv is not None else None)
     n_params = server.n_params
@@ -383,6 +384,7 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
         if priv is not None:  # DP's sampling is the accountant's: the clock does not change it (check())
             selected = priv.select(cfg.seed, r)
             priv.begin_round()
+            server.bounds = priv.round_bounds(cfg.max_samples)  # adaptive clipping moves C between rounds
         else:
             selected, t_sim = _sync_select(cfg, avail, t_sim, r)
             if selected is None:
@@ -434,8 +436,7 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
                     continue
                 update = _encode(cfg.codec, local, residuals, k, derive_seed(cfg.seed, r, k, 2))
                 up += upload_f32 if update is local else update.nbytes
-                if priv is not None:  # the aggregator clips what it decoded; under DP every device weighs 1
-                    update = priv.device(update if isinstance(update, np.ndarray) else update.decode(), 0)
+                if priv is not None:  # the round logic clips it to the DP bound; under DP every device weighs 1
                     weight = 1.0
                 verdict = rnd.submit(k, r, update, weight, steps=res.steps)
                 if not verdict.accepted:  # the simulation sends nothing malformed: this is a bug, say so loudly
@@ -453,7 +454,12 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
         outcome = server.close_round(now=t_close) if rnd is not None else None
         t_sim = t_close
         released = outcome is not None and outcome.outcome == "applied"
-        dp_row = priv.end_round(released) if priv is not None else {}
+        dp_row = {}
+        if priv is not None and priv.mode == "central":
+            dp_row = priv.end_round(released, devices=n_devices,
+                                    clipped=int(outcome.rejected.get(bounds.CLIPPED, 0)) if outcome is not None else 0)
+        elif priv is not None:
+            dp_row = priv.end_round(released)
         n_samples = outcome.n_samples if outcome is not None and (priv is None or priv.mode == "none") else 0
         if priv is not None and priv.mode != "none":
             n_samples = sum(splits[k].n_samples for k in selected.tolist())

@@ -164,6 +164,9 @@ def test_async_loopback_with_kills_restarts_and_a_too_stale_device(tmp_path):
     (["--mode", "async", "--concurrency", "8", "--slots", "4"], "--slots 4 is less than --concurrency 8"),
     (["--mode", "async", "--staleness", "linear"], "invalid choice: 'linear'"),
     (["--mode", "later"], "invalid choice: 'later'"),
+    (["--mode", "async", "--down-codec", "int8"], "--down-codec int8 needs --mode sync"),
+    (["--mode", "async", "--secagg"], "--secagg needs synchronous rounds"),
+    (["--mode", "async", "--dp", "central", "--noise-multiplier", "1"], "--dp central needs synchronous rounds"),
 ])
 def test_bad_async_flags_one_line_exit_2(tmp_path, args, words):
     keyfile = os.path.join(tmp_path, "keys")

@@ -176,6 +176,48 @@ def test_add_wraps_and_decode_is_centered(bits):
     assert out.tolist() == want
 
 
+@pytest.mark.parametrize("simd", SIMD_PATHS)
+def test_add_and_decode_at_any_modulus_equal_numpy_and_the_reference(simd):
+    """Any b in 2..32 (u32 elements) and 2..16 (u16): the sum modulo 2^b and its centered decode
+    against int64 numpy, every SIMD path bit-exact with the scalar one, over odd lengths; bits of
+    the inputs above b do not reach the result."""
+    rng = np.random.default_rng(3)
+    for width, bit_range in ((32, range(2, 33)), (16, range(2, 17))):
+        for bits in bit_range:
+            for n in ODD_LENGTHS:
+                a0 = rng.integers(0, 2**width, n, dtype=np.uint64).astype(DT[width])
+                b = rng.integers(0, 2**width, n, dtype=np.uint64).astype(DT[width])
+                want = np.mod(a0.astype(np.int64) + b.astype(np.int64), 2**bits)
+                got = {}
+                for path in ("scalar", simd):
+                    fedtiny.set_simd(path)
+                    a = a0.copy()
+                    _core.secagg_add(a, b, bits)
+                    out = np.empty(n, np.float32)
+                    _core.secagg_decode(a0, 0.37, out, bits)
+                    got[path] = a, out
+                fedtiny.set_simd(simd)
+                np.testing.assert_array_equal(got[simd][0].astype(np.int64), want, err_msg=f"b={bits} n={n}")
+                c = np.mod(a0.astype(np.int64), 2**bits)
+                c[c >= 2 ** (bits - 1)] -= 2**bits
+                np.testing.assert_array_equal(got[simd][1], (c.astype(np.float64) * 0.37).astype(np.float32))
+                np.testing.assert_array_equal(got[simd][1].view(np.uint32), got["scalar"][1].view(np.uint32))
+    edge = np.array([0, 1, 2**4 - 1, 2**4, 2**5 - 1, 2**31, 2**32 - 1], np.uint32)
+    out = np.empty(7, np.float32)
+    _core.secagg_decode(edge, 1.0, out, 5)
+    assert out.tolist() == [0.0, 1.0, 15.0, -16.0, -1.0, 0.0, -1.0]
+
+
+@pytest.mark.parametrize("bits, dtype", [(1, np.uint32), (33, np.uint32), (17, np.uint16), (1, np.uint16)])
+def test_add_and_decode_refuse_a_modulus_outside_the_element(bits, dtype):
+    a = np.zeros(5, dtype)
+    with pytest.raises(ValueError, match="bits must be in 2"):
+        _core.secagg_add(a, a.copy(), bits)
+    with pytest.raises(ValueError, match="bits must be in 2"):
+        _core.secagg_decode(a, 1.0, np.empty(5, np.float32), bits)
+    assert not a.any()
+
+
 # ---- the clip norm -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("simd", SIMD_PATHS)

@@ -92,4 +92,33 @@ FT_TARGET_AVX2 double ft_l2sq_f32_avx2(const float *x, size_t n) {
     return lane[0];
 }
 
+/* acc = (acc + x) & mask, 8 lanes: integer, the reference's result exactly. */
+FT_TARGET_AVX2 void ft_add_mod_u32_avx2(uint32_t *acc, const uint32_t *x, size_t n, uint32_t mask) {
+    const __m256i m = _mm256_set1_epi32((int)mask);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256i a = _mm256_loadu_si256((const __m256i *)(acc + i));
+        const __m256i b = _mm256_loadu_si256((const __m256i *)(x + i));
+        _mm256_storeu_si256((__m256i *)(acc + i), _mm256_and_si256(_mm256_add_epi32(a, b), m));
+    }
+    ft_add_mod_u32_body_ref(acc + i, x + i, n - i, mask);
+}
+
+/* centered c by shift left then arithmetic shift right (ft_centered_u32), c * scale in float64 (the
+ * same IEEE product), rounded to float32 to nearest (the C cast): the reference's bits. */
+FT_TARGET_AVX2 void ft_decode_mod_u32_avx2(const uint32_t *sum, size_t n, unsigned shift, double scale, float *out) {
+    const __m128i sh = _mm_cvtsi32_si128((int)shift);
+    const __m256d s = _mm256_set1_pd(scale);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(sum + i));
+        v = _mm256_sra_epi32(_mm256_sll_epi32(v, sh), sh);
+        const __m256d lo = _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(v)), s);
+        const __m256d hi = _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(v, 1)), s);
+        _mm_storeu_ps(out + i, _mm256_cvtpd_ps(lo));
+        _mm_storeu_ps(out + i + 4, _mm256_cvtpd_ps(hi));
+    }
+    ft_decode_mod_u32_body_ref(sum + i, n - i, shift, scale, out + i);
+}
+
 #endif

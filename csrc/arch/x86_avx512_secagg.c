@@ -94,4 +94,31 @@ FT_TARGET_AVX512 double ft_l2sq_f32_avx512(const float *x, size_t n) {
     return lane[0];
 }
 
+/* The AVX2 file's modular sum and decode, 16 lanes. */
+FT_TARGET_AVX512 void ft_add_mod_u32_avx512(uint32_t *acc, const uint32_t *x, size_t n, uint32_t mask) {
+    const __m512i m = _mm512_set1_epi32((int)mask);
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512i a = _mm512_loadu_si512((const void *)(acc + i));
+        const __m512i b = _mm512_loadu_si512((const void *)(x + i));
+        _mm512_storeu_si512((void *)(acc + i), _mm512_and_si512(_mm512_add_epi32(a, b), m));
+    }
+    ft_add_mod_u32_body_ref(acc + i, x + i, n - i, mask);
+}
+
+FT_TARGET_AVX512 void ft_decode_mod_u32_avx512(const uint32_t *sum, size_t n, unsigned shift, double scale, float *out) {
+    const __m128i sh = _mm_cvtsi32_si128((int)shift);
+    const __m512d s = _mm512_set1_pd(scale);
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512i v = _mm512_loadu_si512((const void *)(sum + i));
+        v = _mm512_sra_epi32(_mm512_sll_epi32(v, sh), sh);
+        const __m512d lo = _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(v)), s);
+        const __m512d hi = _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(v, 1)), s);
+        _mm256_storeu_ps(out + i, _mm512_cvtpd_ps(lo));
+        _mm256_storeu_ps(out + i + 8, _mm512_cvtpd_ps(hi));
+    }
+    ft_decode_mod_u32_body_ref(sum + i, n - i, shift, scale, out + i);
+}
+
 #endif

@@ -31,14 +31,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import bounds, codec, datasets, rounds
-from . import buffered, download, ingest, keys as keys_mod, rx as rx_mod, session, state, status, wire
+from .. import bounds, datasets, rounds
+from ..privacy import aggregator_dp
+from . import buffered, download, ingest, keys as keys_mod, rx as rx_mod, session, state, status, transfer, wire
 from .common import MODEL_WINDOW, parse_hostport, setup_logging
 from .session import Rejected
 
 log = logging.getLogger("fedtiny.aggregate")
 
-CODECS = {"int8": 0, "int8-stochastic": 1, "int8-ef": 2}   # the offer's codec_flags (docs/PROTOCOL.md)
+CODECS = transfer.UPLOAD_CODECS   # --codec -> the offer's (upload codec, codec_flags) (docs/PROTOCOL.md)
 ALIVE_SECONDS = 15.0      # a device silent for longer is not sampled
 REOFFER_SECONDS = 0.5     # offer again to a selected device that has not asked for the model
 ACK_EVERY = 16            # update chunks between two ACKs to the device
@@ -71,6 +72,7 @@ class AggregateConfig:
     lr: float = 0.05
     prox_mu: float = 0.0
     codec: str = "int8-stochastic"
+    down_codec: str = "float32"      # the model download (fedtiny.net.transfer)
     server_opt: str = "fedavg"
     server_lr: float | None = None
     slots: int = 0                   # 0: sized by memory (--staging-mb)
@@ -81,7 +83,7 @@ class AggregateConfig:
     device_rate: float = 12.5        # MB/s: the model download to one device
     seed: int = 0
     max_samples: int = bounds.DEFAULT_MAX_SAMPLES
-    clip_norm: float = bounds.DEFAULT_CLIP_NORM      # 0: no clipping
+    clip_norm: float = bounds.DEFAULT_CLIP_NORM      # 0: no clipping; under --dp the DP clip bound C
     mode: str = "sync"               # async: FedBuff (fedtiny/net/buffered.py); the four below are its
     buffer: int | None = None
     concurrency: int | None = None
@@ -95,6 +97,12 @@ class AggregateConfig:
     secagg_t: int | None = None
     secagg_min_survivors: int | None = None
     secagg_stage_timeout: float = 5.0
+    dp: str = "none"                                 # differential privacy (fedtiny.privacy.aggregator_dp)
+    adaptive_clip: float | None = None
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    delta: float = 1e-5
+    dp_test_seed: int | None = None                  # tests only: a reproducible noise stream (never a flag)
 
     def check(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -110,6 +118,11 @@ class AggregateConfig:
         need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}")
         need(math.isfinite(self.prox_mu) and self.prox_mu >= 0, f"--prox-mu must be >= 0, got {self.prox_mu}")
         need(self.codec in CODECS, f"--codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
+        need(self.down_codec in transfer.DOWN_CODECS,
+             f"--down-codec must be one of {', '.join(transfer.DOWN_CODECS)}, got {self.down_codec!r}")
+        need(not self.secagg or CODECS[self.codec][0] == wire.CODEC_INT8,
+             f"--codec {self.codec} does not apply with --secagg: a masked update is the round's shared integer "
+             "grid (--secagg-bits); leave --codec out (any --down-codec works)")
         need(self.slots >= 0, f"--slots must be >= 0 (0: sized by --staging-mb), got {self.slots}")
         need(math.isfinite(self.staging_mb) and self.staging_mb > 0, f"--staging-mb must be > 0, got {self.staging_mb}")
         need(math.isfinite(self.upload_seconds) and self.upload_seconds >= 0,
@@ -129,6 +142,7 @@ class AggregateConfig:
             status.check_address(self.http, self.http_public)
         need(bool(self.state), "--state DIR is required")
         self.check_secagg()
+        aggregator_dp.check(self)
 
     def check_secagg(self) -> None:
         names = ("secagg_bits", "secagg_k", "secagg_t", "secagg_min_survivors")
@@ -213,25 +227,32 @@ class Aggregator(asyncio.DatagramProtocol):
                 raise ValueError(f"--dataset {cfg.dataset} (the test set): {exc}; or --dataset none") from None
             self.test = (data.x_test, data.y_test)
         optimizer = rounds.make_server_optimizer(cfg.server_opt, lr=cfg.server_lr)
-        self.bounds = bounds.Bounds(max_samples=cfg.max_samples, clip_norm=cfg.clip_norm or None)
+        self.dp = aggregator_dp.create(cfg, len(self.keys))   # None without --dp
+        self.bounds = (self.dp.bounds() if self.dp else
+                       bounds.Bounds(max_samples=cfg.max_samples, clip_norm=cfg.clip_norm or None))
+        stage = self.dp.stage if self.dp else None
+        self.up_codec = CODECS[cfg.codec][0]      # the run's upload format: its staging memory is sized for it
+        self.download = transfer.Download(cfg.down_codec, self.model.n_params)
         ckpt = state.load(cfg.state)
         if ckpt is not None:
             if ckpt.weights.size != self.model.n_params:
                 raise ValueError(f"state directory {cfg.state} holds a model of {ckpt.weights.size} parameters, "
                                  f"--model {cfg.model} has {self.model.n_params}")
-            self.server = rounds.Server(ckpt.weights, optimizer=optimizer, bounds=self.bounds)
+            self.server = rounds.Server(ckpt.weights, optimizer=optimizer, bounds=self.bounds, sum_stage=stage)
             self.server.round_id = ckpt.round
-            optimizer.load_state(dict(ckpt.optimizer))
+            optimizer.load_state(self.download.load_state(dict(ckpt.optimizer)))
             self.metrics = ckpt.metrics
+            if self.dp:
+                self.dp.resume(self.metrics)
         else:
-            self.server = rounds.Server(self.model.init(cfg.seed), optimizer=optimizer, bounds=self.bounds)
+            self.server = rounds.Server(self.model.init(cfg.seed), optimizer=optimizer, bounds=self.bounds, sum_stage=stage)
             self.metrics = []
         self.resumed_from = self.server.round_id
         n = self.server.n_params
-        self.slots = cfg.slots or ingest.slots_for_budget(n, cfg.staging_mb * 1e6)
-        update_bytes = codec.wire_size(n)
+        self.slots = cfg.slots or ingest.slots_for_budget(n, cfg.staging_mb * 1e6, self.up_codec)
+        update_bytes = transfer.update_nbytes(n, self.up_codec)
         self.upload_seconds = cfg.upload_seconds or max(UPLOAD_MIN_SECONDS, 10 * update_bytes / (cfg.device_rate * 1e6))
-        self.staging = ingest.Staging(n, self.slots)       # allocated once; pages touched as slots are used
+        self.staging = ingest.Staging(n, self.slots, self.up_codec)   # allocated once; pages touched as slots are used
         self.rx = rx_mod.Receiver(self.keys, self.staging, ack_every=ACK_EVERY) if cfg.ingest == "c" else None
         self.sock = None
         self.devices: dict[int, _Device] = {}
@@ -251,7 +272,7 @@ class Aggregator(asyncio.DatagramProtocol):
         self.epoch = 0
         self.run_tag = 0
         # --mode async: the rounds are FedBuff's buffers (fedtiny/net/buffered.py), hooked in below
-        self.driver = (buffered.BufferedRounds(self, codec_flags=CODECS[cfg.codec], alive_seconds=ALIVE_SECONDS,
+        self.driver = (buffered.BufferedRounds(self, codec_flags=CODECS[cfg.codec][1], alive_seconds=ALIVE_SECONDS,
                                                ack_every=ACK_EVERY) if cfg.mode == "async" else None)
         self.started = time.monotonic()
         self.status_server: status.StatusServer | None = None
@@ -562,6 +583,7 @@ class Aggregator(asyncio.DatagramProtocol):
 
     def _commit(self, device_id: int, update, weight: float) -> None:
         dev = self.devices[device_id]
+        weight = 1.0 if self.dp else weight   # under DP every device weighs the same
         verdict = self.current.rnd.submit(device_id, self.current.id, update, weight, steps=dev.upload[1])
         if not verdict.accepted:
             self._reject(verdict.reason, f"device {device_id}", verdict.detail, dev)
@@ -604,15 +626,27 @@ class Aggregator(asyncio.DatagramProtocol):
         r = self.server.round_id + 1
         selected = rounds.sample_clients(alive, cfg.fraction, seed=cfg.seed, round_id=r, minimum=cfg.min_clients)
         m = min(cfg.min_clients, len(selected))
+        if self.dp:   # accounted as this draw; the round waits for every sampled device (fixed denominator)
+            if not self.dp.open_round(len(alive), len(selected)):
+                log.info("%s", self.dp.spent_detail)
+                self.finished = True
+                return None
+            self.server.bounds = self.dp.bounds()
+            m = len(selected)
         rnd = self.server.open_round(selected.tolist(), deadline=now + cfg.round_timeout, min_updates=m)
-        model_bytes = self.server.params.astype("<f4").tobytes()
+        up_codec, codec_flags = CODECS[cfg.codec]   # the flags may change between rounds (a Flower fleet's header)
+        if up_codec != self.up_codec:
+            raise ValueError(f"--codec {cfg.codec}: this run stages {self.up_codec}-bit updates; the upload "
+                             "format cannot change within a run")
+        start = self.download.publish(self.server.params)   # what every device of the round starts from
         n = self.server.n_params
-        offer = wire.Offer(n_params=n, codec_flags=CODECS[cfg.codec], model_hash=wire.model_hash(self.server.params),
+        offer = wire.Offer(n_params=n, codec_flags=codec_flags, model_hash=wire.model_hash(start),
                            lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch,
                            deadline_ms=int(cfg.round_timeout * 1000), seed=cfg.seed, prox_mu=cfg.prox_mu,
-                           arch_hash=self.arch_hash, fixed_scale=cfg.clip_norm if self.secagg is not None else 0.0)
-        run = _RoundRun(r, rnd, None, frozenset(selected.tolist()), model_bytes, offer.pack(),
-                        wire.model_chunks(n), now)
+                           arch_hash=self.arch_hash, fixed_scale=cfg.clip_norm if self.secagg is not None else 0.0,
+                           up_codec=self.up_codec, down_codec=self.download.codec)
+        run = _RoundRun(r, rnd, None, frozenset(selected.tolist()), self.download.message, offer.pack(),
+                        wire.model_chunks(n, self.download.codec), now)
         run.download = download.ModelDownload(run.model_chunks, session.MODEL_CHUNK_BYTES + FRAME_OVERHEAD,
                                               window=MODEL_WINDOW, total_rate=cfg.send_rate * 1e6,
                                               device_rate=cfg.device_rate * 1e6)
@@ -641,6 +675,8 @@ class Aggregator(asyncio.DatagramProtocol):
             return False
         now = time.monotonic()
         run = self.current = self._open_round(alive, now)
+        if run is None:   # --target-epsilon: this round would overspend the privacy budget
+            return False
         log.info("round %d: %d device(s) selected, closes at %d updates or in %.0f s",
                  run.id, len(run.selected), run.rnd.min_updates, self.cfg.round_timeout)
         while not stop.is_set():
@@ -698,6 +734,11 @@ class Aggregator(asyncio.DatagramProtocol):
                "model_restarts": run.download.restarts,
                "rejected": dict(self.round_rejected), "clipped": self.round_clipped,
                "slots_touched": self.staging.touched, **secure}
+        if self.dp:   # noise was drawn whenever the sum stage ran: the round counts even if then refused
+            row.update(self.dp.close_round(result.outcome == "applied" or bounds.NONFINITE_STEP in result.rejected,
+                                           len(contributors), self.round_clipped))
+            log.info("round %d: epsilon %.4f (delta %g), clip %.4g, %d clipped", run.id, row["epsilon"],
+                     self.cfg.delta, row["clip_norm"], row["clipped"])
         if bounds.NONFINITE_STEP in result.rejected:
             # The model did not change and nothing is written: a restart redoes this round.
             self.rejected[bounds.NONFINITE_STEP] += 1
@@ -710,9 +751,12 @@ class Aggregator(asyncio.DatagramProtocol):
         if self.test is not None:
             row["test_loss"], row["test_acc"] = map(float, self.train.evaluate(self.model, self.server.params, *self.test))
         self.metrics.append(row)
+        meta = {"model": self.cfg.model, "seed": self.cfg.seed}
+        if self.dp:
+            meta["dp"] = self.dp.summary()
         state.save(self.cfg.state, state.Checkpoint(self.server.round_id, self.server.params,
-                                                    self.server.optimizer.state(), self.metrics,
-                                                    {"model": self.cfg.model, "seed": self.cfg.seed}))
+                                                    {**self.server.optimizer.state(), **self.download.state()},
+                                                    self.metrics, meta))
         summary = wire.Result(n_samples=min(int(result.n_samples), bounds.MAX_WIRE_SAMPLES), n_clients=len(contributors),
                               loss=row["test_loss"], accuracy=row["test_acc"]).pack()
         self._tell_closed(run, result, contributors, result.closed_by, summary)
@@ -737,6 +781,8 @@ class Aggregator(asyncio.DatagramProtocol):
         rej = ", ".join(f"{k} {v}" for k, v in sorted(row["rejected"].items())) or "-"
         if row.get("clipped"):
             rej += f" (clipped {row['clipped']})"
+        if "epsilon" in row:
+            rej += f"  epsilon {row['epsilon']:.4f}"
         print(f"{row['round']:>5} {row['clients']:>3}/{row['selected']:<3} {row['samples']:>7} "
               f"{row['train_loss']:>10.4f} {row['test_loss']:>9.4f} {row['test_acc']:>8.4f} "
               f"{row['bytes_up'] / 1e3:>8.1f} {row['bytes_down'] / 1e3:>8.1f} {row['round_s']:>6.2f}  {rej}",
@@ -791,7 +837,7 @@ class Aggregator(asyncio.DatagramProtocol):
             while self.server.round_id < self.cfg.rounds and not stop.is_set():
                 if not await (self.driver.run_step(stop) if self.driver is not None else self._run_round(stop)):
                     break
-            if self.server.round_id >= self.cfg.rounds:
+            if self.server.round_id >= self.cfg.rounds or self.finished:   # finished: the privacy budget
                 self.finished = True
                 for _ in range(3):  # a device that misses these learns it from its next HELLO... or times out
                     for dev in self.devices.values():
@@ -838,7 +884,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=d.batch)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--prox-mu", type=float, default=d.prox_mu)
-    p.add_argument("--codec", default=d.codec, choices=tuple(CODECS))
+    p.add_argument("--codec", default=d.codec, choices=tuple(CODECS),
+                   help="the update devices send (default %(default)s; docs/PROTOCOL.md)")
+    p.add_argument("--down-codec", default=d.down_codec, choices=tuple(transfer.DOWN_CODECS),
+                   help="the model devices download: float32, or the whole model as int8 / int4 blocks with "
+                        "error feedback on the aggregator (default %(default)s)")
     p.add_argument("--server-opt", default=d.server_opt, choices=tuple(rounds.SERVER_OPTIMIZERS))
     p.add_argument("--server-lr", type=float, default=None)
     p.add_argument("--slots", type=int, default=d.slots,
@@ -887,6 +937,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--secagg-stage-timeout", type=float, default=d.secagg_stage_timeout, metavar="S",
                    help="the key, share and unmask stages close after this long (the masked-vector stage at "
                         "--round-timeout) (default %(default)s s)")
+    aggregator_dp.add_arguments(p)
     p.add_argument("--verbose", "-v", action="store_true")
 
 
@@ -918,6 +969,10 @@ def run_command(args: argparse.Namespace) -> int:
         return await agg.serve(stop)
     done = asyncio.run(main())
     print(f"{done} of {cfg.rounds} rounds finished; state in {os.path.abspath(cfg.state)}")
+    if agg.dp:
+        print(agg.dp.final_line())
+        if agg.dp.spent_detail:
+            return 0
     if done < cfg.rounds and stop.is_set():
         print(f"stopped by a signal: run the same command again to resume at round {done + 1}")
         return 0

@@ -107,6 +107,11 @@ def check_config(cfg) -> None:
         return
     if getattr(cfg, "secagg", False):
         raise ValueError("--secagg needs synchronous rounds: use --mode sync (a masked sum needs every device on one model)")
+    if getattr(cfg, "dp", "none") != "none":
+        raise ValueError(f"--dp {cfg.dp} needs synchronous rounds (its accounting samples rounds): use --mode sync")
+    if getattr(cfg, "down_codec", "float32") != "float32":
+        raise ValueError(f"--down-codec {cfg.down_codec} needs --mode sync (asynchronous tasks download their model "
+                         "version as float32)")
     k, m, s = buffer_of(cfg), concurrency_of(cfg), max_staleness_of(cfg)
     if k < 1:
         raise ValueError(f"--buffer must be >= 1 (updates per server step), got {k}")
@@ -273,7 +278,7 @@ class BufferedRounds:
             offer = wire.Offer(n_params=n, codec_flags=self.codec_flags, model_hash=wire.model_hash(params),
                                lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch,
                                deadline_ms=int(cfg.round_timeout * 1000), seed=cfg.seed, prox_mu=cfg.prox_mu,
-                               arch_hash=agg.arch_hash)
+                               arch_hash=agg.arch_hash, up_codec=agg.up_codec, down_codec=wire.CODEC_FLOAT32)
             dl = download.ModelDownload(wire.model_chunks(n), session.MODEL_CHUNK_BYTES + wire.HEADER_BYTES + wire.TAG_BYTES,
                                         window=MODEL_WINDOW, total_rate=cfg.send_rate * 1e6,
                                         device_rate=cfg.device_rate * 1e6)
@@ -364,7 +369,7 @@ class BufferedRounds:
         self._try_offer(dev, now)
 
     def _on_result(self, dev, task: _Task, res, now: float) -> None:
-        n_chunks = ingest.update_chunks(self.agg.server.n_params)
+        n_chunks = wire.update_chunks(self.agg.server.n_params, self.agg.up_codec)
         if res.update_chunks != n_chunks:
             raise session.Rejected("bad_payload", f"announces {res.update_chunks} update chunks, the model needs {n_chunks}")
         if not (res.n_samples > 0 and math.isfinite(res.loss) and res.steps > 0):
@@ -483,8 +488,8 @@ class BufferedRounds:
                 row["test_loss"], row["test_acc"] = map(float, agg.train.evaluate(agg.model, agg.server.params,
                                                                                   *agg.test))
             agg.metrics.append(row)
-            state.save(agg.cfg.state, state.Checkpoint(agg.server.round_id, agg.server.params,
-                                                       agg.server.optimizer.state(), agg.metrics,
+            optimizer_state = {**agg.server.optimizer.state(), **agg.download.state()}
+            state.save(agg.cfg.state, state.Checkpoint(agg.server.round_id, agg.server.params, optimizer_state, agg.metrics,
                                                        {"model": agg.cfg.model, "seed": agg.cfg.seed, "mode": "async",
                                                         "buffer": self.K, "max_staleness": self.S}))
             agg._print_row(row)

@@ -132,32 +132,38 @@ def calibrate(sampling: Sampling, target_epsilon: float, rounds: int, delta: flo
 class Accountant:
     """Privacy spent so far in a run: one round event per applied round; epsilon at the run's delta.
 
-    RDP composes by addition, so the RDP curve of one round at a given z is computed once by
-    dp-accounting and added per round (the fixed-size curve takes seconds to compute); epsilon is
-    dp-accounting's conversion of the running sum, as RdpAccountant.get_epsilon does.
+    RDP composes by addition, so the RDP curve of one round at a given (sampling, z) is computed
+    once by dp-accounting and added per round (the fixed-size curve takes seconds to compute);
+    epsilon is dp-accounting's conversion of the running sum, as RdpAccountant.get_epsilon does.
+    A round may name its own sampling (the aggregator's fixed-size draw of m from the A devices
+    alive in that round); every sampling of one run must have the same neighbouring relation.
     """
 
     def __init__(self, sampling: Sampling, delta: float):
         _check(1.0, delta)
         self.sampling = sampling
         self.delta = float(delta)
-        self._per_round: dict[float, np.ndarray] = {}
+        self._per_round: dict[tuple[Sampling, float], np.ndarray] = {}
         self._orders: np.ndarray | None = None
         self._rdp: np.ndarray | None = None
         self.rounds = 0
 
-    def _curve(self, z: float) -> np.ndarray:
+    def _curve(self, z: float, sampling: Sampling | None = None) -> np.ndarray:
         _check(z, self.delta)
-        if z not in self._per_round:
-            acc = new_accountant(self.sampling)
-            acc.compose(round_event(self.sampling, z))
+        s = self.sampling if sampling is None else sampling
+        if (s.kind == "poisson") != (self.sampling.kind == "poisson"):
+            raise ValueError(f"a run accounted with {self.sampling.kind} sampling cannot add a {s.kind} round")
+        if (s, z) not in self._per_round:
+            acc = new_accountant(s)
+            acc.compose(round_event(s, z))
             self._orders = acc.orders
-            self._per_round[z] = acc.rdp
-        return self._per_round[z]
+            self._per_round[(s, z)] = acc.rdp
+        return self._per_round[(s, z)]
 
-    def spend(self, z: float) -> float:
-        """Record one round released with noise multiplier z; returns epsilon so far."""
-        curve = self._curve(z)
+    def spend(self, z: float, sampling: Sampling | None = None) -> float:
+        """Record one round released with noise multiplier z (and its own sampling, if it differs
+        from the run's); returns epsilon so far."""
+        curve = self._curve(z, sampling)
         self._rdp = curve.copy() if self._rdp is None else self._rdp + curve
         self.rounds += 1
         return self.epsilon()
@@ -169,7 +175,7 @@ class Accountant:
     def epsilon(self) -> float:
         return self._epsilon(self._rdp) if self.rounds else 0.0
 
-    def epsilon_if(self, z: float) -> float:
+    def epsilon_if(self, z: float, sampling: Sampling | None = None) -> float:
         """epsilon if one more round with noise multiplier z were released (nothing is recorded)."""
-        curve = self._curve(z)
+        curve = self._curve(z, sampling)
         return self._epsilon(curve if self._rdp is None else self._rdp + curve)

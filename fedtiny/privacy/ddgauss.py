@@ -225,18 +225,23 @@ def encode(p: Params, clipped: np.ndarray, rotation_seed: int, rng: np.random.Ge
     return ((r.astype(np.int64) + noise) & ((1 << p.bits) - 1)).astype(np.uint32)
 
 
+def new_sum(p: Params) -> np.ndarray:
+    """The aggregator's modular sum, zero: uint32 of P values (any b <= 32 fits)."""
+    return np.zeros(p.padded, dtype=np.uint32)
+
+
 def add_mod(p: Params, total: np.ndarray, vector: np.ndarray) -> None:
-    """total += vector modulo 2^b in place (total: uint64 of P values): what secure aggregation computes."""
-    total += vector
-    total &= (1 << p.bits) - 1
+    """total = (total + vector) modulo 2^b in place (uint32 of P values): what secure aggregation
+    computes; the C kernel secagg_add, secure aggregation's own sum (csrc/secagg.c)."""
+    _core.secagg_add(total, vector, p.bits)
 
 
 def decode(p: Params, total: np.ndarray, rotation_seed: int) -> np.ndarray:
-    """The modular sum -> the noisy sum of the devices' clipped deltas, float32, model units."""
-    half = 1 << (p.bits - 1)
-    signed = total.astype(np.int64)
-    signed[signed >= half] -= 1 << p.bits
-    return (unrotate(p, signed.astype(np.float64) * p.gamma, rotation_seed)).astype(np.float32)
+    """The modular sum -> the noisy sum of the devices' clipped deltas, float32, model units: the C
+    kernel secagg_decode reads it as centered integers in [-2^(b-1), 2^(b-1)) times gamma."""
+    centred = np.empty(p.padded, dtype=np.float32)
+    _core.secagg_decode(total, p.gamma, centred, p.bits)
+    return unrotate(p, centred, rotation_seed).astype(np.float32)
 
 
 def bytes_per_value(p: Params) -> int:

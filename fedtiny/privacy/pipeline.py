@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from .. import rounds
+from .. import bounds, rounds
 from . import accounting, clipping, ddgauss
 from .central import GaussianSumNoise
 from .randomness import os_bytes, secure_generator
@@ -37,12 +37,12 @@ class PrivateRounds:
                  clip_norm: float | None, adaptive_quantile: float | None = None,
                  noise_multiplier: float | None = None, target_epsilon: float | None = None,
                  delta: float = 1e-5, sampling: str | None = None, bits: int | None = None,
-                 test_seed: int | None = None):
+                 test_seed: int | None = None, cohort: int | None = None):
         if mode not in MODES:
             raise ValueError(f"--dp must be one of {', '.join(MODES)}, got {mode!r}")
         self.mode = mode
         self.clients = int(clients)
-        self.m = rounds.n_sampled(self.clients, fraction)
+        self.m = rounds.n_sampled(self.clients, fraction) if cohort is None else int(cohort)
         self.bound = clipping.check_bound(clip_norm) if clip_norm is not None else None
         # Production noise comes from the OS CSPRNG; a fixed seed exists only for tests.
         if test_seed is None:
@@ -68,6 +68,7 @@ class PrivateRounds:
             raise ValueError(f"--dp {mode} needs exactly one of --noise-multiplier z or --target-epsilon E")
         kind = sampling or "poisson"
         self.sampling = accounting.Sampling(kind, self.clients, self.m)
+        self.round_sampling = self.sampling
         self.delta = float(delta)
         # --target-epsilon calibrates z up front for the planned rounds (it does not stop early).
         self.z = (float(noise_multiplier) if noise_multiplier is not None
@@ -95,25 +96,40 @@ class PrivateRounds:
         return np.flatnonzero(rng.random(self.clients) < self.sampling.q)
 
     # -- one round --
-    def begin_round(self) -> None:
+    def begin_round(self, population: int | None = None, cohort: int | None = None) -> None:
+        """population, cohort: this round's fixed-size draw of `cohort` of `population` devices when it
+        is not the run's (the aggregator samples from the devices alive at the round's start); the
+        round is accounted with it and the mean divides by that cohort."""
         self.unclipped = 0
         self.devices = 0
+        self.round_sampling = self.sampling
+        if population is not None:
+            if self.sampling is None or self.sampling.kind != "fixed":
+                raise ValueError("a round's own population needs fixed-size sampling")
+            self.round_sampling = accounting.Sampling("fixed", int(population), int(cohort))
         if self.mode == "distributed":
-            self.total = np.zeros(self.params.padded, dtype=np.uint64)
+            self.total = ddgauss.new_sum(self.params)
         if self.stage is not None:
             self.stage.bound = self.bound
+            self.stage.m = float(self.round_sampling.cohort)
 
-    def device(self, delta: np.ndarray, rotation_seed: int) -> np.ndarray | None:
-        """One device's float32 delta -> what goes into the sum (float32 clipped), or None once it
-        is in the modular sum (distributed)."""
+    def round_bounds(self, max_samples: int | None) -> bounds.Bounds:
+        """What the round logic enforces this round: the n_k cap and, under central DP, the DP clip
+        bound (fixed or adaptive). One clipping rule for simulate and the aggregator: fedtiny.bounds
+        scales each update (int8 or float32) to norm <= C as it enters the sum. Under distributed DP
+        the device clips before rounding (device()), so the round logic does not clip again."""
+        return bounds.Bounds(max_samples=max_samples, clip_norm=self.bound if self.mode == "central" else None)
+
+    def device(self, delta: np.ndarray, rotation_seed: int) -> None:
+        """Distributed DP, one device: clip its float32 delta, put it on the grid with its noise and
+        add it to the modular sum."""
+        if self.mode != "distributed":
+            raise ValueError("device() is the distributed stage; central DP clips in the round logic (round_bounds)")
         clipped, norm = clipping.clip(delta, self.bound)
         self.unclipped += norm <= self.bound
         self.devices += 1
-        if self.mode != "distributed":
-            return clipped
         vec = ddgauss.encode(self.params, clipped, rotation_seed, self.rng, self.random_bytes)
         ddgauss.add_mod(self.params, self.total, vec)
-        return None
 
     def upload_bytes(self) -> int | None:
         return None if self.params is None else ddgauss.bytes_per_value(self.params) * self.params.padded
@@ -125,17 +141,32 @@ class PrivateRounds:
             return None
         return ddgauss.decode(self.params, self.total, rotation_seed)
 
-    def end_round(self, released: bool) -> dict:
+    def z_spent(self) -> float:
+        """The noise multiplier a released round is accounted with."""
+        return self.z_accounted if self.mode == "distributed" else self.z
+
+    def budget_allows(self, target_epsilon: float | None) -> bool:
+        """Whether one more round (with this round's sampling) keeps epsilon <= target_epsilon."""
+        if target_epsilon is None or self.accountant is None:
+            return True
+        return self.accountant.epsilon_if(self.z_spent(), self.round_sampling) <= target_epsilon * (1 + 1e-9)
+
+    def end_round(self, released: bool, *, clipped: int | None = None, devices: int | None = None) -> dict:
+        """Close the round's DP bookkeeping; returns its metrics columns. Central DP passes the
+        round logic's counts: `devices` updates in the sum, `clipped` of them scaled down."""
+        if clipped is not None:
+            self.devices = int(devices)
+            self.unclipped = self.devices - int(clipped)
         row = {}
         if self.bound is not None:
             row["clip_norm"] = self.bound
             row["clipped"] = self.devices - int(self.unclipped)
         if self.accountant is not None:
             if released:
-                self.accountant.spend(self.z_accounted if self.mode == "distributed" else self.z)
+                self.accountant.spend(self.z_spent(), self.round_sampling)
             row["epsilon"] = self.accountant.epsilon()
         if self.adaptive is not None:
-            self.bound = self.adaptive.step(int(self.unclipped), self.m, self.rng)
+            self.bound = self.adaptive.step(int(self.unclipped), self.round_sampling.cohort, self.rng)
         return row
 
     def summary(self) -> dict:
