@@ -31,15 +31,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import bounds, codec, datasets, rounds
+from .. import bounds, datasets, rounds
 from ..privacy import aggregator_dp
-from . import download, ingest, keys as keys_mod, rx as rx_mod, session, state, status, wire
+from . import buffered, download, ingest, keys as keys_mod, rx as rx_mod, session, state, status, transfer, wire
 from .common import MODEL_WINDOW, parse_hostport, setup_logging
 from .session import Rejected
 
 log = logging.getLogger("fedtiny.aggregate")
 
-CODECS = {"int8": 0, "int8-stochastic": 1, "int8-ef": 2}   # the offer's codec_flags (docs/PROTOCOL.md)
+CODECS = transfer.UPLOAD_CODECS   # --codec -> the offer's (upload codec, codec_flags) (docs/PROTOCOL.md)
 ALIVE_SECONDS = 15.0      # a device silent for longer is not sampled
 REOFFER_SECONDS = 0.5     # offer again to a selected device that has not asked for the model
 ACK_EVERY = 16            # update chunks between two ACKs to the device
@@ -72,6 +72,7 @@ class AggregateConfig:
     lr: float = 0.05
     prox_mu: float = 0.0
     codec: str = "int8-stochastic"
+    down_codec: str = "float32"      # the model download (fedtiny.net.transfer)
     server_opt: str = "fedavg"
     server_lr: float | None = None
     slots: int = 0                   # 0: sized by memory (--staging-mb)
@@ -83,6 +84,11 @@ class AggregateConfig:
     seed: int = 0
     max_samples: int = bounds.DEFAULT_MAX_SAMPLES
     clip_norm: float = bounds.DEFAULT_CLIP_NORM      # 0: no clipping; under --dp the DP clip bound C
+    mode: str = "sync"               # async: FedBuff (fedtiny/net/buffered.py); the four below are its
+    buffer: int | None = None
+    concurrency: int | None = None
+    max_staleness: int | None = None
+    staleness: str | None = None
     http: str = ""                   # HOST:PORT of the status page (fedtiny.net.status); "": none
     http_public: bool = False        # allow a non-loopback --http address
     secagg: bool = False             # SecAgg+ rounds (fedtiny.net.secagg_round); the grid's bound is clip_norm
@@ -112,6 +118,11 @@ class AggregateConfig:
         need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}")
         need(math.isfinite(self.prox_mu) and self.prox_mu >= 0, f"--prox-mu must be >= 0, got {self.prox_mu}")
         need(self.codec in CODECS, f"--codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
+        need(self.down_codec in transfer.DOWN_CODECS,
+             f"--down-codec must be one of {', '.join(transfer.DOWN_CODECS)}, got {self.down_codec!r}")
+        need(not self.secagg or CODECS[self.codec][0] == wire.CODEC_INT8,
+             f"--codec {self.codec} does not apply with --secagg: a masked update is the round's shared integer "
+             "grid (--secagg-bits); leave --codec out (any --down-codec works)")
         need(self.slots >= 0, f"--slots must be >= 0 (0: sized by --staging-mb), got {self.slots}")
         need(math.isfinite(self.staging_mb) and self.staging_mb > 0, f"--staging-mb must be > 0, got {self.staging_mb}")
         need(math.isfinite(self.upload_seconds) and self.upload_seconds >= 0,
@@ -126,6 +137,7 @@ class AggregateConfig:
         need(math.isfinite(self.clip_norm) and self.clip_norm >= 0,
              f"--clip-norm must be a finite number >= 0 (0: no clipping), got {self.clip_norm}")
         need(bool(self.keys), "--keys FILE is required")
+        buffered.check_config(self)
         if self.http:
             status.check_address(self.http, self.http_public)
         need(bool(self.state), "--state DIR is required")
@@ -219,6 +231,8 @@ class Aggregator(asyncio.DatagramProtocol):
         self.bounds = (self.dp.bounds() if self.dp else
                        bounds.Bounds(max_samples=cfg.max_samples, clip_norm=cfg.clip_norm or None))
         stage = self.dp.stage if self.dp else None
+        self.up_codec = CODECS[cfg.codec][0]      # the run's upload format: its staging memory is sized for it
+        self.download = transfer.Download(cfg.down_codec, self.model.n_params)
         ckpt = state.load(cfg.state)
         if ckpt is not None:
             if ckpt.weights.size != self.model.n_params:
@@ -226,7 +240,7 @@ class Aggregator(asyncio.DatagramProtocol):
                                  f"--model {cfg.model} has {self.model.n_params}")
             self.server = rounds.Server(ckpt.weights, optimizer=optimizer, bounds=self.bounds, sum_stage=stage)
             self.server.round_id = ckpt.round
-            optimizer.load_state(dict(ckpt.optimizer))
+            optimizer.load_state(self.download.load_state(dict(ckpt.optimizer)))
             self.metrics = ckpt.metrics
             if self.dp:
                 self.dp.resume(self.metrics)
@@ -235,10 +249,10 @@ class Aggregator(asyncio.DatagramProtocol):
             self.metrics = []
         self.resumed_from = self.server.round_id
         n = self.server.n_params
-        self.slots = cfg.slots or ingest.slots_for_budget(n, cfg.staging_mb * 1e6)
-        update_bytes = codec.wire_size(n)
+        self.slots = cfg.slots or ingest.slots_for_budget(n, cfg.staging_mb * 1e6, self.up_codec)
+        update_bytes = transfer.update_nbytes(n, self.up_codec)
         self.upload_seconds = cfg.upload_seconds or max(UPLOAD_MIN_SECONDS, 10 * update_bytes / (cfg.device_rate * 1e6))
-        self.staging = ingest.Staging(n, self.slots)       # allocated once; pages touched as slots are used
+        self.staging = ingest.Staging(n, self.slots, self.up_codec)   # allocated once; pages touched as slots are used
         self.rx = rx_mod.Receiver(self.keys, self.staging, ack_every=ACK_EVERY) if cfg.ingest == "c" else None
         self.sock = None
         self.devices: dict[int, _Device] = {}
@@ -257,6 +271,9 @@ class Aggregator(asyncio.DatagramProtocol):
         self.run_id: bytes = b""     # set by serve() from --state (state.begin_life)
         self.epoch = 0
         self.run_tag = 0
+        # --mode async: the rounds are FedBuff's buffers (fedtiny/net/buffered.py), hooked in below
+        self.driver = (buffered.BufferedRounds(self, codec_flags=CODECS[cfg.codec][1], alive_seconds=ALIVE_SECONDS,
+                                               ack_every=ACK_EVERY) if cfg.mode == "async" else None)
         self.started = time.monotonic()
         self.status_server: status.StatusServer | None = None
 
@@ -273,6 +290,8 @@ class Aggregator(asyncio.DatagramProtocol):
         if self.current is not None:
             self.current.bytes_down += len(frame)
             self.current.down_by_type[frame[3]] += len(frame)
+        elif self.driver is not None:
+            self.driver.count_down(len(frame))
 
     def _reject(self, reason: str, who: str, detail: str = "", dev: _Device | None = None) -> None:
         if dev is not None:
@@ -289,6 +308,8 @@ class Aggregator(asyncio.DatagramProtocol):
         now = time.monotonic()
         if self.current is not None and not counted:
             self.current.bytes_up += len(data)
+        elif self.driver is not None and not counted:
+            self.driver.count_up(len(data))
         who = f"{addr[0]}:{addr[1]}"
         dev = None
         try:
@@ -336,6 +357,9 @@ class Aggregator(asyncio.DatagramProtocol):
         if mtype == session.ERROR:
             self._on_device_error(dev, wire.ErrorMsg.unpack(payload))
             return
+        if self.driver is not None:
+            self.driver.on_frame(dev, hdr, now)
+            return
         run = self.current
         if run is None or hdr.round != run.id:
             self._tell(dev, hdr.round, session.E_ROUND_CLOSED, f"round {hdr.round} is closed")
@@ -362,6 +386,8 @@ class Aggregator(asyncio.DatagramProtocol):
         dropped, nbytes = self.rx.take_counts()
         if self.current is not None:
             self.current.bytes_up += nbytes
+        elif self.driver is not None:
+            self.driver.count_up(nbytes)
         for reason, n in dropped.items():
             self.rejected[reason] += n
             self.round_rejected[reason] += n
@@ -465,6 +491,9 @@ class Aggregator(asyncio.DatagramProtocol):
             log.info("device %d joined from %s:%d (%d samples)", dev.id, dev.addr[0], dev.addr[1], hello.n_samples)
         if self.finished:
             self._tell(dev, dev.session.round, session.E_FINISHED, "training is finished")
+            return
+        if self.driver is not None:
+            self.driver.on_hello(dev, now)
             return
         run = self.current
         if run is not None and dev.id in run.selected and not run.ingest.is_complete(dev.id):
@@ -605,14 +634,19 @@ class Aggregator(asyncio.DatagramProtocol):
             self.server.bounds = self.dp.bounds()
             m = len(selected)
         rnd = self.server.open_round(selected.tolist(), deadline=now + cfg.round_timeout, min_updates=m)
-        model_bytes = self.server.params.astype("<f4").tobytes()
+        up_codec, codec_flags = CODECS[cfg.codec]   # the flags may change between rounds (a Flower fleet's header)
+        if up_codec != self.up_codec:
+            raise ValueError(f"--codec {cfg.codec}: this run stages {self.up_codec}-bit updates; the upload "
+                             "format cannot change within a run")
+        start = self.download.publish(self.server.params)   # what every device of the round starts from
         n = self.server.n_params
-        offer = wire.Offer(n_params=n, codec_flags=CODECS[cfg.codec], model_hash=wire.model_hash(self.server.params),
+        offer = wire.Offer(n_params=n, codec_flags=codec_flags, model_hash=wire.model_hash(start),
                            lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch,
                            deadline_ms=int(cfg.round_timeout * 1000), seed=cfg.seed, prox_mu=cfg.prox_mu,
-                           arch_hash=self.arch_hash, fixed_scale=cfg.clip_norm if self.secagg is not None else 0.0)
-        run = _RoundRun(r, rnd, None, frozenset(selected.tolist()), model_bytes, offer.pack(),
-                        wire.model_chunks(n), now)
+                           arch_hash=self.arch_hash, fixed_scale=cfg.clip_norm if self.secagg is not None else 0.0,
+                           up_codec=self.up_codec, down_codec=self.download.codec)
+        run = _RoundRun(r, rnd, None, frozenset(selected.tolist()), self.download.message, offer.pack(),
+                        wire.model_chunks(n, self.download.codec), now)
         run.download = download.ModelDownload(run.model_chunks, session.MODEL_CHUNK_BYTES + FRAME_OVERHEAD,
                                               window=MODEL_WINDOW, total_rate=cfg.send_rate * 1e6,
                                               device_rate=cfg.device_rate * 1e6)
@@ -721,7 +755,8 @@ class Aggregator(asyncio.DatagramProtocol):
         if self.dp:
             meta["dp"] = self.dp.summary()
         state.save(self.cfg.state, state.Checkpoint(self.server.round_id, self.server.params,
-                                                    self.server.optimizer.state(), self.metrics, meta))
+                                                    {**self.server.optimizer.state(), **self.download.state()},
+                                                    self.metrics, meta))
         summary = wire.Result(n_samples=min(int(result.n_samples), bounds.MAX_WIRE_SAMPLES), n_clients=len(contributors),
                               loss=row["test_loss"], accuracy=row["test_acc"]).pack()
         self._tell_closed(run, result, contributors, result.closed_by, summary)
@@ -800,7 +835,7 @@ class Aggregator(asyncio.DatagramProtocol):
             if ready is not None:
                 ready(self.address)
             while self.server.round_id < self.cfg.rounds and not stop.is_set():
-                if not await self._run_round(stop):
+                if not await (self.driver.run_step(stop) if self.driver is not None else self._run_round(stop)):
                     break
             if self.server.round_id >= self.cfg.rounds or self.finished:   # finished: the privacy budget
                 self.finished = True
@@ -839,7 +874,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=d.rounds)
     p.add_argument("--min-clients", type=int, default=d.min_clients, help="M: devices to wait for; a round closes at M updates")
     p.add_argument("--fraction", type=float, default=d.fraction, help="C: fraction of live devices sampled per round")
-    p.add_argument("--round-timeout", type=float, default=d.round_timeout, metavar="S", help="round deadline in seconds")
+    p.add_argument("--round-timeout", type=float, default=d.round_timeout, metavar="S",
+                   help="round deadline in seconds (--mode async: a task whose device is silent this long is dropped)")
     p.add_argument("--keys", required=True, metavar="FILE", help="per-device keys, one 'device_id hexkey' per line")
     p.add_argument("--state", required=True, metavar="DIR", help="checkpoint and metrics directory (resumes from it)")
     p.add_argument("--dataset", default=d.dataset, help="test set for evaluation: digits, fashion-mnist, ..., PATH.npz, or none")
@@ -848,7 +884,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=d.batch)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--prox-mu", type=float, default=d.prox_mu)
-    p.add_argument("--codec", default=d.codec, choices=tuple(CODECS))
+    p.add_argument("--codec", default=d.codec, choices=tuple(CODECS),
+                   help="the update devices send (default %(default)s; docs/PROTOCOL.md)")
+    p.add_argument("--down-codec", default=d.down_codec, choices=tuple(transfer.DOWN_CODECS),
+                   help="the model devices download: float32, or the whole model as int8 / int4 blocks with "
+                        "error feedback on the aggregator (default %(default)s)")
     p.add_argument("--server-opt", default=d.server_opt, choices=tuple(rounds.SERVER_OPTIMIZERS))
     p.add_argument("--server-lr", type=float, default=None)
     p.add_argument("--slots", type=int, default=d.slots,
@@ -869,6 +909,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="largest n_k (FedAvg weight) a device may claim; more is refused (default %(default)s)")
     p.add_argument("--clip-norm", type=float, default=d.clip_norm, metavar="C",
                    help="each update is scaled down to L2 norm <= C before it is summed; 0: off (default %(default)s)")
+    g = p.add_argument_group("asynchronous aggregation (FedBuff, docs/network.md)")
+    g.add_argument("--mode", default=d.mode, choices=("sync", "async"),
+                   help="sync: rounds of sampled devices; async: up to --concurrency devices train at once, a "
+                        "server step every --buffer updates (--rounds counts server steps)")
+    g.add_argument("--buffer", type=int, default=None, metavar="K",
+                   help=f"async: updates per server step (default {buffered.DEFAULT_BUFFER})")
+    g.add_argument("--concurrency", type=int, default=None, metavar="M",
+                   help=f"async: devices training at once (default {buffered.DEFAULT_CONCURRENCY})")
+    g.add_argument("--max-staleness", type=int, default=None, metavar="S",
+                   help=f"async: an update more than S server steps old is refused (default {buffered.DEFAULT_MAX_STALENESS})")
+    g.add_argument("--staleness", default=None, choices=rounds.STALENESS_KINDS,
+                   help="async: weight s(tau) of an update tau steps old: poly (1+tau)^-0.5, const 1, hinge "
+                        "(1 up to tau 4, then 1/(tau-3)) (default poly)")
     add_http_arguments(p)
     g = p.add_argument_group("secure aggregation (SecAgg+, docs/secagg.md)")
     g.add_argument("--secagg", action="store_true",
