@@ -11,7 +11,8 @@
  * round): the tests' oracle of a secure round (the aggregator itself never sees it).
  * FILE: a provisioning image (fw_provision.h; example/provision.py writes it), the same bytes a
  * board keeps in flash. B: the line's bit rate the timers assume (default 115200).
- * Exit 0 after R rounds (or when the aggregator says training is finished), 1 on timeout, 2 when
+ * Exit 0 after R rounds (after a secure round: once the aggregator says it finished, or 10 s later)
+ * or when the aggregator says training is finished, 1 on timeout, 2 when
  * the aggregator's model is not the one this firmware trains.
  */
 #define _DEFAULT_SOURCE /* cfmakeraw */
@@ -29,6 +30,7 @@
 #include "fw_device.h"
 #include "fw_provision.h"
 
+#define LINGER_MS 10000u
 static fw_device g_dev; /* static: the board has no heap either */
 static uint32_t g_image[(FW_PROVISION_HEADER_BYTES + FW_MAX_SAMPLES * (4u + FW_IN) + 8u) / 4u]; /* aligned */
 
@@ -90,7 +92,7 @@ static size_t load_image(const char *path) {
 
 int main(int argc, char **argv) {
     const char *tty = NULL, *provision = NULL, *dump = NULL;
-    uint32_t done = 0;
+    uint32_t done = 0, linger_end = 0;
     int fd = -1, i;
     uint32_t rounds = 1, timeout_s = 60, baud = 115200;
     fw_config cfg;
@@ -135,8 +137,18 @@ int main(int argc, char **argv) {
         return 2;
     }
     t_end = now_ms() + timeout_s * 1000u;
-    while (g_dev.state != FW_FINISHED && !g_dev.model_refused && g_dev.rounds_done < rounds &&
-           (int32_t)(t_end - now_ms()) > 0) {
+    /* After the last round the loop keeps serving while a secure round may still need us: its unmask
+     * answer is not acknowledged, so a lost one is asked for again (until the aggregator says it
+     * finished, or LINGER_MS). A board never stops serving; only this harness exits. */
+    while (g_dev.state != FW_FINISHED && !g_dev.model_refused && (int32_t)(t_end - now_ms()) > 0) {
+        if (g_dev.rounds_done >= rounds) {
+            if (g_dev.offer.fixed_scale <= 0.0f)
+                break;
+            if (linger_end == 0)
+                linger_end = now_ms() + LINGER_MS;
+            else if ((int32_t)(linger_end - now_ms()) <= 0)
+                break;
+        }
         struct pollfd p = {fd, POLLIN, 0};
         uint8_t buf[512];
         if (poll(&p, 1, 5) > 0 && (p.revents & POLLIN)) {
