@@ -82,7 +82,7 @@ def test_six_clients_the_released_sum_carries_the_survivors_discrete_gaussian_no
         w0 = cap.model(r)
         p = dp_secagg.params(w0.size, cfg.clip_norm, setup.dp_z, setup.min_survivors, CLIENTS, setup.dp_bits)
         assert p.devices == setup.min_survivors < CLIENTS     # noise sized for the fewest survivors
-        assert cap.vector(r, 0).nbytes == p.padded * dp_secagg.wire_bits(p.bits) // 8
+        assert cap.vector(r, 0).nbytes == p.padded * (2 if p.bits <= 16 else 4)   # 16-bit words up to 2^16
         total = 0
         for k in range(CLIENTS):
             q, signs, h = oracle_rounded(p, local_delta(fleet, w0, r, k), setup.session,
@@ -104,6 +104,26 @@ def test_six_clients_the_released_sum_carries_the_survivors_discrete_gaussian_no
     assert abs(res.var() / var - 1) < 5 * math.sqrt(2 / n), (res.var(), var)   # ~8% at 3 x 2410 values
     # a wrong noise level is caught: the shares of only min_survivors devices would be 4/6 of it
     assert abs(res.var() / (p.gamma ** 2 * p.devices * p.sigma2) - 1) > 5 * math.sqrt(2 / n)
+
+
+def test_target_epsilon_stops_before_overspending_and_a_restart_replays_epsilon():
+    from types import SimpleNamespace
+    from fedtiny.privacy import aggregator_dp, secagg
+    cfg = SimpleNamespace(dp="distributed", secagg=True, secagg_bits=None, noise_multiplier=0.8, target_epsilon=None,
+                          adaptive_clip=None, clip_norm=1.0, delta=1e-5, fraction=0.5, min_clients=6, rounds=10,
+                          max_samples=None, secagg_config=lambda: secagg.Config(clip=1.0))
+    dp = aggregator_dp.create(cfg, 20, 2410)
+    rows = []
+    for _ in range(3):
+        assert dp.open_round(20, 10)
+        rows.append(dp.close_round(True, 10, 0))
+    cfg.target_epsilon = (rows[1]["epsilon"] + rows[2]["epsilon"]) / 2
+    again = aggregator_dp.create(cfg, 20, 2410)
+    again.resume(rows[:2])
+    assert again.accountant.epsilon() == pytest.approx(rows[1]["epsilon"], rel=1e-12)
+    assert not again.open_round(20, 10) and "privacy budget spent" in again.spent_detail
+    p = dp.round_params                                  # 10 selected: k = 9, t = 5, min_survivors 6
+    assert (p.devices, p.max_devices) == (6, 10) and rows[0]["noise_multiplier"] == p.z_effective >= 0.8
 
 
 @pytest.mark.parametrize("args, needle", [
