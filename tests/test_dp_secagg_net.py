@@ -63,6 +63,18 @@ def oracle_rounded(p: ddgauss.Params, delta: np.ndarray, session: bytes, round_k
             return r, signs, h
 
 
+def released_and_clean(fleet, p, setup, w0, w1, r, survivors):
+    """(the released sum of the round, from the model's step; the survivors' noise-free sum from the
+    oracle), both in model units, float64."""
+    total = 0
+    for k in survivors:
+        q, signs, h = oracle_rounded(p, local_delta(fleet, w0, r, k), setup.session, gridmod.derived_round_key(0, r, k))
+        total = total + q
+    clean = (signs * (h @ total) / math.sqrt(p.padded))[:p.dim] * p.gamma
+    released = (w1.astype(np.float64) - w0.astype(np.float64)) * len(survivors)   # the mean divides by survivors
+    return released, clean
+
+
 def test_six_clients_the_released_sum_carries_the_survivors_discrete_gaussian_noise(tmp_path):
     fleet = Fleet(tmp_path, CLIENTS)
     cap = SetupCapture(fleet.keys)
@@ -83,14 +95,8 @@ def test_six_clients_the_released_sum_carries_the_survivors_discrete_gaussian_no
         p = dp_secagg.params(w0.size, cfg.clip_norm, setup.dp_z, setup.min_survivors, CLIENTS, setup.dp_bits)
         assert p.devices == setup.min_survivors < CLIENTS     # noise sized for the fewest survivors
         assert cap.vector(r, 0).nbytes == p.padded * (2 if p.bits <= 16 else 4)   # 16-bit words up to 2^16
-        total = 0
-        for k in range(CLIENTS):
-            q, signs, h = oracle_rounded(p, local_delta(fleet, w0, r, k), setup.session,
-                                         gridmod.derived_round_key(0, r, k))
-            total = total + q
-        clean = (signs * (h @ total) / math.sqrt(p.padded))[:p.dim] * p.gamma      # model units, the sum
         w1 = cap.model(r + 1) if r < ROUNDS else ck.weights
-        released = (w1.astype(np.float64) - w0.astype(np.float64)) * CLIENTS
+        released, clean = released_and_clean(fleet, p, setup, w0, w1, r, range(CLIENTS))
         residuals.append(released - clean)
         expected_var.append(p.gamma ** 2 * CLIENTS * p.sigma2)     # the survivors' shares
         direct.compose(dp_accounting.SampledWithoutReplacementDpEvent(
@@ -104,6 +110,29 @@ def test_six_clients_the_released_sum_carries_the_survivors_discrete_gaussian_no
     assert abs(res.var() / var - 1) < 5 * math.sqrt(2 / n), (res.var(), var)   # ~8% at 3 x 2410 values
     # a wrong noise level is caught: the shares of only min_survivors devices would be 4/6 of it
     assert abs(res.var() / (p.gamma ** 2 * p.devices * p.sigma2) - 1) > 5 * math.sqrt(2 / n)
+
+
+def test_a_dropout_after_its_shares_the_sum_carries_the_five_survivors_noise(tmp_path):
+    """Device 2 is killed after its SHARES (its pairwise masks are rebuilt, its vector never arrives):
+    5 survivors >= min_survivors 4, the round is released with their 5 noise shares, accounted."""
+    fleet = Fleet(tmp_path, CLIENTS)
+    cap = SetupCapture(fleet.keys)
+    fleet, cfg, agg, codes, logs = run_fleet(tmp_path, CLIENTS, 1, tap=cap, fleet=fleet, kill={2: "shares"},
+                                             cfg_kw=dict(dp="distributed", noise_multiplier=Z, delta=DELTA,
+                                                         round_timeout=12.0))
+    ck = state.load(cfg.state)
+    row = ck.metrics[0]
+    assert row["secagg_outcome"] == "applied" and row["survivors"] == 5, row
+    setup = sr.parse_setup(1, cap.setups[1])
+    w0 = cap.model(1)
+    p = dp_secagg.params(w0.size, cfg.clip_norm, setup.dp_z, setup.min_survivors, CLIENTS, setup.dp_bits)
+    survivors = [0, 1, 3, 4, 5]
+    released, clean = released_and_clean(fleet, p, setup, w0, ck.weights, 1, survivors)
+    res = released - clean
+    var = p.gamma ** 2 * 5 * p.sigma2
+    assert abs(res.mean()) < 5 * math.sqrt(var / res.size)
+    assert abs(res.var() / var - 1) < 5 * math.sqrt(2 / res.size), (res.var(), var)
+    assert row["epsilon"] > 0 and row["dp_released"]
 
 
 def test_target_epsilon_stops_before_overspending_and_a_restart_replays_epsilon():
