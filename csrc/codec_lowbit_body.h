@@ -130,17 +130,23 @@ FT_LB_INLINE ft_status r1_quantize_block(void (*fwht)(float *, size_t), const fl
     return FT_OK;
 }
 
-/* ---- the public bodies, shared by every path (fwht is the path's transform) ----------- */
+/* ---- the public bodies, shared by every path (fwht is the path's transform, qn_block its
+ * 4-bit / 2-bit packer of one block: qn_quantize_block, or a hand-written SIMD one that gives
+ * the same bytes and residuals) ----------------------------------------------------------- */
 
-FT_LB_INLINE ft_status lowbit_quantize(void (*fwht)(float *, size_t), ft_lowbit_fmt fmt, const float *x, size_t n,
-                                  float *residual, ft_rounding rounding, uint64_t seed, uint8_t *out) {
+typedef ft_status (*ft_qn_block_fn)(ft_lowbit_fmt fmt, const float *x, size_t len, float *residual,
+                                    ft_rounding rounding, uint32_t key, uint32_t i0, uint8_t *out);
+
+FT_LB_INLINE ft_status lowbit_quantize(void (*fwht)(float *, size_t), ft_qn_block_fn qn_block, ft_lowbit_fmt fmt,
+                                       const float *x, size_t n, float *residual, ft_rounding rounding, uint64_t seed,
+                                       uint8_t *out) {
     const size_t bv = ft_lowbit_block_values(fmt), bb = ft_lowbit_block_bytes(fmt);
     const uint32_t key = fmt == FT_FMT_R1 ? r1_key(seed) : ft_rng_key(seed);
     for (size_t b = 0; b * bv < n; b++) {
         const size_t i0 = b * bv, len = (n - i0 < bv) ? n - i0 : bv;
         float *r = residual ? residual + i0 : NULL;
         const ft_status st = fmt == FT_FMT_R1 ? r1_quantize_block(fwht, x + i0, len, r, key, (uint32_t)i0, out + b * bb)
-                                              : qn_quantize_block(fmt, x + i0, len, r, rounding, key, (uint32_t)i0, out + b * bb);
+                                              : qn_block(fmt, x + i0, len, r, rounding, key, (uint32_t)i0, out + b * bb);
         if (st != FT_OK) return st;
     }
     return FT_OK;

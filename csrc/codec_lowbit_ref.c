@@ -27,7 +27,7 @@ void ft_fwht_f32_ref(float *v, size_t len) { lowbit_fwht_scalar(v, len); }
 
 ft_status ft_quantize_lowbit_ref(ft_lowbit_fmt fmt, const float *x, size_t n, float *residual, ft_rounding rounding,
                                  uint64_t seed, uint8_t *out) {
-    return lowbit_quantize(ft_fwht_f32_ref, fmt, x, n, residual, rounding, seed, out);
+    return lowbit_quantize(ft_fwht_f32_ref, qn_quantize_block, fmt, x, n, residual, rounding, seed, out);
 }
 
 ft_status ft_lowbit_apply_ref(ft_lowbit_fmt fmt, const uint8_t *in, size_t i0, size_t n, uint64_t seed, float weight,

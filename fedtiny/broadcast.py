@@ -34,6 +34,11 @@ class Broadcaster:
         self.message: codec.Int8Update | codec.LowbitUpdate | None = None
 
     @property
+    def residual(self) -> np.ndarray | None:
+        """The error-feedback residual (None for float32): the aggregator's state beside the model."""
+        return self._residual
+
+    @property
     def message_bytes(self) -> int:
         """Bytes one device downloads for the current model (header included)."""
         return 4 * self.n_params if self.message is None else self.message.nbytes

@@ -184,39 +184,29 @@ def encode(delta: np.ndarray, *, rounding: str = "nearest", seed: int = 0,
 # one the encoder used (the rotated codec needs it to decode), the block size field is the
 # format's values per block. Blocks are encoded and read by the C kernels.
 
-_F32 = struct.Struct("<f")
-
-
 class LowbitFormat:
     """One sub-byte format: its C id, magic, block geometry, largest legal scale and reader rule."""
 
-    __slots__ = ("name", "fmt", "magic", "block_values", "block_bytes", "max_scale", "_valid", "grid")
+    __slots__ = ("name", "fmt", "magic", "block_values", "block_bytes", "max_scale", "grid")
 
-    def __init__(self, name: str, fmt: int, magic: bytes, qmax: int, bad_bytes: bytes, grid: str):
+    def __init__(self, name: str, fmt: int, magic: bytes, qmax: int, grid: str):
         self.name, self.fmt, self.magic, self.grid = name, fmt, magic, grid
         self.block_values = _core.lowbit_block_values(fmt)
         self.block_bytes = _core.lowbit_block_bytes(fmt)
         # a decoded value is at most qmax * scale: keep it finite
         self.max_scale = float(np.float32(np.finfo(np.float32).max / np.float32(qmax)))
-        # the bytes a block's codes may hold (None: every byte is a value)
-        self._valid = bytes(v for v in range(256) if v not in set(bad_bytes)) if bad_bytes else None
 
     def check_blocks(self, data: bytes | bytearray | memoryview) -> str | None:
         """The reader rule of this format, as check_blocks for int8: "bad_length" (not whole blocks),
         "bad_scale" (negative, NaN, Inf or above max_scale), "bad_value" (a code outside the grid:
-        4-bit code 0 or 2-bit code 3; every bit pattern of the rotated codec is a value)."""
-        b = bytes(data)
-        bb = self.block_bytes
-        if not b or len(b) % bb:
+        4-bit code 0 or 2-bit code 3; every bit pattern of the rotated codec is a value). In C
+        (firmware_bridge/host/ft_rx.c ft_codec_check_blocks): the aggregator's receive path applies
+        it to every update chunk it stages."""
+        mv = memoryview(data).cast("B")
+        if len(mv) == 0:
             return "bad_length"
-        valid = self._valid
-        for off in range(0, len(b), bb):
-            (d,) = _F32.unpack_from(b, off)
-            if not 0.0 <= d <= self.max_scale:
-                return "bad_scale"
-            if valid is not None and b[off + 4: off + bb].translate(None, valid):
-                return "bad_value"
-        return None
+        reason = _wire_lib.ft_codec_check_blocks(self.fmt, _wire_ffi.from_buffer(mv), len(mv))
+        return None if reason == 0 else _Q8_REASONS[reason]
 
     def nblocks(self, n_params: int) -> int:
         return (n_params + self.block_values - 1) // self.block_values
@@ -225,19 +215,11 @@ class LowbitFormat:
         return HEADER_BYTES + self.nblocks(n_params) * self.block_bytes
 
 
-def _bad_q4() -> bytes:  # a byte holding nibble 0 (value -8, outside [-7, 7])
-    return bytes(v for v in range(256) if (v & 0x0F) == 0 or (v >> 4) == 0)
-
-
-def _bad_q2() -> bytes:  # a byte holding a 2-bit code 3 (value 2, outside {-1, 0, 1})
-    return bytes(v for v in range(256) if any((v >> s) & 3 == 3 for s in (0, 2, 4, 6)))
-
-
 LOWBIT_FORMATS: dict[str, LowbitFormat] = {
-    "int4": LowbitFormat("int4", 4, b"FTQ4", 7, _bad_q4(), "q in [-7, 7], value = d * q"),
-    "int2": LowbitFormat("int2", 2, b"FTQ2", 1, _bad_q2(), "q in {-1, 0, 1}, value = d * q"),
+    "int4": LowbitFormat("int4", 4, b"FTQ4", 7, "q in [-7, 7], value = d * q"),
+    "int2": LowbitFormat("int2", 2, b"FTQ2", 1, "q in {-1, 0, 1}, value = d * q"),
     # |decoded value| <= scale * RK (the Hadamard transform of +-1 values)
-    "1bit-rot": LowbitFormat("1bit-rot", 1, b"FTR1", _core.RK, b"", "sign after rotation, value = S * (D H b)_i"),
+    "1bit-rot": LowbitFormat("1bit-rot", 1, b"FTR1", _core.RK, "sign after rotation, value = S * (D H b)_i"),
 }
 _BY_MAGIC = {f.magic: f for f in LOWBIT_FORMATS.values()}
 

@@ -84,6 +84,66 @@ uint32_t ft_wire_update_chunks(uint32_t n_params)
     return n_params / per + (n_params % per != 0);
 }
 
+uint32_t ft_wire_codec_block_values(uint8_t up_codec)
+{
+    switch (up_codec) {
+    case FT_CODEC_INT8: case FT_CODEC_INT4: case FT_CODEC_INT2: return FT_WIRE_QK;
+    case FT_CODEC_ROT1: return 4u * FT_WIRE_QK; /* 512 */
+    default: return 0u;
+    }
+}
+
+uint32_t ft_wire_codec_block_bytes(uint8_t up_codec)
+{
+    switch (up_codec) {
+    case FT_CODEC_INT8: return FT_WIRE_BLOCK_BYTES;  /* 4 + 128 */
+    case FT_CODEC_INT4: return 4u + 64u;
+    case FT_CODEC_INT2: return 4u + 32u;
+    case FT_CODEC_ROT1: return 4u + 64u;
+    default: return 0u;
+    }
+}
+
+uint32_t ft_wire_codec_chunk_blocks(uint8_t up_codec)
+{
+    const uint32_t bb = ft_wire_codec_block_bytes(up_codec);
+    return bb == 0u ? 0u : FT_WIRE_MAX_PAYLOAD / bb;
+}
+
+uint32_t ft_wire_update_chunks_codec(uint8_t up_codec, uint32_t n_params)
+{
+    const uint32_t bv = ft_wire_codec_block_values(up_codec);
+    uint32_t blocks, per;
+    if (bv == 0u) {
+        return 0u;
+    }
+    blocks = n_params / bv + (n_params % bv != 0);
+    per = ft_wire_codec_chunk_blocks(up_codec);
+    return blocks / per + (blocks % per != 0);
+}
+
+uint32_t ft_wire_download_bytes(uint8_t down_codec, uint32_t n_params)
+{
+    uint64_t bytes;
+    if (n_params == 0u) {
+        return 0u;
+    }
+    if (down_codec == FT_CODEC_FLOAT32) {
+        bytes = 4u * (uint64_t)n_params;
+    } else if (down_codec == FT_CODEC_INT8 || down_codec == FT_CODEC_INT4) {
+        uint64_t blocks = n_params / FT_WIRE_QK + (n_params % FT_WIRE_QK != 0);
+        bytes = FT_CODEC_HEADER_BYTES + blocks * ft_wire_codec_block_bytes(down_codec);
+    } else {
+        return 0u;
+    }
+    return bytes > 0xFFFFFFFFu ? 0u : (uint32_t)bytes;
+}
+
+uint32_t ft_wire_download_chunks(uint32_t model_bytes)
+{
+    return model_bytes / FT_WIRE_MODEL_CHUNK_BYTES + (model_bytes % FT_WIRE_MODEL_CHUNK_BYTES != 0);
+}
+
 /* ---- Header and structure ------------------------------------------------------------------ */
 static int is_chunked(uint8_t type)
 {
@@ -124,10 +184,8 @@ static int check_payload_size(uint8_t type, const uint8_t *p, uint16_t n)
     case FT_MSG_MODEL_CHUNK:
         return n > 0 && n <= FT_WIRE_MODEL_CHUNK_BYTES && n % 4u == 0 ? FT_WIRE_OK
                                                                        : FT_WIRE_ERR_LENGTH;
-    case FT_MSG_UPDATE_CHUNK:
-        return n > 0 && n <= FT_WIRE_UPDATE_CHUNK_BYTES && n % FT_WIRE_BLOCK_BYTES == 0
-                   ? FT_WIRE_OK
-                   : FT_WIRE_ERR_LENGTH;
+    case FT_MSG_UPDATE_CHUNK: /* whole blocks of the round's codec: the receiver checks which */
+        return n > 0 && n <= FT_WIRE_MAX_PAYLOAD && n % 4u == 0 ? FT_WIRE_OK : FT_WIRE_ERR_LENGTH;
     case FT_MSG_ACK:
         if (n < FT_ACK_HEADER_BYTES) {
             return FT_WIRE_ERR_LENGTH;
@@ -439,11 +497,17 @@ int ft_hello_unpack(const uint8_t *in, size_t len, ft_hello *m)
 
 static int offer_valid(const ft_offer *m)
 {
-    return m->n_params > 0 && m->qk == FT_WIRE_QK && m->codec_version == 1u &&
-           (m->codec_flags & ~3u) == 0 && is_finite(m->lr) && m->lr > 0.0f && m->epochs > 0 &&
-           m->batch_size > 0 && m->model_chunks == ft_wire_model_chunks(m->n_params) &&
-           m->update_chunks == ft_wire_update_chunks(m->n_params) && is_finite(m->prox_mu) &&
-           !is_negative(m->prox_mu) && is_finite(m->fixed_scale) && !is_negative(m->fixed_scale);
+    const uint32_t model_bytes = ft_wire_download_bytes(m->down_codec, m->n_params);
+    return m->n_params > 0 && m->codec_version == 1u && (m->codec_flags & ~3u) == 0 &&
+           ft_wire_codec_block_values(m->up_codec) != 0u &&
+           m->qk == ft_wire_codec_block_values(m->up_codec) &&
+           !(m->up_codec == FT_CODEC_ROT1 && (m->codec_flags & 1u)) && /* its sign is deterministic */
+           model_bytes != 0u && m->model_bytes == model_bytes && m->reserved == 0u &&
+           is_finite(m->lr) && m->lr > 0.0f && m->epochs > 0 && m->batch_size > 0 &&
+           m->model_chunks == ft_wire_download_chunks(model_bytes) &&
+           m->update_chunks == ft_wire_update_chunks_codec(m->up_codec, m->n_params) &&
+           is_finite(m->prox_mu) && !is_negative(m->prox_mu) && is_finite(m->fixed_scale) &&
+           !is_negative(m->fixed_scale);
 }
 
 int ft_offer_pack(const ft_offer *m, uint8_t *out, size_t cap)
@@ -472,6 +536,10 @@ int ft_offer_pack(const ft_offer *m, uint8_t *out, size_t cap)
     put_u32(out + 44, float_bits(m->prox_mu));
     put_u32(out + 48, float_bits(m->fixed_scale));
     memcpy(out + 52, m->arch_hash, FT_WIRE_ARCH_HASH_BYTES);
+    out[68] = m->up_codec;
+    out[69] = m->down_codec;
+    put_u16(out + 70, m->reserved);
+    put_u32(out + 72, m->model_bytes);
     return FT_WIRE_OK;
 }
 
@@ -498,6 +566,10 @@ int ft_offer_unpack(const uint8_t *in, size_t len, ft_offer *m)
     m->prox_mu = bits_float(GET_U32(in, 44));
     m->fixed_scale = bits_float(GET_U32(in, 48));
     memcpy(m->arch_hash, in + 52, FT_WIRE_ARCH_HASH_BYTES);
+    m->up_codec = in[68];
+    m->down_codec = in[69];
+    m->reserved = GET_U16(in, 70);
+    m->model_bytes = GET_U32(in, 72);
     return offer_valid(m) ? FT_WIRE_OK : FT_WIRE_ERR_BAD_PAYLOAD;
 }
 

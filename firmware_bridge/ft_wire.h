@@ -16,7 +16,7 @@
  * FT_WIRE_MAX_FRAME      Largest frame (header + payload + tag) this build encodes or accepts,
  *                        in bytes. Default and protocol maximum 1200 (one UDP datagram that
  *                        never fragments on an IPv6 path). A firmware with a small serial
- *                        buffer may lower it (116..1200; 116 = the frame of an offer);
+ *                        buffer may lower it (124..1200; 124 = the frame of an offer);
  *                        frames larger than it are refused as FT_WIRE_ERR_OVERSIZE. The chunk
  *                        sizes of the protocol do not change: a lowered build cannot receive
  *                        full model chunks.
@@ -31,7 +31,7 @@
  *                        state is the cached cpuid answer (ft_sha256_accel). Firmware: 0.
  *
  * Resources (Cortex-M4, -Os, measured by `make cortex-m4`, see firmware_bridge/README.md):
- * 5,535 bytes of flash, no .data, no .bss; deepest stack 728 bytes (ft_wire_decode -> HMAC
+ * 5,979 bytes of flash, no .data, no .bss; deepest stack 728 bytes (ft_wire_decode -> HMAC
  * key setup -> SHA-256 block, the -fstack-usage frames summed).
  */
 #ifndef FT_WIRE_H
@@ -47,8 +47,8 @@ extern "C" {
 #ifndef FT_WIRE_MAX_FRAME
 #define FT_WIRE_MAX_FRAME 1200
 #endif
-#if FT_WIRE_MAX_FRAME < 116 || FT_WIRE_MAX_FRAME > 1200
-#error "FT_WIRE_MAX_FRAME must be 116 (the smallest frame holding an offer) .. 1200"
+#if FT_WIRE_MAX_FRAME < 124 || FT_WIRE_MAX_FRAME > 1200
+#error "FT_WIRE_MAX_FRAME must be 124 (the smallest frame holding an offer) .. 1200"
 #endif
 #ifndef FT_WIRE_SELFTEST
 #define FT_WIRE_SELFTEST 1
@@ -90,12 +90,20 @@ extern "C" {
 #define FT_WIRE_SESSION_KEY_BYTES 32u     /* HMAC-SHA256 output, the key of one session */
 #define FT_WIRE_ARCH_HASH_BYTES 16u       /* OFFER: SHA-256 of the model's layer structure, cut */
 
+/* Codecs named in OFFER (docs/PROTOCOL.md "OFFER"): the value is the bits per parameter. */
+#define FT_CODEC_INT8 8u                  /* upload or download: FTQ8, 132-byte blocks of 128    */
+#define FT_CODEC_INT4 4u                  /* upload or download: FTQ4, 68-byte blocks of 128     */
+#define FT_CODEC_INT2 2u                  /* upload: FTQ2, 36-byte blocks of 128                 */
+#define FT_CODEC_ROT1 1u                  /* upload: FTR1, 68-byte blocks of 512 (rotated 1 bit) */
+#define FT_CODEC_FLOAT32 32u              /* download: the float32 LE model                      */
+#define FT_CODEC_HEADER_BYTES 16u         /* the encoded update/model header (FTQ8, FTQ4, ...)   */
+
 /* Message types (header byte 3). */
 typedef enum {
     FT_MSG_HELLO = 1,        /* device -> aggregator: join, n_samples, limits            */
     FT_MSG_OFFER = 2,        /* aggregator -> device: round id, model size/hash, hparams */
-    FT_MSG_MODEL_CHUNK = 3,  /* aggregator -> device: float32 model bytes, chunked       */
-    FT_MSG_UPDATE_CHUNK = 4, /* device -> aggregator: Int8Update blocks, 8 per chunk     */
+    FT_MSG_MODEL_CHUNK = 3,  /* aggregator -> device: the download's bytes, chunked       */
+    FT_MSG_UPDATE_CHUNK = 4, /* device -> aggregator: update blocks of the offer's codec   */
     FT_MSG_ACK = 5,          /* either way: bitmap of the chunks that arrived            */
     FT_MSG_ERROR = 6,        /* either way: status code + short text                     */
     FT_MSG_RESULT = 7,       /* either way: round result / metrics (weight n_k)          */
@@ -303,7 +311,7 @@ FT_WIRE_MUST_CHECK int ft_wire_decode(const uint8_t *frame, size_t len, const ui
 #define FT_HELLO_BYTES 20u
 typedef struct {
     uint32_t n_samples;     /* local training samples (the FedAvg weight it will bring) */
-    uint16_t max_frame;     /* largest frame the device accepts (116..1200) */
+    uint16_t max_frame;     /* largest frame the device accepts (124..1200) */
     uint16_t capabilities;  /* bit 0: float32 training, bit 1: int8-weight training */
     uint32_t lib_version;   /* sender's library version, informational */
     uint8_t nonce[FT_WIRE_NONCE_BYTES]; /* join HELLO: new for each join; in a session: 0 */
@@ -330,23 +338,27 @@ FT_WIRE_MUST_CHECK int ft_session_key(const uint8_t *key, size_t key_len, uint32
                                       const ft_welcome *w,
                                       uint8_t out[FT_WIRE_SESSION_KEY_BYTES]);
 
-#define FT_OFFER_BYTES 68u
+#define FT_OFFER_BYTES 76u
 typedef struct {
     uint32_t n_params;      /* model parameters (1 .. 2^32-1) */
-    uint16_t qk;            /* update block size, 128 */
-    uint8_t codec_version;  /* Int8Update version, 1 */
+    uint16_t qk;            /* values per block of the upload codec: 128, or 512 (FT_CODEC_ROT1) */
+    uint8_t codec_version;  /* encoded update version, 1 */
     uint8_t codec_flags;    /* requested: bit 0 stochastic rounding, bit 1 error feedback */
-    uint8_t model_hash[16]; /* SHA-256 of the float32 LE model bytes, first 16 bytes */
+    uint8_t model_hash[16]; /* SHA-256 of the float32 LE model the device starts from (decoded), cut */
     float lr;               /* learning rate, finite and > 0 */
     uint16_t epochs;        /* local epochs, >= 1 */
     uint16_t batch_size;    /* >= 1 */
     uint32_t deadline_ms;   /* from the offer's arrival to the last accepted update chunk */
     uint32_t seed;          /* seed for shuffling and stochastic rounding */
-    uint16_t model_chunks;  /* ceil(4 n_params / 1152) */
-    uint16_t update_chunks; /* ceil(ceil(n_params / 128) / 8) */
+    uint16_t model_chunks;  /* ceil(model_bytes / 1152) */
+    uint16_t update_chunks; /* ft_wire_update_chunks_codec(up_codec, n_params) */
     float prox_mu;          /* FedProx mu, finite and >= 0 (0 = FedAvg) */
     float fixed_scale;      /* 0: per-block scales; > 0 reserved for secure aggregation */
     uint8_t arch_hash[FT_WIRE_ARCH_HASH_BYTES]; /* SHA-256 of the layer structure, first 16 B */
+    uint8_t up_codec;       /* the update the device sends: FT_CODEC_INT8/INT4/INT2/ROT1 */
+    uint8_t down_codec;     /* the model chunks carry: FT_CODEC_FLOAT32/INT8/INT4 */
+    uint16_t reserved;      /* 0 */
+    uint32_t model_bytes;   /* ft_wire_download_bytes(down_codec, n_params) */
 } ft_offer;
 
 #define FT_RESULT_BYTES 28u
@@ -390,9 +402,20 @@ FT_WIRE_MUST_CHECK int ft_result_unpack(const uint8_t *in, size_t len, ft_result
 FT_WIRE_MUST_CHECK int ft_welcome_pack(const ft_welcome *m, uint8_t *out, size_t cap);
 FT_WIRE_MUST_CHECK int ft_welcome_unpack(const uint8_t *in, size_t len, ft_welcome *m);
 
-/* Chunk counts of the protocol (0 when n_params is 0). */
+/* Chunk counts of the protocol (0 when n_params is 0): a float32 model and an int8 update. */
 uint32_t ft_wire_model_chunks(uint32_t n_params);
 uint32_t ft_wire_update_chunks(uint32_t n_params);
+
+/* Per codec (0 for a codec that is not one of the FT_CODEC_* of its direction, or n_params 0).
+ * An update chunk holds floor(1152 / block bytes) whole blocks: 8 int8, 16 int4, 32 int2, 16 rot1. */
+uint32_t ft_wire_codec_block_values(uint8_t up_codec);   /* 128, or 512 for ROT1 */
+uint32_t ft_wire_codec_block_bytes(uint8_t up_codec);    /* 132, 68, 36, 68 */
+uint32_t ft_wire_codec_chunk_blocks(uint8_t up_codec);   /* 8, 16, 32, 16 */
+uint32_t ft_wire_update_chunks_codec(uint8_t up_codec, uint32_t n_params);
+/* Bytes of the download: 4 n (float32) or 16 + blocks (FTQ8, FTQ4); 0 when over 2^32-1. */
+uint32_t ft_wire_download_bytes(uint8_t down_codec, uint32_t n_params);
+/* Model chunks of a download of that many bytes: ceil(bytes / 1152). */
+uint32_t ft_wire_download_chunks(uint32_t model_bytes);
 
 #if FT_WIRE_SELFTEST
 /* Known-answer tests: SHA-256 (FIPS 180-4 "abc", two-block), HMAC (RFC 4231 cases 1, 2),

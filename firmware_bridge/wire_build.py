@@ -33,6 +33,12 @@ CDEF = """
 #define FT_WIRE_NONCE_BYTES ...
 #define FT_WIRE_SESSION_KEY_BYTES ...
 #define FT_WIRE_ARCH_HASH_BYTES ...
+#define FT_CODEC_INT8 ...
+#define FT_CODEC_INT4 ...
+#define FT_CODEC_INT2 ...
+#define FT_CODEC_ROT1 ...
+#define FT_CODEC_FLOAT32 ...
+#define FT_CODEC_HEADER_BYTES ...
 #define FT_WELCOME_BYTES ...
 #define FT_SHA256_BYTES ...
 #define FT_HELLO_BYTES ...
@@ -121,6 +127,7 @@ typedef struct {
     uint8_t model_hash[16]; float lr; uint16_t epochs; uint16_t batch_size;
     uint32_t deadline_ms; uint32_t seed; uint16_t model_chunks; uint16_t update_chunks;
     float prox_mu; float fixed_scale; uint8_t arch_hash[16];
+    uint8_t up_codec; uint8_t down_codec; uint16_t reserved; uint32_t model_bytes;
 } ft_offer;
 typedef struct {
     uint32_t n_samples; uint32_t n_clients; float loss; float accuracy; uint32_t steps;
@@ -148,6 +155,12 @@ int ft_session_key(const uint8_t *key, size_t key_len, uint32_t device_id, const
                    uint8_t out[32]);
 uint32_t ft_wire_model_chunks(uint32_t n_params);
 uint32_t ft_wire_update_chunks(uint32_t n_params);
+uint32_t ft_wire_codec_block_values(uint8_t up_codec);
+uint32_t ft_wire_codec_block_bytes(uint8_t up_codec);
+uint32_t ft_wire_codec_chunk_blocks(uint8_t up_codec);
+uint32_t ft_wire_update_chunks_codec(uint8_t up_codec, uint32_t n_params);
+uint32_t ft_wire_download_bytes(uint8_t down_codec, uint32_t n_params);
+uint32_t ft_wire_download_chunks(uint32_t model_bytes);
 int ft_wire_self_test(void);
 
 /* firmware_bridge/host/ft_rx.h: the aggregator's per-datagram path */
@@ -159,6 +172,7 @@ typedef enum {
 } ft_rx_reason;
 const char *ft_rx_reason_name(int reason);
 int ft_q8_check_blocks(const uint8_t *blocks, size_t len);
+int ft_codec_check_blocks(uint8_t codec, const uint8_t *blocks, size_t len);
 typedef struct {
     uint32_t device_id; uint8_t key[64]; uint8_t key_len; uint8_t selected; uint16_t since_ack;
     uint16_t session; int32_t slot; ft_replay *guard; ...;
@@ -174,7 +188,7 @@ typedef struct {
 typedef struct {
     ft_rx_device *devices; uint32_t n_devices; ft_rx_source *sources; uint32_t n_sources;
     float source_burst; float source_rate; uint32_t run; uint32_t epoch;
-    uint32_t round; uint8_t round_open; uint16_t ack_every; uint32_t n_blocks; uint32_t n_chunks;
+    uint32_t round; uint8_t round_open; uint8_t codec; uint16_t ack_every; uint32_t n_blocks; uint32_t n_chunks;
     uint32_t n_slots; size_t slot_stride; uint8_t *staging; uint8_t *received; uint32_t *count;
     uint64_t datagrams; uint64_t bytes; uint64_t staged; uint64_t wire_rejects[32];
     uint64_t rx_rejects[7];

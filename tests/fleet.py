@@ -101,8 +101,8 @@ def main() -> int:
     for r in out["metrics"]:
         print(f"round {r['round']}: {r['clients']}/{r['selected']} devices, {r['round_s']:.1f} s "
               f"(aggregator CPU {r.get('cpu_s', float('nan')):.1f} s), "
-              f"sent {r['bytes_down'] / 1e6:.1f} MB = {r['bytes_down'] / want:.2f} x model x devices, "
-              f"model chunks resent {r.get('model_chunks_resent')} restarts {r.get('model_restarts')}, received {r['bytes_up'] / 1e6:.1f} MB, test acc {r['test_acc']:.4f}, rejected {r['rejected']}, sent by type {r.get('down_by_type')}")
+              f"sent {r['bytes_down'] / 1e6:.1f} MB = {r['bytes_down'] / want:.2f} x float32 model x devices, "
+              f"model chunks resent {r.get('model_chunks_resent')} restarts {r.get('model_restarts')}, received {r['bytes_up'] / 1e6:.1f} MB ({r['bytes_up'] / r['clients']:,.0f} B per device), test acc {r['test_acc']:.4f}, rejected {r['rejected']}, sent by type {r.get('down_by_type')}")
     return 0
 
 

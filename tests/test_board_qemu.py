@@ -35,25 +35,25 @@ def elf_9600(tmp_path_factory):
     return build(str(tmp_path_factory.mktemp("mps2_9600")), baud=9600)
 
 
-def aggregate_cmd(fleet: Fleet, port: int, rounds: int) -> list[str]:
+def aggregate_cmd(fleet: Fleet, port: int, rounds: int, down_codec: str = "float32") -> list[str]:
     return [sys.executable, "-m", "fedtiny.cli", "aggregate", "--listen", f"127.0.0.1:{port}", "--model", "mlp:64-10",
             "--rounds", str(rounds), "--min-clients", "1", "--keys", fleet.keyfile, "--state",
             os.path.join(fleet.dir, "state"), "--dataset", "digits", "--lr", "0.1", "--batch", "10",
-            "--codec", "int8-stochastic", "--seed", "0", "--round-timeout", "30"]
+            "--codec", "int8-stochastic", "--down-codec", down_codec, "--seed", "0", "--round-timeout", "30"]
 
 
 class Federation:
     """One device on the emulated board, a (paced) line, the bridge and the aggregator."""
 
     def __init__(self, tmp_path, elf: str, baud: int | None, *, icount: bool, rounds: int = ROUNDS,
-                 monitor: bool = False):
+                 monitor: bool = False, down_codec: str = "float32"):
         self.fleet = Fleet(tmp_path, 2)   # the 1,797 digits in halves: device 0 holds 647 after the test split
         image = os.path.join(self.fleet.dir, "device0.bin")
         write_provision(image, 0, self.fleet.keys[0], self.fleet.data[0])
         self.board = Board(elf, image, self.fleet.dir, icount=icount, monitor=monitor)
         self.line = PacedRelay(self.board.tty, baud).__enter__()
         port = free_udp_port()
-        self.procs = [subprocess.Popen(aggregate_cmd(self.fleet, port, rounds), cwd=self.fleet.dir,
+        self.procs = [subprocess.Popen(aggregate_cmd(self.fleet, port, rounds, down_codec), cwd=self.fleet.dir,
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
         self.procs.append(subprocess.Popen(
             [sys.executable, "-m", "fedtiny.cli", "bridge", "--server", f"127.0.0.1:{port}", "--serial", self.line.path,
@@ -85,9 +85,10 @@ class Federation:
         self.line.__exit__(None, None, None)
 
 
-def federate(tmp_path, elf: str, baud: int | None, *, icount: bool, timeout: float = 90.0) -> dict:
+def federate(tmp_path, elf: str, baud: int | None, *, icount: bool, timeout: float = 90.0,
+             down_codec: str = "float32") -> dict:
     os.makedirs(tmp_path, exist_ok=True)
-    fed = Federation(tmp_path, elf, baud, icount=icount)
+    fed = Federation(tmp_path, elf, baud, icount=icount, down_codec=down_codec)
     try:
         return fed.finish(timeout)
     finally:
@@ -158,6 +159,31 @@ def test_board_federates_at_9600_baud(tmp_path, elf_9600):
     a, b = summary(fast, icount=False), summary(run, icount=False)
     print("\nboard mps2-an386 built for 9600 baud, unpaced:", json.dumps(a), "\nat 9600 baud:", json.dumps(b))
     assert b["line_bytes_per_round"] <= 1.1 * a["line_bytes_per_round"], (a, b)
+
+
+def test_board_int8_download_at_115200_and_9600_baud(tmp_path, elf, elf_9600):
+    """--down-codec int8: the firmware receives the 808-byte FTQ8 message (one chunk) into its
+    training copy and decodes it into its global copy with the aggregator's kernel (no buffer of
+    its own: RAM unchanged), the offer's model hash checks it bit for bit, and it trains as well.
+    Bytes per round on the serial line and the firmware's own round time, float32 against int8
+    download, at 115200 and at 9600 baud (the lines really paced)."""
+    out = {}
+    for baud, image in ((115200, elf), (9600, elf_9600)):
+        for down in ("float32", "int8"):
+            run = federate(tmp_path / f"{down}-{baud}", image, baud, icount=False, timeout=120, down_codec=down)
+            check_training(run)
+            s = summary(run, icount=False)
+            ends = [r["ms"] for r in run["rounds"]]          # the board's clock at each round's end
+            s["round_ms"] = [b - a for a, b in zip([0] + ends, ends)]   # round 1 includes boot and joining
+            s["to_device_per_round"] = round(run["line"]["to_device"] / len(run["rounds"]))
+            s["test_acc"] = run["metrics"][-1]["test_acc"]
+            out[(down, baud)] = s
+            print(f"\nboard mps2-an386 at {baud} baud, --down-codec {down}:", json.dumps(s))
+    for baud in (115200, 9600):
+        f32, q8 = out[("float32", baud)], out[("int8", baud)]
+        # the model: 2,600 float32 bytes in 3 frames against 808 in 1: about 1,900 line bytes fewer
+        assert q8["to_device_per_round"] <= f32["to_device_per_round"] - 1500, (f32, q8)
+        assert abs(q8["test_acc"] - f32["test_acc"]) < 0.05, (f32, q8)
 
 
 def test_board_reset_mid_round_is_not_a_replay(tmp_path, elf_9600):

@@ -206,6 +206,18 @@ def test_grid_reader_accepts_every_legal_byte_and_refuses_every_illegal_one():
             assert (f.check_blocks(blk) is None) == bool(legal(v)), (fmt, v)
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_reader_rule_scale_edge_is_exact(fmt):
+    """The largest legal scale (C, ft_codec_check_blocks) is accepted, the next float32 above it refused."""
+    f = codec.LOWBIT_FORMATS[fmt]
+    pad = bytes([0x88 if fmt == "int4" else 0]) * (f.block_bytes - 4)
+    top = np.float32(f.max_scale)
+    assert f.check_blocks(top.tobytes() + pad) is None
+    above = np.float32(np.inf) if top == np.finfo(np.float32).max else np.nextafter(top, np.float32(np.inf))
+    assert f.check_blocks(above.tobytes() + pad) == "bad_scale"          # int2: FLT_MAX is legal, Inf not
+    assert f.check_blocks(np.float32(-0.0).tobytes() + pad) is None      # -0 is a zero scale
+
+
 def test_encode_refuses_bad_input():
     x = np.ones(10, np.float32)
     with pytest.raises(ValueError, match="sub-byte format"):
@@ -259,6 +271,35 @@ def test_chunked_accumulation_equals_the_whole(rng, fmt):
     np.testing.assert_array_equal(parts, whole)
     with pytest.raises(ValueError, match="exceeds"):
         _core.fedavg_acc_lowbit(f.fmt, parts, n, u.blocks, 1, u.seed, 1.0)
+
+
+@pytest.mark.parametrize("fmt,qmax", [("int4", 7), ("int2", 1)])
+def test_packers_round_ties_to_even_and_clamp_on_every_path(fmt, qmax):
+    """The hand-written packers at the edges random data rarely hits: blocks whose scale is exactly
+    1 (amax = qmax) holding every tie k + 0.5 (half to even: 0.5 -> 0, 1.5 -> 2, -2.5 -> -2), the
+    extremes +-qmax, a block below the smallest scale (all codes 0, scale 0) and a short last
+    block (300 = 128 + 128 + 44 values); with and without the residual, both roundings. Every
+    path gives the numpy spec's bytes and residuals."""
+    ties = np.arange(-qmax, qmax, dtype=np.float32) + np.float32(0.5)
+    block1 = np.zeros(128, np.float32)
+    block1[: ties.size] = ties
+    block1[ties.size: ties.size + 2] = [qmax, -qmax]
+    block1[-1] = qmax                                  # amax = qmax: d = 1, id = 1 exactly
+    block2 = np.full(128, 1e-31, np.float32)           # below FT_Q8_MIN_AMAX: scale 0, every q 0
+    tail = np.resize(ties, 44).astype(np.float32)
+    x = np.concatenate([block1, block2, tail])
+    for rounding in ("nearest", "stochastic"):
+        for with_res in (False, True):
+            r0 = np.zeros_like(x) if with_res else None
+            want, want_res = quantize_grid(x, fmt, rounding, seed=5, residual=r0)
+            for path in SIMD_PATHS:
+                u, r = _encode(path, x, fmt, rounding, 5, r0)
+                assert u.to_bytes()[codec.HEADER_BYTES:] == want, (path, rounding, with_res)
+                if with_res:
+                    np.testing.assert_array_equal(r, want_res)
+    fedtiny.set_simd("scalar")
+    got = codec.encode_lowbit(x, fmt).decode()[: ties.size]
+    np.testing.assert_array_equal(got, np.round(ties))   # numpy rounds half to even too
 
 
 # --- the same check in C: natively, and NEON under qemu (as tests/test_norm.py) --------------------

@@ -244,3 +244,36 @@ def test_a_missing_lower_id_holds_the_fold_until_the_close(rng):
     stats = ing.close()
     assert stats.committed == [0, 2, 3] and stats.dropped == [1]
     assert acc.total_weight == weights[0] + weights[2] + weights[3]
+
+
+@pytest.mark.parametrize("fmt,up_codec", [("int4", 4), ("int2", 2), ("1bit-rot", 1)])
+def test_sub_byte_uploads_stage_and_commit_like_int8(rng, fmt, up_codec):
+    """The same policy for every upload codec (the Python reference path, --ingest python): chunks
+    of the codec's size in any order, a dead upload dropped, a wrong-size or off-grid chunk refused
+    by reason; the sum is FedAvg of the complete updates in float64 from their decoded values."""
+    from fedtiny.net import wire
+    from fedtiny.net.ingest import Staging
+    n = 20_000   # int4: 10 chunks, int2: 5, rotated 1-bit: 3 (40 blocks of 512)
+    w0 = rng.standard_normal(n).astype(np.float32)
+    ups = [codec.encode_lowbit(rng.standard_normal(n).astype(np.float32) * (i + 1), fmt, seed=i) for i in range(4)]
+    weights = [float(rng.integers(10, 500)) for _ in range(4)]
+    acc = Accumulator(n)
+    ing = UpdateIngest(n, into(acc), staging=Staging(n, 4, up_codec))
+    parts = [[wire.update_chunk(u.blocks, c, up_codec) for c in range(wire.update_chunks(n, up_codec))] for u in ups]
+    assert ing.n_chunks == len(parts[0]) and sum(map(len, parts[0])) == len(ups[0].blocks)
+    with pytest.raises(ValueError, match="bad_length"):      # an int8-sized chunk in this round
+        ing.add_chunk(0, weights[0], 0, bytes(CHUNK_BLOCKS * codec.BLOCK_BYTES), now=0.0)
+    if fmt != "1bit-rot":                                      # a code off the grid (every r1 bit is a value)
+        bad = bytearray(parts[0][0])
+        bad[4] = 0x80 if fmt == "int4" else 0x03
+        with pytest.raises(ValueError, match="bad_value"):
+            ing.add_chunk(0, weights[0], 0, bytes(bad), now=0.0)
+    order = [(d, c) for c in range(len(parts[0])) for d in range(4)]
+    rng.shuffle(order)
+    for d, c in order:
+        if d == 2 and c >= 1:                                  # device 2 dies after one chunk
+            continue
+        ing.add_chunk(d, weights[d], c, parts[d][c], now=0.0, flags=ups[d].flags, seed=ups[d].seed)
+    stats = ing.close()
+    assert stats.committed == [0, 1, 3] and stats.dropped == [2]
+    np.testing.assert_allclose(applied(acc, w0), oracle(w0, ups, weights, [0, 1, 3]), rtol=0, atol=2e-5)

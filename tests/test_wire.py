@@ -87,8 +87,14 @@ def test_payload_layouts_are_the_documented_bytes():
                                                                                b"abcdefgh")
     offer = wire.Offer(1000, bytes(range(16)), 0.5, 2, 16, 500, seed=3, codec_flags=1, prox_mu=0.25,
                        arch_hash=bytes(range(50, 66)))
-    assert offer.pack() == struct.pack("<IHBB16sfHHIIHHff16s", 1000, 128, 1, 1, bytes(range(16)), 0.5,
-                                       2, 16, 500, 3, 4, 1, 0.25, 0.0, bytes(range(50, 66)))
+    assert offer.pack() == struct.pack("<IHBB16sfHHIIHHff16sBBHI", 1000, 128, 1, 1, bytes(range(16)), 0.5,
+                                       2, 16, 500, 3, 4, 1, 0.25, 0.0, bytes(range(50, 66)), 8, 32, 0, 4000)
+    # a 1-bit rotated upload (512 values per block, 16 blocks per chunk) and an int8 download:
+    # 16 + 132 * 8 = 1,072 bytes of model in one chunk
+    offer = wire.Offer(1000, bytes(range(16)), 0.5, 2, 16, 500, seed=3, codec_flags=2, prox_mu=0.25,
+                       arch_hash=bytes(range(50, 66)), up_codec=1, down_codec=8)
+    assert offer.pack() == struct.pack("<IHBB16sfHHIIHHff16sBBHI", 1000, 512, 1, 2, bytes(range(16)), 0.5,
+                                       2, 16, 500, 3, 1, 1, 0.25, 0.0, bytes(range(50, 66)), 1, 8, 0, 1072)
     welcome = wire.Welcome(b"RUNID-01", 7, 3, b"devnonce", b"aggnonce")
     assert welcome.pack() == struct.pack("<8sIHH8s8s", b"RUNID-01", 7, 3, 0, b"devnonce", b"aggnonce")
     assert welcome.run == struct.unpack("<I", b"RUNI")[0] == wire.run_tag(b"RUNID-01")
@@ -114,7 +120,7 @@ def test_ack_lists_the_missing_chunks():
 
 
 @pytest.mark.parametrize("bad,reason", [
-    (struct.pack("<IHHI8s", 1, 115, 0, 0, bytes(8)), "bad_payload"),   # max_frame below an offer frame (116)
+    (struct.pack("<IHHI8s", 1, 123, 0, 0, bytes(8)), "bad_payload"),   # max_frame below an offer frame (124)
     (struct.pack("<IHHI8s", 1, 1200, 0, 0, bytes(8))[:-1], "length_mismatch"),
     (struct.pack("<IHHI", 1, 1200, 0, 0), "length_mismatch"),           # a version-1 hello
 ])
@@ -126,19 +132,66 @@ def test_bad_hello(bad, reason):
 
 @pytest.mark.parametrize("field,value", [("lr", -0.1), ("lr", float("nan")), ("epochs", 0),
                                          ("batch_size", 0), ("prox_mu", -1.0), ("model_chunks", 5),
-                                         ("codec_flags", 4), ("n_params", 0)])
+                                         ("codec_flags", 4), ("n_params", 0), ("update_chunks", 2),
+                                         ("up_codec", 3), ("down_codec", 2), ("model_bytes", 4001)])
 def test_offer_with_a_field_out_of_range_is_refused(field, value):
     good = dict(n_params=1000, model_hash=bytes(16), lr=0.1, epochs=1, batch_size=8, deadline_ms=100)
-    with pytest.raises(wire.FrameError) as e:
-        wire.Offer(**{**good, field: value}).pack()
-    assert e.value.reason == "bad_payload"
+    if field in ("up_codec", "down_codec"):   # Python refuses an unknown codec id before C sees it
+        with pytest.raises(ValueError, match=field):
+            wire.Offer(**{**good, field: value}).pack()
+    else:
+        with pytest.raises(wire.FrameError) as e:
+            wire.Offer(**{**good, field: value}).pack()
+        assert e.value.reason == "bad_payload"
     raw = bytearray(wire.Offer(**good).pack())  # the same refusal on the receiving side
     offsets = {"lr": (24, "<f"), "epochs": (28, "<H"), "batch_size": (30, "<H"), "prox_mu": (44, "<f"),
-               "model_chunks": (40, "<H"), "codec_flags": (7, "<B"), "n_params": (0, "<I")}
+               "model_chunks": (40, "<H"), "codec_flags": (7, "<B"), "n_params": (0, "<I"),
+               "update_chunks": (42, "<H"), "up_codec": (68, "<B"), "down_codec": (69, "<B"),
+               "model_bytes": (72, "<I")}
     off, fmt = offsets[field]
     struct.pack_into(fmt, raw, off, value)
     with pytest.raises(wire.FrameError, match="bad_payload"):
         wire.Offer.unpack(bytes(raw))
+
+
+@pytest.mark.parametrize("change", ["qk_of_another_codec", "rot1_stochastic", "reserved", "int8_size_for_int4_down"])
+def test_offer_whose_codec_fields_disagree_is_refused(change):
+    """The codec fields bind each other: the block size is the upload codec's, the download's byte
+    count and chunk count are the download codec's, the rotated 1-bit codec has no stochastic
+    rounding, the reserved field is 0. A disagreement is bad_payload on both sides."""
+    good = wire.Offer(1000, bytes(16), 0.1, 1, 8, 100, up_codec=4, down_codec=4)
+    raw = bytearray(good.pack())
+    if change == "qk_of_another_codec":
+        struct.pack_into("<H", raw, 4, 512)
+    elif change == "rot1_stochastic":
+        struct.pack_into("<B", raw, 68, 1)
+        struct.pack_into("<HB", raw, 4, 512, 1)
+        struct.pack_into("<BH", raw, 7, 1, wire.update_chunks(1000, 1))
+    elif change == "reserved":
+        struct.pack_into("<H", raw, 70, 1)
+    else:
+        struct.pack_into("<I", raw, 72, wire.download_bytes(1000, 8))
+        struct.pack_into("<H", raw, 40, wire.model_chunks(1000, 8))
+    with pytest.raises(wire.FrameError, match="bad_payload"):
+        wire.Offer.unpack(bytes(raw))
+
+
+def test_codec_chunking_is_whole_blocks_of_each_codec():
+    """Update chunks hold floor(1152 / block bytes) whole blocks; the download is header + blocks."""
+    for up, bv, bb in ((8, 128, 132), (4, 128, 68), (2, 128, 36), (1, 512, 68)):
+        assert (wire.block_values(up), wire.block_bytes(up)) == (bv, bb)
+        assert wire.chunk_blocks(up) == 1152 // bb
+        for n in (1, 127, 128, 129, 199_210, 2**32 - 1):
+            blocks = -(-n // bv)
+            assert wire.update_chunks(n, up) == -(-blocks // (1152 // bb))
+    for n in (1, 128, 199_210):
+        assert wire.download_bytes(n, 32) == 4 * n
+        assert wire.download_bytes(n, 8) == 16 + 132 * -(-n // 128)
+        assert wire.download_bytes(n, 4) == 16 + 68 * -(-n // 128)
+        for down in (32, 8, 4):
+            assert wire.model_chunks(n, down) == -(-wire.download_bytes(n, down) // 1152)
+    with pytest.raises(ValueError, match="32-bit"):   # 4 n does not fit the offer's u32 byte count
+        wire.download_bytes(2**30, 32)
 
 
 def test_ack_with_bits_past_its_length_is_refused():

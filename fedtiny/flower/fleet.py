@@ -104,8 +104,9 @@ class FleetAggregator(agg_mod.Aggregator):
                                   or v < lo or (key == "lr" and v == 0) or (key != "lr" and v != int(v))):
                 raise ValueError(f"{key} {v!r} is out of range")
         codec = header.get("codec")
-        if codec is not None and codec not in agg_mod.CODECS:
-            raise ValueError(f"codec {codec!r}: use one of {', '.join(agg_mod.CODECS)}")
+        same = [c for c, (up, _) in agg_mod.CODECS.items() if up == self.up_codec]   # the run's upload format
+        if codec is not None and codec not in same:
+            raise ValueError(f"codec {codec!r}: use one of {', '.join(same)}")
         return params
 
     # -- rounds ------------------------------------------------------------------------------

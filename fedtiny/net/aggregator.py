@@ -31,15 +31,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import bounds, codec, datasets, rounds
+from .. import bounds, datasets, rounds
 from ..privacy import aggregator_dp
-from . import download, ingest, keys as keys_mod, rx as rx_mod, session, state, status, wire
+from . import download, ingest, keys as keys_mod, rx as rx_mod, session, state, status, transfer, wire
 from .common import MODEL_WINDOW, parse_hostport, setup_logging
 from .session import Rejected
 
 log = logging.getLogger("fedtiny.aggregate")
 
-CODECS = {"int8": 0, "int8-stochastic": 1, "int8-ef": 2}   # the offer's codec_flags (docs/PROTOCOL.md)
+CODECS = transfer.UPLOAD_CODECS   # --codec -> the offer's (upload codec, codec_flags) (docs/PROTOCOL.md)
 ALIVE_SECONDS = 15.0      # a device silent for longer is not sampled
 REOFFER_SECONDS = 0.5     # offer again to a selected device that has not asked for the model
 ACK_EVERY = 16            # update chunks between two ACKs to the device
@@ -72,6 +72,7 @@ class AggregateConfig:
     lr: float = 0.05
     prox_mu: float = 0.0
     codec: str = "int8-stochastic"
+    down_codec: str = "float32"      # the model download (fedtiny.net.transfer)
     server_opt: str = "fedavg"
     server_lr: float | None = None
     slots: int = 0                   # 0: sized by memory (--staging-mb)
@@ -112,6 +113,11 @@ class AggregateConfig:
         need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}")
         need(math.isfinite(self.prox_mu) and self.prox_mu >= 0, f"--prox-mu must be >= 0, got {self.prox_mu}")
         need(self.codec in CODECS, f"--codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
+        need(self.down_codec in transfer.DOWN_CODECS,
+             f"--down-codec must be one of {', '.join(transfer.DOWN_CODECS)}, got {self.down_codec!r}")
+        need(not self.secagg or CODECS[self.codec][0] == wire.CODEC_INT8,
+             f"--codec {self.codec} does not apply with --secagg: a masked update is the round's shared integer "
+             "grid (--secagg-bits); leave --codec out (any --down-codec works)")
         need(self.slots >= 0, f"--slots must be >= 0 (0: sized by --staging-mb), got {self.slots}")
         need(math.isfinite(self.staging_mb) and self.staging_mb > 0, f"--staging-mb must be > 0, got {self.staging_mb}")
         need(math.isfinite(self.upload_seconds) and self.upload_seconds >= 0,
@@ -219,6 +225,8 @@ class Aggregator(asyncio.DatagramProtocol):
         self.bounds = (self.dp.bounds() if self.dp else
                        bounds.Bounds(max_samples=cfg.max_samples, clip_norm=cfg.clip_norm or None))
         stage = self.dp.stage if self.dp else None
+        self.up_codec = CODECS[cfg.codec][0]      # the run's upload format: its staging memory is sized for it
+        self.download = transfer.Download(cfg.down_codec, self.model.n_params)
         ckpt = state.load(cfg.state)
         if ckpt is not None:
             if ckpt.weights.size != self.model.n_params:
@@ -226,7 +234,7 @@ class Aggregator(asyncio.DatagramProtocol):
                                  f"--model {cfg.model} has {self.model.n_params}")
             self.server = rounds.Server(ckpt.weights, optimizer=optimizer, bounds=self.bounds, sum_stage=stage)
             self.server.round_id = ckpt.round
-            optimizer.load_state(dict(ckpt.optimizer))
+            optimizer.load_state(self.download.load_state(dict(ckpt.optimizer)))
             self.metrics = ckpt.metrics
             if self.dp:
                 self.dp.resume(self.metrics)
@@ -235,10 +243,10 @@ class Aggregator(asyncio.DatagramProtocol):
             self.metrics = []
         self.resumed_from = self.server.round_id
         n = self.server.n_params
-        self.slots = cfg.slots or ingest.slots_for_budget(n, cfg.staging_mb * 1e6)
-        update_bytes = codec.wire_size(n)
+        self.slots = cfg.slots or ingest.slots_for_budget(n, cfg.staging_mb * 1e6, self.up_codec)
+        update_bytes = transfer.update_nbytes(n, self.up_codec)
         self.upload_seconds = cfg.upload_seconds or max(UPLOAD_MIN_SECONDS, 10 * update_bytes / (cfg.device_rate * 1e6))
-        self.staging = ingest.Staging(n, self.slots)       # allocated once; pages touched as slots are used
+        self.staging = ingest.Staging(n, self.slots, self.up_codec)   # allocated once; pages touched as slots are used
         self.rx = rx_mod.Receiver(self.keys, self.staging, ack_every=ACK_EVERY) if cfg.ingest == "c" else None
         self.sock = None
         self.devices: dict[int, _Device] = {}
@@ -606,14 +614,19 @@ class Aggregator(asyncio.DatagramProtocol):
             self.server.bounds = self.dp.bounds()
             m = len(selected)
         rnd = self.server.open_round(selected.tolist(), deadline=now + cfg.round_timeout, min_updates=m)
-        model_bytes = self.server.params.astype("<f4").tobytes()
+        up_codec, codec_flags = CODECS[cfg.codec]   # the flags may change between rounds (a Flower fleet's header)
+        if up_codec != self.up_codec:
+            raise ValueError(f"--codec {cfg.codec}: this run stages {self.up_codec}-bit updates; the upload "
+                             "format cannot change within a run")
+        start = self.download.publish(self.server.params)   # what every device of the round starts from
         n = self.server.n_params
-        offer = wire.Offer(n_params=n, codec_flags=CODECS[cfg.codec], model_hash=wire.model_hash(self.server.params),
+        offer = wire.Offer(n_params=n, codec_flags=codec_flags, model_hash=wire.model_hash(start),
                            lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch,
                            deadline_ms=int(cfg.round_timeout * 1000), seed=cfg.seed, prox_mu=cfg.prox_mu,
-                           arch_hash=self.arch_hash, fixed_scale=cfg.clip_norm if self.secagg is not None else 0.0)
-        run = _RoundRun(r, rnd, None, frozenset(selected.tolist()), model_bytes, offer.pack(),
-                        wire.model_chunks(n), now)
+                           arch_hash=self.arch_hash, fixed_scale=cfg.clip_norm if self.secagg is not None else 0.0,
+                           up_codec=self.up_codec, down_codec=self.download.codec)
+        run = _RoundRun(r, rnd, None, frozenset(selected.tolist()), self.download.message, offer.pack(),
+                        wire.model_chunks(n, self.download.codec), now)
         run.download = download.ModelDownload(run.model_chunks, session.MODEL_CHUNK_BYTES + FRAME_OVERHEAD,
                                               window=MODEL_WINDOW, total_rate=cfg.send_rate * 1e6,
                                               device_rate=cfg.device_rate * 1e6)
@@ -722,7 +735,8 @@ class Aggregator(asyncio.DatagramProtocol):
         if self.dp:
             meta["dp"] = self.dp.summary()
         state.save(self.cfg.state, state.Checkpoint(self.server.round_id, self.server.params,
-                                                    self.server.optimizer.state(), self.metrics, meta))
+                                                    {**self.server.optimizer.state(), **self.download.state()},
+                                                    self.metrics, meta))
         summary = wire.Result(n_samples=min(int(result.n_samples), bounds.MAX_WIRE_SAMPLES), n_clients=len(contributors),
                               loss=row["test_loss"], accuracy=row["test_acc"]).pack()
         self._tell_closed(run, result, contributors, result.closed_by, summary)
@@ -849,7 +863,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=d.batch)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--prox-mu", type=float, default=d.prox_mu)
-    p.add_argument("--codec", default=d.codec, choices=tuple(CODECS))
+    p.add_argument("--codec", default=d.codec, choices=tuple(CODECS),
+                   help="the update devices send (default %(default)s; docs/PROTOCOL.md)")
+    p.add_argument("--down-codec", default=d.down_codec, choices=tuple(transfer.DOWN_CODECS),
+                   help="the model devices download: float32, or the whole model as int8 / int4 blocks with "
+                        "error feedback on the aggregator (default %(default)s)")
     p.add_argument("--server-opt", default=d.server_opt, choices=tuple(rounds.SERVER_OPTIMIZERS))
     p.add_argument("--server-lr", type=float, default=None)
     p.add_argument("--slots", type=int, default=d.slots,

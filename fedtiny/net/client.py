@@ -2,7 +2,8 @@
 
 join (HELLO with a fresh nonce -> the aggregator's WELCOME opens a session) -> in-session HELLO
 until an OFFER -> download the model chunks (an ACK bitmap says what is
-still missing) -> local SGD with fedtiny.train -> int8-encode the delta -> RESULT (the weight
+still missing; float32, or an int8 / int4 message decoded as the aggregator decoded it) -> local SGD
+with fedtiny.train -> encode the delta with the offer's codec (int8, int4, int2, rotated 1-bit) -> RESULT (the weight
 n_k) and the update chunks, resending what the aggregator's ACK does not list -> repeat.
 When the aggregator is silent (it may have restarted: its frames then name a new epoch) the
 device joins again, a new session, with exponential backoff. An OFFER for a model of another
@@ -29,9 +30,8 @@ import time
 
 import numpy as np
 
-from .. import codec
 from ..seeds import derive_seed
-from . import session, wire
+from . import session, transfer, wire
 # load_data and its checks live in common: the Flower ClientApp reads a device's data the same way
 from .common import MODEL_WINDOW, check_features, check_labels, load_data, parse_hostport, setup_logging  # noqa: F401
 from .session import Rejected
@@ -202,12 +202,13 @@ class Device:
             return
         kept = None
         if (self.offer is not None and self.have and self.kept_round == round_id and self.state == "waiting"
-                and self.offer.model_hash == offer.model_hash and self.offer.n_params == offer.n_params):
+                and self.offer.model_hash == offer.model_hash and self.offer.n_params == offer.n_params
+                and self.offer.down_codec == offer.down_codec):
             kept = (self.model_buf, self.have)   # joined again into the same round: keep what arrived
         self._reset_round()
         self.round, self.offer, self.state = round_id, offer, "downloading"
-        self.model_buf, self.have = kept if kept is not None else (bytearray(4 * offer.n_params), set())
-        if len(self.have) == wire.model_chunks(offer.n_params):
+        self.model_buf, self.have = kept if kept is not None else (bytearray(offer.model_bytes), set())
+        if len(self.have) == offer.model_chunks:
             self._model_complete()
             return
         self._ask_model()
@@ -215,13 +216,13 @@ class Device:
     def _ask_model(self, *, timeout: bool = False) -> None:
         if timeout:     # nothing came since the last ask: wait longer before the next one
             self.ask_quiet = min(ASK_MAX, self.ask_quiet * 2)
-        n = wire.model_chunks(self.offer.n_params)
+        n = self.offer.model_chunks
         self._send(session.ACK, wire.Ack.for_chunks(session.MODEL_CHUNK, self.have, n).pack())
         self.last_progress = time.monotonic()
         self.since_ask = 0
 
     def _on_model_chunk(self, f: wire.Frame) -> None:
-        n = wire.model_chunks(self.offer.n_params)
+        n = self.offer.model_chunks
         i = f.chunk_index
         size = session.MODEL_CHUNK_BYTES
         expect = min(size, len(self.model_buf) - i * size) if 0 <= i < n else -1
@@ -246,7 +247,17 @@ class Device:
             self._model_complete()
 
     def _model_complete(self) -> None:
-        params = np.frombuffer(self.model_buf, dtype="<f4")   # trained in place: no second copy of the model
+        if self.offer.down_codec == wire.CODEC_FLOAT32:
+            params = np.frombuffer(self.model_buf, dtype="<f4")   # trained in place: no second copy of the model
+        else:
+            try:   # the model as the aggregator's C kernel decoded the same bytes
+                params = transfer.decode_download(self.model_buf, self.offer.n_params, self.offer.down_codec)
+            except ValueError as exc:   # a message that breaks its reader rule: counted, fetched again
+                self.rejected["bad_download"] = self.rejected.get("bad_download", 0) + 1
+                log.warning("round %d: %s; downloading again", self.round, exc)
+                self.have.clear()
+                self._ask_model()
+                return
         if wire.model_hash(params) != self.offer.model_hash:
             log.warning("round %d: model hash mismatch, downloading again", self.round)
             self.have.clear()
@@ -280,7 +291,7 @@ class Device:
         # epoch's passes); the aggregator refuses a RESULT whose n_k differs from the HELLO's
         self.result = wire.Result(n_samples=len(self.y), n_clients=1, loss=float(res.loss),
                                   steps=int(res.steps), update_seed=update.seed, update_flags=update.flags,
-                                  update_chunks=wire.update_chunks(offer.n_params)).pack()
+                                  update_chunks=offer.update_chunks).pack()
         log.info("round %d: trained on %d samples in %.2f s (loss %.4f), uploading", round_id, res.n_samples,
                  time.perf_counter() - t0, res.loss)
         self.state = "uploading"
@@ -288,13 +299,14 @@ class Device:
         self.last_progress = self.last_heard = self.upload_started = time.monotonic()   # the silence clock starts now
 
     def _local_update(self, round_id: int, offer: wire.Offer, params: np.ndarray):
-        """Local SGD and int8 encoding, seeded as simulate seeds client k = this device id."""
+        """Local SGD and the offer's encoding, seeded as simulate seeds client k = this device id."""
         res = self._local_delta(round_id, offer, params)
-        rounding, feedback = rounding_of(offer.codec_flags)
+        _, feedback = rounding_of(offer.codec_flags)
         if feedback and self.residual is None:
             self.residual = np.zeros_like(params)
-        update = codec.encode(params, rounding=rounding, seed=derive_seed(offer.seed, round_id, self.id, 2),
-                              residual=self.residual if feedback else None)
+        update = transfer.encode_update(offer.up_codec, offer.codec_flags, params,
+                                        seed=derive_seed(offer.seed, round_id, self.id, 2),
+                                        residual=self.residual if feedback else None)
         return update, res
 
     def _local_delta(self, round_id: int, offer: wire.Offer, params: np.ndarray):
@@ -306,14 +318,15 @@ class Device:
                                     weights=self.weights, seed=derive_seed(offer.seed, round_id, self.id, 1), delta=True)
 
     def _send_chunks(self, indices) -> None:
-        n = wire.update_chunks(self.offer.n_params)
+        n = self.offer.update_chunks
         for i in indices:
-            self._send(session.UPDATE_CHUNK, wire.update_chunk(self.update.blocks, i), chunk=(i, n))
+            self._send(session.UPDATE_CHUNK, wire.update_chunk(self.update.blocks, i, self.offer.up_codec),
+                       chunk=(i, n))
 
     def _pump(self) -> None:
         """Send new update chunks while fewer than UPLOAD_WINDOW are unacknowledged (ACK-clocked,
         so a fleet's uploads do not overflow the aggregator's socket queue)."""
-        n = wire.update_chunks(self.offer.n_params)
+        n = self.offer.update_chunks
         start = self.next_chunk
         while self.next_chunk < n and self.next_chunk - len(self.acked) < UPLOAD_WINDOW:
             self.next_chunk += 1
@@ -460,7 +473,7 @@ class Device:
 
 # --- command line ---------------------------------------------------------------------------
 
-HELP = "run a device: join the aggregator, train on local data, send int8 updates"
+HELP = "run a device: join the aggregator, train on local data, send compressed updates"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -37,9 +37,21 @@ import numpy as np
 
 from typing import Callable, Iterable
 
-from ..codec import BLOCK_BYTES, FLAG_STOCHASTIC, HEADER, HEADER_BYTES, MAGIC, QK, VERSION, Int8Update, check_blocks, nblocks
+from .._wire import ffi as _ffi, lib as _lib
+from ..codec import FLAG_STOCHASTIC, HEADER, HEADER_BYTES, VERSION, Int8Update
+from . import transfer
+from .wire import CODEC_INT8, UPDATE_CHUNK_BLOCKS as CHUNK_BLOCKS, chunk_blocks, update_chunks  # noqa: F401
 
-from .wire import UPDATE_CHUNK_BLOCKS as CHUNK_BLOCKS, update_chunks  # noqa: F401  (the protocol's chunking)
+_REASONS = {r: _ffi.string(_lib.ft_rx_reason_name(r)).decode() for r in range(_lib.FT_RX_N_REASONS)}
+
+
+def check_blocks(up_codec: int, data) -> str | None:
+    """The upload codec's reader rule (C, ft_codec_check_blocks), as fedtiny.codec names it."""
+    mv = memoryview(data).cast("B")
+    if len(mv) == 0:
+        return "bad_length"
+    reason = _lib.ft_codec_check_blocks(up_codec, _ffi.from_buffer(mv), len(mv))
+    return None if reason == 0 else _REASONS[reason]
 
 
 FOLD_IN_ID_ORDER = True   # False: complete updates wait for the close (the path before; bench/bench_ingest.py)
@@ -52,13 +64,17 @@ class Staging:
     the same arrays. Slots are handed out lowest index first, so the pages touched (the peak
     RSS) follow the number of uploads at once, never the number of devices."""
 
-    def __init__(self, n_params: int, slots: int):
+    def __init__(self, n_params: int, slots: int, up_codec: int = CODEC_INT8):
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         self.n_params = int(n_params)
         self.slots = int(slots)
-        self.n_chunks = update_chunks(self.n_params)
-        self.nbytes = nblocks(self.n_params) * BLOCK_BYTES
+        self.up_codec = int(up_codec)        # the run's upload codec (wire id): blocks, chunks, reader rule
+        self.magic, self.block_values, self.block_bytes = transfer.upload_format(self.up_codec)
+        self.n_blocks = -(-self.n_params // self.block_values)
+        self.chunk_blocks = chunk_blocks(self.up_codec)
+        self.n_chunks = update_chunks(self.n_params, self.up_codec)
+        self.nbytes = self.n_blocks * self.block_bytes
         self.buf = np.zeros((self.slots, HEADER_BYTES + self.nbytes), dtype=np.uint8)
         self.received = np.zeros((self.slots, self.n_chunks), dtype=np.uint8)
         self.count = np.zeros(self.slots, dtype=np.uint32)
@@ -74,7 +90,8 @@ class Staging:
         self.touched = max(self.touched, i + 1)
         self.received[i] = 0
         self.count[i] = 0
-        HEADER.pack_into(self.buf[i], 0, MAGIC, VERSION, flags & 0xFF, QK, self.n_params, seed & 0xFFFFFFFF)
+        HEADER.pack_into(self.buf[i], 0, self.magic, VERSION, flags & 0xFF, self.block_values, self.n_params,
+                         seed & 0xFFFFFFFF)
         return i
 
     def give_back(self, i: int) -> None:
@@ -116,9 +133,9 @@ class IngestStats:
     busy: int = 0
 
 
-def slots_for_budget(n_params: int, budget_bytes: float) -> int:
+def slots_for_budget(n_params: int, budget_bytes: float, up_codec: int = CODEC_INT8) -> int:
     """Staging slots that fit a memory budget: one slot holds one update's wire bytes."""
-    return max(1, int(budget_bytes // (HEADER_BYTES + nblocks(int(n_params)) * BLOCK_BYTES)))
+    return max(1, int(budget_bytes // transfer.update_nbytes(int(n_params), up_codec)))
 
 
 class UpdateIngest:
@@ -143,8 +160,8 @@ class UpdateIngest:
         self.staging = staging
         self.on_slot = on_slot or (lambda device_id, index: None)
         self.n_params = int(n_params)
-        self.n_chunks = update_chunks(self.n_params)
-        self.nbytes = nblocks(self.n_params) * BLOCK_BYTES
+        self.n_chunks = staging.n_chunks
+        self.nbytes = staging.nbytes
         self.slots = staging.slots
         self.stall_seconds = stall_seconds
         self.upload_seconds = upload_seconds
@@ -158,8 +175,9 @@ class UpdateIngest:
 
     # -- queries -------------------------------------------------------------------------
     def chunk_bytes(self, index: int) -> int:
-        first = index * CHUNK_BLOCKS
-        return (min(first + CHUNK_BLOCKS, nblocks(self.n_params)) - first) * BLOCK_BYTES
+        st = self.staging
+        first = index * st.chunk_blocks
+        return (min(first + st.chunk_blocks, st.n_blocks) - first) * st.block_bytes
 
     def is_complete(self, device_id: int) -> bool:
         return device_id in self._done
@@ -219,10 +237,10 @@ class UpdateIngest:
         if slot.received[index]:
             self.stats.duplicates += 1
             return "duplicate"
-        reason = check_blocks(data)
+        reason = check_blocks(self.staging.up_codec, data)
         if reason:
             raise ValueError(reason)
-        start = HEADER_BYTES + index * CHUNK_BLOCKS * BLOCK_BYTES
+        start = HEADER_BYTES + index * self.staging.chunk_blocks * self.staging.block_bytes
         slot.buf[start:start + len(data)] = np.frombuffer(data, dtype=np.uint8)
         self.staging.received[slot.index, index] = 1
         self.staging.count[slot.index] += 1
@@ -280,8 +298,7 @@ class UpdateIngest:
 
     def _commit_one(self, device_id: int) -> None:
         slot = self._staged[device_id]
-        buf = slot.buf
-        update = Int8Update(buf, self.n_params, buf[5], int.from_bytes(buf[12:16], "little"))
+        update = transfer.staged_update(self.staging.up_codec, slot.buf, self.n_params)
         self.stats.committed.append(device_id)
         try:
             self.commit(device_id, update, slot.weight)   # adds it to the sum now: then the slot is free

@@ -65,7 +65,8 @@ class Receiver:
         rx.block_seconds = SOURCE_BLOCK if source_block is None else source_block   # 0: no kernel block
         rx.ack_every = ack_every
         self.staging = staging
-        rx.n_blocks = staging.nbytes // wire.lib.FT_WIRE_BLOCK_BYTES
+        rx.codec = staging.up_codec
+        rx.n_blocks = staging.n_blocks
         rx.n_chunks = staging.n_chunks
         rx.n_slots = staging.slots
         rx.slot_stride = staging.buf.shape[1]

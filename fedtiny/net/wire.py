@@ -438,14 +438,49 @@ def session_key(key: bytes, device_id: int, welcome: Welcome) -> bytes:
     return bytes(out)
 
 
-def model_chunks(n_params: int) -> int:
-    """Model chunks of a float32 model of n_params: ceil(4 n / 1152)."""
-    return int(lib.ft_wire_model_chunks(_uint(n_params, 32, "n_params")))
+#: the codec ids of OFFER (bits per parameter; docs/PROTOCOL.md "OFFER")
+CODEC_INT8, CODEC_INT4, CODEC_INT2, CODEC_ROT1, CODEC_FLOAT32 = (
+    lib.FT_CODEC_INT8, lib.FT_CODEC_INT4, lib.FT_CODEC_INT2, lib.FT_CODEC_ROT1, lib.FT_CODEC_FLOAT32)
+UP_CODECS = frozenset({CODEC_INT8, CODEC_INT4, CODEC_INT2, CODEC_ROT1})
+DOWN_CODECS = frozenset({CODEC_FLOAT32, CODEC_INT8, CODEC_INT4})
 
 
-def update_chunks(n_params: int) -> int:
-    """Update chunks of an Int8Update of n_params: ceil(ceil(n / 128) / 8)."""
-    return int(lib.ft_wire_update_chunks(_uint(n_params, 32, "n_params")))
+def _codec(value: int, allowed: frozenset, name: str) -> int:
+    v = _uint(value, 8, name)
+    if v not in allowed:
+        raise ValueError(f"{name} must be one of {sorted(allowed)}, got {v}")
+    return v
+
+
+def download_bytes(n_params: int, down_codec: int = CODEC_FLOAT32) -> int:
+    """Bytes of the model download: 4 n for float32, header + blocks for int8 / int4."""
+    n = int(lib.ft_wire_download_bytes(_codec(down_codec, DOWN_CODECS, "down_codec"), _uint(n_params, 32, "n_params")))
+    if n == 0 and n_params > 0:
+        raise ValueError(f"a download of {n_params} parameters does not fit the protocol's 32-bit byte count")
+    return n
+
+
+def model_chunks(n_params: int, down_codec: int = CODEC_FLOAT32) -> int:
+    """Model chunks of the download of n_params: ceil(download bytes / 1152)."""
+    return int(lib.ft_wire_download_chunks(download_bytes(n_params, down_codec)))
+
+
+def update_chunks(n_params: int, up_codec: int = CODEC_INT8) -> int:
+    """Update chunks of an update of n_params: ceil(blocks / blocks per chunk) (int8: 8 per chunk)."""
+    return int(lib.ft_wire_update_chunks_codec(_codec(up_codec, UP_CODECS, "up_codec"), _uint(n_params, 32, "n_params")))
+
+
+def chunk_blocks(up_codec: int) -> int:
+    """Whole blocks of the upload codec in one update chunk: 8 int8, 16 int4, 32 int2, 16 rot1."""
+    return int(lib.ft_wire_codec_chunk_blocks(_codec(up_codec, UP_CODECS, "up_codec")))
+
+
+def block_bytes(up_codec: int) -> int:
+    return int(lib.ft_wire_codec_block_bytes(_codec(up_codec, UP_CODECS, "up_codec")))
+
+
+def block_values(up_codec: int) -> int:
+    return int(lib.ft_wire_codec_block_values(_codec(up_codec, UP_CODECS, "up_codec")))
 
 
 @dataclass(frozen=True)
@@ -465,11 +500,18 @@ class Offer:
     model_chunks: int = -1         # -1: computed from n_params
     update_chunks: int = -1
     arch_hash: bytes = bytes(ARCH_HASH_BYTES)   # Model.arch_hash(): the layer structure
+    up_codec: int = CODEC_INT8     # the update the device sends (CODEC_INT8/INT4/INT2/ROT1)
+    down_codec: int = CODEC_FLOAT32  # what the model chunks carry (CODEC_FLOAT32/INT8/INT4)
+    model_bytes: int = -1          # -1: download_bytes(n_params, down_codec)
 
     def pack(self) -> bytes:
         m = ffi.new("ft_offer *")
         m.n_params = _uint(self.n_params, 32, "n_params")
-        m.qk = lib.FT_WIRE_QK
+        m.up_codec = _codec(self.up_codec, UP_CODECS, "up_codec")
+        m.down_codec = _codec(self.down_codec, DOWN_CODECS, "down_codec")
+        m.qk = lib.ft_wire_codec_block_values(m.up_codec)
+        mb = download_bytes(self.n_params, self.down_codec) if self.model_bytes < 0 else self.model_bytes
+        m.model_bytes = _uint(mb, 32, "model_bytes")
         m.codec_version = 1
         m.codec_flags = _uint(self.codec_flags, 8, "codec_flags")
         h = _bytes(self.model_hash, "model_hash")
@@ -481,8 +523,8 @@ class Offer:
         m.batch_size = _uint(self.batch_size, 16, "batch_size")
         m.deadline_ms = _uint(self.deadline_ms, 32, "deadline_ms")
         m.seed = _uint(self.seed, 32, "seed")
-        mc = model_chunks(self.n_params) if self.model_chunks < 0 else self.model_chunks
-        uc = update_chunks(self.n_params) if self.update_chunks < 0 else self.update_chunks
+        mc = model_chunks(self.n_params, self.down_codec) if self.model_chunks < 0 else self.model_chunks
+        uc = update_chunks(self.n_params, self.up_codec) if self.update_chunks < 0 else self.update_chunks
         if mc >= 1 << 16:
             raise ValueError(f"a model of {self.n_params} parameters needs {mc} chunks; protocol "
                              f"version {VERSION} carries at most 65535 (18,874,080 parameters)")
@@ -498,7 +540,7 @@ class Offer:
         m = _unpack(lib.ft_offer_unpack, "ft_offer *", payload)
         return cls(m.n_params, bytes(m.model_hash), m.lr, m.epochs, m.batch_size, m.deadline_ms,
                    m.seed, m.codec_flags, m.prox_mu, m.fixed_scale, m.model_chunks,
-                   m.update_chunks, bytes(m.arch_hash))
+                   m.update_chunks, bytes(m.arch_hash), m.up_codec, m.down_codec, m.model_bytes)
 
 
 @dataclass(frozen=True)
@@ -655,13 +697,15 @@ def model_chunk(weights: np.ndarray, index: int) -> bytes:
     return memoryview(w).cast("B")[index * MODEL_CHUNK_BYTES:(index + 1) * MODEL_CHUNK_BYTES].tobytes()
 
 
-def update_chunk(blocks, index: int) -> bytes:
-    """Payload of update chunk `index`: Int8Update.blocks bytes of blocks [8 i, 8 i + 8)."""
+def update_chunk(blocks, index: int, up_codec: int = CODEC_INT8) -> bytes:
+    """Payload of update chunk `index`: the update's block bytes of blocks [k i, k i + k), k =
+    chunk_blocks(up_codec) (int8: 8 blocks, 1,056 bytes)."""
+    size = chunk_blocks(up_codec) * block_bytes(up_codec)
     mv = memoryview(blocks).cast("B")
-    n = (len(mv) + UPDATE_CHUNK_BYTES - 1) // UPDATE_CHUNK_BYTES
+    n = (len(mv) + size - 1) // size
     if not 0 <= index < n:
         raise ValueError(f"update chunk {index} out of range: {len(mv)} block bytes make {n} chunks")
-    return mv[index * UPDATE_CHUNK_BYTES:(index + 1) * UPDATE_CHUNK_BYTES].tobytes()
+    return mv[index * size:(index + 1) * size].tobytes()
 
 
 def self_test() -> None:
@@ -677,6 +721,7 @@ __all__ = [
     "REPLAY_WINDOW", "RUN_ID_BYTES", "NONCE_BYTES", "SESSION_KEY_BYTES", "ARCH_HASH_BYTES", "MAX_LINE",
     "MsgType", "CHUNKED", "REASONS", "FrameError", "Frame", "encode", "peek", "decode", "ReplayGuard",
     "cobs_frame", "StreamDecoder", "Hello", "Welcome", "run_tag", "session_key", "Offer", "Result",
-    "Ack", "ErrorMsg", "model_chunks", "update_chunks", "sha256", "hmac_sha256", "model_hash",
+    "Ack", "ErrorMsg", "model_chunks", "update_chunks", "download_bytes", "chunk_blocks", "block_bytes",
+    "block_values", "CODEC_INT8", "CODEC_INT4", "CODEC_INT2", "CODEC_ROT1", "CODEC_FLOAT32", "UP_CODECS", "DOWN_CODECS", "sha256", "hmac_sha256", "model_hash",
     "model_chunk", "update_chunk", "self_test",
 ]

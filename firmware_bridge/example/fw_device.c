@@ -102,9 +102,10 @@ static void send_error(fw_device *dev, int16_t code, const char *text) {
 static void ask_model(fw_device *dev, uint32_t now) {
     size_t n = 0;
     uint16_t i;
-    if (ft_ack_init(dev->payload, sizeof dev->payload, FT_MSG_MODEL_CHUNK, 0, FW_MODEL_CHUNKS, &n) != FT_WIRE_OK)
+    if (ft_ack_init(dev->payload, sizeof dev->payload, FT_MSG_MODEL_CHUNK, 0, dev->offer.model_chunks, &n) !=
+        FT_WIRE_OK)
         return;
-    for (i = 0; i < FW_MODEL_CHUNKS; i++)
+    for (i = 0; i < dev->offer.model_chunks; i++)
         if ((dev->have_chunks >> i) & 1u)
             if (ft_ack_set(dev->payload, n, i) != FT_WIRE_OK)
                 return;
@@ -222,9 +223,17 @@ static void on_offer(fw_device *dev, const ft_wire_header *h, const uint8_t *pl,
     if (h->round == dev->round && (dev->state == FW_DOWNLOADING || dev->state == FW_UPLOADING))
         return; /* the same offer again */
     dev->round = h->round;
-    if (o.n_params != FW_N_PARAMS || o.model_chunks != FW_MODEL_CHUNKS || o.update_chunks != FW_UPDATE_CHUNKS ||
-        !ft_ct_equal(o.arch_hash, dev->arch_hash, sizeof dev->arch_hash)) {
+    /* ft_offer_unpack checked that model_chunks and update_chunks follow the codecs and n_params */
+    if (o.n_params != FW_N_PARAMS || !ft_ct_equal(o.arch_hash, dev->arch_hash, sizeof dev->arch_hash)) {
         send_error(dev, E_MODEL, "this firmware trains mlp:64-10, a 64-10 dense head (650 parameters)");
+        dev->state = FW_REFUSED;
+        dev->model_refused = 1;
+        dev->last_progress_ms = now;
+        return;
+    }
+    if (o.up_codec != FT_CODEC_INT8 || (o.down_codec != FT_CODEC_FLOAT32 && o.down_codec != FT_CODEC_INT8)) {
+        send_error(dev, E_MODEL, "this firmware sends int8 updates (--codec int8*) and downloads float32 or int8 "
+                                 "(--down-codec float32|int8)");
         dev->state = FW_REFUSED;
         dev->model_refused = 1;
         dev->last_progress_ms = now;
@@ -236,26 +245,46 @@ static void on_offer(fw_device *dev, const ft_wire_header *h, const uint8_t *pl,
     ask_model(dev, now);
 }
 
+/* The int8 download, received into params: its FTQ8 header must name this model, then the blocks
+ * are decoded into global by the kernel the aggregator ran (d * q, exact in float32), so the model
+ * hash of the offer checks the result bit for bit. 0 when the message is not for this model. */
+static int decode_q8_download(fw_device *dev) {
+    const uint8_t *m = (const uint8_t *)dev->params;
+    const uint32_t n = (uint32_t)m[8] | ((uint32_t)m[9] << 8) | ((uint32_t)m[10] << 16) | ((uint32_t)m[11] << 24);
+    if (memcmp(m, "FTQ8", 4) != 0 || m[4] != 1u || m[6] != (FT_QK & 0xFFu) || m[7] != (FT_QK >> 8) ||
+        n != FW_N_PARAMS)
+        return 0;
+    return ft_dequantize_q8((const ft_block_q8 *)(m + FT_CODEC_HEADER_BYTES), FW_N_PARAMS, dev->global) == FT_OK;
+}
+
 static void on_model_chunk(fw_device *dev, const ft_wire_header *h, const uint8_t *pl, uint32_t now) {
-    const size_t total = sizeof dev->global;
+    const int q8 = dev->offer.down_codec == FT_CODEC_INT8;
+    const size_t total = dev->offer.model_bytes; /* 2,600 (float32) or 808 (int8): both fit params */
+    uint8_t *into = q8 ? (uint8_t *)dev->params : (uint8_t *)dev->global;
     size_t off, len;
     uint8_t digest[FT_SHA256_BYTES];
     if (dev->state != FW_DOWNLOADING || h->round != dev->round)
         return;
     off = (size_t)h->chunk_index * FT_WIRE_MODEL_CHUNK_BYTES;
-    if (h->chunk_count != FW_MODEL_CHUNKS || off >= total)
+    if (h->chunk_count != dev->offer.model_chunks || off >= total || total > sizeof dev->params)
         return;
     len = total - off < FT_WIRE_MODEL_CHUNK_BYTES ? total - off : FT_WIRE_MODEL_CHUNK_BYTES;
     if (h->payload_len != len) {
         dev->frames_rejected++;
         return;
     }
-    memcpy((uint8_t *)dev->global + off, pl, len);
+    memcpy(into + off, pl, len);
     dev->have_chunks |= 1u << h->chunk_index;
     dev->last_progress_ms = now;
-    if (dev->have_chunks != (1u << FW_MODEL_CHUNKS) - 1u)
+    if (dev->have_chunks != (1u << dev->offer.model_chunks) - 1u)
         return;
-    ft_sha256((const uint8_t *)dev->global, total, digest);
+    if (q8 && !decode_q8_download(dev)) {
+        dev->frames_rejected++;
+        dev->have_chunks = 0; /* not this model's message: fetch it again */
+        ask_model(dev, now);
+        return;
+    }
+    ft_sha256((const uint8_t *)dev->global, sizeof dev->global, digest);
     if (!ft_ct_equal(digest, dev->offer.model_hash, sizeof dev->offer.model_hash)) {
         dev->have_chunks = 0; /* corrupted somewhere: fetch it again */
         ask_model(dev, now);

@@ -12,7 +12,8 @@
  * to float as each batch is gathered (ft_train_sgd_u8).
  *
  * Memory (all static inside fw_device, sized at compile time): model and global copy
- * 2 x 650 floats, training arena FW_ARENA_FLOATS floats, int8 update blocks, one frame buffer
+ * 2 x 650 floats (an int8 download is received into the first and decoded into the second: no
+ * buffer of its own), training arena FW_ARENA_FLOATS floats, int8 update blocks, one frame buffer
  * each way, and the COBS decoder's buffer.
  */
 #ifndef FW_DEVICE_H
@@ -29,6 +30,9 @@
 #define FW_N_PARAMS (FW_IN * FW_OUT + FW_OUT) /* 650: Dense W[10][64] then b[10] */
 #define FW_N_BLOCKS ((FW_N_PARAMS + FT_QK - 1) / FT_QK)
 #define FW_MODEL_CHUNKS ((4u * FW_N_PARAMS + FT_WIRE_MODEL_CHUNK_BYTES - 1) / FT_WIRE_MODEL_CHUNK_BYTES)
+/* The int8 download (--down-codec int8): the FTQ8 header and the blocks, 808 bytes in 1 chunk.
+ * It is received into the training copy (params, 2,600 bytes) and decoded into global. */
+#define FW_MODEL_Q8_BYTES (FT_CODEC_HEADER_BYTES + FW_N_BLOCKS * FT_WIRE_BLOCK_BYTES)
 #define FW_UPDATE_CHUNKS ((FW_N_BLOCKS + FT_WIRE_UPDATE_CHUNK_BLOCKS - 1) / FT_WIRE_UPDATE_CHUNK_BLOCKS)
 #define FW_MAX_BATCH 16
 #define FW_ARENA_FLOATS 6144 /* >= ft_train_arena_floats of the 64-10 head at batch 16 (5,840) */

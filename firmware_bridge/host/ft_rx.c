@@ -71,6 +71,48 @@ int ft_q8_check_blocks(const uint8_t *blocks, size_t len)
     return 0;
 }
 
+/* The reader rule of the sub-byte formats (docs/PROTOCOL.md "Sub-byte updates"): a scale in
+ * [0, FLT_MAX / qmax] (FLT_MAX / 512 for FTR1, whose decoded values reach 512 s), no 4-bit
+ * code 0 and no 2-bit code 3 (outside the grid); every bit of FTR1 is a value. */
+static int lowbit_check_blocks(uint8_t codec, const uint8_t *blocks, size_t len)
+{
+    const size_t bb = ft_wire_codec_block_bytes(codec);
+    const float max_scale = codec == FT_CODEC_INT4 ? FLT_MAX / 7.0f
+                            : codec == FT_CODEC_INT2 ? FLT_MAX
+                                                     : FLT_MAX / 512.0f;
+    size_t off, i;
+
+    if (blocks == NULL || len == 0 || len % bb != 0) {
+        return FT_RX_BAD_LENGTH;
+    }
+    for (off = 0; off < len; off += bb) {
+        float d = load_f32_le(blocks + off);
+        if (!(d >= 0.0f && d <= max_scale)) {
+            return FT_RX_BAD_SCALE;
+        }
+        for (i = 4; i < bb; i++) {
+            const uint8_t b = blocks[off + i];
+            if (codec == FT_CODEC_INT4 && ((b & 0x0Fu) == 0u || (b >> 4) == 0u)) {
+                return FT_RX_BAD_VALUE;
+            }
+            /* a 2-bit code 3 is a pair of set bits at an even position */
+            if (codec == FT_CODEC_INT2 && (b & (b >> 1) & 0x55u) != 0u) {
+                return FT_RX_BAD_VALUE;
+            }
+        }
+    }
+    return 0;
+}
+
+int ft_codec_check_blocks(uint8_t codec, const uint8_t *blocks, size_t len)
+{
+    switch (codec) {
+    case FT_CODEC_INT8: return ft_q8_check_blocks(blocks, len);
+    case FT_CODEC_INT4: case FT_CODEC_INT2: case FT_CODEC_ROT1: return lowbit_check_blocks(codec, blocks, len);
+    default: return FT_RX_BAD_LENGTH;
+    }
+}
+
 /* ---- tables ---------------------------------------------------------------------------- */
 
 static ft_rx_device *find_device(const ft_rx *rx, uint32_t id)
@@ -360,12 +402,13 @@ static void fill_event(ft_rx_event *ev, int kind, const ft_rx *rx, const ft_rx_d
 
 static size_t chunk_bytes(const ft_rx *rx, uint32_t index)
 {
-    uint32_t first = index * FT_WIRE_UPDATE_CHUNK_BLOCKS;
-    uint32_t end = first + FT_WIRE_UPDATE_CHUNK_BLOCKS;
+    const uint32_t per = ft_wire_codec_chunk_blocks(rx->codec);
+    uint32_t first = index * per;
+    uint32_t end = first + per;
     if (end > rx->n_blocks) {
         end = rx->n_blocks;
     }
-    return (size_t)(end - first) * FT_WIRE_BLOCK_BYTES;
+    return (size_t)(end - first) * ft_wire_codec_block_bytes(rx->codec);
 }
 
 /* An authentic UPDATE_CHUNK of the open round from a device with a slot: the same checks, in
@@ -387,13 +430,14 @@ static int stage_chunk(ft_rx *rx, ft_rx_device *dev, const ft_wire_header *hdr, 
     if (rx->count[slot] == rx->n_chunks || got[hdr->chunk_index]) {
         rx->rx_rejects[FT_RX_DUPLICATE_CHUNK]++;
     } else {
-        reason = ft_q8_check_blocks(payload, hdr->payload_len);
+        reason = ft_codec_check_blocks(rx->codec, payload, hdr->payload_len);
         if (reason != 0) {
             rx->rx_rejects[reason]++;
             return 0;
         }
         memcpy(rx->staging + (size_t)slot * rx->slot_stride + FT_RX_HEADER_BYTES +
-                   (size_t)hdr->chunk_index * FT_WIRE_UPDATE_CHUNK_BYTES,
+                   (size_t)hdr->chunk_index * ft_wire_codec_chunk_blocks(rx->codec) *
+                       ft_wire_codec_block_bytes(rx->codec),
                payload, hdr->payload_len);
         got[hdr->chunk_index] = 1;
         rx->count[slot]++;

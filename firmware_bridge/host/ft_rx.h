@@ -21,7 +21,7 @@
  *      and replay                                                     (wire status names)
  *   6. an UPDATE_CHUNK of the open round from a device that holds a
  *      staging slot is staged here: chunk count, length, duplicate,
- *      the int8 reader rule (ft_q8_check_blocks), then copied into its
+ *      the codec's reader rule (ft_codec_check_blocks), then copied into its
  *      slot                                                           "bad_chunk" "bad_length"
  *                                                                     "duplicate_chunk"
  *                                                                     "bad_scale" "bad_value"
@@ -66,6 +66,9 @@ const char *ft_rx_reason_name(int reason);
  * negative, NaN, Inf or above FLT_MAX/127) or FT_RX_BAD_VALUE (an int8 -128); the first
  * failing block decides, scale before values. */
 int ft_q8_check_blocks(const uint8_t *blocks, size_t len);
+/* The reader rule of the upload codec `codec` (FT_CODEC_INT8/INT4/INT2/ROT1), the same returns;
+ * an unknown codec is FT_RX_BAD_LENGTH. */
+int ft_codec_check_blocks(uint8_t codec, const uint8_t *blocks, size_t len);
 
 typedef struct {
     uint32_t device_id;
@@ -126,6 +129,7 @@ typedef struct {
      * n_slots chunk counts) */
     uint32_t round;
     uint8_t round_open;
+    uint8_t codec;             /* the round's upload codec (FT_CODEC_*): block size, chunking, reader rule */
     uint16_t ack_every;
     uint32_t n_blocks;
     uint32_t n_chunks;

@@ -134,6 +134,8 @@ static size_t seed_frame(int which, uint8_t *out)
         memset(&m, 0, sizeof m);
         m.n_params = 1 + next() % 300000u; m.qk = 128; m.codec_version = 1; m.lr = 0.1f;
         m.epochs = 1; m.batch_size = 8;
+        m.up_codec = FT_CODEC_INT8; m.down_codec = FT_CODEC_FLOAT32;
+        m.model_bytes = ft_wire_download_bytes(m.down_codec, m.n_params);
         m.model_chunks = (uint16_t)ft_wire_model_chunks(m.n_params);
         m.update_chunks = (uint16_t)ft_wire_update_chunks(m.n_params);
         st = ft_offer_pack(&m, payload, sizeof payload); pn = FT_OFFER_BYTES; break;

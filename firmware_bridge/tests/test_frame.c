@@ -93,6 +93,20 @@ int main(void)
     offer.prox_mu = 0.0f;
     offer.fixed_scale = 0.0f;
     for (i = 0; i < 16; i++) offer.arch_hash[i] = (uint8_t)(0xA0u + i);
+    offer.up_codec = FT_CODEC_INT8;
+    offer.down_codec = FT_CODEC_FLOAT32;
+    offer.model_bytes = ft_wire_download_bytes(FT_CODEC_FLOAT32, offer.n_params);
+    CHECK_EQ_INT(offer.model_bytes, 796840);
+    CHECK_EQ_INT(ft_wire_download_chunks(offer.model_bytes), 692);
+    CHECK_EQ_INT(ft_wire_update_chunks_codec(FT_CODEC_INT8, offer.n_params), 195);
+    CHECK_EQ_INT(ft_wire_download_bytes(FT_CODEC_INT8, offer.n_params), 205540); /* 16 + 132 * 1557 */
+    CHECK_EQ_INT(ft_wire_download_bytes(FT_CODEC_INT4, offer.n_params), 105892); /* 16 + 68 * 1557 */
+    CHECK_EQ_INT(ft_wire_download_bytes(FT_CODEC_INT2, offer.n_params), 0);      /* not a download */
+    CHECK_EQ_INT(ft_wire_download_bytes(FT_CODEC_FLOAT32, 0x40000000u), 0);      /* 2^32 bytes */
+    CHECK_EQ_INT(ft_wire_update_chunks_codec(FT_CODEC_INT4, offer.n_params), 98);  /* 16 blocks */
+    CHECK_EQ_INT(ft_wire_update_chunks_codec(FT_CODEC_INT2, offer.n_params), 49);  /* 32 blocks */
+    CHECK_EQ_INT(ft_wire_update_chunks_codec(FT_CODEC_ROT1, offer.n_params), 25);  /* 16 x 512 */
+    CHECK_EQ_INT(ft_wire_update_chunks_codec(3u, offer.n_params), 0);
     CHECK_EQ_INT(ft_offer_pack(&offer, payload, sizeof payload), FT_WIRE_OK);
     CHECK_EQ_INT(ft_offer_unpack(payload, FT_OFFER_BYTES, &offer2), FT_WIRE_OK);
     CHECK_MEM(&offer, &offer2, sizeof offer);
@@ -103,17 +117,33 @@ int main(void)
     CHECK_EQ_INT(ft_offer_pack(&offer2, payload, sizeof payload), FT_WIRE_ERR_BAD_PAYLOAD);
     offer2 = offer; offer2.update_chunks = 194;
     CHECK_EQ_INT(ft_offer_pack(&offer2, payload, sizeof payload), FT_WIRE_ERR_BAD_PAYLOAD);
-    CHECK_EQ_INT(ft_offer_pack(&offer, payload, 67), FT_WIRE_ERR_BUFFER);
+    offer2 = offer; offer2.down_codec = FT_CODEC_INT8;  /* the float32 byte count with int8 */
+    CHECK_EQ_INT(ft_offer_pack(&offer2, payload, sizeof payload), FT_WIRE_ERR_BAD_PAYLOAD);
+    offer2.model_bytes = 205540u;
+    CHECK_EQ_INT(ft_offer_pack(&offer2, payload, sizeof payload), FT_WIRE_ERR_BAD_PAYLOAD); /* chunks */
+    offer2.model_chunks = 179;                        /* ceil(205540 / 1152) */
+    CHECK_EQ_INT(ft_offer_pack(&offer2, payload, sizeof payload), FT_WIRE_OK);
+    offer2 = offer; offer2.up_codec = FT_CODEC_ROT1;  /* 512-value blocks: qk and chunks follow */
+    CHECK_EQ_INT(ft_offer_pack(&offer2, payload, sizeof payload), FT_WIRE_ERR_BAD_PAYLOAD);
+    offer2.qk = 512; offer2.update_chunks = 25;
+    CHECK_EQ_INT(ft_offer_pack(&offer2, payload, sizeof payload), FT_WIRE_ERR_BAD_PAYLOAD); /* stochastic */
+    offer2.codec_flags = 2;
+    CHECK_EQ_INT(ft_offer_pack(&offer2, payload, sizeof payload), FT_WIRE_OK);
+    offer2 = offer; offer2.reserved = 1;
+    CHECK_EQ_INT(ft_offer_pack(&offer2, payload, sizeof payload), FT_WIRE_ERR_BAD_PAYLOAD);
+    CHECK_EQ_INT(ft_offer_pack(&offer, payload, FT_OFFER_BYTES - 1), FT_WIRE_ERR_BUFFER);
     CHECK_EQ_INT(ft_offer_pack(&offer, payload, sizeof payload), FT_WIRE_OK);
-    CHECK(payload[52] == 0xA0 && payload[67] == 0xAF); /* the architecture hash closes the offer */
+    CHECK(payload[52] == 0xA0 && payload[67] == 0xAF); /* the architecture hash, then the codecs */
+    CHECK(payload[68] == FT_CODEC_INT8 && payload[69] == FT_CODEC_FLOAT32 && payload[72] == 0xA8 &&
+          payload[73] == 0x28 && payload[74] == 0x0C && payload[75] == 0); /* 796840 = 0x000C28A8 */
 
     CHECK_EQ_INT(ft_hello_pack(&hello, payload, sizeof payload), FT_WIRE_OK);
     CHECK_EQ_INT(ft_hello_unpack(payload, FT_HELLO_BYTES, &hello2), FT_WIRE_OK);
     CHECK_MEM(&hello, &hello2, sizeof hello);
     CHECK(payload[12] == 1 && payload[19] == 8); /* the nonce closes the hello */
-    hello2 = hello; hello2.max_frame = 115;        /* below the frame of an offer (116) */
+    hello2 = hello; hello2.max_frame = 123;        /* below the frame of an offer (124) */
     CHECK_EQ_INT(ft_hello_pack(&hello2, payload, sizeof payload), FT_WIRE_ERR_BAD_PAYLOAD);
-    hello2.max_frame = 116;
+    hello2.max_frame = 124;
     CHECK_EQ_INT(ft_hello_pack(&hello2, payload, sizeof payload), FT_WIRE_OK);
 
     memset(&wel, 0, sizeof wel);
@@ -312,7 +342,7 @@ int main(void)
     CHECK_EQ_INT(ft_wire_encode(&h, payload, KEY, 32, frame, sizeof frame, &n), FT_WIRE_ERR_LENGTH);
     h.type = FT_MSG_UPDATE_CHUNK; h.payload_len = 133;
     CHECK_EQ_INT(ft_wire_encode(&h, payload, KEY, 32, frame, sizeof frame, &n), FT_WIRE_ERR_LENGTH);
-    h.payload_len = 8 * 132 + 92; /* 1148: under 1152, not whole blocks */
+    h.payload_len = 1150; /* under 1152, not a multiple of 4 (every codec's block is) */
     CHECK_EQ_INT(ft_wire_encode(&h, payload, KEY, 32, frame, sizeof frame, &n), FT_WIRE_ERR_LENGTH);
     h.payload_len = 9 * 132; /* 1188 > 1152 */
     CHECK_EQ_INT(ft_wire_encode(&h, payload, KEY, 32, frame, sizeof frame, &n), FT_WIRE_ERR_OVERSIZE);
