@@ -173,6 +173,16 @@ def test_remaining_refusals_are_one_line_exit_2(tmp_path, args, needle):
     assert not (tmp_path / "st").exists()
 
 
+def test_simulate_still_refuses_dp_with_secagg_in_one_line(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "fedtiny.cli", "simulate", "--dataset", "digits", "--secagg",
+                          "--dp", "distributed", "--noise-multiplier", "1", "--clip-norm", "1", "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--dp does not combine with --secagg in simulate" in lines[0], res.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_setup_carries_bits_and_z_and_refuses_bad_ones():
     from fedtiny.privacy import secagg
     s = secagg.Setup.create(4, [1, 2, 3], secagg.Config(clip=1.0, bits=16))
