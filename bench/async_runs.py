@@ -3,7 +3,7 @@ and go"): Fashion-MNIST, 2nn, 100 devices, speeds log-uniform over a 10x spread,
 
     python bench/async_runs.py run OUT_DIR [--jobs N] [--only NAME-PREFIX ...]   # runs what is missing
     python bench/async_runs.py table OUT_DIR                                    # markdown tables
-    python bench/async_runs.py plot OUT_DIR PNG                                 # accuracy against simulated time
+    python bench/async_runs.py plot OUT_DIR PNG [SYNC ASYNC]                    # accuracy against simulated time
 
 Each run writes OUT_DIR/<name>/{rounds.csv,result.json}; a finished run is skipped, so the script
 can be stopped and restarted. Every command is printed before it runs.
@@ -36,6 +36,23 @@ ASYNC = {  # name -> (K, M, extra)
     "k5-m50": (5, 50, ""),
     "k5-m100": (5, 100, ""),
     "k20-m100": (20, 100, ""),
+    # issue 15, second pass (docs/simulation.md "Second pass"): a finer K x M grid around the best,
+    # the other staleness functions, a tighter --max-staleness, client lr 0.1 (tried for sync too)
+    "k5-m30": (5, 30, ""),
+    "k5-m40": (5, 40, ""),
+    "k5-m60": (5, 60, ""),
+    "k5-m70": (5, 70, ""),
+    "k3-m30": (3, 30, ""),
+    "k3-m40": (3, 40, ""),
+    "k3-m50": (3, 50, ""),
+    "k2-m30": (2, 30, ""),
+    "k2-m40": (2, 40, ""),
+    "k5-m50-hinge": (5, 50, "--staleness hinge"),
+    "k5-m50-const": (5, 50, "--staleness const"),
+    "k5-m50-ms10": (5, 50, "--max-staleness 10"),
+    "k5-m50-lr0.1": (5, 50, "--lr 0.1"),
+    "k5-m70-lr0.1": (5, 70, "--lr 0.1"),
+    "k5-m50-fedavgm": (5, 50, "--server-opt fedavgm --server-lr 0.3 --server-momentum 0.7"),
 }
 
 RUNS: dict[str, str] = {}
@@ -46,10 +63,46 @@ for (c, d), slr in [(x, 1) for x in SYNC] + [(x, 2) for x in SYNC_SLR2]:  # none
         lr, tag = ("", "") if slr == 1 else (f" --server-lr {slr}", f"-slr{slr}")
         RUNS[f"sync-c{c}-d{d}{tag}-s{seed}"] = (f"{FLEET} --seed {seed} --mode sync --fraction {c} {dl}"
                                                 f"--rounds 100 --eval-every 2{lr}")
+SYNC_MORE = {  # second pass: name -> (C, deadline s, extra)
+    "sync-c0.3-d6": ("0.3", "6", ""), "sync-c0.3-d7": ("0.3", "7", ""), "sync-c0.3-d9": ("0.3", "9", ""),
+    "sync-c0.2-d8": ("0.2", "8", ""), "sync-c0.5-d7": ("0.5", "7", ""), "sync-c0.5-d8": ("0.5", "8", ""),
+    "sync-c1.0-d7": ("1.0", "7", ""), "sync-c1.0-d8": ("1.0", "8", ""),
+    "sync-c0.3-d8-lr0.1": ("0.3", "8", "--lr 0.1"), "sync-c0.5-d7-lr0.1": ("0.5", "7", "--lr 0.1"),
+    "sync-c0.3-d8-fedavgm": ("0.3", "8", "--server-opt fedavgm --server-lr 0.3 --server-momentum 0.7"),
+}
+for name, (c, d, extra) in SYNC_MORE.items():
+    for seed in SEEDS:
+        RUNS[f"{name}-s{seed}"] = (f"{FLEET} --seed {seed} --mode sync --fraction {c} --deadline {d} "
+                                   f"--rounds 100 --eval-every 2 {extra}".strip())
 for name, (k, m, extra) in ASYNC.items():
     for seed in SEEDS:
         RUNS[f"async-{name}-s{seed}"] = (f"{FLEET} --seed {seed} --mode async --buffer {k} --concurrency {m} "
                                          f"--max-staleness 20 {extra}".strip() + f" --rounds {(2400 if m >= 100 else 1200) // k} --eval-every 2")
+
+# Other fleets (issue 15, second pass), each with its own synchronous deadline search: the name's
+# prefix before "_" names the fleet, and the table compares FedBuff with the best synchronous
+# setting of the same fleet only. e2: two local epochs (tasks of 108 steps: 10.8 to 108 s);
+# av60: on/off periods of 60 s / 30 s on average (still on 2/3 of the time); sp20: speeds over a
+# 20x spread (1 to 20 steps/s).
+VARIANTS = {
+    "e2": ("--epochs 2", [("0.3", "12"), ("0.3", "14"), ("0.3", "16"), ("0.3", "20"), ("1.0", "12"), ("1.0", "13"),
+                          ("1.0", "14"), ("1.0", "15"), ("1.0", "16"), ("0.5", "14"), ("1.0", "18"), ("1.0", "20")],
+           {"k5-m50": (5, 50, ""), "k10-m50": (10, 50, ""), "k5-m70": (5, 70, "")}),
+    "av60": ("--on-mean 60 --off-mean 30", [("0.3", "8"), ("0.3", "10"), ("0.5", "8"), ("1.0", "8"), ("1.0", "10")],
+             {"k5-m50": (5, 50, ""), "k10-m50": (10, 50, "")}),
+    "sp20": ("--speed-spread 20", [("0.3", "4"), ("0.3", "5"), ("0.3", "6"), ("1.0", "4"), ("1.0", "5"), ("1.0", "6"),
+                                   ("1.0", "7"), ("1.0", "8")],
+             {"k5-m50": (5, 50, ""), "k5-m100": (5, 100, ""), "k10-m100": (10, 100, "")}),
+}
+for vname, (vflags, vsync, vasync) in VARIANTS.items():
+    for seed in SEEDS:
+        for c, d in vsync:
+            RUNS[f"{vname}_sync-c{c}-d{d}-s{seed}"] = (f"{FLEET} {vflags} --seed {seed} --mode sync --fraction {c} "
+                                                       f"--deadline {d} --rounds 100 --eval-every 2")
+        for name, (k, m, extra) in vasync.items():
+            RUNS[f"{vname}_async-{name}-s{seed}"] = (
+                f"{FLEET} {vflags} --seed {seed} --mode async --buffer {k} --concurrency {m} --max-staleness 20 "
+                f"{extra}".strip() + f" --rounds {(2400 if m >= 100 else 1200) // k} --eval-every 2")
 
 
 def _cmd(name: str, out: str) -> list[str]:
@@ -111,13 +164,24 @@ def table(out: str) -> None:
               f"{r0['summary']['best_test_acc'] * 100:.2f} | {r0['summary']['sim_time_s']:,.0f} |")
         if not math.isnan(mean):
             best[setting] = times
-    syncs = {k: v for k, v in best.items() if k.startswith("sync")}
-    asyncs = {k: v for k, v in best.items() if k.startswith("async")}
-    if syncs and asyncs:
+    seed0 = {k: _time_to(r) for k in _settings() if (r := _load(out, f"{k}-s0")) is not None}
+    for fleet in dict.fromkeys(_fleet(k) for k in seed0):
+        s0 = {k: t for k, t in seed0.items() if _fleet(k) == fleet and _mode(k) == "sync"}
+        a0 = {k: t for k, t in seed0.items() if _fleet(k) == fleet and _mode(k) == "async"}
+        if s0 and a0:  # the screening: seed 0 of every setting
+            s_name = min(s0, key=s0.get)
+            print()
+            print(f"Fleet {fleet or 'base'}, seed 0: best synchronous setting {s_name} ({_fmt(s0[s_name])} s); "
+                  "sync / async: " + ", ".join(f"{k} {s0[s_name] / t:.2f}x" if math.isfinite(t) else f"{k} not reached"
+                                               for k, t in a0.items()))
+        syncs = {k: v for k, v in best.items() if _fleet(k) == fleet and _mode(k) == "sync"}
+        asyncs = {k: v for k, v in best.items() if _fleet(k) == fleet and _mode(k) == "async"}
+        if not (syncs and asyncs):
+            continue
         s_name = min(syncs, key=lambda k: np.mean(syncs[k]))
         print()
-        print(f"Best synchronous setting (mean over seeds): {s_name}. Speed-up of each asynchronous setting "
-              f"(time to {TARGET:.0%}, per seed, sync / async):")
+        print(f"Fleet {fleet or 'base'}: best synchronous setting (mean over seeds): {s_name}. Speed-up of each "
+              f"asynchronous setting (time to {TARGET:.0%}, per seed, sync / async):")
         print()
         print("| async setting | seed 0 | seed 1 | seed 2 | mean of per-seed ratios |")
         print("|---|---|---|---|---|")
@@ -128,12 +192,21 @@ def table(out: str) -> None:
             print(f"| {a_name} | " + " | ".join(cells) + f" | {mean} |")
 
 
+def _fleet(setting: str) -> str:
+    return setting.partition("_")[0] if "_" in setting else ""
+
+
+def _mode(setting: str) -> str:
+    return setting.rpartition("_")[2].split("-")[0]
+
+
 def plot(out: str, png: str, sync_name: str | None = None, async_name: str = "async-k5-m50") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     if sync_name is None:
-        cands = {s: [_load(out, f"{s}-s{x}") for x in SEEDS] for s in _settings() if s.startswith("sync")}
+        cands = {s: [_load(out, f"{s}-s{x}") for x in SEEDS] for s in _settings()
+                 if _mode(s) == "sync" and _fleet(s) == _fleet(async_name)}
         cands = {s: r for s, r in cands.items() if all(r)}
         sync_name = min(cands, key=lambda s: np.mean([_time_to(r) for r in cands[s]]))
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -155,10 +228,12 @@ def plot(out: str, png: str, sync_name: str | None = None, async_name: str = "as
     ax.set_xlabel("simulated time (s)")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0.6, 0.9)
-    ax.set_xlim(0, 1500)
+    ax.set_xlim(0, 1000)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
-    ax.set_title("Fashion-MNIST 2nn, 100 devices, 10x speed spread, on 2/3 of the time (3 seeds)\n"
+    fleet = {"": "E = 1, 10x speed spread", "e2": "E = 2, 10x speed spread",
+             "sp20": "E = 1, 20x speed spread", "av60": "E = 1, on/off 60/30 s"}.get(_fleet(async_name), "")
+    ax.set_title(f"Fashion-MNIST 2nn, 100 devices, {fleet}, on 2/3 of the time (3 seeds)\n"
                  "best synchronous deadline found against FedBuff", fontsize=9)
     fig.tight_layout()
     fig.savefig(png, dpi=100)
@@ -176,7 +251,7 @@ def main(argv: list[str]) -> int:
     elif argv[0] == "table":
         table(argv[1])
     else:
-        plot(argv[1], argv[2])
+        plot(argv[1], argv[2], *(argv[3:5] if len(argv) > 3 else ()))   # [SYNC-SETTING ASYNC-SETTING]
     return 0
 
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from .. import bounds, datasets, rounds
 from ..privacy import aggregator_dp
-from . import download, ingest, keys as keys_mod, rx as rx_mod, session, state, status, transfer, wire
+from . import buffered, download, ingest, keys as keys_mod, rx as rx_mod, session, state, status, transfer, wire
 from .common import MODEL_WINDOW, parse_hostport, setup_logging
 from .session import Rejected
 
@@ -84,6 +84,11 @@ class AggregateConfig:
     seed: int = 0
     max_samples: int = bounds.DEFAULT_MAX_SAMPLES
     clip_norm: float = bounds.DEFAULT_CLIP_NORM      # 0: no clipping; under --dp the DP clip bound C
+    mode: str = "sync"               # async: FedBuff (fedtiny/net/buffered.py); the four below are its
+    buffer: int | None = None
+    concurrency: int | None = None
+    max_staleness: int | None = None
+    staleness: str | None = None
     http: str = ""                   # HOST:PORT of the status page (fedtiny.net.status); "": none
     http_public: bool = False        # allow a non-loopback --http address
     secagg: bool = False             # SecAgg+ rounds (fedtiny.net.secagg_round); the grid's bound is clip_norm
@@ -132,6 +137,7 @@ class AggregateConfig:
         need(math.isfinite(self.clip_norm) and self.clip_norm >= 0,
              f"--clip-norm must be a finite number >= 0 (0: no clipping), got {self.clip_norm}")
         need(bool(self.keys), "--keys FILE is required")
+        buffered.check_config(self)
         if self.http:
             status.check_address(self.http, self.http_public)
         need(bool(self.state), "--state DIR is required")
@@ -266,6 +272,9 @@ class Aggregator(asyncio.DatagramProtocol):
         self.run_id: bytes = b""     # set by serve() from --state (state.begin_life)
         self.epoch = 0
         self.run_tag = 0
+        # --mode async: the rounds are FedBuff's buffers (fedtiny/net/buffered.py), hooked in below
+        self.driver = (buffered.BufferedRounds(self, codec_flags=CODECS[cfg.codec][1], alive_seconds=ALIVE_SECONDS,
+                                               ack_every=ACK_EVERY) if cfg.mode == "async" else None)
         self.started = time.monotonic()
         self.status_server: status.StatusServer | None = None
 
@@ -282,6 +291,8 @@ class Aggregator(asyncio.DatagramProtocol):
         if self.current is not None:
             self.current.bytes_down += len(frame)
             self.current.down_by_type[frame[3]] += len(frame)
+        elif self.driver is not None:
+            self.driver.count_down(len(frame))
 
     def _reject(self, reason: str, who: str, detail: str = "", dev: _Device | None = None) -> None:
         if dev is not None:
@@ -298,6 +309,8 @@ class Aggregator(asyncio.DatagramProtocol):
         now = time.monotonic()
         if self.current is not None and not counted:
             self.current.bytes_up += len(data)
+        elif self.driver is not None and not counted:
+            self.driver.count_up(len(data))
         who = f"{addr[0]}:{addr[1]}"
         dev = None
         try:
@@ -345,6 +358,9 @@ class Aggregator(asyncio.DatagramProtocol):
         if mtype == session.ERROR:
             self._on_device_error(dev, wire.ErrorMsg.unpack(payload))
             return
+        if self.driver is not None:
+            self.driver.on_frame(dev, hdr, now)
+            return
         run = self.current
         if run is None or hdr.round != run.id:
             self._tell(dev, hdr.round, session.E_ROUND_CLOSED, f"round {hdr.round} is closed")
@@ -371,6 +387,8 @@ class Aggregator(asyncio.DatagramProtocol):
         dropped, nbytes = self.rx.take_counts()
         if self.current is not None:
             self.current.bytes_up += nbytes
+        elif self.driver is not None:
+            self.driver.count_up(nbytes)
         for reason, n in dropped.items():
             self.rejected[reason] += n
             self.round_rejected[reason] += n
@@ -474,6 +492,9 @@ class Aggregator(asyncio.DatagramProtocol):
             log.info("device %d joined from %s:%d (%d samples)", dev.id, dev.addr[0], dev.addr[1], hello.n_samples)
         if self.finished:
             self._tell(dev, dev.session.round, session.E_FINISHED, "training is finished")
+            return
+        if self.driver is not None:
+            self.driver.on_hello(dev, now)
             return
         run = self.current
         if run is not None and dev.id in run.selected and not run.ingest.is_complete(dev.id):
@@ -815,7 +836,7 @@ class Aggregator(asyncio.DatagramProtocol):
             if ready is not None:
                 ready(self.address)
             while self.server.round_id < self.cfg.rounds and not stop.is_set():
-                if not await self._run_round(stop):
+                if not await (self.driver.run_step(stop) if self.driver is not None else self._run_round(stop)):
                     break
             if self.server.round_id >= self.cfg.rounds or self.finished:   # finished: the privacy budget
                 self.finished = True
@@ -854,7 +875,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=d.rounds)
     p.add_argument("--min-clients", type=int, default=d.min_clients, help="M: devices to wait for; a round closes at M updates")
     p.add_argument("--fraction", type=float, default=d.fraction, help="C: fraction of live devices sampled per round")
-    p.add_argument("--round-timeout", type=float, default=d.round_timeout, metavar="S", help="round deadline in seconds")
+    p.add_argument("--round-timeout", type=float, default=d.round_timeout, metavar="S",
+                   help="round deadline in seconds (--mode async: a task whose device is silent this long is dropped)")
     p.add_argument("--keys", required=True, metavar="FILE", help="per-device keys, one 'device_id hexkey' per line")
     p.add_argument("--state", required=True, metavar="DIR", help="checkpoint and metrics directory (resumes from it)")
     p.add_argument("--dataset", default=d.dataset, help="test set for evaluation: digits, fashion-mnist, ..., PATH.npz, or none")
@@ -888,6 +910,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="largest n_k (FedAvg weight) a device may claim; more is refused (default %(default)s)")
     p.add_argument("--clip-norm", type=float, default=d.clip_norm, metavar="C",
                    help="each update is scaled down to L2 norm <= C before it is summed; 0: off (default %(default)s)")
+    g = p.add_argument_group("asynchronous aggregation (FedBuff, docs/network.md)")
+    g.add_argument("--mode", default=d.mode, choices=("sync", "async"),
+                   help="sync: rounds of sampled devices; async: up to --concurrency devices train at once, a "
+                        "server step every --buffer updates (--rounds counts server steps)")
+    g.add_argument("--buffer", type=int, default=None, metavar="K",
+                   help=f"async: updates per server step (default {buffered.DEFAULT_BUFFER})")
+    g.add_argument("--concurrency", type=int, default=None, metavar="M",
+                   help=f"async: devices training at once (default {buffered.DEFAULT_CONCURRENCY})")
+    g.add_argument("--max-staleness", type=int, default=None, metavar="S",
+                   help=f"async: an update more than S server steps old is refused (default {buffered.DEFAULT_MAX_STALENESS})")
+    g.add_argument("--staleness", default=None, choices=rounds.STALENESS_KINDS,
+                   help="async: weight s(tau) of an update tau steps old: poly (1+tau)^-0.5, const 1, hinge "
+                        "(1 up to tau 4, then 1/(tau-3)) (default poly)")
     add_http_arguments(p)
     g = p.add_argument_group("secure aggregation (SecAgg+, docs/secagg.md)")
     g.add_argument("--secagg", action="store_true",

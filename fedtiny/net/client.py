@@ -388,7 +388,7 @@ class Device:
             # its HELLO broke the aggregator's bounds (e.g. more samples than --max-samples):
             # asking again would be refused again
             self._fail(f"the aggregator refused this device: {err.text}")
-        elif err.code in (session.E_ROUND_CLOSED, session.E_NOT_SELECTED) and round_id == self.round:
+        elif err.code in (session.E_ROUND_CLOSED, session.E_NOT_SELECTED, session.E_TOO_STALE) and round_id == self.round:
             log.debug("round %d: %s", round_id, err.text)
             if self.state in ("downloading", "training", "uploading", "secure"):
                 self.state = "waiting"

@@ -57,6 +57,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--round-timeout", type=float, default=20.0)
     p.add_argument("--port", type=int, default=0, help="UDP port (default: any free one)")
     p.add_argument("--state", default=None, metavar="DIR", help="keep the checkpoint and metrics here")
+    p.add_argument("--mode", default="sync", choices=("sync", "async"),
+                   help="async: FedBuff, a server step every --buffer updates (--rounds counts steps)")
+    p.add_argument("--buffer", type=int, default=None, metavar="K", help="async: updates per server step (default 2)")
+    p.add_argument("--concurrency", type=int, default=None, metavar="M",
+                   help="async: devices training at once (default: --clients)")
+    p.add_argument("--max-staleness", type=int, default=None, metavar="S", help="async: default 20")
     p.add_argument("--secagg", action="store_true",
                    help="secure aggregation (SecAgg+, docs/secagg.md): the aggregator sees only the round's sum")
     add_http_arguments(p)
@@ -80,10 +86,17 @@ def run_command(args: argparse.Namespace) -> int:
                               min_clients=args.clients, round_timeout=args.round_timeout, keys=keyfile,
                               state=state_dir, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
                               batch=args.batch, lr=args.lr, codec=args.codec, seed=args.seed,
-                              http=args.http, http_public=args.http_public, secagg=args.secagg)
+                              http=args.http, http_public=args.http_public, secagg=args.secagg, mode=args.mode,
+                              **({} if args.mode == "sync" else
+                                 {"buffer": 2 if args.buffer is None else args.buffer,
+                                  "concurrency": args.clients if args.concurrency is None else args.concurrency,
+                                  "max_staleness": args.max_staleness}),
+                              **({} if args.mode == "async" else
+                                 {k: v for k in ("buffer", "concurrency", "max_staleness")
+                                  if (v := getattr(args, k)) is not None}))
         agg = Aggregator(cfg)
         print(f"fedtiny demo: {args.clients} client processes, {args.model} ({agg.server.n_params:,} parameters) on "
-              f"{args.dataset}, {args.rounds} rounds, "
+              f"{args.dataset}, {args.rounds} {'rounds' if args.mode == 'sync' else 'asynchronous server steps (FedBuff)'}, "
               f"{'SecAgg+ masked updates' if args.secagg else 'int8 updates'} over UDP on 127.0.0.1")
         procs: list[subprocess.Popen] = []
         quiet = None if args.verbose else subprocess.DEVNULL
@@ -107,7 +120,7 @@ def run_command(args: argparse.Namespace) -> int:
                     p.terminate()
                     p.wait(timeout=3)
         last = agg.metrics[-1] if agg.metrics else {}
-        print(f"{done} rounds in {time.perf_counter() - t0:.1f} s; final test accuracy {last.get('test_acc', float('nan')):.4f}; "
+        print(f"{done} {'rounds' if args.mode == 'sync' else 'server steps'} in {time.perf_counter() - t0:.1f} s; final test accuracy {last.get('test_acc', float('nan')):.4f}; "
               f"uploaded {sum(r['bytes_up'] for r in agg.metrics) / 1e3:.1f} KB, "
               f"downloaded {sum(r['bytes_down'] for r in agg.metrics) / 1e3:.1f} KB")
         if args.state:

@@ -37,6 +37,7 @@ E_REJECTED = 103       # the update was refused (text says why)
 E_MODEL = 104          # the device cannot train this model (size or architecture): it stops
 E_FINISHED = 105       # the aggregator finished its rounds: the device may stop
 E_REFUSED = 106        # the device's HELLO breaks the aggregator's bounds (text says which): never selected
+E_TOO_STALE = 107      # --mode async: the update's model version is older than --max-staleness; a new offer follows
 
 
 class Rejected(Exception):
