@@ -152,7 +152,8 @@ class SimConfig:
                                    and self.adaptive_clip is None),
              "--noise-multiplier, --target-epsilon and --adaptive-clip need --dp central or distributed")
         need(not (self.secagg and self.dp != "none"),
-             "--dp does not combine with --secagg yet (docs/privacy.md)")
+             "--dp does not combine with --secagg in simulate yet (docs/privacy.md): drop one, or run "
+             "fedtiny aggregate --secagg --dp distributed over the network")
         need(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
         need(self.dropout_phase in DROPOUT_PHASES, f"--dropout-phase must be one of {', '.join(DROPOUT_PHASES)}, "
                                                    f"got {self.dropout_phase!r}")

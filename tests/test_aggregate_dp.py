@@ -131,8 +131,8 @@ def test_one_bad_device_among_ten_moves_accuracy_at_most_one_point_under_dp():
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--dp", "distributed", "--noise-multiplier", "1"], "--dp distributed is not on the network yet"),
-    (["--dp", "central", "--noise-multiplier", "1", "--secagg"], "--dp does not combine with --secagg"),
+    (["--dp", "distributed", "--noise-multiplier", "1"], "--dp distributed needs --secagg"),
+    (["--dp", "central", "--noise-multiplier", "1", "--secagg"], "--dp central does not combine with --secagg"),
     (["--dp", "central"], "needs --noise-multiplier Z, --target-epsilon E, or both"),
     (["--dp", "central", "--noise-multiplier", "1", "--clip-norm", "0"], "needs --clip-norm C > 0"),
     (["--noise-multiplier", "1"], "--noise-multiplier need(s) --dp central"),

@@ -259,6 +259,15 @@ def test_hostile_messages_stop_the_c_device_by_name(fw):
     bad[36:38] = struct.pack("<H", 9)   # t > k
     assert lib.fw_secagg_setup(c.sa, 1, bytes(bad), len(bad), c.out) == -2
     assert lib.fw_secagg_setup(c.sa, 1, bytes(bad[:-1]), len(bad) - 1, c.out) == -1
+    # a distributed-DP round (SETUP's dp_bits, byte 41): the firmware has no noise stage, so it
+    # must sit the round out rather than send a noise-free vector
+    dp = secagg.Setup(setup.round_id, setup.session, setup.devices, setup.k, setup.t, setup.min_survivors,
+                      setup.graph_seed, setup.grid, 11, 1.0)
+    pl = net.pack_setup(dp)
+    assert pl[41] == 11
+    c = CDevice(fw, 0, rng)
+    assert lib.fw_secagg_setup(c.sa, 1, pl, len(pl), c.out) == -14
+    assert c.sa.stage == 0
 
 
 # --- the host build through `fedtiny bridge`, next to Python clients, in `fedtiny aggregate --secagg` ---

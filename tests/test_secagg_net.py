@@ -423,11 +423,11 @@ def test_malformed_stage_payloads_are_refused_by_name():
         sr.parse_key_list(1, bytes(150))
     with pytest.raises(sr.PayloadError, match="kind"):
         sr.parse_unmask_shares(1, 2, sr.UNMASK_ENTRY.pack(3, 2, 1, bytes(32)))
-    head = sr.SETUP_HEAD.pack(bytes(16), bytes(16), 3, 2, 2, 3, 16, 1.0)
+    head = sr.SETUP_HEAD.pack(bytes(16), bytes(16), 3, 2, 2, 3, 16, 0, 0.0, 1.0)
     with pytest.raises(sr.PayloadError, match="names 2 devices"):
         sr.parse_setup(1, head + sr.pack_ids([1, 2]))
     with pytest.raises(sr.PayloadError, match="grid"):
-        sr.parse_setup(1, sr.SETUP_HEAD.pack(bytes(16), bytes(16), 2, 1, 1, 2, 8, 1.0) + sr.pack_ids([1, 2]))
+        sr.parse_setup(1, sr.SETUP_HEAD.pack(bytes(16), bytes(16), 2, 1, 1, 2, 8, 0, 0.0, 1.0) + sr.pack_ids([1, 2]))
     asm = sr.Assembly(wire.MsgType.SECAGG_KEY_LIST, 2)
     assert asm.add(0, 2, bytes(1100)) == "added"
     assert asm.add(0, 2, bytes(1000) + b"\1" * 100) == "conflict"

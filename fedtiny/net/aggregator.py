@@ -227,7 +227,7 @@ class Aggregator(asyncio.DatagramProtocol):
                 raise ValueError(f"--dataset {cfg.dataset} (the test set): {exc}; or --dataset none") from None
             self.test = (data.x_test, data.y_test)
         optimizer = rounds.make_server_optimizer(cfg.server_opt, lr=cfg.server_lr)
-        self.dp = aggregator_dp.create(cfg, len(self.keys))   # None without --dp
+        self.dp = aggregator_dp.create(cfg, len(self.keys), self.model.n_params)   # None without --dp
         self.bounds = (self.dp.bounds() if self.dp else
                        bounds.Bounds(max_samples=cfg.max_samples, clip_norm=cfg.clip_norm or None))
         stage = self.dp.stage if self.dp else None
@@ -267,7 +267,8 @@ class Aggregator(asyncio.DatagramProtocol):
         self.secagg = None
         if cfg.secagg:
             from . import secagg_round
-            self.secagg = secagg_round.AggregatorSecAgg(cfg.secagg_config(), stage_timeout=cfg.secagg_stage_timeout)
+            self.secagg = secagg_round.AggregatorSecAgg(cfg.secagg_config(), stage_timeout=cfg.secagg_stage_timeout,
+                                                        dp=self.dp if cfg.dp == "distributed" else None)
         self.run_id: bytes = b""     # set by serve() from --state (state.begin_life)
         self.epoch = 0
         self.run_tag = 0

@@ -25,8 +25,10 @@ counted by reason (rejections of fedtiny.privacy.secagg, plus the frame-level on
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import os
 import struct
 import zlib
 from collections import Counter
@@ -35,6 +37,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..privacy import dp_secagg
 from ..privacy import grid as gridmod
 from ..privacy import secagg
 from ..privacy.grid import Grid
@@ -44,7 +47,7 @@ from .session import Rejected
 log = logging.getLogger("fedtiny.secagg")
 
 M = wire.MsgType
-SETUP_HEAD = struct.Struct("<16s16sHHHHB7xd")       # session, graph seed, n, k, t, min_survivors, bits, clip
+SETUP_HEAD = struct.Struct("<16s16sHHHHBB2xfd")     # session, graph seed, n, k, t, min_survivors, bits, dp bits, dp z, clip
 KEY_ENTRY = struct.Struct("<I32s32s32s")             # id, c_pk, s_pk, commitment
 SHARE_ENTRY = struct.Struct(f"<I{secagg.SHARE_CIPHER_BYTES}s")   # recipient (or sender), ciphertext
 ID_ENTRY = struct.Struct("<I")
@@ -85,14 +88,15 @@ def _entries(data: bytes, st: struct.Struct, what: str) -> list[tuple]:
 
 
 def pack_setup(s: secagg.Setup) -> bytes:
-    head = SETUP_HEAD.pack(s.session, s.graph_seed, len(s.devices), s.k, s.t, s.min_survivors, s.grid.bits, s.grid.clip)
+    head = SETUP_HEAD.pack(s.session, s.graph_seed, len(s.devices), s.k, s.t, s.min_survivors, s.grid.bits,
+                           s.dp_bits, s.dp_z, s.grid.clip)
     return head + b"".join(ID_ENTRY.pack(d) for d in s.devices)
 
 
 def parse_setup(round_id: int, data: bytes) -> secagg.Setup:
     if len(data) < SETUP_HEAD.size:
         raise PayloadError(f"SETUP of {len(data)} bytes, the head alone is {SETUP_HEAD.size}")
-    session, graph_seed, n, k, t, m, bits, clip = SETUP_HEAD.unpack_from(data)
+    session, graph_seed, n, k, t, m, bits, dp_bits, dp_z, clip = SETUP_HEAD.unpack_from(data)
     ids = [e[0] for e in _entries(data[SETUP_HEAD.size:], ID_ENTRY, "SETUP")]
     if len(ids) != n:
         raise PayloadError(f"SETUP names {len(ids)} devices, its head says {n}")
@@ -101,7 +105,11 @@ def parse_setup(round_id: int, data: bytes) -> secagg.Setup:
         g = Grid(float(clip), int(bits), n)
     except ValueError as exc:
         raise PayloadError(f"SETUP grid: {exc}") from None
-    return secagg.Setup(int(round_id), session, tuple(ids), k, t, m, graph_seed, g)
+    if dp_bits and not (2 <= dp_bits <= 32 and math.isfinite(dp_z) and dp_z > 0):
+        raise PayloadError(f"SETUP distributed DP: bits {dp_bits}, z {dp_z} (bits 2..32 and z > 0)")
+    if dp_bits and bits != dp_secagg.wire_bits(dp_bits):
+        raise PayloadError(f"SETUP distributed DP: a {dp_bits}-bit modulus in {bits}-bit words")
+    return secagg.Setup(int(round_id), session, tuple(ids), k, t, m, graph_seed, g, int(dp_bits), float(dp_z) if dp_bits else 0.0)
 
 
 def pack_keys(msg: secagg.Keys) -> bytes:
@@ -401,10 +409,12 @@ class SecureRound:
 class AggregatorSecAgg:
     """`fedtiny aggregate --secagg`: one SecureRound per round; the aggregator's hooks call this."""
 
-    def __init__(self, config: secagg.Config, *, stage_timeout: float = STAGE_SECONDS):
+    def __init__(self, config: secagg.Config, *, stage_timeout: float = STAGE_SECONDS, dp=None):
+        """dp: the run's dp_secagg.SecAggDP under --dp distributed (its round_params are the round's)."""
         if not (math.isfinite(stage_timeout) and stage_timeout > 0):
             raise ValueError(f"--secagg-stage-timeout must be > 0 seconds, got {stage_timeout}")
         self.config = config
+        self.dp = dp
         self.stage_timeout = stage_timeout
         self.round: SecureRound | None = None
         self.abandoned = 0
@@ -413,6 +423,11 @@ class AggregatorSecAgg:
         """Start the round's protocol (SETUP to every selected device); '' or why it cannot run."""
         try:
             setup = secagg.Setup.create(round_id, devices, self.config)
+            if self.dp is not None:   # the DDGauss stage: b and z in SETUP, P words per vector
+                p = self.dp.round_params
+                setup = dataclasses.replace(setup, grid=Grid(setup.grid.clip, dp_secagg.wire_bits(p.bits), len(setup.devices)),
+                                            dp_bits=p.bits, dp_z=self.dp.z)
+                n_params = p.padded
         except ValueError as exc:
             self.round = None
             return str(exc)
@@ -440,7 +455,12 @@ class AggregatorSecAgg:
         else:
             res = sr.result
         if res.outcome == "applied":
-            verdict = rnd.submit_secure_mean(res.survivors, res.round_id, res.sum.mean(len(res.survivors)))
+            if self.dp is not None:   # the noisy sum of the survivors' clipped deltas, decoded
+                noisy = dp_secagg.decode_sum(self.dp.round_params, sr.setup.session, res.sum.sum)
+                mean = (noisy / np.float32(len(res.survivors))).astype(np.float32)
+            else:
+                mean = res.sum.mean(len(res.survivors))
+            verdict = rnd.submit_secure_mean(res.survivors, res.round_id, mean)
             if not verdict.accepted:   # cannot happen for a round this module ran: say so loudly
                 raise RuntimeError(f"round {res.round_id}: secure mean refused: {verdict.reason} {verdict.detail}")
         else:
@@ -476,6 +496,7 @@ class DeviceSecAgg:
     device_id: int
     send: Callable[[int, bytes, tuple[int, int]], None]
     random_bytes: Callable[[int], bytes] | None = None
+    noise_bytes: Callable[[int], bytes] = os.urandom   # distributed DP's noise: the OS CSPRNG (a seed only in tests)
     round: int = 0
     counts: Counter = field(default_factory=Counter)
 
@@ -575,7 +596,21 @@ class DeviceSecAgg:
     def _maybe_upload(self, now: float) -> None:
         if self.upload is not None or self.delta is None or self.machine.stage != "share_list":
             return
-        msg = self.machine.masked_update(self.delta, self.round_key)
+        setup = self.machine.setup
+        if setup.dp_bits:   # distributed DP: the device's noise share goes in before the masks
+            try:
+                p = dp_secagg.params(self.delta.size, setup.grid.clip, setup.dp_z, setup.min_survivors,
+                                     len(setup.devices), setup.dp_bits)
+                vec = dp_secagg.device_vector(p, setup.session, self.delta, self.round_key, self.noise_bytes)
+            except ValueError as exc:
+                self.aborted = "bad_dp_setup"
+                self.counts[self.aborted] += 1
+                log.warning("round %d: distributed DP refused: %s", self.round, exc)
+                self.delta = None
+                return
+            msg = self.machine.mask_vector(vec)
+        else:
+            msg = self.machine.masked_update(self.delta, self.round_key)
         self.delta = None
         n = max(1, math.ceil(len(msg.payload) / MAX_PAYLOAD))
         self.upload = _Upload(msg.payload, n, last=now)

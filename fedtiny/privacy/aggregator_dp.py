@@ -17,9 +17,8 @@ central --dp-sampling fixed`'s, the same objects (pipeline.PrivateRounds):
   N keyed devices; with or without it, no round is opened whose release would take epsilon above
   the target: the run stops there ("privacy budget spent").
 
-`--dp distributed` and `--dp` with `--secagg` are refused: the distributed discrete Gaussian's device
-stage is not yet wired into `fedtiny aggregate --secagg` and `fedtiny client` (SecAgg over the
-network landed while this was written; docs/privacy.md says what the wiring must keep).
+`--dp distributed` runs with `--secagg` only (fedtiny.privacy.dp_secagg: the devices add the noise
+inside SecAgg+ rounds); `--dp central` with `--secagg` is refused.
 """
 from __future__ import annotations
 
@@ -37,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("differential privacy (docs/privacy.md)")
     g.add_argument("--dp", default="none", choices=MODES,
                    help="central: this aggregator clips every update to --clip-norm and adds Gaussian noise "
-                        "to the sum (a trusted aggregator); distributed: not on the network yet; none (default)")
+                        "to the sum (a trusted aggregator); distributed (with --secagg): each device adds its share of discrete Gaussian noise before "
+                        "masking, the aggregator sees only the noisy sum; none (default)")
     g.add_argument("--adaptive-clip", type=float, default=None, metavar="QUANTILE",
                    help="central DP: move the bound toward this quantile of update norms (Andrew et al. 2021), "
                         "starting at --clip-norm")
@@ -53,13 +53,18 @@ def check(cfg) -> None:
     dp = cfg.dp
     if dp not in MODES:
         raise ValueError(f"--dp must be one of {', '.join(MODES)}, got {dp!r}")
+    if dp == "distributed" and not getattr(cfg, "secagg", False):
+        raise ValueError("--dp distributed needs --secagg (the devices' noise shares are private only inside "
+                         "a secure sum; docs/privacy.md): add --secagg, or use --dp central")
+    if dp == "central" and getattr(cfg, "secagg", False):
+        raise ValueError("--dp central does not combine with --secagg (under SecAgg the aggregator is not trusted "
+                         "with the sum; docs/privacy.md): use --dp distributed with --secagg")
     if dp == "distributed":
-        raise ValueError("--dp distributed is not on the network yet (its device stage is not wired into "
-                         "--secagg rounds; docs/privacy.md): use --dp central (a trusted aggregator), or "
-                         "fedtiny simulate --dp distributed")
-    if dp != "none" and getattr(cfg, "secagg", False):
-        raise ValueError("--dp does not combine with --secagg on the aggregator yet (distributed DP's device "
-                         "stage is not wired into --secagg rounds; docs/privacy.md): drop one of them")
+        if cfg.adaptive_clip is not None:
+            raise ValueError("--adaptive-clip works with --dp central only (the devices' grid is fixed by the clip)")
+        if getattr(cfg, "secagg_bits", None) is not None:
+            raise ValueError("--secagg-bits does not apply with --dp distributed (the modulus 2^b is chosen from "
+                             "the clip, the devices and z): drop it")
     if dp == "none":
         given = [f for f, v in (("--noise-multiplier", cfg.noise_multiplier), ("--target-epsilon", cfg.target_epsilon),
                                 ("--adaptive-clip", cfg.adaptive_clip)) if v is not None]
@@ -67,9 +72,9 @@ def check(cfg) -> None:
             raise ValueError(f"{', '.join(given)} need(s) --dp central")
         return
     if not cfg.clip_norm:
-        raise ValueError("--dp central needs --clip-norm C > 0 (the L2 bound on one device's update)")
+        raise ValueError(f"--dp {dp} needs --clip-norm C > 0 (the L2 bound on one device's update)")
     if cfg.noise_multiplier is None and cfg.target_epsilon is None:
-        raise ValueError("--dp central needs --noise-multiplier Z, --target-epsilon E, or both")
+        raise ValueError(f"--dp {dp} needs --noise-multiplier Z, --target-epsilon E, or both")
     if not 0 < cfg.delta < 1:
         raise ValueError(f"--delta must be in (0, 1), got {cfg.delta}")
     if cfg.target_epsilon is not None and not (math.isfinite(cfg.target_epsilon) and cfg.target_epsilon > 0):
@@ -146,8 +151,12 @@ class AggregatorDP:
         return s
 
 
-def create(cfg, fleet: int) -> AggregatorDP | None:
+def create(cfg, fleet: int, dim: int = 0):
+    """AggregatorDP (central), dp_secagg.SecAggDP (distributed, dim: the model's parameters) or None."""
     check(cfg)
     if cfg.dp == "none":
         return None
+    if cfg.dp == "distributed":
+        from .dp_secagg import SecAggDP
+        return SecAggDP(cfg, fleet, dim)
     return AggregatorDP(cfg, fleet, test_seed=getattr(cfg, "dp_test_seed", None))

@@ -134,6 +134,8 @@ class Setup:
     min_survivors: int
     graph_seed: bytes
     grid: Grid
+    dp_bits: int = 0               # distributed DP (fedtiny.privacy.dp_secagg): the DDGauss modulus 2^b; 0 = none
+    dp_z: float = 0.0              # its noise multiplier (float32 on the wire)
 
     @classmethod
     def create(cls, round_id: int, devices: Sequence[int], config: Config,

@@ -224,6 +224,8 @@ int fw_secagg_setup(fw_secagg *sa, uint32_t round, const uint8_t *pl, size_t len
         sa->devices[i] = d;
         selected |= d == sa->id;
     }
+    if (pl[41] != 0) /* dp_bits (docs/PROTOCOL.md): a noise-free vector would break the round's DP */
+        return fail(sa, FW_SA_NO_DP);
     if (!(clip > 0.0) || !isfinite(clip) || (bits != 16 && bits != 32) || n < 2)
         return fail(sa, FW_SA_BAD_SETUP); /* parse_setup's Grid check: a bad payload in Python */
     lim = bits == 16 ? 32767u : 0x7FFFFFFFu;

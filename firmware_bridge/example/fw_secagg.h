@@ -48,6 +48,8 @@ typedef enum {
     FW_SA_NONFINITE = -11,        /* the delta is not finite                                    */
     FW_SA_ARG = -12,
     FW_SA_CONFLICTING_UNMASK = -13, /* a second, different survivor set: never answered    */
+    FW_SA_NO_DP = -14,              /* a distributed-DP round (SETUP's dp_bits != 0): this      */
+                                    /* firmware has no noise stage, so it never sends a vector */
     FW_SA_AGAIN = 1                 /* the same UNMASK again: send the answer already given */
 } fw_sa_status;
 
