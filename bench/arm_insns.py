@@ -166,7 +166,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         plugin = build_plugin(a.cc, tmp)
         npz = os.path.join(tmp, "fmnist.npz")
-        subprocess.run([sys.executable, "-c", PREPARE, npz, str(a.samples)], check=True, timeout=300)
+        # run from the scratch directory: `python -c` puts its working directory first on sys.path,
+        # and in a checkout without an in-place build that would import the uncompiled source tree
+        subprocess.run([sys.executable, "-c", PREPARE, npz, str(a.samples)], check=True, timeout=300, cwd=tmp)
         for arch in (["arm64", "armhf"] if a.arch == "both" else [a.arch]):
             run_arch(arch, a.batch, s1, s2, plugin, npz, a.qemu_dir)
     return 0
