@@ -93,6 +93,14 @@ VARIANTS = {
     "sp20": ("--speed-spread 20", [("0.3", "4"), ("0.3", "5"), ("0.3", "6"), ("1.0", "4"), ("1.0", "5"), ("1.0", "6"),
                                    ("1.0", "7"), ("1.0", "8")],
              {"k5-m50": (5, 50, ""), "k5-m100": (5, 100, ""), "k10-m100": (10, 100, "")}),
+    # skew (third pass): data that differs between slow and fast devices. Half of each device's data
+    # is dealt IID, the other half is McMahan's two label shards; speeds (the same 10x log-uniform
+    # draws) are handed out in the order of each device's dominant label (--speed-by label): the
+    # slowest devices mostly see T-shirts (label 0), the fastest mostly ankle boots (9).
+    "skew": ("--partition shards --iid-share 0.5 --speed-by label",
+             [("0.3", "8"), ("0.3", "12"), ("1.0", "8"), ("1.0", "10"), ("1.0", "12"), ("1.0", "16"), ("1.0", "20"),
+              ("1.0", "27"), ("1.0", "54")],
+             {"k5-m50": (5, 50, ""), "k10-m50": (10, 50, ""), "k5-m30": (5, 30, ""), "k3-m40": (3, 40, "")}),
 }
 for vname, (vflags, vsync, vasync) in VARIANTS.items():
     for seed in SEEDS:

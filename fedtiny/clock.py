@@ -6,6 +6,10 @@ run is reproducible; nothing here reads a real clock.
 
 - Speed: local SGD steps per second, log-uniform in [speed_min, speed_min * spread]
   (spread 1: every device the same). Seeded with derive_seed(seed, 0x5BEED).
+- Speed tied to data (`--speed-by label`): the same speeds, handed out in the order of each
+  device's dominant label (the label it holds most of; ties in a seeded random order,
+  derive_seed(seed, 0x5BEED, 1)): the slowest devices see mostly label 0, the fastest mostly
+  the last label (speeds_by_key).
 - Availability: each device alternates on and off periods of exponential length, means
   on_mean and off_mean seconds; at time 0 it is on with probability on_mean / (on_mean +
   off_mean) (the stationary share) and its first period is a fresh exponential draw (memoryless,
@@ -37,6 +41,20 @@ def device_speeds(n: int, *, seed: int, speed_min: float = 1.0, spread: float = 
         raise ValueError(f"--speed-spread must be >= 1 (fastest / slowest), got {spread}")
     u = np.random.default_rng(derive_seed(seed, 0x5BEED)).random(n)
     return speed_min * np.exp(u * math.log(spread))
+
+
+def speeds_by_key(speeds: np.ndarray, key: np.ndarray, *, seed: int) -> np.ndarray:
+    """The same speeds handed out in the order of key: the device with the smallest key gets the
+    slowest speed, the largest key the fastest; devices with equal keys in a seeded random order
+    (derive_seed(seed, 0x5BEED, 1)). speeds_by_key(s, key)[k] is the speed of device k."""
+    speeds, key = np.asarray(speeds, np.float64), np.asarray(key)
+    if key.shape != speeds.shape:
+        raise ValueError(f"one key per device: {key.shape} keys for {speeds.shape} speeds")
+    tie = np.random.default_rng(derive_seed(seed, 0x5BEED, 1)).random(speeds.size)
+    order = np.lexsort((tie, key))           # devices, slowest-to-be first
+    out = np.empty_like(speeds)
+    out[order] = np.sort(speeds)
+    return out
 
 
 class Availability:

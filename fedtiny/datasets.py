@@ -14,6 +14,7 @@ are used, with the same arithmetic, so the floats are the same bit for bit. Sour
 from __future__ import annotations
 
 import gzip
+import math
 import os
 from dataclasses import dataclass
 
@@ -329,9 +330,12 @@ def _dirichlet(y: np.ndarray, n_clients: int, alpha: float, min_size: int,
 
 
 def partition(y: np.ndarray, n_clients: int, scheme: str = "iid", *, alpha: float = 0.5,
-              shards_per_client: int = 2, holdout: float = 0.1, seed: int = 0) -> list[ClientSplit]:
+              shards_per_client: int = 2, holdout: float = 0.1, seed: int = 0,
+              iid_share: float = 0.0) -> list[ClientSplit]:
     """Split sample indices over n_clients (iid, shards or dirichlet); each keeps a held-out part.
 
+    iid_share P > 0 (shards, dirichlet): a seeded random share P of the samples is dealt IID
+    first (equal parts, like "iid"), the rest by the scheme; each client holds both parts.
     Seeded: the same arguments give the same split. Every sample goes to exactly one client.
     """
     y = np.asarray(y)
@@ -343,8 +347,19 @@ def partition(y: np.ndarray, n_clients: int, scheme: str = "iid", *, alpha: floa
                          f"evaluate each), the dataset has {len(y)}: use fewer --clients")
     if not 0 <= holdout < 1:
         raise ValueError(f"holdout fraction must be in [0, 1), got {holdout}")
+    if not (0 <= iid_share <= 1 and math.isfinite(iid_share)):
+        raise ValueError(f"IID share must be in [0, 1], got {iid_share}")
     rng = np.random.default_rng([int(seed), 0x5EED])
-    if scheme == "iid":
+    common = None
+    full_y = y
+    if iid_share > 0 and scheme != "iid":  # the common part first, then the scheme on the rest
+        perm = rng.permutation(len(y))
+        m = int(round(iid_share * len(y)))
+        common, rest = np.array_split(perm[:m], n_clients), perm[m:]
+        y = y[rest]
+    if common is not None and rest.size == 0:  # share 1: nothing left for the scheme
+        parts = [np.zeros(0, np.int64)] * n_clients
+    elif scheme == "iid":
         parts = _iid(len(y), n_clients, rng)
     elif scheme == "shards":
         if int(shards_per_client) < 1:
@@ -356,6 +371,9 @@ def partition(y: np.ndarray, n_clients: int, scheme: str = "iid", *, alpha: floa
         parts = _dirichlet(y, n_clients, float(alpha), 2 if holdout > 0 else 1, rng)
     else:
         raise ValueError(f"unknown partition {scheme!r}: use one of {', '.join(PARTITIONS)}")
+    if common is not None:
+        parts = [np.concatenate([c, rest[p]]) for c, p in zip(common, parts)]
+        y = full_y
     splits = []
     for idx in parts:
         idx = rng.permutation(idx)
@@ -364,6 +382,14 @@ def partition(y: np.ndarray, n_clients: int, scheme: str = "iid", *, alpha: floa
             n_hold = min(max(n_hold, 1), len(idx) - 1)
         splits.append(ClientSplit(train=idx[n_hold:].astype(np.int64), holdout=idx[:n_hold].astype(np.int64)))
     return splits
+
+
+def dominant_labels(y: np.ndarray, splits: list[ClientSplit]) -> np.ndarray:
+    """Each client's most frequent training label (the smallest of equally frequent ones; -1 without data)."""
+    y = np.asarray(y)
+    n_labels = int(y.max()) + 1 if y.size else 0
+    return np.array([np.bincount(y[s.train], minlength=n_labels).argmax() if s.train.size else -1 for s in splits],
+                    dtype=np.int64)
 
 
 def check_model_fits(model, data: Dataset, spec: str) -> None:

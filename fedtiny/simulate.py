@@ -40,6 +40,7 @@ HETERO_MIN_SPEED = 0.1  # the slowest simulated device does 10% of the full loca
 SECAGG_DEFAULT_CLIP = 2.0   # the grid's L2 bound under --secagg when --clip-norm is not given (docs/secagg.md)
 MODES = ("sync", "async")
 AVAILABILITY = ("always", "markov")
+SPEED_BY = ("random", "label")
 DEFAULT_BUFFER, DEFAULT_CONCURRENCY, DEFAULT_MAX_STALENESS = 10, 20, 20
 
 
@@ -57,6 +58,7 @@ class SimConfig:
     momentum: float = 0.0
     partition: str = "iid"
     alpha: float = 0.5
+    iid_share: float = 0.0              # shards/dirichlet: this share of the data dealt IID first
     shards: int = 2
     holdout: float = 0.1
     codec: str = "float32"
@@ -107,6 +109,7 @@ class SimConfig:
     deadline: float | None = None       # sync: simulated seconds a round waits; None: for every device
     speed_min: float = 1.0              # local steps per second of the slowest device
     speed_spread: float = 1.0           # fastest / slowest
+    speed_by: str = "random"            # random: speeds drawn per device; label: in dominant-label order
     availability: str = "always"
     on_mean: float = 600.0
     off_mean: float = 300.0
@@ -126,6 +129,8 @@ class SimConfig:
         need(0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}")
         need(self.partition in datasets.PARTITIONS, f"--partition must be one of {', '.join(datasets.PARTITIONS)}, got {self.partition!r}")
         need(self.alpha > 0 and math.isfinite(self.alpha), f"--alpha must be positive, got {self.alpha}")
+        need(math.isfinite(self.iid_share) and 0 <= self.iid_share <= 1,
+             f"--iid-share must be a share in [0, 1], got {self.iid_share}")
         need(self.shards >= 1, f"--shards must be >= 1, got {self.shards}")
         need(0 <= self.holdout < 1, f"--holdout must be in [0, 1), got {self.holdout}")
         need(self.codec in CODECS, f"--codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
@@ -165,6 +170,7 @@ class SimConfig:
              f"--speed-min must be a positive number of local steps per second, got {self.speed_min}")
         need(math.isfinite(self.speed_spread) and self.speed_spread >= 1,
              f"--speed-spread must be >= 1 (fastest / slowest device), got {self.speed_spread}")
+        need(self.speed_by in SPEED_BY, f"--speed-by must be one of {', '.join(SPEED_BY)}, got {self.speed_by!r}")
         for name in ("on_mean", "off_mean"):
             v = getattr(self, name)
             need(math.isfinite(v) and v > 0, f"--{name.replace('_', '-')} must be a positive number of seconds, got {v}")
@@ -227,9 +233,13 @@ class SimConfig:
         except ValueError as exc:
             raise ValueError(f"--staleness {self.staleness or 'poly'}: {exc}") from None
 
-    def fleet(self) -> tuple[np.ndarray, clock.Availability]:
-        """Each device's speed (local steps per second) and its availability trace."""
+    def fleet(self, dominant: np.ndarray | None = None) -> tuple[np.ndarray, clock.Availability]:
+        """Each device's speed (local steps per second) and its availability trace.
+
+        With --speed-by label, `dominant` (each device's dominant label) orders the speeds."""
         speeds = clock.device_speeds(self.clients, seed=self.seed, speed_min=self.speed_min, spread=self.speed_spread)
+        if self.speed_by == "label":
+            speeds = clock.speeds_by_key(speeds, dominant, seed=self.seed)
         if self.availability_csv is not None:
             avail = clock.Availability.from_csv(self.availability_csv, self.clients)
         elif self.availability == "markov":
@@ -338,7 +348,7 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
     data = data if data is not None else datasets.load(cfg.dataset, cfg.data_dir, seed=cfg.seed, pixels="uint8")
     model = model_mod.build(cfg.model)
     check_model_fits(model, data, cfg.model)
-    splits = datasets.partition(data.y_train, cfg.clients, cfg.partition, alpha=cfg.alpha,
+    splits = datasets.partition(data.y_train, cfg.clients, cfg.partition, alpha=cfg.alpha, iid_share=cfg.iid_share,
                                 shards_per_client=cfg.shards, holdout=cfg.holdout, seed=cfg.seed)
     biggest = max(range(len(splits)), key=lambda k: splits[k].n_samples)
     if cfg.max_samples is not None and splits[biggest].n_samples > cfg.max_samples:
@@ -373,7 +383,7 @@ def _run(cfg: SimConfig, progress: Progress | None, data: datasets.Dataset | Non
     agg_bytes_max = 0
     t_start = time.perf_counter()
     local = np.empty_like(server.params)
-    speeds, avail = cfg.fleet()
+    speeds, avail = cfg.fleet(datasets.dominant_labels(data.y_train, splits) if cfg.speed_by == "label" else None)
     down_link = broadcast.Broadcaster(cfg.down_codec, n_params)  # --mode async: float32 only (check())
     if cfg.mode == "async":
         cum_up, cum_down, agg_bytes_max = _async_loop(cfg, train, model, data, splits, server, x_test, y_test, speed,
@@ -895,6 +905,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "features and only a dense head (mlp:<features>-<classes>, replacing --model) is trained "
                         "and federated (needs the tflite extra)")
     g.add_argument("--alpha", type=float, default=d.alpha, help="Dirichlet concentration (default %(default)s)")
+    g.add_argument("--iid-share", type=float, default=d.iid_share, metavar="P",
+                   help="shards/dirichlet: a share P of the data is dealt IID first, the rest by the scheme "
+                        "(default %(default)s)")
     g.add_argument("--shards", type=int, default=d.shards, help="shards per client for --partition shards (default %(default)s)")
     g.add_argument("--holdout", type=float, default=d.holdout, help="fraction of each client's data kept for federated evaluation (default %(default)s)")
     g = p.add_argument_group("federation")
@@ -947,6 +960,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--speed-spread", type=float, default=d.speed_spread, metavar="R",
                    help="fastest / slowest device; speeds are log-uniform in [speed-min, R*speed-min], seeded "
                         "(default %(default)s: all equal)")
+    g.add_argument("--speed-by", default=d.speed_by, choices=SPEED_BY,
+                   help="random: each device's speed is its own draw; label: the same speeds handed out in the order "
+                        "of each device's dominant label, so slow and fast devices see different data "
+                        "(default %(default)s)")
     g.add_argument("--availability", default=d.availability, choices=AVAILABILITY,
                    help="always on, or markov: on/off periods of exponential length (--on-mean, --off-mean), seeded")
     g.add_argument("--on-mean", type=float, default=d.on_mean, metavar="SECONDS",

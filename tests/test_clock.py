@@ -85,3 +85,24 @@ def test_csv_trace_errors_name_the_line(tmp_path, text, needle):
     p.write_text(text)
     with pytest.raises(ValueError, match=needle):
         clock.Availability.from_csv(str(p), 3)
+
+
+def test_speeds_by_key_hands_the_same_speeds_out_in_key_order():
+    from fedtiny.seeds import derive_seed
+    s = clock.device_speeds(300, seed=3, speed_min=1.0, spread=10.0)
+    key = np.random.default_rng(11).integers(0, 10, 300)
+    out = clock.speeds_by_key(s, key, seed=3)
+    assert sorted(out.tolist()) == sorted(s.tolist())                    # the same fleet of speeds
+    # independent recomputation: devices sorted by (key, the documented tie draw), slowest first
+    tie = np.random.default_rng(derive_seed(3, 0x5BEED, 1)).random(300)
+    ranked = sorted(range(300), key=lambda k: (key[k], tie[k]))
+    ref = np.empty(300)
+    for rank, k in enumerate(ranked):
+        ref[k] = sorted(s.tolist())[rank]
+    assert np.array_equal(out, ref)
+    for a in range(300):                                                 # a smaller key is never faster
+        assert np.all(out[key > key[a]] >= out[a])
+    assert np.array_equal(out, clock.speeds_by_key(s, key, seed=3))
+    assert not np.array_equal(out, clock.speeds_by_key(s, key, seed=4))  # ties drawn from the seed
+    with pytest.raises(ValueError, match="one key per device"):
+        clock.speeds_by_key(s, key[:5], seed=3)

@@ -173,3 +173,68 @@ def test_partition_bad_arguments():
         datasets.partition(LABELS, 10, "dirichlet", alpha=0)
     with pytest.raises(ValueError, match="raise --alpha"):
         datasets.partition(LABELS[:60], 25, "dirichlet", alpha=0.001)
+
+
+def _ref_shards_with_iid_share(y, n_clients, share, seed, shards_per_client=2):
+    """Independent recomputation of the documented generator (holdout 0): from the rng seeded
+    [seed, 0x5EED], a permutation of all samples; its first round(share * n) go out IID in equal
+    consecutive parts; the rest are shuffled, sorted by label (stable), cut into
+    n_clients * shards_per_client equal shards, and the shards dealt by a permutation."""
+    rng = np.random.default_rng([seed, 0x5EED])
+    n = len(y)
+    perm = rng.permutation(n)
+    m = int(round(share * n))
+    common, rest = perm[:m], perm[m:]
+    sizes = [m // n_clients + (1 if i < m % n_clients else 0) for i in range(n_clients)]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    shuffled = rng.permutation(len(rest))
+    labels = y[rest][shuffled]
+    by_label = [shuffled[i] for i in sorted(range(len(shuffled)), key=lambda i: (labels[i], i))]
+    n_shards = n_clients * shards_per_client
+    q, r = divmod(len(rest), n_shards)
+    bounds = np.concatenate([[0], np.cumsum([q + (1 if i < r else 0) for i in range(n_shards)])])
+    deal = rng.permutation(n_shards).reshape(n_clients, shards_per_client)
+    out = []
+    for k in range(n_clients):
+        mine = [rest[by_label[j]] for s in deal[k] for j in range(bounds[s], bounds[s + 1])]
+        idx = np.concatenate([common[starts[k]:starts[k + 1]], np.asarray(mine, dtype=np.int64)])
+        out.append(sorted(idx.tolist()))
+    return out
+
+
+def test_iid_share_matches_an_independent_recomputation_and_mixes_as_documented():
+    for seed in (0, 7):
+        splits = datasets.partition(LABELS, 100, "shards", iid_share=0.5, holdout=0.0, seed=seed)
+        ref = _ref_shards_with_iid_share(LABELS, 100, 0.5, seed)
+        assert [sorted(s.train.tolist()) for s in splits] == ref
+    splits = datasets.partition(LABELS, 100, "shards", iid_share=0.5, holdout=0.1, seed=0)
+    assert sorted(_all_indices(splits).tolist()) == list(range(len(LABELS)))   # every sample once
+    # each client: 30 IID samples (about 3 per label) and 30 from two label shards, so its two
+    # largest labels hold about (0.5 * 2/10 + 0.5) = 60% of its data (IID: ~25%, shards: 100%)
+    top2 = [np.sort(np.bincount(LABELS[np.concatenate([s.train, s.holdout])], minlength=10))[-2:].sum() / 60
+            for s in splits]
+    assert 0.55 < np.mean(top2) < 0.7
+    assert np.mean([len(np.unique(LABELS[s.train])) for s in splits]) > 5      # the IID half reaches most labels
+    d = datasets.partition(LABELS, 20, "dirichlet", alpha=0.1, iid_share=0.5, holdout=0.0, seed=0)
+    assert sorted(_all_indices(d).tolist()) == list(range(len(LABELS)))
+    assert all(len(np.unique(LABELS[s.train])) == 10 for s in d)             # 150 IID samples each
+    # share 0 is the plain scheme, share 1 is IID over equal parts
+    plain = datasets.partition(LABELS, 100, "shards", holdout=0.0, seed=0)
+    zero = datasets.partition(LABELS, 100, "shards", iid_share=0.0, holdout=0.0, seed=0)
+    assert all(np.array_equal(a.train, b.train) for a, b in zip(plain, zero))
+    one = datasets.partition(LABELS, 100, "shards", iid_share=1.0, holdout=0.0, seed=0)
+    assert [s.n_samples for s in one] == [60] * 100
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="IID share must be in"):
+            datasets.partition(LABELS, 10, "shards", iid_share=bad)
+
+
+def test_dominant_labels_against_counting():
+    splits = datasets.partition(LABELS, 30, "dirichlet", alpha=0.3, holdout=0.1, seed=2)
+    dom = datasets.dominant_labels(LABELS, splits)
+    for s, d in zip(splits, dom):
+        counts = {c: int(np.sum(LABELS[s.train] == c)) for c in range(10)}
+        best = max(counts.values())
+        assert d == min(c for c, v in counts.items() if v == best)
+    empty = datasets.ClientSplit(train=np.zeros(0, np.int64), holdout=np.zeros(0, np.int64))
+    assert datasets.dominant_labels(LABELS, [empty]).tolist() == [-1]

@@ -174,6 +174,10 @@ def test_plot_without_matplotlib_says_so_in_one_line(monkeypatch, tmp_path, digi
     (["--deadline", "0"], "--deadline must be a positive number"),
     (["--speed-spread", "0.5"], "--speed-spread must be >= 1"),
     (["--speed-min", "-1"], "--speed-min must be a positive number"),
+    (["--speed-by", "speed"], "invalid choice: 'speed'"),
+    (["--iid-share", "1.5"], "--iid-share must be a share in [0, 1]"),
+    (["--iid-share", "-0.1"], "--iid-share must be a share in [0, 1]"),
+    (["--iid-share", "nan"], "--iid-share must be a share in [0, 1]"),
     (["--availability", "markov", "--off-mean", "0"], "--off-mean must be a positive number"),
     (["--availability-csv", "/nonexistent-trace.csv"], "No such file or directory: /nonexistent-trace.csv"),
     (["--dp", "central", "--clip-norm", "1", "--noise-multiplier", "1", "--mode", "async"], "--dp needs --mode sync"),
@@ -312,3 +316,20 @@ def test_availability_csv_drives_who_trains(tmp_path, digits):
     assert res.rounds[0]["sim_time_s"] > 100
     sync = _run(digits, rounds=2, availability_csv=str(trace))
     assert all(r["clients"] <= 4 for r in sync.rounds) and sync.rounds[0]["sim_time_s"] > 100
+
+
+def test_speed_by_label_gives_the_slowest_speeds_to_the_lowest_dominant_labels(digits):
+    cfg = SimConfig(**{**DIGITS, **FLEET}, partition="shards", iid_share=0.5, speed_by="label")
+    splits = datasets.partition(digits.y_train, cfg.clients, "shards", iid_share=0.5, holdout=cfg.holdout, seed=cfg.seed)
+    dom = datasets.dominant_labels(digits.y_train, splits)
+    speeds, _ = cfg.fleet(dom)
+    plain, _ = SimConfig(**{**DIGITS, **FLEET}).fleet()
+    assert sorted(speeds.tolist()) == sorted(plain.tolist())
+    assert all(speeds[a] <= speeds[b] for a in range(cfg.clients) for b in range(cfg.clients) if dom[a] < dom[b])
+    # the run uses that fleet: another clock than the random order gives, and reproducibly
+    a = _run(digits, **FLEET, partition="shards", iid_share=0.5, speed_by="label", rounds=6, mode="async", buffer=3,
+             concurrency=6)
+    b = _run(digits, **FLEET, partition="shards", iid_share=0.5, rounds=6, mode="async", buffer=3, concurrency=6)
+    assert [r["sim_time_s"] for r in a.rounds] != [r["sim_time_s"] for r in b.rounds]
+    assert np.array_equal(a.params, _run(digits, **FLEET, partition="shards", iid_share=0.5, speed_by="label",
+                                         rounds=6, mode="async", buffer=3, concurrency=6).params)
