@@ -53,6 +53,11 @@ ASYNC = {  # name -> (K, M, extra)
     "k5-m50-lr0.1": (5, 50, "--lr 0.1"),
     "k5-m70-lr0.1": (5, 70, "--lr 0.1"),
     "k5-m50-fedavgm": (5, 50, "--server-opt fedavgm --server-lr 0.3 --server-momentum 0.7"),
+    # third pass: a task not uploaded 60 s after it began is dropped and its slot freed (the slowest
+    # device's task is 54 s of on-time, so only a device that went off mid-task loses its task)
+    "k5-m50-t60": (5, 50, "--task-timeout 60"),
+    "k3-m40-t60": (3, 40, "--task-timeout 60"),
+    "k5-m60-t60": (5, 60, "--task-timeout 60"),
 }
 
 RUNS: dict[str, str] = {}
@@ -98,9 +103,12 @@ VARIANTS = {
     # draws) are handed out in the order of each device's dominant label (--speed-by label): the
     # slowest devices mostly see T-shirts (label 0), the fastest mostly ankle boots (9).
     "skew": ("--partition shards --iid-share 0.5 --speed-by label",
-             [("0.3", "8"), ("0.3", "12"), ("1.0", "8"), ("1.0", "10"), ("1.0", "12"), ("1.0", "16"), ("1.0", "20"),
-              ("1.0", "27"), ("1.0", "54")],
-             {"k5-m50": (5, 50, ""), "k10-m50": (10, 50, ""), "k5-m30": (5, 30, ""), "k3-m40": (3, 40, "")}),
+             [("0.3", "8"), ("0.3", "12"), ("0.5", "8"), ("1.0", "6"), ("1.0", "7"), ("1.0", "8"), ("1.0", "9"),
+              ("1.0", "10"), ("1.0", "12"), ("1.0", "16"), ("1.0", "20"), ("1.0", "27")],
+             {"k5-m50": (5, 50, ""), "k10-m50": (10, 50, ""), "k5-m30": (5, 30, ""), "k3-m40": (3, 40, ""),
+              "k5-m40": (5, 40, ""), "k5-m60": (5, 60, ""), "k4-m50": (4, 50, ""), "k10-m100": (10, 100, ""),
+              "k5-m50-t60": (5, 50, "--task-timeout 60"), "k5-m60-t60": (5, 60, "--task-timeout 60"),
+              "k10-m50-t60": (10, 50, "--task-timeout 60")}),
 }
 for vname, (vflags, vsync, vasync) in VARIANTS.items():
     for seed in SEEDS:
@@ -110,7 +118,7 @@ for vname, (vflags, vsync, vasync) in VARIANTS.items():
         for name, (k, m, extra) in vasync.items():
             RUNS[f"{vname}_async-{name}-s{seed}"] = (
                 f"{FLEET} {vflags} --seed {seed} --mode async --buffer {k} --concurrency {m} --max-staleness 20 "
-                f"{extra}".strip() + f" --rounds {(2400 if m >= 100 else 1200) // k} --eval-every 2")
+                f"{extra}".strip() + f" --rounds {(2400 if m >= 100 or vname == 'skew' else 1200) // k} --eval-every 2")
 
 
 def _cmd(name: str, out: str) -> list[str]:

@@ -102,6 +102,7 @@ class SimConfig:
     buffer: int | None = None           # async: K, updates per server step (default DEFAULT_BUFFER)
     concurrency: int | None = None      # async: M, devices training at once (default DEFAULT_CONCURRENCY)
     max_staleness: int | None = None    # async: oldest accepted update, in server steps
+    task_timeout: float | None = None   # async: a task not uploaded this many simulated s after it began is dropped
     staleness: str | None = None        # async: poly | const | hinge (default poly)
     staleness_exponent: float | None = None
     hinge_at: int | None = None
@@ -176,7 +177,7 @@ class SimConfig:
             need(math.isfinite(v) and v > 0, f"--{name.replace('_', '-')} must be a positive number of seconds, got {v}")
         need(self.availability_csv is None or self.availability == "always",
              "--availability-csv replaces --availability markov: give one of them")
-        async_only = [f"--{n.replace('_', '-')}" for n in ("buffer", "concurrency", "max_staleness", "staleness",
+        async_only = [f"--{n.replace('_', '-')}" for n in ("buffer", "concurrency", "max_staleness", "task_timeout", "staleness",
                                                            "staleness_exponent", "hinge_at", "hinge_slope")
                       if getattr(self, n) is not None]
         if self.mode == "sync":
@@ -193,6 +194,8 @@ class SimConfig:
             need(1 <= self.async_concurrency() <= self.clients,
                  f"--concurrency must be in [1, --clients {self.clients}], got {self.concurrency}")
             need(self.async_max_staleness() >= 0, f"--max-staleness must be >= 0, got {self.max_staleness}")
+            need(self.task_timeout is None or (math.isfinite(self.task_timeout) and self.task_timeout > 0),
+                 f"--task-timeout must be a positive number of simulated seconds, got {self.task_timeout}")
             need(self.staleness in (None, *rounds.STALENESS_KINDS),
                  f"--staleness must be one of {', '.join(rounds.STALENESS_KINDS)}, got {self.staleness!r}")
             kind = self.staleness or "poly"
@@ -557,10 +560,14 @@ def _async_loop(cfg, train, model, data, splits, server, x_test, y_test, hetero,
     was open when it started), or an idle device comes on. A device that finishes picks up a new
     task at once if it is on and the buffer has moved on since its last start (one task per
     (device, buffer): the round logic takes one update per (device, tag)). Which idle device
-    gets a free slot is a seeded draw. In-flight updates are device memory, not the aggregator's."""
+    gets a free slot is a seeded draw. In-flight updates are device memory, not the aggregator's.
+    With --task-timeout T a task not uploaded T simulated seconds after it started is dropped at
+    that time (as `fedtiny aggregate --round-timeout` drops a silent task): its slot is free, its
+    update never reaches the server, and its device is idle again."""
     import heapq
 
     K, M, S = cfg.async_buffer(), cfg.async_concurrency(), cfg.async_max_staleness()
+    T = cfg.task_timeout
     sfn = cfg.staleness_function()
     rng = np.random.default_rng(derive_seed(cfg.seed, 0xA5C))
     n_params = server.n_params
@@ -575,7 +582,7 @@ def _async_loop(cfg, train, model, data, splits, server, x_test, y_test, hetero,
     t = 0.0
     rnd = server.open_buffer(K, max_staleness=S, staleness_weight=sfn)
     step_stats = {"up": 0, "down": 0, "loss": 0.0, "steps": 0, "stale": 0, "t0": time.perf_counter(),
-                  "c0": time.process_time(), "contributors": []}
+                  "c0": time.process_time(), "contributors": [], "timed_out": 0}
 
     def start_tasks(now: float) -> None:
         nonlocal seq
@@ -599,6 +606,8 @@ def _async_loop(cfg, train, model, data, splits, server, x_test, y_test, hetero,
             update = _encode(cfg.codec, local, residuals, k, derive_seed(cfg.seed, tag, k, 2))
             if update is local:
                 update = local.copy()  # the device keeps its delta until it uploads
+            if T is not None and done > now + T:  # dropped at now + T: the update is never sent
+                done, update = now + T, None
             heapq.heappush(flight, (done, seq, k, tag, update, part.n_samples, res.steps, res.loss))
             seq += 1
             busy.add(k)
@@ -623,6 +632,10 @@ def _async_loop(cfg, train, model, data, splits, server, x_test, y_test, hetero,
             continue
         t, _, k, tag, update, n_k, steps, loss = heapq.heappop(flight)
         busy.discard(k)
+        if update is None:  # --task-timeout: the slot is free, nothing reaches the buffer
+            step_stats["timed_out"] += 1
+            start_tasks(t)
+            continue
         verdict = rnd.submit(k, tag, update, n_k, steps=steps)
         if verdict.accepted:
             step_stats["up"] += upload_f32 if isinstance(update, np.ndarray) else update.nbytes
@@ -650,6 +663,8 @@ def _async_loop(cfg, train, model, data, splits, server, x_test, y_test, hetero,
                    "rejected_stale": rnd.counts.get(rounds.TOO_STALE, 0)}
             if cfg.clip_norm:  # as in the synchronous rows
                 row["clipped"] = int(outcome.rejected.get(bounds.CLIPPED, 0))
+            if T is not None:
+                row["timed_out"] = step_stats["timed_out"]
             if step % cfg.eval_every == 0 or step == cfg.rounds:
                 row["test_loss"], row["test_acc"] = map(float, _evaluate(train, model, server.params, data, x_test, y_test))
                 row["fed_loss"], row["fed_acc"] = _federated_eval(train, model, server.params, data, splits,
@@ -664,7 +679,7 @@ def _async_loop(cfg, train, model, data, splits, server, x_test, y_test, hetero,
                 progress.update(row)
             rnd = server.open_buffer(K, max_staleness=S, staleness_weight=sfn)
             step_stats = {"up": 0, "down": 0, "loss": 0.0, "steps": 0, "stale": 0, "t0": time.perf_counter(),
-                          "c0": time.process_time(), "contributors": []}
+                          "c0": time.process_time(), "contributors": [], "timed_out": 0}
         start_tasks(t)
     if not result.rounds:
         raise ValueError("no server step happened: no device was ever available (check the availability trace)")
@@ -951,6 +966,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--staleness", default=None, choices=rounds.STALENESS_KINDS,
                    help="async: weight s(tau) of an update tau steps old: poly (1+tau)^-a, const 1, hinge "
                         "(1 up to tau=b, then 1/(slope*(tau-b)+1)) (default poly)")
+    g.add_argument("--task-timeout", type=float, default=None, metavar="SECONDS",
+                   help="async: a task not uploaded this many simulated seconds after it started is dropped and its "
+                        "slot freed (a device gone off mid-task; default: none, it keeps its slot)")
     g.add_argument("--staleness-exponent", type=float, default=None, metavar="A",
                    help="async, poly: the exponent a (default 0.5)")
     g.add_argument("--hinge-at", type=int, default=None, metavar="B", help="async, hinge: b (default 4)")

@@ -175,6 +175,9 @@ def test_plot_without_matplotlib_says_so_in_one_line(monkeypatch, tmp_path, digi
     (["--speed-spread", "0.5"], "--speed-spread must be >= 1"),
     (["--speed-min", "-1"], "--speed-min must be a positive number"),
     (["--speed-by", "speed"], "invalid choice: 'speed'"),
+    (["--task-timeout", "30"], "--task-timeout needs --mode async"),
+    (["--mode", "async", "--task-timeout", "0"], "--task-timeout must be a positive number of simulated seconds"),
+    (["--mode", "async", "--task-timeout", "inf"], "--task-timeout must be a positive number of simulated seconds"),
     (["--iid-share", "1.5"], "--iid-share must be a share in [0, 1]"),
     (["--iid-share", "-0.1"], "--iid-share must be a share in [0, 1]"),
     (["--iid-share", "nan"], "--iid-share must be a share in [0, 1]"),
@@ -333,3 +336,26 @@ def test_speed_by_label_gives_the_slowest_speeds_to_the_lowest_dominant_labels(d
     assert [r["sim_time_s"] for r in a.rounds] != [r["sim_time_s"] for r in b.rounds]
     assert np.array_equal(a.params, _run(digits, **FLEET, partition="shards", iid_share=0.5, speed_by="label",
                                          rounds=6, mode="async", buffer=3, concurrency=6).params)
+
+
+def test_task_timeout_frees_the_slot_of_a_device_gone_off_mid_task(digits, tmp_path):
+    # device 0 alone is on at t = 0 and takes the only slot (M = 1), goes off at t = 1 and is back at
+    # t = 1000; device 1 is on from t = 0.5; device 2 never. A task of device k takes steps_k / 10 s.
+    trace = tmp_path / "trace.csv"
+    trace.write_text("device,start_s,end_s\n0,0,1\n0,1000,9000\n1,0.5,9000\n")
+    kw = dict(clients=3, speed_min=10.0, availability_csv=str(trace), mode="async", buffer=1, concurrency=1,
+              rounds=1, eval_every=1)
+    splits = datasets.partition(digits.y_train, 3, "iid", holdout=0.1, seed=0)
+    task = [DIGITS["epochs"] * math.ceil(s.n_samples / DIGITS["batch"]) / 10.0 for s in splits]
+    assert max(task) < 20
+    held = _run(digits, **kw)   # no timeout: the slot waits for device 0, which finishes after it is back
+    assert held.rounds[0]["sim_time_s"] == pytest.approx(1000 + task[0] - 1)
+    assert "timed_out" not in held.rounds[0]
+    freed = _run(digits, **kw, task_timeout=20.0)  # dropped at t = 20; device 1 takes the slot then
+    assert freed.rounds[0]["sim_time_s"] == pytest.approx(20 + task[1])
+    assert freed.rounds[0]["timed_out"] == 1 and freed.rounds[0]["clients"] == 1
+    # device 0's update never reached the model: the step is device 1's update alone
+    only1 = tmp_path / "only1.csv"
+    only1.write_text("device,start_s,end_s\n1,20,9000\n")
+    ref = _run(digits, **{**kw, "availability_csv": str(only1)})
+    assert np.array_equal(freed.params, ref.params)

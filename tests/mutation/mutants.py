@@ -424,4 +424,12 @@ MUTANTS = [
          old="        m = int(round(iid_share * len(y)))\n", new="        m = int(round(iid_share * len(y))) // 2\n",
          tests=["tests/test_datasets.py::test_iid_share_matches_an_independent_recomputation_and_mixes_as_documented"],
          why="--iid-share P deals only P/2 of the data IID"),
+    dict(id="task-timeout-update-kept", file="fedtiny/simulate.py",
+         old="                done, update = now + T, None\n", new="                done = now + T\n",
+         tests=["tests/test_simulate.py::test_task_timeout_frees_the_slot_of_a_device_gone_off_mid_task"],
+         why="a task dropped at --task-timeout still delivers its update, early"),
+    dict(id="task-timeout-slot-kept", file="fedtiny/simulate.py",
+         old="            if T is not None and done > now + T:", new="            if False:",
+         tests=["tests/test_simulate.py::test_task_timeout_frees_the_slot_of_a_device_gone_off_mid_task"],
+         why="--task-timeout is accepted and a device gone off mid-task keeps its slot"),
 ]
