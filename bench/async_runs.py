@@ -108,13 +108,15 @@ VARIANTS = {
              {"k5-m50": (5, 50, ""), "k10-m50": (10, 50, ""), "k5-m30": (5, 30, ""), "k3-m40": (3, 40, ""),
               "k5-m40": (5, 40, ""), "k5-m60": (5, 60, ""), "k4-m50": (4, 50, ""), "k10-m100": (10, 100, ""),
               "k5-m50-t60": (5, 50, "--task-timeout 60"), "k5-m60-t60": (5, 60, "--task-timeout 60"),
-              "k10-m50-t60": (10, 50, "--task-timeout 60")}),
+              "k10-m50-t60": (10, 50, "--task-timeout 60"), "k10-m80": (10, 80, ""), "k8-m100": (8, 100, ""),
+              "k15-m100": (15, 100, ""), "k20-m100": (20, 100, "")}),
 }
 for vname, (vflags, vsync, vasync) in VARIANTS.items():
     for seed in SEEDS:
         for c, d in vsync:
             RUNS[f"{vname}_sync-c{c}-d{d}-s{seed}"] = (f"{FLEET} {vflags} --seed {seed} --mode sync --fraction {c} "
-                                                       f"--deadline {d} --rounds 100 --eval-every 2")
+                                                       f"--deadline {d} --rounds {200 if vname == 'skew' else 100} "
+                                                       "--eval-every 2")
         for name, (k, m, extra) in vasync.items():
             RUNS[f"{vname}_async-{name}-s{seed}"] = (
                 f"{FLEET} {vflags} --seed {seed} --mode async --buffer {k} --concurrency {m} --max-staleness 20 "
@@ -172,6 +174,10 @@ def table(out: str) -> None:
         times = [_time_to(r) if r else math.nan for r in runs]
         mean = float(np.mean(times)) if all(r for r in runs) else math.nan
         r0 = runs[0]
+        if r0 is None:  # seed 0 not run (yet): its columns are empty
+            print(f"| {setting} | - | " + " | ".join("-" if math.isnan(t) else _fmt(t) for t in times[1:]) +
+                  " | - | - | - | - | - |")
+            continue
         steps = next((r["round"] for r in r0["rounds"] if r["test_acc"] is not None and r["test_acc"] >= TARGET),
                      None) if r0 else None
         per = np.mean([r["clients"] for r in r0["rounds"]]) if r0 else math.nan
@@ -226,6 +232,7 @@ def plot(out: str, png: str, sync_name: str | None = None, async_name: str = "as
         cands = {s: r for s, r in cands.items() if all(r)}
         sync_name = min(cands, key=lambda s: np.mean([_time_to(r) for r in cands[s]]))
     fig, ax = plt.subplots(figsize=(7, 4.2))
+    reach = [0.0]
     for name, colour in ((sync_name, "tab:blue"), (async_name, "tab:orange")):
         for i, seed in enumerate(SEEDS):
             res = _load(out, f"{name}-s{seed}")
@@ -234,7 +241,10 @@ def plot(out: str, png: str, sync_name: str | None = None, async_name: str = "as
             rows = [r for r in res["rounds"] if r["test_acc"] is not None]
             ax.plot([r["sim_time_s"] for r in rows], [r["test_acc"] for r in rows], color=colour, alpha=0.8,
                     lw=1.2, label=name if i == 0 else None)
-    for name, colour in (("sync-c0.1-d20", "tab:green"), ("sync-c0.1-dnone", "tab:red")):  # seed 0, for scale
+            reach.append(_time_to(res))
+    scale = {"": (("sync-c0.1-d20", "tab:green"), ("sync-c0.1-dnone", "tab:red")),
+             "skew": (("skew_sync-c1.0-d16", "tab:green"), ("skew_sync-c1.0-d27", "tab:red"))}
+    for name, colour in scale.get(_fleet(async_name), ()):  # seed 0, for scale
         res = _load(out, f"{name}-s0")
         if res is not None:
             rows = [r for r in res["rounds"] if r["test_acc"] is not None]
@@ -244,11 +254,12 @@ def plot(out: str, png: str, sync_name: str | None = None, async_name: str = "as
     ax.set_xlabel("simulated time (s)")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0.6, 0.9)
-    ax.set_xlim(0, 1000)
+    ax.set_xlim(0, max(1000, 100 * math.ceil(1.2 * max(t for t in reach if math.isfinite(t)) / 100)))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fleet = {"": "E = 1, 10x speed spread", "e2": "E = 2, 10x speed spread",
-             "sp20": "E = 1, 20x speed spread", "av60": "E = 1, on/off 60/30 s"}.get(_fleet(async_name), "")
+             "sp20": "E = 1, 20x speed spread", "av60": "E = 1, on/off 60/30 s",
+             "skew": "E = 1, 10x spread, speed tied to label (half shards)"}.get(_fleet(async_name), "")
     ax.set_title(f"Fashion-MNIST 2nn, 100 devices, {fleet}, on 2/3 of the time (3 seeds)\n"
                  "best synchronous deadline found against FedBuff", fontsize=9)
     fig.tight_layout()
