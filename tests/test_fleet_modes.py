@@ -22,7 +22,8 @@ import pytest
 
 from fedtiny.net import state
 from fedtiny.net.demo import client_command
-from netutil import CLIENT_ENV, MODEL, free_udp_port, stop_all, wait_for
+from netutil import (CLIENT_ENV, MODEL, AggregatorThread, Fleet, client_logs, free_udp_port, simulate_oracle, stop_all,
+                     wait_for)
 from test_async_net import _aggregate_cmd, _write_fleet, replay
 
 FLEET = 100
@@ -119,3 +120,86 @@ def test_async_hundred_client_processes_kills_restarts_replay_bit_for_bit(tmp_pa
           f"staleness max {max(taus)} mean {np.mean(taus):.2f}, refused too stale {stale} "
           f"(slow device {slow}: {sum(1 for r in rows for d, *_ in r['arrivals'] if d == slow)} accepted), "
           f"killed after step {killed_at}, restarted after step {restarted_at}, wall {wall:.0f} s")
+
+
+# --- compressed both ways at fleet size -----------------------------------------------------------
+
+C_ROUNDS = 2
+
+
+@pytest.mark.slow
+def test_hundred_client_processes_1bit_up_int8_down_reproduce_simulate(tmp_path):
+    """--codec 1bit-rot-ef --down-codec int8, every one of 100 devices in each of 2 rounds: the
+    final weights are `fedtiny simulate`'s with the same flags, bit for bit (zero tolerance)."""
+    t0 = time.monotonic()
+    weights, sim_rows = simulate_oracle(FLEET, C_ROUNDS, codec="1bit-rot-ef", down_codec="int8")
+    fleet = Fleet(tmp_path, FLEET)
+    cfg = fleet.config(rounds=C_ROUNDS, codec="1bit-rot-ef", down_codec="int8", round_timeout=240.0)
+    procs = []
+    try:
+        with AggregatorThread(cfg) as agg:
+            procs = fleet.start_clients(agg.server)
+            agg.wait(600)
+        codes = [p.wait(timeout=30) for p in procs]    # told that training finished: they exit by themselves
+        logs = client_logs(procs)
+    finally:
+        stop_all(procs)
+    ck = state.load(cfg.state)
+    assert ck.round == C_ROUNDS and codes == [0] * FLEET, logs[-3000:]
+    assert [r["clients"] for r in ck.metrics] == [FLEET] * C_ROUNDS == [r["clients"] for r in sim_rows]
+    assert all(r["rejected"] == {} for r in ck.metrics), [r["rejected"] for r in ck.metrics]
+    np.testing.assert_array_equal(ck.weights, weights)
+    assert [r["test_acc"] for r in ck.metrics] == [r["test_acc"] for r in sim_rows]
+    print(f"\n1bit-rot-ef up, int8 down: {FLEET} processes, {C_ROUNDS} rounds "
+          f"{[round(r['round_s'], 1) for r in ck.metrics]} s, MB down per round "
+          f"{[round(r['bytes_down'] / 1e6, 2) for r in ck.metrics]}, wall {time.monotonic() - t0:.0f} s")
+
+
+# --- distributed DP inside SecAgg+ at fleet size --------------------------------------------------
+
+D_ROUNDS, D_Z, D_DELTA = 2, 0.5, 1e-5
+
+
+@pytest.mark.slow
+def test_hundred_client_processes_dp_secagg_released_sum_has_the_survivors_noise(tmp_path):
+    """--secagg --dp distributed --noise-multiplier 0.5, 100 devices in each of 2 rounds (a sparse
+    graph): the released sum minus the 100 survivors' noise-free vectors (numpy, from each device's
+    delta, the round's rotation seed captured on the wire and its rounding stream) has zero mean and
+    the variance of 100 noise shares -- and not that of min_survivors shares."""
+    pytest.importorskip("cryptography")
+    pytest.importorskip("dp_accounting")
+    pytest.importorskip("scipy.linalg")
+    from fedtiny.net import secagg_round as sr
+    from fedtiny.privacy import dp_secagg
+    from test_dp_secagg_net import SetupCapture, released_and_clean
+    from test_secagg_net import run_fleet
+    t0 = time.monotonic()
+    fleet = Fleet(tmp_path, FLEET)
+    cap = SetupCapture(fleet.keys)
+    fleet, cfg, agg, codes, logs = run_fleet(tmp_path, FLEET, D_ROUNDS, tap=cap, fleet=fleet, timeout=900,
+                                             cfg_kw=dict(dp="distributed", noise_multiplier=D_Z, delta=D_DELTA,
+                                                         round_timeout=300.0, secagg_stage_timeout=90.0))
+    run_s = time.monotonic() - t0
+    assert codes == [0] * FLEET, logs[-3000:]
+    ck = state.load(cfg.state)
+    assert ck.round == D_ROUNDS
+    residuals, expected_var = [], []
+    for r in range(1, D_ROUNDS + 1):
+        row = ck.metrics[r - 1]
+        assert row["secagg_outcome"] == "applied" and row["survivors"] == FLEET, row
+        setup = sr.parse_setup(r, cap.setups[r])
+        w0 = cap.model(r)
+        p = dp_secagg.params(w0.size, cfg.clip_norm, setup.dp_z, setup.min_survivors, FLEET, setup.dp_bits)
+        assert p.devices == setup.min_survivors < FLEET and row["noise_multiplier"] == p.z_effective >= D_Z
+        w1 = cap.model(r + 1) if r < D_ROUNDS else ck.weights
+        released, clean = released_and_clean(fleet, p, setup, w0, w1, r, range(FLEET))
+        residuals.append(released - clean)
+        expected_var.append(p.gamma ** 2 * FLEET * p.sigma2)
+    res = np.concatenate(residuals)
+    var, n = float(np.mean(expected_var)), res.size
+    assert abs(res.mean()) < 5 * np.sqrt(var / n), (res.mean(), var)
+    assert abs(res.var() / var - 1) < 5 * np.sqrt(2 / n), (res.var(), var)
+    assert abs(res.var() / (p.gamma ** 2 * p.devices * p.sigma2) - 1) > 5 * np.sqrt(2 / n)   # min_survivors' noise: wrong
+    print(f"\ndp-secagg: {FLEET} processes, {D_ROUNDS} rounds {[round(r['round_s'], 1) for r in ck.metrics]} s, "
+          f"min_survivors {p.devices}, bits {p.bits}, residual variance / expected {res.var() / var:.3f} "
+          f"(tolerance {5 * np.sqrt(2 / n):.3f}), epsilon {ck.metrics[-1]['epsilon']:.2f}, run {run_s:.0f} s")
