@@ -403,4 +403,14 @@ MUTANTS = [
          old="if (pl[41] != 0) /* dp_bits", new="if (0) /* dp_bits",
          tests=["tests/test_fw_secagg.py::test_hostile_messages_stop_the_c_device_by_name"],
          why="the firmware joins a distributed-DP round and sends its vector without noise"),
+    # ---- the firmware's int8 download decoder (firmware_bridge/example/fw_device.c decode_q8_download) ----
+    dict(id="fw-q8-download-count-unchecked", file="firmware_bridge/example/fw_device.c",
+         old="        n != FW_N_PARAMS)\n        return 0;", new="        n == 0u)\n        return 0;",
+         tests=["tests/test_bridge.py::test_c_firmware_int8_download_through_bridge_refuses_a_wrong_header"],
+         why="the firmware decodes an int8 download whose header names another parameter count"),
+    dict(id="fw-q8-download-blocks-offset", file="firmware_bridge/example/fw_device.c",
+         old="ft_dequantize_q8((const ft_block_q8 *)(m + FT_CODEC_HEADER_BYTES),",
+         new="ft_dequantize_q8((const ft_block_q8 *)(m + 4),",
+         tests=["tests/test_bridge.py::test_c_firmware_int8_download_through_bridge_refuses_a_wrong_header"],
+         why="the firmware reads the int8 blocks from inside the header: its model never matches the offer's hash"),
 ]
