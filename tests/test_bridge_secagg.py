@@ -339,3 +339,56 @@ def test_bridge_proxy_arguments_are_checked(tmp_path):
                             "/dev/null", *args], capture_output=True, text=True, timeout=30)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert "--secagg-proxy and --keys FILE go together" in r.stderr, r.stderr
+
+
+def test_cortex_m4_board_built_without_secagg_takes_part_through_the_proxy(tmp_path):
+    """The board image of the 32 KB part (mps2-an386, SECAGG=0: no SecAgg+ code in its flash) booted
+    in qemu-system-arm, on an unpaced pty, through `fedtiny bridge --secagg-proxy`, with one
+    `fedtiny client`, in 3 rounds of `fedtiny aggregate --secagg`: every round applied with both
+    devices as survivors, the board's update taken off its serial line by the proxy each round,
+    the model learning. (The exact sum against the numpy oracle is checked with the host build
+    above: the board's float arithmetic is not the host's bit for bit.)"""
+    from board_qemu import ARM_CC, QEMU, ROUND_LINE, Board, build, write_provision
+    from netutil import free_udp_port
+    from serial_relay import PacedRelay
+    if not (QEMU and ARM_CC):
+        pytest.skip("needs qemu-system-arm and gcc-arm-none-eabi")
+    elf = build(str(tmp_path / "mps2"))   # SECAGG=0, the board default
+    rounds = 3
+    fleet = Fleet(tmp_path, 2)
+    image = os.path.join(fleet.dir, "device0.bin")
+    write_provision(image, 0, fleet.keys[0], fleet.data[0])
+    board = Board(elf, image, fleet.dir, icount=False)
+    line = PacedRelay(board.tty, None).__enter__()
+    port = free_udp_port()
+    procs = []
+    try:
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "fedtiny.cli", "aggregate", "--listen", f"127.0.0.1:{port}", "--model", "mlp:64-10",
+             "--rounds", str(rounds), "--min-clients", "2", "--keys", fleet.keyfile, "--state",
+             os.path.join(fleet.dir, "state"), "--dataset", "digits", "--lr", "0.1", "--batch", "10", "--seed", "0",
+             "--secagg", "--clip-norm", "1", "--codec", "int8-stochastic", "--round-timeout", "30"],
+            cwd=fleet.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "fedtiny.cli", "bridge", "--server", f"127.0.0.1:{port}", "--serial", line.path,
+             "--secagg-proxy", "--keys", fleet.keyfile], cwd=fleet.dir, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True))
+        procs.append(subprocess.Popen(_client(f"127.0.0.1:{port}", 1, fleet), env=CLIENT_ENV, cwd=fleet.dir,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        out, err = procs[0].communicate(timeout=120)
+        assert procs[0].returncode == 0, out + err
+        procs[1].terminate()
+        _, bridge_err = procs[1].communicate(timeout=10)
+    finally:
+        stop_all(procs)
+        board.stop()
+        line.__exit__(None, None, None)
+    rows = state.load(os.path.join(fleet.dir, "state")).metrics
+    print("\nboard through the proxy:", [(r["secagg_outcome"], r["survivors"], r["test_acc"]) for r in rows],
+          bridge_err.strip().splitlines()[-1])
+    assert [(r["secagg_outcome"], r["survivors"]) for r in rows] == [("applied", 2)] * rounds, rows
+    assert f"'proxy_updates': {rounds}" in bridge_err, bridge_err
+    fw = [m for m in map(ROUND_LINE.search, board.lines) if m]
+    assert [int(m.group(2)) for m in fw] == list(range(1, rounds + 1)), board.log()
+    accs = [r["test_acc"] for r in rows]
+    assert accs[-1] > accs[0] and accs[-1] > 0.5, accs
