@@ -10,7 +10,7 @@ Two runs, one after the other, with the same devices and seed:
   themselves;
 - proxy: `fedtiny bridge --secagg-proxy --keys FILE` runs SecAgg+ for devices built with
   FW_SECAGG=0 (the 32 KB part's image).
-The bridge process's CPU (utime + stime from /proc/PID/stat, 10 ms ticks) is read once its
+The bridge process's CPU (the scheduler's run time of its threads, /proc/PID/task/*/schedstat) is read once its
 imports are done and the devices are up, before the aggregator starts, and again after the
 aggregator has finished; the difference over rounds x devices is printed, and the ratio.
 """
@@ -49,9 +49,13 @@ def build(out: str, secagg: bool) -> str:
 
 
 def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of every thread of the process, in ns resolution (/proc/PID/task/*/schedstat: the
+    scheduler's run time; /proc/PID/stat's utime + stime count 10 ms ticks)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+            total += int(f.read().split()[0])
+    return total / 1e9
 
 
 def free_port() -> int:
@@ -131,9 +135,9 @@ def main() -> None:
     per = args.rounds * args.devices
     print(f"| bridge | CPU s ({args.rounds} rounds x {args.devices} devices) | ms per round per device |")
     print("|---|---:|---:|")
-    print(f"| relay (devices run SecAgg+, FW_SECAGG=1) | {relay:.2f} | {1000 * relay / per:.1f} |")
-    print(f"| `--secagg-proxy` (devices FW_SECAGG=0) | {proxy:.2f} | {1000 * proxy / per:.1f} |")
-    print(f"proxy / relay: {proxy / relay:.2f}x; the proxy's own work: {1000 * (proxy - relay) / per:.1f} ms "
+    print(f"| relay (devices run SecAgg+, FW_SECAGG=1) | {relay:.3f} | {1000 * relay / per:.2f} |")
+    print(f"| `--secagg-proxy` (devices FW_SECAGG=0) | {proxy:.3f} | {1000 * proxy / per:.2f} |")
+    print(f"proxy / relay: {proxy / relay:.2f}x; the proxy's own work: {1000 * (proxy - relay) / per:.2f} ms "
           f"per round per device")
 
 

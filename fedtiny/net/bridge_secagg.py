@@ -189,6 +189,8 @@ class DeviceProxy:
             if self.psk is None or hdr.device_id != self.device_id:
                 raise Rejected("stale_welcome", f"no join of device {hdr.device_id} in progress")
             w = session.open_welcome(frame, self.psk, self.nonce)
+            if self.up is None or (self.up.run, self.up.epoch) != (w.run, w.epoch):
+                self._forget_rounds()   # another aggregator life: its round numbers are new rounds
             self.up = session.Session(self.device_id, self.psk, w, follow_rounds=True)
             self.down = session.Session(self.device_id, self.psk, w, follow_rounds=True)
             self.nonce = None
@@ -215,6 +217,12 @@ class DeviceProxy:
                     payload = plain_offer(offer).pack()
                     self.counts["proxy_offers"] += 1
         self.to_device(self.down.seal(t, f.round, payload, *f.chunk))
+
+    def _forget_rounds(self) -> None:
+        self.offers.clear()
+        self.delivered.clear()
+        self.upload = None
+        self.secagg = None
 
     # -- the SecAgg+ device side --
     def _secure(self) -> secagg_round.DeviceSecAgg:
