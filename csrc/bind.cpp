@@ -48,6 +48,21 @@ float *f32_out(py::array &a, const char *name, ssize_t n = -1) {
     return static_cast<float *>(a.mutable_data());
 }
 
+// Blocks an encoder writes: a writable, contiguous uint8 array of exactly `nbytes` bytes.
+uint8_t *blocks_out(py::array &out, size_t nbytes, const char *layout) {
+    if (!out.dtype().equal(py::dtype::of<uint8_t>()) || !(out.flags() & py::array::c_style) || !out.writeable() ||
+        static_cast<size_t>(out.nbytes()) != nbytes)
+        throw py::value_error(std::string("out must be a writable contiguous uint8 array of exactly ") + layout + " bytes");
+    return static_cast<uint8_t *>(out.mutable_data());
+}
+
+// The optional error-feedback residual of the encoders: None, or float32 of the delta's length.
+float *residual_out(const py::object &residual, py::array &keep, size_t n) {
+    if (residual.is_none()) return nullptr;
+    keep = residual.cast<py::array>();
+    return f32_out(keep, "residual", static_cast<ssize_t>(n));
+}
+
 // Blocks of the int8 codec held in any contiguous byte buffer (bytes, memoryview, uint8 array).
 struct Blocks {
     py::buffer_info info;
@@ -236,17 +251,10 @@ PYBIND11_MODULE(_core, m) {
     m.def("quantize_q8", [](py::array x, py::object residual, int rounding, uint64_t seed, py::array out) {
         const float *px = f32_in(x, "delta");
         const size_t n = static_cast<size_t>(x.size());
-        float *pr = nullptr;
         py::array r;
-        if (!residual.is_none()) {
-            r = residual.cast<py::array>();
-            pr = f32_out(r, "residual", static_cast<ssize_t>(n));
-        }
-        if (!out.dtype().equal(py::dtype::of<uint8_t>()) || !(out.flags() & py::array::c_style) || !out.writeable() ||
-            static_cast<size_t>(out.nbytes()) != ft_q8_nblocks(n) * sizeof(ft_block_q8))
-            throw py::value_error("out must be a writable contiguous uint8 array of exactly nblocks*BLOCK_BYTES bytes");
+        float *pr = residual_out(residual, r, n);
+        auto *po = reinterpret_cast<ft_block_q8 *>(blocks_out(out, ft_q8_nblocks(n) * sizeof(ft_block_q8), "nblocks*BLOCK_BYTES"));
         if (rounding != FT_ROUND_NEAREST && rounding != FT_ROUND_STOCHASTIC) throw py::value_error("unknown rounding mode");
-        auto *po = static_cast<ft_block_q8 *>(out.mutable_data());
         ft_status st;
         {
             py::gil_scoped_release nogil;
@@ -321,17 +329,10 @@ PYBIND11_MODULE(_core, m) {
         if (!ft_lowbit_block_bytes(f)) throw py::value_error("unknown sub-byte format " + std::to_string(fmt));
         const float *px = f32_in(x, "delta");
         const size_t n = static_cast<size_t>(x.size());
-        float *pr = nullptr;
         py::array r;
-        if (!residual.is_none()) {
-            r = residual.cast<py::array>();
-            pr = f32_out(r, "residual", static_cast<ssize_t>(n));
-        }
-        if (!out.dtype().equal(py::dtype::of<uint8_t>()) || !(out.flags() & py::array::c_style) || !out.writeable() ||
-            static_cast<size_t>(out.nbytes()) != ft_lowbit_nblocks(f, n) * ft_lowbit_block_bytes(f))
-            throw py::value_error("out must be a writable contiguous uint8 array of exactly nblocks*block_bytes bytes");
+        float *pr = residual_out(residual, r, n);
+        uint8_t *po = blocks_out(out, ft_lowbit_nblocks(f, n) * ft_lowbit_block_bytes(f), "nblocks*block_bytes");
         if (rounding != FT_ROUND_NEAREST && rounding != FT_ROUND_STOCHASTIC) throw py::value_error("unknown rounding mode");
-        auto *po = static_cast<uint8_t *>(out.mutable_data());
         ft_status st;
         {
             py::gil_scoped_release nogil;

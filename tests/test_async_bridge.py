@@ -2,44 +2,25 @@
 `fedtiny aggregate --mode async`: the device code follows the model versions it is offered (the
 frame's round field) and its updates go into FedBuff's buffers."""
 import os
-import subprocess
-import sys
 
 from fedtiny.net import state
-from netutil import AggregatorThread, Fleet, stop_all
-from test_bridge import firmware, write_device_data  # noqa: F401  (the fixture and the provisioning image)
+from netutil import AggregatorThread, Fleet
+from serial_fleet import SerialFleet
+from test_bridge import firmware  # noqa: F401  (the fixture)
 
 
 def test_c_firmware_through_bridge_async(tmp_path, firmware):  # noqa: F811
     n_dev, per_device, k = 2, 4, 2
     steps = n_dev * per_device // k
     fleet = Fleet(tmp_path, n_dev)
-    ptys = [os.openpty() for _ in range(n_dev)]
-    procs = []
     cfg = fleet.config(model="mlp:64-10", rounds=steps, min_clients=n_dev, lr=0.1, mode="async", buffer=k,
                        concurrency=n_dev, max_staleness=3)
-    try:
-        with AggregatorThread(cfg) as at:
-            bridge_cmd = [sys.executable, "-m", "fedtiny.cli", "bridge", "--server", at.server]
-            for _, slave in ptys:
-                bridge_cmd += ["--serial", os.ttyname(slave)]
-            procs.append(subprocess.Popen(bridge_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                          cwd=fleet.dir))
-            for d, (master, _) in enumerate(ptys):
-                data = str(tmp_path / f"device{d}.bin")
-                write_device_data(fleet.data[d], d, fleet.keys[d], data)
-                procs.append(subprocess.Popen(
-                    [firmware, "--fd", str(master), "--provision", data, "--rounds", str(per_device), "--timeout", "40"],
-                    pass_fds=(master,), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-            at.wait(60)
-            for p in procs[1:]:          # each device stops after its rounds or when told training finished
-                out, err = p.communicate(timeout=30)
-                assert p.returncode == 0, out + err
-    finally:
-        stop_all(procs)
-        for master, slave in ptys:
-            os.close(master)
-            os.close(slave)
+    with AggregatorThread(cfg) as at, SerialFleet(fleet, firmware, at.server, range(n_dev), per_device,
+                                                  timeout=40) as sf:
+        at.wait(60)
+        for p in sf.devices:          # each device stops after its rounds or when told training finished
+            out, err = p.communicate(timeout=30)
+            assert p.returncode == 0, out + err
     ck = state.load(os.path.join(fleet.dir, "state"))
     assert ck.round == steps
     arrivals = [a for row in ck.metrics for a in row["arrivals"]]

@@ -1,7 +1,6 @@
 """The example C firmware (firmware_bridge/example, host build) joins through `fedtiny bridge`
 over pseudo-terminals and completes rounds: the real device code, the real bridge process."""
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -11,82 +10,34 @@ import pytest
 
 from fedtiny.net import state
 from netutil import AggregatorThread, Fleet, stop_all
+from serial_fleet import FW, SerialFleet, build_host_firmware, provision, write_device_data
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FW = os.path.join(ROOT, "firmware_bridge")
-CSRC = os.path.join(ROOT, "csrc")
 pytest.importorskip("serial", reason="fedtiny bridge needs pyserial (pip install 'fedtiny[serial]')")
-sys.path.insert(0, os.path.join(FW, "example"))
-import provision  # noqa: E402  (firmware_bridge/example/provision.py)
-
-
-# the host build's sources besides csrc/ (the secure-aggregation stage machine and its crypto included)
-FW_EXAMPLE_SOURCES = ("fw_device.c", "fw_provision.c", "fw_secagg.c", "host_main.c")
-FW_LIB_SOURCES = ("ft_sha256.c", "ft_cobs.c", "ft_frame.c", "ft_chacha20.c", "ft_hkdf.c", "ft_poly1305.c",
-                  "ft_x25519.c", "ft_shamir.c")
 
 
 @pytest.fixture(scope="module")
 def firmware(tmp_path_factory):
-    cc = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
-    if cc is None:
-        pytest.skip("no C compiler to build the firmware's host version")
-    out = str(tmp_path_factory.mktemp("fw") / "fw_host")
-    sources = ([os.path.join(FW, "example", f) for f in FW_EXAMPLE_SOURCES]
-               + [os.path.join(FW, f) for f in FW_LIB_SOURCES]
-               + sorted(os.path.join(d, f) for d in (CSRC, os.path.join(CSRC, "arch"))
-                        for f in os.listdir(d) if f.endswith(".c")))
-    cmd = [cc, "-std=c99", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", "-I", CSRC, "-I", FW,
-           "-I", os.path.join(FW, "example"), *sources, "-lm", "-o", out]
-    subprocess.run(cmd, check=True, timeout=120)
-    return out
-
-
-def write_device_data(npz_path: str, device_id: int, key: bytes, out: str) -> None:
-    """The device's provisioning image (firmware_bridge/example/provision.py): id, key, uint8 data."""
-    with np.load(npz_path) as z:
-        blob = provision.image(device_id, key, z["x"], z["y"])
-    with open(out, "wb") as f:
-        f.write(blob)
+    return build_host_firmware(tmp_path_factory.mktemp("fw"))
 
 
 def test_c_firmware_through_bridge_over_pty(tmp_path, firmware):
     n_dev, rounds = 2, 3
     fleet = Fleet(tmp_path, n_dev)
-    ptys = [os.openpty() for _ in range(n_dev)]
-    procs = []
-    try:
-        with AggregatorThread(fleet.config(model="mlp:64-10", rounds=rounds, min_clients=n_dev, lr=0.1)) as at:
-            bridge_cmd = [sys.executable, "-m", "fedtiny.cli", "bridge", "--server", at.server]
-            for _, slave in ptys:
-                bridge_cmd += ["--serial", os.ttyname(slave)]
-            procs.append(subprocess.Popen(bridge_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                          cwd=fleet.dir))
-            for k, (master, _) in enumerate(ptys):
-                data = str(tmp_path / f"device{k}.bin")
-                write_device_data(fleet.data[k], k, fleet.keys[k], data)
-                procs.append(subprocess.Popen(
-                    [firmware, "--fd", str(master), "--provision", data, "--rounds", str(rounds), "--timeout", "40"],
-                    pass_fds=(master,), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-            at.wait(45)
-            for p in procs[1:]:
-                out, err = p.communicate(timeout=10)
-                assert p.returncode == 0, out + err
-                assert f"{rounds} round(s)" in out, out
+    with AggregatorThread(fleet.config(model="mlp:64-10", rounds=rounds, min_clients=n_dev, lr=0.1)) as at, \
+            SerialFleet(fleet, firmware, at.server, range(n_dev), rounds, timeout=40) as sf:
+        at.wait(45)
+        for p in sf.devices:
+            out, err = p.communicate(timeout=10)
+            assert p.returncode == 0, out + err
+            assert f"{rounds} round(s)" in out, out
         # line noise on a serial port: dropped and counted by the bridge, which stops cleanly
-        os.write(ptys[0][0], b"\x00\x05noise, not a COBS frame\x00\x03\x01\x00")
-        bridge = procs[0]
+        os.write(sf.master(0), b"\x00\x05noise, not a COBS frame\x00\x03\x01\x00")
         time.sleep(0.5)
-        bridge.terminate()
-        _, err = bridge.communicate(timeout=10)
-        assert bridge.returncode == 0, err
+        sf.bridge.terminate()
+        _, err = sf.bridge.communicate(timeout=10)
+        assert sf.bridge.returncode == 0, err
         last = err.strip().splitlines()[-1]
         assert last.startswith("bridge stopped:") and "serial_" in last and "'to_device'" in last, err
-    finally:
-        stop_all(procs)
-        for master, slave in ptys:
-            os.close(master)
-            os.close(slave)
     ck = state.load(os.path.join(fleet.dir, "state"))
     assert ck.round == rounds
     assert [row["clients"] for row in ck.metrics] == [n_dev] * rounds

@@ -288,14 +288,13 @@ def test_c_firmware_through_bridge_joins_secure_rounds_with_python_clients(tmp_p
     resends of vector chunks are exercised; every device still survives."""
     pytest.importorskip("serial", reason="fedtiny bridge needs pyserial")
     import subprocess
-    import sys
-    import test_bridge
     from fedtiny import model as model_mod
     from fedtiny import train
     from fedtiny.net import state
     from fedtiny.net.demo import client_command
     from netutil import CLIENT_ENV, AggregatorThread, Fleet, client_logs, stop_all
     from secagg_oracle import grid as grid_oracle
+    from serial_fleet import SerialFleet, build_host_firmware
     from udp_relay import LossyRelay
 
     firmware = build_host_firmware(tmp_path)
@@ -304,7 +303,6 @@ def test_c_firmware_through_bridge_joins_secure_rounds_with_python_clients(tmp_p
     fleet = Fleet(tmp_path, n)
     cfg = fleet.config(model="mlp:64-10", rounds=rounds, min_clients=n, secagg=True, clip_norm=clip, codec="int8",
                        round_timeout=30.0, secagg_stage_timeout=8.0, lr=0.05, batch=10)
-    ptys = [os.openpty() for _ in range(n_c)]
     procs = []
     relay_counts = {}
     try:
@@ -313,18 +311,9 @@ def test_c_firmware_through_bridge_joins_secure_rounds_with_python_clients(tmp_p
             if loss is not None:
                 relay = stack.enter_context(LossyRelay(at.address, **loss))
                 server = f"{relay.addr[0]}:{relay.addr[1]}"
-            bridge = [sys.executable, "-m", "fedtiny.cli", "bridge", "--server", server]
-            for _, slave in ptys:
-                bridge += ["--serial", os.ttyname(slave)]
-            procs.append(subprocess.Popen(bridge, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                          cwd=fleet.dir))
-            for k, (master, _) in enumerate(ptys):
-                data = str(tmp_path / f"device{k}.bin")
-                test_bridge.write_device_data(fleet.data[k], k, fleet.keys[k], data)
-                procs.append(subprocess.Popen(
-                    [firmware, "--fd", str(master), "--provision", data, "--rounds", str(rounds), "--timeout", "80",
-                     "--dump-delta", str(tmp_path / f"delta{k}")],
-                    pass_fds=(master,), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            sf = stack.enter_context(SerialFleet(fleet, firmware, server, range(n_c), rounds, timeout=80,
+                                                 device_args=lambda k: ["--dump-delta", str(tmp_path / f"delta{k}")]))
+            procs += sf.procs
             for k in range(n_c, n):
                 procs.append(subprocess.Popen(client_command(server, k, fleet.keyfile, fleet.data[k], "mlp:64-10"),
                                               env=CLIENT_ENV, cwd=fleet.dir, stdout=subprocess.DEVNULL,
@@ -340,9 +329,6 @@ def test_c_firmware_through_bridge_joins_secure_rounds_with_python_clients(tmp_p
                 assert p.wait(timeout=20) == 0, client_logs(procs[1 + n_c:])
     finally:
         stop_all(procs)
-        for master, slave in ptys:
-            os.close(master)
-            os.close(slave)
     ck = state.load(os.path.join(fleet.dir, "state"))
     assert ck.round == rounds
     print("\nsecure rounds:", [(r["secagg_resent"], r["secagg_counts"], r["rejected"]) for r in ck.metrics])
@@ -370,24 +356,6 @@ def test_c_firmware_through_bridge_joins_secure_rounds_with_python_clients(tmp_p
             total += grid_oracle(delta, 0, scale, g.step, g.qmax, gridmod.derived_round_key(0, r, k))
         w = (w.astype(np.float64) + total * g.step / n).astype(np.float32)
     np.testing.assert_allclose(ck.weights, w, rtol=0, atol=2e-6)   # one grid unit / n is ~6e-5 here
-
-
-def build_host_firmware(tmp_path) -> str:
-    import shutil
-    import subprocess
-    cc = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
-    if cc is None:
-        pytest.skip("no C compiler to build the firmware's host version")
-    import test_bridge
-    csrc = os.path.join(ROOT, "csrc")
-    out = str(tmp_path / "fw_host")
-    sources = ([os.path.join(FW, "example", f) for f in test_bridge.FW_EXAMPLE_SOURCES]
-               + [os.path.join(FW, f) for f in test_bridge.FW_LIB_SOURCES]
-               + sorted(os.path.join(d, f) for d in (csrc, os.path.join(csrc, "arch"))
-                        for f in os.listdir(d) if f.endswith(".c")))
-    subprocess.run([cc, "-std=c99", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", "-I", csrc, "-I", FW,
-                    "-I", os.path.join(FW, "example"), *sources, "-lm", "-o", out], check=True, timeout=120)
-    return out
 
 
 def test_one_round_runs_on_a_cortex_m4f(tmp_path):

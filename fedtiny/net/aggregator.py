@@ -34,7 +34,7 @@ import numpy as np
 from .. import bounds, datasets, rounds
 from ..privacy import aggregator_dp
 from . import buffered, download, ingest, keys as keys_mod, rx as rx_mod, session, state, status, transfer, wire
-from .common import MODEL_WINDOW, parse_hostport, setup_logging
+from .common import MODEL_WINDOW, PACE_BATCH, PACE_SECONDS, parse_hostport, setup_logging
 from .session import Rejected
 
 log = logging.getLogger("fedtiny.aggregate")
@@ -46,8 +46,6 @@ ACK_EVERY = 16            # update chunks between two ACKs to the device
 TELL_SECONDS = 0.25        # errors to one device, per code
 RCVBUF_BYTES = 4 << 20    # requested UDP receive buffer
 SNDBUF_BYTES = 1 << 20    # requested UDP send buffer (the pacer stops while it is full)
-PACE_SECONDS = 0.002      # the download pacer's tick while a download runs
-PACE_BATCH = 64           # model chunks sent at most per tick or ACK
 FRAME_OVERHEAD = wire.HEADER_BYTES + wire.TAG_BYTES   # bytes of a frame around its payload
 UPLOAD_MIN_SECONDS = 5.0  # a device's upload deadline (from its slot's opening) is at least this
 LOG_PER_REASON = 5        # rejections logged one by one per reason and round; then only counted
@@ -615,12 +613,20 @@ class Aggregator(asyncio.DatagramProtocol):
             if len(alive) != said:
                 log.info("waiting for devices: %d of %d joined", len(alive), self.cfg.min_clients)
                 said = len(alive)
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), 0.5)
-            except asyncio.TimeoutError:
-                pass
+            await self.tick(wait=0.5)
         return None
+
+    async def tick(self, *, downloading: bool = False, wait: float = 0.05) -> None:
+        """Let the loop serve: one pacer tick while a download runs, else until a frame wakes
+        the round (or `wait` seconds pass)."""
+        if downloading:
+            await asyncio.sleep(PACE_SECONDS)
+            return
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), wait)
+        except asyncio.TimeoutError:
+            pass
 
     def _open_round(self, alive: list[int], now: float) -> _RoundRun:
         cfg = self.cfg
@@ -695,14 +701,7 @@ class Aggregator(asyncio.DatagramProtocol):
                 if now - run.offered.get(d, -math.inf) >= REOFFER_SECONDS:
                     self._offer(self.devices[d], run, now)
             self._pace(run, now)
-            if run.download.active:
-                await asyncio.sleep(PACE_SECONDS)
-                continue
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), 0.05)
-            except asyncio.TimeoutError:
-                pass
+            await self.tick(downloading=run.download.active)
         if stop.is_set():
             self.current = None
             return False

@@ -50,14 +50,12 @@ import numpy as np
 
 from .. import bounds, rounds
 from . import download, ingest, session, state, wire
-from .common import MODEL_WINDOW
+from .common import MODEL_WINDOW, PACE_BATCH
 
 log = logging.getLogger("fedtiny.aggregate")
 
 DEFAULT_BUFFER, DEFAULT_CONCURRENCY, DEFAULT_MAX_STALENESS = 10, 20, 20   # as `fedtiny simulate --mode async`
 REOFFER_SECONDS = 0.5     # offer again to a device that has not asked for its model
-PACE_SECONDS = 0.002
-PACE_BATCH = 64
 WAIT_TELL_SECONDS = 1.0   # "waiting for the next model version" to an idle device, at most this often
 
 
@@ -217,14 +215,7 @@ class BufferedRounds:
                 return True
             self._housekeeping(now)
             self._pace(now)
-            if any(v.download.active for v in self.versions.values()):
-                await asyncio.sleep(PACE_SECONDS)
-                continue
-            agg._wake.clear()
-            try:
-                await asyncio.wait_for(agg._wake.wait(), 0.05)
-            except asyncio.TimeoutError:
-                pass
+            await agg.tick(downloading=any(v.download.active for v in self.versions.values()))
         return False
 
     # -- tasks -----------------------------------------------------------------------------

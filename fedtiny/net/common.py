@@ -10,6 +10,8 @@ import numpy as np
 from .. import npz
 
 MODEL_WINDOW = 64         # model chunks sent per ACK from a device
+PACE_SECONDS = 0.002      # the aggregator's download pacer: its tick while a download runs
+PACE_BATCH = 64           # and the model chunks it sends at most per tick or ACK
 
 
 def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
