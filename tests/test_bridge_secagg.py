@@ -20,36 +20,21 @@ from fedtiny.seeds import derive_seed
 from netutil import CLIENT_ENV, AggregatorThread, Fleet, client_logs, stop_all
 
 pytest.importorskip("serial", reason="fedtiny bridge needs pyserial (pip install 'fedtiny[serial]')")
-import test_bridge  # noqa: E402
+from serial_fleet import build_host_firmware, write_device_data  # noqa: E402
 from q8_oracle import quantize as q8_quantize  # noqa: E402
 from secagg_oracle import centered  # noqa: E402
 from secagg_oracle import grid as grid_oracle  # noqa: E402
 from udp_relay import LossyRelay  # noqa: E402
 
 M = wire.MsgType
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FW = os.path.join(ROOT, "firmware_bridge")
 
 
 @pytest.fixture(scope="module")
 def firmware(tmp_path_factory):
     """The example firmware's host build as the 32 KB-flash part's image is built (FW_SECAGG=0: no
-    fw_secagg.c, no X25519, HKDF, Poly1305 or Shamir linked; the sources of the board Makefile's
-    SECAGG=0 image), so the device behind the proxy cannot run SecAgg+ itself."""
-    import shutil
-    cc = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
-    if cc is None:
-        pytest.skip("no C compiler to build the firmware's host version")
-    csrc = os.path.join(ROOT, "csrc")
-    out = str(tmp_path_factory.mktemp("fw_plain") / "fw_host")
-    sources = ([os.path.join(FW, "example", f) for f in ("fw_device.c", "fw_provision.c", "host_main.c")]
-               + [os.path.join(FW, f) for f in ("ft_sha256.c", "ft_cobs.c", "ft_frame.c", "ft_chacha20.c")]
-               + sorted(os.path.join(d, f) for d in (csrc, os.path.join(csrc, "arch"))
-                        for f in os.listdir(d) if f.endswith(".c")))
-    subprocess.run([cc, "-std=c99", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", "-DFW_SECAGG=0",
-                    "-I", csrc, "-I", FW, "-I", os.path.join(FW, "example"), *sources, "-lm", "-o", out],
-                   check=True, timeout=120)
-    return out
+    fw_secagg.c, no X25519, HKDF, Poly1305 or Shamir linked), so the device behind the proxy cannot
+    run SecAgg+ itself."""
+    return build_host_firmware(tmp_path_factory.mktemp("fw_plain"), secagg=False)
 
 
 class SerialTap:
@@ -172,7 +157,7 @@ def test_small_device_takes_part_in_secure_rounds_through_the_proxy(tmp_path, fi
                                           cwd=fleet.dir))
             for k, (master, _) in enumerate(ptys):
                 data = str(tmp_path / f"device{k}.bin")
-                test_bridge.write_device_data(fleet.data[k], k, fleet.keys[k], data)
+                write_device_data(fleet.data[k], k, fleet.keys[k], data)
                 procs.append(subprocess.Popen(
                     [firmware, "--fd", str(master), "--provision", data, "--rounds", str(rounds), "--timeout", "60",
                      "--dump-delta", str(tmp_path / f"delta{k}")],
