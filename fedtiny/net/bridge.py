@@ -174,11 +174,11 @@ async def relay(paths: list[str], server: tuple[str, int], *, baudrate: int = 11
         for path in paths:
             port = SerialPort(path, baudrate, counts)
             ports.append(port)
-            await port.start(server)
-            if proxy_keys is not None:
+            if proxy_keys is not None:   # before the port reads its first frame
                 from . import bridge_secagg
                 port.proxy = bridge_secagg.DeviceProxy(path, proxy_keys, counts, port.to_device, port.send_up)
                 port.proxy.start()
+            await port.start(server)
             log.info("relaying %s <-> %s:%d", path, *server)
         await stop.wait()
     finally:
