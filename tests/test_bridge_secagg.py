@@ -4,6 +4,7 @@ bridge, which runs its SecAgg+ stage (fedtiny.net.bridge_secagg) next to `fedtin
 processes that run their own. Real processes, real pseudo-terminals, real UDP on 127.0.0.1."""
 import ast
 import contextlib
+import dataclasses
 import os
 import subprocess
 import sys
@@ -377,3 +378,69 @@ def test_cortex_m4_board_built_without_secagg_takes_part_through_the_proxy(tmp_p
     assert [int(m.group(2)) for m in fw] == list(range(1, rounds + 1)), board.log()
     accs = [r["test_acc"] for r in rows]
     assert accs[-1] > accs[0] and accs[-1] > 0.5, accs
+
+
+def test_proxy_session_offer_and_update_in_process():
+    """DeviceProxy between a device Session and an aggregator Session (the real frame codec, keys
+    and sessions; the two sides' frames collected in lists): the WELCOME opens its sessions, a
+    secure OFFER reaches the device as a plain int8 one, the device's RESULT and update chunks never
+    go up, a chunk breaking the int8 reader rule or of the wrong length is refused by reason, the
+    complete update is ACKed to the device and goes to the SecAgg+ stage (as the float32 delta the
+    codec decodes), a repeated OFFER of that round is answered 'waiting', and a WELCOME of another
+    aggregator life forgets the round."""
+    from collections import Counter
+    from fedtiny import codec
+    from fedtiny.net import bridge_secagg, keys as keys_mod
+    psk = keys_mod.parse_keys(keys_mod.generate([5]))[5]
+    down, up, counts = [], [], Counter()
+    proxy = bridge_secagg.DeviceProxy("tty-test", {5: psk}, counts, down.append, up.append)
+    nonce = session.new_nonce()
+    proxy.from_device(session.join_hello(5, psk, wire.Hello(n_samples=40, nonce=nonce)))
+    assert len(up) == 1 and wire.peek(up[0]).session == 0
+    w = wire.Welcome(bytes(range(8)), 1, 3, nonce, bytes(range(8, 16)))
+    proxy.from_aggregator(session.welcome_frame(5, psk, w))
+    assert down == [session.welcome_frame(5, psk, w)]
+    agg = session.Session(5, psk, w, follow_rounds=True)
+    dev = session.Session(5, psk, w, follow_rounds=True)
+    n = 650
+    offer = wire.Offer(n_params=n, model_hash=bytes(16), lr=0.1, epochs=1, batch_size=10, deadline_ms=9000, seed=4,
+                       codec_flags=1, fixed_scale=1.0, up_codec=wire.CODEC_INT8)
+    proxy.from_aggregator(agg.seal(session.OFFER, 2, offer.pack()))
+    got = wire.Offer.unpack(dev.open(down[-1]).payload)
+    assert (got.fixed_scale, got.up_codec, got.codec_flags, got.seed) == (0.0, wire.CODEC_INT8, 1, 4)
+    assert got.update_chunks == wire.update_chunks(n, wire.CODEC_INT8) and got.n_params == n
+    delta = np.random.default_rng(0).standard_normal(n).astype(np.float32) * 0.01
+    upd = codec.encode(delta, rounding="stochastic", seed=9)
+    n_chunks = wire.update_chunks(n, wire.CODEC_INT8)
+    res = wire.Result(n_samples=40, loss=0.5, steps=4, update_seed=9, update_flags=1, update_chunks=n_chunks)
+    proxy.from_device(dev.seal(session.RESULT, 2, res.pack()))
+    ack = wire.Ack.unpack(dev.open(down[-1]).payload)
+    assert ack.acked_type == M.UPDATE_CHUNK and ack.missing() == list(range(n_chunks))
+    chunk0 = wire.update_chunk(upd.blocks, 0)
+    bad = bytearray(chunk0)
+    bad[4] = 0x80   # an int8 -128: outside the codec's range
+    proxy.from_device(dev.seal(session.UPDATE_CHUNK, 2, bytes(bad), 0, n_chunks))
+    proxy.from_device(dev.seal(session.UPDATE_CHUNK, 2, chunk0[:-codec.BLOCK_BYTES], 0, n_chunks))   # a block short
+    assert counts["proxy_device_bad_value"] == 1 and counts["proxy_device_bad_chunk"] == 1, counts
+    assert proxy.secagg is None or proxy.secagg.delta is None
+    for i in range(n_chunks):
+        proxy.from_device(dev.seal(session.UPDATE_CHUNK, 2, wire.update_chunk(upd.blocks, i), i, n_chunks))
+    ack = wire.Ack.unpack(dev.open(down[-1]).payload)
+    assert ack.missing() == [] and counts["proxy_updates"] == 1
+    assert proxy.secagg.round == 2 and np.array_equal(proxy.secagg.delta, upd.decode())   # waits for SHARE_LIST
+    assert all(wire.peek(f).type not in (M.RESULT, M.UPDATE_CHUNK) for f in up)
+    proxy.from_aggregator(agg.seal(session.OFFER, 2, offer.pack()))   # the device's HELLO asked again
+    f = dev.open(down[-1])
+    assert f.type == M.ERROR and wire.ErrorMsg.unpack(f.payload).code == session.E_NOT_SELECTED
+    # a plain round passes through, re-sealed, its OFFER unchanged
+    plain = dataclasses.replace(offer, fixed_scale=0.0, codec_flags=0)
+    proxy.from_aggregator(agg.seal(session.OFFER, 3, plain.pack()))
+    assert dev.open(down[-1]).payload == plain.pack()
+    # the aggregator restarted (epoch 2): round 2 is a new round
+    nonce = session.new_nonce()
+    proxy.from_device(session.join_hello(5, psk, wire.Hello(n_samples=40, nonce=nonce)))
+    w2 = wire.Welcome(bytes(range(8)), 2, 1, nonce, bytes(range(8, 16)))
+    proxy.from_aggregator(session.welcome_frame(5, psk, w2))
+    agg, dev = session.Session(5, psk, w2, follow_rounds=True), session.Session(5, psk, w2, follow_rounds=True)
+    proxy.from_aggregator(agg.seal(session.OFFER, 2, offer.pack()))
+    assert wire.Offer.unpack(dev.open(down[-1]).payload).fixed_scale == 0.0   # offered, not 'waiting'

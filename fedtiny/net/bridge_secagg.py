@@ -44,6 +44,12 @@ TICK_SECONDS = 0.1        # the masked upload's probe timer (DeviceSecAgg.tick)
 KEEP_ROUNDS = 4           # secure rounds remembered (their offers, which updates are in)
 
 
+_FIX = {"bad_tag": "--keys must hold the key provisioned in the device, the aggregator the same one",
+        "unknown_device": "add the device's 'id hexkey' line to --keys",
+        "no_session": "a device joins again after 2 s without an answer; it was joined before this bridge started",
+        "stale_welcome": "a WELCOME for a join not in progress: ignored, as the device would"}
+
+
 def plain_offer(offer: wire.Offer) -> wire.Offer:
     """What the device is offered for a secure round: the same model and hyperparameters, an int8
     upload (with the round's rounding flag) instead of the masked one, so a device that runs only
@@ -103,10 +109,8 @@ class DeviceProxy:
         self.counts[key] += 1
         if key not in self.logged:
             self.logged.add(key)
-            fix = ("check that the keys file holds this device's key (the one provisioned in it)"
-                   if side == "device" else "the aggregator must hold the same keys")
             log.warning("%s: refused a frame from the %s: %s; later ones are counted as %s (%s)",
-                        self.name, side, exc, key, fix)
+                        self.name, side, exc, key, _FIX.get(exc.reason, "dropped; the round goes on without it"))
 
     # -- device -> aggregator --
     def from_device(self, frame: bytes) -> None:
