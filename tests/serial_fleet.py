@@ -27,17 +27,24 @@ FW_LIB_SOURCES = ("ft_sha256.c", "ft_cobs.c", "ft_frame.c", "ft_chacha20.c", "ft
                   "ft_x25519.c", "ft_shamir.c")
 
 
-def build_host_firmware(out_dir) -> str:
-    """Compile the example firmware for this machine (skips the test when there is no C compiler)."""
+def build_host_firmware(out_dir, *, secagg: bool = True) -> str:
+    """Compile the example firmware for this machine (skips the test when there is no C compiler).
+    secagg=False: the small part's image (FW_SECAGG=0; fw_secagg.c and the crypto it alone needs
+    left out, as the board Makefile's SECAGG=0)."""
     cc = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
     if cc is None:
         pytest.skip("no C compiler to build the firmware's host version")
     out = os.path.join(str(out_dir), "fw_host")
-    sources = ([os.path.join(FW, "example", f) for f in FW_EXAMPLE_SOURCES]
-               + [os.path.join(FW, f) for f in FW_LIB_SOURCES]
+    example, lib = FW_EXAMPLE_SOURCES, FW_LIB_SOURCES
+    if not secagg:
+        example = tuple(f for f in example if f != "fw_secagg.c")
+        lib = tuple(f for f in lib if f not in ("ft_hkdf.c", "ft_poly1305.c", "ft_x25519.c", "ft_shamir.c"))
+    sources = ([os.path.join(FW, "example", f) for f in example]
+               + [os.path.join(FW, f) for f in lib]
                + sorted(os.path.join(d, f) for d in (CSRC, os.path.join(CSRC, "arch"))
                         for f in os.listdir(d) if f.endswith(".c")))
-    cmd = [cc, "-std=c99", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", "-I", CSRC, "-I", FW,
+    cmd = [cc, "-std=c99", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", f"-DFW_SECAGG={int(secagg)}",
+           "-I", CSRC, "-I", FW,
            "-I", os.path.join(FW, "example"), *sources, "-lm", "-o", out]
     subprocess.run(cmd, check=True, timeout=120)
     return out

@@ -61,8 +61,9 @@ def _steps_done(state_dir) -> int:
     return 0 if ckpt is None else ckpt.round
 
 
-def replay(metrics: list[dict], data_paths: list[str], *, staleness: str = "poly") -> np.ndarray:
-    """The round logic fed the recorded arrival order; each update recomputed as its device computes it."""
+def replay(metrics: list[dict], data_paths: list[str], *, staleness: str = "poly", k: int = K, s: int = S) -> np.ndarray:
+    """The round logic fed the recorded arrival order; each update recomputed as its device computes it
+    (k, s: the run's --buffer and --max-staleness)."""
     model = model_mod.build(MODEL)
     server = rounds.Server(model.init(SEED), optimizer="fedavg",
                            bounds=bounds.Bounds(max_samples=bounds.DEFAULT_MAX_SAMPLES, clip_norm=bounds.DEFAULT_CLIP_NORM))
@@ -70,7 +71,7 @@ def replay(metrics: list[dict], data_paths: list[str], *, staleness: str = "poly
     versions = {1: server.params.copy()}          # tag -> the model a device offered that tag trains
     data = {}
     for row in metrics:
-        rnd = server.open_buffer(K, max_staleness=S, staleness_weight=sfn)
+        rnd = server.open_buffer(k, max_staleness=s, staleness_weight=sfn)
         assert rnd.round_id == row["round"]
         for device, tag, n_k, steps in row["arrivals"]:
             if device not in data:

@@ -1,6 +1,8 @@
 """The example C firmware (firmware_bridge/example, host build) joins through `fedtiny bridge`
 over pseudo-terminals and completes rounds: the real device code, the real bridge process."""
+import dataclasses
 import os
+import re
 import subprocess
 import sys
 import time
@@ -111,3 +113,72 @@ def test_c_firmware_refuses_another_architecture(tmp_path, firmware):
         stop_all(procs)
         os.close(master)
         os.close(slave)
+
+
+# --- the int8 download (--down-codec int8) in the host build ---------------------------------------
+
+# the FTQ8 header byte changed in device 0's first int8 message of each round: the version, the
+# parameter count, the magic (codec.HEADER: magic, version u8, flags u8, block size u16, n u32, seed u32)
+TAMPER = {1: (4, 0x01), 2: (8, 0x01), 3: (0, 0x04)}     # round -> (byte, xor mask)
+
+
+def _tampering_relay(server, device_keys):
+    """A relay between the bridge and the aggregator that re-signs, with the session key it learns
+    from the WELCOME (tests/netutil.SessionKeys), device 0's first int8 model message of each round
+    with one FTQ8 header byte changed (TAMPER), under the sequence number of the frame it replaces."""
+    from fedtiny.net import wire
+    from netutil import SessionKeys
+    from udp_relay import LossyRelay
+
+    class Tamper(LossyRelay):
+        def __init__(self):
+            super().__init__(server, drop=0.0, duplicate=0.0, reorder=0.0)
+            self.sessions, self.done = SessionKeys(device_keys), {}
+
+        def _forward(self, data, transport, addr, direction):
+            if direction == "down":
+                f = self.sessions.decode(data)
+                if (f is not None and f.device_id == 0 and f.type == wire.MsgType.MODEL_CHUNK and f.chunk_index == 0
+                        and f.round in TAMPER and f.round not in self.done):
+                    at, mask = TAMPER[f.round]
+                    payload = bytearray(f.payload)
+                    payload[at] ^= mask
+                    self.done[f.round] = bytes(f.payload[:16])
+                    data = self.sessions.encode(dataclasses.replace(f, payload=bytes(payload)), f.seq)
+            self._forward_one(data, transport, addr, direction)
+
+    return Tamper()
+
+
+def test_c_firmware_int8_download_through_bridge_refuses_a_wrong_header(tmp_path, firmware):
+    """--down-codec int8: the C firmware (host build) receives the FTQ8 message into its training
+    copy and decodes it into its global copy (firmware_bridge/example/fw_device.c
+    decode_q8_download); the offer's model hash checks the decoded model. A relay re-signs device
+    0's first message of each round with one header byte wrong (its version, its parameter count,
+    its magic: the blocks, and so the decoded weights and their hash, unchanged): the firmware
+    refuses each one by its header (counted: three more refusals than device 1), asks again and
+    finishes every round; and both train (the dense head learns the digits)."""
+    n_dev, rounds = 2, 3
+    fleet = Fleet(tmp_path, n_dev)
+    outs = []
+    with AggregatorThread(fleet.config(model="mlp:64-10", rounds=rounds, min_clients=n_dev, lr=0.1,
+                                       down_codec="int8", round_timeout=30.0)) as at, \
+            _tampering_relay(at.address, fleet.keys) as relay, \
+            SerialFleet(fleet, firmware, f"{relay.addr[0]}:{relay.addr[1]}", range(n_dev), rounds, timeout=40) as sf:
+        at.wait(60)
+        for p in sf.devices:
+            out, err = p.communicate(timeout=10)
+            assert p.returncode == 0, out + err
+            outs.append(out)
+        tampered = dict(relay.done)
+    assert sorted(tampered) == sorted(TAMPER) and all(h.startswith(b"FTQ8") for h in tampered.values()), tampered
+    done = [int(re.search(r"(\d+) round\(s\)", o).group(1)) for o in outs]
+    refused = [int(re.search(r"(\d+) frame\(s\) rejected", o).group(1)) for o in outs]
+    assert done == [rounds, rounds], outs
+    # device 1 (nothing tampered) counts what any device does here (a frame after the last round);
+    # device 0 refused each tampered message besides
+    assert refused[0] >= refused[1] + len(TAMPER), outs
+    ck = state.load(os.path.join(fleet.dir, "state"))
+    assert ck.round == rounds and [row["clients"] for row in ck.metrics] == [n_dev] * rounds
+    accs = [row["test_acc"] for row in ck.metrics]
+    assert accs[-1] > 0.6 and accs[-1] > accs[0], accs

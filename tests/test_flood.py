@@ -12,17 +12,26 @@ The ratio is rounds per second under the flood over rounds per second without it
 measured by wall clock in the same run. What reached the aggregator is measured on its side:
 every datagram it dropped by reason, including those the kernel dropped for its socket once the
 flooder's address was blocked (source_blocked, from SO_MEMINFO).
+
+The same flood against `--mode async` (server steps per second, calm against flood; the model
+replayed from the checkpoint's arrival log bit for bit), and a connection flood at the status
+page (`--http`, tests/http_flood.py as its own process) while rounds run, in the same
+alternating phases.
 """
+import json
 import os
 import shutil
 import subprocess
+import sys
 import time
+from collections import Counter
 
+import numpy as np
 import pytest
 
-from fedtiny.net import rx as rx_mod, wire
+from fedtiny.net import rx as rx_mod, state, wire
 from fedtiny.net.demo import client_command
-from netutil import CLIENT_ENV, AggregatorThread, Fleet, stop_all
+from netutil import CLIENT_ENV, AggregatorThread, Fleet, stop_all, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLOOD_MODEL = "mlp:64-256-256-10"   # 85,002 parameters: rounds of a few tenths of a second here
@@ -139,3 +148,179 @@ def test_garbage_flood_keeps_half_the_round_rate(tmp_path, flooder, kernel_block
         assert flooded / calm >= 0.5, f"rounds at {flooded / calm:.0%} of their rate under the flood"
     else:   # delivering into a full socket costs the flooder more: it may fall short of 50,000/s here
         assert arrived >= 0.8 * FLOOD_RATE, f"only {arrived:,.0f} datagrams/s reached the aggregator's socket"
+
+
+def _alternate(at, phase_rounds: int, start_flood, stop_flood) -> dict:
+    """Calm and flood phases in turn (PHASES) on a running aggregator; each phase starts after the
+    round (server step) under way closes and lasts phase_rounds more. start_flood() starts the
+    flood, stop_flood() ends it. Returns the wall seconds and rounds of each kind of phase, the
+    drop counts the aggregator added during the flood phases by reason, and the rows' indices
+    of the flood phases."""
+    out = {"seconds": {"calm": 0.0, "flood": 0.0}, "rounds": {"calm": 0, "flood": 0},
+           "dropped": Counter(), "flood_rows": []}
+    _wait_rounds(at, 2, 120)                                   # joined and warm
+    for phase in PHASES:
+        if phase == "flood":
+            start_flood()
+        try:
+            t0 = _wait_rounds(at, len(at.agg.metrics) + 1, 60)    # the round under way is not counted
+            d0, k0 = _counts(at.agg), len(at.agg.metrics)
+            t1 = _wait_rounds(at, k0 + phase_rounds, 120)
+            d1 = _counts(at.agg)
+        finally:
+            if phase == "flood":
+                stop_flood()
+        out["seconds"][phase] += t1 - t0
+        out["rounds"][phase] += phase_rounds
+        if phase == "flood":
+            out["dropped"] += d1 - d0
+            out["flood_rows"] += list(range(k0, k0 + phase_rounds))
+    return out
+
+
+def _counts(agg) -> Counter:
+    for _ in range(100):     # the aggregator's thread may be updating the counter
+        try:
+            return Counter(dict(agg.rejected))
+        except RuntimeError:
+            time.sleep(0.001)
+    raise AssertionError("could not read the aggregator's counts")
+
+
+class _Flooder:
+    """tests/c/flood.c at FLOOD_RATE from a new process (a new source port) for each flood phase."""
+
+    def __init__(self, exe: str, address, frames: str):
+        self.exe, self.address, self.frames = exe, address, frames
+        self.proc, self.sent, self.sent_s = None, 0, 0.0
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([self.exe, self.address[0], str(self.address[1]), str(FLOOD_RATE), "600",
+                                      self.frames], stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        n, s = self.proc.communicate(timeout=10)[0].split()
+        self.sent, self.sent_s, self.proc = self.sent + int(n), self.sent_s + float(s), None
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+ASYNC_PHASE_STEPS = 8
+
+
+@pytest.mark.slow
+def test_garbage_flood_against_async_mode_keeps_half_the_step_rate(tmp_path, flooder):
+    """`--mode async` (FedBuff, --buffer 2 --concurrency 4) with 4 real client processes and the
+    same 50,000 datagrams/s flood in alternate phases: honest updates keep arriving and server
+    steps keep happening under it (at >= 50% of their calm rate), the flood is dropped and counted
+    by reason, and none of it reaches the model: the checkpoint's accepted (device, version, n_k)
+    sequence, replayed through the round logic, gives the aggregator's model bit for bit, and
+    names only the honest devices."""
+    from fedtiny.net.aggregator import AggregateConfig
+    from test_async_net import EPOCHS, K, M, S, SEED, _write_fleet, replay
+    from netutil import MODEL
+    honest = 4
+    keyfile, paths = _write_fleet(str(tmp_path), honest)     # the slow device's files are written, never started
+    frames = str(tmp_path / "frames.bin")
+    write_frames(frames)                                      # forged frames name device 0
+    total = 2 + len(PHASES) * (ASYNC_PHASE_STEPS + 2) + 12     # phases may start a step late: a margin
+    cfg = AggregateConfig(listen="127.0.0.1:0", model=MODEL, rounds=total, keys=keyfile, state=str(tmp_path / "state"),
+                          dataset="digits", seed=SEED, epochs=EPOCHS, lr=0.05, batch=10, round_timeout=20.0,
+                          mode="async", buffer=K, concurrency=M, max_staleness=S)
+    with AggregatorThread(cfg) as at:
+        procs = [subprocess.Popen(client_command(at.server, k, keyfile, paths[k], MODEL), env=CLIENT_ENV,
+                                  cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for k in range(honest)]
+        flood = _Flooder(flooder, at.address, frames)
+        try:
+            out = _alternate(at, ASYNC_PHASE_STEPS, flood.start, flood.stop)
+            at.wait(120)
+        finally:
+            flood.kill()
+            stop_all(procs)
+        rows = at.agg.metrics
+        weights = at.agg.server.params.copy()
+    sec, rnds, dropped = out["seconds"], out["rounds"], out["dropped"]
+    calm, flooded = rnds["calm"] / sec["calm"], rnds["flood"] / sec["flood"]
+    arrived = sum(dropped.values()) / sec["flood"]
+    print(f"\nasync: {rnds['calm']} calm steps at {calm:.2f}/s, {rnds['flood']} flooded steps at {flooded:.2f}/s "
+          f"({flooded / calm:.0%}); the flooder sent {flood.sent / flood.sent_s:,.0f} datagrams/s, the aggregator "
+          f"dropped {arrived:,.0f}/s over the flooded steps: {dict(dropped)}; load average {os.getloadavg()[0]:.1f}")
+    assert len(rows) == total and all(len(r["arrivals"]) == K for r in rows)
+    under_flood = [d for i in out["flood_rows"] for d, *_ in rows[i]["arrivals"]]
+    assert len(under_flood) == K * rnds["flood"] and set(under_flood) == set(range(honest)), under_flood
+    # the flood: dropped and counted by reason, before any session (none of it is a device's update)
+    assert flood.sent / flood.sent_s >= 0.9 * FLOOD_RATE, f"the flooder reached only {flood.sent / flood.sent_s:,.0f}/s"
+    assert arrived >= 0.9 * FLOOD_RATE, f"only {arrived:,.0f} datagrams/s reached the aggregator's socket"
+    assert not {"too_stale", "weight_changed", "duplicate_chunk"} & set(dropped), dropped
+    assert flooded / calm >= 0.5, f"server steps at {flooded / calm:.0%} of their rate under the flood"
+    np.testing.assert_array_equal(weights, replay(rows, paths))
+    np.testing.assert_array_equal(state.load(cfg.state).weights, weights)
+
+
+HTTP_WORKERS = 32
+HTTP_PHASE_ROUNDS = 10     # rounds of a few tenths of a second: flood phases of seconds each
+
+
+@pytest.mark.slow
+def test_status_page_connection_flood_keeps_half_the_round_rate(tmp_path):
+    """A sustained flood at --http (tests/http_flood.py, its own process: 32 connection loops, one
+    connection after another -- GETs of the JSON, the metrics and the page, a rebound Host, garbage,
+    connections closed at once) in alternate phases while 4 real client processes run rounds:
+    rounds keep >= 50% of their calm rate, every answer the flooder read was counted by the status
+    server under its code, and after the flood no connection stays open and the page answers."""
+    from test_status import free_tcp_port, get
+    fleet = Fleet(tmp_path, 4)
+    cfg = fleet.config(rounds=5000, min_clients=4, dataset=None, round_timeout=30.0, model=FLOOD_MODEL,
+                       http=f"127.0.0.1:{free_tcp_port()}")
+    tallies = []
+    with AggregatorThread(cfg) as at:
+        procs = [subprocess.Popen(client_command(at.server, k, fleet.keyfile, fleet.data[k], FLOOD_MODEL),
+                                  env=CLIENT_ENV, cwd=fleet.dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for k in range(4)]
+        srv = at.agg.status_server
+        host, port = srv.address[:2]
+        flood = []
+
+        def start():
+            flood.append(subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "http_flood.py"), host,
+                                           str(port), "120", str(HTTP_WORKERS)], stdout=subprocess.PIPE, text=True))
+            assert flood[-1].stdout.readline().strip() == "ready"
+
+        def stop():
+            p = flood.pop()
+            p.terminate()
+            tallies.append(json.loads(p.communicate(timeout=30)[0]))
+
+        try:
+            out = _alternate(at, HTTP_PHASE_ROUNDS, start, stop)
+            wait_for(lambda: srv.active == 0 and not srv._writers, 15, "the flood's connections closed")
+            code, _, body = get(srv.url + "status.json")
+            assert code == 200 and json.loads(body)["rounds_done"] >= len(PHASES) * HTTP_PHASE_ROUNDS
+        finally:
+            for p in flood:
+                p.kill()
+                p.wait()
+            stop_all(procs)
+        rows = at.agg.metrics
+        served = Counter({str(c): n for c, n in srv.responses.items()})
+    sec, rnds = out["seconds"], out["rounds"]
+    calm, flooded = rnds["calm"] / sec["calm"], rnds["flood"] / sec["flood"]
+    read = sum((Counter(t["answers"]) for t in tallies), Counter())
+    conns = sum(t["connections"] for t in tallies)
+    print(f"\nstatus page flood: {rnds['calm']} calm rounds at {calm:.2f}/s, {rnds['flood']} flooded rounds at "
+          f"{flooded:.2f}/s ({flooded / calm:.0%}); {conns / sec['flood']:,.0f} connections/s, answers read "
+          f"{dict(read)}, the server's counts {dict(served)}; load average {os.getloadavg()[0]:.1f}")
+    assert [r["clients"] for r in rows] == [4] * len(rows)
+    assert conns >= 20 * sec["flood"], f"only {conns} connections in {sec['flood']:.1f} s of flood"
+    for code in ("200", "400", "403", "503"):
+        assert read[code] >= 1, (code, read)
+        assert served[code] >= read[code], (code, read, served)     # every answer read was counted
+    assert flooded / calm >= 0.5, f"rounds at {flooded / calm:.0%} of their rate under the status page flood"

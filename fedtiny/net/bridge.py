@@ -6,6 +6,10 @@ resynchronises at the next delimiter. UDP side: one socket per serial port, so t
 sees each device at its own address. The bridge holds no keys and changes no byte of a frame:
 authentication is end to end between the device and the aggregator, and a device behind a
 bridge is a participant like any other.
+
+With --secagg-proxy --keys FILE (fedtiny.net.bridge_secagg) the bridge holds its devices' keys
+and runs their SecAgg+ stage for them: a device too small for SecAgg+ keeps its plain protocol,
+and the aggregator still sees only masked vectors (docs/secagg.md).
 """
 from __future__ import annotations
 
@@ -27,7 +31,10 @@ class _Uplink(asyncio.DatagramProtocol):
         self.port = port
 
     def datagram_received(self, data: bytes, addr) -> None:
-        self.port.to_device(data)
+        if self.port.proxy is not None:
+            self.port.proxy.from_aggregator(data)
+        else:
+            self.port.to_device(data)
 
     def error_received(self, exc) -> None:  # the aggregator is not there (yet): devices retry
         log.debug("%s: %s", self.port.path, exc)
@@ -54,6 +61,7 @@ class SerialPort:
         self.decoder = wire.StreamDecoder()
         self.udp = None
         self._retry = None
+        self.proxy = None   # bridge_secagg.DeviceProxy under --secagg-proxy
 
     def _open(self):
         import serial  # pyserial: pip install 'fedtiny[serial]'
@@ -108,12 +116,19 @@ class SerialPort:
             if len(frame) > wire.MAX_FRAME:
                 self.counts["oversize"] += 1
                 continue
+            if self.proxy is not None:
+                self.proxy.from_device(frame)
+                continue
             self.udp.sendto(frame)
             self.counts["to_aggregator"] += 1
         if sum(self.decoder.errors.values()) != errors_before:
             for reason, n in self.decoder.errors.items():
                 self.counts[f"serial_{reason}"] = n
             log.info("%s: serial frames dropped so far: %s", self.path, dict(self.decoder.errors))
+
+    def send_up(self, frame: bytes) -> None:
+        self.udp.sendto(frame)
+        self.counts["to_aggregator"] += 1
 
     def to_device(self, frame: bytes) -> None:
         if len(frame) > wire.MAX_FRAME:
@@ -134,6 +149,8 @@ class SerialPort:
                 self._gone(exc)
 
     def close(self) -> None:
+        if self.proxy is not None:
+            self.proxy.close()
         if self._retry is not None:
             self._retry.cancel()
         if self.serial is not None:
@@ -147,7 +164,9 @@ class SerialPort:
 
 
 async def relay(paths: list[str], server: tuple[str, int], *, baudrate: int = 115200,
-                stop: asyncio.Event | None = None, counts: Counter | None = None) -> Counter:
+                stop: asyncio.Event | None = None, counts: Counter | None = None,
+                proxy_keys: dict[int, bytes] | None = None) -> Counter:
+    """proxy_keys: the devices' keys under --secagg-proxy (None: relay frames unchanged)."""
     counts = Counter() if counts is None else counts
     stop = stop or asyncio.Event()
     ports = []
@@ -155,6 +174,10 @@ async def relay(paths: list[str], server: tuple[str, int], *, baudrate: int = 11
         for path in paths:
             port = SerialPort(path, baudrate, counts)
             ports.append(port)
+            if proxy_keys is not None:   # before the port reads its first frame
+                from . import bridge_secagg
+                port.proxy = bridge_secagg.DeviceProxy(path, proxy_keys, counts, port.to_device, port.send_up)
+                port.proxy.start()
             await port.start(server)
             log.info("relaying %s <-> %s:%d", path, *server)
         await stop.wait()
@@ -172,6 +195,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="serial port of a device (repeat for several), e.g. /dev/ttyACM0")
     p.add_argument("--server", required=True, metavar="HOST:PORT", help="the aggregator")
     p.add_argument("--baud", type=int, default=115200)
+    p.add_argument("--secagg-proxy", action="store_true",
+                   help="run the SecAgg+ stage for each device (it keeps its plain protocol); the aggregator sees "
+                        "only masked vectors, this host sees its devices' updates (docs/secagg.md); needs --keys")
+    p.add_argument("--keys", metavar="FILE", help="with --secagg-proxy: the keys of the devices on these ports")
     p.add_argument("--verbose", "-v", action="store_true")
 
 
@@ -182,13 +209,20 @@ def run_command(args: argparse.Namespace) -> int:
         import serial  # noqa: F401
     except ImportError:
         raise ValueError("fedtiny bridge needs pyserial: pip install 'fedtiny[serial]'") from None
+    proxy_keys = None
+    if args.secagg_proxy != (args.keys is not None):
+        raise ValueError("--secagg-proxy and --keys FILE go together: the proxy answers secure rounds with its "
+                         "devices' keys; without both the bridge holds no keys")
+    if args.secagg_proxy:
+        from . import keys as keys_mod
+        proxy_keys = keys_mod.load_keys(args.keys)
 
     async def main() -> Counter:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        return await relay(args.serial, server, baudrate=args.baud, stop=stop)
+        return await relay(args.serial, server, baudrate=args.baud, stop=stop, proxy_keys=proxy_keys)
 
     try:
         counts = asyncio.run(main())

@@ -6,7 +6,9 @@
  *
  *   fw_host (--tty PATH | --fd N) --provision FILE [--baud B] [--rounds R] [--timeout S] [--dump-delta P]
  *
- * Secure rounds take their keys' randomness from /dev/urandom (a board: its hardware RNG).
+ * Secure rounds take their keys' randomness from /dev/urandom (a board: its hardware RNG). Built with
+ * -DFW_SECAGG=0 it is the small part's image: it sits secure rounds out, unless a bridge with
+ * --secagg-proxy runs them for it (docs/secagg.md).
  * --dump-delta P: after each round, the float32 delta the device trained is written to P.rN (N the
  * round): the tests' oracle of a secure round (the aggregator itself never sees it).
  * FILE: a provisioning image (fw_provision.h; example/provision.py writes it), the same bytes a
@@ -169,8 +171,14 @@ int main(int argc, char **argv) {
                 "this firmware trains: run the aggregator with --model mlp:64-10\n", (unsigned)cfg.device_id);
         return 2;
     }
+#if FW_SECAGG
     printf("device %u: %u round(s), last round %u, %u frame(s) rejected, %u secure-aggregation frame(s) dropped, "
            "secure round status %d\n", (unsigned)cfg.device_id, (unsigned)g_dev.rounds_done, (unsigned)g_dev.round,
            (unsigned)g_dev.frames_rejected, (unsigned)g_dev.sa.dropped, (int)g_dev.sa.status);
+#else /* built as the small part's image: no SecAgg+ (a bridge with --secagg-proxy runs it) */
+    printf("device %u: %u round(s), last round %u, %u frame(s) rejected, no secure aggregation\n",
+           (unsigned)cfg.device_id, (unsigned)g_dev.rounds_done, (unsigned)g_dev.round,
+           (unsigned)g_dev.frames_rejected);
+#endif
     return g_dev.rounds_done >= rounds || g_dev.state == FW_FINISHED ? 0 : 1;
 }
