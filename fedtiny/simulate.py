@@ -132,6 +132,7 @@ class SimConfig:
         need(self.alpha > 0 and math.isfinite(self.alpha), f"--alpha must be positive, got {self.alpha}")
         need(math.isfinite(self.iid_share) and 0 <= self.iid_share <= 1,
              f"--iid-share must be a share in [0, 1], got {self.iid_share}")
+        need(self.iid_share == 0 or self.partition != "iid", "--iid-share applies to --partition shards or dirichlet")
         need(self.shards >= 1, f"--shards must be >= 1, got {self.shards}")
         need(0 <= self.holdout < 1, f"--holdout must be in [0, 1), got {self.holdout}")
         need(self.codec in CODECS, f"--codec must be one of {', '.join(CODECS)}, got {self.codec!r}")

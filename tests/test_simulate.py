@@ -179,6 +179,7 @@ def test_plot_without_matplotlib_says_so_in_one_line(monkeypatch, tmp_path, digi
     (["--mode", "async", "--task-timeout", "0"], "--task-timeout must be a positive number of simulated seconds"),
     (["--mode", "async", "--task-timeout", "inf"], "--task-timeout must be a positive number of simulated seconds"),
     (["--iid-share", "1.5"], "--iid-share must be a share in [0, 1]"),
+    (["--iid-share", "0.5"], "--iid-share applies to --partition shards or dirichlet"),
     (["--iid-share", "-0.1"], "--iid-share must be a share in [0, 1]"),
     (["--iid-share", "nan"], "--iid-share must be a share in [0, 1]"),
     (["--availability", "markov", "--off-mean", "0"], "--off-mean must be a positive number"),
