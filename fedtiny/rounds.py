@@ -253,6 +253,47 @@ def staleness_function(kind: str = "poly", *, exponent: float = 0.5, hinge_at: i
     raise ValueError(f"unknown staleness weighting {kind!r}: use one of {', '.join(STALENESS_KINDS)}")
 
 
+# FedBuff's defaults and flags, one definition for `fedtiny simulate` and `fedtiny aggregate`
+DEFAULT_BUFFER, DEFAULT_CONCURRENCY, DEFAULT_MAX_STALENESS = 10, 20, 20
+STALENESS_PARAMS = ("staleness_exponent", "hinge_at", "hinge_slope")
+
+
+def staleness_from_flags(kind: str | None, *, staleness_exponent: float | None = None, hinge_at: int | None = None,
+                         hinge_slope: float | None = None) -> Callable[[int], float]:
+    """s(tau) as --staleness and its parameters name it (None: the default); a parameter of
+    another kind or a bad value is one ValueError naming the flag."""
+    kind = kind or "poly"
+    if kind not in STALENESS_KINDS:
+        raise ValueError(f"--staleness must be one of {', '.join(STALENESS_KINDS)}, got {kind!r}")
+    if staleness_exponent is not None and kind != "poly":
+        raise ValueError("--staleness-exponent applies to --staleness poly")
+    if (hinge_at is not None or hinge_slope is not None) and kind != "hinge":
+        raise ValueError("--hinge-at and --hinge-slope apply to --staleness hinge")
+    kw = {k: v for k, v in (("exponent", staleness_exponent), ("hinge_at", hinge_at), ("hinge_slope", hinge_slope))
+          if v is not None}
+    try:
+        return staleness_function(kind, **kw)
+    except ValueError as exc:
+        raise ValueError(f"--staleness {kind}: {exc}") from None
+
+
+def add_async_arguments(g, *, concurrency_default: str = str(DEFAULT_CONCURRENCY)) -> None:
+    """--buffer, --concurrency, --max-staleness, --staleness and its parameters (argparse group g)."""
+    g.add_argument("--buffer", type=int, default=None, metavar="K",
+                   help=f"async: updates per server step (default {DEFAULT_BUFFER})")
+    g.add_argument("--concurrency", type=int, default=None, metavar="M",
+                   help=f"async: devices training at once (default {concurrency_default})")
+    g.add_argument("--max-staleness", type=int, default=None, metavar="S",
+                   help=f"async: an update more than S server steps old is refused (default {DEFAULT_MAX_STALENESS})")
+    g.add_argument("--staleness", default=None, choices=STALENESS_KINDS,
+                   help="async: weight s(tau) of an update tau steps old: poly (1+tau)^-a, const 1, hinge "
+                        "(1 up to tau=b, then 1/(slope*(tau-b)+1)) (default poly)")
+    g.add_argument("--staleness-exponent", type=float, default=None, metavar="A",
+                   help="async, poly: the exponent a (default 0.5)")
+    g.add_argument("--hinge-at", type=int, default=None, metavar="B", help="async, hinge: b (default 4)")
+    g.add_argument("--hinge-slope", type=float, default=None, help="async, hinge: the slope (default 1)")
+
+
 # --- rounds -----------------------------------------------------------------------------------
 
 @dataclass

@@ -41,7 +41,6 @@ SECAGG_DEFAULT_CLIP = 2.0   # the grid's L2 bound under --secagg when --clip-nor
 MODES = ("sync", "async")
 AVAILABILITY = ("always", "markov")
 SPEED_BY = ("random", "label")
-DEFAULT_BUFFER, DEFAULT_CONCURRENCY, DEFAULT_MAX_STALENESS = 10, 20, 20
 
 
 @dataclass
@@ -99,8 +98,8 @@ class SimConfig:
     max_samples: int | None = None    # bounds of fedtiny.bounds (the aggregator's); None: off,
     clip_norm: float | None = None    # as a simulation has no adversary
     mode: str = "sync"
-    buffer: int | None = None           # async: K, updates per server step (default DEFAULT_BUFFER)
-    concurrency: int | None = None      # async: M, devices training at once (default DEFAULT_CONCURRENCY)
+    buffer: int | None = None           # async: K, updates per server step (default rounds.DEFAULT_BUFFER)
+    concurrency: int | None = None      # async: M, devices training at once (default rounds.DEFAULT_CONCURRENCY)
     max_staleness: int | None = None    # async: oldest accepted update, in server steps
     task_timeout: float | None = None   # async: a task not uploaded this many simulated s after it began is dropped
     staleness: str | None = None        # async: poly | const | hinge (default poly)
@@ -197,13 +196,7 @@ class SimConfig:
             need(self.async_max_staleness() >= 0, f"--max-staleness must be >= 0, got {self.max_staleness}")
             need(self.task_timeout is None or (math.isfinite(self.task_timeout) and self.task_timeout > 0),
                  f"--task-timeout must be a positive number of simulated seconds, got {self.task_timeout}")
-            need(self.staleness in (None, *rounds.STALENESS_KINDS),
-                 f"--staleness must be one of {', '.join(rounds.STALENESS_KINDS)}, got {self.staleness!r}")
-            kind = self.staleness or "poly"
-            need(self.staleness_exponent is None or kind == "poly", "--staleness-exponent applies to --staleness poly")
-            need((self.hinge_at is None and self.hinge_slope is None) or kind == "hinge",
-                 "--hinge-at and --hinge-slope apply to --staleness hinge")
-            self.staleness_function()  # every bad exponent / hinge value, named
+            self.staleness_function()  # every bad kind, exponent or hinge value, named
         if self.dp != "none":  # the accountant's sampling: every sampled device must be there, on time
             need(self.mode == "sync", "--dp needs --mode sync")
             need(self.availability == "always" and self.availability_csv is None and self.deadline is None,
@@ -221,21 +214,16 @@ class SimConfig:
             need(not given, f"{', '.join(given)} needs --secagg")
 
     def async_buffer(self) -> int:
-        return DEFAULT_BUFFER if self.buffer is None else int(self.buffer)
+        return rounds.DEFAULT_BUFFER if self.buffer is None else int(self.buffer)
 
     def async_concurrency(self) -> int:
-        return min(DEFAULT_CONCURRENCY, self.clients) if self.concurrency is None else int(self.concurrency)
+        return min(rounds.DEFAULT_CONCURRENCY, self.clients) if self.concurrency is None else int(self.concurrency)
 
     def async_max_staleness(self) -> int:
-        return DEFAULT_MAX_STALENESS if self.max_staleness is None else int(self.max_staleness)
+        return rounds.DEFAULT_MAX_STALENESS if self.max_staleness is None else int(self.max_staleness)
 
     def staleness_function(self):
-        kw = {k: v for k, v in (("exponent", self.staleness_exponent), ("hinge_at", self.hinge_at),
-                                ("hinge_slope", self.hinge_slope)) if v is not None}
-        try:
-            return rounds.staleness_function(self.staleness or "poly", **kw)
-        except ValueError as exc:
-            raise ValueError(f"--staleness {self.staleness or 'poly'}: {exc}") from None
+        return rounds.staleness_from_flags(self.staleness, **{k: getattr(self, k) for k in rounds.STALENESS_PARAMS})
 
     def fleet(self, dominant: np.ndarray | None = None) -> tuple[np.ndarray, clock.Availability]:
         """Each device's speed (local steps per second) and its availability trace.
@@ -958,22 +946,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
                    help="sync: a round closes this many simulated seconds after it opens, stragglers left out "
                         "(default: it waits for every selected device)")
-    g.add_argument("--buffer", type=int, default=None, metavar="K",
-                   help=f"async: updates per server step (default {DEFAULT_BUFFER})")
-    g.add_argument("--concurrency", type=int, default=None, metavar="M",
-                   help=f"async: devices training at once (default {DEFAULT_CONCURRENCY}, or --clients if fewer)")
-    g.add_argument("--max-staleness", type=int, default=None, metavar="S",
-                   help=f"async: an update more than S server steps old is rejected (default {DEFAULT_MAX_STALENESS})")
-    g.add_argument("--staleness", default=None, choices=rounds.STALENESS_KINDS,
-                   help="async: weight s(tau) of an update tau steps old: poly (1+tau)^-a, const 1, hinge "
-                        "(1 up to tau=b, then 1/(slope*(tau-b)+1)) (default poly)")
+    rounds.add_async_arguments(g, concurrency_default=f"{rounds.DEFAULT_CONCURRENCY}, or --clients if fewer")
     g.add_argument("--task-timeout", type=float, default=None, metavar="SECONDS",
                    help="async: a task not uploaded this many simulated seconds after it started is dropped and its "
                         "slot freed (a device gone off mid-task; default: none, it keeps its slot)")
-    g.add_argument("--staleness-exponent", type=float, default=None, metavar="A",
-                   help="async, poly: the exponent a (default 0.5)")
-    g.add_argument("--hinge-at", type=int, default=None, metavar="B", help="async, hinge: b (default 4)")
-    g.add_argument("--hinge-slope", type=float, default=None, help="async, hinge: the slope (default 1)")
     g.add_argument("--speed-min", type=float, default=d.speed_min,
                    help="local SGD steps per simulated second of the slowest device (default %(default)s)")
     g.add_argument("--speed-spread", type=float, default=d.speed_spread, metavar="R",

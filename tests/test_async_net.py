@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -61,13 +60,14 @@ def _steps_done(state_dir) -> int:
     return 0 if ckpt is None else ckpt.round
 
 
-def replay(metrics: list[dict], data_paths: list[str], *, staleness: str = "poly", k: int = K, s: int = S) -> np.ndarray:
+def replay(metrics: list[dict], data_paths: list[str], *, staleness: str = "poly", k: int = K, s: int = S,
+           **params) -> np.ndarray:
     """The round logic fed the recorded arrival order; each update recomputed as its device computes it
-    (k, s: the run's --buffer and --max-staleness)."""
+    (k, s: the run's --buffer and --max-staleness; params: exponent, hinge_at, hinge_slope)."""
     model = model_mod.build(MODEL)
     server = rounds.Server(model.init(SEED), optimizer="fedavg",
                            bounds=bounds.Bounds(max_samples=bounds.DEFAULT_MAX_SAMPLES, clip_norm=bounds.DEFAULT_CLIP_NORM))
-    sfn = rounds.staleness_function(staleness)
+    sfn = rounds.staleness_function(staleness, **params)
     versions = {1: server.params.copy()}          # tag -> the model a device offered that tag trains
     data = {}
     for row in metrics:
@@ -105,7 +105,9 @@ def test_async_loopback_with_kills_restarts_and_a_too_stale_device(tmp_path):
 
     def start_aggregator():
         out = open(log_path, "a")
-        p = subprocess.Popen(_aggregate_cmd(port, keyfile, state_dir, steps), env=CLIENT_ENV, cwd=str(tmp_path),
+        # a weight other than the default: the aggregator's --staleness-exponent reaches its buffers
+        p = subprocess.Popen(_aggregate_cmd(port, keyfile, state_dir, steps, "--staleness-exponent", "1"),
+                             env=CLIENT_ENV, cwd=str(tmp_path),
                              stdout=out, stderr=subprocess.STDOUT, text=True)
         out.close()
         return p
@@ -151,8 +153,9 @@ def test_async_loopback_with_kills_restarts_and_a_too_stale_device(tmp_path):
     assert sum(r["rejected_stale"] for r in rows) >= 1
     assert sum(r["rejected"].get("too_stale", 0) for r in rows) >= 1
     # the final model: the round logic replayed with the recorded arrival order, bit for bit
-    expected = replay(rows, paths)
+    expected = replay(rows, paths, exponent=1.0)
     np.testing.assert_array_equal(ckpt.weights, expected)
+    assert not np.array_equal(expected, replay(rows, paths))   # and the exponent mattered
     assert not np.array_equal(ckpt.weights, model_mod.build(MODEL).init(SEED))
     del slow
 
@@ -164,6 +167,10 @@ def test_async_loopback_with_kills_restarts_and_a_too_stale_device(tmp_path):
     (["--mode", "async", "--max-staleness", "-1"], "--max-staleness must be >= 0"),
     (["--mode", "async", "--concurrency", "8", "--slots", "4"], "--slots 4 is less than --concurrency 8"),
     (["--mode", "async", "--staleness", "linear"], "invalid choice: 'linear'"),
+    (["--staleness-exponent", "1"], "--staleness-exponent needs --mode async"),
+    (["--mode", "async", "--staleness", "const", "--staleness-exponent", "1"],
+     "--staleness-exponent applies to --staleness poly"),
+    (["--mode", "async", "--staleness", "hinge", "--hinge-slope", "0"], "hinge slope must be a positive number"),
     (["--mode", "later"], "invalid choice: 'later'"),
     (["--mode", "async", "--down-codec", "int8"], "--down-codec int8 needs --mode sync"),
     (["--mode", "async", "--secagg"], "--secagg needs synchronous rounds"),

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from fedtiny import cli, codec, datasets, simulate, train
+from fedtiny import cli, codec, datasets, rounds, simulate, train
 from fedtiny import model as model_mod
 from fedtiny.simulate import SimConfig
 
@@ -274,7 +274,7 @@ def test_async_run_learns_reproducibly_on_the_clock(digits):
     assert all(t1 > t0 for t0, t1 in zip(times, times[1:]))
     assert all(r["clients"] == 4 for r in a.rounds)                       # K arrivals per server step
     assert max(r["staleness_max"] for r in a.rounds) >= 1                 # concurrency > K: some are stale
-    assert all(r["staleness_max"] <= simulate.DEFAULT_MAX_STALENESS for r in a.rounds)
+    assert all(r["staleness_max"] <= rounds.DEFAULT_MAX_STALENESS for r in a.rounds)
     assert a.summary["sim_time_s"] == times[-1]
 
 

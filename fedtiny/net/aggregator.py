@@ -82,11 +82,14 @@ class AggregateConfig:
     seed: int = 0
     max_samples: int = bounds.DEFAULT_MAX_SAMPLES
     clip_norm: float = bounds.DEFAULT_CLIP_NORM      # 0: no clipping; under --dp the DP clip bound C
-    mode: str = "sync"               # async: FedBuff (fedtiny/net/buffered.py); the four below are its
+    mode: str = "sync"               # async: FedBuff (fedtiny/net/buffered.py); the seven below are its
     buffer: int | None = None
     concurrency: int | None = None
     max_staleness: int | None = None
     staleness: str | None = None
+    staleness_exponent: float | None = None
+    hinge_at: int | None = None
+    hinge_slope: float | None = None
     http: str = ""                   # HOST:PORT of the status page (fedtiny.net.status); "": none
     http_public: bool = False        # allow a non-loopback --http address
     secagg: bool = False             # SecAgg+ rounds (fedtiny.net.secagg_round); the grid's bound is clip_norm
@@ -913,15 +916,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mode", default=d.mode, choices=("sync", "async"),
                    help="sync: rounds of sampled devices; async: up to --concurrency devices train at once, a "
                         "server step every --buffer updates (--rounds counts server steps)")
-    g.add_argument("--buffer", type=int, default=None, metavar="K",
-                   help=f"async: updates per server step (default {buffered.DEFAULT_BUFFER})")
-    g.add_argument("--concurrency", type=int, default=None, metavar="M",
-                   help=f"async: devices training at once (default {buffered.DEFAULT_CONCURRENCY})")
-    g.add_argument("--max-staleness", type=int, default=None, metavar="S",
-                   help=f"async: an update more than S server steps old is refused (default {buffered.DEFAULT_MAX_STALENESS})")
-    g.add_argument("--staleness", default=None, choices=rounds.STALENESS_KINDS,
-                   help="async: weight s(tau) of an update tau steps old: poly (1+tau)^-0.5, const 1, hinge "
-                        "(1 up to tau 4, then 1/(tau-3)) (default poly)")
+    rounds.add_async_arguments(g)
     add_http_arguments(p)
     g = p.add_argument_group("secure aggregation (SecAgg+, docs/secagg.md)")
     g.add_argument("--secagg", action="store_true",

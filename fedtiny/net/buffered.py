@@ -54,7 +54,6 @@ from .common import MODEL_WINDOW, PACE_BATCH
 
 log = logging.getLogger("fedtiny.aggregate")
 
-DEFAULT_BUFFER, DEFAULT_CONCURRENCY, DEFAULT_MAX_STALENESS = 10, 20, 20   # as `fedtiny simulate --mode async`
 REOFFER_SECONDS = 0.5     # offer again to a device that has not asked for its model
 WAIT_TELL_SECONDS = 1.0   # "waiting for the next model version" to an idle device, at most this often
 
@@ -95,7 +94,8 @@ class _StepStats:
 
 def check_config(cfg) -> None:
     """The asynchronous flags of an AggregateConfig: one ValueError naming the flag and the fix."""
-    given = [f"--{n.replace('_', '-')}" for n in ("buffer", "concurrency", "max_staleness", "staleness")
+    given = [f"--{n.replace('_', '-')}" for n in ("buffer", "concurrency", "max_staleness", "staleness",
+                                                   *rounds.STALENESS_PARAMS)
              if getattr(cfg, n) is not None]
     if cfg.mode not in ("sync", "async"):
         raise ValueError(f"--mode must be sync or async, got {cfg.mode!r}")
@@ -117,23 +117,27 @@ def check_config(cfg) -> None:
         raise ValueError(f"--concurrency must be >= 1 (devices training at once), got {m}")
     if s < 0:
         raise ValueError(f"--max-staleness must be >= 0 server steps, got {s}")
-    if cfg.staleness is not None and cfg.staleness not in rounds.STALENESS_KINDS:
-        raise ValueError(f"--staleness must be one of {', '.join(rounds.STALENESS_KINDS)}, got {cfg.staleness!r}")
+    staleness_of(cfg)   # every bad kind, exponent or hinge value, named
     if cfg.slots and cfg.slots < m:
         raise ValueError(f"--slots {cfg.slots} is less than --concurrency {m}: each device training may need a "
                          f"staging slot; give --slots >= {m} or leave it out")
 
 
 def buffer_of(cfg) -> int:
-    return DEFAULT_BUFFER if cfg.buffer is None else int(cfg.buffer)
+    return rounds.DEFAULT_BUFFER if cfg.buffer is None else int(cfg.buffer)
 
 
 def concurrency_of(cfg) -> int:
-    return DEFAULT_CONCURRENCY if cfg.concurrency is None else int(cfg.concurrency)
+    return rounds.DEFAULT_CONCURRENCY if cfg.concurrency is None else int(cfg.concurrency)
 
 
 def max_staleness_of(cfg) -> int:
-    return DEFAULT_MAX_STALENESS if cfg.max_staleness is None else int(cfg.max_staleness)
+    return rounds.DEFAULT_MAX_STALENESS if cfg.max_staleness is None else int(cfg.max_staleness)
+
+
+def staleness_of(cfg):
+    """s(tau) of --staleness and its parameters (fedtiny.rounds.staleness_from_flags)."""
+    return rounds.staleness_from_flags(cfg.staleness, **{k: getattr(cfg, k, None) for k in rounds.STALENESS_PARAMS})
 
 
 class BufferedRounds:
@@ -149,7 +153,7 @@ class BufferedRounds:
         if agg.slots < self.M:
             raise ValueError(f"--staging-mb {cfg.staging_mb:g} holds {agg.slots} upload slots, fewer than "
                              f"--concurrency {self.M}: raise --staging-mb or lower --concurrency")
-        self.sfn = rounds.staleness_function(cfg.staleness or "poly")
+        self.sfn = staleness_of(cfg)
         self.versions: dict[int, _Version] = {}
         self.tasks: dict[int, _Task] = {}
         self.last_tag: dict[int, int] = {}     # device -> tag of its last accepted update
@@ -493,4 +497,4 @@ class BufferedRounds:
                 self._end_task(d, now)
 
 
-__all__ = ["BufferedRounds", "check_config", "DEFAULT_BUFFER", "DEFAULT_CONCURRENCY", "DEFAULT_MAX_STALENESS"]
+__all__ = ["BufferedRounds", "check_config"]
