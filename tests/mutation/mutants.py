@@ -473,4 +473,9 @@ MUTANTS = [
          old="            if T is not None and done > now + T:", new="            if False:",
          tests=["tests/test_simulate.py::test_task_timeout_frees_the_slot_of_a_device_gone_off_mid_task"],
          why="--task-timeout is accepted and a device gone off mid-task keeps its slot"),
+    # ---- FedBuff's flags, one definition for simulate and aggregate (fedtiny.rounds) ----
+    dict(id="staleness-flags-exponent-dropped", file="fedtiny/rounds.py",
+         old='(("exponent", staleness_exponent), ("hinge_at", hinge_at)', new='(("hinge_at", hinge_at)',
+         tests=["tests/test_async_net.py::test_async_loopback_with_kills_restarts_and_a_too_stale_device"],
+         why="fedtiny aggregate --mode async --staleness-exponent 1 weighs stale updates with the default 0.5"),
 ]
