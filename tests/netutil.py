@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from fedtiny import bounds, rounds, simulate
+from fedtiny.seeds import derive_seed
 from fedtiny.net import keys, wire
 from fedtiny.net.aggregator import AggregateConfig, Aggregator
 from fedtiny.net.demo import client_command, write_client_data
@@ -205,6 +206,18 @@ class HandDevice:
             if f.type == msg_type:
                 return f
         raise AssertionError(f"no {wire.MsgType(msg_type).name} from the aggregator in {timeout} s")
+
+
+def client_delta(net_model, w: np.ndarray, data_path: str, round_id: int, device: int, *, seed: int = 0,
+                 lr: float = 0.05, batch: int = 10) -> np.ndarray:
+    """What `fedtiny client` device `device` uploads from model w in round `round_id` (one epoch),
+    retrained here: its delta, float32."""
+    from fedtiny import train
+    z = np.load(data_path)
+    params = w.copy()
+    train.local_sgd(net_model, params, z["x"].astype(np.float32), z["y"], epochs=1, batch_size=batch, lr=lr,
+                    seed=derive_seed(seed, round_id, device, 1))
+    return (params - w).astype(np.float32)
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:

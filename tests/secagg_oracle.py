@@ -41,3 +41,10 @@ def encode(x, offset, scale, step, qmax, round_key, seeds, signs, bits) -> np.nd
 def centered(v: np.ndarray, bits: int) -> np.ndarray:
     c = v.astype(np.int64)
     return np.where(c >= 2 ** (bits - 1), c - 2**bits, c)
+
+
+def clipped_grid(delta: np.ndarray, clip: float, step: float, qmax: int, round_key: bytes) -> np.ndarray:
+    """A device's grid vector: its delta scaled to L2 norm <= clip (float64 norm), then `grid`."""
+    norm = float(np.sqrt(np.sum(delta.astype(np.float64) ** 2)))
+    return grid(delta, 0, 1.0 if norm <= clip else clip / norm, step, qmax, round_key)
+

@@ -17,13 +17,12 @@ import pytest
 
 from fedtiny.net import session, state, wire
 from fedtiny.privacy import grid as gridmod
-from fedtiny.seeds import derive_seed
-from netutil import CLIENT_ENV, AggregatorThread, Fleet, client_logs, stop_all
+from netutil import CLIENT_ENV, AggregatorThread, Fleet, client_delta, client_logs, stop_all
 
 pytest.importorskip("serial", reason="fedtiny bridge needs pyserial (pip install 'fedtiny[serial]')")
 from serial_fleet import build_host_firmware, write_device_data  # noqa: E402
 from q8_oracle import quantize as q8_quantize  # noqa: E402
-from secagg_oracle import centered  # noqa: E402
+from secagg_oracle import centered, clipped_grid  # noqa: E402
 from secagg_oracle import grid as grid_oracle  # noqa: E402
 from udp_relay import LossyRelay  # noqa: E402
 
@@ -195,7 +194,6 @@ def test_small_device_takes_part_in_secure_rounds_through_the_proxy(tmp_path, fi
     assert ck.metrics[1]["secagg_stages"]["shares"] == n and ck.metrics[1]["secagg_stages"]["masked"] == n - 1
 
     from fedtiny import model as model_mod
-    from fedtiny import train
     g = gridmod.Grid.for_round(clip, n)
     net_model = model_mod.build("mlp:64-10")
     w = net_model.init(0).astype(np.float32)
@@ -218,13 +216,7 @@ def test_small_device_takes_part_in_secure_rounds_through_the_proxy(tmp_path, fi
                 needle = int8_values[:64].tobytes()
                 assert all(needle not in f.payload for f in up[k]), "the device's int8 values crossed the UDP path"
             else:
-                z = np.load(fleet.data[k])
-                params = w.copy()
-                train.local_sgd(net_model, params, z["x"].astype(np.float32), z["y"], epochs=1, batch_size=10,
-                                lr=0.05, seed=derive_seed(0, r, k, 1))
-                delta = (params - w).astype(np.float32)
-                norm = float(np.sqrt(np.sum(delta.astype(np.float64) ** 2)))
-                q = grid_oracle(delta, 0, 1.0 if norm <= clip else clip / norm, g.step, g.qmax, key)
+                q = clipped_grid(client_delta(net_model, w, fleet.data[k], r, k), clip, g.step, g.qmax, key)
             total += q
         w = (w.astype(np.float64) + total * g.step / len(survivors[r])).astype(np.float32)
     np.testing.assert_allclose(ck.weights, w, rtol=0, atol=2e-6)

@@ -289,11 +289,10 @@ def test_c_firmware_through_bridge_joins_secure_rounds_with_python_clients(tmp_p
     pytest.importorskip("serial", reason="fedtiny bridge needs pyserial")
     import subprocess
     from fedtiny import model as model_mod
-    from fedtiny import train
     from fedtiny.net import state
     from fedtiny.net.demo import client_command
-    from netutil import CLIENT_ENV, AggregatorThread, Fleet, client_logs, stop_all
-    from secagg_oracle import grid as grid_oracle
+    from netutil import CLIENT_ENV, AggregatorThread, Fleet, client_delta, client_logs, stop_all
+    from secagg_oracle import clipped_grid
     from serial_fleet import SerialFleet, build_host_firmware
     from udp_relay import LossyRelay
 
@@ -346,14 +345,8 @@ def test_c_firmware_through_bridge_joins_secure_rounds_with_python_clients(tmp_p
             if k < n_c:
                 delta = np.fromfile(tmp_path / f"delta{k}.r{r}", dtype="<f4")
             else:
-                z = np.load(fleet.data[k])
-                params = w.copy()
-                train.local_sgd(net_model, params, z["x"].astype(np.float32), z["y"], epochs=1, batch_size=10,
-                                lr=0.05, seed=derive_seed(0, r, k, 1))
-                delta = (params - w).astype(np.float32)
-            norm = float(np.sqrt(np.sum(delta.astype(np.float64) ** 2)))
-            scale = 1.0 if norm <= clip else clip / norm
-            total += grid_oracle(delta, 0, scale, g.step, g.qmax, gridmod.derived_round_key(0, r, k))
+                delta = client_delta(net_model, w, fleet.data[k], r, k)
+            total += clipped_grid(delta, clip, g.step, g.qmax, gridmod.derived_round_key(0, r, k))
         w = (w.astype(np.float64) + total * g.step / n).astype(np.float32)
     np.testing.assert_allclose(ck.weights, w, rtol=0, atol=2e-6)   # one grid unit / n is ~6e-5 here
 
