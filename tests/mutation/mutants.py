@@ -81,7 +81,10 @@ MUTANTS = [
     dict(id="ingest-duplicate-check", file="fedtiny/net/ingest.py",
          old="        if slot.received[index]:\n            self.stats.duplicates += 1",
          new="        if False:\n            self.stats.duplicates += 1",
-         tests=[NET_LOSSY], why="duplicate-chunk check removed (issue 20); caught over the network"),
+         tests=["tests/test_ingest.py::test_duplicate_chunk_is_not_restaged", NET_LOSSY],
+         why="duplicate-chunk check removed (issue 20): a resent chunk counts twice and an update is folded "
+             "before its last chunk is in (over the network the C receive path stages chunks now, so the "
+             "ingest unit test is what catches it)"),
     dict(id="ingest-weight-changed", file="fedtiny/net/ingest.py",
          old="        elif slot.weight != weight:\n            raise ValueError(\"weight_changed\")",
          new="        elif False:\n            raise ValueError(\"weight_changed\")",
@@ -478,4 +481,10 @@ MUTANTS = [
          old='(("exponent", staleness_exponent), ("hinge_at", hinge_at)', new='(("hinge_at", hinge_at)',
          tests=["tests/test_async_net.py::test_async_loopback_with_kills_restarts_and_a_too_stale_device"],
          why="fedtiny aggregate --mode async --staleness-exponent 1 weighs stale updates with the default 0.5"),
+    dict(id="rx-duplicate-chunk-restaged", file="firmware_bridge/host/ft_rx.c",
+         old="if (rx->count[slot] == rx->n_chunks || got[hdr->chunk_index]) {",
+         new="if (rx->count[slot] == rx->n_chunks) {",
+         tests=["tests/test_rx.py", NET_LOSSY],
+         why="the C receive path stages a resent chunk again and counts it twice: an update completes, and is "
+             "folded, before its last chunk is in"),
 ]
