@@ -234,6 +234,78 @@ def _cobs(frame: bytes) -> bytes:
     return wire.cobs_frame(frame)
 
 
+def test_aggregator_killed_and_restarted_mid_run_the_proxied_device_goes_on(tmp_path, firmware):
+    """A real `fedtiny aggregate --secagg` process, one C device (no SecAgg+) behind a real
+    `fedtiny bridge --secagg-proxy` and two `fedtiny client` processes. With one client frozen
+    (SIGSTOP) so that the open round r + 1 cannot close, after its SETUP reached the others, the
+    aggregator is killed (-9) and started again on the same --state, which opens round r + 1 again
+    with a new SETUP (the client resumes): the proxy and the clients notice the new aggregator life
+    (a new epoch) and forget the old life's round, so every round from r + 1 on is applied with all three devices,
+    the C device's masked vector among them; every process ends cleanly. (Before the clients forgot
+    it, they kept the old SETUP and the new round r + 1 was abandoned with too few keys.)"""
+    import signal
+    from netutil import free_udp_port, wait_for
+    from serial_fleet import SerialFleet
+    n, rounds = 3, 4
+    fleet = Fleet(tmp_path, n)
+    state_dir = os.path.join(fleet.dir, "state")
+    port = free_udp_port()
+    server = f"127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "fedtiny.cli", "aggregate", "--listen", server, "--model", "mlp:64-10",
+           "--rounds", str(rounds), "--min-clients", str(n), "--keys", fleet.keyfile, "--state", state_dir,
+           "--dataset", "digits", "--lr", "0.05", "--batch", "10", "--seed", "0", "--secagg", "--clip-norm", "1.0",
+           "--round-timeout", "30", "--secagg-stage-timeout", "15"]
+    log_path = tmp_path / "aggregate.log"
+
+    def start_aggregator():
+        with open(log_path, "a") as out:
+            return subprocess.Popen(cmd, env=CLIENT_ENV, cwd=fleet.dir, stdout=out, stderr=subprocess.STDOUT)
+
+    def rounds_done() -> int:
+        try:
+            ck = state.load(state_dir)
+        except ValueError:   # being written
+            return 0
+        return 0 if ck is None else ck.round
+
+    procs = [start_aggregator()]
+    # the device counts the round it did in the dead life too: it stops when told training is finished
+    with SerialFleet(fleet, firmware, server, [0], rounds + 2, timeout=90,
+                     bridge_args=["--secagg-proxy", "--keys", fleet.keyfile]) as sf:
+        try:
+            procs += [subprocess.Popen(_client(server, k, fleet), env=CLIENT_ENV, cwd=fleet.dir,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                      for k in range(1, n)]
+            wait_for(lambda: rounds_done() >= 1, 90, "a secure round")
+            os.kill(procs[2].pid, signal.SIGSTOP)   # client 2 frozen: the open round cannot close ...
+            time.sleep(1.0)
+            r = rounds_done()
+            wait_for(lambda: f"round {r + 1}: 3 device(s) selected" in log_path.read_text(), 30, f"round {r + 1}")
+            time.sleep(0.5)                          # ... and the others hold its SETUP
+            assert rounds_done() == r
+            procs[0].send_signal(signal.SIGKILL)     # the aggregator dies with round r + 1 open
+            procs[0].wait()
+            procs[0] = start_aggregator()            # it opens round r + 1 again, with a new SETUP
+            os.kill(procs[2].pid, signal.SIGCONT)
+            assert procs[0].wait(timeout=120) == 0, log_path.read_text()[-3000:]
+            out, err = sf.devices[0].communicate(timeout=30)
+            assert sf.devices[0].returncode == 0, out + err
+            for p in procs[1:]:
+                assert p.wait(timeout=30) == 0, client_logs(procs[1:])
+            sf.bridge.terminate()
+            _, bridge_err = sf.bridge.communicate(timeout=10)
+        finally:
+            stop_all(procs)
+    assert sf.bridge.returncode == 0, bridge_err
+    assert "epoch 2" in log_path.read_text()            # the second life resumed the run
+    ck = state.load(state_dir)
+    assert ck.round == rounds
+    late = [row for row in ck.metrics if row["round"] > r]
+    assert len(late) == rounds - r and all(row["secagg_outcome"] == "applied" and row["survivors"] == n for row in late), (
+        late, log_path.read_text()[-4000:])
+    assert all(row["secagg_stages"]["masked"] == n for row in late), late
+
+
 def test_proxy_refuses_device_frames_it_cannot_verify(tmp_path):
     """The test plays a device on a pty behind `fedtiny bridge --secagg-proxy`: it joins the real
     aggregator through the bridge, then sends frames the bridge cannot verify: a join HELLO under a

@@ -91,6 +91,7 @@ class Device:
         self.kept_round = None               # the round whose partial model download is kept on a new join
         self.failed: str | None = None   # why this device stopped (run_command exits with 2)
         self.secagg = None               # fedtiny.net.secagg_round.DeviceSecAgg, made at the first SETUP
+        self.life = None                 # (run id, epoch) of the aggregator of the current session
         self._reset_round()
         self.last_heard = time.monotonic()
         self.last_sent = -math.inf
@@ -142,6 +143,10 @@ class Device:
         try:
             if self.session is None:
                 welcome = session.open_welcome(data, self.psk, self.nonce)
+                if (welcome.run_id, welcome.epoch) != self.life:
+                    # another aggregator life: its round r is a new round (a new SETUP, new keys),
+                    # whatever this device answered to the last life's round r
+                    self.life, self.secagg = (welcome.run_id, welcome.epoch), None
                 self.session = session.Session(self.id, self.psk, welcome, follow_rounds=True)
                 self.nonce = None        # one WELCOME per join: a second (replayed) one is stale
                 self.state = "waiting"

@@ -487,4 +487,9 @@ MUTANTS = [
          tests=["tests/test_rx.py", NET_LOSSY],
          why="the C receive path stages a resent chunk again and counts it twice: an update completes, and is "
              "folded, before its last chunk is in"),
+    dict(id="client-keeps-secagg-across-lives", file="fedtiny/net/client.py",
+         old="self.life, self.secagg = (welcome.run_id, welcome.epoch), None",
+         new="self.life = (welcome.run_id, welcome.epoch)",
+         tests=["tests/test_bridge_secagg.py::test_aggregator_killed_and_restarted_mid_run_the_proxied_device_goes_on"],
+         why="a client keeps the dead aggregator's SETUP of round r and ignores the new life's: round r is abandoned"),
 ]
