@@ -14,7 +14,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -30,23 +29,12 @@ ROUND_LINE = re.compile(r"fw: round (\d+) done (\d+) rx (\d+) tx (\d+) cycles (\
                         r"rx_dropped (\d+) rejected (\d+) ms (\d+)")
 BOOT_LINE = re.compile(r"fw: boot device (\d+) samples (\d+) boot (\d+) baud (\d+)")
 
-sys.path.insert(0, os.path.join(ROOT, "firmware_bridge", "example"))
-import provision  # noqa: E402  (firmware_bridge/example/provision.py)
-
 
 def build(out_dir: str, baud: int = 115200) -> str:
     """make the port; the ELF's path."""
     subprocess.run(["make", "-s", "-C", BOARD_DIR, f"BUILD={out_dir}", f"BAUD={baud}"], check=True, timeout=300,
                    capture_output=True)
     return os.path.join(out_dir, "fw.elf")
-
-
-def write_provision(path: str, device_id: int, key: bytes, npz: str) -> None:
-    import numpy as np
-    with np.load(npz) as z:
-        blob = provision.image(device_id, key, z["x"], z["y"])
-    with open(path, "wb") as f:
-        f.write(blob)
 
 
 class Board:

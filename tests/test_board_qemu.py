@@ -15,7 +15,8 @@ from fedtiny.net import state
 from netutil import Fleet, free_udp_port, stop_all
 
 pytest.importorskip("serial", reason="fedtiny bridge needs pyserial (pip install 'fedtiny[serial]')")
-from board_qemu import ARM_CC, BOOT_LINE, INSTRUCTIONS_PER_CYCLE, QEMU, ROUND_LINE, Board, build, write_provision  # noqa: E402
+from board_qemu import ARM_CC, BOOT_LINE, INSTRUCTIONS_PER_CYCLE, QEMU, ROUND_LINE, Board, build  # noqa: E402
+from serial_fleet import write_device_data  # noqa: E402
 from serial_relay import PacedRelay  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not (QEMU and ARM_CC), reason="needs qemu-system-arm and gcc-arm-none-eabi "
@@ -49,7 +50,7 @@ class Federation:
                  monitor: bool = False, down_codec: str = "float32"):
         self.fleet = Fleet(tmp_path, 2)   # the 1,797 digits in halves: device 0 holds 647 after the test split
         image = os.path.join(self.fleet.dir, "device0.bin")
-        write_provision(image, 0, self.fleet.keys[0], self.fleet.data[0])
+        write_device_data(self.fleet.data[0], 0, self.fleet.keys[0], image)
         self.board = Board(elf, image, self.fleet.dir, icount=icount, monitor=monitor)
         self.line = PacedRelay(self.board.tty, baud).__enter__()
         port = free_udp_port()

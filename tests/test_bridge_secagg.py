@@ -398,7 +398,7 @@ def test_cortex_m4_board_built_without_secagg_takes_part_through_the_proxy(tmp_p
     devices as survivors, the board's update taken off its serial line by the proxy each round,
     the model learning. (The exact sum against the numpy oracle is checked with the host build
     above: the board's float arithmetic is not the host's bit for bit.)"""
-    from board_qemu import ARM_CC, QEMU, ROUND_LINE, Board, build, write_provision
+    from board_qemu import ARM_CC, QEMU, ROUND_LINE, Board, build
     from netutil import free_udp_port
     from serial_relay import PacedRelay
     if not (QEMU and ARM_CC):
@@ -407,7 +407,7 @@ def test_cortex_m4_board_built_without_secagg_takes_part_through_the_proxy(tmp_p
     rounds = 3
     fleet = Fleet(tmp_path, 2)
     image = os.path.join(fleet.dir, "device0.bin")
-    write_provision(image, 0, fleet.keys[0], fleet.data[0])
+    write_device_data(fleet.data[0], 0, fleet.keys[0], image)
     board = Board(elf, image, fleet.dir, icount=False)
     line = PacedRelay(board.tty, None).__enter__()
     port = free_udp_port()
