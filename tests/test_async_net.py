@@ -26,7 +26,7 @@ from netutil import CLIENT_ENV, MODEL, free_udp_port, stop_all, wait_for
 
 SEED = 3
 EPOCHS = 10
-FAST_SAMPLES, SLOW_SAMPLES = 10, 40000  # the slow device trains 4,000x the steps of a fast one (0.3 s and more)
+FAST_SAMPLES, SLOW_SAMPLES = 10, 60000  # the slow device trains 6,000x the steps of a fast one (0.5 s and more; n_k under --max-samples)
 K, M, S = 2, 4, 3
 
 
